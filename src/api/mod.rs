@@ -1,0 +1,28 @@
+//! Generated protobuf and gRPC code for the Tilebox workflows API, and conversions.
+//!
+//! This is the only module that works with prost types in depth; the rest of the crate uses
+//! the helpers here to move between wire values (`tilebox.v1.ID`, durations, timestamps) and
+//! plain Rust values.
+//!
+//! Layout:
+//! - `mod.rs`: the generated packages (`tilebox::v1`, `workflows::v1`)
+//! - `convert.rs`: ids, timestamps, durations, state names
+
+pub mod convert;
+
+/// Package `tilebox.v1`.
+pub mod tilebox {
+    pub mod v1 {
+        tonic::include_proto!("tilebox.v1");
+    }
+}
+
+/// Package `workflows.v1`.
+pub mod workflows {
+    pub mod v1 {
+        tonic::include_proto!("workflows.v1");
+    }
+}
+
+pub use tilebox::v1 as tilebox_v1;
+pub use workflows::v1 as workflows_v1;

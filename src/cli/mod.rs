@@ -1,0 +1,121 @@
+//! The command-line interface: argument structs and dispatch, one file per command family.
+//!
+//! No business logic lives here: commands parse arguments, call `client` or `server`, and
+//! print results (tables for people, one JSON document with `--json`).
+//!
+//! Layout:
+//! - `mod.rs`: the command tree, global options, exit codes
+//! - `server.rs`: `tilebox server`
+//! - `cluster.rs`: `tilebox cluster ...`
+//! - `job.rs`: `tilebox job ...`
+//! - `output.rs`: tables, JSON, state names
+
+mod cluster;
+mod job;
+mod output;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client;
+
+/// Environment variable: the API URL (`--api-url`).
+pub const API_URL_ENV: &str = "TILEBOX_API_URL";
+/// Environment variable: the API key (`--api-key`).
+pub const API_KEY_ENV: &str = "TILEBOX_API_KEY";
+/// The API URL when none is given: the local server's default listen address.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8083";
+
+#[derive(Debug, Parser)]
+#[command(name = "tilebox", version, about = "Self-hostable Tilebox workflows: server, releases and in-process runner")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator server (the Tilebox workflows gRPC API).
+    Server(server::ServerArgs),
+    /// Manage clusters.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Submit, inspect, wait for, retry and cancel jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+}
+
+/// Options every API command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// URL of the Tilebox API.
+    #[arg(long, global = true, env = API_URL_ENV, default_value = DEFAULT_API_URL)]
+    pub api_url: String,
+    /// API key, sent as `authorization: Bearer <key>`.
+    #[arg(long, global = true, env = API_KEY_ENV, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print one JSON document instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ApiArgs {
+    /// A connected API client.
+    pub async fn connect(&self) -> Result<client::Client, client::Error> {
+        client::Client::connect(&self.api_url, self.api_key.as_deref()).await
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(arguments) => server::run(arguments).await,
+            Command::Cluster(command) => cluster::run(command).await,
+            Command::Job(command) => job::run(command).await,
+        }
+    })
+}
+
+/// A user or input error: exit code 1, with an optional hint for the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UserError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl UserError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), hint: None }
+    }
+
+    pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self { message: message.into(), hint: Some(hint.into()) }
+    }
+}
+
+/// 1 for errors caused by the user's input or the state they asked about, 2 for the rest.
+pub fn exit_code_of(error: &anyhow::Error) -> ExitCode {
+    if error.downcast_ref::<UserError>().is_some() {
+        return ExitCode::from(1);
+    }
+    if let Some(error) = error.downcast_ref::<client::Error>() {
+        return if error.is_user_error() { ExitCode::from(1) } else { ExitCode::from(2) };
+    }
+    ExitCode::from(2)
+}
+
+/// The hint to print under an error, if it has one.
+pub fn hint_of(error: &anyhow::Error) -> Option<String> {
+    if let Some(error) = error.downcast_ref::<UserError>() {
+        return error.hint.clone();
+    }
+    error.downcast_ref::<client::Error>().and_then(client::Error::hint)
+}

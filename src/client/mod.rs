@@ -1,0 +1,193 @@
+//! A typed client over the Tilebox workflows API, used by the CLI and the runner.
+//!
+//! One HTTP/2 channel is shared by every service; the API key travels as
+//! `authorization: Bearer <key>` on every call.
+//!
+//! Layout:
+//! - `mod.rs`: `Client`, connection and authentication, `Error`
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::api::workflows_v1::job_service_client::JobServiceClient;
+use crate::api::workflows_v1::task_service_client::TaskServiceClient;
+use crate::api::workflows_v1::workflows_service_client::WorkflowsServiceClient;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong talking to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid API URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("the API key is not a valid header value")]
+    InvalidApiKey,
+    #[error("{operation} failed: {message} ({code})", code = status_code_name(.status.code()), message = .status.message())]
+    Status {
+        operation: &'static str,
+        url: String,
+        #[source]
+        status: tonic::Status,
+    },
+}
+
+impl Error {
+    /// Whether the error is the user's to fix (bad input, unknown id, missing credentials)
+    /// rather than an internal fault.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::InvalidUrl { .. } | Error::InvalidApiKey => true,
+            Error::Status { status, .. } => matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unavailable
+                    | tonic::Code::OutOfRange
+            ),
+        }
+    }
+
+    /// A hint for the fix, where one is known.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Status { status, url, .. } => match status.code() {
+                tonic::Code::Unavailable => Some(format!(
+                    "is a server running at {url}? Start one with `tilebox server`, or point --api-url / TILEBOX_API_URL at it"
+                )),
+                tonic::Code::Unauthenticated => {
+                    Some("pass a valid key with --api-key or TILEBOX_API_KEY".to_string())
+                }
+                _ => None,
+            },
+            Error::InvalidUrl { .. } => {
+                Some("use the form http://host:port or https://host[:port]".to_string())
+            }
+            Error::InvalidApiKey => None,
+        }
+    }
+
+    /// The gRPC status code, if the server answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+fn status_code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Authenticate {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Authenticate {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request.metadata_mut().insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Authenticated = InterceptedService<Channel, Authenticate>;
+
+/// A client for every service of the API; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    url: String,
+    pub jobs: JobServiceClient<Authenticated>,
+    pub tasks: TaskServiceClient<Authenticated>,
+    pub workflows: WorkflowsServiceClient<Authenticated>,
+}
+
+impl Client {
+    /// A client for the API at `url`; the connection is made on first use.
+    pub async fn connect(url: &str, api_key: Option<&str>) -> Result<Self> {
+        let endpoint = endpoint(url)?;
+        let channel = endpoint.connect_lazy();
+        let header = match api_key {
+            Some(key) if !key.is_empty() => Some(
+                MetadataValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::InvalidApiKey)?,
+            ),
+            _ => None,
+        };
+        let authenticate = Authenticate { header };
+        Ok(Self {
+            url: url.to_string(),
+            jobs: JobServiceClient::with_interceptor(channel.clone(), authenticate.clone())
+                .max_decoding_message_size(512 * 1024 * 1024),
+            tasks: TaskServiceClient::with_interceptor(channel.clone(), authenticate.clone()),
+            workflows: WorkflowsServiceClient::with_interceptor(channel, authenticate),
+        })
+    }
+
+    /// The API URL this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Wraps a failed call's status into an `Error` naming the operation.
+    pub fn error(&self, operation: &'static str, status: tonic::Status) -> Error {
+        Error::Status {
+            operation,
+            url: self.url.clone(),
+            status,
+        }
+    }
+}
+
+/// The endpoint for an API URL: `http://host:port` is plaintext HTTP/2, anything else TLS is
+/// not supported by this build and refused with a clear error.
+fn endpoint(url: &str) -> Result<Endpoint> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let normalized = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    if !normalized.starts_with("http://") {
+        return Err(invalid("only plaintext http:// URLs are supported"));
+    }
+    let endpoint = Endpoint::from_shared(normalized.trim_end_matches('/').to_string())
+        .map_err(|error| invalid(&error.to_string()))?;
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_accepts_plain_and_schemeless_urls() {
+        assert!(endpoint("http://127.0.0.1:8083").is_ok());
+        assert!(endpoint("127.0.0.1:8083").is_ok());
+        assert!(endpoint("http://localhost:1/").is_ok());
+    }
+
+    #[test]
+    fn endpoint_refuses_tls_urls_with_a_reason() {
+        let error = endpoint("https://api.tilebox.com").unwrap_err();
+        assert!(error.to_string().contains("https://api.tilebox.com"), "{error}");
+    }
+}

@@ -1,0 +1,12 @@
+//! `tilebox`: a self-hostable implementation of the Tilebox workflows stack.
+//!
+//! One crate, modules as boundaries (see `docs/ARCHITECTURE.md`):
+//! - `api`: generated protobuf/gRPC code and conversions
+//! - `client`: typed client over the API (used by the CLI and the runner)
+//! - `server`: the orchestrator: gRPC services -> scheduler -> store
+//! - `cli`: the command tree; no business logic
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod server;
