@@ -19,9 +19,9 @@ pub fn uuid_of(id: Option<&Id>) -> Result<Option<Uuid>, InvalidId> {
     match id {
         None => Ok(None),
         Some(id) if id.uuid.is_empty() => Ok(None),
-        Some(id) => Uuid::from_slice(&id.uuid)
-            .map(Some)
-            .map_err(|_| InvalidId { length: id.uuid.len() }),
+        Some(id) => Uuid::from_slice(&id.uuid).map(Some).map_err(|_| InvalidId {
+            length: id.uuid.len(),
+        }),
     }
 }
 
@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn timestamps_round_trip_through_millis() {
         for millis in [0, 1, 999, 1_000, 1_700_000_000_123, -1] {
-            assert_eq!(millis_from_timestamp(&timestamp_from_millis(millis)), millis);
+            assert_eq!(
+                millis_from_timestamp(&timestamp_from_millis(millis)),
+                millis
+            );
         }
     }
 
@@ -110,7 +113,12 @@ mod tests {
     fn empty_id_is_none_and_short_id_is_an_error() {
         assert_eq!(uuid_of(None).unwrap(), None);
         assert_eq!(uuid_of(Some(&Id { uuid: vec![] })).unwrap(), None);
-        assert!(uuid_of(Some(&Id { uuid: vec![1, 2, 3] })).is_err());
+        assert!(
+            uuid_of(Some(&Id {
+                uuid: vec![1, 2, 3]
+            }))
+            .is_err()
+        );
         let uuid = Uuid::new_v4();
         assert_eq!(uuid_of(Some(&id(uuid))).unwrap(), Some(uuid));
     }

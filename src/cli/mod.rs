@@ -29,7 +29,11 @@ pub const API_KEY_ENV: &str = "TILEBOX_API_KEY";
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8083";
 
 #[derive(Debug, Parser)]
-#[command(name = "tilebox", version, about = "Self-hostable Tilebox workflows: server, releases and in-process runner")]
+#[command(
+    name = "tilebox",
+    version,
+    about = "Self-hostable Tilebox workflows: server, releases and in-process runner"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,11 +97,17 @@ pub struct UserError {
 
 impl UserError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), hint: None }
+        Self {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self { message: message.into(), hint: Some(hint.into()) }
+        Self {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 }
 
@@ -107,7 +117,11 @@ pub fn exit_code_of(error: &anyhow::Error) -> ExitCode {
         return ExitCode::from(1);
     }
     if let Some(error) = error.downcast_ref::<client::Error>() {
-        return if error.is_user_error() { ExitCode::from(1) } else { ExitCode::from(2) };
+        return if error.is_user_error() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::from(2)
+        };
     }
     ExitCode::from(2)
 }
@@ -117,5 +131,7 @@ pub fn hint_of(error: &anyhow::Error) -> Option<String> {
     if let Some(error) = error.downcast_ref::<UserError>() {
         return error.hint.clone();
     }
-    error.downcast_ref::<client::Error>().and_then(client::Error::hint)
+    error
+        .downcast_ref::<client::Error>()
+        .and_then(client::Error::hint)
 }

@@ -1,12 +1,123 @@
-//! `tilebox server`.
+//! `tilebox server`: runs the orchestrator.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 
-#[derive(Debug, Args)]
-pub struct ServerArgs {}
+use crate::server::{self, Server, scheduler};
 
-pub async fn run(_arguments: ServerArgs) -> anyhow::Result<ExitCode> {
+/// Environment variable: comma-separated API keys the server accepts (`--token`).
+pub const SERVER_TOKENS_ENV: &str = "TILEBOX_SERVER_TOKENS";
+/// Environment variable: the server's data directory (`--data-dir`).
+pub const DATA_DIR_ENV: &str = "TILEBOX_DATA_DIR";
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8083")]
+    listen: SocketAddr,
+    /// Where the database lives [default: the user's data dir, e.g. ~/.local/share/tilebox].
+    #[arg(long, env = DATA_DIR_ENV)]
+    data_dir: Option<PathBuf>,
+    /// An accepted API key (repeatable). Without any, the server is open (local development).
+    #[arg(long = "token", env = SERVER_TOKENS_ENV, value_delimiter = ',', hide_env_values = true)]
+    tokens: Vec<String>,
+    /// Lease granted when a task is handed out, in seconds (at least 2).
+    #[arg(long, default_value_t = 30)]
+    lease_seconds: u64,
+    /// Longest lease an extension grants, in seconds.
+    #[arg(long, default_value_t = 60)]
+    max_lease_seconds: u64,
+    /// How long NextTask waits for work before answering idle, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    long_poll_ms: u64,
+    /// Largest task input accepted, in bytes.
+    #[arg(long, default_value_t = 2048)]
+    max_input_bytes: usize,
+    /// Log level of the server's own logs (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    dirs::data_dir()
+        .map(|directory| directory.join("tilebox"))
+        .context("cannot find the user's data directory; pass --data-dir")
+}
+
+pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={}", arguments.log_level))
+        .with_context(|| format!("invalid --log-level `{}`", arguments.log_level))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let data_dir = match arguments.data_dir {
+        Some(directory) => directory,
+        None => default_data_dir()?,
+    };
+    let tokens: Vec<String> = arguments
+        .tokens
+        .into_iter()
+        .filter(|token| !token.is_empty())
+        .collect();
+    let options = server::Options {
+        listen: arguments.listen,
+        data_dir: data_dir.clone(),
+        tokens,
+        scheduler: scheduler::Options {
+            lease: Duration::from_secs(arguments.lease_seconds),
+            max_lease: Duration::from_secs(arguments.max_lease_seconds),
+            long_poll: Duration::from_millis(arguments.long_poll_ms),
+            max_input_bytes: arguments.max_input_bytes,
+            ..scheduler::Options::default()
+        },
+    };
+    let open_server = options.tokens.is_empty();
+    let server = Server::bind(options).await?;
+    let address = server
+        .local_addr()
+        .context("cannot read the bound address")?;
+    tracing::info!(%address, data_dir = %data_dir.display(), open = open_server, "tilebox server started");
+    if open_server {
+        tracing::warn!("no --token configured: every client is accepted (local development only)");
+    }
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{address}").context("cannot write to stdout")?;
+        stdout.flush().context("cannot write to stdout")?;
+    }
+    server.serve(shutdown_signal()).await?;
+    tracing::info!("tilebox server stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

@@ -95,9 +95,14 @@ pub struct Authenticate {
 }
 
 impl Interceptor for Authenticate {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(header) = &self.header {
-            request.metadata_mut().insert("authorization", header.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
         }
         Ok(request)
     }
@@ -121,7 +126,8 @@ impl Client {
         let channel = endpoint.connect_lazy();
         let header = match api_key {
             Some(key) if !key.is_empty() => Some(
-                MetadataValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::InvalidApiKey)?,
+                MetadataValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| Error::InvalidApiKey)?,
             ),
             _ => None,
         };
@@ -188,6 +194,9 @@ mod tests {
     #[test]
     fn endpoint_refuses_tls_urls_with_a_reason() {
         let error = endpoint("https://api.tilebox.com").unwrap_err();
-        assert!(error.to_string().contains("https://api.tilebox.com"), "{error}");
+        assert!(
+            error.to_string().contains("https://api.tilebox.com"),
+            "{error}"
+        );
     }
 }

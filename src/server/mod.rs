@@ -1,1 +1,129 @@
-//! The orchestrator server (placeholder).
+//! The orchestrator server: the Tilebox workflows gRPC API over a durable store.
+//!
+//! Requests flow services -> scheduler -> store. The server owns the listener (with
+//! TCP_NODELAY set on every accepted connection; tonic's own setting is ignored for custom
+//! listeners) and the lease reaper.
+//!
+//! Layout:
+//! - `mod.rs`: `Options`, `Server` (bind, serve, shutdown), `Error`
+//! - `auth.rs`: bearer-token authentication
+//! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
+//! - `services/`: the gRPC services
+//! - `store/`: the `Store` trait and its backends
+
+pub mod auth;
+pub mod scheduler;
+pub mod services;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::api::workflows_v1::job_service_server::JobServiceServer;
+use crate::api::workflows_v1::task_service_server::TaskServiceServer;
+use crate::api::workflows_v1::workflows_service_server::WorkflowsServiceServer;
+use scheduler::Scheduler;
+use store::Store;
+use store::sqlite::SqliteStore;
+
+/// Largest request accepted (a computed task may carry a large fan-out).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// What can stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("the gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Accepted API keys; empty means an open development server.
+    pub tokens: Vec<String>,
+    pub scheduler: scheduler::Options,
+}
+
+/// A server bound to its address, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    scheduler: Scheduler,
+    tokens: Vec<String>,
+}
+
+impl Server {
+    /// Opens the store and binds the listener.
+    pub async fn bind(options: Options) -> Result<Self, Error> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options.data_dir)?);
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                address: options.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            scheduler: Scheduler::new(store, options.scheduler),
+            tokens: options.tokens,
+        })
+    }
+
+    /// The address the server listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight calls finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let (stop_reaper, reaper_stopped) = tokio::sync::watch::channel(false);
+        let reaper = tokio::spawn(self.scheduler.clone().run_lease_reaper(reaper_stopped));
+        let authenticate = auth::Authenticate::new(&self.tokens);
+
+        let jobs = JobServiceServer::new(services::jobs::Jobs::new(self.scheduler.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let tasks = TaskServiceServer::new(services::tasks::Tasks::new(self.scheduler.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let workflows = WorkflowsServiceServer::new(services::workflows::Workflows::new(
+            self.scheduler.store().clone(),
+        ))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        let incoming = TcpListenerStream::new(self.listener).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        });
+        let result = tonic::transport::Server::builder()
+            .add_service(InterceptedService::new(jobs, authenticate.clone()))
+            .add_service(InterceptedService::new(tasks, authenticate.clone()))
+            .add_service(InterceptedService::new(workflows, authenticate))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        let _ = stop_reaper.send(true);
+        let _ = reaper.await;
+        Ok(result?)
+    }
+}

@@ -1,0 +1,456 @@
+//! Scheduling policy between the gRPC services and the store: validates submissions,
+//! resolves clusters, long-polls `NextTask` so an idle runner gets new work in
+//! milliseconds, sizes leases, and expires lost ones.
+//!
+//! Layout:
+//! - `mod.rs`: `Scheduler`, its `Options` and `Error`
+//! - `submission.rs`: validation of task submissions and identifiers (pure)
+
+pub mod submission;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::api::convert::now_millis;
+use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
+use crate::server::store::{
+    self, ClaimRequest, ClaimedTask, ComputedReport, DEFAULT_CLUSTER_SLUG, FailedReport, Job,
+    NewJob, Progress, ReportOutcome, Store,
+};
+use submission::{Limits, SubmissionError};
+
+/// Why a scheduling request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid task submission: {0}")]
+    Submission(#[from] SubmissionError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Tunables of the scheduler.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lease granted when a task is handed out.
+    pub lease: Duration,
+    /// Longest lease an extension grants.
+    pub max_lease: Duration,
+    /// How long `NextTask` waits for work before answering "idle".
+    pub long_poll: Duration,
+    /// Idling duration suggested to a runner that got no task.
+    pub idle: Duration,
+    /// Largest task input accepted, in bytes.
+    pub max_input_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            max_lease: Duration::from_secs(60),
+            long_poll: Duration::from_secs(1),
+            idle: Duration::from_millis(300),
+            max_input_bytes: 2048,
+        }
+    }
+}
+
+/// Shortest lease handed out: runners wait whole seconds before extending.
+const MIN_LEASE: Duration = Duration::from_secs(2);
+
+/// What a `NextTask` call ends with.
+#[derive(Debug)]
+pub enum NextTask {
+    /// The caller did not ask for a task.
+    NotAsked,
+    Task(Box<ClaimedTask>),
+    Idle(Duration),
+}
+
+/// The scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    options: Arc<Options>,
+    work_available: Arc<Notify>,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<dyn Store>, mut options: Options) -> Self {
+        options.lease = options.lease.max(MIN_LEASE);
+        options.max_lease = options.max_lease.max(options.lease);
+        Self {
+            store,
+            options: Arc::new(options),
+            work_available: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.options.max_input_bytes,
+        }
+    }
+
+    /// Wakes every `NextTask` waiting for work.
+    fn announce_work(&self) {
+        self.work_available.notify_waiters();
+    }
+
+    /// Resolves `""` to the default cluster.
+    fn cluster_slug(slug: &str) -> String {
+        if slug.is_empty() {
+            DEFAULT_CLUSTER_SLUG.to_string()
+        } else {
+            slug.to_string()
+        }
+    }
+
+    /// Validates and stores a job.
+    pub async fn submit_job(&self, request: SubmitJobRequest) -> Result<Job> {
+        if request.job_name.is_empty() {
+            return Err(Error::InvalidRequest("job_name must not be empty".into()));
+        }
+        let tasks = match &request.tasks {
+            Some(submissions) if !submissions.task_groups.is_empty() => {
+                submission::expand(submissions, DEFAULT_CLUSTER_SLUG, self.limits())?
+            }
+            _ if !request.legacy_tasks.is_empty() => submission::expand_legacy(
+                &request.legacy_tasks,
+                DEFAULT_CLUSTER_SLUG,
+                self.limits(),
+            )?,
+            _ => return Err(SubmissionError::NoGroups.into()),
+        };
+        let job = self
+            .store
+            .submit_job(NewJob {
+                id: Uuid::now_v7(),
+                name: request.job_name,
+                trace_parent: request.trace_parent,
+                tasks,
+            })
+            .await?;
+        self.announce_work();
+        Ok(job)
+    }
+
+    /// Applies the computed report (if any) and, if asked, hands out the next task,
+    /// waiting up to the long-poll duration for one.
+    pub async fn next_task(&self, request: NextTaskRequest, claimant: String) -> Result<NextTask> {
+        let report = match request.computed_task {
+            Some(computed) => Some(self.computed_report(computed, &claimant).await?),
+            None => None,
+        };
+        // A failure report (invalid subtasks) is applied on its own; a computed one rides
+        // in the same transaction as the claim.
+        let mut computed = match report {
+            Some(Report::Failed(failed)) => {
+                self.apply_report(Report::Failed(failed)).await?;
+                None
+            }
+            Some(Report::Computed(computed)) => Some(computed),
+            None => None,
+        };
+        let claim = match request.next_task_to_run {
+            None => None,
+            Some(next) => {
+                let cluster = Self::cluster_slug(&next.cluster_slug);
+                // An unknown cluster is the runner's misconfiguration: say so.
+                self.store.get_cluster(&cluster).await?;
+                let identifiers = next
+                    .identifiers
+                    .iter()
+                    .map(submission::parse_identifier)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(SubmissionError::from)?;
+                Some(ClaimRequest {
+                    cluster,
+                    identifiers,
+                    claimant: claimant.clone(),
+                    lease: self.options.lease,
+                })
+            }
+        };
+        let Some(claim) = claim else {
+            if let Some(computed) = computed {
+                self.apply_report(Report::Computed(computed)).await?;
+            }
+            return Ok(NextTask::NotAsked);
+        };
+        let deadline = tokio::time::Instant::now() + self.options.long_poll;
+        loop {
+            let notified = self.work_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (outcome, claimed) = self
+                .store
+                .report_and_claim(computed.take(), Some(claim.clone()))
+                .await?;
+            if let Some(outcome) = outcome {
+                self.after_report(outcome);
+            }
+            if let Some(task) = claimed {
+                return Ok(NextTask::Task(Box::new(task)));
+            }
+            tokio::select! {
+                _ = &mut notified => continue,
+                _ = tokio::time::sleep_until(deadline) => return Ok(NextTask::Idle(self.options.idle)),
+            }
+        }
+    }
+
+    /// Turns a `ComputedTask` into a report; subtasks that fail validation turn it into a
+    /// failure report instead, so the task fails with the reason rather than the runner.
+    async fn computed_report(
+        &self,
+        computed: crate::api::workflows_v1::ComputedTask,
+        claimant: &str,
+    ) -> Result<Report> {
+        let task_id = required_id(computed.id.as_ref(), "computed_task.id")?;
+        let progress = progress_of(&computed.progress_updates);
+        let subtasks = match self.expand_subtasks(&computed, claimant).await {
+            Ok(subtasks) => subtasks,
+            Err(reason) => {
+                let display =
+                    failure_display(&computed.display, &format!("InvalidSubtasks({reason:?})"));
+                return Ok(Report::Failed(FailedReport {
+                    task_id,
+                    claimant: claimant.to_string(),
+                    display,
+                    workflow_error: true,
+                    progress,
+                }));
+            }
+        };
+        Ok(Report::Computed(ComputedReport {
+            task_id,
+            claimant: claimant.to_string(),
+            display: computed.display,
+            progress,
+            subtasks,
+        }))
+    }
+
+    async fn expand_subtasks(
+        &self,
+        computed: &crate::api::workflows_v1::ComputedTask,
+        _claimant: &str,
+    ) -> Result<Vec<store::NewTask>, String> {
+        let subtasks = match &computed.sub_tasks {
+            Some(submissions) if !submissions.task_groups.is_empty() => {
+                submission::expand(submissions, DEFAULT_CLUSTER_SLUG, self.limits())
+                    .map_err(|e| e.to_string())?
+            }
+            _ if !computed.legacy_sub_tasks.is_empty() => submission::expand_legacy(
+                &computed.legacy_sub_tasks,
+                DEFAULT_CLUSTER_SLUG,
+                self.limits(),
+            )
+            .map_err(|e| e.to_string())?,
+            _ => Vec::new(),
+        };
+        let mut checked = std::collections::HashSet::new();
+        for task in &subtasks {
+            if checked.insert(task.cluster.clone())
+                && self.store.get_cluster(&task.cluster).await.is_err()
+            {
+                return Err(format!("subtask cluster `{}` does not exist", task.cluster));
+            }
+        }
+        Ok(subtasks)
+    }
+
+    async fn apply_report(&self, report: Report) -> Result<()> {
+        match report {
+            Report::Computed(computed) => {
+                let (outcome, _) = self.store.report_and_claim(Some(computed), None).await?;
+                if let Some(outcome) = outcome {
+                    self.after_report(outcome);
+                }
+            }
+            Report::Failed(failed) => {
+                let outcome = self.store.fail_task(failed).await?;
+                self.after_report(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    fn after_report(&self, outcome: ReportOutcome) {
+        match outcome {
+            ReportOutcome::Applied(_) => self.announce_work(),
+            ReportOutcome::Stale(state) => {
+                tracing::info!(
+                    ?state,
+                    "ignored a report for a task that is no longer the reporter's attempt"
+                );
+            }
+        }
+    }
+
+    /// Applies a failure report; answers the task's state afterwards.
+    pub async fn task_failed(
+        &self,
+        request: TaskFailedRequest,
+        claimant: String,
+    ) -> Result<TaskState> {
+        let task_id = required_id(request.task_id.as_ref(), "task_id")?;
+        let outcome = self
+            .store
+            .fail_task(FailedReport {
+                task_id,
+                claimant,
+                display: request.display,
+                workflow_error: request.was_workflow_error,
+                progress: progress_of(&request.progress_updates),
+            })
+            .await?;
+        self.after_report(outcome);
+        Ok(match outcome {
+            ReportOutcome::Applied(state) | ReportOutcome::Stale(state) => state,
+        })
+    }
+
+    /// Extends a lease; answers (granted lease, recommended wait before the next extension),
+    /// or `None` when the task is not running any more.
+    pub async fn extend_lease(
+        &self,
+        task: Uuid,
+        requested: Duration,
+        claimant: Option<String>,
+    ) -> Result<Option<(Duration, Duration)>> {
+        let granted = requested.clamp(MIN_LEASE, self.options.max_lease);
+        let lease = self.store.extend_lease(task, claimant, granted).await?;
+        Ok(lease.map(|lease| (lease, recommended_wait(lease))))
+    }
+
+    /// The recommended wait before the first extension of a fresh lease.
+    pub fn initial_wait(&self) -> Duration {
+        recommended_wait(self.options.lease)
+    }
+
+    pub async fn retry_job(&self, id: Uuid) -> Result<i64> {
+        let count = self.store.retry_job(id).await?;
+        self.announce_work();
+        Ok(count)
+    }
+
+    pub async fn cancel_job(&self, id: Uuid) -> Result<()> {
+        Ok(self.store.cancel_job(id).await?)
+    }
+
+    /// Expires lost leases until `shutdown` turns true: sleeps until the earliest lease
+    /// deadline (at most a second, so new leases are seen), then re-queues what expired.
+    pub async fn run_lease_reaper(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let now = now_millis();
+            match self.store.expire_leases(now).await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::info!(count, "re-queued tasks whose lease expired");
+                    self.announce_work();
+                }
+                Err(error) => tracing::error!(%error, "expiring leases failed"),
+            }
+            let wait = match self.store.next_lease_deadline().await {
+                Ok(Some(deadline)) => {
+                    Duration::from_millis((deadline - now_millis()).clamp(10, 1000) as u64)
+                }
+                Ok(None) => Duration::from_secs(1),
+                Err(error) => {
+                    tracing::error!(%error, "reading lease deadlines failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+enum Report {
+    Computed(ComputedReport),
+    Failed(FailedReport),
+}
+
+/// How long a runner should wait before extending a lease of this length: a third of it,
+/// in whole seconds (runners truncate to seconds), at least one.
+fn recommended_wait(lease: Duration) -> Duration {
+    Duration::from_secs((lease.as_secs() / 3).max(1))
+}
+
+/// The SDK's failure display: `"<display>\n<reason>"`, capped at 1024 characters.
+fn failure_display(display: &str, reason: &str) -> String {
+    let text = format!("{display}\n{reason}");
+    text.chars().take(1024).collect()
+}
+
+fn required_id(id: Option<&crate::api::tilebox_v1::Id>, field: &str) -> Result<Uuid> {
+    crate::api::convert::uuid_of(id)
+        .map_err(|error| Error::InvalidRequest(format!("{field}: {error}")))?
+        .ok_or_else(|| Error::InvalidRequest(format!("{field} is required")))
+}
+
+fn progress_of(updates: &[crate::api::workflows_v1::Progress]) -> Vec<Progress> {
+    updates
+        .iter()
+        .map(|update| Progress {
+            label: if update.label.is_empty() {
+                None
+            } else {
+                Some(update.label.clone())
+            },
+            total: update.total,
+            done: update.done,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recommended_wait_is_a_third_in_whole_seconds() {
+        assert_eq!(
+            recommended_wait(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            recommended_wait(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            recommended_wait(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn failure_display_is_capped_at_1024_characters() {
+        let display = failure_display("Task", &"x".repeat(5000));
+        assert_eq!(display.chars().count(), 1024);
+        assert!(display.starts_with("Task\nxxx"));
+    }
+}

@@ -1,0 +1,120 @@
+//! The gRPC services of the Tilebox workflows API, thin adapters from wire messages to the
+//! scheduler and the store.
+//!
+//! Layout:
+//! - `mod.rs`: error to status mapping, the caller's identity, pagination
+//! - `jobs.rs`: `JobService`
+//! - `tasks.rs`: `TaskService` (what runners call)
+//! - `workflows.rs`: `WorkflowsService` (clusters)
+//! - `messages.rs`: store records to wire messages
+
+pub mod jobs;
+mod messages;
+pub mod tasks;
+pub mod workflows;
+
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use crate::api::tilebox_v1::Pagination;
+use crate::server::scheduler;
+use crate::server::store::{self, Page};
+
+/// Metadata key a runner may send to name itself (used to fence late reports); without it
+/// the connection's peer address identifies the caller.
+pub const RUNNER_ID_HEADER: &str = "tilebox-runner-id";
+/// Items per page when the request does not say.
+const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page served.
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// The status a store error answers with. Faults of the server itself are `INTERNAL`, which
+/// official runners retry; everything else ends in the caller's hands.
+pub fn store_status(error: store::Error) -> Status {
+    let code = match &error {
+        store::Error::ClusterNotFound { .. }
+        | store::Error::JobNotFound { .. }
+        | store::Error::TaskNotFound { .. } => Code::NotFound,
+        store::Error::ClusterExists { .. } => Code::AlreadyExists,
+        store::Error::ClusterNotDeletable { .. } => Code::FailedPrecondition,
+        store::Error::Corrupt(_)
+        | store::Error::Database { .. }
+        | store::Error::Open { .. }
+        | store::Error::DataDirectory { .. }
+        | store::Error::Closed => Code::Internal,
+    };
+    if code == Code::Internal {
+        tracing::error!(error = %error, source = ?std::error::Error::source(&error), "store failure");
+    }
+    Status::new(code, error.to_string())
+}
+
+/// The status a scheduler error answers with.
+pub fn scheduler_status(error: scheduler::Error) -> Status {
+    match error {
+        scheduler::Error::Submission(error) => Status::invalid_argument(error.to_string()),
+        scheduler::Error::InvalidRequest(message) => Status::invalid_argument(message),
+        scheduler::Error::Store(error) => store_status(error),
+    }
+}
+
+/// Who is calling: the runner id header, else the peer address.
+pub fn caller<T>(request: &tonic::Request<T>) -> String {
+    if let Some(id) = request
+        .metadata()
+        .get(RUNNER_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        && !id.is_empty()
+    {
+        return format!("runner:{id}");
+    }
+    match request.remote_addr() {
+        Some(address) => format!("peer:{address}"),
+        None => "unknown".to_string(),
+    }
+}
+
+/// A required id field, with a message naming the field.
+pub fn required_uuid(id: Option<&crate::api::tilebox_v1::Id>, field: &str) -> Result<Uuid, Status> {
+    crate::api::convert::uuid_of(id)
+        .map_err(|error| Status::invalid_argument(format!("{field}: {error}")))?
+        .ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
+}
+
+/// An optional id field.
+pub fn optional_uuid(
+    id: Option<&crate::api::tilebox_v1::Id>,
+    field: &str,
+) -> Result<Option<Uuid>, Status> {
+    crate::api::convert::uuid_of(id)
+        .map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
+}
+
+/// The page a request asks for.
+pub fn page_of(pagination: Option<&Pagination>, descending: bool) -> Result<Page, Status> {
+    let limit = match pagination.and_then(|page| page.limit) {
+        None => DEFAULT_PAGE_SIZE,
+        Some(limit) if limit <= 0 => DEFAULT_PAGE_SIZE,
+        Some(limit) => (limit as usize).min(MAX_PAGE_SIZE),
+    };
+    let after = optional_uuid(
+        pagination.and_then(|page| page.starting_after.as_ref()),
+        "page.starting_after",
+    )?;
+    Ok(Page {
+        after,
+        limit,
+        descending,
+    })
+}
+
+/// The next page marker: set only when the page came back full.
+pub fn next_page(page: &Page, count: usize, last: Option<Uuid>) -> Option<Pagination> {
+    match last {
+        Some(last) if count >= page.limit => Some(Pagination {
+            limit: Some(page.limit as i64),
+            starting_after: Some(crate::api::convert::id(last)),
+        }),
+        _ => None,
+    }
+}

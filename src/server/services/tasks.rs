@@ -1,0 +1,104 @@
+//! `workflows.v1.TaskService`: what runners call to claim tasks, report results and keep
+//! their leases.
+
+use tonic::{Request, Response, Status};
+
+use super::{RUNNER_ID_HEADER, caller, messages, required_uuid, scheduler_status};
+use crate::api::convert::{duration, std_duration};
+use crate::api::workflows_v1::task_service_server::TaskService;
+use crate::api::workflows_v1::{
+    IdlingResponse, NextTaskRequest, NextTaskResponse, TaskFailedRequest, TaskLease,
+    TaskLeaseRequest, TaskStateResponse,
+};
+use crate::server::scheduler::{NextTask, Scheduler};
+
+pub struct Tasks {
+    scheduler: Scheduler,
+}
+
+impl Tasks {
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for Tasks {
+    async fn next_task(
+        &self,
+        request: Request<NextTaskRequest>,
+    ) -> Result<Response<NextTaskResponse>, Status> {
+        let claimant = caller(&request);
+        let answer = self
+            .scheduler
+            .next_task(request.into_inner(), claimant)
+            .await
+            .map_err(scheduler_status)?;
+        let response = match answer {
+            NextTask::NotAsked => NextTaskResponse::default(),
+            NextTask::Task(task) => NextTaskResponse {
+                next_task: Some(messages::claimed_task(&task, self.scheduler.initial_wait())),
+                idling: None,
+            },
+            NextTask::Idle(idle) => NextTaskResponse {
+                next_task: None,
+                idling: Some(IdlingResponse {
+                    suggested_idling_duration: Some(duration(idle)),
+                }),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn task_failed(
+        &self,
+        request: Request<TaskFailedRequest>,
+    ) -> Result<Response<TaskStateResponse>, Status> {
+        let claimant = caller(&request);
+        let state = self
+            .scheduler
+            .task_failed(request.into_inner(), claimant)
+            .await
+            .map_err(scheduler_status)?;
+        Ok(Response::new(TaskStateResponse {
+            state: state as i32,
+        }))
+    }
+
+    async fn extend_task_lease(
+        &self,
+        request: Request<TaskLeaseRequest>,
+    ) -> Result<Response<TaskLease>, Status> {
+        // Official runners extend leases from a separate process (another connection), so
+        // only an explicit runner id fences extensions.
+        let claimant = request
+            .metadata()
+            .get(RUNNER_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| !id.is_empty())
+            .map(|id| format!("runner:{id}"));
+        let request = request.into_inner();
+        let task = required_uuid(request.task_id.as_ref(), "task_id")?;
+        let requested = request
+            .requested_lease
+            .as_ref()
+            .map(std_duration)
+            .unwrap_or_default();
+        let granted = self
+            .scheduler
+            .extend_lease(task, requested, claimant)
+            .await
+            .map_err(scheduler_status)?;
+        let lease = match granted {
+            Some((lease, wait)) => TaskLease {
+                lease: Some(duration(lease)),
+                recommended_wait_until_next_extension: Some(duration(wait)),
+            },
+            None => TaskLease {
+                lease: Some(duration(std::time::Duration::ZERO)),
+                recommended_wait_until_next_extension: Some(duration(std::time::Duration::ZERO)),
+            },
+        };
+        Ok(Response::new(lease))
+    }
+}

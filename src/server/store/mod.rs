@@ -1,0 +1,293 @@
+//! Durable state of the orchestrator behind one trait, [`Store`], so SQLite (embedded
+//! default) and PostgreSQL (scale-out) are interchangeable. Each method is one atomic
+//! operation; what a method acknowledged is on disk before it returns.
+//!
+//! The scheduling rules that touch several rows at once (dependencies, optional scopes,
+//! retries, lease expiry, job state) are part of the contract: every backend runs the same
+//! conformance suite (`conformance.rs`).
+//!
+//! Layout:
+//! - `mod.rs`: the trait, its records and `Error`
+//! - `sqlite.rs`: the SQLite backend (WAL, full sync, group commit on one writer thread)
+//! - `schema.sql`: the SQLite schema
+//! - `conformance.rs`: the suite every backend passes (tests only)
+
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::api::workflows_v1::{JobState, TaskState};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The slug of the cluster every store creates on first open; `""` means this cluster.
+pub const DEFAULT_CLUSTER_SLUG: &str = "default";
+/// How many times a task whose lease expired is handed out again before it fails.
+pub const MAX_LEASE_REQUEUES: i64 = 10;
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cluster `{slug}` not found")]
+    ClusterNotFound { slug: String },
+    #[error("cluster `{slug}` already exists")]
+    ClusterExists { slug: String },
+    #[error("cluster `{slug}` cannot be deleted: {reason}")]
+    ClusterNotDeletable { slug: String, reason: &'static str },
+    #[error("job {id} not found")]
+    JobNotFound { id: Uuid },
+    #[error("task {id} not found")]
+    TaskNotFound { id: Uuid },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("database error in {operation}")]
+    Database {
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot open the database at {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the data directory {path}")]
+    DataDirectory {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// A task identifier with its parsed version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identifier {
+    pub name: String,
+    /// The version as submitted, e.g. `v1.3`.
+    pub version: String,
+    pub major: u64,
+    pub minor: u64,
+}
+
+/// A cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub deletable: bool,
+}
+
+/// A task to insert, as a validated submission describes it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub identifier: Identifier,
+    pub input: Vec<u8>,
+    pub display: String,
+    /// Resolved cluster slug (never empty).
+    pub cluster: String,
+    pub max_retries: i64,
+    pub optional: bool,
+    /// Indexes of earlier-or-later tasks of the same submission this task waits for.
+    pub depends_on: Vec<usize>,
+}
+
+/// A job to insert with its root tasks.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub name: String,
+    pub trace_parent: String,
+    pub tasks: Vec<NewTask>,
+}
+
+/// A progress indicator of one task (or, summed, of a job).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub label: Option<String>,
+    pub total: u64,
+    pub done: u64,
+}
+
+/// Execution statistics of a job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutionStats {
+    pub first_task_started_at: Option<i64>,
+    pub last_task_stopped_at: Option<i64>,
+    pub compute_time: Duration,
+    pub elapsed_time: Duration,
+    pub parallelism: f64,
+    pub total_tasks: u64,
+    /// Counts of tasks per state, only states with at least one task, in enum order.
+    pub tasks_by_state: Vec<(TaskState, u64)>,
+}
+
+/// A job as readers see it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub name: String,
+    pub trace_parent: String,
+    pub state: JobState,
+    /// Milliseconds since the Unix epoch.
+    pub submitted_at: i64,
+    pub progress: Vec<Progress>,
+    pub stats: ExecutionStats,
+}
+
+/// One task as `ListJobTasks` shows it.
+#[derive(Debug, Clone)]
+pub struct TaskSummary {
+    pub id: Uuid,
+    pub parent_id: Option<Uuid>,
+    pub display: String,
+    pub state: TaskState,
+    pub identifier: Identifier,
+    pub submitted_at: i64,
+    pub started_at: Option<i64>,
+    pub stopped_at: Option<i64>,
+    pub input: Vec<u8>,
+    pub retry_count: i64,
+    pub max_retries: i64,
+    pub has_children: bool,
+    pub cluster: String,
+    pub optional: bool,
+}
+
+/// What a runner asks for: tasks on `cluster` that one of `identifiers` can run.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub cluster: String,
+    /// The runner's advertised identifiers.
+    pub identifiers: Vec<Identifier>,
+    /// Who claims (runner id, or the connection's peer address).
+    pub claimant: String,
+    pub lease: Duration,
+}
+
+/// A task handed to a runner.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub id: Uuid,
+    /// The runner's advertised identifier that matched (same name and major, minor ≥ submitted).
+    pub identifier: Identifier,
+    pub input: Vec<u8>,
+    pub display: String,
+    pub parent_id: Option<Uuid>,
+    pub depends_on: Vec<Uuid>,
+    pub retry_count: i64,
+    pub lease: Duration,
+    pub job: Job,
+}
+
+/// A runner's report that a task computed.
+#[derive(Debug, Clone)]
+pub struct ComputedReport {
+    pub task_id: Uuid,
+    pub claimant: String,
+    pub display: String,
+    pub progress: Vec<Progress>,
+    /// Validated subtasks (their `id`s are fresh).
+    pub subtasks: Vec<NewTask>,
+}
+
+/// A runner's report that a task failed.
+#[derive(Debug, Clone)]
+pub struct FailedReport {
+    pub task_id: Uuid,
+    pub claimant: String,
+    pub display: String,
+    /// True when the task's own code failed (counts against `max_retries`); false when the
+    /// runner could not run it (re-queued without counting).
+    pub workflow_error: bool,
+    pub progress: Vec<Progress>,
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// The report was applied; the task is now in this state.
+    Applied(TaskState),
+    /// The report was ignored: the task is no longer this claimant's running attempt (its
+    /// lease expired and it was handed out again, or it already ended).
+    Stale(TaskState),
+}
+
+/// Filters of `query_jobs`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub states: Vec<JobState>,
+    pub name_contains: Option<String>,
+    pub clusters: Vec<String>,
+    /// Milliseconds since the epoch; half-open [from, to).
+    pub submitted_from: Option<i64>,
+    pub submitted_to: Option<i64>,
+}
+
+/// A page request: items after `after` (exclusive), at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub after: Option<Uuid>,
+    pub limit: usize,
+    pub descending: bool,
+}
+
+/// The durable state of the orchestrator.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_cluster(&self, cluster: Cluster) -> Result<Cluster>;
+    async fn get_cluster(&self, slug: &str) -> Result<Cluster>;
+    async fn list_clusters(&self) -> Result<Vec<Cluster>>;
+    async fn update_cluster(
+        &self,
+        slug: &str,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<Cluster>;
+    async fn delete_cluster(&self, slug: &str) -> Result<()>;
+
+    /// Inserts a job and its root tasks; every task's cluster must exist.
+    async fn submit_job(&self, job: NewJob) -> Result<Job>;
+    async fn get_job(&self, id: Uuid) -> Result<Job>;
+    async fn query_jobs(&self, filter: JobFilter, page: Page) -> Result<Vec<Job>>;
+    /// Direct children of `parent` (the root tasks when `None`), in submission order.
+    async fn list_tasks(
+        &self,
+        job: Uuid,
+        parent: Option<Uuid>,
+        page: Page,
+    ) -> Result<Vec<TaskSummary>>;
+    /// Marks failed tasks queued again and resumes the job; returns how many were re-queued.
+    async fn retry_job(&self, id: Uuid) -> Result<i64>;
+    /// Stops the job: no queued task starts any more; running ones finish.
+    async fn cancel_job(&self, id: Uuid) -> Result<()>;
+    async fn job_state_counts(&self) -> Result<Vec<(JobState, u64)>>;
+
+    /// In one transaction: applies `report` (if any), then claims a task for `claim` (if any).
+    async fn report_and_claim(
+        &self,
+        report: Option<ComputedReport>,
+        claim: Option<ClaimRequest>,
+    ) -> Result<(Option<ReportOutcome>, Option<ClaimedTask>)>;
+    async fn fail_task(&self, report: FailedReport) -> Result<ReportOutcome>;
+    /// Extends a running task's lease to `lease` from now; `None` if it is not running.
+    async fn extend_lease(
+        &self,
+        task: Uuid,
+        claimant: Option<String>,
+        lease: Duration,
+    ) -> Result<Option<Duration>>;
+    /// Re-queues (or, after `MAX_LEASE_REQUEUES`, fails) running tasks whose lease ended
+    /// before `now_millis`; returns how many tasks it touched.
+    async fn expire_leases(&self, now_millis: i64) -> Result<usize>;
+    /// The earliest lease deadline of a running task, if any.
+    async fn next_lease_deadline(&self) -> Result<Option<i64>>;
+}

@@ -1,0 +1,469 @@
+//! Read queries of the SQLite store and the mapping of rows to records.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::db;
+use crate::api::workflows_v1::{JobState, TaskState};
+use crate::server::store::{
+    ClaimedTask, Error, ExecutionStats, Identifier, Job, JobFilter, Page, Progress, Result,
+    TaskSummary,
+};
+
+fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
+    Uuid::from_slice(&bytes)
+        .map_err(|_| Error::Corrupt(format!("a stored id has {} bytes", bytes.len())))
+}
+
+const JOB_COLUMNS: &str = "job, uuid, name, trace_parent, state, submitted_at, total_tasks";
+
+struct JobRow {
+    row: i64,
+    uuid: Vec<u8>,
+    name: String,
+    trace_parent: String,
+    state: i32,
+    submitted_at: i64,
+    total_tasks: i64,
+}
+
+fn map_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        row: row.get(0)?,
+        uuid: row.get(1)?,
+        name: row.get(2)?,
+        trace_parent: row.get(3)?,
+        state: row.get(4)?,
+        submitted_at: row.get(5)?,
+        total_tasks: row.get(6)?,
+    })
+}
+
+/// A job with its progress and statistics.
+pub(super) fn job_by_uuid(connection: &Connection, id: Uuid, now: i64) -> Result<Job> {
+    let row = connection
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE uuid = ?1"))
+        .and_then(|mut statement| statement.query_row([id.as_bytes()], map_job_row).optional())
+        .map_err(db("get job"))?
+        .ok_or(Error::JobNotFound { id })?;
+    complete_job(connection, row, now)
+}
+
+fn job_by_row(connection: &Connection, row: i64, now: i64) -> Result<Job> {
+    let row = connection
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job = ?1"))
+        .and_then(|mut statement| statement.query_row([row], map_job_row))
+        .map_err(db("get job"))?;
+    complete_job(connection, row, now)
+}
+
+fn complete_job(connection: &Connection, row: JobRow, now: i64) -> Result<Job> {
+    let state = JobState::try_from(row.state).unwrap_or(JobState::Unspecified);
+    let progress = job_progress(connection, row.row)?;
+    let stats = job_stats(connection, row.row, row.total_tasks, state, now)?;
+    Ok(Job {
+        id: uuid_from(row.uuid)?,
+        name: row.name,
+        trace_parent: row.trace_parent,
+        state,
+        submitted_at: row.submitted_at,
+        progress,
+        stats,
+    })
+}
+
+fn job_progress(connection: &Connection, job: i64) -> Result<Vec<Progress>> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT p.label, SUM(p.total), SUM(p.done) FROM task_progress p JOIN tasks t ON t.task = p.task
+             WHERE t.job = ?1 GROUP BY p.label ORDER BY MIN(p.task * 4096 + p.position)",
+        )
+        .map_err(db("job progress"))?;
+    statement
+        .query_map([job], |row| {
+            Ok(Progress {
+                label: row.get(0)?,
+                total: row.get::<_, i64>(1)?.max(0) as u64,
+                done: row.get::<_, i64>(2)?.max(0) as u64,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(db("job progress"))
+}
+
+fn job_stats(
+    connection: &Connection,
+    job: i64,
+    total: i64,
+    state: JobState,
+    now: i64,
+) -> Result<ExecutionStats> {
+    let mut tasks_by_state = Vec::new();
+    {
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT state, COUNT(*) FROM tasks WHERE job = ?1 GROUP BY state ORDER BY state",
+            )
+            .map_err(db("job statistics"))?;
+        let rows = statement
+            .query_map([job], |row| {
+                Ok((row.get::<_, i32>(0)?, row.get::<_, i64>(1)?))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("job statistics"))?;
+        for (task_state, count) in rows {
+            tasks_by_state.push((
+                TaskState::try_from(task_state).unwrap_or(TaskState::Unspecified),
+                count as u64,
+            ));
+        }
+    }
+    let (first_started, last_stopped, compute_ms, running_since): (
+        Option<i64>,
+        Option<i64>,
+        i64,
+        Option<i64>,
+    ) = connection
+        .query_row(
+            "SELECT MIN(started_at), MAX(stopped_at), COALESCE(SUM(compute_ms), 0),
+                        MIN(attempt_started_at)
+                 FROM tasks WHERE job = ?1",
+            [job],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .map_err(db("job statistics"))?;
+    let running_ms: i64 = if running_since.is_some() {
+        connection
+            .query_row(
+                "SELECT COALESCE(SUM(?2 - attempt_started_at), 0) FROM tasks WHERE job = ?1 AND state = 2",
+                params![job, now],
+                |row| row.get(0),
+            )
+            .map_err(db("job statistics"))?
+    } else {
+        0
+    };
+    let compute_ms = compute_ms + running_ms.max(0);
+    let ended = matches!(
+        state,
+        JobState::Completed | JobState::Failed | JobState::Canceled
+    );
+    let end = if ended || running_since.is_none() {
+        last_stopped
+    } else {
+        Some(now)
+    };
+    let elapsed_ms = match (first_started, end) {
+        (Some(start), Some(end)) => (end - start).max(0),
+        _ => 0,
+    };
+    let parallelism = if elapsed_ms > 0 {
+        compute_ms as f64 / elapsed_ms as f64
+    } else {
+        0.0
+    };
+    Ok(ExecutionStats {
+        first_task_started_at: first_started,
+        last_task_stopped_at: last_stopped,
+        compute_time: Duration::from_millis(compute_ms.max(0) as u64),
+        elapsed_time: Duration::from_millis(elapsed_ms as u64),
+        parallelism,
+        total_tasks: total.max(0) as u64,
+        tasks_by_state,
+    })
+}
+
+/// Jobs matching `filter`, paged by job id (which is time ordered for ids we create).
+pub(super) fn query_jobs(
+    connection: &Connection,
+    filter: &JobFilter,
+    page: Page,
+    now: i64,
+) -> Result<Vec<Job>> {
+    let mut sql = String::from("SELECT job FROM jobs WHERE 1 = 1");
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(after) = page.after {
+        let after_row: Option<i64> = connection
+            .query_row(
+                "SELECT job FROM jobs WHERE uuid = ?1",
+                [after.as_bytes()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("query jobs"))?;
+        if let Some(after_row) = after_row {
+            sql.push_str(if page.descending {
+                " AND job < ?"
+            } else {
+                " AND job > ?"
+            });
+            values.push(after_row.into());
+        }
+    }
+    if !filter.states.is_empty() {
+        sql.push_str(&format!(
+            " AND state IN ({})",
+            vec!["?"; filter.states.len()].join(",")
+        ));
+        values.extend(filter.states.iter().map(|state| (*state as i64).into()));
+    }
+    if let Some(name) = &filter.name_contains {
+        sql.push_str(" AND instr(lower(name), lower(?)) > 0");
+        values.push(name.clone().into());
+    }
+    if let Some(from) = filter.submitted_from {
+        sql.push_str(" AND submitted_at >= ?");
+        values.push(from.into());
+    }
+    if let Some(to) = filter.submitted_to {
+        sql.push_str(" AND submitted_at < ?");
+        values.push(to.into());
+    }
+    if !filter.clusters.is_empty() {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM tasks t WHERE t.job = jobs.job AND t.cluster IN ({}))",
+            vec!["?"; filter.clusters.len()].join(",")
+        ));
+        values.extend(filter.clusters.iter().map(|slug| slug.clone().into()));
+    }
+    sql.push_str(if page.descending {
+        " ORDER BY job DESC"
+    } else {
+        " ORDER BY job"
+    });
+    sql.push_str(" LIMIT ?");
+    values.push((page.limit as i64).into());
+    let rows: Vec<i64> = {
+        let mut statement = connection.prepare(&sql).map_err(db("query jobs"))?;
+        statement
+            .query_map(rusqlite::params_from_iter(values), |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("query jobs"))?
+    };
+    rows.into_iter()
+        .map(|row| job_by_row(connection, row, now))
+        .collect()
+}
+
+/// Direct children of `parent` (root tasks when `None`) in submission order.
+pub(super) fn list_tasks(
+    connection: &Connection,
+    job: Uuid,
+    parent: Option<Uuid>,
+    page: Page,
+) -> Result<Vec<TaskSummary>> {
+    let job_row: i64 = connection
+        .query_row(
+            "SELECT job FROM jobs WHERE uuid = ?1",
+            [job.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db("list tasks"))?
+        .ok_or(Error::JobNotFound { id: job })?;
+    let parent_row: Option<i64> = match parent {
+        None => None,
+        Some(parent) => Some(
+            connection
+                .query_row(
+                    "SELECT task FROM tasks WHERE uuid = ?1 AND job = ?2",
+                    params![parent.as_bytes(), job_row],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db("list tasks"))?
+                .ok_or(Error::TaskNotFound { id: parent })?,
+        ),
+    };
+    let after_row: i64 = match page.after {
+        None => 0,
+        Some(after) => connection
+            .query_row(
+                "SELECT task FROM tasks WHERE uuid = ?1",
+                [after.as_bytes()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("list tasks"))?
+            .unwrap_or(0),
+    };
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT t.uuid, p.uuid, t.display, t.state, t.name, t.version, t.major, t.minor, t.submitted_at,
+                    t.started_at, t.stopped_at, t.input, t.retry_count, t.max_retries, t.has_children,
+                    t.cluster, t.optional
+             FROM tasks t LEFT JOIN tasks p ON p.task = t.parent
+             WHERE t.job = ?1 AND t.parent IS ?2 AND t.task > ?3 ORDER BY t.task LIMIT ?4",
+        )
+        .map_err(db("list tasks"))?;
+    let rows = statement
+        .query_map(
+            params![job_row, parent_row, after_row, page.limit as i64],
+            |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, Option<Vec<u8>>>(1)?,
+                    TaskSummaryRow {
+                        display: row.get(2)?,
+                        state: row.get(3)?,
+                        identifier: Identifier {
+                            name: row.get(4)?,
+                            version: row.get(5)?,
+                            major: row.get::<_, i64>(6)? as u64,
+                            minor: row.get::<_, i64>(7)? as u64,
+                        },
+                        submitted_at: row.get(8)?,
+                        started_at: row.get(9)?,
+                        stopped_at: row.get(10)?,
+                        input: row.get(11)?,
+                        retry_count: row.get(12)?,
+                        max_retries: row.get(13)?,
+                        has_children: row.get(14)?,
+                        cluster: row.get(15)?,
+                        optional: row.get(16)?,
+                    },
+                ))
+            },
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(db("list tasks"))?;
+    rows.into_iter()
+        .map(|(id, parent_id, row)| {
+            Ok(TaskSummary {
+                id: uuid_from(id)?,
+                parent_id: parent_id.map(uuid_from).transpose()?,
+                display: row.display,
+                state: TaskState::try_from(row.state).unwrap_or(TaskState::Unspecified),
+                identifier: row.identifier,
+                submitted_at: row.submitted_at,
+                started_at: row.started_at,
+                stopped_at: row.stopped_at,
+                input: row.input,
+                retry_count: row.retry_count,
+                max_retries: row.max_retries,
+                has_children: row.has_children,
+                cluster: row.cluster,
+                optional: row.optional,
+            })
+        })
+        .collect()
+}
+
+struct TaskSummaryRow {
+    display: String,
+    state: i32,
+    identifier: Identifier,
+    submitted_at: i64,
+    started_at: Option<i64>,
+    stopped_at: Option<i64>,
+    input: Vec<u8>,
+    retry_count: i64,
+    max_retries: i64,
+    has_children: bool,
+    cluster: String,
+    optional: bool,
+}
+
+/// Counts of jobs per state.
+pub(super) fn job_state_counts(connection: &Connection) -> Result<Vec<(JobState, u64)>> {
+    let mut statement = connection
+        .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+        .map_err(db("job state counts"))?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, i32>(0)?, row.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(db("job state counts"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(state, count)| {
+            (
+                JobState::try_from(state).unwrap_or(JobState::Unspecified),
+                count as u64,
+            )
+        })
+        .collect())
+}
+
+/// The record of a task just claimed, with its job.
+pub(super) fn claimed_task(
+    connection: &Connection,
+    row: i64,
+    identifier: Identifier,
+    lease: Duration,
+    now: i64,
+) -> Result<ClaimedTask> {
+    let (id, input, display, parent, retry_count, job): (
+        Vec<u8>,
+        Vec<u8>,
+        String,
+        Option<Vec<u8>>,
+        i64,
+        i64,
+    ) = connection
+        .prepare_cached(
+            "SELECT t.uuid, t.input, t.display, p.uuid, t.retry_count, t.job
+                 FROM tasks t LEFT JOIN tasks p ON p.task = t.parent WHERE t.task = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.query_row([row], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            })
+        })
+        .map_err(db("load claimed task"))?;
+    let depends_on: Vec<Vec<u8>> = {
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT t.uuid FROM task_dependencies d JOIN tasks t ON t.task = d.depends_on
+                 WHERE d.task = ?1 ORDER BY d.depends_on",
+            )
+            .map_err(db("load claimed task"))?;
+        statement
+            .query_map([row], |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("load claimed task"))?
+    };
+    let job = job_header(connection, job, now)?;
+    Ok(ClaimedTask {
+        id: uuid_from(id)?,
+        identifier,
+        input,
+        display,
+        parent_id: parent.map(uuid_from).transpose()?,
+        depends_on: depends_on
+            .into_iter()
+            .map(uuid_from)
+            .collect::<Result<_>>()?,
+        retry_count,
+        lease,
+        job,
+    })
+}
+
+/// A job without progress and statistics (cheap; what a claimed task carries).
+fn job_header(connection: &Connection, job: i64, _now: i64) -> Result<Job> {
+    let row = connection
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job = ?1"))
+        .and_then(|mut statement| statement.query_row([job], map_job_row))
+        .map_err(db("get job"))?;
+    Ok(Job {
+        id: uuid_from(row.uuid)?,
+        name: row.name,
+        trace_parent: row.trace_parent,
+        state: JobState::try_from(row.state).unwrap_or(JobState::Unspecified),
+        submitted_at: row.submitted_at,
+        progress: Vec::new(),
+        stats: ExecutionStats {
+            total_tasks: row.total_tasks.max(0) as u64,
+            ..ExecutionStats::default()
+        },
+    })
+}

@@ -1,0 +1,812 @@
+//! The transactional task logic of the SQLite store. Every function runs inside the
+//! writer's transaction and keeps these counters true:
+//! - `tasks.pending_deps`: dependencies not yet complete; a queued task with 0 can run;
+//! - `tasks.pending_children`: children not yet complete;
+//! - `jobs.incomplete_tasks` / `jobs.running_tasks`.
+//!
+//! A task is *complete* when it is computed and all its descendants are complete, or when
+//! it ended failed-optional or skipped. Completing a task releases its dependants and may
+//! complete its parent; a job whose tasks are all complete is completed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::db;
+use super::read;
+use crate::api::workflows_v1::{JobState, TaskState};
+use crate::server::store::{
+    ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, Identifier, MAX_LEASE_REQUEUES,
+    NewJob, NewTask, Progress, ReportOutcome, Result,
+};
+
+const QUEUED: i32 = TaskState::Queued as i32;
+const RUNNING: i32 = TaskState::Running as i32;
+const COMPUTED: i32 = TaskState::Computed as i32;
+const FAILED: i32 = TaskState::Failed as i32;
+const SKIPPED: i32 = TaskState::Skipped as i32;
+const FAILED_OPTIONAL: i32 = TaskState::FailedOptional as i32;
+
+/// Where new tasks hang in the tree.
+struct Placement {
+    job: i64,
+    parent: Option<i64>,
+    /// Nearest optional ancestor of the new tasks.
+    scope: Option<i64>,
+    /// The scope already failed: the new tasks are skipped at once.
+    skipped: bool,
+    job_active: bool,
+}
+
+fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<()> {
+    let mut seen = HashSet::new();
+    let mut statement = connection
+        .prepare_cached("SELECT 1 FROM clusters WHERE slug = ?1")
+        .map_err(db("check cluster"))?;
+    for task in tasks {
+        if seen.insert(task.cluster.as_str()) {
+            let exists = statement
+                .exists([&task.cluster])
+                .map_err(db("check cluster"))?;
+            if !exists {
+                return Err(Error::ClusterNotFound {
+                    slug: task.cluster.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a job with its root tasks.
+pub(super) fn insert_job(connection: &Connection, job: NewJob, now: i64) -> Result<()> {
+    check_clusters(connection, &job.tasks)?;
+    connection
+        .execute(
+            "INSERT INTO jobs (uuid, name, trace_parent, state, submitted_at, total_tasks, incomplete_tasks)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+            params![job.id.as_bytes(), job.name, job.trace_parent, JobState::Submitted as i32, now],
+        )
+        .map_err(db("insert job"))?;
+    let job_row = connection.last_insert_rowid();
+    let placement = Placement {
+        job: job_row,
+        parent: None,
+        scope: None,
+        skipped: false,
+        job_active: true,
+    };
+    insert_tasks(connection, &placement, &job.tasks, now)?;
+    Ok(())
+}
+
+/// Inserts tasks under `placement`, with their dependencies; returns how many count as
+/// incomplete (all unless skipped).
+fn insert_tasks(
+    connection: &Connection,
+    placement: &Placement,
+    tasks: &[NewTask],
+    now: i64,
+) -> Result<i64> {
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    check_clusters(connection, tasks)?;
+    let state = if placement.skipped { SKIPPED } else { QUEUED };
+    let mut rows = Vec::with_capacity(tasks.len());
+    {
+        let mut insert = connection
+            .prepare_cached(
+                "INSERT INTO tasks (uuid, job, parent, name, version, major, minor, cluster, input, display, state,
+                                    max_retries, optional, optional_scope, pending_deps, job_active, submitted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )
+            .map_err(db("insert task"))?;
+        for task in tasks {
+            let dependencies: HashSet<usize> = task.depends_on.iter().copied().collect();
+            let pending = if placement.skipped {
+                0
+            } else {
+                dependencies.len() as i64
+            };
+            insert
+                .execute(params![
+                    task.id.as_bytes(),
+                    placement.job,
+                    placement.parent,
+                    task.identifier.name,
+                    task.identifier.version,
+                    task.identifier.major as i64,
+                    task.identifier.minor as i64,
+                    task.cluster,
+                    task.input,
+                    task.display,
+                    state,
+                    task.max_retries,
+                    task.optional,
+                    placement.scope,
+                    pending,
+                    placement.job_active,
+                    now,
+                ])
+                .map_err(db("insert task"))?;
+            rows.push(connection.last_insert_rowid());
+        }
+    }
+    {
+        let mut insert = connection
+            .prepare_cached(
+                "INSERT OR IGNORE INTO task_dependencies (depends_on, task) VALUES (?1, ?2)",
+            )
+            .map_err(db("insert dependency"))?;
+        for (index, task) in tasks.iter().enumerate() {
+            for &dependency in &task.depends_on {
+                let dependency_row = rows.get(dependency).ok_or_else(|| {
+                    Error::Corrupt(format!("dependency index {dependency} out of range"))
+                })?;
+                insert
+                    .execute(params![dependency_row, rows[index]])
+                    .map_err(db("insert dependency"))?;
+            }
+        }
+    }
+    let count = tasks.len() as i64;
+    let incomplete = if placement.skipped { 0 } else { count };
+    connection
+        .execute(
+            "UPDATE jobs SET total_tasks = total_tasks + ?2, incomplete_tasks = incomplete_tasks + ?3 WHERE job = ?1",
+            params![placement.job, count, incomplete],
+        )
+        .map_err(db("count tasks"))?;
+    if let Some(parent) = placement.parent {
+        connection
+            .execute(
+                "UPDATE tasks SET has_children = 1, pending_children = pending_children + ?2 WHERE task = ?1",
+                params![parent, incomplete],
+            )
+            .map_err(db("count children"))?;
+    }
+    Ok(incomplete)
+}
+
+/// The fields of a task row the logic here needs.
+struct TaskRow {
+    row: i64,
+    job: i64,
+    parent: Option<i64>,
+    state: i32,
+    retry_count: i64,
+    max_retries: i64,
+    optional: bool,
+    optional_scope: Option<i64>,
+    scope_failed: bool,
+    pending_children: i64,
+    claimant: Option<String>,
+    fenced: bool,
+    lease_losses: i64,
+    attempt_started_at: Option<i64>,
+}
+
+const TASK_ROW_COLUMNS: &str = "task, job, parent, state, retry_count, max_retries, optional, optional_scope, \
+     scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at";
+
+fn map_task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        row: row.get(0)?,
+        job: row.get(1)?,
+        parent: row.get(2)?,
+        state: row.get(3)?,
+        retry_count: row.get(4)?,
+        max_retries: row.get(5)?,
+        optional: row.get(6)?,
+        optional_scope: row.get(7)?,
+        scope_failed: row.get(8)?,
+        pending_children: row.get(9)?,
+        claimant: row.get(10)?,
+        fenced: row.get(11)?,
+        lease_losses: row.get(12)?,
+        attempt_started_at: row.get(13)?,
+    })
+}
+
+fn task_by_uuid(connection: &Connection, id: Uuid) -> Result<TaskRow> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {TASK_ROW_COLUMNS} FROM tasks WHERE uuid = ?1"
+        ))
+        .and_then(|mut statement| {
+            statement
+                .query_row([id.as_bytes()], map_task_row)
+                .optional()
+        })
+        .map_err(db("load task"))?
+        .ok_or(Error::TaskNotFound { id })
+}
+
+fn task_by_row(connection: &Connection, row: i64) -> Result<TaskRow> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {TASK_ROW_COLUMNS} FROM tasks WHERE task = ?1"
+        ))
+        .and_then(|mut statement| statement.query_row([row], map_task_row))
+        .map_err(db("load task"))
+}
+
+fn task_state(state: i32) -> TaskState {
+    TaskState::try_from(state).unwrap_or(TaskState::Unspecified)
+}
+
+/// Whether a report from `claimant` may change this task: it must be running, and after a
+/// lost lease only the claimant of the current attempt may report.
+fn accepts_report(task: &TaskRow, claimant: &str) -> bool {
+    task.state == RUNNING && (!task.fenced || task.claimant.as_deref() == Some(claimant))
+}
+
+/// Ends the current attempt: accounts compute time and the job's running count.
+fn stop_attempt(connection: &Connection, task: &TaskRow, now: i64) -> Result<()> {
+    let elapsed = task
+        .attempt_started_at
+        .map(|start| (now - start).max(0))
+        .unwrap_or(0);
+    connection
+        .execute(
+            "UPDATE tasks SET stopped_at = ?2, compute_ms = compute_ms + ?3, lease_expires_at = NULL,
+                              attempt_started_at = NULL WHERE task = ?1",
+            params![task.row, now, elapsed],
+        )
+        .map_err(db("stop attempt"))?;
+    connection
+        .execute(
+            "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0) WHERE job = ?1",
+            [task.job],
+        )
+        .map_err(db("stop attempt"))?;
+    Ok(())
+}
+
+fn set_state(connection: &Connection, row: i64, state: i32) -> Result<()> {
+    connection
+        .execute(
+            "UPDATE tasks SET state = ?2 WHERE task = ?1",
+            params![row, state],
+        )
+        .map_err(db("set task state"))?;
+    Ok(())
+}
+
+fn store_progress(connection: &Connection, row: i64, progress: &[Progress]) -> Result<()> {
+    connection
+        .execute("DELETE FROM task_progress WHERE task = ?1", [row])
+        .map_err(db("store progress"))?;
+    let mut insert = connection
+        .prepare_cached("INSERT INTO task_progress (task, position, label, total, done) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(db("store progress"))?;
+    for (position, entry) in progress.iter().enumerate() {
+        insert
+            .execute(params![
+                row,
+                position as i64,
+                entry.label,
+                entry.total.min(i64::MAX as u64) as i64,
+                entry.done.min(i64::MAX as u64) as i64
+            ])
+            .map_err(db("store progress"))?;
+    }
+    Ok(())
+}
+
+/// Marks `row` complete and propagates: dependants lose a pending dependency, the parent
+/// loses a pending child (and completes when computed with none left), the job completes
+/// when nothing is incomplete.
+fn complete(connection: &Connection, row: i64) -> Result<()> {
+    let mut next = Some(row);
+    while let Some(row) = next.take() {
+        let task = task_by_row(connection, row)?;
+        connection
+            .execute(
+                "UPDATE tasks SET pending_deps = pending_deps - 1
+                 WHERE task IN (SELECT task FROM task_dependencies WHERE depends_on = ?1)",
+                [row],
+            )
+            .map_err(db("release dependants"))?;
+        connection
+            .execute(
+                "UPDATE jobs SET incomplete_tasks = incomplete_tasks - 1 WHERE job = ?1",
+                [task.job],
+            )
+            .map_err(db("complete task"))?;
+        if let Some(parent) = task.parent {
+            connection
+                .execute(
+                    "UPDATE tasks SET pending_children = pending_children - 1 WHERE task = ?1",
+                    [parent],
+                )
+                .map_err(db("complete task"))?;
+            let parent_task = task_by_row(connection, parent)?;
+            if parent_task.state == COMPUTED && parent_task.pending_children == 0 {
+                next = Some(parent);
+            }
+        }
+        if next.is_none() {
+            refresh_job_state(connection, task.job)?;
+        }
+    }
+    Ok(())
+}
+
+/// Recomputes a job's state from its counters, unless it already ended.
+pub(super) fn refresh_job_state(connection: &Connection, job: i64) -> Result<()> {
+    let (state, incomplete, running, ever_started): (i32, i64, i64, bool) = connection
+        .query_row(
+            "SELECT state, incomplete_tasks, running_tasks, ever_started FROM jobs WHERE job = ?1",
+            [job],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .map_err(db("load job"))?;
+    let ended =
+        [JobState::Completed, JobState::Failed, JobState::Canceled].map(|state| state as i32);
+    if ended.contains(&state) {
+        return Ok(());
+    }
+    let next = if incomplete <= 0 {
+        JobState::Completed
+    } else if running > 0 {
+        JobState::Running
+    } else if ever_started {
+        JobState::Started
+    } else {
+        JobState::Submitted
+    };
+    if next as i32 != state {
+        connection
+            .execute(
+                "UPDATE jobs SET state = ?2 WHERE job = ?1",
+                params![job, next as i32],
+            )
+            .map_err(db("set job state"))?;
+    }
+    Ok(())
+}
+
+/// Applies a computed report: the task is computed, its progress stored, its subtasks
+/// inserted as its children.
+pub(super) fn complete_task(
+    connection: &Connection,
+    report: ComputedReport,
+    now: i64,
+) -> Result<ReportOutcome> {
+    let task = task_by_uuid(connection, report.task_id)?;
+    if !accepts_report(&task, &report.claimant) {
+        return Ok(ReportOutcome::Stale(task_state(task.state)));
+    }
+    stop_attempt(connection, &task, now)?;
+    connection
+        .execute(
+            "UPDATE tasks SET state = ?2, display = ?3 WHERE task = ?1",
+            params![task.row, COMPUTED, report.display],
+        )
+        .map_err(db("complete task"))?;
+    store_progress(connection, task.row, &report.progress)?;
+    let job_active: bool = connection
+        .query_row(
+            "SELECT state NOT IN (?2, ?3) FROM jobs WHERE job = ?1",
+            params![task.job, JobState::Failed as i32, JobState::Canceled as i32],
+            |row| row.get(0),
+        )
+        .map_err(db("load job"))?;
+    let scope = if task.optional {
+        Some(task.row)
+    } else {
+        task.optional_scope
+    };
+    let skipped = task.scope_failed
+        || match scope {
+            Some(scope) if scope != task.row => task_by_row(connection, scope)?.scope_failed,
+            _ => false,
+        };
+    let placement = Placement {
+        job: task.job,
+        parent: Some(task.row),
+        scope,
+        skipped,
+        job_active,
+    };
+    let incomplete_children = insert_tasks(connection, &placement, &report.subtasks, now)?;
+    if incomplete_children == 0 {
+        complete(connection, task.row)?;
+    } else {
+        refresh_job_state(connection, task.job)?;
+    }
+    Ok(ReportOutcome::Applied(TaskState::Computed))
+}
+
+/// Applies a failure report.
+pub(super) fn fail_task(
+    connection: &Connection,
+    report: FailedReport,
+    now: i64,
+) -> Result<ReportOutcome> {
+    let task = task_by_uuid(connection, report.task_id)?;
+    if !accepts_report(&task, &report.claimant) {
+        return Ok(ReportOutcome::Stale(task_state(task.state)));
+    }
+    stop_attempt(connection, &task, now)?;
+    connection
+        .execute(
+            "UPDATE tasks SET display = ?2 WHERE task = ?1",
+            params![task.row, report.display],
+        )
+        .map_err(db("fail task"))?;
+    if !report.progress.is_empty() {
+        store_progress(connection, task.row, &report.progress)?;
+    }
+    let state = if !report.workflow_error {
+        requeue(connection, task.row, false)?;
+        QUEUED
+    } else if task.retry_count < task.max_retries {
+        requeue(connection, task.row, true)?;
+        QUEUED
+    } else {
+        fail_for_good(connection, &task)?
+    };
+    refresh_job_state(connection, task.job)?;
+    Ok(ReportOutcome::Applied(task_state(state)))
+}
+
+fn requeue(connection: &Connection, row: i64, count_retry: bool) -> Result<()> {
+    connection
+        .execute(
+            "UPDATE tasks SET state = ?2, retry_count = retry_count + ?3 WHERE task = ?1",
+            params![row, QUEUED, i64::from(count_retry)],
+        )
+        .map_err(db("requeue task"))?;
+    Ok(())
+}
+
+/// A task failed with no retries left: failed-optional inside an optional scope (skipping
+/// what is still queued in that scope), otherwise failed, which fails the job.
+fn fail_for_good(connection: &Connection, task: &TaskRow) -> Result<i32> {
+    if task.optional {
+        set_state(connection, task.row, FAILED_OPTIONAL)?;
+        complete(connection, task.row)?;
+        return Ok(FAILED_OPTIONAL);
+    }
+    if let Some(scope) = task.optional_scope {
+        set_state(connection, task.row, FAILED_OPTIONAL)?;
+        skip_scope(connection, scope)?;
+        complete(connection, task.row)?;
+        return Ok(FAILED_OPTIONAL);
+    }
+    set_state(connection, task.row, FAILED)?;
+    connection
+        .execute(
+            "UPDATE jobs SET state = ?2 WHERE job = ?1",
+            params![task.job, JobState::Failed as i32],
+        )
+        .map_err(db("fail job"))?;
+    connection
+        .execute(
+            "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
+            [task.job],
+        )
+        .map_err(db("fail job"))?;
+    Ok(FAILED)
+}
+
+/// Marks the optional scope rooted at `scope` failed: every queued task in its subtree is
+/// skipped (and completes), and optional tasks inside it remember the failure so subtasks
+/// they submit later are skipped too.
+fn skip_scope(connection: &Connection, scope: i64) -> Result<()> {
+    let subtree: Vec<(i64, i32, bool)> = {
+        let mut statement = connection
+            .prepare_cached(
+                "WITH RECURSIVE subtree(task) AS (
+                     SELECT ?1 UNION ALL SELECT t.task FROM tasks t JOIN subtree s ON t.parent = s.task)
+                 SELECT t.task, t.state, t.optional FROM tasks t JOIN subtree s ON t.task = s.task",
+            )
+            .map_err(db("skip scope"))?;
+        statement
+            .query_map([scope], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("skip scope"))?
+    };
+    connection
+        .execute("UPDATE tasks SET scope_failed = 1 WHERE task = ?1", [scope])
+        .map_err(db("skip scope"))?;
+    for (row, state, optional) in subtree {
+        if optional {
+            connection
+                .execute("UPDATE tasks SET scope_failed = 1 WHERE task = ?1", [row])
+                .map_err(db("skip scope"))?;
+        }
+        if state == QUEUED && row != scope {
+            set_state(connection, row, SKIPPED)?;
+            complete(connection, row)?;
+        }
+    }
+    Ok(())
+}
+
+/// Claims the oldest runnable task that one of the runner's identifiers can run.
+pub(super) fn claim_task(
+    connection: &Connection,
+    claim: &ClaimRequest,
+    now: i64,
+) -> Result<Option<ClaimedTask>> {
+    // For each (name, major) the runner advertises, its highest minor runs everything up to it.
+    let mut best: HashMap<(&str, u64), &Identifier> = HashMap::new();
+    for identifier in &claim.identifiers {
+        let key = (identifier.name.as_str(), identifier.major);
+        match best.get(&key) {
+            Some(current) if current.minor >= identifier.minor => {}
+            _ => {
+                best.insert(key, identifier);
+            }
+        }
+    }
+    let mut found: Option<(i64, &Identifier)> = None;
+    {
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT task FROM tasks INDEXED BY tasks_claimable
+                 WHERE cluster = ?1 AND name = ?2 AND major = ?3 AND minor <= ?4
+                   AND state = 1 AND pending_deps = 0 AND job_active = 1
+                 ORDER BY task LIMIT 1",
+            )
+            .map_err(db("claim task"))?;
+        for ((name, major), identifier) in &best {
+            let candidate: Option<i64> = statement
+                .query_row(
+                    params![claim.cluster, name, *major as i64, identifier.minor as i64],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db("claim task"))?;
+            if let Some(row) = candidate
+                && found.is_none_or(|(current, _)| row < current)
+            {
+                found = Some((row, identifier));
+            }
+        }
+    }
+    let Some((row, identifier)) = found else {
+        return Ok(None);
+    };
+    let lease_millis = claim.lease.as_millis() as i64;
+    connection
+        .execute(
+            "UPDATE tasks SET state = ?2, claimant = ?3, lease_expires_at = ?4, attempt_started_at = ?5,
+                              started_at = COALESCE(started_at, ?5), stopped_at = NULL
+             WHERE task = ?1",
+            params![row, RUNNING, claim.claimant, now + lease_millis, now],
+        )
+        .map_err(db("claim task"))?;
+    let job: i64 = connection
+        .query_row("SELECT job FROM tasks WHERE task = ?1", [row], |row| {
+            row.get(0)
+        })
+        .map_err(db("claim task"))?;
+    connection
+        .execute(
+            "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1, state = ?2
+             WHERE job = ?1 AND state NOT IN (?3, ?4, ?5)",
+            params![
+                job,
+                JobState::Running as i32,
+                JobState::Completed as i32,
+                JobState::Failed as i32,
+                JobState::Canceled as i32
+            ],
+        )
+        .map_err(db("claim task"))?;
+    let claimed = read::claimed_task(connection, row, identifier.clone(), claim.lease, now)?;
+    Ok(Some(claimed))
+}
+
+/// Extends a running task's lease; `None` when it is not running (or, with a claimant
+/// given, not that claimant's).
+pub(super) fn extend_lease(
+    connection: &Connection,
+    id: Uuid,
+    claimant: Option<&str>,
+    lease: Duration,
+    now: i64,
+) -> Result<Option<Duration>> {
+    let task = task_by_uuid(connection, id)?;
+    let owner_matches = match claimant {
+        Some(claimant) => task.claimant.as_deref() == Some(claimant),
+        None => true,
+    };
+    if task.state != RUNNING || !owner_matches {
+        return Ok(None);
+    }
+    connection
+        .execute(
+            "UPDATE tasks SET lease_expires_at = ?2 WHERE task = ?1",
+            params![task.row, now + lease.as_millis() as i64],
+        )
+        .map_err(db("extend lease"))?;
+    Ok(Some(lease))
+}
+
+/// Handles running tasks whose lease ended: re-queued (and fenced against the old claimant)
+/// up to `MAX_LEASE_REQUEUES` times, then failed.
+pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> {
+    let expired: Vec<i64> = {
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT task FROM tasks WHERE state = 2 AND lease_expires_at < ?1 ORDER BY task",
+            )
+            .map_err(db("expire leases"))?;
+        statement
+            .query_map([now], |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("expire leases"))?
+    };
+    for row in &expired {
+        let task = task_by_row(connection, *row)?;
+        stop_attempt(connection, &task, now)?;
+        connection
+            .execute(
+                "UPDATE tasks SET lease_losses = lease_losses + 1, fenced = 1 WHERE task = ?1",
+                [task.row],
+            )
+            .map_err(db("expire lease"))?;
+        if task.lease_losses < MAX_LEASE_REQUEUES {
+            requeue(connection, task.row, false)?;
+        } else {
+            connection
+                .execute(
+                    "UPDATE tasks SET display = display || ?2 WHERE task = ?1",
+                    params![
+                        task.row,
+                        format!(
+                            "\nLeaseExpired('the task lost its lease {} times')",
+                            task.lease_losses + 1
+                        )
+                    ],
+                )
+                .map_err(db("expire lease"))?;
+            fail_for_good(connection, &task)?;
+        }
+        refresh_job_state(connection, task.job)?;
+    }
+    Ok(expired.len())
+}
+
+fn job_row(connection: &Connection, id: Uuid) -> Result<(i64, i32)> {
+    connection
+        .query_row(
+            "SELECT job, state FROM jobs WHERE uuid = ?1",
+            [id.as_bytes()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(db("load job"))?
+        .ok_or(Error::JobNotFound { id })
+}
+
+/// Re-queues a job's failed tasks (removing anything their failed attempts left below
+/// them) and resumes the job.
+pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
+    let (job, state) = job_row(connection, id)?;
+    if state == JobState::Completed as i32 {
+        return Ok(0);
+    }
+    let failed: Vec<i64> = {
+        let mut statement = connection
+            .prepare_cached("SELECT task FROM tasks WHERE job = ?1 AND state = ?2")
+            .map_err(db("retry job"))?;
+        statement
+            .query_map(params![job, FAILED], |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("retry job"))?
+    };
+    for row in &failed {
+        remove_descendants(connection, job, *row)?;
+        connection
+            .execute(
+                "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0 WHERE task = ?1",
+                params![row, QUEUED],
+            )
+            .map_err(db("retry job"))?;
+    }
+    let halted = state == JobState::Failed as i32 || state == JobState::Canceled as i32;
+    if halted {
+        connection
+            .execute(
+                "UPDATE tasks SET job_active = 1 WHERE job = ?1 AND job_active = 0",
+                [job],
+            )
+            .map_err(db("retry job"))?;
+    }
+    if halted || !failed.is_empty() {
+        connection
+            .execute(
+                "UPDATE jobs SET state = ?2 WHERE job = ?1",
+                params![job, JobState::Running as i32],
+            )
+            .map_err(db("retry job"))?;
+    }
+    Ok(failed.len() as i64)
+}
+
+/// Deletes every descendant of `row` and fixes the counters they held.
+fn remove_descendants(connection: &Connection, job: i64, row: i64) -> Result<()> {
+    let removed: Vec<(i64, i32)> = {
+        let mut statement = connection
+            .prepare_cached(
+                "WITH RECURSIVE subtree(task) AS (
+                     SELECT task FROM tasks WHERE parent = ?1
+                     UNION ALL SELECT t.task FROM tasks t JOIN subtree s ON t.parent = s.task)
+                 SELECT t.task, t.state FROM tasks t JOIN subtree s ON t.task = s.task",
+            )
+            .map_err(db("remove subtasks"))?;
+        statement
+            .query_map([row], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db("remove subtasks"))?
+    };
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let incomplete = removed
+        .iter()
+        .filter(|(_, state)| ![SKIPPED, FAILED_OPTIONAL].contains(state))
+        .count() as i64;
+    let running = removed
+        .iter()
+        .filter(|(_, state)| *state == RUNNING)
+        .count() as i64;
+    for (task, _) in &removed {
+        connection
+            .execute("DELETE FROM tasks WHERE task = ?1", [task])
+            .map_err(db("remove subtasks"))?;
+        connection
+            .execute(
+                "DELETE FROM task_dependencies WHERE task = ?1 OR depends_on = ?1",
+                [task],
+            )
+            .map_err(db("remove subtasks"))?;
+        connection
+            .execute("DELETE FROM task_progress WHERE task = ?1", [task])
+            .map_err(db("remove subtasks"))?;
+    }
+    connection
+        .execute(
+            "UPDATE jobs SET total_tasks = total_tasks - ?2, incomplete_tasks = incomplete_tasks - ?3,
+                             running_tasks = MAX(running_tasks - ?4, 0) WHERE job = ?1",
+            params![job, removed.len() as i64, incomplete, running],
+        )
+        .map_err(db("remove subtasks"))?;
+    connection
+        .execute(
+            "UPDATE tasks SET pending_children = 0, has_children = 0 WHERE task = ?1",
+            [row],
+        )
+        .map_err(db("remove subtasks"))?;
+    Ok(())
+}
+
+/// Cancels a job: nothing queued starts any more; running tasks finish.
+pub(super) fn cancel_job(connection: &Connection, id: Uuid) -> Result<()> {
+    let (job, state) = job_row(connection, id)?;
+    if state == JobState::Completed as i32 {
+        return Ok(());
+    }
+    connection
+        .execute(
+            "UPDATE jobs SET state = ?2 WHERE job = ?1",
+            params![job, JobState::Canceled as i32],
+        )
+        .map_err(db("cancel job"))?;
+    connection
+        .execute(
+            "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
+            [job],
+        )
+        .map_err(db("cancel job"))?;
+    Ok(())
+}
