@@ -35,6 +35,8 @@ pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8083";
     about = "Self-hostable Tilebox workflows: server, releases and in-process runner"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,8 +83,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(arguments) => server::run(arguments).await,
-            Command::Cluster(command) => cluster::run(command).await,
-            Command::Job(command) => job::run(command).await,
+            Command::Cluster(command) => cluster::run(command, &cli.api).await,
+            Command::Job(command) => job::run(command, &cli.api).await,
         }
     })
 }

@@ -27,11 +27,11 @@ pub enum Error {
     InvalidUrl { url: String, reason: String },
     #[error("the API key is not a valid header value")]
     InvalidApiKey,
-    #[error("{operation} failed: {message} ({code})", code = status_code_name(.status.code()), message = .status.message())]
+    #[error("{operation} failed: {}", describe(.status, .url))]
     Status {
         operation: &'static str,
         url: String,
-        #[source]
+        /// Not a `#[source]`: its text is already part of the message.
         status: tonic::Status,
     },
 }
@@ -84,8 +84,13 @@ impl Error {
     }
 }
 
-fn status_code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
+/// A short description of a failed call: the server's message and its code, or for a
+/// connection that could not be made, just that.
+fn describe(status: &tonic::Status, url: &str) -> String {
+    if status.code() == tonic::Code::Unavailable && status.message().contains("connect") {
+        return format!("cannot connect to {url}");
+    }
+    format!("{} ({:?})", status.message(), status.code())
 }
 
 /// Adds the bearer token to every call.

@@ -394,14 +394,9 @@ pub(super) fn claimed_task(
     lease: Duration,
     now: i64,
 ) -> Result<ClaimedTask> {
-    let (id, input, display, parent, retry_count, job): (
-        Vec<u8>,
-        Vec<u8>,
-        String,
-        Option<Vec<u8>>,
-        i64,
-        i64,
-    ) = connection
+    /// (uuid, input, display, parent uuid, retry count, job row) of the claimed task.
+    type ClaimedRow = (Vec<u8>, Vec<u8>, String, Option<Vec<u8>>, i64, i64);
+    let (id, input, display, parent, retry_count, job): ClaimedRow = connection
         .prepare_cached(
             "SELECT t.uuid, t.input, t.display, p.uuid, t.retry_count, t.job
                  FROM tasks t LEFT JOIN tasks p ON p.task = t.parent WHERE t.task = ?1",
