@@ -1,0 +1,438 @@
+//! The server through its real binary and gRPC API: authentication, error codes, version
+//! matching, long-polling, and durability under `kill -9`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use tilebox::api::convert::{id, uuid_of};
+use tilebox::api::workflows_v1::{
+    ComputedTask, GetJobRequest, JobState, ListJobTasksRequest, NextTaskRequest, NextTaskToRun,
+    SubmitJobRequest, TaskIdentifier, TaskState, TaskSubmissionGroup, TaskSubmissions,
+};
+use tilebox::client::Client;
+use uuid::Uuid;
+
+fn identifier(name: &str, version: &str) -> TaskIdentifier {
+    TaskIdentifier {
+        name: name.into(),
+        version: version.into(),
+    }
+}
+
+/// A job of `count` independent root tasks with identifier `name@version`.
+fn job_request(name: &str, version: &str, count: usize, input: &[u8]) -> SubmitJobRequest {
+    SubmitJobRequest {
+        job_name: format!("{name}-job"),
+        trace_parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        tasks: Some(TaskSubmissions {
+            task_groups: vec![TaskSubmissionGroup {
+                dependencies_on_other_groups: vec![],
+                inputs: vec![input.to_vec(); count],
+                identifier_pointers: vec![0; count],
+                cluster_slug_pointers: vec![0; count],
+                display_pointers: vec![0; count],
+                max_retries_values: vec![0; count],
+                optional_values: vec![false; count],
+            }],
+            cluster_slug_lookup: vec![String::new()],
+            identifier_lookup: vec![identifier(name, version)],
+            display_lookup: vec![name.into()],
+        }),
+        ..SubmitJobRequest::default()
+    }
+}
+
+fn ask(identifiers: Vec<TaskIdentifier>) -> Option<NextTaskToRun> {
+    Some(NextTaskToRun {
+        cluster_slug: "default".into(),
+        identifiers,
+    })
+}
+
+async fn client(server: &TestServer) -> Client {
+    Client::connect(server.url(), None).await.expect("client")
+}
+
+#[test]
+fn calls_without_a_valid_token_are_unauthenticated() {
+    let server = TestServer::start_with(&["--token", "s3cret", "--token", "other"]);
+    let missing = server.tilebox(&["cluster", "list"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("authorization"),
+        "{stderr}"
+    );
+
+    let wrong = server.tilebox(&["--api-key", "nope", "cluster", "list"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid API key"));
+
+    for key in ["s3cret", "other"] {
+        let ok = server.tilebox(&["--api-key", key, "--json", "cluster", "list"]);
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("\"slug\":\"default\""));
+    }
+}
+
+#[tokio::test]
+async fn bad_submissions_are_refused_with_a_code_and_a_reason() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+
+    let mut cycle = job_request("Leaf", "v0.0", 1, b"");
+    let submissions = cycle.tasks.as_mut().expect("tasks");
+    let mut second = submissions.task_groups[0].clone();
+    second.dependencies_on_other_groups = vec![0];
+    submissions.task_groups[0].dependencies_on_other_groups = vec![1];
+    submissions.task_groups.push(second);
+    let status = client.jobs.submit_job(cycle).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("cycle"), "{}", status.message());
+
+    let status = client
+        .jobs
+        .submit_job(job_request("Leaf", "1.0", 1, b""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("vMAJOR.MINOR"),
+        "{}",
+        status.message()
+    );
+
+    let status = client
+        .jobs
+        .submit_job(job_request("Leaf", "v0.0", 1, &[b'x'; 2049]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("2049 bytes"),
+        "{}",
+        status.message()
+    );
+
+    let mut unknown_cluster = job_request("Leaf", "v0.0", 1, b"");
+    unknown_cluster
+        .tasks
+        .as_mut()
+        .expect("tasks")
+        .cluster_slug_lookup = vec!["nowhere".into()];
+    let status = client.jobs.submit_job(unknown_cluster).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("nowhere"), "{}", status.message());
+
+    let status = client
+        .jobs
+        .get_job(GetJobRequest {
+            job_id: Some(id(Uuid::now_v7())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Nothing of the refused submissions was stored.
+    let listed = server.tilebox(&["--json", "job", "list"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("\"jobs\":[]"),
+        "{listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_goes_to_a_compatible_runner_carrying_the_runners_identifier() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    client
+        .jobs
+        .submit_job(job_request("Versioned", "v1.3", 1, b"\"x\""))
+        .await
+        .expect("submit");
+
+    for incompatible in ["v1.2", "v2.5", "v0.9"] {
+        let answer = client
+            .tasks
+            .next_task(NextTaskRequest {
+                computed_task: None,
+                next_task_to_run: ask(vec![identifier("Versioned", incompatible)]),
+            })
+            .await
+            .expect("next task")
+            .into_inner();
+        assert!(
+            answer.next_task.is_none(),
+            "a runner with {incompatible} must not get a v1.3 task"
+        );
+        assert!(
+            answer.idling.is_some(),
+            "an idle answer suggests how long to idle"
+        );
+    }
+    let task = client
+        .tasks
+        .next_task(NextTaskRequest {
+            computed_task: None,
+            next_task_to_run: ask(vec![
+                identifier("Other", "v1.0"),
+                identifier("Versioned", "v1.5"),
+            ]),
+        })
+        .await
+        .expect("next task")
+        .into_inner()
+        .next_task
+        .expect("a v1.5 runner runs a v1.3 task");
+    assert_eq!(task.identifier, Some(identifier("Versioned", "v1.5")));
+    assert_eq!(task.state, TaskState::Running as i32);
+    assert_eq!(task.input.as_deref(), Some(&b"\"x\""[..]));
+    let lease = task.lease.expect("lease");
+    assert!(lease.lease.expect("lease").seconds >= 2);
+    assert!(
+        lease
+            .recommended_wait_until_next_extension
+            .expect("wait")
+            .seconds
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn an_idle_runner_gets_work_submitted_while_it_waits() {
+    let server = TestServer::start_with(&["--long-poll-ms", "10000"]);
+    let mut runner = client(&server).await;
+    let mut submitter = client(&server).await;
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = runner
+            .tasks
+            .next_task(NextTaskRequest {
+                computed_task: None,
+                next_task_to_run: ask(vec![identifier("Late", "v0.0")]),
+            })
+            .await
+            .expect("next task")
+            .into_inner();
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    submitter
+        .jobs
+        .submit_job(job_request("Late", "v0.0", 1, b""))
+        .await
+        .expect("submit");
+    let (answer, waited) = waiting.await.expect("runner");
+    assert!(
+        answer.next_task.is_some(),
+        "the waiting call receives the task submitted meanwhile"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "it did not wait for the long-poll to end: {waited:?}"
+    );
+}
+
+/// Records what the server acknowledged.
+#[derive(Default)]
+struct Acknowledged {
+    jobs: Mutex<Vec<Uuid>>,
+    computed: Mutex<HashSet<Uuid>>,
+}
+
+/// A runner loop: claims `Leaf` tasks and reports each computed in the next claim, until
+/// `stop` is set or the server goes away.
+async fn run_worker(url: String, acknowledged: Arc<Acknowledged>, stop: Arc<AtomicBool>) {
+    let Ok(mut client) = Client::connect(&url, None).await else {
+        return;
+    };
+    let mut previous: Option<Uuid> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let request = NextTaskRequest {
+            computed_task: previous.map(|task| ComputedTask {
+                id: Some(id(task)),
+                display: "Leaf".into(),
+                ..ComputedTask::default()
+            }),
+            next_task_to_run: ask(vec![identifier("Leaf", "v0.0")]),
+        };
+        match client.tasks.next_task(request).await {
+            Ok(answer) => {
+                if let Some(task) = previous.take() {
+                    acknowledged.computed.lock().expect("lock").insert(task);
+                }
+                previous = answer
+                    .into_inner()
+                    .next_task
+                    .and_then(|task| uuid_of(task.id.as_ref()).ok().flatten());
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn run_submitter(url: String, acknowledged: Arc<Acknowledged>, stop: Arc<AtomicBool>) {
+    let Ok(mut client) = Client::connect(&url, None).await else {
+        return;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match client
+            .jobs
+            .submit_job(job_request("Leaf", "v0.0", 5, b"1"))
+            .await
+        {
+            Ok(job) => {
+                let job = uuid_of(job.into_inner().id.as_ref())
+                    .ok()
+                    .flatten()
+                    .expect("job id");
+                acknowledged.jobs.lock().expect("lock").push(job);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn task_states(client: &mut Client, job: Uuid) -> HashMap<Uuid, TaskState> {
+    let answer = client
+        .jobs
+        .list_job_tasks(ListJobTasksRequest {
+            job_id: Some(id(job)),
+            page: Some(tilebox::api::tilebox_v1::Pagination {
+                limit: Some(100),
+                starting_after: None,
+            }),
+            ..ListJobTasksRequest::default()
+        })
+        .await
+        .expect("list tasks")
+        .into_inner();
+    answer
+        .page
+        .expect("page")
+        .tasks
+        .into_iter()
+        .map(|task| {
+            let state = TaskState::try_from(task.state).expect("state");
+            (uuid_of(task.id.as_ref()).expect("id").expect("id"), state)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_work_survives_kill_9_under_load_and_every_job_finishes() {
+    let mut server = TestServer::start_with(&["--lease-seconds", "2", "--long-poll-ms", "200"]);
+    let url = server.url().to_string();
+    let acknowledged = Arc::new(Acknowledged::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        load.push(tokio::spawn(run_submitter(
+            url.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+        )));
+        load.push(tokio::spawn(run_worker(
+            url.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.jobs.lock().expect("lock").len() < 100
+        || acknowledged.computed.lock().expect("lock").len() < 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the load did not get going:\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    for task in load {
+        let _ = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("load stops when the server dies");
+    }
+    let jobs = acknowledged.jobs.lock().expect("lock").clone();
+    let computed = acknowledged.computed.lock().expect("lock").clone();
+
+    server.restart();
+    let mut client = client(&server).await;
+    let mut seen_computed = 0;
+    for job in &jobs {
+        let states = task_states(&mut client, *job).await;
+        assert_eq!(states.len(), 5, "job {job} lost tasks");
+        for (task, state) in &states {
+            if computed.contains(task) {
+                assert_eq!(
+                    *state,
+                    TaskState::Computed,
+                    "acknowledged computed task {task} is {state:?}"
+                );
+                seen_computed += 1;
+            }
+        }
+    }
+    assert_eq!(
+        seen_computed,
+        computed.len(),
+        "every acknowledged completion belongs to an acknowledged job"
+    );
+
+    // Drain: tasks that were running at the kill come back after their lease expires.
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = Arc::new(Acknowledged::default());
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(run_worker(
+                server.url().to_string(),
+                drain.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for job in &jobs {
+        loop {
+            let state = client
+                .jobs
+                .get_job(GetJobRequest {
+                    job_id: Some(id(*job)),
+                })
+                .await
+                .expect("get job")
+                .into_inner()
+                .state;
+            if state == JobState::Completed as i32 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not complete after the restart: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    }
+    for job in &jobs {
+        let states = task_states(&mut client, *job).await;
+        assert!(
+            states.values().all(|state| *state == TaskState::Computed),
+            "job {job}: {states:?}"
+        );
+    }
+}
