@@ -723,10 +723,13 @@ pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
             .map_err(db("retry job"))?;
     }
     if halted || !failed.is_empty() {
+        // A job canceled while its last tasks ran has nothing incomplete left: resumed, it
+        // is completed (no later report would ever move it out of RUNNING).
         connection
             .execute(
-                "UPDATE jobs SET state = ?2 WHERE job = ?1",
-                params![job, JobState::Running as i32],
+                "UPDATE jobs SET state = CASE WHEN incomplete_tasks <= 0 THEN ?3 ELSE ?2 END
+                 WHERE job = ?1",
+                params![job, JobState::Running as i32, JobState::Completed as i32],
             )
             .map_err(db("retry job"))?;
     }
