@@ -1,6 +1,22 @@
-//! Compiles `proto/` into Rust with a pure-Rust proto compiler (protox), so no system `protoc` is needed.
+//! Build steps that need no system tools:
+//! - compiles `proto/` with a pure-Rust proto compiler (protox), so no `protoc` is needed;
+//! - embeds the Python runtime (`python/tilebox/**.py`) into the binary;
+//! - links libpython with an rpath, so the binary finds the CPython it embeds.
+
+use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    compile_protos()?;
+    embed_python_runtime()?;
+    pyo3_build_config::add_libpython_rpath_link_args();
+    // The interpreter release venvs must be built with (the one this binary embeds).
+    if let Some(executable) = pyo3_build_config::get().executable() {
+        println!("cargo:rustc-env=TILEBOX_EMBEDDED_PYTHON={executable}");
+    }
+    Ok(())
+}
+
+fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/tilebox/v1/id.proto",
         "proto/tilebox/v1/query.proto",
@@ -15,5 +31,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;
+    Ok(())
+}
+
+/// Writes `$OUT_DIR/python_runtime.rs`: every `.py` file under `python/tilebox`, as
+/// (relative path, contents), sorted by path.
+fn embed_python_runtime() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    println!("cargo:rerun-if-changed=python/tilebox");
+    let mut files = Vec::new();
+    collect_python_files(&root.join("tilebox"), &mut files)?;
+    files.sort();
+    let mut source = String::from(
+        "/// The embedded Python runtime: (path relative to the runtime root, contents).\npub static RUNTIME_FILES: &[(&str, &str)] = &[\n",
+    );
+    for file in &files {
+        let relative = file
+            .strip_prefix(&root)?
+            .to_string_lossy()
+            .replace('\\', "/");
+        println!("cargo:rerun-if-changed={}", file.display());
+        source.push_str(&format!(
+            "    ({relative:?}, include_str!({:?})),\n",
+            file.display().to_string()
+        ));
+    }
+    source.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("python_runtime.rs");
+    std::fs::write(out, source)?;
+    Ok(())
+}
+
+fn collect_python_files(directory: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !directory.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(directory)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|name| name != "__pycache__") {
+                collect_python_files(&path, files)?;
+            }
+        } else if path.extension().is_some_and(|extension| extension == "py") {
+            files.push(path);
+        }
+    }
     Ok(())
 }

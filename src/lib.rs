@@ -4,9 +4,12 @@
 //! - `api`: generated protobuf/gRPC code and conversions
 //! - `client`: typed client over the API (used by the CLI and the runner)
 //! - `server`: the orchestrator: gRPC services -> scheduler -> store
+//! - `python`: embedded CPython (the only module using pyo3): sub-interpreters, child hosts
 //! - `cli`: the command tree; no business logic
 
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod python;
+pub mod release;
 pub mod server;

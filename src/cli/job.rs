@@ -502,7 +502,7 @@ fn submit_request(
 
 /// The bytes sent as a task's input: valid JSON unchanged, other text as a JSON string, no
 /// input as no bytes.
-fn task_input(input: Option<&str>) -> Vec<u8> {
+pub(super) fn task_input(input: Option<&str>) -> Vec<u8> {
     match input {
         None => Vec::new(),
         Some(text) if serde_json::from_str::<Value>(text).is_ok() => text.as_bytes().to_vec(),
@@ -520,7 +520,7 @@ fn display_of(task: &str) -> &str {
 }
 
 /// Accepts `vMAJOR.MINOR` with decimal numbers, e.g. `v0.0` or `v1.12`.
-fn validate_version(version: &str) -> Result<(), UserError> {
+pub(super) fn validate_version(version: &str) -> Result<(), UserError> {
     let is_number = |text: &str| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit());
     let valid = version
         .strip_prefix('v')

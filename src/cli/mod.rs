@@ -8,12 +8,14 @@
 //! - `server.rs`: `tilebox server`
 //! - `cluster.rs`: `tilebox cluster ...`
 //! - `job.rs`: `tilebox job ...`
+//! - `task.rs`: `tilebox task run` (in-process execution of a local project)
 //! - `output.rs`: tables, JSON, state names
 
 mod cluster;
 mod job;
 mod output;
 mod server;
+mod task;
 
 use std::process::ExitCode;
 
@@ -51,6 +53,12 @@ enum Command {
     /// Submit, inspect, wait for, retry and cancel jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Run tasks of a local project in-process (debugging; no server).
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Host a release in this process's main interpreter (used by the runner itself).
+    #[command(hide = true)]
+    PythonHost(crate::python::child::HostArgs),
 }
 
 /// Options every API command takes.
@@ -76,6 +84,10 @@ impl ApiArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The child host drives Python from the main thread and needs no async runtime.
+    if let Command::PythonHost(arguments) = cli.command {
+        return Ok(crate::python::child::serve(arguments));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,6 +97,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Server(arguments) => server::run(arguments).await,
             Command::Cluster(command) => cluster::run(command, &cli.api).await,
             Command::Job(command) => job::run(command, &cli.api).await,
+            Command::Task(command) => task::run(command, cli.api.json).await,
+            Command::PythonHost(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

@@ -1,0 +1,435 @@
+//! The child-process host: a `tilebox python-host` process that hosts one release in its
+//! main interpreter and speaks JSON lines over its stdin/stdout. The parent side
+//! ([`ChildHost`]) restarts it after a crash, so a segfault in a C extension fails one task
+//! instead of the runner.
+//!
+//! The child moves its stdout to a private descriptor before Python starts and points
+//! descriptor 1 at stderr, so `print` in task code cannot corrupt the protocol.
+
+use std::io::{BufRead, Write};
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+
+use pyo3::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use super::interpreter::{self, EventSender, SinkSlot};
+use super::protocol::{Event, PythonError, TaskOutcome, TaskRequest};
+use super::{Error, Release};
+
+/// Environment variable: the binary to run as the child host (default: this executable).
+/// Tests that link the library set it to the `tilebox` binary.
+pub const HOST_BINARY_ENV: &str = "TILEBOX_PYTHON_HOST";
+
+/// Parent -> child.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ToChild {
+    Execute { request: TaskRequest },
+}
+
+/// Child -> parent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum FromChild {
+    Loaded { identifiers: Vec<(String, String)> },
+    LoadError { error: PythonError },
+    Event { event: Event },
+    Outcome { outcome: TaskOutcome },
+}
+
+/// The `tilebox` binary that hosts children.
+pub(super) fn host_binary() -> Result<PathBuf, std::io::Error> {
+    match std::env::var_os(HOST_BINARY_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => std::env::current_exe(),
+    }
+}
+
+/// The arguments of `tilebox python-host` for a release.
+pub(super) fn host_arguments(release: &Release) -> Vec<String> {
+    let mut arguments = vec![
+        "python-host".to_string(),
+        "--label".to_string(),
+        release.label.clone(),
+        "--runtime".to_string(),
+        release.runtime.to_string_lossy().into_owned(),
+        "--root".to_string(),
+        release.root.to_string_lossy().into_owned(),
+        "--runner".to_string(),
+        release.runner.clone(),
+    ];
+    for site in &release.site_packages {
+        arguments.push("--site".to_string());
+        arguments.push(site.to_string_lossy().into_owned());
+    }
+    if let Some(venv) = &release.venv {
+        arguments.push("--venv".to_string());
+        arguments.push(venv.to_string_lossy().into_owned());
+    }
+    arguments
+}
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// A release hosted in a child process; one task at a time.
+pub struct ChildHost {
+    release: Release,
+    identifiers: Vec<(String, String)>,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+impl ChildHost {
+    /// Starts the child and loads the release in it.
+    pub async fn start(release: Release) -> Result<Self, Error> {
+        let (running, identifiers) = spawn(&release).await?;
+        Ok(Self {
+            release,
+            identifiers,
+            running: tokio::sync::Mutex::new(Some(running)),
+        })
+    }
+
+    pub fn identifiers(&self) -> &[(String, String)] {
+        &self.identifiers
+    }
+
+    /// Executes a task in the child; if the child dies meanwhile, the task fails (a
+    /// workflow error: its code crashed the process) and the next call starts a new child.
+    pub async fn execute(
+        &self,
+        request: TaskRequest,
+        events: EventSender,
+    ) -> Result<TaskOutcome, Error> {
+        let mut guard = self.running.lock().await;
+        if guard.is_none() {
+            *guard = Some(spawn(&self.release).await?.0);
+        }
+        let running = guard.as_mut().expect("a child is running");
+        let display = request.display.clone();
+        match exchange(running, request, &events).await {
+            Ok(outcome) => Ok(outcome),
+            Err(message) => {
+                let mut dead = guard.take().expect("a child is running");
+                let _ = dead.child.start_kill();
+                let status = dead.child.wait().await.ok();
+                let reason = match status {
+                    Some(status) => describe_exit(status),
+                    None => message,
+                };
+                tracing::warn!(release = %self.release.label, %reason, "the child process hosting the release died");
+                Ok(TaskOutcome::Failed {
+                    display: interpreter::failure_display(
+                        &display,
+                        &format!("WorkerCrashed({reason:?})"),
+                    ),
+                    workflow_error: true,
+                    progress: Vec::new(),
+                    error: Some(PythonError {
+                        kind: "WorkerCrashed".into(),
+                        message: reason,
+                        traceback: String::new(),
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Closes the child's stdin (it exits after the current task) and waits for it.
+    pub async fn stop(self) {
+        if let Some(running) = self.running.into_inner() {
+            let Running {
+                mut child, stdin, ..
+            } = running;
+            drop(stdin);
+            let _ = child.wait().await;
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (_, Some(signal)) => format!("the process hosting the task was killed by signal {signal}"),
+        (Some(code), _) => format!("the process hosting the task exited with status {code}"),
+        _ => "the process hosting the task ended".to_string(),
+    }
+}
+
+async fn spawn(release: &Release) -> Result<(Running, Vec<(String, String)>), Error> {
+    let failed = |message: String| Error::Child {
+        release: release.label.clone(),
+        message,
+    };
+    let binary = host_binary()
+        .map_err(|error| failed(format!("cannot find the tilebox binary: {error}")))?;
+    let mut child = tokio::process::Command::new(&binary)
+        .args(host_arguments(release))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| failed(format!("cannot start {}: {error}", binary.display())))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| failed("no stdin pipe".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| failed("no stdout pipe".into()))?;
+    let mut stdout = BufReader::new(stdout).lines();
+    let first = stdout
+        .next_line()
+        .await
+        .map_err(|error| failed(format!("cannot read from the child: {error}")))?;
+    let Some(line) = first else {
+        let status = child.wait().await.map(describe_exit).unwrap_or_default();
+        return Err(failed(format!(
+            "it exited before loading the release ({status})"
+        )));
+    };
+    match serde_json::from_str::<FromChild>(&line) {
+        Ok(FromChild::Loaded { identifiers }) => Ok((
+            Running {
+                child,
+                stdin,
+                stdout,
+            },
+            identifiers,
+        )),
+        Ok(FromChild::LoadError { error }) => Err(Error::Load {
+            release: release.label.clone(),
+            runner: release.runner.clone(),
+            error,
+        }),
+        _ => Err(failed(format!("unexpected first message: {line}"))),
+    }
+}
+
+async fn exchange(
+    running: &mut Running,
+    request: TaskRequest,
+    events: &EventSender,
+) -> Result<TaskOutcome, String> {
+    let mut line =
+        serde_json::to_string(&ToChild::Execute { request }).map_err(|error| error.to_string())?;
+    line.push('\n');
+    running
+        .stdin
+        .write_all(line.as_bytes())
+        .await
+        .map_err(|error| error.to_string())?;
+    running
+        .stdin
+        .flush()
+        .await
+        .map_err(|error| error.to_string())?;
+    loop {
+        let Some(line) = running
+            .stdout
+            .next_line()
+            .await
+            .map_err(|error| error.to_string())?
+        else {
+            return Err("the child closed its output".into());
+        };
+        match serde_json::from_str::<FromChild>(&line) {
+            Ok(FromChild::Event { event }) => {
+                let _ = events.send(event);
+            }
+            Ok(FromChild::Outcome { outcome }) => return Ok(outcome),
+            Ok(other) => return Err(format!("unexpected message {other:?}")),
+            Err(error) => return Err(format!("undecodable message from the child: {error}")),
+        }
+    }
+}
+
+/// Arguments of the hidden `tilebox python-host` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    #[arg(long)]
+    pub label: String,
+    #[arg(long)]
+    pub runtime: PathBuf,
+    #[arg(long)]
+    pub root: PathBuf,
+    #[arg(long)]
+    pub runner: String,
+    #[arg(long = "site")]
+    pub site_packages: Vec<PathBuf>,
+    #[arg(long)]
+    pub venv: Option<PathBuf>,
+    /// Probe instead of serving: load the release in this many isolated sub-interpreters at
+    /// once, report, and exit.
+    #[arg(long)]
+    pub probe: Option<usize>,
+}
+
+impl HostArgs {
+    fn release(&self) -> Release {
+        Release {
+            label: self.label.clone(),
+            runtime: self.runtime.clone(),
+            root: self.root.clone(),
+            site_packages: self.site_packages.clone(),
+            venv: self.venv.clone(),
+            runner: self.runner.clone(),
+        }
+    }
+}
+
+/// Writes protocol lines to the private descriptor, from any thread.
+type Output = Arc<Mutex<std::io::BufWriter<std::fs::File>>>;
+
+fn send(output: &Output, message: &FromChild) {
+    if let Ok(mut writer) = output.lock()
+        && let Ok(line) = serde_json::to_string(message)
+    {
+        let _ = writeln!(writer, "{line}");
+        let _ = writer.flush();
+    }
+}
+
+/// Moves stdout to a private descriptor and points descriptor 1 at stderr.
+fn take_stdout() -> std::io::Result<std::fs::File> {
+    // SAFETY: plain descriptor duplication on descriptors this process owns.
+    unsafe {
+        let private = libc::dup(1);
+        if private < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::fs::File::from_raw_fd(private))
+    }
+}
+
+/// Runs the child side: load, then execute requests until stdin closes.
+pub fn serve(arguments: HostArgs) -> ExitCode {
+    let output: Output = match take_stdout() {
+        Ok(file) => Arc::new(Mutex::new(std::io::BufWriter::new(file))),
+        Err(error) => {
+            eprintln!("error: cannot set up the protocol pipe: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let release = arguments.release();
+    if let Some(count) = arguments.probe {
+        return probe_here(&release, count, &output);
+    }
+    if let Err(error) = super::host::initialize() {
+        send(
+            &output,
+            &FromChild::LoadError {
+                error: PythonError {
+                    kind: "InitializationError".into(),
+                    message: error.to_string(),
+                    traceback: String::new(),
+                },
+            },
+        );
+        return ExitCode::from(2);
+    }
+    let slot: SinkSlot = Arc::new(Mutex::new(None));
+    let loaded = Python::attach(|py| -> Result<Vec<(String, String)>, PythonError> {
+        let convert = |error: PyErr| interpreter::python_error(py, &error);
+        interpreter::set_up_paths(py, &release).map_err(convert)?;
+        interpreter::install_sink(py, slot.clone()).map_err(convert)?;
+        interpreter::load_runner(py, &release.runner).map_err(convert)
+    });
+    match loaded {
+        Ok(identifiers) => send(&output, &FromChild::Loaded { identifiers }),
+        Err(error) => {
+            send(&output, &FromChild::LoadError { error });
+            return ExitCode::from(1);
+        }
+    }
+    {
+        let output = output.clone();
+        if let Ok(mut guard) = slot.lock() {
+            *guard = Some(Box::new(move |event| {
+                send(&output, &FromChild::Event { event })
+            }));
+        }
+    }
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = match serde_json::from_str::<ToChild>(&line) {
+            Ok(ToChild::Execute { request }) => request,
+            Err(error) => {
+                eprintln!("error: undecodable request: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let outcome = Python::attach(|py| interpreter::execute(py, &request));
+        send(&output, &FromChild::Outcome { outcome });
+    }
+    ExitCode::SUCCESS
+}
+
+/// The probe: `count` isolated sub-interpreters load the release at the same time.
+fn probe_here(release: &Release, count: usize, output: &Output) -> ExitCode {
+    let (results, received) = mpsc::channel();
+    let barrier = Arc::new(std::sync::Barrier::new(count.max(1)));
+    let handles: Vec<_> = (0..count.max(1))
+        .map(|_| {
+            let release = release.clone();
+            let results = results.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let started = interpreter::SubInterpreter::start(&release);
+                // Keep every interpreter alive until all loaded.
+                barrier.wait();
+                let identifiers = started.as_ref().map(|sub| sub.identifiers().to_vec());
+                let _ = results.send(identifiers.map_err(|error| error.to_string()));
+                if let Ok(sub) = started {
+                    sub.stop();
+                }
+            })
+        })
+        .collect();
+    drop(results);
+    let mut identifiers = None;
+    let mut failure = None;
+    for result in received {
+        match result {
+            Ok(found) => identifiers = Some(found),
+            Err(error) => failure = Some(error),
+        }
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    match (failure, identifiers) {
+        (None, Some(identifiers)) => {
+            send(output, &FromChild::Loaded { identifiers });
+            ExitCode::SUCCESS
+        }
+        (failure, _) => {
+            let message = failure.unwrap_or_else(|| "no interpreter loaded the release".into());
+            send(
+                output,
+                &FromChild::LoadError {
+                    error: PythonError {
+                        kind: "ProbeFailed".into(),
+                        message,
+                        traceback: String::new(),
+                    },
+                },
+            );
+            ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! A project's Python environment: `uv sync` against the interpreter this binary embeds,
+//! and the venv's site-packages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The CPython executable this binary was built against (release venvs must match it).
+pub const EMBEDDED_PYTHON: Option<&str> = option_env!("TILEBOX_EMBEDDED_PYTHON");
+
+/// What can go wrong building an environment.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvironmentError {
+    #[error("`uv` is not installed or not on PATH")]
+    UvMissing,
+    #[error("`uv sync` failed in {root}:\n{output}")]
+    SyncFailed { root: PathBuf, output: String },
+    #[error("cannot run uv in {root}")]
+    Run {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A synced environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub venv: PathBuf,
+    pub site_packages: Vec<PathBuf>,
+}
+
+/// Runs `uv sync` in `root` (which has a `pyproject.toml`), with `--frozen` when asked,
+/// against the embedded interpreter; answers the venv.
+pub fn sync(root: &Path, frozen: bool) -> Result<Environment, EnvironmentError> {
+    let mut command = Command::new("uv");
+    command
+        .arg("sync")
+        .arg("--quiet")
+        .current_dir(root)
+        .env("UV_PYTHON_DOWNLOADS", "never");
+    if frozen {
+        command.arg("--frozen");
+    }
+    if let Some(python) = EMBEDDED_PYTHON {
+        command.arg("--python").arg(python);
+    }
+    let output = command.output().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => EnvironmentError::UvMissing,
+        _ => EnvironmentError::Run {
+            root: root.to_path_buf(),
+            source,
+        },
+    })?;
+    if !output.status.success() {
+        return Err(EnvironmentError::SyncFailed {
+            root: root.to_path_buf(),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let venv = root.join(".venv");
+    Ok(Environment {
+        site_packages: site_packages_of(&venv),
+        venv,
+    })
+}
+
+/// The site-packages directories of a venv (`lib/python3.X/site-packages`).
+pub fn site_packages_of(venv: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(venv.join("lib")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("site-packages"))
+        .filter(|path| path.is_dir())
+        .collect();
+    found.sort();
+    found
+}

@@ -1,0 +1,383 @@
+//! Running a release inside one interpreter: path set-up, loading the runner object,
+//! executing tasks and turning Python results and exceptions into plain Rust values.
+//!
+//! `SubInterpreter` owns one own-GIL sub-interpreter on its own OS thread; the functions
+//! at the top work in whatever interpreter is attached (the child-process host uses them in
+//! its main interpreter). Only pyo3 APIs that are sound inside sub-interpreters are used:
+//! no `#[pyclass]`, no `intern!`, no statics holding Python objects, and no Python object
+//! is kept across a detach.
+
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, mpsc};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+use super::protocol::{
+    Event, Progress, PythonError, SubmissionGroup, Submissions, TaskOutcome, TaskRequest,
+};
+use super::{Error, Release};
+
+/// Where events of the running task go.
+pub type EventSender = async_mpsc::UnboundedSender<Event>;
+/// The current receiver of events; set for the duration of each execution.
+pub type SinkSlot = Arc<Mutex<Option<Box<dyn Fn(Event) + Send>>>>;
+
+const HOST_MODULE: &str = "tilebox.workflows._host";
+
+/// A Python exception as plain values, with its formatted traceback.
+pub fn python_error(py: Python<'_>, error: &PyErr) -> PythonError {
+    let value = error.value(py);
+    let kind = value
+        .get_type()
+        .getattr("__name__")
+        .and_then(|name| name.extract::<String>())
+        .unwrap_or_else(|_| "Exception".to_string());
+    let message = value.str().map(|text| text.to_string()).unwrap_or_default();
+    let traceback = py
+        .import("traceback")
+        .and_then(|module| module.call_method1("format_exception", (value,)))
+        .and_then(|lines| lines.extract::<Vec<String>>())
+        .map(|lines| lines.concat())
+        .unwrap_or_default();
+    PythonError {
+        kind,
+        message,
+        traceback,
+    }
+}
+
+/// Sets up `sys.path` for a release: the runtime first, then the release root, then the
+/// venv's site-packages through `site.addsitedir` (so `.pth` files, e.g. uv's editable
+/// install of the project, are honoured); the interpreter's own site-packages are dropped.
+pub fn set_up_paths(py: Python<'_>, release: &Release) -> PyResult<()> {
+    let globals = PyDict::new(py);
+    globals.set_item("runtime", release.runtime.to_string_lossy().as_ref())?;
+    globals.set_item("root", release.root.to_string_lossy().as_ref())?;
+    let sites: Vec<String> = release
+        .site_packages
+        .iter()
+        .map(|path| path.to_string_lossy().into_owned())
+        .collect();
+    globals.set_item("sites", sites)?;
+    globals.set_item(
+        "venv",
+        release
+            .venv
+            .as_ref()
+            .map(|path| path.to_string_lossy().into_owned()),
+    )?;
+    let code = CString::new(
+        "import sys, site\n\
+         sys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n\
+         sys.path.insert(0, root)\n\
+         sys.path.insert(0, runtime)\n\
+         for s in sites:\n    site.addsitedir(s)\n\
+         if venv:\n    sys.prefix = sys.exec_prefix = venv\n    sys.executable = venv + '/bin/python'\n\
+         for name in [n for n in sys.modules if n == 'tilebox' or n.startswith('tilebox.')]:\n    del sys.modules[name]\n",
+    )
+    .expect("the set-up code has no NUL byte");
+    py.run(&code, Some(&globals), None)
+}
+
+/// Installs the event sink callback into the runtime's host module.
+pub fn install_sink(py: Python<'_>, slot: SinkSlot) -> PyResult<()> {
+    let sink = PyCFunction::new_closure(
+        py,
+        Some(c"tilebox_sink"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _| {
+            let kind: String = args.get_item(0)?.extract()?;
+            let payload: String = args.get_item(1)?.extract()?;
+            if let Ok(guard) = slot.lock()
+                && let Some(deliver) = guard.as_ref()
+            {
+                deliver(Event { kind, payload });
+            }
+            Ok::<(), PyErr>(())
+        },
+    )?;
+    py.import(HOST_MODULE)?.setattr("sink", sink)
+}
+
+/// Imports the release's runner object; answers its task identifiers.
+pub fn load_runner(py: Python<'_>, runner: &str) -> PyResult<Vec<(String, String)>> {
+    py.import(HOST_MODULE)?
+        .call_method1("load", (runner,))?
+        .extract()
+}
+
+fn request_dict<'py>(py: Python<'py>, request: &TaskRequest) -> PyResult<Bound<'py, PyDict>> {
+    let task = PyDict::new(py);
+    task.set_item("id", &request.id)?;
+    task.set_item("display", &request.display)?;
+    task.set_item("retry_count", request.retry_count)?;
+    task.set_item("parent_id", request.parent_id.as_deref())?;
+    task.set_item("depends_on", PyList::new(py, &request.depends_on)?)?;
+    let job = PyDict::new(py);
+    job.set_item("id", &request.job.id)?;
+    job.set_item("name", &request.job.name)?;
+    job.set_item("trace_parent", &request.job.trace_parent)?;
+    task.set_item("job", job)?;
+    task.set_item("cluster", &request.cluster)?;
+    Ok(task)
+}
+
+fn progress_of(value: &Bound<'_, PyAny>) -> PyResult<Vec<Progress>> {
+    let entries: Vec<(Option<String>, u64, u64)> = value.extract()?;
+    Ok(entries
+        .into_iter()
+        .map(|(label, total, done)| Progress { label, total, done })
+        .collect())
+}
+
+fn submissions_of(value: &Bound<'_, PyAny>) -> PyResult<Option<Submissions>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    let mut groups = Vec::new();
+    for group in value.get_item("task_groups")?.try_iter()? {
+        let group = group?;
+        groups.push(SubmissionGroup {
+            dependencies_on_other_groups: group
+                .get_item("dependencies_on_other_groups")?
+                .extract()?,
+            inputs: group.get_item("inputs")?.extract()?,
+            identifier_pointers: group.get_item("identifier_pointers")?.extract()?,
+            cluster_slug_pointers: group.get_item("cluster_slug_pointers")?.extract()?,
+            display_pointers: group.get_item("display_pointers")?.extract()?,
+            max_retries_values: group.get_item("max_retries_values")?.extract()?,
+            optional_values: group.get_item("optional_values")?.extract()?,
+        });
+    }
+    Ok(Some(Submissions {
+        task_groups: groups,
+        cluster_slug_lookup: value.get_item("cluster_slug_lookup")?.extract()?,
+        identifier_lookup: value.get_item("identifier_lookup")?.extract()?,
+        display_lookup: value.get_item("display_lookup")?.extract()?,
+    }))
+}
+
+fn outcome_of(result: &Bound<'_, PyAny>) -> PyResult<TaskOutcome> {
+    let display: String = result.get_item("display")?.extract()?;
+    let progress = progress_of(&result.get_item("progress")?)?;
+    if result.get_item("computed")?.extract::<bool>()? {
+        return Ok(TaskOutcome::Computed {
+            display,
+            progress,
+            subtasks: submissions_of(&result.get_item("subtasks")?)?,
+        });
+    }
+    let error = result.get_item("error")?;
+    let error = if error.is_none() {
+        None
+    } else {
+        Some(PythonError {
+            kind: error.get_item("type")?.extract()?,
+            message: error.get_item("message")?.extract()?,
+            traceback: error.get_item("traceback")?.extract()?,
+        })
+    };
+    Ok(TaskOutcome::Failed {
+        display,
+        workflow_error: result.get_item("workflow_error")?.extract()?,
+        progress,
+        error,
+    })
+}
+
+/// Executes one task in the attached interpreter. A failure of the runtime itself (not of
+/// the task, which the runtime reports as a failed outcome) becomes a non-workflow failure.
+pub fn execute(py: Python<'_>, request: &TaskRequest) -> TaskOutcome {
+    let result = (|| -> PyResult<TaskOutcome> {
+        let task = request_dict(py, request)?;
+        let input = PyBytes::new(py, &request.input);
+        let result = py
+            .import(HOST_MODULE)?
+            .call_method1("execute", (&request.name, &request.version, input, task))?;
+        outcome_of(&result)
+    })();
+    result.unwrap_or_else(|error| {
+        let error = python_error(py, &error);
+        TaskOutcome::Failed {
+            display: failure_display(
+                &request.display,
+                &format!("RuntimeError({:?})", error.to_string()),
+            ),
+            workflow_error: false,
+            progress: Vec::new(),
+            error: Some(error),
+        }
+    })
+}
+
+/// `"<display>\n<reason>"` capped at 1024 characters, as the SDK formats failures.
+pub fn failure_display(display: &str, reason: &str) -> String {
+    format!("{display}\n{reason}").chars().take(1024).collect()
+}
+
+enum Command {
+    Execute {
+        request: Box<TaskRequest>,
+        events: EventSender,
+        reply: oneshot::Sender<TaskOutcome>,
+    },
+}
+
+/// One release loaded into an own-GIL sub-interpreter, driven from its own OS thread.
+pub struct SubInterpreter {
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    identifiers: Vec<(String, String)>,
+}
+
+impl SubInterpreter {
+    /// Starts the interpreter thread, sets up the release and loads its runner.
+    pub fn start(release: &Release) -> Result<Self, Error> {
+        super::host::initialize()?;
+        let (commands, receiver) = mpsc::channel::<Command>();
+        let (loaded, loaded_receiver) = mpsc::channel::<Result<Vec<(String, String)>, Error>>();
+        let release = release.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("python-{}", release.label))
+            .spawn(move || run_interpreter(release, receiver, loaded))
+            .map_err(Error::Thread)?;
+        let identifiers = loaded_receiver
+            .recv()
+            .map_err(|_| Error::InterpreterGone)??;
+        Ok(Self {
+            commands: Some(commands),
+            thread: Some(thread),
+            identifiers,
+        })
+    }
+
+    pub fn identifiers(&self) -> &[(String, String)] {
+        &self.identifiers
+    }
+
+    /// Executes a task; events it emits go to `events` while it runs.
+    pub async fn execute(
+        &self,
+        request: TaskRequest,
+        events: EventSender,
+    ) -> Result<TaskOutcome, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .as_ref()
+            .ok_or(Error::InterpreterGone)?
+            .send(Command::Execute {
+                request: Box::new(request),
+                events,
+                reply,
+            })
+            .map_err(|_| Error::InterpreterGone)?;
+        answer.await.map_err(|_| Error::InterpreterGone)
+    }
+
+    /// Ends the interpreter after the task it runs (if any) finished.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.commands.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SubInterpreter {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// The interpreter thread: create, set up, load, serve commands, end.
+fn run_interpreter(
+    release: Release,
+    commands: mpsc::Receiver<Command>,
+    loaded: mpsc::Sender<Result<Vec<(String, String)>, Error>>,
+) {
+    let config = ffi::PyInterpreterConfig {
+        use_main_obmalloc: 0,
+        allow_fork: 0,
+        allow_exec: 0,
+        allow_threads: 1,
+        allow_daemon_threads: 0,
+        check_multi_interp_extensions: 1,
+        gil: ffi::PyInterpreterConfig_OWN_GIL,
+    };
+    let mut thread_state: *mut ffi::PyThreadState = std::ptr::null_mut();
+    // SAFETY: called with no thread state attached on this fresh thread; on success the new
+    // interpreter's thread state is attached and its GIL held.
+    let status = unsafe { ffi::Py_NewInterpreterFromConfig(&mut thread_state, &config) };
+    // SAFETY: reading the status CPython returned.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 || thread_state.is_null() {
+        let _ = loaded.send(Err(Error::Initialize(
+            "cannot create a sub-interpreter".into(),
+        )));
+        return;
+    }
+    let slot: SinkSlot = Arc::new(Mutex::new(None));
+    let setup = Python::attach(|py| -> Result<Vec<(String, String)>, Error> {
+        let fail = |error: PyErr| Error::Load {
+            release: release.label.clone(),
+            runner: release.runner.clone(),
+            error: python_error(py, &error),
+        };
+        set_up_paths(py, &release).map_err(fail)?;
+        install_sink(py, slot.clone()).map_err(fail)?;
+        load_runner(py, &release.runner).map_err(fail)
+    });
+    let ok = setup.is_ok();
+    let _ = loaded.send(setup);
+    if ok {
+        // SAFETY: detaches this thread's (the sub-interpreter's) thread state.
+        let mut saved = unsafe { ffi::PyEval_SaveThread() };
+        while let Ok(command) = commands.recv() {
+            match command {
+                Command::Execute {
+                    request,
+                    events,
+                    reply,
+                } => {
+                    // SAFETY: re-attaches the thread state this thread created and saved.
+                    unsafe { ffi::PyEval_RestoreThread(saved) };
+                    if let Ok(mut guard) = slot.lock() {
+                        *guard = Some(Box::new(move |event| {
+                            let _ = events.send(event);
+                        }));
+                    }
+                    let outcome = Python::attach(|py| execute(py, &request));
+                    if let Ok(mut guard) = slot.lock() {
+                        *guard = None;
+                    }
+                    // SAFETY: detaches again; no Python object outlives the attachment.
+                    saved = unsafe { ffi::PyEval_SaveThread() };
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        // SAFETY: re-attach to end the interpreter on the thread that created it.
+        unsafe { ffi::PyEval_RestoreThread(saved) };
+    }
+    Python::attach(|py| {
+        // Let non-daemon threads the release started finish, so the interpreter can end, and
+        // drop the dummy Thread object threading made for this (non-Python) thread while the
+        // interpreter is alive: its finaliser fails noisily during interpreter end.
+        let _ = py.run(
+            c"import threading\ntry:\n    threading._shutdown()\nexcept Exception:\n    pass\n\
+              info = getattr(threading, '_thread_local_info', None)\n\
+              if info is not None and hasattr(info, '_track_dummy_thread_ref'):\n    del info._track_dummy_thread_ref\n",
+            None,
+            None,
+        );
+    });
+    // SAFETY: this thread's state is attached and is the interpreter's only one; every
+    // Python object of the interpreter was dropped inside the attachments above.
+    unsafe { ffi::Py_EndInterpreter(thread_state) };
+}

@@ -1,0 +1,181 @@
+//! The only module that uses pyo3: CPython embedded in the `tilebox` process, each release
+//! in its own interpreter, tasks executed by direct calls.
+//!
+//! A release is placed in one of two ways, decided by a probe (`probe.rs`) that imports it in
+//! a throwaway child process first:
+//! - **sub-interpreter**: an own-GIL sub-interpreter on its own thread in this process
+//!   (pure-Python releases; several run in parallel on different cores);
+//! - **child process**: the main interpreter of a child `tilebox` process (releases whose
+//!   C extensions refuse sub-interpreters, e.g. numpy, msgspec, pydantic-core), so a crash
+//!   in them never takes this process down.
+//!
+//! Callers see the same API either way: [`load`] gives a [`LoadedRelease`] that lists the
+//! task identifiers and executes tasks. Python exceptions come out as [`PythonError`] values.
+//!
+//! Layout:
+//! - `mod.rs`: `Release`, `Placement`, `LoadedRelease`, `Error`
+//! - `host.rs`: initialising CPython for the process
+//! - `interpreter.rs`: sub-interpreters and the code that runs in any interpreter
+//! - `child.rs`: the child-process host (both ends of its pipe)
+//! - `probe.rs`: deciding the placement
+//! - `protocol.rs`: the plain data that crosses in and out
+//! - `runtime.rs`: the embedded `tilebox.workflows` runtime
+//! - `environment.rs`: `uv sync` of a project against the embedded interpreter
+
+pub mod child;
+pub mod environment;
+pub mod host;
+mod interpreter;
+pub mod probe;
+pub mod protocol;
+pub mod runtime;
+
+use std::path::PathBuf;
+
+pub use interpreter::EventSender;
+pub use protocol::{Event, JobInfo, Progress, PythonError, Submissions, TaskOutcome, TaskRequest};
+
+/// What can go wrong hosting Python.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Initialize(String),
+    #[error("cannot start an interpreter thread")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot load runner `{runner}` of {release}: {error}")]
+    Load {
+        release: String,
+        runner: String,
+        error: PythonError,
+    },
+    #[error("the interpreter hosting the release has stopped")]
+    InterpreterGone,
+    #[error("cannot unpack the Python runtime to {path}")]
+    Runtime {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("child process hosting {release}: {message}")]
+    Child { release: String, message: String },
+}
+
+/// A release to host: where its code and environment are, and which object to load.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// A short name for messages and thread names (e.g. the workflow slug).
+    pub label: String,
+    /// Directory of the unpacked runtime (`runtime::unpack`), first on `sys.path`.
+    pub runtime: PathBuf,
+    /// The release's root directory, second on `sys.path`.
+    pub root: PathBuf,
+    /// The venv's site-packages directories, added with `site.addsitedir`.
+    pub site_packages: Vec<PathBuf>,
+    /// The venv itself (becomes `sys.prefix`), if there is one.
+    pub venv: Option<PathBuf>,
+    /// The runner object, `module:object`.
+    pub runner: String,
+}
+
+/// Where a release runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Probe, then pick.
+    Auto,
+    SubInterpreter,
+    ChildProcess,
+}
+
+/// How a loaded release is hosted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    SubInterpreter,
+    ChildProcess,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Isolation::SubInterpreter => "sub-interpreter",
+            Isolation::ChildProcess => "child process",
+        })
+    }
+}
+
+enum Hosted {
+    Sub(interpreter::SubInterpreter),
+    Child(Box<child::ChildHost>),
+}
+
+/// A release loaded and ready to execute tasks.
+pub struct LoadedRelease {
+    hosted: Hosted,
+    /// Why the release is not in a sub-interpreter, when it is not.
+    pub fallback_reason: Option<String>,
+}
+
+/// Loads a release where `placement` says (probing first for `Auto`).
+pub async fn load(release: Release, placement: Placement) -> Result<LoadedRelease, Error> {
+    let (isolation, fallback_reason) = match placement {
+        Placement::SubInterpreter => (Isolation::SubInterpreter, None),
+        Placement::ChildProcess => (Isolation::ChildProcess, None),
+        Placement::Auto => match probe::probe(&release).await {
+            probe::Verdict::SubInterpreter => (Isolation::SubInterpreter, None),
+            probe::Verdict::ChildProcess { reason } => (Isolation::ChildProcess, Some(reason)),
+        },
+    };
+    let hosted = match isolation {
+        Isolation::SubInterpreter => {
+            let release = release.clone();
+            let sub =
+                tokio::task::spawn_blocking(move || interpreter::SubInterpreter::start(&release))
+                    .await
+                    .map_err(|_| Error::InterpreterGone)??;
+            Hosted::Sub(sub)
+        }
+        Isolation::ChildProcess => Hosted::Child(Box::new(child::ChildHost::start(release).await?)),
+    };
+    Ok(LoadedRelease {
+        hosted,
+        fallback_reason,
+    })
+}
+
+impl LoadedRelease {
+    pub fn isolation(&self) -> Isolation {
+        match self.hosted {
+            Hosted::Sub(_) => Isolation::SubInterpreter,
+            Hosted::Child(_) => Isolation::ChildProcess,
+        }
+    }
+
+    /// The task identifiers the runner object registered, in registration order.
+    pub fn identifiers(&self) -> &[(String, String)] {
+        match &self.hosted {
+            Hosted::Sub(sub) => sub.identifiers(),
+            Hosted::Child(child) => child.identifiers(),
+        }
+    }
+
+    /// Executes a task; log and progress events go to `events` while it runs.
+    pub async fn execute(
+        &self,
+        request: TaskRequest,
+        events: EventSender,
+    ) -> Result<TaskOutcome, Error> {
+        match &self.hosted {
+            Hosted::Sub(sub) => sub.execute(request, events).await,
+            Hosted::Child(child) => child.execute(request, events).await,
+        }
+    }
+
+    /// Unloads the release once its running task (if any) finished.
+    pub async fn unload(self) {
+        match self.hosted {
+            Hosted::Sub(sub) => {
+                let _ = tokio::task::spawn_blocking(move || sub.stop()).await;
+            }
+            Hosted::Child(child) => child.stop().await,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! What crosses into and out of a hosted release: plain Rust data, serializable so the
+//! child-process host speaks the same types over its pipe. No Python object ever leaves
+//! the interpreter that made it.
+
+use serde::{Deserialize, Serialize};
+
+/// One task to execute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub name: String,
+    pub version: String,
+    #[serde(with = "base64")]
+    pub input: Vec<u8>,
+    pub id: String,
+    pub display: String,
+    pub retry_count: i64,
+    pub parent_id: Option<String>,
+    pub depends_on: Vec<String>,
+    pub job: JobInfo,
+    /// The cluster subtasks without an explicit cluster go to.
+    pub cluster: String,
+}
+
+/// The job a task belongs to, as the task sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub name: String,
+    pub trace_parent: String,
+}
+
+/// A progress indicator of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub label: Option<String>,
+    pub total: u64,
+    pub done: u64,
+}
+
+/// Subtasks a task submitted, grouped as `workflows.v1.TaskSubmissions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Submissions {
+    pub task_groups: Vec<SubmissionGroup>,
+    pub cluster_slug_lookup: Vec<String>,
+    pub identifier_lookup: Vec<(String, String)>,
+    pub display_lookup: Vec<String>,
+}
+
+/// One group of `Submissions`; the vectors are parallel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubmissionGroup {
+    pub dependencies_on_other_groups: Vec<u32>,
+    #[serde(with = "base64_list")]
+    pub inputs: Vec<Vec<u8>>,
+    pub identifier_pointers: Vec<u64>,
+    pub cluster_slug_pointers: Vec<u64>,
+    pub display_pointers: Vec<u64>,
+    pub max_retries_values: Vec<i64>,
+    pub optional_values: Vec<bool>,
+}
+
+/// A Python exception, made plain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonError {
+    /// The exception's type name, e.g. `ValueError`.
+    pub kind: String,
+    pub message: String,
+    pub traceback: String,
+}
+
+impl std::fmt::Display for PythonError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            write!(formatter, "{}", self.kind)
+        } else {
+            write!(formatter, "{}: {}", self.kind, self.message)
+        }
+    }
+}
+
+/// How a task execution ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Computed {
+        display: String,
+        progress: Vec<Progress>,
+        subtasks: Option<Submissions>,
+    },
+    Failed {
+        /// `"<display>\n<repr(exception)>"`, at most 1024 characters.
+        display: String,
+        /// True when the task's own code failed; false when it could not run (unknown
+        /// identifier, host problem).
+        workflow_error: bool,
+        progress: Vec<Progress>,
+        error: Option<PythonError>,
+    },
+}
+
+/// Something a running task emitted: a log record or a progress change, as the JSON text
+/// the runtime wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `log` or `progress`.
+    pub kind: String,
+    pub payload: String,
+}
+
+/// Standard base64 (with padding) for byte fields in JSON.
+mod base64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let value = (u32::from(chunk[0]) << 16)
+                | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*chunk.get(2).unwrap_or(&0));
+            for index in 0..4 {
+                if index <= chunk.len() {
+                    text.push(ALPHABET[(value >> (18 - 6 * index) & 63) as usize] as char);
+                } else {
+                    text.push('=');
+                }
+            }
+        }
+        text
+    }
+
+    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+        let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
+        let mut buffer = 0u32;
+        let mut bits = 0;
+        for character in text.bytes().filter(|byte| *byte != b'=') {
+            let value = ALPHABET
+                .iter()
+                .position(|candidate| *candidate == character)
+                .ok_or_else(|| format!("invalid base64 character {:?}", character as char))?;
+            buffer = (buffer << 6) | value as u32;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                bytes.push((buffer >> bits) as u8);
+                buffer &= (1 << bits) - 1;
+            }
+        }
+        Ok(bytes)
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        decode(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod base64_list {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sequence = serializer.serialize_seq(Some(items.len()))?;
+        for item in items {
+            sequence.serialize_element(&super::base64::encode(item))?;
+        }
+        sequence.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| super::base64::decode(text).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_round_trips() {
+        assert_eq!(base64::encode(b"\x00\x01\xff"), "AAH/");
+        assert_eq!(base64::encode(b"ab"), "YWI=");
+        assert_eq!(base64::encode(b""), "");
+        for bytes in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff\x10\x80"] {
+            assert_eq!(base64::decode(&base64::encode(bytes)).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn outcomes_round_trip_through_json() {
+        let outcome = TaskOutcome::Computed {
+            display: "Root".into(),
+            progress: vec![Progress {
+                label: None,
+                total: 2,
+                done: 1,
+            }],
+            subtasks: Some(Submissions {
+                task_groups: vec![SubmissionGroup {
+                    inputs: vec![b"\"x\"".to_vec(), vec![]],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        };
+        let text = serde_json::to_string(&outcome).unwrap();
+        assert_eq!(serde_json::from_str::<TaskOutcome>(&text).unwrap(), outcome);
+    }
+}
