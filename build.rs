@@ -24,6 +24,7 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workflows/v1/job.proto",
         "proto/workflows/v1/task.proto",
         "proto/workflows/v1/workflows.proto",
+        "proto/tilebox/selfhosted/v1/releases.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

@@ -15,6 +15,12 @@ pub mod tilebox {
     pub mod v1 {
         tonic::include_proto!("tilebox.v1");
     }
+    /// Package `tilebox.selfhosted.v1`: artifacts and deployment watches (our own).
+    pub mod selfhosted {
+        pub mod v1 {
+            tonic::include_proto!("tilebox.selfhosted.v1");
+        }
+    }
 }
 
 /// Package `workflows.v1`.
@@ -24,5 +30,6 @@ pub mod workflows {
     }
 }
 
+pub use tilebox::selfhosted::v1 as selfhosted_v1;
 pub use tilebox::v1 as tilebox_v1;
 pub use workflows::v1 as workflows_v1;

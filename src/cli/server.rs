@@ -39,6 +39,9 @@ pub struct ServerArgs {
     /// Largest task input accepted, in bytes.
     #[arg(long, default_value_t = 2048)]
     max_input_bytes: usize,
+    /// Largest release artifact accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_artifact_bytes: u64,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -70,6 +73,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
         tokens,
+        max_artifact_bytes: arguments.max_artifact_bytes,
         scheduler: scheduler::Options {
             lease: Duration::from_secs(arguments.lease_seconds),
             max_lease: Duration::from_secs(arguments.max_lease_seconds),

@@ -14,6 +14,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::api::selfhosted_v1::artifact_service_client::ArtifactServiceClient;
+use crate::api::selfhosted_v1::deployment_service_client::DeploymentServiceClient;
 use crate::api::workflows_v1::job_service_client::JobServiceClient;
 use crate::api::workflows_v1::task_service_client::TaskServiceClient;
 use crate::api::workflows_v1::workflows_service_client::WorkflowsServiceClient;
@@ -122,6 +124,8 @@ pub struct Client {
     pub jobs: JobServiceClient<Authenticated>,
     pub tasks: TaskServiceClient<Authenticated>,
     pub workflows: WorkflowsServiceClient<Authenticated>,
+    pub artifacts: ArtifactServiceClient<Authenticated>,
+    pub deployments: DeploymentServiceClient<Authenticated>,
 }
 
 impl Client {
@@ -142,7 +146,15 @@ impl Client {
             jobs: JobServiceClient::with_interceptor(channel.clone(), authenticate.clone())
                 .max_decoding_message_size(512 * 1024 * 1024),
             tasks: TaskServiceClient::with_interceptor(channel.clone(), authenticate.clone()),
-            workflows: WorkflowsServiceClient::with_interceptor(channel, authenticate),
+            workflows: WorkflowsServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone(),
+            ),
+            artifacts: ArtifactServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone(),
+            ),
+            deployments: DeploymentServiceClient::with_interceptor(channel, authenticate),
         })
     }
 

@@ -6,11 +6,13 @@
 //!
 //! Layout:
 //! - `mod.rs`: `Options`, `Server` (bind, serve, shutdown), `Error`
+//! - `artifacts.rs`: release artifact bytes, content-addressed under the data dir
 //! - `auth.rs`: bearer-token authentication
 //! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
 //! - `services/`: the gRPC services
 //! - `store/`: the `Store` trait and its backends
 
+pub mod artifacts;
 pub mod auth;
 pub mod scheduler;
 pub mod services;
@@ -27,6 +29,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 
+use crate::api::selfhosted_v1::artifact_service_server::ArtifactServiceServer;
+use crate::api::selfhosted_v1::deployment_service_server::DeploymentServiceServer;
 use crate::api::workflows_v1::job_service_server::JobServiceServer;
 use crate::api::workflows_v1::task_service_server::TaskServiceServer;
 use crate::api::workflows_v1::workflows_service_server::WorkflowsServiceServer;
@@ -59,6 +63,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Accepted API keys; empty means an open development server.
     pub tokens: Vec<String>,
+    /// Largest release artifact accepted, in bytes.
+    pub max_artifact_bytes: u64,
     pub scheduler: scheduler::Options,
 }
 
@@ -67,6 +73,7 @@ pub struct Server {
     listener: TcpListener,
     scheduler: Scheduler,
     tokens: Vec<String>,
+    artifacts: artifacts::ArtifactFiles,
 }
 
 impl Server {
@@ -83,6 +90,10 @@ impl Server {
             listener,
             scheduler: Scheduler::new(store, options.scheduler),
             tokens: options.tokens,
+            artifacts: artifacts::ArtifactFiles::new(
+                options.data_dir.join("artifacts"),
+                options.max_artifact_bytes,
+            ),
         })
     }
 
@@ -105,11 +116,21 @@ impl Server {
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (changes, watched) = tokio::sync::watch::channel(0u64);
+        let store = self.scheduler.store().clone();
         let workflows = WorkflowsServiceServer::new(services::workflows::Workflows::new(
-            self.scheduler.store().clone(),
+            store.clone(),
+            Arc::new(changes),
         ))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let artifact_service = ArtifactServiceServer::new(services::artifacts::Artifacts::new(
+            store.clone(),
+            self.artifacts,
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let deployments =
+            DeploymentServiceServer::new(services::deployments::Deployments::new(store, watched));
 
         let incoming = TcpListenerStream::new(self.listener).map(|stream| {
             let stream = stream?;
@@ -119,7 +140,12 @@ impl Server {
         let result = tonic::transport::Server::builder()
             .add_service(InterceptedService::new(jobs, authenticate.clone()))
             .add_service(InterceptedService::new(tasks, authenticate.clone()))
-            .add_service(InterceptedService::new(workflows, authenticate))
+            .add_service(InterceptedService::new(workflows, authenticate.clone()))
+            .add_service(InterceptedService::new(
+                artifact_service,
+                authenticate.clone(),
+            ))
+            .add_service(InterceptedService::new(deployments, authenticate))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         let _ = stop_reaper.send(true);

@@ -2,8 +2,10 @@
 
 use crate::api::convert::{duration, id, timestamp_from_millis};
 use crate::api::workflows_v1 as wire;
+use prost::Message;
+
 use crate::server::store::{
-    ClaimedTask, Cluster, ExecutionStats, Identifier, Job, Progress, TaskSummary,
+    ClaimedTask, Cluster, ExecutionStats, Identifier, Job, Progress, Release, TaskSummary, Workflow,
 };
 
 pub fn cluster(cluster: Cluster) -> wire::Cluster {
@@ -108,5 +110,30 @@ pub fn task_summary(task: &TaskSummary) -> wire::TaskSummary {
         has_children: task.has_children,
         cluster_slug: task.cluster.clone(),
         optional: task.optional,
+    }
+}
+
+pub fn workflow(workflow: Workflow, releases: Vec<wire::WorkflowRelease>) -> wire::Workflow {
+    wire::Workflow {
+        slug: workflow.slug,
+        name: workflow.name,
+        description: workflow.description,
+        releases,
+        summary: workflow.summary,
+        presentation: None,
+    }
+}
+
+/// A release on the wire; `clusters` are the clusters it is deployed to.
+pub fn release(release: &Release, clusters: Vec<wire::Cluster>) -> wire::WorkflowRelease {
+    wire::WorkflowRelease {
+        id: Some(id(release.id)),
+        artifact: Some(wire::Artifact {
+            id: Some(id(release.artifact.id)),
+            digest: release.artifact.digest.clone(),
+        }),
+        content: wire::ReleaseContent::decode(release.content.as_slice()).ok(),
+        created_at: Some(timestamp_from_millis(release.created_at)),
+        clusters,
     }
 }

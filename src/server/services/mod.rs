@@ -5,9 +5,13 @@
 //! - `mod.rs`: error to status mapping, the caller's identity, pagination
 //! - `jobs.rs`: `JobService`
 //! - `tasks.rs`: `TaskService` (what runners call)
-//! - `workflows.rs`: `WorkflowsService` (clusters)
+//! - `workflows.rs`: `WorkflowsService` (clusters, workflows, releases, deployments)
+//! - `artifacts.rs`: our `ArtifactService` (streamed upload and download by sha256)
+//! - `deployments.rs`: our `DeploymentService` (a cluster's deployments, pushed)
 //! - `messages.rs`: store records to wire messages
 
+pub mod artifacts;
+pub mod deployments;
 pub mod jobs;
 mod messages;
 pub mod tasks;
@@ -34,9 +38,16 @@ pub fn store_status(error: store::Error) -> Status {
     let code = match &error {
         store::Error::ClusterNotFound { .. }
         | store::Error::JobNotFound { .. }
-        | store::Error::TaskNotFound { .. } => Code::NotFound,
-        store::Error::ClusterExists { .. } => Code::AlreadyExists,
-        store::Error::ClusterNotDeletable { .. } => Code::FailedPrecondition,
+        | store::Error::TaskNotFound { .. }
+        | store::Error::WorkflowNotFound { .. }
+        | store::Error::ReleaseNotFound { .. }
+        | store::Error::ArtifactNotFound(_) => Code::NotFound,
+        store::Error::ClusterExists { .. } | store::Error::WorkflowExists { .. } => {
+            Code::AlreadyExists
+        }
+        store::Error::ClusterNotDeletable { .. } | store::Error::Conflict(_) => {
+            Code::FailedPrecondition
+        }
         store::Error::Corrupt(_)
         | store::Error::Database { .. }
         | store::Error::Open { .. }

@@ -1,16 +1,27 @@
-//! `workflows.v1.WorkflowsService`: clusters (workflows and releases come with the release
-//! pipeline).
+//! `workflows.v1.WorkflowsService`: clusters, workflows, releases and deployments.
 
 use rand::Rng;
 use tonic::{Request, Response, Status};
 
-use super::{messages, store_status};
+use prost::Message;
+
+use super::{messages, required_uuid, store_status};
 use crate::api::workflows_v1::workflows_service_server::WorkflowsService;
 use crate::api::workflows_v1::{
-    Cluster, CreateClusterRequest, DeleteClusterRequest, DeleteClusterResponse, GetClusterRequest,
-    ListClustersRequest, ListClustersResponse, UpdateClusterRequest,
+    Cluster, CreateClusterRequest, CreateWorkflowRequest, DeleteClusterRequest,
+    DeleteClusterResponse, DeleteWorkflowRequest, DeleteWorkflowResponse,
+    DeployWorkflowReleaseRequest, DeployWorkflowReleaseResponse, GetClusterRequest,
+    GetWorkflowRequest, ListClustersRequest, ListClustersResponse, ListWorkflowsRequest,
+    ListWorkflowsResponse, PublishWorkflowReleaseRequest, ReleaseContent,
+    UndeployWorkflowReleaseRequest, UndeployWorkflowReleaseResponse,
+    UnpublishWorkflowReleaseRequest, UnpublishWorkflowReleaseResponse, UpdateClusterRequest,
+    UpdateWorkflowRequest, Workflow, WorkflowRelease,
 };
+use crate::server::scheduler::submission::parse_identifier;
 use crate::server::store::{self, DEFAULT_CLUSTER_SLUG, Store};
+
+/// Bumped after every deployment change; deployment watches wait on it.
+pub type DeploymentChanges = std::sync::Arc<tokio::sync::watch::Sender<u64>>;
 
 /// Longest cluster slug accepted.
 const MAX_SLUG_LENGTH: usize = 100;
@@ -19,12 +30,115 @@ const SLUG_SUFFIX_LENGTH: usize = 14;
 
 pub struct Workflows {
     store: std::sync::Arc<dyn Store>,
+    changes: DeploymentChanges,
 }
 
 impl Workflows {
-    pub fn new(store: std::sync::Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: std::sync::Arc<dyn Store>, changes: DeploymentChanges) -> Self {
+        Self { store, changes }
     }
+
+    fn announce_deployment_change(&self) {
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    /// A cluster with the releases deployed to it.
+    async fn cluster_message(&self, cluster: store::Cluster) -> Result<Cluster, Status> {
+        let deployed = self
+            .store
+            .cluster_deployments(&cluster.slug)
+            .await
+            .map_err(store_status)?;
+        let mut message = messages::cluster(cluster);
+        for release in deployed {
+            let workflow = self
+                .store
+                .get_workflow(&release.workflow)
+                .await
+                .map_err(store_status)?;
+            let release = self.release_message(&release).await?;
+            message
+                .deployed_releases
+                .push(messages::workflow(workflow, vec![release]));
+        }
+        Ok(message)
+    }
+
+    /// A release with the clusters it is deployed to.
+    async fn release_message(&self, release: &store::Release) -> Result<WorkflowRelease, Status> {
+        let mut clusters = Vec::with_capacity(release.clusters.len());
+        for slug in &release.clusters {
+            clusters.push(messages::cluster(
+                self.store.get_cluster(slug).await.map_err(store_status)?,
+            ));
+        }
+        Ok(messages::release(release, clusters))
+    }
+
+    async fn workflow_message(&self, workflow: store::Workflow) -> Result<Workflow, Status> {
+        let releases = self
+            .store
+            .list_releases(&workflow.slug)
+            .await
+            .map_err(store_status)?;
+        let mut messages_out = Vec::with_capacity(releases.len());
+        for release in &releases {
+            messages_out.push(self.release_message(release).await?);
+        }
+        Ok(messages::workflow(workflow, messages_out))
+    }
+
+    /// The clusters a deploy or undeploy names (none: the default cluster), as messages.
+    fn target_clusters(slugs: Vec<String>) -> Vec<String> {
+        if slugs.is_empty() {
+            vec![DEFAULT_CLUSTER_SLUG.to_string()]
+        } else {
+            slugs
+                .into_iter()
+                .map(|slug| resolve(&slug).to_string())
+                .collect()
+        }
+    }
+
+    async fn clusters_message(&self, slugs: &[String]) -> Result<Vec<Cluster>, Status> {
+        let mut clusters = Vec::with_capacity(slugs.len());
+        for slug in slugs {
+            let cluster = self.store.get_cluster(slug).await.map_err(store_status)?;
+            clusters.push(self.cluster_message(cluster).await?);
+        }
+        Ok(clusters)
+    }
+}
+
+/// Checks what a release says about itself before it is published.
+fn check_release_content(content: &ReleaseContent) -> Result<(), Status> {
+    if content.fingerprint.is_empty() {
+        return Err(Status::invalid_argument(
+            "content.fingerprint must not be empty",
+        ));
+    }
+    match (
+        content.runner_object_path.is_empty(),
+        content.command_override.is_empty(),
+    ) {
+        (true, true) => {
+            return Err(Status::invalid_argument(
+                "content needs a runner_object_path (module:object) or a command_override",
+            ));
+        }
+        (false, false) => {
+            return Err(Status::invalid_argument(
+                "content has both a runner_object_path and a command_override; set one",
+            ));
+        }
+        _ => {}
+    }
+    for (index, identifier) in content.tasks.iter().enumerate() {
+        parse_identifier(identifier).map_err(|error| {
+            Status::invalid_argument(format!("content.tasks[{index}]: {error}"))
+        })?;
+    }
+    Ok(())
 }
 
 /// Lowercase words joined by dashes: `My Cluster!` -> `my-cluster`.
@@ -123,7 +237,7 @@ impl WorkflowsService for Workflows {
             .get_cluster(resolve(&request.get_ref().cluster_slug))
             .await
             .map_err(store_status)?;
-        Ok(Response::new(messages::cluster(cluster)))
+        Ok(Response::new(self.cluster_message(cluster).await?))
     }
 
     async fn update_cluster(
@@ -166,8 +280,177 @@ impl WorkflowsService for Workflows {
         _request: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
         let clusters = self.store.list_clusters().await.map_err(store_status)?;
+        let mut messages_out = Vec::with_capacity(clusters.len());
+        for cluster in clusters {
+            messages_out.push(self.cluster_message(cluster).await?);
+        }
         Ok(Response::new(ListClustersResponse {
-            clusters: clusters.into_iter().map(messages::cluster).collect(),
+            clusters: messages_out,
+        }))
+    }
+
+    async fn create_workflow(
+        &self,
+        request: Request<CreateWorkflowRequest>,
+    ) -> Result<Response<Workflow>, Status> {
+        let request = request.into_inner();
+        if request.name.trim().is_empty() {
+            return Err(Status::invalid_argument("workflow name must not be empty"));
+        }
+        let slug = slugify(&request.name);
+        check_slug(&slug).map_err(|_| {
+            Status::invalid_argument(format!(
+                "workflow name `{}` gives no usable slug",
+                request.name
+            ))
+        })?;
+        let workflow = self
+            .store
+            .create_workflow(store::Workflow {
+                slug,
+                name: request.name,
+                summary: request.summary,
+                description: request.description.unwrap_or_default(),
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.workflow_message(workflow).await?))
+    }
+
+    async fn list_workflows(
+        &self,
+        _request: Request<ListWorkflowsRequest>,
+    ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        let workflows = self.store.list_workflows().await.map_err(store_status)?;
+        let mut messages_out = Vec::with_capacity(workflows.len());
+        for workflow in workflows {
+            messages_out.push(self.workflow_message(workflow).await?);
+        }
+        Ok(Response::new(ListWorkflowsResponse {
+            workflows: messages_out,
+            next_page: None,
+        }))
+    }
+
+    async fn get_workflow(
+        &self,
+        request: Request<GetWorkflowRequest>,
+    ) -> Result<Response<Workflow>, Status> {
+        let workflow = self
+            .store
+            .get_workflow(&request.get_ref().workflow_slug)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.workflow_message(workflow).await?))
+    }
+
+    async fn update_workflow(
+        &self,
+        request: Request<UpdateWorkflowRequest>,
+    ) -> Result<Response<Workflow>, Status> {
+        let request = request.into_inner();
+        if request
+            .name
+            .as_deref()
+            .is_some_and(|name| name.trim().is_empty())
+        {
+            return Err(Status::invalid_argument("workflow name must not be empty"));
+        }
+        let workflow = self
+            .store
+            .update_workflow(
+                &request.workflow_slug,
+                request.name,
+                request.summary,
+                request.description,
+            )
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.workflow_message(workflow).await?))
+    }
+
+    async fn delete_workflow(
+        &self,
+        request: Request<DeleteWorkflowRequest>,
+    ) -> Result<Response<DeleteWorkflowResponse>, Status> {
+        self.store
+            .delete_workflow(&request.get_ref().workflow_slug)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(DeleteWorkflowResponse {}))
+    }
+
+    async fn publish_workflow_release(
+        &self,
+        request: Request<PublishWorkflowReleaseRequest>,
+    ) -> Result<Response<WorkflowRelease>, Status> {
+        let request = request.into_inner();
+        let artifact = required_uuid(request.artifact_id.as_ref(), "artifact_id")?;
+        let content = request
+            .content
+            .ok_or_else(|| Status::invalid_argument("content is required"))?;
+        check_release_content(&content)?;
+        let release = self
+            .store
+            .publish_release(
+                &request.workflow_slug,
+                artifact,
+                content.fingerprint.clone(),
+                content.encode_to_vec(),
+            )
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(self.release_message(&release).await?))
+    }
+
+    async fn unpublish_workflow_release(
+        &self,
+        request: Request<UnpublishWorkflowReleaseRequest>,
+    ) -> Result<Response<UnpublishWorkflowReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let id = required_uuid(request.release_id.as_ref(), "release_id")?;
+        self.store
+            .unpublish_release(&request.workflow_slug, id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(UnpublishWorkflowReleaseResponse {}))
+    }
+
+    async fn deploy_workflow_release(
+        &self,
+        request: Request<DeployWorkflowReleaseRequest>,
+    ) -> Result<Response<DeployWorkflowReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let id = required_uuid(request.release_id.as_ref(), "release_id")?;
+        let clusters = Self::target_clusters(request.cluster_slugs);
+        let release = self
+            .store
+            .deploy_release(&request.workflow_slug, id, clusters.clone())
+            .await
+            .map_err(store_status)?;
+        self.announce_deployment_change();
+        Ok(Response::new(DeployWorkflowReleaseResponse {
+            release: Some(self.release_message(&release).await?),
+            clusters: self.clusters_message(&clusters).await?,
+        }))
+    }
+
+    async fn undeploy_workflow_release(
+        &self,
+        request: Request<UndeployWorkflowReleaseRequest>,
+    ) -> Result<Response<UndeployWorkflowReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let id = required_uuid(request.release_id.as_ref(), "release_id")?;
+        let clusters = Self::target_clusters(request.cluster_slugs);
+        let release = self
+            .store
+            .undeploy_release(&request.workflow_slug, id, clusters.clone())
+            .await
+            .map_err(store_status)?;
+        self.announce_deployment_change();
+        Ok(Response::new(UndeployWorkflowReleaseResponse {
+            release: Some(self.release_message(&release).await?),
+            clusters: self.clusters_message(&clusters).await?,
         }))
     }
 }

@@ -42,6 +42,16 @@ pub enum Error {
     JobNotFound { id: Uuid },
     #[error("task {id} not found")]
     TaskNotFound { id: Uuid },
+    #[error("workflow `{slug}` not found")]
+    WorkflowNotFound { slug: String },
+    #[error("workflow `{slug}` already exists")]
+    WorkflowExists { slug: String },
+    #[error("release {id} of workflow `{workflow}` not found")]
+    ReleaseNotFound { workflow: String, id: Uuid },
+    #[error("artifact {0} not found")]
+    ArtifactNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("database error in {operation}")]
@@ -240,6 +250,39 @@ pub struct Page {
     pub descending: bool,
 }
 
+/// A workflow: a named project whose releases are deployed to clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workflow {
+    pub slug: String,
+    pub name: String,
+    pub summary: String,
+    pub description: String,
+}
+
+/// An uploaded release artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub id: Uuid,
+    /// `sha256:<hex>`
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A published release of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub id: Uuid,
+    pub workflow: String,
+    pub artifact: Artifact,
+    pub fingerprint: String,
+    /// The release content (`workflows.v1.ReleaseContent`), encoded; opaque to the store.
+    pub content: Vec<u8>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Slugs of the clusters it is deployed to.
+    pub clusters: Vec<String>,
+}
+
 /// The durable state of the orchestrator.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -290,4 +333,52 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_leases(&self, now_millis: i64) -> Result<usize>;
     /// The earliest lease deadline of a running task, if any.
     async fn next_lease_deadline(&self) -> Result<Option<i64>>;
+
+    async fn create_workflow(&self, workflow: Workflow) -> Result<Workflow>;
+    async fn get_workflow(&self, slug: &str) -> Result<Workflow>;
+    async fn list_workflows(&self) -> Result<Vec<Workflow>>;
+    async fn update_workflow(
+        &self,
+        slug: &str,
+        name: Option<String>,
+        summary: Option<String>,
+        description: Option<String>,
+    ) -> Result<Workflow>;
+    /// Deletes a workflow with its releases; refused while a release is deployed.
+    async fn delete_workflow(&self, slug: &str) -> Result<()>;
+
+    /// Records an artifact (idempotent by digest: the existing record is answered).
+    async fn register_artifact(&self, digest: String, size: u64) -> Result<Artifact>;
+    async fn get_artifact(&self, digest: Option<String>, id: Option<Uuid>) -> Result<Artifact>;
+
+    /// Publishes a release; publishing the same artifact and fingerprint again answers the
+    /// existing release.
+    async fn publish_release(
+        &self,
+        workflow: &str,
+        artifact: Uuid,
+        fingerprint: String,
+        content: Vec<u8>,
+    ) -> Result<Release>;
+    /// Releases of a workflow, newest first.
+    async fn list_releases(&self, workflow: &str) -> Result<Vec<Release>>;
+    async fn get_release(&self, workflow: &str, id: Uuid) -> Result<Release>;
+    /// Removes a release; refused while it is deployed.
+    async fn unpublish_release(&self, workflow: &str, id: Uuid) -> Result<()>;
+    /// Deploys a release to clusters, replacing the workflow's release there.
+    async fn deploy_release(
+        &self,
+        workflow: &str,
+        id: Uuid,
+        clusters: Vec<String>,
+    ) -> Result<Release>;
+    /// Removes a release from clusters (where it is deployed).
+    async fn undeploy_release(
+        &self,
+        workflow: &str,
+        id: Uuid,
+        clusters: Vec<String>,
+    ) -> Result<Release>;
+    /// The releases deployed to a cluster, one per workflow, by workflow slug.
+    async fn cluster_deployments(&self, cluster: &str) -> Result<Vec<Release>>;
 }

@@ -10,9 +10,11 @@
 //! - `mod.rs`: connections, the writer thread, the `Store` implementation
 //! - `tasks.rs`: the transactional task logic (insert, claim, complete, fail, expire)
 //! - `read.rs`: row mapping and read queries
+//! - `releases.rs`: workflows, artifacts, releases and deployments
 //! - `schema.sql`: tables and indexes
 
 mod read;
+mod releases;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +26,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
-    ClaimRequest, ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error, FailedReport,
-    Job, JobFilter, NewJob, Page, ReportOutcome, Result, Store, TaskSummary,
+    Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error,
+    FailedReport, Job, JobFilter, NewJob, Page, Release, ReportOutcome, Result, Store, TaskSummary,
+    Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -235,7 +238,7 @@ fn row_to_cluster(row: &rusqlite::Row<'_>) -> rusqlite::Result<Cluster> {
     })
 }
 
-fn get_cluster(connection: &Connection, slug: &str) -> Result<Cluster> {
+pub(super) fn get_cluster(connection: &Connection, slug: &str) -> Result<Cluster> {
     connection
         .prepare_cached("SELECT slug, name, description, deletable FROM clusters WHERE slug = ?1")
         .and_then(|mut statement| statement.query_row([slug], row_to_cluster).optional())
@@ -431,6 +434,123 @@ impl Store for SqliteStore {
                 .map_err(db("next lease deadline"))
         })
         .await
+    }
+    async fn create_workflow(&self, workflow: Workflow) -> Result<Workflow> {
+        self.write(move |connection| releases::create_workflow(connection, workflow, now_millis()))
+            .await
+    }
+
+    async fn get_workflow(&self, slug: &str) -> Result<Workflow> {
+        let slug = slug.to_string();
+        self.read(move |connection| releases::get_workflow(connection, &slug))
+            .await
+    }
+
+    async fn list_workflows(&self) -> Result<Vec<Workflow>> {
+        self.read(releases::list_workflows).await
+    }
+
+    async fn update_workflow(
+        &self,
+        slug: &str,
+        name: Option<String>,
+        summary: Option<String>,
+        description: Option<String>,
+    ) -> Result<Workflow> {
+        let slug = slug.to_string();
+        self.write(move |connection| {
+            releases::update_workflow(connection, &slug, name, summary, description)
+        })
+        .await
+    }
+
+    async fn delete_workflow(&self, slug: &str) -> Result<()> {
+        let slug = slug.to_string();
+        self.write(move |connection| releases::delete_workflow(connection, &slug))
+            .await
+    }
+
+    async fn register_artifact(&self, digest: String, size: u64) -> Result<Artifact> {
+        self.write(move |connection| {
+            releases::register_artifact(connection, digest, size, now_millis())
+        })
+        .await
+    }
+
+    async fn get_artifact(&self, digest: Option<String>, id: Option<Uuid>) -> Result<Artifact> {
+        self.read(move |connection| releases::get_artifact(connection, digest.as_deref(), id))
+            .await
+    }
+
+    async fn publish_release(
+        &self,
+        workflow: &str,
+        artifact: Uuid,
+        fingerprint: String,
+        content: Vec<u8>,
+    ) -> Result<Release> {
+        let workflow = workflow.to_string();
+        self.write(move |connection| {
+            releases::publish_release(
+                connection,
+                &workflow,
+                artifact,
+                fingerprint,
+                content,
+                now_millis(),
+            )
+        })
+        .await
+    }
+
+    async fn list_releases(&self, workflow: &str) -> Result<Vec<Release>> {
+        let workflow = workflow.to_string();
+        self.read(move |connection| releases::list_releases(connection, &workflow))
+            .await
+    }
+
+    async fn get_release(&self, workflow: &str, id: Uuid) -> Result<Release> {
+        let workflow = workflow.to_string();
+        self.read(move |connection| Ok(releases::get_release(connection, &workflow, id)?.1))
+            .await
+    }
+
+    async fn unpublish_release(&self, workflow: &str, id: Uuid) -> Result<()> {
+        let workflow = workflow.to_string();
+        self.write(move |connection| releases::unpublish_release(connection, &workflow, id))
+            .await
+    }
+
+    async fn deploy_release(
+        &self,
+        workflow: &str,
+        id: Uuid,
+        clusters: Vec<String>,
+    ) -> Result<Release> {
+        let workflow = workflow.to_string();
+        self.write(move |connection| {
+            releases::deploy_release(connection, &workflow, id, &clusters, now_millis())
+        })
+        .await
+    }
+
+    async fn undeploy_release(
+        &self,
+        workflow: &str,
+        id: Uuid,
+        clusters: Vec<String>,
+    ) -> Result<Release> {
+        let workflow = workflow.to_string();
+        self.write(move |connection| {
+            releases::undeploy_release(connection, &workflow, id, &clusters)
+        })
+        .await
+    }
+
+    async fn cluster_deployments(&self, cluster: &str) -> Result<Vec<Release>> {
+        let cluster = cluster.to_string();
+        self.read(move |connection| releases::cluster_deployments(connection, &cluster))
+            .await
     }
 }
 

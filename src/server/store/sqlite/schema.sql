@@ -82,3 +82,39 @@ CREATE TABLE IF NOT EXISTS task_progress (
     done     INTEGER NOT NULL,
     PRIMARY KEY (task, position)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS workflows (
+    slug        TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    summary     TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS artifacts (
+    digest     TEXT PRIMARY KEY,
+    uuid       BLOB NOT NULL UNIQUE,
+    size       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS releases (
+    release     INTEGER PRIMARY KEY,
+    uuid        BLOB NOT NULL UNIQUE,
+    workflow    TEXT NOT NULL,
+    artifact    TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    content     BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (workflow, artifact, fingerprint)
+);
+
+-- At most one release per workflow per cluster.
+CREATE TABLE IF NOT EXISTS deployments (
+    cluster     TEXT NOT NULL,
+    workflow    TEXT NOT NULL,
+    release     INTEGER NOT NULL,
+    deployed_at INTEGER NOT NULL,
+    PRIMARY KEY (cluster, workflow)
+);
+CREATE INDEX IF NOT EXISTS deployments_by_release ON deployments (release);

@@ -1,0 +1,155 @@
+//! `tilebox.selfhosted.v1.ArtifactService`: release artifacts uploaded and downloaded as
+//! streams, addressed by sha256, verified on upload, stored once.
+
+use std::pin::Pin;
+
+use tokio::io::AsyncReadExt;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{optional_uuid, store_status};
+use crate::api::convert::id;
+use crate::api::selfhosted_v1::artifact_service_server::ArtifactService;
+use crate::api::selfhosted_v1::{
+    ArtifactChunk, ArtifactInfo, GetArtifactRequest, UploadArtifactRequest,
+};
+use crate::server::artifacts::{self, ArtifactFiles};
+use crate::server::store::{Artifact, Store};
+
+/// Bytes per download message.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+pub struct Artifacts {
+    store: std::sync::Arc<dyn Store>,
+    files: ArtifactFiles,
+}
+
+impl Artifacts {
+    pub fn new(store: std::sync::Arc<dyn Store>, files: ArtifactFiles) -> Self {
+        Self { store, files }
+    }
+
+    async fn find(&self, request: &GetArtifactRequest) -> Result<Artifact, Status> {
+        let digest = if request.digest.is_empty() {
+            None
+        } else {
+            Some(
+                artifacts::normalize_digest(&request.digest)
+                    .map_err(|error| Status::invalid_argument(error.to_string()))?,
+            )
+        };
+        let id = optional_uuid(request.id.as_ref(), "id")?;
+        if digest.is_none() && id.is_none() {
+            return Err(Status::invalid_argument(
+                "name the artifact by digest or id",
+            ));
+        }
+        self.store
+            .get_artifact(digest, id)
+            .await
+            .map_err(store_status)
+    }
+}
+
+fn info(artifact: &Artifact) -> ArtifactInfo {
+    ArtifactInfo {
+        id: Some(id(artifact.id)),
+        digest: artifact.digest.clone(),
+        size: artifact.size,
+    }
+}
+
+fn upload_status(error: artifacts::Error) -> Status {
+    match error {
+        artifacts::Error::Io { .. } => {
+            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "artifact storage failed");
+            Status::internal(error.to_string())
+        }
+        artifacts::Error::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl ArtifactService for Artifacts {
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<UploadArtifactRequest>>,
+    ) -> Result<Response<ArtifactInfo>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an upload needs at least one message"))?;
+        let mut upload = self
+            .files
+            .begin(&first.digest, first.size)
+            .await
+            .map_err(upload_status)?;
+        upload.write(&first.chunk).await.map_err(upload_status)?;
+        while let Some(message) = stream.message().await? {
+            upload.write(&message.chunk).await.map_err(upload_status)?;
+        }
+        let (digest, size) = upload.finish().await.map_err(upload_status)?;
+        let artifact = self
+            .store
+            .register_artifact(digest, size)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(info(&artifact)))
+    }
+
+    async fn get_artifact(
+        &self,
+        request: Request<GetArtifactRequest>,
+    ) -> Result<Response<ArtifactInfo>, Status> {
+        let artifact = self.find(request.get_ref()).await?;
+        Ok(Response::new(info(&artifact)))
+    }
+
+    type DownloadArtifactStream = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
+
+    async fn download_artifact(
+        &self,
+        request: Request<GetArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let artifact = self.find(request.get_ref()).await?;
+        let path = self.files.path(&artifact.digest);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|error| {
+            Status::internal(format!(
+                "artifact {} is registered but unreadable: {error}",
+                artifact.digest
+            ))
+        })?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; CHUNK_BYTES];
+            loop {
+                match file.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(count) => {
+                        if sender
+                            .send(Ok(ArtifactChunk {
+                                chunk: buffer[..count].to_vec(),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = sender
+                            .send(Err(Status::internal(format!(
+                                "reading the artifact failed: {error}"
+                            ))))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|chunk| chunk);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
