@@ -13,6 +13,7 @@ Modules:
 * `cache`: job caches (`InMemoryCache`, `LocalFileSystemCache`, `NoCache`);
 * `data`: `TaskIdentifier`, `RunnerContext` and the running task's record;
 * `client`: a `Client` placeholder (job submission is not part of this runtime);
+* `observability.logging`: the SDK's logging helpers (`get_logger`, no-op exporters);
 * `_json`: msgspec's JSON dialect in pure Python; `_serialization`: the SDK's input envelope;
 * `_submissions`: merging subtasks into task groups; `_logging`: `context.logger` and forwarding;
 * `_host`: the entry points the Rust runner calls.
@@ -25,12 +26,15 @@ from tilebox.workflows.data import CurrentJob, CurrentTask, RunnerContext, TaskI
 from tilebox.workflows.runner import Runner
 from tilebox.workflows.task import Task, TaskMeta
 
+Job = CurrentJob  # the official SDK exports its job record under this name
+
 __all__ = [
     "Client",
     "CurrentJob",
     "CurrentTask",
     "ExecutionContext",
     "FutureTask",
+    "Job",
     "ProgressUpdate",
     "Runner",
     "RunnerContext",

@@ -16,18 +16,17 @@ so it works the same in the main interpreter and in isolated sub-interpreters.
   progress counter changes. Without a sink, log lines go to stderr.
 
 Several host threads may call `execute` concurrently: all per-task state lives in the call.
+Exceptions that are not `Exception`s (KeyboardInterrupt, SystemExit) propagate, as in the SDK.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import json
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any
 from uuid import UUID
@@ -147,7 +146,8 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
 
     return {
         "computed": True,
-        "display": current.display,
+        # The SDK sends whatever the task left in `display`; None is an unset (empty) field.
+        "display": "" if current.display is None else str(current.display),
         "progress": context.progress_snapshot(),
         "subtasks": subtasks,
     }
@@ -191,6 +191,9 @@ def _run(instance: Task, context: ExecutionContext) -> None:
     result = instance.execute(context)
     if not inspect.isawaitable(result):
         return
+    import asyncio  # noqa: PLC0415 -- only async tasks pay for importing asyncio
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -21,6 +21,7 @@ first character of each value, so errors surface in the same order msgspec raise
 from __future__ import annotations
 
 import base64
+import collections.abc
 import dataclasses
 import datetime
 import decimal
@@ -64,6 +65,8 @@ def _escape_char(match: re.Match[str]) -> str:
 
 
 def _encode_str(value: str) -> str:
+    if not value.isascii():
+        value.encode("utf-8")  # lone surrogates fail here, with their position in this string
     return '"' + _ESCAPE.sub(_escape_char, value) + '"'
 
 
@@ -519,6 +522,25 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
+_SCALARS: dict[Any, int] = {
+    NoneType: NONE,
+    None: NONE,
+    bool: BOOL,
+    int: INT,
+    float: FLOAT,
+    str: STR,
+    bytes: BYTES,
+    bytearray: BYTEARRAY,
+    memoryview: MEMORYVIEW,
+    datetime.datetime: DATETIME,
+    datetime.date: DATE,
+    datetime.time: TIME,
+    datetime.timedelta: TIMEDELTA,
+    uuid.UUID: UUID,
+    decimal.Decimal: DECIMAL,
+}
+
+
 class _NodeBuilder:
     """Collects every member of a (possibly union) annotation into one `_TypeNode`."""
 
@@ -526,7 +548,6 @@ class _NodeBuilder:
         self.context = context
         self.node = _TypeNode()
         self.literals: list[Any] = []
-        self.array_arg: Any = None
         self.has_array = False
         self.has_dict = False
         self.int_enum: type | None = None
@@ -544,35 +565,22 @@ class _NodeBuilder:
         annotation = _unwrap(annotation)
         origin = typing.get_origin(annotation)
         args = typing.get_args(annotation)
-        simple = {
-            NoneType: NONE,
-            None: NONE,
-            bool: BOOL,
-            int: INT,
-            float: FLOAT,
-            str: STR,
-            bytes: BYTES,
-            bytearray: BYTEARRAY,
-            memoryview: MEMORYVIEW,
-            datetime.datetime: DATETIME,
-            datetime.date: DATE,
-            datetime.time: TIME,
-            datetime.timedelta: TIMEDELTA,
-            uuid.UUID: UUID,
-            decimal.Decimal: DECIMAL,
-        }
+        if origin is None and _hashable(annotation) and annotation in _CONCRETE_TYPES:
+            origin = _CONCRETE_TYPES[annotation]  # a bare `list`, `Sequence`, ...
+        elif origin in _CONCRETE_TYPES:
+            origin = _CONCRETE_TYPES[origin]
         if annotation is Any:
             self.node = _TypeNode()
             self.node.flags = ANY
             self.literals.clear()
             return
-        if _hashable(annotation) and annotation in simple:
-            node.flags |= simple[annotation]
+        if _hashable(annotation) and annotation in _SCALARS:
+            node.flags |= _SCALARS[annotation]
         elif isinstance(annotation, typing.TypeVar):
             self.collect(annotation.__bound__ if annotation.__bound__ is not None else Any)
         elif isinstance(annotation, enum.EnumMeta):
             self.collect_enum(annotation)
-        elif origin is dict or annotation is dict:
+        elif origin is dict:
             if self.has_dict:
                 raise self.unique_error("dict")
             self.has_dict = True
@@ -581,13 +589,13 @@ class _NodeBuilder:
             node.flags |= DICT
             node.dict_key = _build(args[0] if args else Any)
             node.dict_value = _build(args[1] if args else Any)
-        elif origin in (list, set, frozenset) or annotation in (list, set, frozenset):
-            kind = {list: LIST, set: SET, frozenset: FROZENSET}[origin or annotation]
+        elif origin in (list, set, frozenset):
+            kind = {list: LIST, set: SET, frozenset: FROZENSET}[origin]
             if args and len(args) != 1:
                 raise TypeError(f"Type '{annotation!r}' is not supported")
             self.collect_array(kind, args[0] if args else Any)
-        elif origin is tuple or annotation is tuple:
-            if not args and annotation is tuple:
+        elif origin is tuple:
+            if annotation in (tuple, typing.Tuple):  # noqa: UP006 -- unparametrised: any length, any items
                 self.collect_array(VARTUPLE, Any)
             elif len(args) == 2 and args[1] is Ellipsis:
                 self.collect_array(VARTUPLE, args[0])
@@ -599,7 +607,7 @@ class _NodeBuilder:
         elif origin is typing.Literal:
             self.literals.append(annotation)
         elif _is_typeddict(annotation):
-            self.collect_object(TYPEDDICT)
+            node.flags |= TYPEDDICT
             node.typeddict = _typeddict_info(annotation)
         elif _is_namedtuple(annotation):
             if self.has_array:
@@ -611,7 +619,7 @@ class _NodeBuilder:
                 annotation, [_build(hints.get(name, Any)) for name in annotation._fields]
             )
         elif dataclasses.is_dataclass(annotation) or (origin is not None and dataclasses.is_dataclass(origin)):
-            self.collect_object(DATACLASS)
+            node.flags |= DATACLASS
             node.dataclass = _dataclass_info(origin if origin is not None else annotation)
         else:
             target = origin if origin is not None else annotation
@@ -666,9 +674,6 @@ class _NodeBuilder:
         else:
             self.node.array = _build(arg)
 
-    def collect_object(self, kind: int) -> None:
-        self.node.flags |= kind
-
     def finish(self) -> _TypeNode:
         node = self.node
         if node.flags & ANY:
@@ -692,6 +697,9 @@ class _NodeBuilder:
                         f"Literal may only contain None/integers/strings - `{self.context!r}` is not supported"
                     )
         self.check_invariants()
+        if node.custom is not None:
+            # Like msgspec: a custom type's JSON value is decoded as `Any`, then handed to dec_hook.
+            node.flags |= ANY
         return node
 
     def check_invariants(self) -> None:
@@ -712,10 +720,10 @@ class _NodeBuilder:
                 "Type unions may not contain more than one dict-like type (`Struct`, `dict`, `TypedDict`, "
                 f"`dataclass`) - type `{context}` is not supported"
             )
-        if flags & INT and flags & INTLITERAL and self.int_enum is None:
+        if flags & INT and flags & INTLITERAL:
             self.node.flags &= ~INTLITERAL
             self.node.int_lookup = None
-        if flags & STR and flags & STRLITERAL and self.str_enum is None:
+        if flags & STR and flags & STRLITERAL:
             self.node.flags &= ~STRLITERAL
             self.node.str_lookup = None
         flags = self.node.flags
@@ -730,6 +738,23 @@ class _NodeBuilder:
                 "`datetime`, `date`, `time`, `timedelta`, `uuid`, `decimal`, `bytes`, `bytearray`) "
                 f"- type `{context}` is not supported"
             )
+
+
+# Abstract collection annotations decode into these concrete types (msgspec's table).
+_CONCRETE_TYPES: dict[Any, type] = {
+    list: list,
+    tuple: tuple,
+    set: set,
+    frozenset: frozenset,
+    dict: dict,
+    collections.abc.Collection: list,
+    collections.abc.MutableSequence: list,
+    collections.abc.Sequence: list,
+    collections.abc.MutableSet: set,
+    collections.abc.Set: set,
+    collections.abc.MutableMapping: dict,
+    collections.abc.Mapping: dict,
+}
 
 
 def _hashable(value: Any) -> bool:
@@ -816,6 +841,17 @@ _VALUE = object()
 _WHITESPACE = b" \t\n\r"
 _STRING_SPECIAL = re.compile(rb'["\\\x00-\x1f]')
 _DIGITS = frozenset(b"0123456789")
+_HEX_VALUES = {ord(char): int(char, 16) for char in "0123456789abcdefABCDEF"}
+_UNESCAPE = {
+    ord("n"): b"\n",
+    ord('"'): b'"',
+    ord("t"): b"\t",
+    ord("r"): b"\r",
+    ord("\\"): b"\\",
+    ord("/"): b"/",
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+}
 
 
 def _path_suffix(path: tuple[Any, ...]) -> str:
@@ -846,13 +882,11 @@ def _invalid(message: str, path: tuple[Any, ...]) -> ValidationError:
     return ValidationError(f"{message}{_path_suffix(path)}")
 
 
-def _wrap_hook_error(error: Exception, path: tuple[Any, ...]) -> Exception:
-    """TypeError/ValueError from user hooks become ValidationErrors (others propagate)."""
+def _hook_error(error: Exception, path: tuple[Any, ...]) -> ValidationError | None:
+    """The ValidationError a TypeError/ValueError from user code becomes (others propagate as is)."""
     if isinstance(error, (TypeError, ValueError)) and not isinstance(error, DecodeError):
-        wrapped = ValidationError(f"{error}{_path_suffix(path)}")
-        wrapped.__cause__ = error
-        return wrapped
-    return error
+        return ValidationError(f"{error}{_path_suffix(path)}")
+    return None
 
 
 def _lookup(table: dict[Any, Any] | None, enum_cls: type[enum.Enum] | None, value: Any, path: tuple[Any, ...]) -> Any:
@@ -946,7 +980,10 @@ class _Parser:  # noqa: PLR0904 -- one method per JSON production, like msgspec
             try:
                 value = self.dec_hook(node.custom, value)
             except Exception as error:
-                raise _wrap_hook_error(error, path) from error
+                wrapped = _hook_error(error, path)
+                if wrapped is None:
+                    raise
+                raise wrapped from error
         cls = typing.get_origin(node.custom) if node.flags & CUSTOM_GENERIC else node.custom
         if not isinstance(value, cls):
             raise ValidationError(
@@ -993,50 +1030,41 @@ class _Parser:  # noqa: PLR0904 -- one method per JSON production, like msgspec
         """Parse a string (at `"`) and return its unescaped UTF-8 bytes."""
         data = self.data
         self.pos += 1
-        start = self.pos
-        match = _STRING_SPECIAL.search(data, start)
-        if match is None:
-            self.pos = self.end
-            raise self.truncated()
-        if data[match.start()] == 0x22:
-            self.pos = match.end()
-            return data[start : match.start()]
-        out = bytearray()
+        unescaped = bytearray()
         while True:
             match = _STRING_SPECIAL.search(data, self.pos)
             if match is None:
                 self.pos = self.end
                 raise self.truncated()
             special = match.start()
-            out += data[self.pos : special]
+            chunk = data[self.pos : special]
             self.pos = special
-            byte = data[special]
-            if byte == 0x22:
+            if data[special] == 0x22:  # the closing quote
                 self.pos += 1
-                return bytes(out)
-            if byte != 0x5C:  # a control character
+                return bytes(unescaped + chunk) if unescaped else chunk
+            if data[special] != 0x5C:  # a raw control character
                 raise self.malformed("invalid character")
+            unescaped += chunk
             self.pos += 1
             if self.pos == self.end:
                 raise self.truncated()
             escape = data[self.pos]
             self.pos += 1
-            simple = {0x6E: b"\n", 0x22: b'"', 0x74: b"\t", 0x72: b"\r", 0x5C: b"\\", 0x2F: b"/", 0x62: b"\b", 0x66: b"\f"}
-            if escape in simple:
-                out += simple[escape]
-            elif escape == 0x75:  # u
-                out += chr(self.unicode_escape()).encode("utf-8")
+            if escape in _UNESCAPE:
+                unescaped += _UNESCAPE[escape]
+            elif escape == 0x75:  # \uXXXX
+                unescaped += chr(self.unicode_escape()).encode("utf-8")
             else:
                 raise self.malformed("invalid escape character in string")
 
     def codepoint(self) -> int:
+        """Four hex digits of a `\\u` escape."""
         if self.end - self.pos < 4:
             raise self.truncated()
         value = 0
         for _ in range(4):
-            char = self.data[self.pos]
+            digit = _HEX_VALUES.get(self.data[self.pos], -1)
             self.pos += 1
-            digit = int(chr(char), 16) if chr(char) in "0123456789abcdefABCDEF" else -1
             if digit < 0:
                 raise self.malformed("invalid character in unicode escape")
             value = (value << 4) + digit
@@ -1283,14 +1311,14 @@ class _Parser:  # noqa: PLR0904 -- one method per JSON production, like msgspec
         assert info is not None  # noqa: S101 -- set whenever TYPEDDICT is
         out = {}
         for _ in self.members():
-            key = self.string_bytes().decode("utf-8")
+            key = self.string_bytes().decode("utf-8", "surrogateescape")
             self.colon()
             if key in info.fields:
                 out[key] = self.value(info.fields[key], (*path, key))
             else:
                 self.skip()
-        for name in info.required:
-            if name not in out:
+        for name in info.fields:
+            if name in info.required and name not in out:
                 raise _invalid(f"Object missing required field `{name}`", path)
         return out
 
@@ -1319,13 +1347,125 @@ class _Parser:  # noqa: PLR0904 -- one method per JSON production, like msgspec
             try:
                 info.post_init(out)
             except Exception as error:
-                raise _wrap_hook_error(error, path) from error
+                wrapped = _hook_error(error, path)
+                if wrapped is None:
+                    raise
+                raise wrapped from error
         return out
 
     # ---- skipping unknown values ----------------------------------------------------------------
 
     def skip(self) -> None:
-        self.value(_ANY_NODE, ())
+        """Validate and pass over one value (unknown fields), with msgspec's skip-path messages."""
+        char = self.peek()
+        if char in (0x6E, 0x74, 0x66):  # null, true, false
+            rest = {0x6E: b"ull", 0x74: b"rue", 0x66: b"alse"}[char]
+            self.pos += 1
+            if self.end - self.pos < len(rest):
+                raise self.truncated()
+            if self.data[self.pos : self.pos + len(rest)] != rest:
+                raise self.malformed("invalid character")
+            self.pos += len(rest)
+        elif char == 0x22:
+            self.skip_string()
+        elif char == 0x5B:
+            for _ in self.items(()):
+                self.skip()
+        elif char == 0x7B:
+            self.skip_object()
+        else:
+            self.skip_number()
+
+    def skip_string(self) -> None:
+        data = self.data
+        self.pos += 1
+        while True:
+            match = _STRING_SPECIAL.search(data, self.pos)
+            if match is None:
+                self.pos = self.end
+                raise self.truncated()
+            self.pos = match.start()
+            byte = data[self.pos]
+            if byte == 0x22:
+                self.pos += 1
+                return
+            if byte != 0x5C:
+                raise self.malformed("invalid character")
+            self.pos += 1
+            if self.pos == self.end:
+                raise self.truncated()
+            escape = data[self.pos]
+            if escape in b'"\\/bfnrt':
+                self.pos += 1
+            elif escape == 0x75:
+                self.pos += 1
+                point = self.codepoint()
+                if 0xDC00 <= point <= 0xDFFF:
+                    raise self.malformed("invalid utf-16 surrogate pair")
+                if 0xD800 <= point <= 0xDBFF:
+                    if self.end - self.pos < 6:
+                        raise self.truncated()
+                    if data[self.pos : self.pos + 2] != b"\\u":
+                        raise self.malformed("unexpected end of hex escape")
+                    self.pos += 2
+                    if not 0xDC00 <= self.codepoint() <= 0xDFFF:
+                        raise self.malformed("invalid utf-16 surrogate pair")
+            else:
+                raise self.malformed("invalid escaped character")
+
+    def skip_object(self) -> None:
+        self.pos += 1
+        first = True
+        while True:
+            char = self.peek()
+            if char == 0x7D:
+                self.pos += 1
+                return
+            if char == 0x2C and not first:
+                self.pos += 1
+                char = self.peek()
+            elif first:
+                first = False
+            else:
+                raise self.malformed("expected ',' or '}'")
+            if char == 0x7D:
+                raise self.malformed("trailing comma in object")
+            if char != 0x22:
+                raise self.malformed("expected '\"'")
+            self.skip_string()
+            self.colon()
+            self.skip()
+
+    def skip_number(self) -> None:
+        data, end = self.data, self.end
+        if data[self.pos] == 0x2D:
+            self.pos += 1
+        if self.pos < end and data[self.pos] == 0x30:
+            self.pos += 1
+            if self.pos < end and data[self.pos] in _DIGITS:
+                raise self.malformed("invalid number")
+        else:
+            start = self.pos
+            while self.pos < end and data[self.pos] in _DIGITS:
+                self.pos += 1
+            if start == self.pos:
+                raise self.malformed("invalid character")
+        if self.pos < end and data[self.pos] == 0x2E:
+            self.pos += 1
+            start = self.pos
+            while self.pos < end and data[self.pos] in _DIGITS:
+                self.pos += 1
+            if start == self.pos:
+                raise self.malformed("invalid number")
+        if self.pos < end and data[self.pos] in (0x65, 0x45):
+            self.pos += 1
+            if self.pos < end and data[self.pos] in (0x2B, 0x2D):
+                self.pos += 1
+            start = self.pos
+            while self.pos < end and data[self.pos] in _DIGITS:
+                self.pos += 1
+            if start == self.pos:
+                raise self.malformed("invalid number")
 
 
 class _NumberText:
@@ -1356,6 +1496,9 @@ class _NumberText:
 
     def parse(self) -> tuple[str, bool] | None:  # noqa: C901, PLR0911, PLR0912
         data, end = self.data, self.end
+        if self.pos == end:
+            self.fail("invalid number")
+            return None
         negative = False
         if data[self.pos] == 0x2D:  # -
             self.pos += 1

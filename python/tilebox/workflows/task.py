@@ -5,8 +5,6 @@ out the identifier and records whether the class itself defines `execute` ("exec
 classes can be registered on a runner, inherited `execute` does not count).
 """
 
-from __future__ import annotations
-
 import inspect
 import typing
 from abc import ABCMeta
@@ -43,7 +41,7 @@ class TaskMeta:
     executable: bool
 
     @staticmethod
-    def for_task(task: type | Task) -> TaskMeta:
+    def for_task(task: "type | Task") -> "TaskMeta":
         cls = task if isinstance(task, type) else type(task)
         meta = cls.__dict__.get(META_ATTR)
         if not isinstance(meta, TaskMeta):
@@ -143,14 +141,15 @@ class Task(metaclass=_ABCTaskMetaclass):
     returning `(name, "vMAJOR.MINOR")` to choose another.
     """
 
-    def execute(self, context: ExecutionContext) -> Awaitable[None] | None:
+    # Annotations evaluated as the SDK's are: they show up in execute validation messages.
+    def execute(self, context: "ExecutionContext") -> Awaitable[None] | None:
         """Run the task. A fresh instance and context are created for every execution."""
 
     def _serialize(self) -> bytes:
         return serialize_task(self)
 
     @classmethod
-    def _deserialize(cls, task_input: bytes, context: RunnerContext | None = None) -> Task:  # noqa: ARG003
+    def _deserialize(cls, task_input: bytes, context: RunnerContext | None = None) -> "Task":  # noqa: ARG003
         return deserialize_task(cls, task_input)
 
 
