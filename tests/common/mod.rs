@@ -12,7 +12,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::thread;
@@ -126,9 +126,9 @@ impl TestServer {
         self.spawn();
     }
 
-    /// Stops the server with SIGTERM and waits for it to exit; panics if it does not within
-    /// [`SHUTDOWN_TIMEOUT`]. Returns its exit status.
-    pub fn stop(mut self) -> ExitStatus {
+    /// Stops the server with SIGTERM and asserts that it exits successfully within
+    /// [`SHUTDOWN_TIMEOUT`].
+    pub fn stop(mut self) {
         let mut child = self.child.take().expect("the server is running");
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -136,9 +136,9 @@ impl TestServer {
             .expect("cannot run `kill`");
         assert!(status.success(), "`kill -TERM` failed: {status}");
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        loop {
+        let status = loop {
             if let Some(status) = child.try_wait().expect("cannot wait for the server") {
-                return status;
+                break status;
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -149,7 +149,12 @@ impl TestServer {
                 );
             }
             thread::sleep(Duration::from_millis(20));
-        }
+        };
+        assert!(
+            status.success(),
+            "the server exited with {status} after SIGTERM\n--- server stderr (tail) ---\n{}",
+            self.stderr_tail()
+        );
     }
 
     /// Runs the `tilebox` CLI against this server (`TILEBOX_API_URL` set, no API key).
@@ -172,7 +177,9 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            .env_remove("TILEBOX_SERVER_TOKENS")
             .env_remove("TILEBOX_API_KEY")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
