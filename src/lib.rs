@@ -5,6 +5,8 @@
 //! - `client`: typed client over the API (used by the CLI and the runner)
 //! - `server`: the orchestrator: gRPC services -> scheduler -> store
 //! - `python`: embedded CPython (the only module using pyo3): sub-interpreters, child hosts
+//! - `release`: tilebox.workflow.toml, file selection, deterministic archives
+//! - `runner`: the release runner (deployments, slots, leases, artifacts)
 //! - `cli`: the command tree; no business logic
 
 pub mod api;
@@ -12,4 +14,5 @@ pub mod cli;
 pub mod client;
 pub mod python;
 pub mod release;
+pub mod runner;
 pub mod server;

@@ -10,6 +10,11 @@
 
 pub mod convert;
 
+/// Metadata key a runner may send to name itself: late reports and lease extensions from a
+/// runner that lost a task are then told apart from the current owner's. Without it the
+/// server uses the connection's peer address.
+pub const RUNNER_ID_HEADER: &str = "tilebox-runner-id";
+
 /// Package `tilebox.v1`.
 pub mod tilebox {
     pub mod v1 {

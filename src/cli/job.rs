@@ -706,11 +706,18 @@ fn task_table(tasks: &[TaskNode]) -> Result<Table, InvalidId> {
     fn push_rows(table: &mut Table, tasks: &[TaskNode], depth: usize) -> Result<(), InvalidId> {
         for node in tasks {
             let task = &node.summary;
-            let display = if task.display.is_empty() {
-                "(unnamed)"
-            } else {
-                task.display.as_str()
+            // One line per task: the display's first line, then (for failures) the error.
+            let mut lines = task.display.lines();
+            let mut display = match lines.next() {
+                None | Some("") => "(unnamed)".to_string(),
+                Some(first) => first.to_string(),
             };
+            let rest: String = lines.collect::<Vec<_>>().join(" ");
+            if !rest.is_empty() {
+                let shortened: String = rest.chars().take(80).collect();
+                let ellipsis = if rest.chars().count() > 80 { "..." } else { "" };
+                display.push_str(&format!(": {shortened}{ellipsis}"));
+            }
             table.push(vec![
                 format!("{}{display}", "  ".repeat(depth)),
                 task_state_name(task.state()).to_string(),

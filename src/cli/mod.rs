@@ -9,11 +9,15 @@
 //! - `cluster.rs`: `tilebox cluster ...`
 //! - `job.rs`: `tilebox job ...`
 //! - `task.rs`: `tilebox task run` (in-process execution of a local project)
+//! - `runner.rs`: `tilebox runner start`
+//! - `parallel.rs`: `tilebox parallel -n N -- CMD`
 //! - `output.rs`: tables, JSON, state names
 
 mod cluster;
 mod job;
 mod output;
+mod parallel;
+mod runner;
 mod server;
 mod task;
 
@@ -56,6 +60,11 @@ enum Command {
     /// Run tasks of a local project in-process (debugging; no server).
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Run deployed releases (the release runner).
+    #[command(subcommand)]
+    Runner(runner::RunnerCommand),
+    /// Run N copies of a command with prefixed output.
+    Parallel(parallel::ParallelArgs),
     /// Host a release in this process's main interpreter (used by the runner itself).
     #[command(hide = true)]
     PythonHost(crate::python::child::HostArgs),
@@ -98,9 +107,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Cluster(command) => cluster::run(command, &cli.api).await,
             Command::Job(command) => job::run(command, &cli.api).await,
             Command::Task(command) => task::run(command, cli.api.json).await,
+            Command::Runner(command) => runner::run(command, &cli.api).await,
+            Command::Parallel(arguments) => parallel::run(arguments).await,
             Command::PythonHost(_) => unreachable!("handled before the runtime starts"),
         }
     })
+}
+
+/// Sends the process's own logs to stderr, coloured only on a terminal and without
+/// `NO_COLOR`.
+pub fn init_tracing(filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .try_init();
 }
 
 /// A user or input error: exit code 1, with an optional hint for the fix.

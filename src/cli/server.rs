@@ -56,10 +56,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={}", arguments.log_level))
         .with_context(|| format!("invalid --log-level `{}`", arguments.log_level))?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    super::init_tracing(filter);
     let data_dir = match arguments.data_dir {
         Some(directory) => directory,
         None => default_data_dir()?,

@@ -77,3 +77,67 @@ pub fn site_packages_of(venv: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// Runs `uv sync --frozen --no-install-project` for the project in `root` into a venv under
+/// `cache/venvs/` keyed by the hash of its `uv.lock` and the Python version, so releases with
+/// the same lock file share one environment and a redeploy builds nothing. The project's own
+/// code is imported from `root`, not installed.
+pub fn sync_shared(root: &Path, cache: &Path) -> Result<Environment, EnvironmentError> {
+    use sha2::{Digest, Sha256};
+    let lock = std::fs::read(root.join("uv.lock")).unwrap_or_default();
+    let pyproject = std::fs::read(root.join("pyproject.toml")).unwrap_or_default();
+    let mut hasher = Sha256::new();
+    hasher.update(&lock);
+    hasher.update(&pyproject);
+    let hash: String = hasher
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let version = EMBEDDED_PYTHON
+        .unwrap_or("python3")
+        .rsplit('/')
+        .next()
+        .unwrap_or("python3")
+        .to_string();
+    let venv = cache
+        .join("venvs")
+        .join(format!("{hash}-{}", version.replace('/', "_")));
+    if venv.join(".complete").exists() {
+        return Ok(Environment {
+            site_packages: site_packages_of(&venv),
+            venv,
+        });
+    }
+    let mut command = Command::new("uv");
+    command
+        .args(["sync", "--quiet", "--no-install-project"])
+        .current_dir(root)
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .env("UV_PROJECT_ENVIRONMENT", &venv);
+    if !lock.is_empty() {
+        command.arg("--frozen");
+    }
+    if let Some(python) = EMBEDDED_PYTHON {
+        command.arg("--python").arg(python);
+    }
+    let output = command.output().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => EnvironmentError::UvMissing,
+        _ => EnvironmentError::Run {
+            root: root.to_path_buf(),
+            source,
+        },
+    })?;
+    if !output.status.success() {
+        return Err(EnvironmentError::SyncFailed {
+            root: root.to_path_buf(),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let _ = std::fs::write(venv.join(".complete"), b"");
+    Ok(Environment {
+        site_packages: site_packages_of(&venv),
+        venv,
+    })
+}

@@ -32,7 +32,7 @@ pub mod runtime;
 
 use std::path::PathBuf;
 
-pub use interpreter::EventSender;
+pub use interpreter::{EventSender, failure_display};
 pub use protocol::{Event, JobInfo, Progress, PythonError, Submissions, TaskOutcome, TaskRequest};
 
 /// What can go wrong hosting Python.

@@ -24,9 +24,7 @@ use crate::api::tilebox_v1::Pagination;
 use crate::server::scheduler;
 use crate::server::store::{self, Page};
 
-/// Metadata key a runner may send to name itself (used to fence late reports); without it
-/// the connection's peer address identifies the caller.
-pub const RUNNER_ID_HEADER: &str = "tilebox-runner-id";
+pub use crate::api::RUNNER_ID_HEADER;
 /// Items per page when the request does not say.
 const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page served.

@@ -1,0 +1,183 @@
+//! `tilebox runner start`: the release runner (or, with `--project`, a direct runner of a
+//! local project, loaded in-process without publishing).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tokio::sync::watch;
+
+use super::{ApiArgs, UserError};
+use crate::python;
+use crate::release::config::{self, Entry};
+use crate::runner::{self, Phase};
+
+/// Environment variable: the cluster a runner serves (`--cluster`).
+pub const CLUSTER_ENV: &str = "TILEBOX_CLUSTER";
+
+#[derive(Debug, Subcommand)]
+pub enum RunnerCommand {
+    /// Run the cluster's deployed releases (or a local project with --project).
+    Start(StartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The cluster to serve [default: the default cluster].
+    #[arg(long, env = CLUSTER_ENV)]
+    cluster: Option<String>,
+    /// Slots: tasks run in parallel (each release gets one interpreter per slot).
+    #[arg(short = 'n', long = "slots", default_value_t = 1)]
+    slots: usize,
+    /// Exit once there is no more work instead of waiting for more.
+    #[arg(long)]
+    stop_when_idling: bool,
+    /// The runner's own log level (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Verbose runner logs (same as --log-level debug).
+    #[arg(long, conflicts_with = "quiet")]
+    debug: bool,
+    /// Quiet console: no task logs, only warnings and errors.
+    #[arg(long)]
+    quiet: bool,
+    /// Cache directory for artifacts, releases and venvs [default: $XDG_CACHE_HOME/tilebox or ~/.cache/tilebox].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Direct mode: run this local project's runner object (no release).
+    #[arg(long)]
+    project: Option<PathBuf>,
+    /// Seconds running tasks get to finish after the first interrupt.
+    #[arg(long, default_value_t = 30)]
+    grace_seconds: u64,
+}
+
+pub async fn run(command: RunnerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    match command {
+        RunnerCommand::Start(arguments) => start(arguments, api).await,
+    }
+}
+
+fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
+    let level = if arguments.debug {
+        "debug"
+    } else if arguments.quiet {
+        "warn"
+    } else {
+        arguments.log_level.as_str()
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={level}"))
+        .with_context(|| format!("invalid --log-level `{level}`"))?;
+    super::init_tracing(filter);
+    Ok(())
+}
+
+/// The local project as a release (direct mode).
+async fn project_release(
+    directory: &std::path::Path,
+    cache_dir: &std::path::Path,
+) -> anyhow::Result<python::Release> {
+    let path = config::find(directory).map_err(|error| UserError::new(error.to_string()))?;
+    let config = config::load(&path).map_err(|error| UserError::new(error.to_string()))?;
+    let Entry::Runner(runner) = config.entry else {
+        return Err(UserError::new(format!(
+            "{} uses a custom command; direct mode needs `runner`",
+            path.display()
+        ))
+        .into());
+    };
+    let (venv, site_packages) = if config.root.join("pyproject.toml").is_file() {
+        let root = config.root.clone();
+        let environment =
+            tokio::task::spawn_blocking(move || python::environment::sync(&root, false))
+                .await
+                .context("the environment build panicked")?
+                .map_err(|error| {
+                    UserError::with_hint(
+                        error.to_string(),
+                        "install uv with `python3 -m pip install uv`",
+                    )
+                })?;
+        (Some(environment.venv), environment.site_packages)
+    } else {
+        (None, Vec::new())
+    };
+    Ok(python::Release {
+        label: config.slug,
+        runtime: python::runtime::unpack(cache_dir)?,
+        root: config.root,
+        site_packages,
+        venv,
+        runner,
+    })
+}
+
+async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&arguments)?;
+    if arguments.slots == 0 {
+        return Err(UserError::new("-n must be at least 1").into());
+    }
+    let cache_dir = match &arguments.cache_dir {
+        Some(directory) => directory.clone(),
+        None => super::task::default_cache_dir()?,
+    };
+    let project = match &arguments.project {
+        Some(directory) => Some(project_release(directory, &cache_dir).await?),
+        None => None,
+    };
+    let client = api.connect().await?;
+    let (phase_sender, phase) = watch::channel(Phase::Running);
+    let grace = Duration::from_secs(arguments.grace_seconds);
+    tokio::spawn(watch_signals(phase_sender, grace));
+    let options = runner::Options {
+        cluster: arguments.cluster.unwrap_or_default(),
+        slots: arguments.slots,
+        stop_when_idling: arguments.stop_when_idling,
+        cache_dir,
+        project,
+        grace,
+        quiet: arguments.quiet,
+    };
+    runner::run(client, options, phase)
+        .await
+        .map_err(|error| match error {
+            runner::Error::UnknownCluster { .. } => anyhow::Error::new(UserError::with_hint(
+                error.to_string(),
+                "create it with `tilebox cluster create`, or pick one from `tilebox cluster list`",
+            )),
+            other => anyhow::Error::new(other),
+        })?;
+    tracing::info!("runner stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: drain (hand back after the grace period); second: hand back now.
+async fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+    let next_signal = async |terminate: &mut tokio::signal::unix::Signal| {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    next_signal(&mut terminate).await;
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "stopping: no new tasks; running tasks may finish (interrupt again to hand them back)"
+    );
+    let _ = phase.send(Phase::Draining);
+    tokio::select! {
+        _ = next_signal(&mut terminate) => tracing::info!("handing running tasks back"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("the grace period ended; handing running tasks back"),
+    }
+    let _ = phase.send(Phase::HandingBack);
+}

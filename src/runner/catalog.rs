@@ -1,0 +1,129 @@
+//! The releases a runner has loaded and how tasks route to them: each release is loaded
+//! into one interpreter per slot (so slots run its tasks in parallel), and a task goes to the
+//! release that registered its exact identifier (the server hands tasks out carrying the
+//! runner's own identifier).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::python::{
+    self, EventSender, Isolation, LoadedRelease, Placement, Release, TaskOutcome, TaskRequest,
+};
+
+/// A release loaded into `slots` interpreters.
+pub struct LoadedSet {
+    pub label: String,
+    /// What identifies the release's content (artifact digest, or the project path).
+    pub key: String,
+    pub isolation: Isolation,
+    pub fallback_reason: Option<String>,
+    pub identifiers: Vec<(String, String)>,
+    instances: Vec<LoadedRelease>,
+    free: Mutex<Vec<usize>>,
+    available: Semaphore,
+}
+
+impl LoadedSet {
+    /// Loads `release` `count` times: the first load probes where it belongs, the others
+    /// follow that verdict.
+    pub async fn load(release: Release, key: String, count: usize) -> Result<Self, python::Error> {
+        let first = python::load(release.clone(), Placement::Auto).await?;
+        let isolation = first.isolation();
+        let fallback_reason = first.fallback_reason.clone();
+        let identifiers = first.identifiers().to_vec();
+        let placement = match isolation {
+            Isolation::SubInterpreter => Placement::SubInterpreter,
+            Isolation::ChildProcess => Placement::ChildProcess,
+        };
+        let mut instances = vec![first];
+        for _ in 1..count.max(1) {
+            instances.push(python::load(release.clone(), placement).await?);
+        }
+        let count = instances.len();
+        Ok(Self {
+            label: release.label,
+            key,
+            isolation,
+            fallback_reason,
+            identifiers,
+            instances,
+            free: Mutex::new((0..count).collect()),
+            available: Semaphore::new(count),
+        })
+    }
+
+    /// Executes a task on a free interpreter of this release.
+    pub async fn execute(
+        &self,
+        request: TaskRequest,
+        events: EventSender,
+    ) -> Result<TaskOutcome, python::Error> {
+        let _permit = self
+            .available
+            .acquire()
+            .await
+            .map_err(|_| python::Error::InterpreterGone)?;
+        let index = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .ok_or(python::Error::InterpreterGone)?;
+        let outcome = self.instances[index].execute(request, events).await;
+        if let Ok(mut free) = self.free.lock() {
+            free.push(index);
+        }
+        outcome
+    }
+
+    /// Unloads every interpreter (after the tasks running in them finished).
+    pub async fn unload(self) {
+        for instance in self.instances {
+            instance.unload().await;
+        }
+    }
+}
+
+/// The loaded releases and the identifiers the runner advertises; replaced as a whole when
+/// deployments change.
+#[derive(Default, Clone)]
+pub struct Catalog {
+    /// By workflow slug (or the project label in direct mode).
+    pub releases: HashMap<String, Arc<LoadedSet>>,
+}
+
+impl Catalog {
+    /// The identifiers to advertise: the union over releases, minus identifiers two
+    /// releases register (ambiguous: neither gets those tasks).
+    pub fn identifiers(&self) -> Vec<(String, String)> {
+        let mut owners: HashMap<&(String, String), usize> = HashMap::new();
+        for set in self.releases.values() {
+            for identifier in &set.identifiers {
+                *owners.entry(identifier).or_default() += 1;
+            }
+        }
+        let mut identifiers: Vec<(String, String)> = owners
+            .into_iter()
+            .filter(|(_, count)| *count == 1)
+            .map(|(identifier, _)| identifier.clone())
+            .collect();
+        identifiers.sort();
+        identifiers
+    }
+
+    /// The release that runs `identifier`, if exactly one registered it.
+    pub fn route(&self, name: &str, version: &str) -> Option<Arc<LoadedSet>> {
+        let mut found = self.releases.values().filter(|set| {
+            set.identifiers
+                .iter()
+                .any(|(n, v)| n == name && v == version)
+        });
+        let first = found.next()?;
+        if found.next().is_some() {
+            return None;
+        }
+        Some(first.clone())
+    }
+}
