@@ -11,6 +11,7 @@
 //! - `task.rs`: `tilebox task run` (in-process execution of a local project)
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
+//! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)
 //! - `output.rs`: tables, JSON, state names
 
 mod cluster;
@@ -20,6 +21,7 @@ mod parallel;
 mod runner;
 mod server;
 mod task;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -57,6 +59,9 @@ enum Command {
     /// Submit, inspect, wait for, retry and cancel jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Create workflows; build, publish and deploy releases.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
     /// Run tasks of a local project in-process (debugging; no server).
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -107,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Cluster(command) => cluster::run(command, &cli.api).await,
             Command::Job(command) => job::run(command, &cli.api).await,
             Command::Task(command) => task::run(command, cli.api.json).await,
+            Command::Workflow(command) => workflow::run(command, &cli.api).await,
             Command::Runner(command) => runner::run(command, &cli.api).await,
             Command::Parallel(arguments) => parallel::run(arguments).await,
             Command::PythonHost(_) => unreachable!("handled before the runtime starts"),

@@ -378,3 +378,50 @@ clusters = ["dev-cluster"]
         ));
     }
 }
+
+/// Longest slug `workflow_slug` derives.
+pub const MAX_DERIVED_SLUG_LENGTH: usize = 40;
+
+/// The slug of a workflow named `name`: lowercase ASCII words joined by dashes, cut to at
+/// most 40 characters on a word boundary (`Scene QA!` -> `scene-qa`).
+pub fn workflow_slug(name: &str) -> String {
+    let mut slug = String::new();
+    for word in name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+    {
+        let word = word.to_ascii_lowercase();
+        let extra = if slug.is_empty() {
+            word.len()
+        } else {
+            word.len() + 1
+        };
+        if slug.len() + extra > MAX_DERIVED_SLUG_LENGTH {
+            if slug.is_empty() {
+                slug = word.chars().take(MAX_DERIVED_SLUG_LENGTH).collect();
+            }
+            break;
+        }
+        if !slug.is_empty() {
+            slug.push('-');
+        }
+        slug.push_str(&word);
+    }
+    slug
+}
+
+#[cfg(test)]
+mod slug_tests {
+    use super::*;
+
+    #[test]
+    fn workflow_slugs_are_dashed_lowercase_words_of_at_most_40_characters() {
+        assert_eq!(workflow_slug("Scene QA"), "scene-qa");
+        assert_eq!(workflow_slug("  my_workflow v2!"), "my-workflow-v2");
+        let long = workflow_slug("Sentinel two level one C atmospheric correction pipeline");
+        assert_eq!(long, "sentinel-two-level-one-c-atmospheric");
+        assert!(long.len() <= 40);
+        assert_eq!(workflow_slug(&"x".repeat(50)).len(), 40);
+        assert_eq!(workflow_slug("!!!"), "");
+    }
+}

@@ -285,22 +285,32 @@ async fn apply_deployments(
     failed: &mut HashMap<String, String>,
 ) {
     let current = catalog.borrow().clone();
+    // Stop claiming for releases that changed or went away at once, before loading their
+    // successors: a task claimed meanwhile would run on a superseded release.
+    let unchanged = |workflow: &str, set: &Arc<LoadedSet>| {
+        deployments.releases.iter().any(|deployed| {
+            deployed.workflow_slug == workflow
+                && deployed
+                    .release
+                    .as_ref()
+                    .is_some_and(|release| release_key(release) == set.key)
+        })
+    };
+    let mut kept = Catalog::default();
+    for (workflow, set) in &current.releases {
+        if unchanged(workflow, set) {
+            kept.releases.insert(workflow.clone(), set.clone());
+        }
+    }
+    if kept.releases.len() != current.releases.len() {
+        let _ = catalog.send(Arc::new(kept));
+    }
     let mut next = Catalog::default();
     for deployed in deployments.releases {
         let Some(release) = deployed.release else {
             continue;
         };
-        let key = release
-            .artifact
-            .as_ref()
-            .map(|artifact| artifact.digest.clone())
-            .unwrap_or_default()
-            + "|"
-            + &release
-                .content
-                .as_ref()
-                .map(|content| content.runner_object_path.clone())
-                .unwrap_or_default();
+        let key = release_key(&release);
         if let Some(existing) = current.releases.get(&deployed.workflow_slug)
             && existing.key == key
         {
@@ -356,6 +366,21 @@ async fn apply_deployments(
     for set in removed {
         tokio::spawn(retire(set));
     }
+}
+
+/// What identifies a deployed release's loadable content.
+fn release_key(release: &crate::api::workflows_v1::WorkflowRelease) -> String {
+    let digest = release
+        .artifact
+        .as_ref()
+        .map(|artifact| artifact.digest.as_str())
+        .unwrap_or_default();
+    let runner = release
+        .content
+        .as_ref()
+        .map(|content| content.runner_object_path.as_str())
+        .unwrap_or_default();
+    format!("{digest}|{runner}")
 }
 
 /// Unloads a release once no slot uses it any more.

@@ -166,7 +166,10 @@ impl Slot {
                 }
                 continue;
             };
-            match self.execute(&current, task).await {
+            // Route with the newest catalog: a release superseded while this request waited
+            // must not run the task (it is handed back and claimed again).
+            let latest = catalog.borrow().clone();
+            match self.execute(&latest, task).await {
                 Report::Computed(computed) => pending = Some(computed),
                 Report::Failed(failed) => self.report_failure(failed).await,
                 Report::Nothing => {}

@@ -297,7 +297,7 @@ impl WorkflowsService for Workflows {
         if request.name.trim().is_empty() {
             return Err(Status::invalid_argument("workflow name must not be empty"));
         }
-        let slug = slugify(&request.name);
+        let slug = crate::release::config::workflow_slug(&request.name);
         check_slug(&slug).map_err(|_| {
             Status::invalid_argument(format!(
                 "workflow name `{}` gives no usable slug",

@@ -1,0 +1,838 @@
+//! `tilebox workflow ...`: creating workflows, and the release pipeline: init, build,
+//! publish, deploy and undeploy.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{ApiArgs, UserError, output};
+use crate::api::convert::{id, uuid_of};
+use crate::api::selfhosted_v1::{GetArtifactRequest, UploadArtifactRequest};
+use crate::api::workflows_v1::{
+    CreateWorkflowRequest, DeployWorkflowReleaseRequest, GetWorkflowRequest, ListWorkflowsRequest,
+    Path as ReleasePath, PublishWorkflowReleaseRequest, ReleaseContent, TaskIdentifier,
+    UndeployWorkflowReleaseRequest, Workflow, WorkflowRelease,
+};
+use crate::client::Client;
+use crate::python;
+use crate::release::archive::{self, ArchiveInfo};
+use crate::release::config::{self, Config, Entry};
+use crate::release::select;
+
+/// Bytes per upload message.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Create a workflow project here: the workflow on the server, tilebox.workflow.toml,
+    /// pyproject.toml, runner.py, and its environment (uv sync).
+    Init(InitArgs),
+    /// Create a workflow.
+    Create(CreateArgs),
+    /// List workflows.
+    List,
+    /// Show a workflow [default: the one of the project here].
+    Get { slug: Option<String> },
+    /// List a workflow's releases with the clusters they are deployed to.
+    Releases { slug: Option<String> },
+    /// Build the release artifact (deterministic .tar.zst) and validate it.
+    BuildRelease(BuildArgs),
+    /// Build, upload (if the server lacks it) and register a release.
+    PublishRelease(BuildArgs),
+    /// Deploy a release to clusters (replacing the workflow's release there).
+    DeployRelease(DeployArgs),
+    /// Remove a release from clusters.
+    UndeployRelease(DeployArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The workflow's name [default: the directory's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// The project directory [default: the current directory].
+    directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    name: String,
+    #[arg(long, default_value = "")]
+    summary: String,
+    #[arg(long)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The project directory (or a directory below it) [default: the current directory].
+    path: Option<PathBuf>,
+    /// Cache directory (environments, the Python runtime) [default: ~/.cache/tilebox].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The workflow [default: the slug in tilebox.workflow.toml].
+    #[arg(long)]
+    workflow: Option<String>,
+    /// The release to deploy.
+    #[arg(long, conflicts_with = "latest", required_unless_present = "latest")]
+    release: Option<String>,
+    /// The newest release of the workflow.
+    #[arg(long)]
+    latest: bool,
+    /// Clusters (comma-separated) [default: the default cluster].
+    #[arg(long, value_delimiter = ',', conflicts_with = "target")]
+    cluster: Vec<String>,
+    /// A named group of clusters from tilebox.workflow.toml's [targets].
+    #[arg(long)]
+    target: Option<String>,
+}
+
+pub async fn run(command: WorkflowCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    match command {
+        WorkflowCommand::Init(arguments) => init(arguments, api).await,
+        WorkflowCommand::Create(arguments) => {
+            let mut client = api.connect().await?;
+            let workflow = client
+                .workflows
+                .create_workflow(CreateWorkflowRequest {
+                    name: arguments.name,
+                    description: arguments.description,
+                    summary: arguments.summary,
+                })
+                .await
+                .map_err(|status| client.error("CreateWorkflow", status))?
+                .into_inner();
+            print_workflow(&workflow, api.json)
+        }
+        WorkflowCommand::List => {
+            let mut client = api.connect().await?;
+            let workflows = client
+                .workflows
+                .list_workflows(ListWorkflowsRequest { page: None })
+                .await
+                .map_err(|status| client.error("ListWorkflows", status))?
+                .into_inner()
+                .workflows;
+            if api.json {
+                output::print_json(&Value::Array(
+                    workflows.iter().map(workflow_document).collect(),
+                ))?;
+            } else {
+                let mut table = output::Table::new(&["SLUG", "NAME", "RELEASES"]);
+                for workflow in &workflows {
+                    table.push(vec![
+                        workflow.slug.clone(),
+                        workflow.name.clone(),
+                        workflow.releases.len().to_string(),
+                    ]);
+                }
+                output::print_text(&table.render())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowCommand::Get { slug } => {
+            let workflow = fetch_workflow(api, slug).await?;
+            print_workflow(&workflow, api.json)
+        }
+        WorkflowCommand::Releases { slug } => {
+            let workflow = fetch_workflow(api, slug).await?;
+            if api.json {
+                output::print_json(&json!({
+                    "workflow_slug": workflow.slug,
+                    "releases": workflow.releases.iter().map(release_document).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                let mut table = output::Table::new(&["RELEASE", "CREATED", "TASKS", "CLUSTERS"]);
+                for release in &workflow.releases {
+                    let document = release_document(release);
+                    table.push(vec![
+                        document["id"].as_str().unwrap_or("-").to_string(),
+                        document["created_at"].as_str().unwrap_or("-").to_string(),
+                        document["tasks"]
+                            .as_array()
+                            .map(|tasks| tasks.len())
+                            .unwrap_or(0)
+                            .to_string(),
+                        release
+                            .clusters
+                            .iter()
+                            .map(|cluster| cluster.slug.clone())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]);
+                }
+                output::print_text(&table.render())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowCommand::BuildRelease(arguments) => {
+            let built = build(&arguments).await?;
+            if api.json {
+                output::print_json(&built.document())?;
+            } else {
+                output::print_text(&format!(
+                    "Built {} ({} bytes, {} files)\nDigest       sha256:{}\nFingerprint  {}\nTasks        {}\nRuns in      a {}\n",
+                    built.archive.path.display(),
+                    built.archive.size,
+                    built.archive.files.len(),
+                    built.archive.sha256,
+                    built.fingerprint,
+                    built.task_names().join(", "),
+                    built.isolation,
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowCommand::PublishRelease(arguments) => publish(arguments, api).await,
+        WorkflowCommand::DeployRelease(arguments) => deploy(arguments, api, true).await,
+        WorkflowCommand::UndeployRelease(arguments) => deploy(arguments, api, false).await,
+    }
+}
+
+fn workflow_document(workflow: &Workflow) -> Value {
+    json!({
+        "slug": workflow.slug,
+        "name": workflow.name,
+        "summary": workflow.summary,
+        "description": workflow.description,
+        "releases": workflow.releases.iter().map(release_document).collect::<Vec<_>>(),
+    })
+}
+
+fn release_document(release: &WorkflowRelease) -> Value {
+    let content = release.content.clone().unwrap_or_default();
+    json!({
+        "id": uuid_of(release.id.as_ref()).ok().flatten().map(|id| id.to_string()),
+        "digest": release.artifact.as_ref().map(|artifact| artifact.digest.clone()),
+        "fingerprint": content.fingerprint,
+        "tasks": content.tasks.iter().map(|task| json!({"name": task.name, "version": task.version})).collect::<Vec<_>>(),
+        "runner_object_path": content.runner_object_path,
+        "created_at": release.created_at.as_ref().map(output::rfc3339),
+        "clusters": release.clusters.iter().map(|cluster| cluster.slug.clone()).collect::<Vec<_>>(),
+    })
+}
+
+fn print_workflow(workflow: &Workflow, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        output::print_json(&workflow_document(workflow))?;
+    } else {
+        output::print_text(&output::key_values(&[
+            ("Slug", workflow.slug.clone()),
+            ("Name", workflow.name.clone()),
+            ("Releases", workflow.releases.len().to_string()),
+        ]))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The project configuration found from `path` (or the current directory).
+fn project_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let start = match path {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let file = config::find(&start).map_err(|error| {
+        UserError::with_hint(
+            error.to_string(),
+            "run `tilebox workflow init` to create a workflow project",
+        )
+    })?;
+    Ok(config::load(&file).map_err(|error| UserError::new(error.to_string()))?)
+}
+
+async fn fetch_workflow(api: &ApiArgs, slug: Option<String>) -> anyhow::Result<Workflow> {
+    let slug = match slug {
+        Some(slug) => slug,
+        None => project_config(None)?.slug,
+    };
+    let mut client = api.connect().await?;
+    Ok(client
+        .workflows
+        .get_workflow(GetWorkflowRequest {
+            workflow_slug: slug,
+        })
+        .await
+        .map_err(|status| client.error("GetWorkflow", status))?
+        .into_inner())
+}
+
+const RUNNER_TEMPLATE: &str = r#"from tilebox.workflows import ExecutionContext, Runner, Task
+
+
+class HelloTask(Task):
+    """An example task: greets, and reports its progress."""
+
+    name: str = "World"
+
+    def execute(self, context: ExecutionContext) -> None:
+        context.logger.info("Hello", name=self.name)
+        context.current_task.display = f"Hello {self.name}"
+
+
+runner = Runner(tasks=[HelloTask])
+"#;
+
+async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let directory = match arguments.directory {
+        Some(directory) => directory,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let existing: Vec<&str> = [
+        "tilebox.workflow.toml",
+        "pyproject.toml",
+        "runner.py",
+        "uv.lock",
+    ]
+    .into_iter()
+    .filter(|file| directory.join(file).exists())
+    .collect();
+    if !existing.is_empty() {
+        return Err(UserError::with_hint(
+            format!(
+                "{} already has {}; nothing was changed",
+                directory.display(),
+                existing.join(", ")
+            ),
+            "run init in an empty directory",
+        )
+        .into());
+    }
+    if std::process::Command::new("uv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err(UserError::with_hint(
+            "`uv` is not installed or not on PATH",
+            "install it with `python3 -m pip install uv`",
+        )
+        .into());
+    }
+    let name = match arguments.name {
+        Some(name) => name,
+        None => std::path::absolute(&directory)
+            .ok()
+            .and_then(|path| {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "workflow".to_string()),
+    };
+    let slug = config::workflow_slug(&name);
+    if slug.is_empty() {
+        return Err(UserError::with_hint(
+            format!("the name `{name}` gives no slug"),
+            "pass --name with letters or digits",
+        )
+        .into());
+    }
+    let mut client = api.connect().await?;
+    let workflow = match client
+        .workflows
+        .create_workflow(CreateWorkflowRequest {
+            name: name.clone(),
+            description: None,
+            summary: String::new(),
+        })
+        .await
+    {
+        Ok(workflow) => workflow.into_inner(),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => client
+            .workflows
+            .get_workflow(GetWorkflowRequest {
+                workflow_slug: slug.clone(),
+            })
+            .await
+            .map_err(|status| client.error("GetWorkflow", status))?
+            .into_inner(),
+        Err(status) => return Err(client.error("CreateWorkflow", status).into()),
+    };
+    let package = slug.replace('-', "_");
+    let files = [
+        (
+            "tilebox.workflow.toml",
+            format!(
+                "[workflow]\nslug = \"{}\"\nrunner = \"runner:runner\"\n\n[build]\ninclude = [\"pyproject.toml\", \"uv.lock\", \"runner.py\"]\nexclude = [\"**/__pycache__/**\"]\n",
+                workflow.slug
+            ),
+        ),
+        (
+            "pyproject.toml",
+            format!(
+                "[project]\nname = \"{package}\"\nversion = \"0.1.0\"\ndescription = \"{name}\"\nrequires-python = \">=3.13\"\ndependencies = [\"tilebox\"]\n"
+            ),
+        ),
+        ("runner.py", RUNNER_TEMPLATE.to_string()),
+    ];
+    fs_err::create_dir_all(&directory)?;
+    for (file, contents) in &files {
+        fs_err::write(directory.join(file), contents)?;
+    }
+    if !api.json {
+        eprintln!("syncing the environment with uv (this resolves and locks the dependencies)");
+    }
+    let root = directory.clone();
+    tokio::task::spawn_blocking(move || python::environment::sync(&root, false))
+        .await
+        .context("uv sync panicked")?
+        .map_err(|error| UserError::new(error.to_string()))?;
+    if api.json {
+        output::print_json(&json!({
+            "workflow_slug": workflow.slug,
+            "name": workflow.name,
+            "directory": std::path::absolute(&directory).unwrap_or(directory).display().to_string(),
+            "files": ["tilebox.workflow.toml", "pyproject.toml", "runner.py", "uv.lock"],
+        }))?;
+    } else {
+        output::print_text(&format!(
+            "Created workflow {} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
+            workflow.slug,
+            directory.display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A built and validated release.
+struct Built {
+    config: Config,
+    archive: ArchiveInfo,
+    tasks: Vec<(String, String)>,
+    fingerprint: String,
+    isolation: String,
+}
+
+impl Built {
+    fn task_names(&self) -> Vec<String> {
+        self.tasks
+            .iter()
+            .map(|(name, version)| format!("{name}@{version}"))
+            .collect()
+    }
+
+    fn content(&self) -> ReleaseContent {
+        let (runner_object_path, command_override) = match &self.config.entry {
+            Entry::Runner(runner) => (runner.clone(), Vec::new()),
+            Entry::Command(command) => (String::new(), command.clone()),
+        };
+        ReleaseContent {
+            fingerprint: self.fingerprint.clone(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|(name, version)| TaskIdentifier {
+                    name: name.clone(),
+                    version: version.clone(),
+                })
+                .collect(),
+            files: file_tree(&self.archive.files),
+            runner_object_path,
+            command_override,
+        }
+    }
+
+    fn document(&self) -> Value {
+        json!({
+            "workflow_slug": self.config.slug,
+            "fingerprint": self.fingerprint,
+            "digest": self.archive.sha256,
+            "artifact": self.archive.path.display().to_string(),
+            "size": self.archive.size,
+            "files": self.archive.files,
+            "tasks": self.tasks.iter().map(|(name, version)| json!({"name": name, "version": version})).collect::<Vec<_>>(),
+            "isolation": self.isolation,
+        })
+    }
+}
+
+/// The files as a directory tree, as `ReleaseContent.files` holds them.
+fn file_tree(files: &[String]) -> Vec<ReleasePath> {
+    fn insert(level: &mut Vec<ReleasePath>, parts: &[&str], prefix: &str) {
+        let Some((first, rest)) = parts.split_first() else {
+            return;
+        };
+        let path = if prefix.is_empty() {
+            first.to_string()
+        } else {
+            format!("{prefix}/{first}")
+        };
+        let position = match level.iter().position(|entry| entry.path == path) {
+            Some(position) => position,
+            None => {
+                level.push(ReleasePath {
+                    path: path.clone(),
+                    directory: !rest.is_empty(),
+                    children: Vec::new(),
+                });
+                level.len() - 1
+            }
+        };
+        insert(&mut level[position].children, rest, &path);
+    }
+    let mut tree = Vec::new();
+    for file in files {
+        let parts: Vec<&str> = file.split('/').collect();
+        insert(&mut tree, &parts, "");
+    }
+    tree
+}
+
+/// The release fingerprint: the files' fingerprint, how the release starts and the tasks
+/// it registers, hashed in a fixed text form (`tilebox-release-v1`).
+fn release_fingerprint(files: &str, entry: &Entry, tasks: &[(String, String)]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"tilebox-release-v1\n");
+    hasher.update(format!("files {files}\n"));
+    match entry {
+        Entry::Runner(runner) => hasher.update(format!("runner {runner}\n")),
+        Entry::Command(command) => hasher.update(format!(
+            "command {}\n",
+            serde_json::Value::from(command.clone())
+        )),
+    }
+    let mut sorted = tasks.to_vec();
+    sorted.sort();
+    for (name, version) in sorted {
+        hasher.update(format!("task {name} {version}\n"));
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Selects the files, writes the archive, and validates it: the environment is built with
+/// `uv sync --frozen` against the embedded interpreter and the runner object imported
+/// in-process from the archive's own contents, recording the task identifiers.
+async fn build(arguments: &BuildArgs) -> anyhow::Result<Built> {
+    let config = project_config(arguments.path.as_deref())?;
+    let cache_dir = match &arguments.cache_dir {
+        Some(directory) => directory.clone(),
+        None => super::task::default_cache_dir()?,
+    };
+    let out = config.root.join(format!("{}.tar.zst", config.slug));
+    let (select_config, archive_path) = (config.clone(), out.clone());
+    let archive = tokio::task::spawn_blocking(move || -> anyhow::Result<ArchiveInfo> {
+        let files = select::select_files(&select_config)
+            .map_err(|error| UserError::new(error.to_string()))?;
+        if files.is_empty() {
+            return Err(UserError::with_hint(
+                format!(
+                    "no file of {} matches [build] include",
+                    select_config.root.display()
+                ),
+                "check the include globs in tilebox.workflow.toml",
+            )
+            .into());
+        }
+        Ok(archive::write_archive(
+            &select_config.root,
+            &files,
+            &archive_path,
+        )?)
+    })
+    .await
+    .context("the build panicked")??;
+    let Entry::Runner(runner) = &config.entry else {
+        let fingerprint = release_fingerprint(&archive.fingerprint, &config.entry, &[]);
+        return Ok(Built {
+            config,
+            archive,
+            tasks: Vec::new(),
+            fingerprint,
+            isolation: "custom command (not validated)".into(),
+        });
+    };
+    // Validate what was archived, not the working tree: extract into the cache and load.
+    let extracted = cache_dir.join("builds").join(&archive.sha256);
+    if !extracted.join(".complete").exists() {
+        let (archive_path, staging) = (
+            archive.path.clone(),
+            cache_dir
+                .join("builds")
+                .join(format!(".{}-{}", archive.sha256, std::process::id())),
+        );
+        let staged = staging.clone();
+        tokio::task::spawn_blocking(move || {
+            archive::extract_archive(&archive_path, &staged, archive::Limits::default())
+        })
+        .await
+        .context("extraction panicked")??;
+        fs_err::write(staging.join(".complete"), b"")?;
+        if std::fs::rename(&staging, &extracted).is_err() && !extracted.join(".complete").exists() {
+            anyhow::bail!(
+                "cannot move the validated build into {}",
+                extracted.display()
+            );
+        }
+    }
+    let (venv, site_packages) = if extracted.join("pyproject.toml").is_file() {
+        let (root, cache) = (extracted.clone(), cache_dir.clone());
+        let environment =
+            tokio::task::spawn_blocking(move || python::environment::sync_shared(&root, &cache))
+                .await
+                .context("uv sync panicked")?
+                .map_err(|error| {
+                    UserError::with_hint(
+                        error.to_string(),
+                        "run `uv lock` in the project and include uv.lock",
+                    )
+                })?;
+        (Some(environment.venv), environment.site_packages)
+    } else {
+        (None, Vec::new())
+    };
+    let release = python::Release {
+        label: config.slug.clone(),
+        runtime: python::runtime::unpack(&cache_dir)?,
+        root: extracted,
+        site_packages,
+        venv,
+        runner: runner.clone(),
+    };
+    let loaded = python::load(release, python::Placement::Auto)
+        .await
+        .map_err(|error| {
+            UserError::with_hint(
+                format!("validation failed: {error}"),
+                "try `tilebox task run` on the project to debug the import",
+            )
+        })?;
+    let tasks = loaded.identifiers().to_vec();
+    let isolation = match &loaded.fallback_reason {
+        Some(reason) => format!("{} ({reason})", loaded.isolation()),
+        None => loaded.isolation().to_string(),
+    };
+    loaded.unload().await;
+    let fingerprint = release_fingerprint(&archive.fingerprint, &config.entry, &tasks);
+    Ok(Built {
+        config,
+        archive,
+        tasks,
+        fingerprint,
+        isolation,
+    })
+}
+
+async fn upload(
+    client: &mut Client,
+    archive: &ArchiveInfo,
+) -> anyhow::Result<crate::api::selfhosted_v1::ArtifactInfo> {
+    if let Ok(found) = client
+        .artifacts
+        .get_artifact(GetArtifactRequest {
+            digest: archive.sha256.clone(),
+            id: None,
+        })
+        .await
+    {
+        return Ok(found.into_inner());
+    }
+    let bytes = fs_err::read(&archive.path)?;
+    let digest = archive.sha256.clone();
+    let size = bytes.len() as u64;
+    let mut messages = Vec::new();
+    let mut chunks = bytes.chunks(UPLOAD_CHUNK).peekable();
+    let first = chunks.next().unwrap_or(&[]).to_vec();
+    messages.push(UploadArtifactRequest {
+        digest,
+        size,
+        chunk: first,
+    });
+    for chunk in chunks {
+        messages.push(UploadArtifactRequest {
+            digest: String::new(),
+            size: 0,
+            chunk: chunk.to_vec(),
+        });
+    }
+    Ok(client
+        .artifacts
+        .upload_artifact(tokio_stream::iter(messages))
+        .await
+        .map_err(|status| client.error("UploadArtifact", status))?
+        .into_inner())
+}
+
+async fn publish(arguments: BuildArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let built = build(&arguments).await?;
+    let mut client = api.connect().await?;
+    let artifact = upload(&mut client, &built.archive).await?;
+    let release = client
+        .workflows
+        .publish_workflow_release(PublishWorkflowReleaseRequest {
+            workflow_slug: built.config.slug.clone(),
+            artifact_id: artifact.id,
+            content: Some(built.content()),
+        })
+        .await
+        .map_err(|status| client.error("PublishWorkflowRelease", status))?
+        .into_inner();
+    let document = release_document(&release);
+    if api.json {
+        let mut document = document;
+        document["workflow_slug"] = json!(built.config.slug);
+        document["files"] = json!(built.archive.files);
+        output::print_json(&document)?;
+    } else {
+        output::print_text(&format!(
+            "Published release {} of {}\nDigest  sha256:{}\nTasks   {}\n",
+            document["id"].as_str().unwrap_or("-"),
+            built.config.slug,
+            built.archive.sha256,
+            built.task_names().join(", ")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn deploy(arguments: DeployArgs, api: &ApiArgs, deploy: bool) -> anyhow::Result<ExitCode> {
+    let local = project_config(None).ok();
+    let slug = match (&arguments.workflow, &local) {
+        (Some(slug), _) => slug.clone(),
+        (None, Some(config)) => config.slug.clone(),
+        (None, None) => {
+            return Err(UserError::with_hint(
+                "which workflow?",
+                "pass --workflow SLUG or run inside a workflow project",
+            )
+            .into());
+        }
+    };
+    let clusters = match &arguments.target {
+        Some(target) => {
+            let config = local
+                .as_ref()
+                .ok_or_else(|| UserError::new("--target needs a tilebox.workflow.toml"))?;
+            config.targets.get(target).cloned().ok_or_else(|| {
+                UserError::with_hint(
+                    format!("{} has no target `{target}`", config.path.display()),
+                    format!(
+                        "targets: {}",
+                        config
+                            .targets
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?
+        }
+        None => arguments.cluster.clone(),
+    };
+    let mut client = api.connect().await?;
+    let release_id = if arguments.latest {
+        let workflow = client
+            .workflows
+            .get_workflow(GetWorkflowRequest {
+                workflow_slug: slug.clone(),
+            })
+            .await
+            .map_err(|status| client.error("GetWorkflow", status))?
+            .into_inner();
+        let newest = workflow
+            .releases
+            .iter()
+            .max_by_key(|release| release.created_at.map(|time| (time.seconds, time.nanos)))
+            .ok_or_else(|| {
+                UserError::with_hint(
+                    format!("workflow `{slug}` has no releases"),
+                    "publish one with `tilebox workflow publish-release`",
+                )
+            })?;
+        uuid_of(newest.id.as_ref())?
+            .ok_or_else(|| UserError::new("the newest release has no id"))?
+    } else {
+        let text = arguments.release.clone().unwrap_or_default();
+        uuid::Uuid::parse_str(&text)
+            .map_err(|_| UserError::new(format!("invalid release id `{text}`: not a UUID")))?
+    };
+    let (release, clusters) = if deploy {
+        let response = client
+            .workflows
+            .deploy_workflow_release(DeployWorkflowReleaseRequest {
+                workflow_slug: slug.clone(),
+                release_id: Some(id(release_id)),
+                cluster_slugs: clusters,
+            })
+            .await
+            .map_err(|status| client.error("DeployWorkflowRelease", status))?
+            .into_inner();
+        (response.release, response.clusters)
+    } else {
+        let response = client
+            .workflows
+            .undeploy_workflow_release(UndeployWorkflowReleaseRequest {
+                workflow_slug: slug.clone(),
+                release_id: Some(id(release_id)),
+                cluster_slugs: clusters,
+            })
+            .await
+            .map_err(|status| client.error("UndeployWorkflowRelease", status))?
+            .into_inner();
+        (response.release, response.clusters)
+    };
+    let cluster_slugs: Vec<String> = clusters
+        .iter()
+        .map(|cluster| cluster.slug.clone())
+        .collect();
+    if api.json {
+        output::print_json(&json!({
+            "workflow_slug": slug,
+            "release": release.as_ref().map(release_document),
+            "clusters": cluster_slugs,
+        }))?;
+    } else {
+        let verb = if deploy { "Deployed" } else { "Undeployed" };
+        output::print_text(&format!(
+            "{verb} release {release_id} of {slug} {} {}\n",
+            if deploy { "to" } else { "from" },
+            cluster_slugs.join(", ")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_become_a_directory_tree() {
+        let tree = file_tree(&["a/b.py".into(), "a/c/d.py".into(), "e.toml".into()]);
+        assert_eq!(tree.len(), 2);
+        assert_eq!(tree[0].path, "a");
+        assert!(tree[0].directory);
+        assert_eq!(tree[0].children[1].path, "a/c");
+        assert_eq!(tree[0].children[1].children[0].path, "a/c/d.py");
+        assert!(!tree[1].directory);
+    }
+
+    #[test]
+    fn the_release_fingerprint_depends_on_files_entry_and_tasks_not_their_order() {
+        let entry = Entry::Runner("runner:runner".into());
+        let tasks = vec![
+            ("B".to_string(), "v0.0".to_string()),
+            ("A".to_string(), "v1.0".to_string()),
+        ];
+        let reversed: Vec<_> = tasks.iter().rev().cloned().collect();
+        let base = release_fingerprint("f", &entry, &tasks);
+        assert_eq!(base, release_fingerprint("f", &entry, &reversed));
+        assert_ne!(base, release_fingerprint("g", &entry, &tasks));
+        assert_ne!(
+            base,
+            release_fingerprint("f", &Entry::Runner("other:runner".into()), &tasks)
+        );
+        assert_ne!(base, release_fingerprint("f", &entry, &tasks[..1]));
+    }
+}

@@ -1,0 +1,438 @@
+//! The release pipeline end to end: init, build, publish (idempotent), deploy (replacing,
+//! --latest, targets), undeploy, artifact verification, and a release runner picking up a
+//! fixed release live to finish a retried job.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{TestServer, wait_until};
+use serde_json::Value;
+use tilebox::api::selfhosted_v1::UploadArtifactRequest;
+
+fn json_of(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+/// Runs the CLI in `directory` against `server`.
+fn tilebox_in(server: &TestServer, directory: &Path, args: &[&str]) -> std::process::Output {
+    common::tilebox_command(args)
+        .current_dir(directory)
+        .env("TILEBOX_API_URL", server.url())
+        .env("XDG_CACHE_HOME", directory.join(".cache-home"))
+        .output()
+        .expect("run tilebox")
+}
+
+/// A workflow project whose single module is `app.py`.
+fn write_project(directory: &Path, slug: &str, app: &str) {
+    std::fs::write(directory.join("app.py"), app).expect("app.py");
+    std::fs::write(
+        directory.join("tilebox.workflow.toml"),
+        format!(
+            "[workflow]\nslug = \"{slug}\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n\n\
+             [targets.both]\nclusters = [\"east\", \"west\"]\n"
+        ),
+    )
+    .expect("tilebox.workflow.toml");
+}
+
+const HELLO: &str = "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+class Hello(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        pass\n\nrunner = Runner(tasks=[Hello])\n";
+
+#[test]
+fn init_publish_and_deploy_work_as_a_new_user_types_them() {
+    let server = TestServer::start();
+    let directory = tempfile::tempdir().expect("project dir");
+    let project = directory.path().join("scene-qa");
+    std::fs::create_dir(&project).expect("mkdir");
+    let init = json_of(&tilebox_in(
+        &server,
+        &project,
+        &["--json", "workflow", "init", "--name", "Scene QA"],
+    ));
+    assert_eq!(init["workflow_slug"], "scene-qa");
+    for file in [
+        "tilebox.workflow.toml",
+        "pyproject.toml",
+        "runner.py",
+        "uv.lock",
+    ] {
+        assert!(project.join(file).is_file(), "init writes {file}");
+    }
+    // A second init refuses and changes nothing.
+    let before = std::fs::read(project.join("runner.py")).expect("runner.py");
+    let again = tilebox_in(&server, &project, &["workflow", "init"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already has tilebox.workflow.toml"));
+    assert_eq!(
+        std::fs::read(project.join("runner.py")).expect("runner.py"),
+        before
+    );
+
+    assert!(
+        tilebox_in(
+            &server,
+            &project,
+            &["cluster", "create", "X", "--slug", "x"]
+        )
+        .status
+        .success()
+    );
+    let published = json_of(&tilebox_in(
+        &server,
+        &project,
+        &["--json", "workflow", "publish-release"],
+    ));
+    assert_eq!(published["tasks"][0]["name"], "HelloTask");
+    let deployed = json_of(&tilebox_in(
+        &server,
+        &project,
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            "x",
+        ],
+    ));
+    assert_eq!(deployed["clusters"], serde_json::json!(["x"]));
+    assert_eq!(deployed["release"]["id"], published["id"]);
+    let cluster = json_of(&server.tilebox(&["--json", "cluster", "get", "x"]));
+    assert_eq!(cluster["slug"], "x");
+}
+
+#[test]
+fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
+    let server = TestServer::start();
+    let project = tempfile::tempdir().expect("project");
+    write_project(project.path(), "greeter", HELLO);
+    assert!(
+        server
+            .tilebox(&["workflow", "create", "Greeter"])
+            .status
+            .success()
+    );
+    for slug in ["east", "west"] {
+        assert!(
+            server
+                .tilebox(&["cluster", "create", slug, "--slug", slug])
+                .status
+                .success()
+        );
+    }
+    let first = json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &["--json", "workflow", "publish-release"],
+    ));
+    let again = json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &["--json", "workflow", "publish-release"],
+    ));
+    assert_eq!(
+        first["id"], again["id"],
+        "unchanged content publishes the same release"
+    );
+    assert_eq!(first["digest"], again["digest"]);
+    let built = json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &["--json", "workflow", "build-release"],
+    ));
+    assert_eq!(
+        built["digest"], first["digest"],
+        "the build is reproducible"
+    );
+
+    let first_id = first["id"].as_str().expect("id").to_string();
+    let deployed = json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--release",
+            &first_id,
+            "--target",
+            "both",
+        ],
+    ));
+    assert_eq!(deployed["clusters"], serde_json::json!(["east", "west"]));
+
+    std::fs::write(
+        project.path().join("app.py"),
+        HELLO.replace("pass", "context.current_task.display = 'v2'"),
+    )
+    .expect("edit");
+    let second = json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &["--json", "workflow", "publish-release"],
+    ));
+    assert_ne!(
+        second["id"], first["id"],
+        "changed content is a new release"
+    );
+    json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            "east",
+        ],
+    ));
+    let releases = json_of(&server.tilebox(&["--json", "workflow", "releases", "greeter"]));
+    let clusters_of = |id: &Value| {
+        releases["releases"]
+            .as_array()
+            .expect("releases")
+            .iter()
+            .find(|release| release["id"] == *id)
+            .expect("release")["clusters"]
+            .clone()
+    };
+    assert_eq!(
+        clusters_of(&second["id"]),
+        serde_json::json!(["east"]),
+        "--latest deployed the new release"
+    );
+    assert_eq!(
+        clusters_of(&first["id"]),
+        serde_json::json!(["west"]),
+        "the new release replaced the old one on east only"
+    );
+
+    json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &[
+            "--json",
+            "workflow",
+            "undeploy-release",
+            "--release",
+            &first_id,
+            "--cluster",
+            "west",
+        ],
+    ));
+    let releases = json_of(&server.tilebox(&["--json", "workflow", "releases", "greeter"]));
+    let first_release = releases["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .find(|release| release["id"] == first["id"])
+        .cloned()
+        .expect("first");
+    assert_eq!(first_release["clusters"], serde_json::json!([]));
+
+    let both = tilebox_in(
+        &server,
+        project.path(),
+        &[
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--target",
+            "both",
+            "--cluster",
+            "east",
+        ],
+    );
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "clap refuses --target with --cluster"
+    );
+    let unknown = tilebox_in(
+        &server,
+        project.path(),
+        &["workflow", "deploy-release", "--latest", "--target", "nope"],
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no target `nope`"));
+}
+
+#[tokio::test]
+async fn an_upload_whose_bytes_do_not_match_its_digest_is_refused() {
+    let server = TestServer::start();
+    let mut client = tilebox::client::Client::connect(server.url(), None)
+        .await
+        .expect("client");
+    let wrong = "0".repeat(64);
+    let request = UploadArtifactRequest {
+        digest: wrong.clone(),
+        size: 5,
+        chunk: b"hello".to_vec(),
+    };
+    let status = client
+        .artifacts
+        .upload_artifact(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("hash to 2cf24dba"),
+        "{}",
+        status.message()
+    );
+    let missing = client
+        .artifacts
+        .get_artifact(tilebox::api::selfhosted_v1::GetArtifactRequest {
+            digest: wrong,
+            id: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "nothing was stored");
+    let artifacts = std::fs::read_dir(server.data_dir().join("artifacts"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(artifacts, 0, "no partial file is left behind");
+}
+
+const FLAKY_V1: &str = r#"
+import os
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Root(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        with open(os.environ["MARKER"], "a") as marker:
+            marker.write("root\n")
+        context.submit_subtask(Step())
+
+class Step(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        raise RuntimeError("broken step")
+
+runner = Runner(tasks=[Root, Step])
+"#;
+
+fn start_release_runner(server: &TestServer, cache: &Path, marker: &Path) -> Child {
+    common::tilebox_command(&["runner", "start", "--cluster", "fix", "--cache-dir"])
+        .arg(cache)
+        .env("TILEBOX_API_URL", server.url())
+        .env("MARKER", marker)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(cache.with_extension("log")).expect("log"))
+        .spawn()
+        .expect("start the runner")
+}
+
+fn job_state(server: &TestServer, id: &str) -> Value {
+    json_of(&server.tilebox(&["--json", "job", "get", id]))
+}
+
+#[test]
+fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
+    let server = TestServer::start();
+    let project = tempfile::tempdir().expect("project");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let marker = scratch.path().join("marker");
+    write_project(project.path(), "fixable", FLAKY_V1);
+    assert!(
+        server
+            .tilebox(&["workflow", "create", "Fixable"])
+            .status
+            .success()
+    );
+    assert!(
+        server
+            .tilebox(&["cluster", "create", "Fix", "--slug", "fix"])
+            .status
+            .success()
+    );
+    json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &["--json", "workflow", "publish-release"],
+    ));
+    json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            "fix",
+        ],
+    ));
+
+    let mut runner = start_release_runner(&server, &scratch.path().join("cache"), &marker);
+    let job = json_of(&server.tilebox(&[
+        "--json",
+        "job",
+        "submit",
+        "--name",
+        "fix-me",
+        "--task",
+        "Root",
+        "--cluster",
+        "fix",
+    ]));
+    let id = job["id"].as_str().expect("id").to_string();
+    assert!(
+        wait_until(Duration::from_secs(60), || job_state(&server, &id)["state"]
+            == "failed"),
+        "the broken step fails the job"
+    );
+
+    std::fs::write(
+        project.path().join("app.py"),
+        FLAKY_V1.replace("raise RuntimeError(\"broken step\")", "pass"),
+    )
+    .expect("fix");
+    json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &["--json", "workflow", "publish-release"],
+    ));
+    json_of(&tilebox_in(
+        &server,
+        project.path(),
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            "fix",
+        ],
+    ));
+    let retried = json_of(&server.tilebox(&["--json", "job", "retry", &id]));
+    assert_eq!(retried["rescheduled_tasks"], 1);
+    let finished = wait_until(Duration::from_secs(60), || {
+        job_state(&server, &id)["state"] == "completed"
+    });
+    let _ = runner.kill();
+    let _ = runner.wait();
+    assert!(
+        finished,
+        "the fixed release completes the job: {}",
+        std::fs::read_to_string(scratch.path().join("cache.log")).unwrap_or_default()
+    );
+    let lines = std::fs::read_to_string(&marker).expect("marker");
+    assert_eq!(
+        lines.lines().count(),
+        1,
+        "the computed root did not run again"
+    );
+}
