@@ -436,3 +436,143 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
         "the computed root did not run again"
     );
 }
+
+/// A copy of an example project (without its build outputs) in a temp dir.
+fn example(name: &str) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read example") {
+            let entry = entry.expect("entry");
+            let name = entry.file_name();
+            if [".venv", "__pycache__"].contains(&name.to_str().unwrap_or_default())
+                || name.to_string_lossy().ends_with(".tar.zst")
+            {
+                continue;
+            }
+            if entry.file_type().expect("type").is_dir() {
+                copy(&entry.path(), &to.join(&name));
+            } else {
+                std::fs::copy(entry.path(), to.join(&name)).expect("copy");
+            }
+        }
+    }
+    let directory = tempfile::tempdir().expect("temp dir");
+    copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+        directory.path(),
+    );
+    directory
+}
+
+#[test]
+fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
+    let server = TestServer::start();
+    let scratch = tempfile::tempdir().expect("scratch");
+    assert!(
+        server
+            .tilebox(&["cluster", "create", "Scene QA", "--slug", "scene-qa"])
+            .status
+            .success()
+    );
+    let scene = example("scene-qa");
+    let sleep = example("parallel-sleep");
+    for (project, name) in [(&scene, "My Workflow"), (&sleep, "Parallel Sleep")] {
+        assert!(
+            server
+                .tilebox(&["workflow", "create", name])
+                .status
+                .success()
+        );
+        let published = json_of(&tilebox_in(
+            &server,
+            project.path(),
+            &["--json", "workflow", "publish-release"],
+        ));
+        assert!(
+            !published["tasks"].as_array().expect("tasks").is_empty(),
+            "{published}"
+        );
+    }
+    json_of(&tilebox_in(
+        &server,
+        scene.path(),
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--target",
+            "qa",
+        ],
+    ));
+    json_of(&tilebox_in(
+        &server,
+        sleep.path(),
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            "scene-qa",
+        ],
+    ));
+    let scene_job = json_of(&server.tilebox(&[
+        "--json",
+        "job",
+        "submit",
+        "--name",
+        "scene",
+        "--task",
+        "tilebox.com/example/ProcessScene",
+        "--version",
+        "v1.0",
+        "--input",
+        "S2A_001",
+        "--cluster",
+        "scene-qa",
+    ]));
+    let sleep_job = json_of(&server.tilebox(&[
+        "--json",
+        "job",
+        "submit",
+        "--name",
+        "sleep",
+        "--task",
+        "ParallelSleepWorkflow",
+        "--cluster",
+        "scene-qa",
+        "--input",
+        r#"{"count": 4, "seconds": 0.1}"#,
+    ]));
+    let runner = common::tilebox_command(&[
+        "runner",
+        "start",
+        "--cluster",
+        "scene-qa",
+        "-n",
+        "2",
+        "--stop-when-idling",
+        "--cache-dir",
+    ])
+    .arg(scratch.path().join("cache"))
+    .current_dir(scratch.path())
+    .env("TILEBOX_API_URL", server.url())
+    .output()
+    .expect("runner");
+    let log = String::from_utf8_lossy(&runner.stderr);
+    assert!(runner.status.success(), "{log}");
+    assert!(
+        log.contains("my-workflow@") && log.contains("parallel-sleep@"),
+        "both releases load:\n{log}"
+    );
+    for job in [&scene_job, &sleep_job] {
+        let id = job["id"].as_str().expect("id");
+        let state = job_state(&server, id);
+        assert_eq!(state["state"], "completed", "{state}\n{log}");
+    }
+    let scene = job_state(&server, scene_job["id"].as_str().expect("id"));
+    assert_eq!(scene["tasks"][0]["display"], "ProcessScene(S2A_001)");
+}
