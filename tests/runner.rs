@@ -415,3 +415,123 @@ fn a_second_sigterm_hands_the_running_task_back() {
     );
     assert_eq!(task["retry_count"], 0, "a hand-back is not a retry");
 }
+
+fn sdk_script(server: &TestServer, args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sleep_sdk.py");
+    let output = Command::new(common::sdk_python())
+        .arg(script)
+        .args(args)
+        .env("TILEBOX_API_URL", server.url())
+        .env_remove("TILEBOX_API_KEY")
+        .output()
+        .expect("run the SDK script");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn a_job_submitted_with_the_official_sdk_runs_on_this_runner() {
+    let server = TestServer::start();
+    let project = sleep_project();
+    let output = sdk_script(&server, &["submit", "4", "0.05"]);
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let (child, log) = start_runner(&server, project.path(), &["-n", "2", "--stop-when-idling"]);
+    run_to_completion(child, &log);
+    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    let children = done["tasks"][0]["children"].as_array().expect("children");
+    let displays: Vec<&str> = children
+        .iter()
+        .filter_map(|child| child["display"].as_str())
+        .collect();
+    assert_eq!(
+        displays,
+        [
+            "SleepTask(0)",
+            "SleepTask(1)",
+            "SleepTask(2)",
+            "SleepTask(3)"
+        ]
+    );
+}
+
+#[test]
+fn a_job_submitted_with_this_cli_runs_on_the_official_sdk_runner() {
+    let server = TestServer::start();
+    let id = submit(
+        &server,
+        "ParallelSleepWorkflow",
+        r#"{"count": 3, "seconds": 0.05}"#,
+    );
+    sdk_script(&server, &["run"]);
+    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    assert_eq!(done["execution_stats"]["tasks_by_state"]["computed"], 4);
+}
+
+#[test]
+fn the_guides_parallel_workflow_script_runs_five_times_in_parallel_against_this_server() {
+    let server = TestServer::start();
+    let project = sleep_project();
+    let python = tilebox::python::environment::EMBEDDED_PYTHON.expect("embedded python");
+    let uv_run = |args: &[&str]| {
+        common::tilebox_command(args)
+            .current_dir(project.path())
+            .env("TILEBOX_API_URL", server.url())
+            .env("UV_PYTHON", python)
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .env_remove("TILEBOX_API_KEY")
+            .output()
+            .expect("tilebox parallel")
+    };
+    let submitted = Command::new("uv")
+        .args([
+            "run",
+            "parallel_workflow.py",
+            "--submit",
+            "--count",
+            "10",
+            "--seconds",
+            "0.5",
+        ])
+        .current_dir(project.path())
+        .env("TILEBOX_API_URL", server.url())
+        .env("UV_PYTHON", python)
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .output()
+        .expect("uv run");
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&submitted.stdout);
+    let id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("Submitted job: "))
+        .expect("the script prints the job id")
+        .trim()
+        .to_string();
+    let output = uv_run(&[
+        "parallel",
+        "-n",
+        "5",
+        "--",
+        "uv",
+        "run",
+        "parallel_workflow.py",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    assert_eq!(done["execution_stats"]["tasks_by_state"]["computed"], 11);
+    assert!(
+        parallelism(&done) > 2.0,
+        "five official runners overlap: {done}"
+    );
+}
