@@ -25,6 +25,9 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workflows/v1/task.proto",
         "proto/workflows/v1/workflows.proto",
         "proto/tilebox/selfhosted/v1/releases.proto",
+        "proto/workflows/v1/telemetry.proto",
+        "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",
+        "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

@@ -511,7 +511,6 @@ fn acknowledged_work_survives_a_server_kill() {
 }
 
 #[test]
-#[ignore = "observability is not implemented yet: the server answers OTLP/HTTP with an HTTP/2 preface and QueryJobLogs/QueryJobSpans are UNIMPLEMENTED"]
 fn sdk_logs_and_spans_are_stored_and_read_back() {
     #[derive(Deserialize)]
     struct Summary {

@@ -28,6 +28,44 @@ pub mod tilebox {
     }
 }
 
+/// The OpenTelemetry protocol (OTLP) packages.
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.common.v1");
+            }
+        }
+        pub mod resource {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.resource.v1");
+            }
+        }
+        pub mod logs {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.logs.v1");
+            }
+        }
+        pub mod trace {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.trace.v1");
+            }
+        }
+        pub mod collector {
+            pub mod logs {
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.collector.logs.v1");
+                }
+            }
+            pub mod trace {
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+                }
+            }
+        }
+    }
+}
+
 /// Package `workflows.v1`.
 pub mod workflows {
     pub mod v1 {
@@ -35,6 +73,7 @@ pub mod workflows {
     }
 }
 
+pub use opentelemetry::proto as otlp;
 pub use tilebox::selfhosted::v1 as selfhosted_v1;
 pub use tilebox::v1 as tilebox_v1;
 pub use workflows::v1 as workflows_v1;

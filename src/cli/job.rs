@@ -48,6 +48,10 @@ pub enum JobCommand {
     Retry(RetryArgs),
     /// Cancel a job: no new task starts, running tasks finish.
     Cancel(CancelArgs),
+    /// Show the log records a job's tasks wrote.
+    Logs(super::telemetry::LogsArgs),
+    /// Show the spans of a job's task executions (with --timeline, as bars over time).
+    Spans(super::telemetry::SpansArgs),
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +140,8 @@ pub async fn run(command: JobCommand, api: &ApiArgs) -> anyhow::Result<ExitCode>
         JobCommand::Wait(arguments) => wait(arguments, api).await,
         JobCommand::Retry(arguments) => retry(arguments, api).await,
         JobCommand::Cancel(arguments) => cancel(arguments, api).await,
+        JobCommand::Logs(arguments) => super::telemetry::logs(arguments, api).await,
+        JobCommand::Spans(arguments) => super::telemetry::spans(arguments, api).await,
     }
 }
 
@@ -341,14 +347,14 @@ fn timed_out(id: Uuid, state: JobState, seconds: u64) -> UserError {
     )
 }
 
-fn is_finished(state: JobState) -> bool {
+pub(super) fn is_finished(state: JobState) -> bool {
     matches!(
         state,
         JobState::Completed | JobState::Failed | JobState::Canceled
     )
 }
 
-async fn get_job(client: &mut Client, id: Uuid) -> anyhow::Result<Job> {
+pub(super) async fn get_job(client: &mut Client, id: Uuid) -> anyhow::Result<Job> {
     let request = GetJobRequest {
         job_id: Some(convert::id(id)),
     };
@@ -362,13 +368,16 @@ async fn get_job(client: &mut Client, id: Uuid) -> anyhow::Result<Job> {
 
 /// A task with its children, as `job get` shows it.
 #[derive(Debug)]
-struct TaskNode {
-    summary: TaskSummary,
-    children: Vec<TaskNode>,
+pub(super) struct TaskNode {
+    pub(super) summary: TaskSummary,
+    pub(super) children: Vec<TaskNode>,
 }
 
 /// The job's whole task tree: the root tasks, then the children of every task that has some.
-async fn fetch_task_tree(client: &mut Client, job_id: Uuid) -> anyhow::Result<Vec<TaskNode>> {
+pub(super) async fn fetch_task_tree(
+    client: &mut Client,
+    job_id: Uuid,
+) -> anyhow::Result<Vec<TaskNode>> {
     let roots = list_job_tasks(client, job_id, None).await?;
     let mut children = HashMap::new();
     // Each task's children are fetched once, even if a broken server lists a task twice.
@@ -555,7 +564,7 @@ fn trace_parent() -> String {
 }
 
 /// A UUID given on the command line; `what` names it in the error (`job id`, `cursor`).
-fn parse_id(what: &str, value: &str) -> Result<Uuid, UserError> {
+pub(super) fn parse_id(what: &str, value: &str) -> Result<Uuid, UserError> {
     Uuid::parse_str(value).map_err(|_| {
         UserError::with_hint(
             format!("invalid {what} `{value}`: not a UUID"),
@@ -718,9 +727,19 @@ fn task_table(tasks: &[TaskNode]) -> Result<Table, InvalidId> {
                 let ellipsis = if rest.chars().count() > 80 { "..." } else { "" };
                 display.push_str(&format!(": {shortened}{ellipsis}"));
             }
+            let duration = match (&task.started_at, &task.stopped_at) {
+                (Some(start), Some(stop)) => {
+                    let millis = convert::millis_from_timestamp(stop)
+                        - convert::millis_from_timestamp(start);
+                    format!("{:.3}s", millis.max(0) as f64 / 1000.0)
+                }
+                (Some(_), None) => "running".to_string(),
+                _ => "-".to_string(),
+            };
             table.push(vec![
                 format!("{}{display}", "  ".repeat(depth)),
                 task_state_name(task.state()).to_string(),
+                duration,
                 format!("{}/{}", task.retry_count, task.max_retries),
                 output::id_text(task.id.as_ref())?.unwrap_or_else(|| "-".to_string()),
             ]);
@@ -728,7 +747,7 @@ fn task_table(tasks: &[TaskNode]) -> Result<Table, InvalidId> {
         }
         Ok(())
     }
-    let mut table = Table::new(&["TASK", "STATE", "RETRIES", "ID"]);
+    let mut table = Table::new(&["TASK", "STATE", "DURATION", "RETRIES", "ID"]);
     push_rows(&mut table, tasks, 0)?;
     Ok(table)
 }
@@ -1108,10 +1127,10 @@ mod tests {
     fn task_table_indents_children() {
         assert_eq!(
             task_table(&sample_tree()).unwrap().render(),
-            "TASK      STATE     RETRIES  ID\n\
-             Root      computed  1/3      00000000-0000-7000-8000-000000000001\n  \
-             Child   running   1/3      00000000-0000-7000-8000-000000000002\n    \
-             Leaf  queued    1/3      00000000-0000-7000-8000-000000000003"
+            "TASK      STATE     DURATION  RETRIES  ID\n\
+             Root      computed  -         1/3      00000000-0000-7000-8000-000000000001\n  \
+             Child   running   -         1/3      00000000-0000-7000-8000-000000000002\n    \
+             Leaf  queued    -         1/3      00000000-0000-7000-8000-000000000003"
         );
     }
 

@@ -12,6 +12,7 @@
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
 //! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)
+//! - `telemetry.rs`: `tilebox job logs` and `tilebox job spans`
 //! - `output.rs`: tables, JSON, state names
 
 mod cluster;
@@ -21,6 +22,7 @@ mod parallel;
 mod runner;
 mod server;
 mod task;
+mod telemetry;
 mod workflow;
 
 use std::process::ExitCode;

@@ -42,6 +42,9 @@ pub struct ServerArgs {
     /// Largest release artifact accepted, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_artifact_bytes: u64,
+    /// How long logs and spans are kept: a number with a unit, e.g. 7d, 12h, 30m, 45s.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    telemetry_retention: Duration,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -71,6 +74,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
         data_dir: data_dir.clone(),
         tokens,
         max_artifact_bytes: arguments.max_artifact_bytes,
+        telemetry_retention: arguments.telemetry_retention,
         scheduler: scheduler::Options {
             lease: Duration::from_secs(arguments.lease_seconds),
             max_lease: Duration::from_secs(arguments.max_lease_seconds),
@@ -120,5 +124,47 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+/// Parses `7d`, `12h`, `30m`, `45s` or `500ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 7d, 12h, 30m or 45s"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}`; use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("7w")
+                .unwrap_err()
+                .contains("unknown unit `w`")
+        );
+        assert!(parse_duration("soon").is_err());
     }
 }

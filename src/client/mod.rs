@@ -14,10 +14,13 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::api::otlp::collector::logs::v1::logs_service_client::LogsServiceClient;
+use crate::api::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
 use crate::api::selfhosted_v1::artifact_service_client::ArtifactServiceClient;
 use crate::api::selfhosted_v1::deployment_service_client::DeploymentServiceClient;
 use crate::api::workflows_v1::job_service_client::JobServiceClient;
 use crate::api::workflows_v1::task_service_client::TaskServiceClient;
+use crate::api::workflows_v1::telemetry_query_service_client::TelemetryQueryServiceClient;
 use crate::api::workflows_v1::workflows_service_client::WorkflowsServiceClient;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -126,6 +129,9 @@ pub struct Client {
     pub workflows: WorkflowsServiceClient<Authenticated>,
     pub artifacts: ArtifactServiceClient<Authenticated>,
     pub deployments: DeploymentServiceClient<Authenticated>,
+    pub telemetry: TelemetryQueryServiceClient<Authenticated>,
+    pub logs: LogsServiceClient<Authenticated>,
+    pub traces: TraceServiceClient<Authenticated>,
 }
 
 impl Client {
@@ -154,7 +160,17 @@ impl Client {
                 channel.clone(),
                 authenticate.clone(),
             ),
-            deployments: DeploymentServiceClient::with_interceptor(channel, authenticate),
+            deployments: DeploymentServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone(),
+            ),
+            telemetry: TelemetryQueryServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone(),
+            )
+            .max_decoding_message_size(512 * 1024 * 1024),
+            logs: LogsServiceClient::with_interceptor(channel.clone(), authenticate.clone()),
+            traces: TraceServiceClient::with_interceptor(channel, authenticate),
         })
     }
 

@@ -8,11 +8,13 @@
 //! - `catalog.rs`: loaded releases and task routing
 //! - `leases.rs`: one task extending every running task's lease
 //! - `prepare.rs`: artifact cache, safe extraction, shared venvs
+//! - `telemetry.rs`: task logs and spans to the server (OTLP, batched)
 
 mod catalog;
 mod leases;
 mod prepare;
 mod slot;
+mod telemetry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -71,6 +73,7 @@ pub struct Shared {
     pub client: Client,
     pub cluster: String,
     pub options: Options,
+    pub exporter: telemetry::Exporter,
 }
 
 /// Runs until drained (`phase` set to Draining or HandingBack) or, with
@@ -83,10 +86,12 @@ pub async fn run(
     let cluster = resolve_cluster(&client, &options.cluster).await?;
     options.cluster = cluster.clone();
     let runner_id = uuid::Uuid::new_v4().to_string();
+    let exporter = telemetry::Exporter::start(client.clone(), runner_id.clone(), cluster.clone());
     let shared = Arc::new(Shared {
         client: client.clone(),
         cluster: cluster.clone(),
         options: options.clone(),
+        exporter,
     });
     let (catalog_sender, catalog) = watch::channel(Arc::new(Catalog::default()));
     let leases = leases::Leases::default();
@@ -162,6 +167,7 @@ pub async fn run(
     }
     let _ = stop_leases.send(true);
     let _ = lease_task.await;
+    shared.exporter.flush().await;
     let catalog = catalog.borrow().clone();
     drop(catalog);
     Ok(())

@@ -280,9 +280,17 @@ impl Slot {
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<python::Event>();
         let quiet = self.shared.options.quiet;
         let label = display.clone();
+        let trace = super::telemetry::TaskTrace::new(&job.trace_parent, &task_id.to_string());
+        let exporter = self.shared.exporter.clone();
+        let started = super::telemetry::now_nanos();
+        let forward_trace = trace.clone();
         let printer = tokio::spawn(async move {
             while let Some(event) = received.recv().await {
-                if event.kind == "log" && !quiet {
+                if event.kind != "log" {
+                    continue;
+                }
+                exporter.log(&forward_trace, &event.payload);
+                if !quiet {
                     let record: serde_json::Value =
                         serde_json::from_str(&event.payload).unwrap_or_default();
                     let message = record
@@ -299,6 +307,37 @@ impl Slot {
         });
         let outcome = release.execute(request, events).await;
         let _ = printer.await;
+        let failure = match &outcome {
+            Ok(TaskOutcome::Failed {
+                error: Some(error), ..
+            }) => Some((
+                error.kind.clone(),
+                error.message.clone(),
+                error.traceback.clone(),
+            )),
+            Ok(TaskOutcome::Failed { display, .. }) => {
+                Some(("TaskFailed".into(), display.clone(), String::new()))
+            }
+            Err(error) => Some(("RunnerError".into(), error.to_string(), String::new())),
+            Ok(TaskOutcome::Computed { .. }) => None,
+        };
+        let span_name = identifier
+            .name
+            .rsplit('/')
+            .next()
+            .unwrap_or(&identifier.name)
+            .to_string();
+        self.shared.exporter.task_span(
+            &trace,
+            &span_name,
+            started,
+            (&identifier.name, &identifier.version),
+            &self.runner_id,
+            task.retry_count,
+            failure.as_ref().map(|(kind, message, traceback)| {
+                (kind.as_str(), message.as_str(), traceback.as_str())
+            }),
+        );
         let lost = self.leases.release(task_id);
         if lost {
             tracing::warn!(%task_id, "abandoning the result: the task's lease was lost");

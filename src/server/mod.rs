@@ -29,10 +29,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 
+use crate::api::otlp::collector::logs::v1::logs_service_server::LogsServiceServer;
+use crate::api::otlp::collector::trace::v1::trace_service_server::TraceServiceServer;
 use crate::api::selfhosted_v1::artifact_service_server::ArtifactServiceServer;
 use crate::api::selfhosted_v1::deployment_service_server::DeploymentServiceServer;
 use crate::api::workflows_v1::job_service_server::JobServiceServer;
 use crate::api::workflows_v1::task_service_server::TaskServiceServer;
+use crate::api::workflows_v1::telemetry_query_service_server::TelemetryQueryServiceServer;
 use crate::api::workflows_v1::workflows_service_server::WorkflowsServiceServer;
 use scheduler::Scheduler;
 use store::Store;
@@ -65,6 +68,8 @@ pub struct Options {
     pub tokens: Vec<String>,
     /// Largest release artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
+    /// How long logs and spans are kept.
+    pub telemetry_retention: std::time::Duration,
     pub scheduler: scheduler::Options,
 }
 
@@ -74,6 +79,7 @@ pub struct Server {
     scheduler: Scheduler,
     tokens: Vec<String>,
     artifacts: artifacts::ArtifactFiles,
+    telemetry_retention: std::time::Duration,
 }
 
 impl Server {
@@ -90,6 +96,7 @@ impl Server {
             listener,
             scheduler: Scheduler::new(store, options.scheduler),
             tokens: options.tokens,
+            telemetry_retention: options.telemetry_retention,
             artifacts: artifacts::ArtifactFiles::new(
                 options.data_dir.join("artifacts"),
                 options.max_artifact_bytes,
@@ -105,6 +112,7 @@ impl Server {
     /// Serves until `shutdown` completes, then lets in-flight calls finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let (stop_reaper, reaper_stopped) = tokio::sync::watch::channel(false);
+        let reaper_stopped_too = reaper_stopped.clone();
         let reaper = tokio::spawn(self.scheduler.clone().run_lease_reaper(reaper_stopped));
         let authenticate = auth::Authenticate::new(&self.tokens);
 
@@ -129,8 +137,40 @@ impl Server {
             self.artifacts,
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let deployments =
-            DeploymentServiceServer::new(services::deployments::Deployments::new(store, watched));
+        let deployments = DeploymentServiceServer::new(services::deployments::Deployments::new(
+            store.clone(),
+            watched,
+        ));
+        let telemetry = services::telemetry::Telemetry::new(store.clone());
+        let query = TelemetryQueryServiceServer::new(telemetry.clone())
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let logs = LogsServiceServer::new(telemetry.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let traces = TraceServiceServer::new(services::telemetry::Traces(telemetry.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let retention = tokio::spawn(run_retention(
+            store,
+            self.telemetry_retention,
+            reaper_stopped_too,
+        ));
+
+        // gRPC services and the OTLP/HTTP routes share one port (HTTP/2 and HTTP/1.1).
+        let routes =
+            tonic::service::Routes::new(InterceptedService::new(jobs, authenticate.clone()))
+                .add_service(InterceptedService::new(tasks, authenticate.clone()))
+                .add_service(InterceptedService::new(workflows, authenticate.clone()))
+                .add_service(InterceptedService::new(
+                    artifact_service,
+                    authenticate.clone(),
+                ))
+                .add_service(InterceptedService::new(deployments, authenticate.clone()))
+                .add_service(InterceptedService::new(query, authenticate.clone()))
+                .add_service(InterceptedService::new(logs, authenticate.clone()))
+                .add_service(InterceptedService::new(traces, authenticate.clone()))
+                .into_axum_router()
+                .merge(services::telemetry::http_routes(telemetry, authenticate));
 
         let incoming = TcpListenerStream::new(self.listener).map(|stream| {
             let stream = stream?;
@@ -138,18 +178,38 @@ impl Server {
             Ok::<_, std::io::Error>(stream)
         });
         let result = tonic::transport::Server::builder()
-            .add_service(InterceptedService::new(jobs, authenticate.clone()))
-            .add_service(InterceptedService::new(tasks, authenticate.clone()))
-            .add_service(InterceptedService::new(workflows, authenticate.clone()))
-            .add_service(InterceptedService::new(
-                artifact_service,
-                authenticate.clone(),
-            ))
-            .add_service(InterceptedService::new(deployments, authenticate))
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        retention.abort();
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
         Ok(result?)
+    }
+}
+
+/// Deletes logs and spans older than `retention`, checking every `retention / 10` (at most
+/// hourly, at least every second).
+async fn run_retention(
+    store: Arc<dyn Store>,
+    retention: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = (retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    loop {
+        let cutoff = crate::api::convert::now_millis() - retention.as_millis() as i64;
+        match store.delete_telemetry_before(cutoff).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "deleted logs and spans past their retention"),
+            Err(error) => tracing::error!(%error, "telemetry retention cleanup failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }

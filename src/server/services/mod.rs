@@ -8,6 +8,7 @@
 //! - `workflows.rs`: `WorkflowsService` (clusters, workflows, releases, deployments)
 //! - `artifacts.rs`: our `ArtifactService` (streamed upload and download by sha256)
 //! - `deployments.rs`: our `DeploymentService` (a cluster's deployments, pushed)
+//! - `telemetry.rs`: OTLP logs and spans in (gRPC and HTTP), `TelemetryQueryService` out
 //! - `messages.rs`: store records to wire messages
 
 pub mod artifacts;
@@ -15,6 +16,7 @@ pub mod deployments;
 pub mod jobs;
 mod messages;
 pub mod tasks;
+pub mod telemetry;
 pub mod workflows;
 
 use tonic::{Code, Status};

@@ -283,6 +283,27 @@ pub struct Release {
     pub clusters: Vec<String>,
 }
 
+/// Which kind of telemetry record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TelemetryKind {
+    Log = 0,
+    Span = 1,
+}
+
+/// One log record or span to keep, encoded (a single-record OTLP `ResourceLogs` or
+/// `ResourceSpans`; opaque to the store) with what queries filter on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryRecord {
+    pub id: Uuid,
+    /// The 16-byte trace id: a job's records share its trace id.
+    pub trace_id: Vec<u8>,
+    pub task_id: Option<String>,
+    /// OTLP severity number (logs; 0 for spans).
+    pub severity: i32,
+    pub time_unix_nano: i64,
+    pub encoded: Vec<u8>,
+}
+
 /// The durable state of the orchestrator.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -381,4 +402,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Release>;
     /// The releases deployed to a cluster, one per workflow, by workflow slug.
     async fn cluster_deployments(&self, cluster: &str) -> Result<Vec<Release>>;
+
+    async fn insert_telemetry(
+        &self,
+        kind: TelemetryKind,
+        records: Vec<TelemetryRecord>,
+    ) -> Result<()>;
+    /// Records of a trace in arrival order (or reversed), optionally of one task and within
+    /// severity ranges (inclusive; none: all): (id, encoded) pairs.
+    async fn query_telemetry(
+        &self,
+        kind: TelemetryKind,
+        trace_id: Vec<u8>,
+        task_id: Option<String>,
+        severities: Vec<(i32, i32)>,
+        page: Page,
+    ) -> Result<Vec<(Uuid, Vec<u8>)>>;
+    /// Deletes records received before the given time; answers how many.
+    async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize>;
 }

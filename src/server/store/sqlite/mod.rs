@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::{
     Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error,
     FailedReport, Job, JobFilter, NewJob, Page, Release, ReportOutcome, Result, Store, TaskSummary,
-    Workflow,
+    TelemetryKind, TelemetryRecord, Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -551,6 +551,81 @@ impl Store for SqliteStore {
         let cluster = cluster.to_string();
         self.read(move |connection| releases::cluster_deployments(connection, &cluster))
             .await
+    }
+    async fn insert_telemetry(
+        &self,
+        kind: TelemetryKind,
+        records: Vec<TelemetryRecord>,
+    ) -> Result<()> {
+        self.telemetry_insert(kind, records).await
+    }
+
+    async fn query_telemetry(
+        &self,
+        kind: TelemetryKind,
+        trace_id: Vec<u8>,
+        task_id: Option<String>,
+        severities: Vec<(i32, i32)>,
+        page: Page,
+    ) -> Result<Vec<(Uuid, Vec<u8>)>> {
+        self.read(move |connection| {
+            read::query_telemetry(
+                connection,
+                kind,
+                &trace_id,
+                task_id.as_deref(),
+                &severities,
+                page,
+            )
+        })
+        .await
+    }
+
+    async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize> {
+        self.write(move |connection| {
+            connection
+                .execute(
+                    "DELETE FROM telemetry WHERE received_at < ?1",
+                    [received_before_millis],
+                )
+                .map_err(db("delete telemetry"))
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// The telemetry part of the `Store` implementation (kept apart for readability).
+    async fn telemetry_insert(
+        &self,
+        kind: TelemetryKind,
+        records: Vec<TelemetryRecord>,
+    ) -> Result<()> {
+        self.write(move |connection| {
+            let now = now_millis();
+            let mut insert = connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO telemetry (uuid, kind, trace_id, task_id, severity, time_unix_nano, received_at, encoded)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db("insert telemetry"))?;
+            for record in records {
+                insert
+                    .execute(params![
+                        record.id.as_bytes(),
+                        kind as i32,
+                        record.trace_id,
+                        record.task_id,
+                        record.severity,
+                        record.time_unix_nano,
+                        now,
+                        record.encoded
+                    ])
+                    .map_err(db("insert telemetry"))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -462,3 +462,68 @@ fn job_header(connection: &Connection, job: i64, _now: i64) -> Result<Job> {
         },
     })
 }
+
+/// Telemetry records of a trace, paged by arrival.
+pub(super) fn query_telemetry(
+    connection: &Connection,
+    kind: crate::server::store::TelemetryKind,
+    trace_id: &[u8],
+    task_id: Option<&str>,
+    severities: &[(i32, i32)],
+    page: Page,
+) -> Result<Vec<(Uuid, Vec<u8>)>> {
+    let mut sql =
+        String::from("SELECT uuid, encoded FROM telemetry WHERE kind = ? AND trace_id = ?");
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![(kind as i64).into(), trace_id.to_vec().into()];
+    if let Some(after) = page.after {
+        let after_row: Option<i64> = connection
+            .query_row(
+                "SELECT record FROM telemetry WHERE uuid = ?1",
+                [after.as_bytes()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("query telemetry"))?;
+        if let Some(after_row) = after_row {
+            sql.push_str(if page.descending {
+                " AND record < ?"
+            } else {
+                " AND record > ?"
+            });
+            values.push(after_row.into());
+        }
+    }
+    if let Some(task_id) = task_id {
+        sql.push_str(" AND task_id = ?");
+        values.push(task_id.to_string().into());
+    }
+    if !severities.is_empty() {
+        let ranges: Vec<String> = severities
+            .iter()
+            .map(|_| "(severity BETWEEN ? AND ?)".to_string())
+            .collect();
+        sql.push_str(&format!(" AND ({})", ranges.join(" OR ")));
+        for (low, high) in severities {
+            values.push(i64::from(*low).into());
+            values.push(i64::from(*high).into());
+        }
+    }
+    sql.push_str(if page.descending {
+        " ORDER BY record DESC"
+    } else {
+        " ORDER BY record"
+    });
+    sql.push_str(" LIMIT ?");
+    values.push((page.limit as i64).into());
+    let mut statement = connection.prepare(&sql).map_err(db("query telemetry"))?;
+    let rows = statement
+        .query_map(rusqlite::params_from_iter(values), |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(db("query telemetry"))?;
+    rows.into_iter()
+        .map(|(id, encoded)| Ok((uuid_from(id)?, encoded)))
+        .collect()
+}

@@ -118,3 +118,19 @@ CREATE TABLE IF NOT EXISTS deployments (
     PRIMARY KEY (cluster, workflow)
 );
 CREATE INDEX IF NOT EXISTS deployments_by_release ON deployments (release);
+
+-- Logs (kind 0) and spans (kind 1), each one record encoded as a single-record OTLP
+-- ResourceLogs / ResourceSpans; a job's records are those with its trace id.
+CREATE TABLE IF NOT EXISTS telemetry (
+    record         INTEGER PRIMARY KEY,
+    uuid           BLOB NOT NULL UNIQUE,
+    kind           INTEGER NOT NULL,
+    trace_id       BLOB NOT NULL,
+    task_id        TEXT,
+    severity       INTEGER NOT NULL,
+    time_unix_nano INTEGER NOT NULL,
+    received_at    INTEGER NOT NULL,
+    encoded        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_by_trace ON telemetry (kind, trace_id, record);
+CREATE INDEX IF NOT EXISTS telemetry_by_age ON telemetry (received_at);

@@ -1,0 +1,403 @@
+//! Task logs and spans from the runner to the server, as OTLP over gRPC: every task
+//! execution becomes a span (a child of its job's trace) and its log records are attributed
+//! to the job (trace id) and task (`task_id`). Records are batched and sent while the task
+//! runs (at most `FLUSH_EVERY` late), so logging costs little and shows up promptly.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::api::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use crate::api::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use crate::api::otlp::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
+};
+use crate::api::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use crate::api::otlp::resource::v1::Resource;
+use crate::api::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
+use crate::client::Client;
+
+/// How often batched records are sent.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Most records per export call.
+const BATCH: usize = 512;
+
+enum Item {
+    Log {
+        scope: String,
+        record: LogRecord,
+    },
+    Span(Span),
+    /// Send what is buffered now, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Sends telemetry to the server; cheap to clone.
+#[derive(Clone)]
+pub struct Exporter {
+    sender: mpsc::UnboundedSender<Item>,
+}
+
+/// Where a task's telemetry belongs.
+#[derive(Debug, Clone)]
+pub struct TaskTrace {
+    pub trace_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub task_id: String,
+}
+
+impl TaskTrace {
+    /// A new span under the job's `trace_parent` (`00-<trace>-<span>-<flags>`).
+    pub fn new(trace_parent: &str, task_id: &str) -> Self {
+        let mut parts = trace_parent.split('-').skip(1);
+        let trace_id = parts
+            .next()
+            .and_then(decode_hex)
+            .filter(|id| id.len() == 16)
+            .unwrap_or_else(|| random_bytes(16));
+        let parent_span_id = parts
+            .next()
+            .and_then(decode_hex)
+            .filter(|id| id.len() == 8)
+            .unwrap_or_default();
+        Self {
+            trace_id,
+            parent_span_id,
+            span_id: random_bytes(8),
+            task_id: task_id.to_string(),
+        }
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len() / 2)
+        .map(|index| u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn random_bytes(count: usize) -> Vec<u8> {
+    let random = uuid::Uuid::new_v4();
+    random.as_bytes()[..count].to_vec()
+}
+
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn string(value: impl Into<String>) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(value.into())),
+    }
+}
+
+fn attribute(key: &str, value: AnyValue) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(value),
+    }
+}
+
+/// A JSON value as an OTLP attribute value (objects and nulls as JSON text, as the SDK does).
+fn any_value_of(value: &Value) -> AnyValue {
+    let value = match value {
+        Value::Bool(flag) => any_value::Value::BoolValue(*flag),
+        Value::Number(number) => match number.as_i64() {
+            Some(integer) => any_value::Value::IntValue(integer),
+            None => any_value::Value::DoubleValue(number.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(text) => any_value::Value::StringValue(text.clone()),
+        Value::Array(items) => any_value::Value::ArrayValue(ArrayValue {
+            values: items.iter().map(any_value_of).collect(),
+        }),
+        other => any_value::Value::StringValue(other.to_string()),
+    };
+    AnyValue { value: Some(value) }
+}
+
+impl Exporter {
+    /// Starts the sender task.
+    pub fn start(client: Client, runner_id: String, cluster: String) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let resource = Resource {
+            attributes: vec![
+                attribute("service.namespace", string("tilebox.workflows")),
+                attribute("service.name", string("tilebox-runner")),
+                attribute("service.instance.id", string(runner_id)),
+                attribute("service.version", string(env!("CARGO_PKG_VERSION"))),
+                attribute(
+                    "process.pid",
+                    AnyValue {
+                        value: Some(any_value::Value::IntValue(i64::from(std::process::id()))),
+                    },
+                ),
+                attribute("host.name", string(hostname())),
+                attribute("tilebox.cluster", string(cluster)),
+            ],
+            dropped_attributes_count: 0,
+        };
+        tokio::spawn(run(client, resource, receiver));
+        Self { sender }
+    }
+
+    /// A log record the task runtime emitted (its JSON form), attributed to `trace`.
+    pub fn log(&self, trace: &TaskTrace, payload: &str) {
+        let record: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+        let mut attributes = vec![attribute("task_id", string(trace.task_id.clone()))];
+        if let Some(fields) = record.get("fields").and_then(Value::as_object) {
+            for (key, value) in fields {
+                if key != "task_id" {
+                    attributes.push(attribute(key, any_value_of(value)));
+                }
+            }
+        }
+        attributes.push(attribute("trace_id", string(hex(&trace.trace_id))));
+        attributes.push(attribute("span_id", string(hex(&trace.span_id))));
+        let level = record
+            .get("level")
+            .and_then(Value::as_str)
+            .unwrap_or("INFO")
+            .to_string();
+        let severity = record
+            .get("severity_number")
+            .and_then(Value::as_i64)
+            .unwrap_or(9) as i32;
+        let time = record
+            .get("time_unix_nano")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(now_nanos);
+        let scope = record
+            .get("logger")
+            .and_then(Value::as_str)
+            .unwrap_or("tilebox.workflows.tasks")
+            .to_string();
+        let message = record
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or(payload)
+            .to_string();
+        let record = LogRecord {
+            time_unix_nano: time,
+            observed_time_unix_nano: now_nanos(),
+            severity_number: severity,
+            severity_text: level,
+            body: Some(string(message)),
+            attributes,
+            dropped_attributes_count: 0,
+            flags: 1,
+            trace_id: trace.trace_id.clone(),
+            span_id: trace.span_id.clone(),
+            event_name: String::new(),
+        };
+        let _ = self.sender.send(Item::Log { scope, record });
+    }
+
+    /// Sends everything buffered so far (before the runner exits).
+    pub async fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.sender.send(Item::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
+        }
+    }
+
+    /// The span of one task execution.
+    #[allow(clippy::too_many_arguments)]
+    pub fn task_span(
+        &self,
+        trace: &TaskTrace,
+        name: &str,
+        start: u64,
+        identifier: (&str, &str),
+        runner_id: &str,
+        retry_count: i64,
+        failure: Option<(&str, &str, &str)>,
+    ) {
+        let end = now_nanos();
+        let mut attributes = vec![
+            attribute("task_id", string(trace.task_id.clone())),
+            attribute("identifier.name", string(identifier.0)),
+            attribute("identifier.version", string(identifier.1)),
+            attribute("runner.id", string(runner_id)),
+            attribute(
+                "retry_count",
+                AnyValue {
+                    value: Some(any_value::Value::IntValue(retry_count)),
+                },
+            ),
+        ];
+        let mut events = Vec::new();
+        let status = match failure {
+            None => Status {
+                message: String::new(),
+                code: status::StatusCode::Ok as i32,
+            },
+            Some((kind, message, traceback)) => {
+                events.push(span::Event {
+                    time_unix_nano: end,
+                    name: "exception".into(),
+                    attributes: vec![
+                        attribute("exception.type", string(kind)),
+                        attribute("exception.message", string(message)),
+                        attribute("exception.stacktrace", string(traceback)),
+                    ],
+                    dropped_attributes_count: 0,
+                });
+                attributes.push(attribute(
+                    "error",
+                    AnyValue {
+                        value: Some(any_value::Value::BoolValue(true)),
+                    },
+                ));
+                Status {
+                    message: "Task failed with exception".into(),
+                    code: status::StatusCode::Error as i32,
+                }
+            }
+        };
+        let span = Span {
+            trace_id: trace.trace_id.clone(),
+            span_id: trace.span_id.clone(),
+            trace_state: String::new(),
+            parent_span_id: trace.parent_span_id.clone(),
+            name: format!("task/{name}"),
+            kind: span::SpanKind::Internal as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events,
+            dropped_events_count: 0,
+            links: Vec::new(),
+            dropped_links_count: 0,
+            status: Some(status),
+            flags: 1,
+        };
+        let _ = self.sender.send(Item::Span(span));
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn run(client: Client, resource: Resource, mut receiver: mpsc::UnboundedReceiver<Item>) {
+    let mut client = client;
+    loop {
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        let mut items = vec![first];
+        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+        while items.len() < BATCH && !matches!(items.last(), Some(Item::Flush(_))) {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut logs: Vec<ScopeLogs> = Vec::new();
+        let mut spans = Vec::new();
+        let mut flushed = Vec::new();
+        for item in items {
+            match item {
+                Item::Flush(done) => flushed.push(done),
+                Item::Log { scope, record } => match logs
+                    .iter_mut()
+                    .find(|group| group.scope.as_ref().is_some_and(|s| s.name == scope))
+                {
+                    Some(group) => group.log_records.push(record),
+                    None => logs.push(ScopeLogs {
+                        scope: Some(InstrumentationScope {
+                            name: scope,
+                            ..InstrumentationScope::default()
+                        }),
+                        log_records: vec![record],
+                        schema_url: String::new(),
+                    }),
+                },
+                Item::Span(span) => spans.push(span),
+            }
+        }
+        if !logs.is_empty() {
+            let request = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    resource: Some(resource.clone()),
+                    scope_logs: logs,
+                    schema_url: String::new(),
+                }],
+            };
+            if let Err(status) = client.logs.export(request).await {
+                tracing::warn!(error = %status.message(), "sending task logs to the server failed; they are dropped");
+            }
+        }
+        if !spans.is_empty() {
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "tilebox.workflows.runner".into(),
+                            ..InstrumentationScope::default()
+                        }),
+                        spans,
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                }],
+            };
+            if let Err(status) = client.traces.export(request).await {
+                tracing::warn!(error = %status.message(), "sending task spans to the server failed; they are dropped");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_trace_continues_the_jobs_trace() {
+        let trace = TaskTrace::new(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "t",
+        );
+        assert_eq!(hex(&trace.trace_id), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(hex(&trace.parent_span_id), "b7ad6b7169203331");
+        assert_eq!(trace.span_id.len(), 8);
+        let orphan = TaskTrace::new("", "t");
+        assert_eq!(orphan.trace_id.len(), 16);
+        assert!(orphan.parent_span_id.is_empty());
+    }
+
+    #[test]
+    fn json_fields_become_attribute_values() {
+        assert_eq!(
+            any_value_of(&serde_json::json!(3)).value,
+            Some(any_value::Value::IntValue(3))
+        );
+        assert_eq!(
+            any_value_of(&serde_json::json!("x")).value,
+            Some(any_value::Value::StringValue("x".into()))
+        );
+        assert_eq!(
+            any_value_of(&serde_json::json!({"a": [1, 2]})).value,
+            Some(any_value::Value::StringValue("{\"a\":[1,2]}".into()))
+        );
+    }
+}

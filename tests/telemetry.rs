@@ -1,0 +1,281 @@
+//! Task logs and spans from the in-process runner to the server to the CLI: attribution,
+//! failures, streaming while a task runs, pagination and retention. (The official SDK's
+//! OTLP exports are covered in tests/interop.rs.)
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{TestServer, wait_until};
+use serde_json::Value;
+
+const APP: &str = r#"
+import time
+import logging
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Chatty(Task):
+    lines: int
+    def execute(self, context: ExecutionContext) -> None:
+        for index in range(self.lines):
+            context.logger.info("line", index=index)
+        logging.getLogger("user.module").warning("from stdlib logging")
+
+class Broken(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        context.logger.error("about to fail")
+        raise ValueError("kaboom")
+
+class Long(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        context.logger.info("started the long task")
+        time.sleep(6)
+
+runner = Runner(tasks=[Chatty, Broken, Long])
+"#;
+
+fn project() -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(project.path().join("app.py"), APP).expect("app.py");
+    std::fs::write(
+        project.path().join("tilebox.workflow.toml"),
+        "[workflow]\nslug = \"chatty\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
+    )
+    .expect("toml");
+    project
+}
+
+fn runner(server: &TestServer, project: &Path, stop_when_idling: bool) -> Child {
+    let mut command = common::tilebox_command(&["runner", "start", "--quiet", "--project"]);
+    command
+        .arg(project)
+        .arg("--cache-dir")
+        .arg(project.join(".cache"));
+    if stop_when_idling {
+        command.arg("--stop-when-idling");
+    }
+    command
+        .env("TILEBOX_API_URL", server.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runner")
+}
+
+fn json(server: &TestServer, args: &[&str]) -> Value {
+    let output = server.tilebox(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+fn submit(server: &TestServer, task: &str, input: &str) -> String {
+    json(
+        server,
+        &[
+            "--json", "job", "submit", "--name", "t", "--task", task, "--input", input,
+        ],
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+fn run_all(server: &TestServer, project: &Path) {
+    let mut child = runner(server, project, true);
+    assert!(
+        wait_until(Duration::from_secs(120), || child
+            .try_wait()
+            .expect("wait")
+            .is_some()),
+        "the runner finishes"
+    );
+}
+
+#[test]
+fn task_logs_and_spans_reach_the_cli_attributed_to_job_and_task() {
+    let server = TestServer::start();
+    let project = project();
+    let job = submit(&server, "Chatty", "3");
+    run_all(&server, project.path());
+    let logs = json(&server, &["--json", "job", "logs", &job]);
+    let records = logs["logs"].as_array().expect("logs");
+    let bodies: Vec<&str> = records
+        .iter()
+        .filter_map(|record| record["body"].as_str())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["line", "line", "line", "from stdlib logging"],
+        "{logs}"
+    );
+    let task = json(&server, &["--json", "job", "get", &job])["tasks"][0]["id"]
+        .as_str()
+        .expect("task")
+        .to_string();
+    for (index, record) in records[..3].iter().enumerate() {
+        assert_eq!(record["attributes"]["index"], index);
+        assert_eq!(record["task_id"], task);
+        assert_eq!(record["severity_text"], "INFO");
+        assert_eq!(record["trace_id"].as_str().map(str::len), Some(32));
+    }
+    assert_eq!(records[3]["severity_text"], "WARN");
+
+    let spans = json(&server, &["--json", "job", "spans", &job]);
+    let span = &spans["spans"][0];
+    assert_eq!(span["name"], "task/Chatty");
+    assert_eq!(span["task_id"], task);
+    assert_eq!(span["status_code"], "STATUS_CODE_OK");
+    assert_eq!(
+        span["trace_id"], records[0]["trace_id"],
+        "logs and span share the job's trace"
+    );
+    assert_eq!(
+        span["span_id"], records[0]["span_id"],
+        "the logs were written inside the task's span"
+    );
+    assert_eq!(span["attributes"]["identifier.name"], "Chatty");
+
+    let text = server.tilebox(&["job", "logs", &job]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("[Chatty] line index=0"), "{text}");
+    let timeline = server.tilebox(&["job", "spans", &job, "--timeline"]);
+    assert!(
+        String::from_utf8_lossy(&timeline.stdout).contains("Chatty"),
+        "{timeline:?}"
+    );
+}
+
+#[test]
+fn a_failed_task_span_carries_the_exception() {
+    let server = TestServer::start();
+    let project = project();
+    let job = submit(&server, "Broken", "");
+    run_all(&server, project.path());
+    let span = json(&server, &["--json", "job", "spans", &job])["spans"][0].clone();
+    assert_eq!(span["status_code"], "STATUS_CODE_ERROR");
+    let event = &span["events"][0];
+    assert_eq!(event["name"], "exception");
+    assert_eq!(event["attributes"]["exception.type"], "ValueError");
+    assert_eq!(event["attributes"]["exception.message"], "kaboom");
+    assert!(
+        event["attributes"]["exception.stacktrace"]
+            .as_str()
+            .expect("stack")
+            .contains("raise ValueError")
+    );
+    let errors = json(
+        &server,
+        &["--json", "job", "logs", &job, "--level", "error"],
+    );
+    assert_eq!(errors["logs"][0]["body"], "about to fail");
+    let info = json(&server, &["--json", "job", "logs", &job, "--level", "info"]);
+    assert_eq!(
+        info["logs"],
+        serde_json::json!([]),
+        "the level filter applies"
+    );
+}
+
+#[test]
+fn logs_of_a_running_task_are_visible_before_it_ends() {
+    let server = TestServer::start();
+    let project = project();
+    let job = submit(&server, "Long", "");
+    let mut child = runner(&server, project.path(), false);
+    let mut seen_while_running = false;
+    let found = wait_until(Duration::from_secs(60), || {
+        let logs = json(&server, &["--json", "job", "logs", &job]);
+        let state = json(&server, &["--json", "job", "get", &job])["state"].clone();
+        if logs["logs"]
+            .as_array()
+            .is_some_and(|records| !records.is_empty())
+        {
+            seen_while_running = state == "running";
+            return true;
+        }
+        false
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        found && seen_while_running,
+        "the log line arrived while the task still ran"
+    );
+}
+
+#[test]
+fn logs_page_with_a_cursor() {
+    let server = TestServer::start();
+    let project = project();
+    let job = submit(&server, "Chatty", "24");
+    run_all(&server, project.path());
+    let mut cursor: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let mut args = vec!["--json", "job", "logs", job.as_str(), "--limit", "10"];
+        if let Some(cursor) = &cursor {
+            args.extend(["--cursor", cursor.as_str()]);
+        }
+        let page = json(&server, &args);
+        let indexes: Vec<i64> = page["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .filter_map(|record| record["attributes"]["index"].as_i64())
+            .collect();
+        pages.push(page["logs"].as_array().expect("logs").len());
+        if let Some(first) = indexes.first() {
+            assert_eq!(
+                *first,
+                (pages.len() as i64 - 1) * 10,
+                "pages continue where the last ended"
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        [10, 10, 5],
+        "24 lines and the stdlib warning, in pages of 10"
+    );
+    let newest = json(
+        &server,
+        &[
+            "--json", "job", "logs", &job, "--limit", "1", "--sort", "desc",
+        ],
+    );
+    assert_eq!(newest["logs"][0]["body"], "from stdlib logging");
+}
+
+#[test]
+fn logs_past_their_retention_are_deleted() {
+    let server = TestServer::start_with(&["--telemetry-retention", "2s"]);
+    let project = project();
+    let job = submit(&server, "Chatty", "1");
+    run_all(&server, project.path());
+    let count = || {
+        json(&server, &["--json", "job", "logs", &job])["logs"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
+    };
+    assert!(
+        count() > 0 || wait_until(Duration::from_secs(5), || count() > 0),
+        "the logs arrived"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || count() == 0),
+        "the cleanup deleted them"
+    );
+    let spans = json(&server, &["--json", "job", "spans", &job]);
+    assert_eq!(spans["spans"], serde_json::json!([]));
+}
