@@ -316,6 +316,8 @@ pub trait Store: Send + Sync + 'static {
         name: Option<String>,
         description: Option<String>,
     ) -> Result<Cluster>;
+    /// Deletes a cluster and its deployments; refused for the default cluster and while
+    /// tasks are queued or running on it.
     async fn delete_cluster(&self, slug: &str) -> Result<()>;
 
     /// Inserts a job and its root tasks; every task's cluster must exist.

@@ -333,6 +333,10 @@ impl Store for SqliteStore {
             connection
                 .execute("DELETE FROM clusters WHERE slug = ?1", [&slug])
                 .map_err(db("delete cluster"))?;
+            // Its deployments go with it (they would otherwise pin their releases forever).
+            connection
+                .execute("DELETE FROM deployments WHERE cluster = ?1", [&slug])
+                .map_err(db("delete cluster"))?;
             Ok(())
         })
         .await
