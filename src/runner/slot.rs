@@ -18,6 +18,8 @@ use crate::api::workflows_v1::{
 };
 use crate::python::{self, Submissions, TaskOutcome, TaskRequest};
 
+/// An idle answer that took at least this long came from a server that long-polls.
+const LONG_POLL_SEEN: Duration = Duration::from_millis(200);
 /// Longest wait between retries while the server is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -123,6 +125,7 @@ impl Slot {
                         .collect(),
                 }),
             };
+            let asked_at = tokio::time::Instant::now();
             let answer = match client.tasks.next_task(self.request(request)).await {
                 Ok(answer) => {
                     backoff = Duration::from_millis(100);
@@ -153,12 +156,19 @@ impl Slot {
                     // The long poll already waited for work: there is none.
                     return;
                 }
-                let idle = answer
-                    .idling
-                    .and_then(|idling| idling.suggested_idling_duration)
-                    .map(|duration| std_duration(&duration))
-                    .unwrap_or(Duration::from_secs(1))
-                    .clamp(Duration::from_millis(1), Duration::from_secs(5));
+                // A server that held the request open (long poll) already waited for work:
+                // ask again at once, so new work is picked up in milliseconds. Only a server
+                // that answered idle straight away gets its suggested pause.
+                let idle = if asked_at.elapsed() >= LONG_POLL_SEEN {
+                    Duration::ZERO
+                } else {
+                    answer
+                        .idling
+                        .and_then(|idling| idling.suggested_idling_duration)
+                        .map(|duration| std_duration(&duration))
+                        .unwrap_or(Duration::from_secs(1))
+                        .clamp(Duration::from_millis(1), Duration::from_secs(5))
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(idle) => {}
                     _ = phase.changed() => {}
