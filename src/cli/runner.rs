@@ -147,7 +147,12 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
                 error.to_string(),
                 "create it with `tilebox cluster create`, or pick one from `tilebox cluster list`",
             )),
-            other => anyhow::Error::new(other),
+            runner::Error::Project(error) => anyhow::Error::new(UserError::with_hint(
+                format!("cannot load the project: {error}"),
+                "debug the import with `tilebox task run <Task> --project <dir>`",
+            )),
+            // Exit code and hint from the client error (e.g. 1 for a wrong API key).
+            runner::Error::Refused(error) => anyhow::Error::new(error),
         })?;
     tracing::info!("runner stopped");
     Ok(ExitCode::SUCCESS)

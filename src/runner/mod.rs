@@ -52,10 +52,11 @@ pub struct Options {
 pub enum Error {
     #[error("cluster `{cluster}` not found on {url}")]
     UnknownCluster { cluster: String, url: String },
-    #[error("cannot load the project: {0}")]
+    #[error("cannot load the project")]
     Project(#[source] python::Error),
-    #[error("the runner lost its server: {0}")]
-    Server(String),
+    /// The server refused a call for a reason retrying cannot fix (e.g. a wrong API key).
+    #[error(transparent)]
+    Refused(#[from] crate::client::Error),
 }
 
 /// Where the runner is in its life.
@@ -83,7 +84,11 @@ pub async fn run(
     mut options: Options,
     phase: watch::Receiver<Phase>,
 ) -> Result<(), Error> {
-    let cluster = resolve_cluster(&client, &options.cluster).await?;
+    // An interrupt while the server is still unreachable stops the runner: nothing runs yet.
+    let cluster = tokio::select! {
+        cluster = resolve_cluster(&client, &options.cluster) => cluster?,
+        () = interrupted(phase.clone()) => return Ok(()),
+    };
     options.cluster = cluster.clone();
     let runner_id = uuid::Uuid::new_v4().to_string();
     let exporter = telemetry::Exporter::start(client.clone(), runner_id.clone(), cluster.clone());
@@ -173,6 +178,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Completes once the runner is asked to stop (never, if the phase sender is gone).
+async fn interrupted(mut phase: watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() == Phase::Running {
+        if phase.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn resolve_cluster(client: &Client, cluster: &str) -> Result<String, Error> {
     let mut client = client.clone();
     let mut backoff = Duration::from_millis(200);
@@ -196,7 +210,7 @@ async fn resolve_cluster(client: &Client, cluster: &str) -> Result<String, Error
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Err(status) => return Err(Error::Server(status.message().to_string())),
+            Err(status) => return Err(client.error("GetCluster", status).into()),
         }
     }
 }
@@ -348,7 +362,8 @@ async fn apply_deployments(
                     .insert(deployed.workflow_slug.clone(), Arc::new(set));
             }
             Err(error) => {
-                tracing::error!(workflow = %deployed.workflow_slug, %error, "skipping a release that cannot be loaded");
+                // As `dyn Error`, so the log line carries the causes (which entry, why).
+                tracing::error!(workflow = %deployed.workflow_slug, error = &error as &dyn std::error::Error, "skipping a release that cannot be loaded");
                 failed.insert(deployed.workflow_slug.clone(), key);
             }
         }

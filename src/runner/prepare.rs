@@ -71,7 +71,7 @@ pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Resul
         .join(format!(".{digest}-{}", uuid::Uuid::new_v4()));
     let (archive_path, target) = (artifact.clone(), staging.clone());
     let digest_owned = digest.to_string();
-    tokio::task::spawn_blocking(move || {
+    let extracted_into_staging = tokio::task::spawn_blocking(move || {
         archive::extract_archive(&archive_path, &target, archive::Limits::default())
     })
     .await
@@ -82,7 +82,12 @@ pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Resul
     .map_err(|source| Error::Extract {
         digest: digest_owned,
         source,
-    })?;
+    });
+    if let Err(error) = extracted_into_staging {
+        // A refused archive may have been partly extracted: leave nothing of it behind.
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        return Err(error);
+    }
     tokio::fs::write(staging.join(".complete"), b"")
         .await
         .map_err(io(&staging))?;

@@ -43,6 +43,10 @@ use store::sqlite::SqliteStore;
 
 /// Largest request accepted (a computed task may carry a large fan-out).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How long in-flight calls get to finish after the shutdown signal. A client that never
+/// lets its connection close (a frozen runner) must not keep the server up; what the server
+/// acknowledged is already committed, so stopping then loses nothing.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What can stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -177,11 +181,28 @@ impl Server {
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(stream)
         });
-        let result = tonic::transport::Server::builder()
+        let (shutdown_started, grace_started) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = shutdown_started.send(());
+        };
+        let serving = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(routes))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        let grace_over = async {
+            match grace_started.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = serving => result,
+            () = grace_over => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
         retention.abort();
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
