@@ -29,15 +29,23 @@ pub struct Environment {
     pub site_packages: Vec<PathBuf>,
 }
 
-/// Runs `uv sync` in `root` (which has a `pyproject.toml`), with `--frozen` when asked,
-/// against the embedded interpreter; answers the venv.
-pub fn sync(root: &Path, frozen: bool) -> Result<Environment, EnvironmentError> {
+/// Runs `uv sync --quiet [--frozen] [extra...]` in `root` against the embedded interpreter,
+/// into `environment` when given (else the project's `.venv`).
+fn run_uv_sync(
+    root: &Path,
+    frozen: bool,
+    extra: &[&str],
+    environment: Option<&Path>,
+) -> Result<(), EnvironmentError> {
     let mut command = Command::new("uv");
     command
-        .arg("sync")
-        .arg("--quiet")
+        .args(["sync", "--quiet"])
+        .args(extra)
         .current_dir(root)
         .env("UV_PYTHON_DOWNLOADS", "never");
+    if let Some(environment) = environment {
+        command.env("UV_PROJECT_ENVIRONMENT", environment);
+    }
     if frozen {
         command.arg("--frozen");
     }
@@ -57,6 +65,13 @@ pub fn sync(root: &Path, frozen: bool) -> Result<Environment, EnvironmentError> 
             output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
+    Ok(())
+}
+
+/// Runs `uv sync` in `root` (which has a `pyproject.toml`), with `--frozen` when asked,
+/// against the embedded interpreter; answers the venv.
+pub fn sync(root: &Path, frozen: bool) -> Result<Environment, EnvironmentError> {
+    run_uv_sync(root, frozen, &[], None)?;
     let venv = root.join(".venv");
     Ok(Environment {
         site_packages: site_packages_of(&venv),
@@ -110,31 +125,12 @@ pub fn sync_shared(root: &Path, cache: &Path) -> Result<Environment, Environment
             venv,
         });
     }
-    let mut command = Command::new("uv");
-    command
-        .args(["sync", "--quiet", "--no-install-project"])
-        .current_dir(root)
-        .env("UV_PYTHON_DOWNLOADS", "never")
-        .env("UV_PROJECT_ENVIRONMENT", &venv);
-    if !lock.is_empty() {
-        command.arg("--frozen");
-    }
-    if let Some(python) = EMBEDDED_PYTHON {
-        command.arg("--python").arg(python);
-    }
-    let output = command.output().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => EnvironmentError::UvMissing,
-        _ => EnvironmentError::Run {
-            root: root.to_path_buf(),
-            source,
-        },
-    })?;
-    if !output.status.success() {
-        return Err(EnvironmentError::SyncFailed {
-            root: root.to_path_buf(),
-            output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
+    run_uv_sync(
+        root,
+        !lock.is_empty(),
+        &["--no-install-project"],
+        Some(&venv),
+    )?;
     let _ = std::fs::write(venv.join(".complete"), b"");
     Ok(Environment {
         site_packages: site_packages_of(&venv),
