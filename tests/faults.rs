@@ -1,7 +1,9 @@
 //! Faults against the real binary: leases lost again and again, `kill -9` of the server while
-//! release runners work through a large fan-out, and a server that is away for 20 seconds.
-//! Each test starts its own server on a free port (loopback only) and its own runner
-//! processes, and waits on conditions with deadlines; only the outage itself is a sleep.
+//! runner processes work through a large fan-out, a server that is away for 20 seconds, a
+//! frozen runner when the server is asked to stop, and a runner asked to stop before it ever
+//! reached its server. Each test starts its own server on a free port (loopback only) and its
+//! own runner processes, and waits on conditions with deadlines; only the outage itself is a
+//! sleep.
 
 mod common;
 

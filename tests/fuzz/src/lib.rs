@@ -17,10 +17,10 @@ pub const LIMITS: Limits = Limits {
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     let builder = tempfile::Builder::new().prefix("tilebox-fuzz-").to_owned();
-    if shm.is_dir() {
-        if let Ok(directory) = builder.tempdir_in(shm) {
-            return directory;
-        }
+    if shm.is_dir()
+        && let Ok(directory) = builder.tempdir_in(shm)
+    {
+        return directory;
     }
     builder.tempdir().expect("a scratch directory")
 }
