@@ -414,6 +414,10 @@ fn a_second_sigterm_hands_the_running_task_back() {
         std::fs::read_to_string(log).unwrap_or_default()
     );
     assert_eq!(task["retry_count"], 0, "a hand-back is not a retry");
+    assert_eq!(
+        task["display"], "Slow\nRunnerShutdown('Task was interrupted')",
+        "the display is kept, as the SDK does"
+    );
 }
 
 fn sdk_script(server: &TestServer, args: &[&str]) -> std::process::Output {

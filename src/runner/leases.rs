@@ -22,6 +22,8 @@ struct Lease {
     lost: bool,
     /// The claimant id the task was claimed with (extensions must carry it).
     claimant: String,
+    /// The task's display when it was claimed (for a hand-back's failure display).
+    display: String,
 }
 
 /// The leases of running tasks; cheap to clone.
@@ -33,13 +35,14 @@ pub struct Leases {
 impl Leases {
     /// Starts keeping a task's lease (granted `lease`, extend after `wait`) for the slot
     /// that claimed it as `claimant`.
-    pub fn hold(&self, task: Uuid, lease: Duration, wait: Duration, claimant: &str) {
+    pub fn hold(&self, task: Uuid, lease: Duration, wait: Duration, claimant: &str, display: &str) {
         if let Ok(mut running) = self.running.lock() {
             let lease = Lease {
                 lease,
                 extend_at: Instant::now() + wait,
                 lost: false,
                 claimant: claimant.to_string(),
+                display: display.to_string(),
             };
             running.insert(task, lease);
         }
@@ -54,11 +57,16 @@ impl Leases {
             .is_some_and(|lease| lease.lost)
     }
 
-    /// The tasks whose leases are held now.
-    pub fn running(&self) -> Vec<Uuid> {
+    /// The tasks whose leases are held now: (task, its display, the claimant id).
+    pub fn running(&self) -> Vec<(Uuid, String, String)> {
         self.running
             .lock()
-            .map(|running| running.keys().copied().collect())
+            .map(|running| {
+                running
+                    .iter()
+                    .map(|(task, lease)| (*task, lease.display.clone(), lease.claimant.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

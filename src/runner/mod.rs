@@ -236,13 +236,18 @@ fn announce(set: &LoadedSet) {
 /// again at once without counting a retry.
 async fn hand_back_running(client: &Client, leases: &leases::Leases) {
     let mut client = client.clone();
-    for task in leases.running() {
-        let request = TaskFailedRequest {
+    for (task, display, claimant) in leases.running() {
+        let mut request = tonic::Request::new(TaskFailedRequest {
             task_id: Some(crate::api::convert::id(task)),
-            display: "RunnerShutdown('Task was interrupted')".into(),
+            display: python::failure_display(&display, "RunnerShutdown('Task was interrupted')"),
             was_workflow_error: false,
             progress_updates: Vec::new(),
-        };
+        });
+        if let Ok(value) = claimant.parse() {
+            request
+                .metadata_mut()
+                .insert(crate::api::RUNNER_ID_HEADER, value);
+        }
         match client.tasks.task_failed(request).await {
             Ok(_) => tracing::info!(%task, "handed the task back"),
             Err(status) => {

@@ -257,6 +257,7 @@ impl Slot {
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_millis(500)),
             &self.runner_id,
+            &display,
         );
         let job = task.job.clone().unwrap_or_default();
         let request = TaskRequest {
