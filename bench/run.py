@@ -2,6 +2,7 @@
 """Runner and orchestrator benchmarks: one command, a real `tilebox server` on loopback.
 
     python3 bench/run.py [--no-build] [--only throughput,latency,rss,fanout,deploy] [--json-out F]
+                         [--data-base /dev/shm] [--quiet-wait S] [--repeat N] ...   (see --help)
 
 What it measures (DESIGN.md §9), printing a markdown table at the end:
 
@@ -19,8 +20,9 @@ What it measures (DESIGN.md §9), printing a markdown table at the end:
    last task stopped, progress sampled every 2 s.
 3. Deploy-to-first-task: a release runner is already following a cluster and a job for the
    release is queued; `workflow publish-release`, then `workflow deploy-release --latest`; time
-   from the deploy command returning to the task's `started_at`. Twice: a first release
-   (nothing loaded yet) and a new release with a new task replacing it.
+   from the deploy command returning to the task's `started_at`, split at the runner's
+   "loaded release" log line. First a release while nothing is loaded, then --deploy-repeat
+   new releases, each adding a task that a queued job waits for.
 4. Runner RSS (VmRSS/VmHWM of the process) with 1, 2 and 4 slots after running 200 tasks.
 
 The machine is shared: before each measurement the harness waits (bounded) for the CPU to be
@@ -38,6 +40,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -236,6 +239,7 @@ class Bench:
         self.sdk_python: Path | None = None
         self.results: dict = {}
         self.extra_dirs: list[Path] = []
+        self.rng = random.Random(args.seed)
 
     # processes
 
@@ -505,7 +509,12 @@ class Bench:
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
-            env=self.env(TILEBOX_BENCH_STAMPS=str(self.tmp / f"stamps-{label}"), TILEBOX_BENCH_STAMP_OFFSET="0"),
+            env=self.env(
+                TILEBOX_BENCH_STAMPS=str(self.tmp / f"stamps-{label}"),
+                TILEBOX_BENCH_STAMP_OFFSET="0",
+                TILEBOX_BENCH_MIN_PAUSE=str(self.args.latency_min_gap),
+                TILEBOX_BENCH_SEED=str(self.args.seed),
+            ),
         )
         cpu = window.stop()
         if driver.returncode != 0 or not out.exists():
@@ -699,7 +708,9 @@ class Bench:
                 self.wait_quiet(f"deploy {label}")
                 (project / "app.py").write_text(source)
                 job = self.submit(f"bench-deploy-{task}", task, cluster=cluster)
-                time.sleep(0.5)
+                # A random phase against the runner's 1 s long-poll cycle (a fixed pause could
+                # line every round up with the same point of the cycle).
+                time.sleep(self.rng.uniform(0.2, 1.2))
                 t0 = time.time()
                 self.cli("--json", "workflow", "publish-release", cwd=project)
                 t1 = time.time()
@@ -827,7 +838,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
                     cells.append(getter(runners[key]))
                 except (KeyError, TypeError):
                     cells.append("n/a")
-            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+            if any(cell != "n/a" for cell in cells):
+                lines.append(f"| {title} | " + " | ".join(cells) + " |")
 
         row("fan-out job (root + N no-op subtasks)", lambda r: f"1 + {r['throughput']['n']:,}" + ("" if r["throughput"]["completed"] else f" (**not completed**: {r['throughput']['computed']:,} computed)"))
         row("no-op throughput, job stats (tasks/s): median (range)", lambda r: f"**{fmt(r['throughput']['tasks_per_s'])}** ({fmt(r['throughput']['min_tasks_per_s'], 0)}–{fmt(r['throughput']['max_tasks_per_s'], 0)}, {r['throughput']['runs']} runs)")
@@ -844,12 +856,13 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         row("other processes' CPU during latency runs (cores)", lambda r: f"{r['latency']['cpu']['other_cores']:.2f}")
         row("runner RSS after these runs (MiB)", lambda r: f"{r['rss_after']['group_vmrss_kib'] / 1024:.1f} ({r['rss_after']['group_processes']} process(es))")
         lines.append("")
-        lines.append(
-            f"Latency: {args.latency_samples} single-task jobs per runner, one at a time, each after a random pause of "
-            f"0..{args.latency_gap} s (server default: NextTask long-polls 1 s, then suggests 300 ms of idling). "
-            "Server timestamps are stored in whole milliseconds."
-        )
-        lines.append("")
+        if "latency" in args.only:
+            lines.append(
+                f"Latency: {args.latency_samples} single-task jobs per runner, one at a time, each after a random pause of "
+                f"{args.latency_min_gap:g}..{args.latency_gap:g} s (server default: NextTask long-polls 1 s, then answers idle suggesting a 300 ms pause). "
+                "Server timestamps are stored in whole milliseconds."
+            )
+            lines.append("")
 
     fanout = results.get("fanout")
     if fanout:
@@ -941,12 +954,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="throughput jobs per runner (the median is reported)")
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--latency-gap", type=float, default=1.5, help="longest random pause before each latency sample (s)")
+    parser.add_argument("--latency-min-gap", type=float, default=0.0, help="shortest random pause before each latency sample (s)")
     parser.add_argument("--deploy-repeat", type=int, default=3, help="redeploys measured after the first deploy")
     parser.add_argument("--big-n", type=int, default=100_000)
     parser.add_argument("--big-timeout", type=float, default=600)
     parser.add_argument("--quiet-wait", type=float, default=60, help="longest wait for an idle machine before each measurement (s)")
     parser.add_argument("--quiet-cores", type=float, default=0.3, help="'idle' means less than this many cores busy")
     parser.add_argument("--data-base", help="parent directory of the server's data dir (default: the temp dir); e.g. /dev/shm to take fsync cost out")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random pauses")
     parser.add_argument("--json-out", help="also write all results as JSON here")
     parser.add_argument("--keep-temp", action="store_true")
     args = parser.parse_args()

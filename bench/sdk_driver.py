@@ -64,7 +64,7 @@ def latency(out: str, samples: int, gap: float) -> None:
     results = []
     for sample in range(samples):
         index = offset + sample
-        pause = rng.uniform(0.0, gap)
+        pause = rng.uniform(float(os.environ.get("TILEBOX_BENCH_MIN_PAUSE", "0")), gap)
         time.sleep(pause)
         before = time.time_ns()
         job = jobs.submit("bench-latency", Stamp(i=index))
