@@ -49,7 +49,15 @@ def _sdk_venv() -> Path:
     try:
         _run([uv, "venv", "--quiet", "--python", SDK_PYTHON_VERSION, str(building)], "create the SDK venv")
         _run(
-            [uv, "pip", "install", "--quiet", "--python", str(building / "bin" / "python"), f"tilebox-workflows=={SDK_VERSION}"],
+            [
+                uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                str(building / "bin" / "python"),
+                f"tilebox-workflows=={SDK_VERSION}",
+            ],
             "install the official SDK",
         )
         (building / ".tilebox-sdk-ready").write_text(SDK_VERSION)
@@ -80,7 +88,7 @@ def sdk_results() -> dict[str, Any]:
     )
     if completed.returncode != 0:
         raise RuntimeError(f"the official SDK helper failed:\n{completed.stderr}")
-    results = json.loads(completed.stdout)
+    results: dict[str, Any] = json.loads(completed.stdout)
     assert str(PYTHON_ROOT) not in results["sdk_file"], "the helper must use the official SDK, not this runtime"
     return results
 

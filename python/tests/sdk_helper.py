@@ -12,10 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import shapes  # noqa: E402
-import tilebox.workflows  # noqa: E402
-from tilebox.workflows.runner.executor import ExecutionContext  # noqa: E402
-from tilebox.workflows.task import merge_future_tasks_to_submissions  # noqa: E402
+from tilebox.workflows.runner.executor import ExecutionContext
+
+import shapes
+import tilebox.workflows
+from tilebox.workflows.task import merge_future_tasks_to_submissions
 
 
 def describe_error(error: BaseException) -> str:
@@ -36,7 +37,7 @@ def decoded() -> dict[str, str]:
     results = {}
     for name, cls, data in shapes.decode_cases():
         try:
-            results[name] = "ok: " + repr(cls._deserialize(data))  # noqa: SLF001
+            results[name] = "ok: " + repr(cls._deserialize(data))
         except Exception as error:  # noqa: BLE001 -- the error is the result
             results[name] = "error: " + describe_error(error)
     return results
@@ -62,7 +63,9 @@ def merged() -> dict[str, object]:
                 for group in submissions.task_groups
             ],
             "cluster_slug_lookup": submissions.cluster_slug_lookup,
-            "identifier_lookup": [[identifier.name, identifier.version] for identifier in submissions.identifier_lookup],
+            "identifier_lookup": [
+                [identifier.name, identifier.version] for identifier in submissions.identifier_lookup
+            ],
             "display_lookup": submissions.display_lookup,
             "protobuf_hex": submissions.to_message().SerializeToString().hex(),
         }

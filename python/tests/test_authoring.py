@@ -46,7 +46,7 @@ def a_required_field_after_a_default_one_fails_at_class_creation() -> None:
 
         class Broken(Task):
             a: int = 1
-            b: int
+            b: int  # type: ignore[misc]  # the error under test
 
 
 def inherited_fields_come_first() -> None:
@@ -155,12 +155,13 @@ def execute_must_take_exactly_self_and_context() -> None:
     with pytest.raises(TypeError) as raised:
 
         class Bad(Task):
-            def execute(self, context: ExecutionContext, extra: int) -> None:
+            def execute(self, context: ExecutionContext, extra: int) -> None:  # type: ignore[override]  # under test
                 pass
 
     assert str(raised.value) == (
         "Expected a function signature of Bad.execute(self, context: 'ExecutionContext') -> "
-        "collections.abc.Awaitable[None] | None, but got Bad.execute(self, context: 'ExecutionContext', extra: 'int') -> 'None'!"
+        "collections.abc.Awaitable[None] | None, "
+        "but got Bad.execute(self, context: 'ExecutionContext', extra: 'int') -> 'None'!"
     )
 
 
@@ -168,10 +169,13 @@ def execute_must_not_return_a_value() -> None:
     with pytest.raises(TypeError) as raised:
 
         class Bad(Task):
-            def execute(self, context: ExecutionContext) -> int:
+            def execute(self, context: ExecutionContext) -> int:  # type: ignore[override]  # noqa: ARG002 -- under test
                 return 1
 
-    assert str(raised.value) == "Expected Bad.execute(self, context: 'ExecutionContext') -> 'int' to not have a return value!"
+    assert (
+        str(raised.value)
+        == "Expected Bad.execute(self, context: 'ExecutionContext') -> 'int' to not have a return value!"
+    )
 
 
 @pytest.mark.parametrize(
@@ -281,7 +285,7 @@ def registering_a_task_without_its_own_execute_fails() -> None:
         def identifier() -> tuple[str, str]:
             return "custom", "v1.0"
 
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(ValueError) as raised:  # noqa: PT011 -- the whole message is compared below
         Runner(tasks=[Kid])
     assert str(raised.value) == (
         "Task Kid is not executable. It must have an execute method in order to register it with a task runner."
@@ -307,7 +311,7 @@ def registering_the_same_identifier_twice_fails() -> None:
         def execute(self, context: ExecutionContext) -> None:
             pass
 
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(ValueError) as raised:  # noqa: PT011 -- the whole message is compared below
         Runner(tasks=[One, Two])
     assert str(raised.value) == "Duplicate task identifier: A task 'same' with version 'v1.2' is already registered."
 
@@ -394,7 +398,7 @@ def dependencies_must_have_been_submitted_before() -> None:
     late = other.submit_subtask(_Leaf())
     first = context.submit_subtask(_Leaf())
 
-    with pytest.raises(ValueError, match="^Dependent task 3 does not exist$"):
+    with pytest.raises(ValueError, match=r"^Dependent task 3 does not exist$"):
         context.submit_subtask(_Leaf(), depends_on=late)
     # Only the index is checked: a small index from another context is accepted, like the SDK.
     assert context.submit_subtask(_Leaf(), depends_on=FutureTask(0, _Leaf(), [], None, 0, False)).depends_on == [0]
@@ -436,7 +440,7 @@ def more_than_a_thousand_and_one_progress_trackers_fail() -> None:
     for index in range(1001):
         context.progress(f"label-{index}")
     context.progress("label-0")  # existing labels still work
-    with pytest.raises(ValueError, match="^Cannot create more than 1000 progress indicators per task.$"):
+    with pytest.raises(ValueError, match=r"^Cannot create more than 1000 progress indicators per task\.$"):
         context.progress("one-too-many")
     assert len(context.progress_snapshot()) == 1001
 
@@ -450,7 +454,7 @@ def no_cache_refuses_every_access() -> None:
     with pytest.raises(NoCacheError) as raised:
         _ = cache["key"]
     assert str(raised.value) == f"key is not cached: {hint}"
-    with pytest.raises(NoCacheError, match="^Cannot save key with value of 3 bytes: "):
+    with pytest.raises(NoCacheError, match=r"^Cannot save key with value of 3 bytes: "):
         cache["key"] = b"abc"
     with pytest.raises(NoCacheError):
         _ = "key" in cache

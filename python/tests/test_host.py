@@ -17,7 +17,7 @@ import pytest
 
 from tilebox.workflows import _host
 
-RELEASE = '''
+RELEASE = """
 import asyncio
 import logging
 import time
@@ -152,11 +152,14 @@ class Versioned(Task):
 
 
 runner = Runner(
-    tasks=[Root, Leaf, Reduce, SeesItsOwnLogs, Failing, BadSubtask, AsyncTask, LoopInside, UsesLogging, Bound, Slow, Versioned],
+    tasks=[
+        Root, Leaf, Reduce, SeesItsOwnLogs, Failing, BadSubtask,
+        AsyncTask, LoopInside, UsesLogging, Bound, Slow, Versioned,
+    ],
     cache=InMemoryCache(),
 )
 not_a_runner = {"tasks": []}
-'''
+"""
 
 JOB_ID = "6f1c2d3e-0000-4000-8000-00000000abcd"
 
@@ -191,7 +194,7 @@ def sink(monkeypatch: pytest.MonkeyPatch, release: ModuleType) -> list[tuple[str
         raw.append((kind, payload))
         calls.append((kind, json.loads(payload)))
 
-    release.SINK_CALLS = raw
+    monkeypatch.setattr(release, "SINK_CALLS", raw)
     monkeypatch.setattr(_host, "sink", receive)
     return calls
 
@@ -224,7 +227,10 @@ def load_accepts_the_dotted_form_too(release: ModuleType) -> None:
 def load_refuses_objects_that_are_not_runners(release: ModuleType) -> None:
     with pytest.raises(TypeError) as raised:
         _host.load(f"{release.__name__}:not_a_runner")
-    assert str(raised.value) == f"{release.__name__}:not_a_runner must be a tilebox.workflows.Runner, but it is a builtins.dict"
+    assert (
+        str(raised.value)
+        == f"{release.__name__}:not_a_runner must be a tilebox.workflows.Runner, but it is a builtins.dict"
+    )
 
 
 def load_reports_missing_modules_and_objects(release: ModuleType) -> None:
@@ -390,9 +396,7 @@ def undecodable_input_fails_the_task_as_a_workflow_error(release: ModuleType, si
 def subtask_serialisation_errors_fail_the_parent(release: ModuleType, sink: list[Any]) -> None:
     outcome = _host.execute("BadSubtask", "v0.0", b"", _task("BadSubtask"))
     assert outcome["workflow_error"] is True
-    assert outcome["display"] == (
-        "BadSubtask\nTypeError('Objects of type builtins.object are not supported at $')"
-    )
+    assert outcome["display"] == "BadSubtask\nTypeError('Objects of type builtins.object are not supported at $')"
 
 
 def unknown_identifiers_are_not_workflow_errors(release: ModuleType, sink: list[Any]) -> None:
@@ -435,7 +439,7 @@ def concurrent_executions_keep_their_logs_apart(release: ModuleType, sink: list[
 def without_a_sink_logs_go_to_stderr(release: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     _host.execute("Bound", "v0.0", b"", _task(task_id="11111111-2222-3333-4444-555555555555"))
     line = capsys.readouterr().err
-    assert "ERROR [task 11111111-2222-3333-4444-555555555555] shown stage=\"one\" extra_field=true" in line
+    assert 'ERROR [task 11111111-2222-3333-4444-555555555555] shown stage="one" extra_field=true' in line
 
 
 def current_task_carries_the_records_fields(release: ModuleType, sink: list[Any]) -> None:

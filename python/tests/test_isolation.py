@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import _interpreters
 import json
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
-import _interpreters
 import pytest
 
 PYTHON_ROOT = Path(__file__).resolve().parent.parent
@@ -61,13 +62,14 @@ task = {{
     "cluster": "dev",
 }}
 outcome = _host.execute("Root", "v0.0", b"2", task)
-outcome["subtasks"]["task_groups"][0]["inputs"] = [data.decode() for data in outcome["subtasks"]["task_groups"][0]["inputs"]]
+group = outcome["subtasks"]["task_groups"][0]
+group["inputs"] = [data.decode() for data in group["inputs"]]
 with open({result!r}, "w") as file:
     json.dump({{"identifiers": identifiers, "outcome": outcome, "sink": calls}}, file)
 """
 
 
-def _run_in_isolated_interpreter(tmp_path: Path, name: str) -> dict[str, object]:
+def _run_in_isolated_interpreter(tmp_path: Path, name: str) -> dict[str, Any]:
     release_root = tmp_path / name
     release_root.mkdir()
     (release_root / "isolated_release.py").write_text(textwrap.dedent(RELEASE))
@@ -80,7 +82,8 @@ def _run_in_isolated_interpreter(tmp_path: Path, name: str) -> dict[str, object]
     finally:
         _interpreters.destroy(interpreter)
     assert failure is None, f"the task failed inside the sub-interpreter: {failure}"
-    return json.loads(result.read_text())
+    outcome: dict[str, Any] = json.loads(result.read_text())
+    return outcome
 
 
 def the_isolated_configuration_has_its_own_gil_and_refuses_legacy_extensions() -> None:

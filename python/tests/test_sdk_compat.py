@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import shapes
 
+import shapes
 from tilebox.workflows._submissions import merge_future_tasks
 from tilebox.workflows.cache import NoCache
 from tilebox.workflows.context import ExecutionContext
@@ -40,7 +40,7 @@ def serialized_bytes_match_the_official_sdk(name: str, sdk_results: dict[str, An
 def decoded_tasks_and_errors_match_the_official_sdk(name: str, sdk_results: dict[str, Any]) -> None:
     cls, data = DECODE_CASES[name]
     try:
-        actual = "ok: " + repr(cls._deserialize(data))  # noqa: SLF001
+        actual = "ok: " + repr(cls._deserialize(data))
     except Exception as error:  # noqa: BLE001 -- the error is compared
         actual = "error: " + _describe_error(error)
     assert actual == sdk_results["decode"][name]
@@ -63,7 +63,9 @@ def merged_subtasks_match_the_official_sdk(name: str, sdk_results: dict[str, Any
     expected.pop("protobuf_hex")
     actual = {
         **merged,
-        "task_groups": [{**group, "inputs": [data.hex() for data in group["inputs"]]} for group in merged["task_groups"]],
+        "task_groups": [
+            {**group, "inputs": [data.hex() for data in group["inputs"]]} for group in merged["task_groups"]
+        ],
         "identifier_lookup": [list(identifier) for identifier in merged["identifier_lookup"]],
     }
     assert actual == expected

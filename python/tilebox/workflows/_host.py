@@ -21,6 +21,7 @@ Exceptions that are not `Exception`s (KeyboardInterrupt, SystemExit) propagate, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -54,7 +55,9 @@ class _Loaded:
         self.cache = runner.cache if runner.cache is not None else NoCache()
         context_type = runner.context or RunnerContext
         self.runner_context = context_type(NoopWorkflowTracer())
-        self.tasks = {(identifier.name, identifier.version): task for identifier, task in runner.tasks_by_identifier.items()}
+        self.tasks = {
+            (identifier.name, identifier.version): task for identifier, task in runner.tasks_by_identifier.items()
+        }
 
 
 _loaded: _Loaded | None = None
@@ -178,10 +181,8 @@ def _uuid(value: Any) -> UUID | str:
 
 def _progress_reporter(task_id: str) -> Callable[[ExecutionContext], None]:
     def report(context: ExecutionContext) -> None:
-        try:
+        with contextlib.suppress(Exception):  # progress reporting must not fail the task
             _emit("progress", json.dumps({"task_id": task_id, "progress": context.progress_snapshot()}))
-        except Exception:  # noqa: BLE001, S110 -- progress reporting must not fail the task
-            pass
 
     return report
 

@@ -36,9 +36,7 @@ _ATTRIBUTES = "tilebox_structured_log_attributes"
 namespace_logger = logging.getLogger("tilebox.workflows")
 namespace_logger.setLevel(logging.DEBUG)
 task_logger = logging.getLogger(TASK_LOGGER_NAME)
-task_logger.setLevel(
-    getattr(logging, os.environ.get("TILEBOX_LOG_LEVEL", "INFO").strip().upper(), logging.INFO)
-)
+task_logger.setLevel(getattr(logging, os.environ.get("TILEBOX_LOG_LEVEL", "INFO").strip().upper(), logging.INFO))
 
 
 class _NormalizedAttributes(dict[str, Any]):

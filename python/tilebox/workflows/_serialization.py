@@ -48,7 +48,8 @@ def serialize_task(task: Any) -> bytes:
     if len(included) == 1:
         value = getattr(task, included[0].name)
         if hasattr(value, "SerializeToString"):
-            return value.SerializeToString()
+            data: bytes = value.SerializeToString()
+            return data
         annotation = _type_hints(type(task)).get(included[0].name, included[0].type)
         return _encode(_prepare(annotation, value), value)
     hints = _type_hints(type(task))
@@ -58,7 +59,7 @@ def serialize_task(task: Any) -> bytes:
     return _encode(prepared, task)
 
 
-def deserialize_task(cls: type, data: bytes) -> Any:
+def deserialize_task[T](cls: type[T], data: bytes) -> T:
     """Build a task instance of `cls` from input bytes, like the official SDK."""
     included = _included_fields(cls)
     if not included:
@@ -72,7 +73,8 @@ def deserialize_task(cls: type, data: bytes) -> Any:
         else:
             value = decode_json(data, annotation)
         return cls(**{name: value})
-    return decode_json(data, cls)
+    task: T = decode_json(data, cls)
+    return task
 
 
 # ---- encoding ---------------------------------------------------------------------------------------
@@ -231,7 +233,8 @@ def _matches(annotation: Any, value: Any) -> bool:
 
 def _decode_hook(annotation: type, value: Any) -> Any:
     if _is_message_type(annotation):
-        return annotation.FromString(base64.b64decode(value))
+        message_type: Any = annotation  # a protobuf message class (untyped: protobuf is optional)
+        return message_type.FromString(base64.b64decode(value))
     if issubclass(annotation, PurePath):
         return annotation(value)
     if annotation is ZoneInfo:

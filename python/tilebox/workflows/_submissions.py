@@ -56,14 +56,16 @@ def merge_future_tasks(future_tasks: list[FutureTask], fallback_cluster: str) ->
     groups: list[dict[str, Any]] = []
     for task in future_tasks:
         key = (frozenset(task.depends_on), frozenset(dependants.get(task.index, ())))
-        group = group_keys.index_of(key)
-        if group == len(groups):
+        index = group_keys.index_of(key)
+        if index == len(groups):
             groups.append(_new_group(task.depends_on))
-        group_of_task[task.index] = group
+        group_of_task[task.index] = index
 
     for group in groups:
         # A set, like the SDK: small ints iterate in ascending order.
-        group["dependencies_on_other_groups"] = list({group_of_task[task] for task in group["dependencies_on_other_groups"]})
+        group["dependencies_on_other_groups"] = list(
+            {group_of_task[task] for task in group["dependencies_on_other_groups"]}
+        )
 
     clusters, identifiers, displays = _Lookup(), _Lookup(), _Lookup()
     for task in future_tasks:

@@ -59,7 +59,7 @@ class NoCache(JobCache):
     def __iter__(self) -> Iterator[str]:
         raise NoCacheError(_NO_CACHE_HINT)
 
-    def group(self, key: str) -> NoCache:
+    def group(self, key: str) -> NoCache:  # noqa: ARG002 -- every group of no cache is no cache
         return self
 
 

@@ -65,7 +65,7 @@ class ProgressUpdate:
 class ExecutionContext:
     """The execution context of one task execution."""
 
-    def __init__(  # noqa: PLR0913 -- the pieces a context is made of
+    def __init__(
         self,
         current_task: CurrentTask,
         job_cache: JobCache,
@@ -130,7 +130,9 @@ class ExecutionContext:
     ) -> list[FutureTask]:
         """`submit_subtask` for each task, all with the same dependencies and options."""
         return [
-            self.submit_subtask(task, depends_on=depends_on, cluster=cluster, max_retries=max_retries, optional=optional)
+            self.submit_subtask(
+                task, depends_on=depends_on, cluster=cluster, max_retries=max_retries, optional=optional
+            )
             for task in tasks
         ]
 

@@ -109,7 +109,7 @@ class NoopWorkflowTracer:
     """Stand-in for the SDK's `WorkflowTracer`: `with tracer.span("name") as span:` works."""
 
     @contextmanager
-    def span(self, name: str, *args: Any, **kwargs: Any) -> Iterator[NoopSpan]:
+    def span(self, name: str, *args: Any, **kwargs: Any) -> Iterator[NoopSpan]:  # noqa: ARG002 -- the SDK's signature
         yield NoopSpan()
 
     start_as_current_span = span

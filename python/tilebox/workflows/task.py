@@ -52,8 +52,8 @@ class TaskMeta:
 class _TaskMetaclass(type):
     """Applies `dataclass`, validates `execute` and computes the identifier of every Task subclass."""
 
-    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any], **kwargs: Any) -> type:  # noqa: N804
-        cls = super().__new__(mcs, name, bases, attrs, **kwargs)
+    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any], **kwargs: Any) -> type:
+        cls: type = super().__new__(mcs, name, bases, attrs, **kwargs)
         if not bases:  # the Task base class itself
             return cls
         cls = dataclass(cls)

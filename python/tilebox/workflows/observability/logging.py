@@ -31,7 +31,7 @@ def get_logger(name: str | None = None, level: int = logging.NOTSET) -> logging.
     return logger
 
 
-def configure_log_level(level: int = logging.INFO, *, tilebox_debug: bool = False) -> None:
+def configure_log_level(level: int = logging.INFO, *, tilebox_debug: bool = False) -> None:  # noqa: ARG001 -- the SDK's signature
     """Set the level of task log messages (`TILEBOX_LOG_LEVEL` at start-up)."""
     task_logger.setLevel(level)
 
