@@ -135,11 +135,14 @@ pub fn init_tracing(filter: tracing_subscriber::EnvFilter) {
 }
 
 /// A user or input error: exit code 1, with an optional hint for the fix.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+///
+/// Made from a typed error with [`UserError::caused_by`], it shows that error's message and
+/// keeps its causes, so `error: {:#}` prints the whole chain.
+#[derive(Debug)]
 pub struct UserError {
     pub message: String,
     pub hint: Option<String>,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl UserError {
@@ -147,14 +150,64 @@ impl UserError {
         Self {
             message: message.into(),
             hint: None,
+            cause: None,
         }
     }
 
     pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
             hint: Some(hint.into()),
+            ..Self::new(message)
         }
+    }
+
+    /// A user error that is `error`: its message, its causes, and `hint`.
+    pub fn caused_by(
+        error: impl std::error::Error + Send + Sync + 'static,
+        hint: Option<&str>,
+    ) -> Self {
+        Self {
+            message: error.to_string(),
+            hint: hint.map(str::to_string),
+            cause: Some(Box::new(error)),
+        }
+    }
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The cause's own message is this error's message; the chain goes on from its source.
+        self.cause.as_ref().and_then(|cause| cause.source())
+    }
+}
+
+/// A UUID given on the command line; `what` names it in the error (`job id`, `cursor`).
+pub fn parse_id(what: &str, value: &str) -> Result<uuid::Uuid, UserError> {
+    uuid::Uuid::parse_str(value).map_err(|_| {
+        UserError::with_hint(
+            format!("invalid {what} `{value}`: not a UUID"),
+            "job ids look like 0190a8c4-5e2b-7c1d-9f00-1a2b3c4d5e6f; `tilebox job list` shows them",
+        )
+    })
+}
+
+/// The cache directory: `--cache-dir` when given, else `$XDG_CACHE_HOME/tilebox`, else
+/// `~/.cache/tilebox`.
+pub fn cache_dir(given: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    match given {
+        Some(directory) => Ok(directory.to_path_buf()),
+        None => dirs::cache_dir()
+            .map(|directory| directory.join("tilebox"))
+            .ok_or_else(|| {
+                UserError::with_hint("cannot find the user's cache directory", "pass --cache-dir")
+                    .into()
+            }),
     }
 }
 

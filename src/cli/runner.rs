@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{ApiArgs, UserError};
 use crate::python;
-use crate::release::config::{self, Entry};
+use crate::runner::prepare::{self, EnvironmentSource};
 use crate::runner::{self, Phase};
 
 /// Environment variable: the cluster a runner serves (`--cluster`).
@@ -74,43 +74,20 @@ fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local project as a release (direct mode).
+/// The local project as a release (direct mode), its environment synced into its `.venv`.
 async fn project_release(
     directory: &std::path::Path,
     cache_dir: &std::path::Path,
 ) -> anyhow::Result<python::Release> {
-    let path = config::find(directory).map_err(|error| UserError::new(error.to_string()))?;
-    let config = config::load(&path).map_err(|error| UserError::new(error.to_string()))?;
-    let Entry::Runner(runner) = config.entry else {
-        return Err(UserError::new(format!(
-            "{} uses a custom command; direct mode needs `runner`",
-            path.display()
-        ))
-        .into());
-    };
-    let (venv, site_packages) = if config.root.join("pyproject.toml").is_file() {
-        let root = config.root.clone();
-        let environment =
-            tokio::task::spawn_blocking(move || python::environment::sync(&root, false))
-                .await
-                .context("the environment build panicked")?
-                .map_err(|error| {
-                    UserError::with_hint(
-                        error.to_string(),
-                        "install uv with `python3 -m pip install uv`",
-                    )
-                })?;
-        (Some(environment.venv), environment.site_packages)
-    } else {
-        (None, Vec::new())
-    };
-    Ok(python::Release {
-        label: config.slug,
-        runtime: python::runtime::unpack(cache_dir)?,
-        root: config.root,
-        site_packages,
-        venv,
-        runner,
+    let source = prepare::project_source(directory, None, EnvironmentSource::Project)
+        .map_err(|error| UserError::caused_by(error, None))?;
+    prepare::release(source, cache_dir).await.map_err(|error| {
+        let hint = matches!(
+            error,
+            prepare::Error::Environment(python::environment::Error::UvMissing)
+        )
+        .then_some("install uv with `python3 -m pip install uv`");
+        UserError::caused_by(error, hint).into()
     })
 }
 
@@ -119,10 +96,7 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
     if arguments.slots == 0 {
         return Err(UserError::new("-n must be at least 1").into());
     }
-    let cache_dir = match &arguments.cache_dir {
-        Some(directory) => directory.clone(),
-        None => super::task::default_cache_dir()?,
-    };
+    let cache_dir = super::cache_dir(arguments.cache_dir.as_deref())?;
     let project = match &arguments.project {
         Some(directory) => Some(project_release(directory, &cache_dir).await?),
         None => None,

@@ -9,7 +9,8 @@ use clap::Args;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::job::{TaskNode, fetch_task_tree, get_job, is_finished, parse_id};
+use super::job::tree::{TaskNode, fetch_task_tree, get_job, is_finished};
+use super::parse_id;
 use super::{ApiArgs, UserError, output};
 use crate::api::convert::id;
 use crate::api::otlp::common::v1::{AnyValue, KeyValue, any_value};

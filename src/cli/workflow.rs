@@ -7,24 +7,19 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::{ApiArgs, UserError, output};
 use crate::api::convert::{id, uuid_of};
-use crate::api::selfhosted_v1::{GetArtifactRequest, UploadArtifactRequest};
 use crate::api::workflows_v1::{
     CreateWorkflowRequest, DeployWorkflowReleaseRequest, GetWorkflowRequest, ListWorkflowsRequest,
-    Path as ReleasePath, PublishWorkflowReleaseRequest, ReleaseContent, TaskIdentifier,
-    UndeployWorkflowReleaseRequest, Workflow, WorkflowRelease,
+    PublishWorkflowReleaseRequest, UndeployWorkflowReleaseRequest, Workflow, WorkflowRelease,
 };
-use crate::client::Client;
 use crate::python;
-use crate::release::archive::{self, ArchiveInfo};
-use crate::release::config::{self, Config, Entry};
-use crate::release::select;
-
-/// Bytes per upload message.
-const UPLOAD_CHUNK: usize = 1024 * 1024;
+use crate::release::archive::ArchiveInfo;
+use crate::release::build::Built;
+use crate::release::config::{self, Config};
+use crate::release::{self};
+use crate::runner::prepare;
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
@@ -176,7 +171,7 @@ pub async fn run(command: WorkflowCommand, api: &ApiArgs) -> anyhow::Result<Exit
         WorkflowCommand::BuildRelease(arguments) => {
             let built = build(&arguments).await?;
             if api.json {
-                output::print_json(&built.document())?;
+                output::print_json(&built_document(&built))?;
             } else {
                 output::print_text(&format!(
                     "Built {} ({} bytes, {} files)\nDigest       sha256:{}\nFingerprint  {}\nTasks        {}\nRuns in      a {}\n",
@@ -401,272 +396,62 @@ async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A built and validated release.
-struct Built {
-    config: Config,
-    archive: ArchiveInfo,
-    tasks: Vec<(String, String)>,
-    fingerprint: String,
-    isolation: String,
+/// The `--json` document of a built release.
+fn built_document(built: &Built) -> Value {
+    json!({
+        "workflow_slug": built.config.slug,
+        "fingerprint": built.fingerprint,
+        "digest": built.archive.sha256,
+        "artifact": built.archive.path.display().to_string(),
+        "size": built.archive.size,
+        "files": built.archive.files,
+        "tasks": built.tasks.iter().map(|(name, version)| json!({"name": name, "version": version})).collect::<Vec<_>>(),
+        "isolation": built.isolation,
+    })
 }
 
-impl Built {
-    fn task_names(&self) -> Vec<String> {
-        self.tasks
-            .iter()
-            .map(|(name, version)| format!("{name}@{version}"))
-            .collect()
-    }
-
-    fn content(&self) -> ReleaseContent {
-        let (runner_object_path, command_override) = match &self.config.entry {
-            Entry::Runner(runner) => (runner.clone(), Vec::new()),
-            Entry::Command(command) => (String::new(), command.clone()),
-        };
-        ReleaseContent {
-            fingerprint: self.fingerprint.clone(),
-            tasks: self
-                .tasks
-                .iter()
-                .map(|(name, version)| TaskIdentifier {
-                    name: name.clone(),
-                    version: version.clone(),
-                })
-                .collect(),
-            files: file_tree(&self.archive.files),
-            runner_object_path,
-            command_override,
-        }
-    }
-
-    fn document(&self) -> Value {
-        json!({
-            "workflow_slug": self.config.slug,
-            "fingerprint": self.fingerprint,
-            "digest": self.archive.sha256,
-            "artifact": self.archive.path.display().to_string(),
-            "size": self.archive.size,
-            "files": self.archive.files,
-            "tasks": self.tasks.iter().map(|(name, version)| json!({"name": name, "version": version})).collect::<Vec<_>>(),
-            "isolation": self.isolation,
-        })
-    }
-}
-
-/// The files as a directory tree, as `ReleaseContent.files` holds them.
-fn file_tree(files: &[String]) -> Vec<ReleasePath> {
-    fn insert(level: &mut Vec<ReleasePath>, parts: &[&str], prefix: &str) {
-        let Some((first, rest)) = parts.split_first() else {
-            return;
-        };
-        let path = if prefix.is_empty() {
-            first.to_string()
-        } else {
-            format!("{prefix}/{first}")
-        };
-        let position = match level.iter().position(|entry| entry.path == path) {
-            Some(position) => position,
-            None => {
-                level.push(ReleasePath {
-                    path: path.clone(),
-                    directory: !rest.is_empty(),
-                    children: Vec::new(),
-                });
-                level.len() - 1
-            }
-        };
-        insert(&mut level[position].children, rest, &path);
-    }
-    let mut tree = Vec::new();
-    for file in files {
-        let parts: Vec<&str> = file.split('/').collect();
-        insert(&mut tree, &parts, "");
-    }
-    tree
-}
-
-/// The release fingerprint: the files' fingerprint, how the release starts and the tasks
-/// it registers, hashed in a fixed text form (`tilebox-release-v1`).
-fn release_fingerprint(files: &str, entry: &Entry, tasks: &[(String, String)]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tilebox-release-v1\n");
-    hasher.update(format!("files {files}\n"));
-    match entry {
-        Entry::Runner(runner) => hasher.update(format!("runner {runner}\n")),
-        Entry::Command(command) => hasher.update(format!(
-            "command {}\n",
-            serde_json::Value::from(command.clone())
-        )),
-    }
-    let mut sorted = tasks.to_vec();
-    sorted.sort();
-    for (name, version) in sorted {
-        hasher.update(format!("task {name} {version}\n"));
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// Selects the files, writes the archive, and validates it: the environment is built with
-/// `uv sync --frozen` against the embedded interpreter and the runner object imported
-/// in-process from the archive's own contents, recording the task identifiers.
+/// Builds and validates the project's release (`release::build`): validation extracts the
+/// archive, builds its environment and loads its runner object (`runner::prepare`).
 async fn build(arguments: &BuildArgs) -> anyhow::Result<Built> {
     let config = project_config(arguments.path.as_deref())?;
-    let cache_dir = match &arguments.cache_dir {
-        Some(directory) => directory.clone(),
-        None => super::task::default_cache_dir()?,
-    };
-    let out = config.root.join(format!("{}.tar.zst", config.slug));
-    let (select_config, archive_path) = (config.clone(), out.clone());
-    let archive = tokio::task::spawn_blocking(move || -> anyhow::Result<ArchiveInfo> {
-        let files = select::select_files(&select_config)
-            .map_err(|error| UserError::new(error.to_string()))?;
-        if files.is_empty() {
-            return Err(UserError::with_hint(
-                format!(
-                    "no file of {} matches [build] include",
-                    select_config.root.display()
-                ),
-                "check the include globs in tilebox.workflow.toml",
-            )
-            .into());
-        }
-        Ok(archive::write_archive(
-            &select_config.root,
-            &files,
-            &archive_path,
-        )?)
+    let cache = super::cache_dir(arguments.cache_dir.as_deref())?;
+    let runtime = tokio::runtime::Handle::current();
+    let label = config.slug.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        release::build::build(config, |archive: &ArchiveInfo, runner: &str| {
+            runtime
+                .block_on(prepare::validate_artifact(archive, &label, runner, &cache))
+                .map_err(Into::into)
+        })
     })
     .await
-    .context("the build panicked")??;
-    let Entry::Runner(runner) = &config.entry else {
-        let fingerprint = release_fingerprint(&archive.fingerprint, &config.entry, &[]);
-        return Ok(Built {
-            config,
-            archive,
-            tasks: Vec::new(),
-            fingerprint,
-            isolation: "custom command (not validated)".into(),
-        });
-    };
-    // Validate what was archived, not the working tree: extract into the cache and load.
-    let extracted = cache_dir.join("builds").join(&archive.sha256);
-    if !extracted.join(".complete").exists() {
-        let (archive_path, staging) = (
-            archive.path.clone(),
-            cache_dir
-                .join("builds")
-                .join(format!(".{}-{}", archive.sha256, std::process::id())),
-        );
-        let staged = staging.clone();
-        tokio::task::spawn_blocking(move || {
-            archive::extract_archive(&archive_path, &staged, archive::Limits::default())
-        })
-        .await
-        .context("extraction panicked")??;
-        fs_err::write(staging.join(".complete"), b"")?;
-        if std::fs::rename(&staging, &extracted).is_err() && !extracted.join(".complete").exists() {
-            anyhow::bail!(
-                "cannot move the validated build into {}",
-                extracted.display()
-            );
+    .context("the build panicked")?;
+    built.map_err(|error| match &error {
+        release::build::Error::NothingSelected { .. } => UserError::caused_by(
+            error,
+            Some("check the include globs in tilebox.workflow.toml"),
+        )
+        .into(),
+        release::build::Error::Select { .. } => UserError::caused_by(error, None).into(),
+        release::build::Error::Validation { source, .. } => {
+            let hint = match source.downcast_ref::<prepare::Error>() {
+                Some(prepare::Error::Environment(_)) => {
+                    "run `uv lock` in the project and include uv.lock"
+                }
+                _ => "try `tilebox task run` on the project to debug the import",
+            };
+            UserError::caused_by(error, Some(hint)).into()
         }
-    }
-    let (venv, site_packages) = if extracted.join("pyproject.toml").is_file() {
-        let (root, cache) = (extracted.clone(), cache_dir.clone());
-        let environment =
-            tokio::task::spawn_blocking(move || python::environment::sync_shared(&root, &cache))
-                .await
-                .context("uv sync panicked")?
-                .map_err(|error| {
-                    UserError::with_hint(
-                        error.to_string(),
-                        "run `uv lock` in the project and include uv.lock",
-                    )
-                })?;
-        (Some(environment.venv), environment.site_packages)
-    } else {
-        (None, Vec::new())
-    };
-    let release = python::Release {
-        label: config.slug.clone(),
-        runtime: python::runtime::unpack(&cache_dir)?,
-        root: extracted,
-        site_packages,
-        venv,
-        runner: runner.clone(),
-    };
-    let loaded = python::load(release, python::Placement::Auto)
-        .await
-        .map_err(|error| {
-            UserError::with_hint(
-                format!("validation failed: {error}"),
-                "try `tilebox task run` on the project to debug the import",
-            )
-        })?;
-    let tasks = loaded.identifiers().to_vec();
-    let isolation = match &loaded.fallback_reason {
-        Some(reason) => format!("{} ({reason})", loaded.isolation()),
-        None => loaded.isolation().to_string(),
-    };
-    loaded.unload().await;
-    let fingerprint = release_fingerprint(&archive.fingerprint, &config.entry, &tasks);
-    Ok(Built {
-        config,
-        archive,
-        tasks,
-        fingerprint,
-        isolation,
+        release::build::Error::Archive { .. } => anyhow::Error::new(error),
     })
-}
-
-async fn upload(
-    client: &mut Client,
-    archive: &ArchiveInfo,
-) -> anyhow::Result<crate::api::selfhosted_v1::ArtifactInfo> {
-    if let Ok(found) = client
-        .artifacts
-        .get_artifact(GetArtifactRequest {
-            digest: archive.sha256.clone(),
-            id: None,
-        })
-        .await
-    {
-        return Ok(found.into_inner());
-    }
-    let bytes = fs_err::read(&archive.path)?;
-    let digest = archive.sha256.clone();
-    let size = bytes.len() as u64;
-    let mut messages = Vec::new();
-    let mut chunks = bytes.chunks(UPLOAD_CHUNK).peekable();
-    let first = chunks.next().unwrap_or(&[]).to_vec();
-    messages.push(UploadArtifactRequest {
-        digest,
-        size,
-        chunk: first,
-    });
-    for chunk in chunks {
-        messages.push(UploadArtifactRequest {
-            digest: String::new(),
-            size: 0,
-            chunk: chunk.to_vec(),
-        });
-    }
-    Ok(client
-        .artifacts
-        .upload_artifact(tokio_stream::iter(messages))
-        .await
-        .map_err(|status| client.error("UploadArtifact", status))?
-        .into_inner())
 }
 
 async fn publish(arguments: BuildArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let built = build(&arguments).await?;
     let mut client = api.connect().await?;
-    let artifact = upload(&mut client, &built.archive).await?;
+    let artifact = client
+        .upload_artifact(&built.archive.path, &built.archive.sha256)
+        .await?;
     let release = client
         .workflows
         .publish_workflow_release(PublishWorkflowReleaseRequest {
@@ -801,38 +586,4 @@ async fn deploy(arguments: DeployArgs, api: &ApiArgs, deploy: bool) -> anyhow::R
         ))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_become_a_directory_tree() {
-        let tree = file_tree(&["a/b.py".into(), "a/c/d.py".into(), "e.toml".into()]);
-        assert_eq!(tree.len(), 2);
-        assert_eq!(tree[0].path, "a");
-        assert!(tree[0].directory);
-        assert_eq!(tree[0].children[1].path, "a/c");
-        assert_eq!(tree[0].children[1].children[0].path, "a/c/d.py");
-        assert!(!tree[1].directory);
-    }
-
-    #[test]
-    fn the_release_fingerprint_depends_on_files_entry_and_tasks_not_their_order() {
-        let entry = Entry::Runner("runner:runner".into());
-        let tasks = vec![
-            ("B".to_string(), "v0.0".to_string()),
-            ("A".to_string(), "v1.0".to_string()),
-        ];
-        let reversed: Vec<_> = tasks.iter().rev().cloned().collect();
-        let base = release_fingerprint("f", &entry, &tasks);
-        assert_eq!(base, release_fingerprint("f", &entry, &reversed));
-        assert_ne!(base, release_fingerprint("g", &entry, &tasks));
-        assert_ne!(
-            base,
-            release_fingerprint("f", &Entry::Runner("other:runner".into()), &tasks)
-        );
-        assert_ne!(base, release_fingerprint("f", &entry, &tasks[..1]));
-    }
 }

@@ -5,7 +5,11 @@
 //!
 //! Layout:
 //! - `mod.rs`: `Client`, connection and authentication, `Error`
+//! - `artifacts.rs`: uploading release archives
 
+mod artifacts;
+
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,6 +36,12 @@ pub enum Error {
     InvalidUrl { url: String, reason: String },
     #[error("the API key is not a valid header value")]
     InvalidApiKey,
+    #[error("cannot read the artifact {}", path.display())]
+    ReadArtifact {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{operation} failed: {}", describe(.status, .url))]
     Status {
         operation: &'static str,
@@ -46,7 +56,7 @@ impl Error {
     /// rather than an internal fault.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::InvalidUrl { .. } | Error::InvalidApiKey => true,
+            Error::InvalidUrl { .. } | Error::InvalidApiKey | Error::ReadArtifact { .. } => true,
             Error::Status { status, .. } => matches!(
                 status.code(),
                 tonic::Code::InvalidArgument
@@ -76,7 +86,7 @@ impl Error {
             Error::InvalidUrl { .. } => {
                 Some("use the form http://host:port or https://host[:port]".to_string())
             }
-            Error::InvalidApiKey => None,
+            Error::InvalidApiKey | Error::ReadArtifact { .. } => None,
         }
     }
 

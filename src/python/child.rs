@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::interpreter::{self, EventSender, SinkSlot};
-use super::protocol::{Event, PythonError, TaskOutcome, TaskRequest};
+use super::protocol::{Event, Exception, TaskOutcome, TaskRequest};
 use super::{Error, Release};
 
 /// Environment variable: the binary to run as the child host (default: this executable).
@@ -37,7 +37,7 @@ enum ToChild {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum FromChild {
     Loaded { identifiers: Vec<(String, String)> },
-    LoadError { error: PythonError },
+    LoadError { error: Exception },
     Event { event: Event },
     Outcome { outcome: TaskOutcome },
 }
@@ -127,13 +127,13 @@ impl ChildHost {
                 };
                 tracing::warn!(release = %self.release.label, %reason, "the child process hosting the release died");
                 Ok(TaskOutcome::Failed {
-                    display: interpreter::failure_display(
+                    display: crate::api::convert::failure_display(
                         &display,
                         &format!("WorkerCrashed({reason:?})"),
                     ),
                     workflow_error: true,
                     progress: Vec::new(),
-                    error: Some(PythonError {
+                    error: Some(Exception {
                         kind: "WorkerCrashed".into(),
                         message: reason,
                         traceback: String::new(),
@@ -329,7 +329,7 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         send(
             &output,
             &FromChild::LoadError {
-                error: PythonError {
+                error: Exception {
                     kind: "InitializationError".into(),
                     message: error.to_string(),
                     traceback: String::new(),
@@ -339,7 +339,7 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let slot: SinkSlot = Arc::new(Mutex::new(None));
-    let loaded = Python::attach(|py| -> Result<Vec<(String, String)>, PythonError> {
+    let loaded = Python::attach(|py| -> Result<Vec<(String, String)>, Exception> {
         let convert = |error: PyErr| interpreter::python_error(py, &error);
         interpreter::set_up_paths(py, &release).map_err(convert)?;
         interpreter::install_sink(py, slot.clone()).map_err(convert)?;
@@ -422,7 +422,7 @@ fn probe_here(release: &Release, count: usize, output: &Output) -> ExitCode {
             send(
                 output,
                 &FromChild::LoadError {
-                    error: PythonError {
+                    error: Exception {
                         kind: "ProbeFailed".into(),
                         message,
                         traceback: String::new(),

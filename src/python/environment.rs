@@ -9,7 +9,7 @@ pub const EMBEDDED_PYTHON: Option<&str> = option_env!("TILEBOX_EMBEDDED_PYTHON")
 
 /// What can go wrong building an environment.
 #[derive(Debug, thiserror::Error)]
-pub enum EnvironmentError {
+pub enum Error {
     #[error("`uv` is not installed or not on PATH")]
     UvMissing,
     #[error("`uv sync` failed in {root}:\n{output}")]
@@ -36,7 +36,7 @@ fn run_uv_sync(
     frozen: bool,
     extra: &[&str],
     environment: Option<&Path>,
-) -> Result<(), EnvironmentError> {
+) -> Result<(), Error> {
     let mut command = Command::new("uv");
     command
         .args(["sync", "--quiet"])
@@ -53,14 +53,14 @@ fn run_uv_sync(
         command.arg("--python").arg(python);
     }
     let output = command.output().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => EnvironmentError::UvMissing,
-        _ => EnvironmentError::Run {
+        std::io::ErrorKind::NotFound => Error::UvMissing,
+        _ => Error::Run {
             root: root.to_path_buf(),
             source,
         },
     })?;
     if !output.status.success() {
-        return Err(EnvironmentError::SyncFailed {
+        return Err(Error::SyncFailed {
             root: root.to_path_buf(),
             output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
@@ -70,7 +70,7 @@ fn run_uv_sync(
 
 /// Runs `uv sync` in `root` (which has a `pyproject.toml`), with `--frozen` when asked,
 /// against the embedded interpreter; answers the venv.
-pub fn sync(root: &Path, frozen: bool) -> Result<Environment, EnvironmentError> {
+pub fn sync(root: &Path, frozen: bool) -> Result<Environment, Error> {
     run_uv_sync(root, frozen, &[], None)?;
     let venv = root.join(".venv");
     Ok(Environment {
@@ -97,19 +97,14 @@ pub fn site_packages_of(venv: &Path) -> Vec<PathBuf> {
 /// `cache/venvs/` keyed by the hash of its `uv.lock` and the Python version, so releases with
 /// the same lock file share one environment and a redeploy builds nothing. The project's own
 /// code is imported from `root`, not installed.
-pub fn sync_shared(root: &Path, cache: &Path) -> Result<Environment, EnvironmentError> {
+pub fn sync_shared(root: &Path, cache: &Path) -> Result<Environment, Error> {
     use sha2::{Digest, Sha256};
     let lock = std::fs::read(root.join("uv.lock")).unwrap_or_default();
     let pyproject = std::fs::read(root.join("pyproject.toml")).unwrap_or_default();
     let mut hasher = Sha256::new();
     hasher.update(&lock);
     hasher.update(&pyproject);
-    let hash: String = hasher
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let hash = hex::encode(&hasher.finalize()[..12]);
     let version = EMBEDDED_PYTHON
         .unwrap_or("python3")
         .rsplit('/')

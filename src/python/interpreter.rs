@@ -16,9 +16,10 @@ use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::protocol::{
-    Event, Progress, PythonError, SubmissionGroup, Submissions, TaskOutcome, TaskRequest,
+    Event, Exception, Progress, SubmissionGroup, Submissions, TaskOutcome, TaskRequest,
 };
 use super::{Error, Release};
+use crate::api::convert::failure_display;
 
 /// Where events of the running task go.
 pub type EventSender = async_mpsc::UnboundedSender<Event>;
@@ -28,7 +29,7 @@ pub type SinkSlot = Arc<Mutex<Option<Box<dyn Fn(Event) + Send>>>>;
 const HOST_MODULE: &str = "tilebox.workflows._host";
 
 /// A Python exception as plain values, with its formatted traceback.
-pub fn python_error(py: Python<'_>, error: &PyErr) -> PythonError {
+pub fn python_error(py: Python<'_>, error: &PyErr) -> Exception {
     let value = error.value(py);
     let kind = value
         .get_type()
@@ -42,7 +43,7 @@ pub fn python_error(py: Python<'_>, error: &PyErr) -> PythonError {
         .and_then(|lines| lines.extract::<Vec<String>>())
         .map(|lines| lines.concat())
         .unwrap_or_default();
-    PythonError {
+    Exception {
         kind,
         message,
         traceback,
@@ -174,7 +175,7 @@ fn outcome_of(result: &Bound<'_, PyAny>) -> PyResult<TaskOutcome> {
     let error = if error.is_none() {
         None
     } else {
-        Some(PythonError {
+        Some(Exception {
             kind: error.get_item("type")?.extract()?,
             message: error.get_item("message")?.extract()?,
             traceback: error.get_item("traceback")?.extract()?,
@@ -211,11 +212,6 @@ pub fn execute(py: Python<'_>, request: &TaskRequest) -> TaskOutcome {
             error: Some(error),
         }
     })
-}
-
-/// `"<display>\n<reason>"` capped at 1024 characters, as the SDK formats failures.
-pub fn failure_display(display: &str, reason: &str) -> String {
-    format!("{display}\n{reason}").chars().take(1024).collect()
 }
 
 enum Command {

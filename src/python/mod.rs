@@ -10,7 +10,7 @@
 //!   in them never takes this process down.
 //!
 //! Callers see the same API either way: [`load`] gives a [`LoadedRelease`] that lists the
-//! task identifiers and executes tasks. Python exceptions come out as [`PythonError`] values.
+//! task identifiers and executes tasks. Python exceptions come out as [`Exception`] values.
 //!
 //! Layout:
 //! - `mod.rs`: `Release`, `Placement`, `LoadedRelease`, `Error`
@@ -32,8 +32,9 @@ pub mod runtime;
 
 use std::path::PathBuf;
 
-pub use interpreter::{EventSender, failure_display};
-pub use protocol::{Event, JobInfo, Progress, PythonError, Submissions, TaskOutcome, TaskRequest};
+pub use crate::api::convert::failure_display;
+pub use interpreter::EventSender;
+pub use protocol::{Event, Exception, JobInfo, Progress, Submissions, TaskOutcome, TaskRequest};
 
 /// What can go wrong hosting Python.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ pub enum Error {
     Load {
         release: String,
         runner: String,
-        error: PythonError,
+        error: Exception,
     },
     #[error("the interpreter hosting the release has stopped")]
     InterpreterGone,

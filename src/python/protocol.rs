@@ -61,14 +61,14 @@ pub struct SubmissionGroup {
 
 /// A Python exception, made plain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PythonError {
+pub struct Exception {
     /// The exception's type name, e.g. `ValueError`.
     pub kind: String,
     pub message: String,
     pub traceback: String,
 }
 
-impl std::fmt::Display for PythonError {
+impl std::fmt::Display for Exception {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.message.is_empty() {
             write!(formatter, "{}", self.kind)
@@ -94,7 +94,7 @@ pub enum TaskOutcome {
         /// identifier, host problem).
         workflow_error: bool,
         progress: Vec<Progress>,
-        error: Option<PythonError>,
+        error: Option<Exception>,
     },
 }
 

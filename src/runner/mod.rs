@@ -7,12 +7,15 @@
 //! - `slot.rs`: the claim -> execute -> report loop of one slot
 //! - `catalog.rs`: loaded releases and task routing
 //! - `leases.rs`: one task extending every running task's lease
-//! - `prepare.rs`: artifact cache, safe extraction, shared venvs
+//! - `local.rs`: executing a task tree in-process without a server (`task run`)
+//! - `prepare.rs`: code to a loadable release, for every command: artifact cache, staged
+//!   extraction, environments (shared venvs, a project's own), build validation
 //! - `telemetry.rs`: task logs and spans to the server (OTLP, batched)
 
 mod catalog;
 mod leases;
-mod prepare;
+pub mod local;
+pub mod prepare;
 mod slot;
 mod telemetry;
 

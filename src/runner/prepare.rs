@@ -1,7 +1,13 @@
-//! Turning a deployed release into something loadable: the artifact downloaded once into a
-//! cache keyed by its digest and verified, extracted safely into its own directory, and its
-//! environment built with `uv sync --frozen` into a venv shared by every release with the
-//! same lock file and Python version.
+//! Turning code into a [`python::Release`] the embedding can load, the one routine every
+//! command uses: the runner for deployed releases, `workflow build-release` to validate what
+//! it archived, `task run` and `runner start --project` for a local project.
+//!
+//! - An artifact is downloaded once into a cache keyed by its digest, verified, and extracted
+//!   into a staging directory that is marked complete and then renamed into place
+//!   ([`unpack_artifact`]), so a half-extracted release is never visible.
+//! - A release's environment is built with `uv` ([`EnvironmentSource`]): into a venv shared by
+//!   every release with the same lock file and Python version, or into a local project's own
+//!   `.venv`.
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +18,11 @@ use crate::api::selfhosted_v1::GetArtifactRequest;
 use crate::api::workflows_v1::WorkflowRelease;
 use crate::client::Client;
 use crate::python::{self, Release};
-use crate::release::archive;
+use crate::release::archive::{self, ArchiveInfo};
+use crate::release::build::Validation;
+use crate::release::config::{self, Entry};
 
-/// Why a deployed release could not be prepared.
+/// Why a release could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("release {release} has no artifact")]
@@ -23,24 +31,34 @@ pub enum Error {
         "release {release} has no runner object (custom worker commands cannot run in-process)"
     )]
     NoRunner { release: String },
+    #[error("{} starts a custom worker command ({}); it cannot run in-process", path.display(), command.join(" "))]
+    CustomCommand { path: PathBuf, command: Vec<String> },
     #[error("downloading artifact {digest} failed: {message}")]
     Download { digest: String, message: String },
     #[error("artifact {digest} arrived with digest {actual}: refusing it")]
     DigestMismatch { digest: String, actual: String },
-    #[error("cannot extract artifact {digest}")]
+    #[error("cannot extract artifact {}", archive.display())]
     Extract {
-        digest: String,
+        archive: PathBuf,
         #[source]
         source: archive::Error,
     },
-    #[error("cache I/O failed at {path}")]
+    #[error("cache I/O failed at {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} panicked")]
+    Panicked {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error(transparent)]
-    Environment(#[from] python::environment::EnvironmentError),
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Environment(#[from] python::environment::Error),
     #[error(transparent)]
     Python(#[from] python::Error),
 }
@@ -52,10 +70,188 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Downloads (unless cached), verifies and extracts a release; answers the directory.
+/// How a release's Python environment is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvironmentSource {
+    /// `uv sync --frozen --no-install-project` into a venv under the cache shared by every
+    /// release with the same lock file (deployed and built releases).
+    Shared,
+    /// `uv sync` into the project's own `.venv` (a local project under development).
+    Project,
+    /// The project's `.venv` as it is, if it has one, without running `uv`
+    /// (`task run --no-sync`).
+    Existing,
+}
+
+/// Where a release's code is and what to load from it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// A short name for messages (the workflow slug, or `slug@release`).
+    pub label: String,
+    /// The directory with the release's files.
+    pub root: PathBuf,
+    /// The runner object, `module:object`.
+    pub runner: String,
+    pub environment: EnvironmentSource,
+}
+
+/// Builds the environment of `source` and answers the release to load. Nothing is synced
+/// when the root has no `pyproject.toml` (a local project's `.venv` is used if it exists).
+pub async fn release(source: Source, cache: &Path) -> Result<Release, Error> {
+    let has_project = source.root.join("pyproject.toml").is_file();
+    let environment = match source.environment {
+        EnvironmentSource::Shared | EnvironmentSource::Project if has_project => {
+            let (root, cache, shared) = (
+                source.root.clone(),
+                cache.to_path_buf(),
+                source.environment == EnvironmentSource::Shared,
+            );
+            let environment = tokio::task::spawn_blocking(move || {
+                if shared {
+                    python::environment::sync_shared(&root, &cache)
+                } else {
+                    python::environment::sync(&root, false)
+                }
+            })
+            .await
+            .map_err(|source| Error::Panicked {
+                what: "uv sync",
+                source,
+            })??;
+            Some(environment)
+        }
+        // A local project without `pyproject.toml` may still have a venv of its own.
+        EnvironmentSource::Existing | EnvironmentSource::Project => {
+            let venv = source.root.join(".venv");
+            venv.is_dir().then(|| python::environment::Environment {
+                site_packages: python::environment::site_packages_of(&venv),
+                venv,
+            })
+        }
+        EnvironmentSource::Shared => None,
+    };
+    let (venv, site_packages) = match environment {
+        Some(environment) => (Some(environment.venv), environment.site_packages),
+        None => (None, Vec::new()),
+    };
+    Ok(Release {
+        label: source.label,
+        runtime: python::runtime::unpack(cache)?,
+        root: source.root,
+        site_packages,
+        venv,
+        runner: source.runner,
+    })
+}
+
+/// The release of the workflow project around `start` (searched upward for
+/// `tilebox.workflow.toml`), or of `start` itself with `runner` given.
+pub fn project_source(
+    start: &Path,
+    runner: Option<&str>,
+    environment: EnvironmentSource,
+) -> Result<Source, Error> {
+    if let Some(runner) = runner {
+        return Ok(Source {
+            label: "local".to_string(),
+            root: std::path::absolute(start).unwrap_or_else(|_| start.to_path_buf()),
+            runner: runner.to_string(),
+            environment,
+        });
+    }
+    let path = config::find(start)?;
+    let configuration = config::load(&path)?;
+    match configuration.entry {
+        Entry::Runner(runner) => Ok(Source {
+            label: configuration.slug,
+            root: configuration.root,
+            runner,
+            environment,
+        }),
+        Entry::Command(command) => Err(Error::CustomCommand { path, command }),
+    }
+}
+
+/// Extracts an artifact into `directory` (refusing anything `archive` refuses), through a
+/// staging directory that is marked complete and renamed into place, so a half-extracted
+/// release is never used. An already complete `directory` is kept as it is.
+pub fn unpack_artifact(artifact: &Path, directory: &Path) -> Result<(), Error> {
+    let marker = directory.join(COMPLETE_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    let parent = directory.parent().unwrap_or(Path::new("."));
+    fs_err::create_dir_all(parent).map_err(io(parent))?;
+    let name = directory
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = parent.join(format!(".{name}-{}", uuid::Uuid::new_v4()));
+    let staged = archive::extract_archive(artifact, &staging, archive::Limits::default())
+        .map_err(|source| Error::Extract {
+            archive: artifact.to_path_buf(),
+            source,
+        })
+        .and_then(|_| fs_err::write(staging.join(COMPLETE_MARKER), b"").map_err(io(&staging)));
+    if let Err(error) = staged {
+        // A refused archive may have been partly extracted: leave nothing of it behind.
+        let _ = fs_err::remove_dir_all(&staging);
+        return Err(error);
+    }
+    match fs_err::rename(&staging, directory) {
+        Ok(()) => Ok(()),
+        // Another process or task extracted the same artifact first: use theirs.
+        Err(_) if marker.exists() => {
+            let _ = fs_err::remove_dir_all(&staging);
+            Ok(())
+        }
+        Err(source) => Err(Error::Io {
+            path: directory.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The file that marks an extracted directory complete.
+const COMPLETE_MARKER: &str = ".complete";
+
+/// Extracts a built artifact for validation under `cache/builds/<digest>` and answers the
+/// release to load from it, with its environment shared by lock file.
+async fn built_release(
+    artifact: &Path,
+    digest: &str,
+    label: &str,
+    runner: &str,
+    cache: &Path,
+) -> Result<Release, Error> {
+    let root = cache.join("builds").join(digest);
+    unpack_blocking(artifact.to_path_buf(), root.clone()).await?;
+    release(
+        Source {
+            label: label.to_string(),
+            root,
+            runner: runner.to_string(),
+            environment: EnvironmentSource::Shared,
+        },
+        cache,
+    )
+    .await
+}
+
+async fn unpack_blocking(artifact: PathBuf, directory: PathBuf) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || unpack_artifact(&artifact, &directory))
+        .await
+        .map_err(|source| Error::Panicked {
+            what: "extraction",
+            source,
+        })?
+}
+
+/// Downloads (unless cached), verifies and extracts a deployed artifact; answers the
+/// directory with its files.
 pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Result<PathBuf, Error> {
     let extracted = cache.join("releases").join(digest);
-    if extracted.join(".complete").exists() {
+    if extracted.join(COMPLETE_MARKER).exists() {
         return Ok(extracted);
     }
     let artifacts = cache.join("artifacts");
@@ -66,42 +262,8 @@ pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Resul
     if !artifact.exists() {
         download(client, digest, &artifact).await?;
     }
-    let staging = cache
-        .join("releases")
-        .join(format!(".{digest}-{}", uuid::Uuid::new_v4()));
-    let (archive_path, target) = (artifact.clone(), staging.clone());
-    let digest_owned = digest.to_string();
-    let extracted_into_staging = tokio::task::spawn_blocking(move || {
-        archive::extract_archive(&archive_path, &target, archive::Limits::default())
-    })
-    .await
-    .map_err(|error| Error::Download {
-        digest: digest_owned.clone(),
-        message: error.to_string(),
-    })?
-    .map_err(|source| Error::Extract {
-        digest: digest_owned,
-        source,
-    });
-    if let Err(error) = extracted_into_staging {
-        // A refused archive may have been partly extracted: leave nothing of it behind.
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        return Err(error);
-    }
-    tokio::fs::write(staging.join(".complete"), b"")
-        .await
-        .map_err(io(&staging))?;
-    match tokio::fs::rename(&staging, &extracted).await {
-        Ok(()) => Ok(extracted),
-        Err(_) if extracted.join(".complete").exists() => {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-            Ok(extracted)
-        }
-        Err(source) => Err(Error::Io {
-            path: extracted,
-            source,
-        }),
-    }
+    unpack_blocking(artifact, extracted.clone()).await?;
+    Ok(extracted)
 }
 
 async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Error> {
@@ -134,11 +296,7 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
     }
     file.sync_all().await.map_err(io(&partial))?;
     drop(file);
-    let actual: String = hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let actual = hex::encode(hasher.finalize());
     if actual != digest {
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(Error::DigestMismatch {
@@ -180,25 +338,36 @@ pub async fn prepare(
             release: label.clone(),
         })?;
     let root = fetch_release(client, cache, &digest).await?;
-    let (venv, site_packages) = if root.join("pyproject.toml").is_file() {
-        let (root, cache) = (root.clone(), cache.to_path_buf());
-        let environment =
-            tokio::task::spawn_blocking(move || python::environment::sync_shared(&root, &cache))
-                .await
-                .map_err(|error| Error::Download {
-                    digest: digest.clone(),
-                    message: error.to_string(),
-                })??;
-        (Some(environment.venv), environment.site_packages)
-    } else {
-        (None, Vec::new())
+    self::release(
+        Source {
+            label,
+            root,
+            runner,
+            environment: EnvironmentSource::Shared,
+        },
+        cache,
+    )
+    .await
+}
+
+/// Validates a built artifact as a runner would load it: extracts it, builds its shared
+/// environment, loads the runner object (probing where it can run) and reports the task
+/// identifiers it registers.
+pub async fn validate_artifact(
+    archive: &ArchiveInfo,
+    label: &str,
+    runner: &str,
+    cache: &Path,
+) -> Result<Validation, Error> {
+    let release = built_release(&archive.path, &archive.sha256, label, runner, cache).await?;
+    let loaded = python::load(release, python::Placement::Auto).await?;
+    let validation = Validation {
+        tasks: loaded.identifiers().to_vec(),
+        isolation: match &loaded.fallback_reason {
+            Some(reason) => format!("{} ({reason})", loaded.isolation()),
+            None => loaded.isolation().to_string(),
+        },
     };
-    Ok(Release {
-        label,
-        runtime: python::runtime::unpack(cache)?,
-        root,
-        site_packages,
-        venv,
-        runner,
-    })
+    loaded.unload().await;
+    Ok(validation)
 }

@@ -34,7 +34,8 @@ fn progress(progress: &[python::Progress]) -> Vec<Progress> {
         .collect()
 }
 
-fn submissions(submissions: Submissions) -> TaskSubmissions {
+/// The subtasks a task submitted, as `workflows.v1.TaskSubmissions`.
+pub(super) fn task_submissions(submissions: Submissions) -> TaskSubmissions {
     TaskSubmissions {
         task_groups: submissions
             .task_groups
@@ -364,7 +365,7 @@ impl Slot {
                 display,
                 legacy_sub_tasks: Vec::new(),
                 progress_updates: progress(&updates),
-                sub_tasks: subtasks.map(submissions),
+                sub_tasks: subtasks.map(task_submissions),
             }),
             Ok(TaskOutcome::Failed {
                 display,

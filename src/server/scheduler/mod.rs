@@ -20,13 +20,13 @@ use crate::server::store::{
     self, ClaimRequest, ClaimedTask, ComputedReport, DEFAULT_CLUSTER_SLUG, FailedReport, Job,
     NewJob, Progress, ReportOutcome, Store,
 };
-use submission::{Limits, SubmissionError};
+use submission::Limits;
 
 /// Why a scheduling request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid task submission: {0}")]
-    Submission(#[from] SubmissionError),
+    Submission(#[from] submission::Error),
     #[error("{0}")]
     InvalidRequest(String),
     #[error(transparent)]
@@ -135,7 +135,7 @@ impl Scheduler {
                 DEFAULT_CLUSTER_SLUG,
                 self.limits(),
             )?,
-            _ => return Err(SubmissionError::NoGroups.into()),
+            _ => return Err(submission::Error::NoGroups.into()),
         };
         let job = self
             .store
@@ -178,7 +178,7 @@ impl Scheduler {
                     .iter()
                     .map(submission::parse_identifier)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(SubmissionError::from)?;
+                    .map_err(submission::Error::from)?;
                 Some(ClaimRequest {
                     cluster,
                     identifiers,
@@ -227,8 +227,7 @@ impl Scheduler {
         let subtasks = match self.expand_subtasks(&computed, claimant).await {
             Ok(subtasks) => subtasks,
             Err(reason) => {
-                let display =
-                    failure_display(&computed.display, &format!("InvalidSubtasks({reason:?})"));
+                let display = submission::invalid_subtasks_display(&computed.display, &reason);
                 return Ok(Report::Failed(FailedReport {
                     task_id,
                     claimant: claimant.to_string(),
@@ -251,18 +250,16 @@ impl Scheduler {
         &self,
         computed: &crate::api::workflows_v1::ComputedTask,
         _claimant: &str,
-    ) -> Result<Vec<store::NewTask>, String> {
+    ) -> Result<Vec<store::NewTask>, submission::Error> {
         let subtasks = match &computed.sub_tasks {
             Some(submissions) if !submissions.task_groups.is_empty() => {
-                submission::expand(submissions, DEFAULT_CLUSTER_SLUG, self.limits())
-                    .map_err(|e| e.to_string())?
+                submission::expand(submissions, DEFAULT_CLUSTER_SLUG, self.limits())?
             }
             _ if !computed.legacy_sub_tasks.is_empty() => submission::expand_legacy(
                 &computed.legacy_sub_tasks,
                 DEFAULT_CLUSTER_SLUG,
                 self.limits(),
-            )
-            .map_err(|e| e.to_string())?,
+            )?,
             _ => Vec::new(),
         };
         let mut checked = std::collections::HashSet::new();
@@ -270,7 +267,9 @@ impl Scheduler {
             if checked.insert(task.cluster.clone())
                 && self.store.get_cluster(&task.cluster).await.is_err()
             {
-                return Err(format!("subtask cluster `{}` does not exist", task.cluster));
+                return Err(submission::Error::UnknownCluster {
+                    cluster: task.cluster.clone(),
+                });
             }
         }
         Ok(subtasks)
@@ -401,11 +400,6 @@ fn recommended_wait(lease: Duration) -> Duration {
 }
 
 /// The SDK's failure display: `"<display>\n<reason>"`, capped at 1024 characters.
-fn failure_display(display: &str, reason: &str) -> String {
-    let text = format!("{display}\n{reason}");
-    text.chars().take(1024).collect()
-}
-
 fn required_id(id: Option<&crate::api::tilebox_v1::Id>, field: &str) -> Result<Uuid> {
     crate::api::convert::uuid_of(id)
         .map_err(|error| Error::InvalidRequest(format!("{field}: {error}")))?
@@ -449,7 +443,7 @@ mod tests {
 
     #[test]
     fn failure_display_is_capped_at_1024_characters() {
-        let display = failure_display("Task", &"x".repeat(5000));
+        let display = crate::api::convert::failure_display("Task", &"x".repeat(5000));
         assert_eq!(display.chars().count(), 1024);
         assert!(display.starts_with("Task\nxxx"));
     }

@@ -19,7 +19,7 @@ pub const MAX_NAME_BYTES: usize = 256;
 
 /// Why a submission was refused; every message names the offending group, task or value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubmissionError {
+pub enum Error {
     #[error("a submission needs at least one task group")]
     NoGroups,
     #[error("a submission may have at most {MAX_GROUPS} task groups, got {0}")]
@@ -76,6 +76,17 @@ pub enum SubmissionError {
     UnknownLegacyDependency { task: usize, dependency: i64 },
     #[error("the dependencies between legacy tasks form a cycle through task {task}")]
     LegacyCycle { task: usize },
+    #[error("subtask cluster `{cluster}` does not exist")]
+    UnknownCluster { cluster: String },
+}
+
+/// The display of a task whose submitted subtasks were refused: the SDK's failure display
+/// with an `InvalidSubtasks("<reason>")` exception.
+pub fn invalid_subtasks_display(display: &str, reason: &Error) -> String {
+    crate::api::convert::failure_display(
+        display,
+        &format!("InvalidSubtasks({:?})", reason.to_string()),
+    )
 }
 
 /// A task identifier that is not valid.
@@ -129,13 +140,13 @@ pub fn expand(
     submissions: &TaskSubmissions,
     fallback_cluster: &str,
     limits: Limits,
-) -> Result<Vec<NewTask>, SubmissionError> {
+) -> Result<Vec<NewTask>, Error> {
     let groups = &submissions.task_groups;
     if groups.is_empty() {
-        return Err(SubmissionError::NoGroups);
+        return Err(Error::NoGroups);
     }
     if groups.len() > MAX_GROUPS {
-        return Err(SubmissionError::TooManyGroups(groups.len()));
+        return Err(Error::TooManyGroups(groups.len()));
     }
     let identifiers = submissions
         .identifier_lookup
@@ -143,19 +154,19 @@ pub fn expand(
         .map(parse_identifier)
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(index) = submissions.display_lookup.iter().position(String::is_empty) {
-        return Err(SubmissionError::EmptyDisplay { index });
+        return Err(Error::EmptyDisplay { index });
     }
     // Validate the group graph first: references, self edges, cycles.
     for (group_index, group) in groups.iter().enumerate() {
         for &dependency in &group.dependencies_on_other_groups {
             if dependency as usize >= groups.len() {
-                return Err(SubmissionError::UnknownGroup {
+                return Err(Error::UnknownGroup {
                     group: group_index,
                     dependency,
                 });
             }
             if dependency as usize == group_index {
-                return Err(SubmissionError::SelfDependency { group: group_index });
+                return Err(Error::SelfDependency { group: group_index });
             }
         }
     }
@@ -170,7 +181,7 @@ pub fn expand(
         })
         .collect();
     if let Some(group) = find_cycle(&dependencies) {
-        return Err(SubmissionError::Cycle { group });
+        return Err(Error::Cycle { group });
     }
 
     let mut ranges = Vec::with_capacity(groups.len());
@@ -178,13 +189,13 @@ pub fn expand(
     for (group_index, group) in groups.iter().enumerate() {
         let count = group.inputs.len();
         if count == 0 {
-            return Err(SubmissionError::EmptyGroup { group: group_index });
+            return Err(Error::EmptyGroup { group: group_index });
         }
         let check = |field: &'static str, actual: usize, allow_empty: bool| {
             if actual == count || (allow_empty && actual == 0) {
                 Ok(())
             } else {
-                Err(SubmissionError::LengthMismatch {
+                Err(Error::LengthMismatch {
                     group: group_index,
                     field,
                     expected: count,
@@ -211,7 +222,7 @@ pub fn expand(
                 if (pointer as usize) < length && pointer <= usize::MAX as u64 {
                     Ok(pointer as usize)
                 } else {
-                    Err(SubmissionError::PointerOutOfRange {
+                    Err(Error::PointerOutOfRange {
                         group: group_index,
                         task: task_index,
                         field,
@@ -237,7 +248,7 @@ pub fn expand(
             )?];
             let input = &group.inputs[task_index];
             if input.len() > limits.max_input_bytes {
-                return Err(SubmissionError::InputTooLarge {
+                return Err(Error::InputTooLarge {
                     group: group_index,
                     task: task_index,
                     size: input.len(),
@@ -250,7 +261,7 @@ pub fn expand(
                 .copied()
                 .unwrap_or(0);
             if max_retries < 0 {
-                return Err(SubmissionError::NegativeRetries {
+                return Err(Error::NegativeRetries {
                     group: group_index,
                     task: task_index,
                     value: max_retries,
@@ -287,7 +298,7 @@ pub fn expand(
         depends_on.sort_unstable();
         edges = edges.saturating_add(depends_on.len().saturating_mul(ranges[group_index].len()));
         if edges > MAX_DEPENDENCY_EDGES {
-            return Err(SubmissionError::TooManyEdges);
+            return Err(Error::TooManyEdges);
         }
         for task in ranges[group_index].clone() {
             tasks[task].depends_on = depends_on.clone();
@@ -301,12 +312,12 @@ pub fn expand_legacy(
     submissions: &[SingleTaskSubmission],
     fallback_cluster: &str,
     limits: Limits,
-) -> Result<Vec<NewTask>, SubmissionError> {
+) -> Result<Vec<NewTask>, Error> {
     if submissions.is_empty() {
-        return Err(SubmissionError::NoGroups);
+        return Err(Error::NoGroups);
     }
     if submissions.len() > MAX_LEGACY_TASKS {
-        return Err(SubmissionError::TooManyLegacyTasks(submissions.len()));
+        return Err(Error::TooManyLegacyTasks(submissions.len()));
     }
     let mut tasks = Vec::with_capacity(submissions.len());
     let mut graph = Vec::with_capacity(submissions.len());
@@ -318,7 +329,7 @@ pub fn expand_legacy(
                 .unwrap_or(&TaskIdentifier::default()),
         )?;
         if submission.input.len() > limits.max_input_bytes {
-            return Err(SubmissionError::InputTooLarge {
+            return Err(Error::InputTooLarge {
                 group: 0,
                 task: index,
                 size: submission.input.len(),
@@ -326,7 +337,7 @@ pub fn expand_legacy(
             });
         }
         if submission.max_retries < 0 {
-            return Err(SubmissionError::NegativeRetries {
+            return Err(Error::NegativeRetries {
                 group: 0,
                 task: index,
                 value: submission.max_retries,
@@ -338,7 +349,7 @@ pub fn expand_legacy(
                 || dependency as usize >= submissions.len()
                 || dependency as usize == index
             {
-                return Err(SubmissionError::UnknownLegacyDependency {
+                return Err(Error::UnknownLegacyDependency {
                     task: index,
                     dependency,
                 });
@@ -366,7 +377,7 @@ pub fn expand_legacy(
         });
     }
     if let Some(task) = find_cycle(&graph) {
-        return Err(SubmissionError::LegacyCycle { task });
+        return Err(Error::LegacyCycle { task });
     }
     Ok(tasks)
 }
@@ -498,9 +509,9 @@ mod tests {
             LIMITS,
         )
         .unwrap_err();
-        assert!(matches!(error, SubmissionError::Cycle { .. }), "{error}");
+        assert!(matches!(error, Error::Cycle { .. }), "{error}");
         let error = expand(&submissions(vec![group(&["1"], &[0])]), "c", LIMITS).unwrap_err();
-        assert_eq!(error, SubmissionError::SelfDependency { group: 0 });
+        assert_eq!(error, Error::SelfDependency { group: 0 });
     }
 
     #[test]
@@ -509,7 +520,7 @@ mod tests {
         let error = expand(&submissions(vec![group(&["1", &big], &[])]), "c", LIMITS).unwrap_err();
         assert_eq!(
             error,
-            SubmissionError::InputTooLarge {
+            Error::InputTooLarge {
                 group: 0,
                 task: 1,
                 size: 2049,
@@ -524,7 +535,7 @@ mod tests {
         assert!(
             matches!(
                 error,
-                SubmissionError::LengthMismatch {
+                Error::LengthMismatch {
                     field: "display_pointers",
                     ..
                 }
@@ -536,14 +547,14 @@ mod tests {
         bad.identifier_pointers = vec![5];
         let error = expand(&submissions(vec![bad]), "c", LIMITS).unwrap_err();
         assert!(
-            matches!(error, SubmissionError::PointerOutOfRange { pointer: 5, .. }),
+            matches!(error, Error::PointerOutOfRange { pointer: 5, .. }),
             "{error}"
         );
 
         let error = expand(&submissions(vec![group(&["1"], &[7])]), "c", LIMITS).unwrap_err();
         assert_eq!(
             error,
-            SubmissionError::UnknownGroup {
+            Error::UnknownGroup {
                 group: 0,
                 dependency: 7
             }
@@ -551,12 +562,12 @@ mod tests {
 
         assert_eq!(
             expand(&submissions(vec![]), "c", LIMITS).unwrap_err(),
-            SubmissionError::NoGroups
+            Error::NoGroups
         );
         let many = (0..65).map(|_| group(&["1"], &[])).collect();
         assert_eq!(
             expand(&submissions(many), "c", LIMITS).unwrap_err(),
-            SubmissionError::TooManyGroups(65)
+            Error::TooManyGroups(65)
         );
     }
 
@@ -584,14 +595,11 @@ mod tests {
         assert_eq!(tasks[1].depends_on, vec![0]);
         assert_eq!(tasks[0].display, "T");
         let error = expand_legacy(&[single(vec![1]), single(vec![0])], "d", LIMITS).unwrap_err();
-        assert!(
-            matches!(error, SubmissionError::LegacyCycle { .. }),
-            "{error}"
-        );
+        assert!(matches!(error, Error::LegacyCycle { .. }), "{error}");
         let error = expand_legacy(&[single(vec![3])], "d", LIMITS).unwrap_err();
         assert_eq!(
             error,
-            SubmissionError::UnknownLegacyDependency {
+            Error::UnknownLegacyDependency {
                 task: 0,
                 dependency: 3
             }

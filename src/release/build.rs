@@ -1,0 +1,251 @@
+//! The release build pipeline: select the project's files, write the deterministic archive,
+//! validate what was archived, and fingerprint the result.
+//!
+//! Validation loads Python, which this module does not do itself (no tokio, no pyo3 here):
+//! the caller passes a [`Validate`] step that extracts the archive, builds its environment
+//! and imports the runner object (`runner::prepare` and `python` do that for the CLI).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::archive::{self, ArchiveInfo};
+use super::config::{Config, Entry};
+use super::select;
+use crate::api::workflows_v1::{Path as ReleasePath, ReleaseContent, TaskIdentifier};
+
+/// The boxed error of a validation step.
+pub type ValidationError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a release could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot select the files of {}", root.display())]
+    Select {
+        root: PathBuf,
+        #[source]
+        source: select::Error,
+    },
+    #[error("no file of {} matches [build] include", root.display())]
+    NothingSelected { root: PathBuf },
+    #[error("cannot write the archive {}", path.display())]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: archive::Error,
+    },
+    #[error("validation of {} failed", slug)]
+    Validation {
+        slug: String,
+        #[source]
+        source: ValidationError,
+    },
+}
+
+/// What validating an archive found: the tasks its runner object registers and how the
+/// release is hosted.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// `(name, version)` of each registered task, in registration order.
+    pub tasks: Vec<(String, String)>,
+    /// How the release runs, e.g. `sub-interpreter`, with the reason for a fallback.
+    pub isolation: String,
+}
+
+/// The validation step: given the written archive and the runner object (`module:object`),
+/// load it and report what it registers.
+pub trait Validate {
+    fn validate(self, archive: &ArchiveInfo, runner: &str) -> Result<Validation, ValidationError>;
+}
+
+impl<F> Validate for F
+where
+    F: FnOnce(&ArchiveInfo, &str) -> Result<Validation, ValidationError>,
+{
+    fn validate(self, archive: &ArchiveInfo, runner: &str) -> Result<Validation, ValidationError> {
+        self(archive, runner)
+    }
+}
+
+/// A built and validated release.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub config: Config,
+    pub archive: ArchiveInfo,
+    /// `(name, version)` of each registered task (none for a custom command).
+    pub tasks: Vec<(String, String)>,
+    /// [`release_fingerprint`] of the release.
+    pub fingerprint: String,
+    /// How the release runs, or that a custom command was not validated.
+    pub isolation: String,
+}
+
+/// Where `build` writes the archive of a project: `<root>/<slug>.tar.zst`.
+pub fn archive_path(config: &Config) -> PathBuf {
+    config.root.join(format!("{}.tar.zst", config.slug))
+}
+
+/// Selects the files of `config`'s project, writes the archive to [`archive_path`], validates
+/// it (a runner object is loaded by `validate`; a custom command is not validated) and
+/// fingerprints the release. Blocking: call it off the async runtime.
+pub fn build(config: Config, validate: impl Validate) -> Result<Built, Error> {
+    let archive = write(&config, &archive_path(&config))?;
+    let validation = match &config.entry {
+        Entry::Runner(runner) => {
+            validate
+                .validate(&archive, runner)
+                .map_err(|source| Error::Validation {
+                    slug: config.slug.clone(),
+                    source,
+                })?
+        }
+        Entry::Command(_) => Validation {
+            tasks: Vec::new(),
+            isolation: "custom command (not validated)".to_string(),
+        },
+    };
+    let fingerprint = release_fingerprint(&archive.fingerprint, &config.entry, &validation.tasks);
+    Ok(Built {
+        config,
+        archive,
+        tasks: validation.tasks,
+        fingerprint,
+        isolation: validation.isolation,
+    })
+}
+
+/// Selects the project's files and writes their archive to `out`.
+pub fn write(config: &Config, out: &Path) -> Result<ArchiveInfo, Error> {
+    let files = select::select_files(config).map_err(|source| Error::Select {
+        root: config.root.clone(),
+        source,
+    })?;
+    if files.is_empty() {
+        return Err(Error::NothingSelected {
+            root: config.root.clone(),
+        });
+    }
+    archive::write_archive(&config.root, &files, out).map_err(|source| Error::Archive {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
+impl Built {
+    /// `name@version` of each registered task.
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks
+            .iter()
+            .map(|(name, version)| format!("{name}@{version}"))
+            .collect()
+    }
+
+    /// The release's content as `PublishWorkflowRelease` sends it.
+    pub fn content(&self) -> ReleaseContent {
+        let (runner_object_path, command_override) = match &self.config.entry {
+            Entry::Runner(runner) => (runner.clone(), Vec::new()),
+            Entry::Command(command) => (String::new(), command.clone()),
+        };
+        ReleaseContent {
+            fingerprint: self.fingerprint.clone(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|(name, version)| TaskIdentifier {
+                    name: name.clone(),
+                    version: version.clone(),
+                })
+                .collect(),
+            files: file_tree(&self.archive.files),
+            runner_object_path,
+            command_override,
+        }
+    }
+}
+
+/// The files as a directory tree, as `ReleaseContent.files` holds them.
+pub fn file_tree(files: &[String]) -> Vec<ReleasePath> {
+    fn insert(level: &mut Vec<ReleasePath>, parts: &[&str], prefix: &str) {
+        let Some((first, rest)) = parts.split_first() else {
+            return;
+        };
+        let path = if prefix.is_empty() {
+            first.to_string()
+        } else {
+            format!("{prefix}/{first}")
+        };
+        let position = match level.iter().position(|entry| entry.path == path) {
+            Some(position) => position,
+            None => {
+                level.push(ReleasePath {
+                    path: path.clone(),
+                    directory: !rest.is_empty(),
+                    children: Vec::new(),
+                });
+                level.len() - 1
+            }
+        };
+        insert(&mut level[position].children, rest, &path);
+    }
+    let mut tree = Vec::new();
+    for file in files {
+        let parts: Vec<&str> = file.split('/').collect();
+        insert(&mut tree, &parts, "");
+    }
+    tree
+}
+
+/// The release fingerprint: the files' fingerprint, how the release starts and the tasks
+/// it registers, hashed in a fixed text form (`tilebox-release-v1`).
+pub fn release_fingerprint(files: &str, entry: &Entry, tasks: &[(String, String)]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"tilebox-release-v1\n");
+    hasher.update(format!("files {files}\n"));
+    match entry {
+        Entry::Runner(runner) => hasher.update(format!("runner {runner}\n")),
+        Entry::Command(command) => hasher.update(format!(
+            "command {}\n",
+            serde_json::Value::from(command.clone())
+        )),
+    }
+    let mut sorted = tasks.to_vec();
+    sorted.sort();
+    for (name, version) in sorted {
+        hasher.update(format!("task {name} {version}\n"));
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_become_a_directory_tree() {
+        let tree = file_tree(&["a/b.py".into(), "a/c/d.py".into(), "e.toml".into()]);
+        assert_eq!(tree.len(), 2);
+        assert_eq!(tree[0].path, "a");
+        assert!(tree[0].directory);
+        assert_eq!(tree[0].children[1].path, "a/c");
+        assert_eq!(tree[0].children[1].children[0].path, "a/c/d.py");
+        assert!(!tree[1].directory);
+    }
+
+    #[test]
+    fn the_release_fingerprint_depends_on_files_entry_and_tasks_not_their_order() {
+        let entry = Entry::Runner("runner:runner".into());
+        let tasks = vec![
+            ("B".to_string(), "v0.0".to_string()),
+            ("A".to_string(), "v1.0".to_string()),
+        ];
+        let reversed: Vec<_> = tasks.iter().rev().cloned().collect();
+        let base = release_fingerprint("f", &entry, &tasks);
+        assert_eq!(base, release_fingerprint("f", &entry, &reversed));
+        assert_ne!(base, release_fingerprint("g", &entry, &tasks));
+        assert_ne!(
+            base,
+            release_fingerprint("f", &Entry::Runner("other:runner".into()), &tasks)
+        );
+        assert_ne!(base, release_fingerprint("f", &entry, &tasks[..1]));
+    }
+}
