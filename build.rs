@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pyo3_build_config::add_libpython_rpath_link_args();
     // The interpreter release venvs must be built with (the one this binary embeds).
     if let Some(executable) = pyo3_build_config::get().executable() {
+        // The name is `env::EMBEDDED_PYTHON` (build scripts cannot import the crate).
         println!("cargo:rustc-env=TILEBOX_EMBEDDED_PYTHON={executable}");
     }
     Ok(())

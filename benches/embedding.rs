@@ -122,17 +122,17 @@ fn main() -> anyhow::Result<()> {
     let settings = if full { &FULL } else { &SMOKE };
     // The child-process placement runs `tilebox python-host`; cargo builds the binary for
     // benches. Set before any thread starts.
-    if std::env::var_os(python::child::HOST_BINARY_ENV).is_none() {
+    if std::env::var_os(tilebox::env::PYTHON_HOST).is_none() {
         let binary = Path::new(env!("CARGO_BIN_EXE_tilebox"));
         if !binary.is_file() {
             bail!(
                 "the tilebox binary is missing at {}\nhint: build it with `cargo build --release`, or set {} to a tilebox binary",
                 binary.display(),
-                python::child::HOST_BINARY_ENV
+                tilebox::env::PYTHON_HOST
             );
         }
         // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var(python::child::HOST_BINARY_ENV, binary) };
+        unsafe { std::env::set_var(tilebox::env::PYTHON_HOST, binary) };
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

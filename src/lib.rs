@@ -8,10 +8,12 @@
 //! - `release`: tilebox.workflow.toml, file selection, deterministic archives
 //! - `runner`: the release runner (deployments, slots, leases, artifacts)
 //! - `cli`: the command tree; no business logic
+//! - `env`: every environment variable, declared once
 
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod env;
 pub mod python;
 pub mod release;
 pub mod runner;

@@ -191,7 +191,7 @@ runner = Runner(tasks=[Hello, Crash])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_crashes_in_a_sub_interpreter_runs_in_a_child_process() {
     // SAFETY (test set-up): set before any child is spawned by this test binary.
-    unsafe { std::env::set_var(python::child::HOST_BINARY_ENV, common::tilebox_binary()) };
+    unsafe { std::env::set_var(tilebox::env::PYTHON_HOST, common::tilebox_binary()) };
     let cache = tempfile::tempdir().expect("cache");
     let project = release_dir(&[("app.py", CRASHING_RUNNER)]);
     let loaded = python::load(

@@ -31,10 +31,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client;
 
-/// Environment variable: the API URL (`--api-url`).
-pub const API_URL_ENV: &str = "TILEBOX_API_URL";
-/// Environment variable: the API key (`--api-key`).
-pub const API_KEY_ENV: &str = "TILEBOX_API_KEY";
 /// The API URL when none is given: the local server's default listen address.
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8083";
 
@@ -81,10 +77,10 @@ enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// URL of the Tilebox API.
-    #[arg(long, global = true, env = API_URL_ENV, default_value = DEFAULT_API_URL)]
+    #[arg(long, global = true, env = crate::env::API_URL, default_value = DEFAULT_API_URL)]
     pub api_url: String,
     /// API key, sent as `authorization: Bearer <key>`.
-    #[arg(long, global = true, env = API_KEY_ENV, hide_env_values = true)]
+    #[arg(long, global = true, env = crate::env::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,
     /// Print one JSON document instead of human output.
     #[arg(long, global = true)]
@@ -126,7 +122,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `NO_COLOR`.
 pub fn init_tracing(filter: tracing_subscriber::EnvFilter) {
     use std::io::IsTerminal;
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour =
+        std::io::stderr().is_terminal() && std::env::var_os(crate::env::NO_COLOR).is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -49,7 +49,7 @@ pub async fn run(arguments: ParallelArgs) -> anyhow::Result<ExitCode> {
     for index in 0..arguments.count {
         let mut child = tokio::process::Command::new(program)
             .args(rest)
-            .env("TILEBOX_PARALLEL_INDEX", index.to_string())
+            .env(crate::env::PARALLEL_INDEX, index.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -14,9 +14,6 @@ use crate::python;
 use crate::runner::prepare::{self, EnvironmentSource};
 use crate::runner::{self, Phase};
 
-/// Environment variable: the cluster a runner serves (`--cluster`).
-pub const CLUSTER_ENV: &str = "TILEBOX_CLUSTER";
-
 #[derive(Debug, Subcommand)]
 pub enum RunnerCommand {
     /// Run the cluster's deployed releases (or a local project with --project).
@@ -26,7 +23,7 @@ pub enum RunnerCommand {
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// The cluster to serve [default: the default cluster].
-    #[arg(long, env = CLUSTER_ENV)]
+    #[arg(long, env = crate::env::CLUSTER)]
     cluster: Option<String>,
     /// Slots: tasks run in parallel (each release gets one interpreter per slot).
     #[arg(short = 'n', long = "slots", default_value_t = 1)]

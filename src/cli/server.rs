@@ -11,21 +11,16 @@ use clap::Args;
 
 use crate::server::{self, Server, scheduler};
 
-/// Environment variable: comma-separated API keys the server accepts (`--token`).
-pub const SERVER_TOKENS_ENV: &str = "TILEBOX_SERVER_TOKENS";
-/// Environment variable: the server's data directory (`--data-dir`).
-pub const DATA_DIR_ENV: &str = "TILEBOX_DATA_DIR";
-
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8083")]
     listen: SocketAddr,
     /// Where the database lives [default: the user's data dir, e.g. ~/.local/share/tilebox].
-    #[arg(long, env = DATA_DIR_ENV)]
+    #[arg(long, env = crate::env::DATA_DIR)]
     data_dir: Option<PathBuf>,
     /// An accepted API key (repeatable). Without any, the server is open (local development).
-    #[arg(long = "token", env = SERVER_TOKENS_ENV, value_delimiter = ',', hide_env_values = true)]
+    #[arg(long = "token", env = crate::env::SERVER_TOKENS, value_delimiter = ',', hide_env_values = true)]
     tokens: Vec<String>,
     /// Lease granted when a task is handed out, in seconds (at least 2).
     #[arg(long, default_value_t = 30)]
@@ -127,28 +122,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// Parses `7d`, `12h`, `30m`, `45s` or `500ms`.
+/// Parses a duration such as `7d`, `12h`, `1h 30m`, `45s` or `500ms` (humantime's units);
+/// a bare number is seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 7d, 12h, 30m or 45s"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(number)),
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{unit}`; use ms, s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("`{text}` is not a duration like 7d, 12h, 30m or 45s: {error}"))
 }
 
 #[cfg(test)]
@@ -160,10 +141,12 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert!(
-            parse_duration("7w")
+            parse_duration("7x")
                 .unwrap_err()
-                .contains("unknown unit `w`")
+                .contains("`7x` is not a duration")
         );
         assert!(parse_duration("soon").is_err());
     }

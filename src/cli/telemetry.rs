@@ -73,7 +73,7 @@ fn value_json(value: Option<&AnyValue>) -> Value {
         Some(any_value::Value::BoolValue(flag)) => json!(flag),
         Some(any_value::Value::IntValue(integer)) => json!(integer),
         Some(any_value::Value::DoubleValue(number)) => json!(number),
-        Some(any_value::Value::BytesValue(bytes)) => json!(hex(bytes)),
+        Some(any_value::Value::BytesValue(bytes)) => json!(hex::encode(bytes)),
         Some(any_value::Value::ArrayValue(array)) => Value::Array(
             array
                 .values
@@ -91,10 +91,6 @@ fn attributes_json(attributes: &[KeyValue]) -> Map<String, Value> {
         .iter()
         .map(|attribute| (attribute.key.clone(), value_json(attribute.value.as_ref())))
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn time_text(nanos: u64) -> String {
@@ -159,8 +155,8 @@ fn log_document(resource: &ResourceLogs) -> Option<Value> {
         "severity_text": record.severity_text,
         "body": value_json(record.body.as_ref()),
         "task_id": attributes.get("task_id").cloned().unwrap_or(Value::Null),
-        "trace_id": hex(&record.trace_id),
-        "span_id": hex(&record.span_id),
+        "trace_id": hex::encode(&record.trace_id),
+        "span_id": hex::encode(&record.span_id),
         "scope": scope.scope.as_ref().map(|scope| scope.name.clone()),
         "attributes": attributes,
     }))
@@ -336,9 +332,9 @@ fn span_document(resource: &ResourceSpans) -> Option<Value> {
     };
     Some(json!({
         "name": span.name,
-        "trace_id": hex(&span.trace_id),
-        "span_id": hex(&span.span_id),
-        "parent_span_id": hex(&span.parent_span_id),
+        "trace_id": hex::encode(&span.trace_id),
+        "span_id": hex::encode(&span.span_id),
+        "parent_span_id": hex::encode(&span.parent_span_id),
         "start_time": time_text(span.start_time_unix_nano),
         "end_time": time_text(span.end_time_unix_nano),
         "start_unix_nano": span.start_time_unix_nano,

@@ -6,8 +6,10 @@
 //! Layout:
 //! - `mod.rs`: `Client`, connection and authentication, `Error`
 //! - `artifacts.rs`: uploading release archives
+//! - `backoff.rs`: the retry pacing every caller of the API uses
 
 mod artifacts;
+mod backoff;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -26,6 +28,8 @@ use crate::api::workflows_v1::job_service_client::JobServiceClient;
 use crate::api::workflows_v1::task_service_client::TaskServiceClient;
 use crate::api::workflows_v1::telemetry_query_service_client::TelemetryQueryServiceClient;
 use crate::api::workflows_v1::workflows_service_client::WorkflowsServiceClient;
+
+pub use backoff::Backoff;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -21,10 +21,6 @@ use super::interpreter::{self, EventSender, SinkSlot};
 use super::protocol::{Event, Exception, TaskOutcome, TaskRequest};
 use super::{Error, Release};
 
-/// Environment variable: the binary to run as the child host (default: this executable).
-/// Tests that link the library set it to the `tilebox` binary.
-pub const HOST_BINARY_ENV: &str = "TILEBOX_PYTHON_HOST";
-
 /// Parent -> child.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -44,7 +40,7 @@ pub(super) enum FromChild {
 
 /// The `tilebox` binary that hosts children.
 pub(super) fn host_binary() -> Result<PathBuf, std::io::Error> {
-    match std::env::var_os(HOST_BINARY_ENV) {
+    match std::env::var_os(crate::env::PYTHON_HOST) {
         Some(path) => Ok(PathBuf::from(path)),
         None => std::env::current_exe(),
     }

@@ -42,9 +42,9 @@ fn run_uv_sync(
         .args(["sync", "--quiet"])
         .args(extra)
         .current_dir(root)
-        .env("UV_PYTHON_DOWNLOADS", "never");
+        .env(crate::env::UV_PYTHON_DOWNLOADS, "never");
     if let Some(environment) = environment {
-        command.env("UV_PROJECT_ENVIRONMENT", environment);
+        command.env(crate::env::UV_PROJECT_ENVIRONMENT, environment);
     }
     if frozen {
         command.arg("--frozen");

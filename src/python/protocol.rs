@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct TaskRequest {
     pub name: String,
     pub version: String,
-    #[serde(with = "base64")]
+    #[serde(with = "base64_bytes")]
     pub input: Vec<u8>,
     pub id: String,
     pub display: String,
@@ -108,46 +108,17 @@ pub struct Event {
 }
 
 /// Standard base64 (with padding) for byte fields in JSON.
-mod base64 {
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
     pub fn encode(bytes: &[u8]) -> String {
-        let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let value = (u32::from(chunk[0]) << 16)
-                | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*chunk.get(2).unwrap_or(&0));
-            for index in 0..4 {
-                if index <= chunk.len() {
-                    text.push(ALPHABET[(value >> (18 - 6 * index) & 63) as usize] as char);
-                } else {
-                    text.push('=');
-                }
-            }
-        }
-        text
+        STANDARD.encode(bytes)
     }
 
-    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
-        let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
-        let mut buffer = 0u32;
-        let mut bits = 0;
-        for character in text.bytes().filter(|byte| *byte != b'=') {
-            let value = ALPHABET
-                .iter()
-                .position(|candidate| *candidate == character)
-                .ok_or_else(|| format!("invalid base64 character {:?}", character as char))?;
-            buffer = (buffer << 6) | value as u32;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                bytes.push((buffer >> bits) as u8);
-                buffer &= (1 << bits) - 1;
-            }
-        }
-        Ok(bytes)
+    pub fn decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+        STANDARD.decode(text)
     }
 
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
@@ -166,7 +137,7 @@ mod base64_list {
     pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
         let mut sequence = serializer.serialize_seq(Some(items.len()))?;
         for item in items {
-            sequence.serialize_element(&super::base64::encode(item))?;
+            sequence.serialize_element(&super::base64_bytes::encode(item))?;
         }
         sequence.end()
     }
@@ -176,7 +147,7 @@ mod base64_list {
     ) -> Result<Vec<Vec<u8>>, D::Error> {
         Vec::<String>::deserialize(deserializer)?
             .iter()
-            .map(|text| super::base64::decode(text).map_err(serde::de::Error::custom))
+            .map(|text| super::base64_bytes::decode(text).map_err(serde::de::Error::custom))
             .collect()
     }
 }
@@ -187,12 +158,21 @@ mod tests {
 
     #[test]
     fn base64_matches_the_standard_alphabet_and_round_trips() {
-        assert_eq!(base64::encode(b"\x00\x01\xff"), "AAH/");
-        assert_eq!(base64::encode(b"ab"), "YWI=");
-        assert_eq!(base64::encode(b""), "");
+        assert_eq!(base64_bytes::encode(b"\x00\x01\xff"), "AAH/");
+        assert_eq!(base64_bytes::encode(b"ab"), "YWI=");
+        assert_eq!(base64_bytes::encode(b""), "");
         for bytes in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff\x10\x80"] {
-            assert_eq!(base64::decode(&base64::encode(bytes)).unwrap(), bytes);
+            assert_eq!(
+                base64_bytes::decode(&base64_bytes::encode(bytes)).unwrap(),
+                bytes
+            );
         }
+    }
+
+    #[test]
+    fn base64_refuses_padding_in_the_middle() {
+        assert!(base64_bytes::decode("YQ==YQ==").is_err());
+        assert!(base64_bytes::decode("Y=Q=").is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio_stream::StreamExt;
 
 use crate::api::selfhosted_v1::{ClusterDeployments, WatchDeploymentsRequest};
 use crate::api::workflows_v1::{GetClusterRequest, TaskFailedRequest};
-use crate::client::Client;
+use crate::client::{Backoff, Client};
 use crate::python;
 use catalog::{Catalog, LoadedSet};
 
@@ -192,7 +192,7 @@ async fn interrupted(mut phase: watch::Receiver<Phase>) {
 
 async fn resolve_cluster(client: &Client, cluster: &str) -> Result<String, Error> {
     let mut client = client.clone();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::for_server();
     loop {
         match client
             .workflows
@@ -209,9 +209,9 @@ async fn resolve_cluster(client: &Client, cluster: &str) -> Result<String, Error
                 });
             }
             Err(status) if slot::retryable(&status) => {
-                tracing::warn!(error = %status.message(), "cannot reach the server; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %status.message(), "cannot reach the server; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
             }
             Err(status) => return Err(client.error("GetCluster", status).into()),
         }
@@ -268,7 +268,7 @@ async fn follow_deployments(
     catalog: watch::Sender<Arc<Catalog>>,
     phase: watch::Receiver<Phase>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::for_server();
     let mut failed: HashMap<String, String> = HashMap::new();
     loop {
         if *phase.borrow() != Phase::Running {
@@ -284,13 +284,13 @@ async fn follow_deployments(
         let mut stream = match stream {
             Ok(stream) => stream.into_inner(),
             Err(status) => {
-                tracing::warn!(error = %status.message(), "cannot watch deployments; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %status.message(), "cannot watch deployments; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         while let Some(update) = stream.next().await {
             match update {
                 Ok(deployments) => {
@@ -302,7 +302,7 @@ async fn follow_deployments(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        backoff.wait().await;
     }
 }
 

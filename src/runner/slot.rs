@@ -16,12 +16,13 @@ use crate::api::workflows_v1::{
     ComputedTask, NextTaskRequest, NextTaskToRun, Progress, Task, TaskFailedRequest,
     TaskIdentifier, TaskSubmissionGroup, TaskSubmissions,
 };
+use crate::client::Backoff;
 use crate::python::{self, Submissions, TaskOutcome, TaskRequest};
 
 /// An idle answer that took at least this long came from a server that long-polls.
 const LONG_POLL_SEEN: Duration = Duration::from_millis(200);
-/// Longest wait between retries while the server is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a slot that is stopping tries to deliver its last computed result.
+const LAST_REPORT_ATTEMPTS: usize = 5;
 
 fn progress(progress: &[python::Progress]) -> Vec<Progress> {
     progress
@@ -94,7 +95,7 @@ impl Slot {
     ) {
         let mut client = self.shared.client.clone();
         let mut pending: Option<ComputedTask> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::for_server();
         loop {
             let draining = *phase.borrow() != Phase::Running;
             let current = catalog.borrow().clone();
@@ -129,17 +130,17 @@ impl Slot {
             let asked_at = tokio::time::Instant::now();
             let answer = match client.tasks.next_task(self.request(request)).await {
                 Ok(answer) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     pending = None;
                     answer.into_inner()
                 }
                 Err(status) if retryable(&status) => {
-                    tracing::warn!(slot = self.index, error = %status.message(), "the server is unreachable; retrying in {backoff:?}");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(slot = self.index, error = %status.message(), "the server is unreachable; retrying in {delay:?}");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = phase.changed() => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
                 Err(status) => {
@@ -195,11 +196,12 @@ impl Slot {
             computed_task: Some(computed),
             next_task_to_run: None,
         };
-        for attempt in 0..5u32 {
+        let mut backoff = Backoff::for_server();
+        for _ in 0..LAST_REPORT_ATTEMPTS {
             match client.tasks.next_task(self.request(request.clone())).await {
                 Ok(_) => return,
                 Err(status) if retryable(&status) => {
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await
+                    backoff.wait().await;
                 }
                 Err(status) => {
                     tracing::error!(error = %status.message(), "reporting the last result failed");
@@ -211,13 +213,12 @@ impl Slot {
 
     async fn report_failure(&self, failed: TaskFailedRequest) {
         let mut client = self.shared.client.clone();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::for_server();
         loop {
             match client.tasks.task_failed(self.request(failed.clone())).await {
                 Ok(_) => return,
                 Err(status) if retryable(&status) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff.wait().await;
                 }
                 Err(status) => {
                     tracing::error!(error = %status.message(), "reporting a failure failed");

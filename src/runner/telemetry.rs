@@ -54,12 +54,12 @@ impl TaskTrace {
         let mut parts = trace_parent.split('-').skip(1);
         let trace_id = parts
             .next()
-            .and_then(decode_hex)
+            .and_then(|text| hex::decode(text).ok())
             .filter(|id| id.len() == 16)
             .unwrap_or_else(|| random_bytes(16));
         let parent_span_id = parts
             .next()
-            .and_then(decode_hex)
+            .and_then(|text| hex::decode(text).ok())
             .filter(|id| id.len() == 8)
             .unwrap_or_default();
         Self {
@@ -69,19 +69,6 @@ impl TaskTrace {
             task_id: task_id.to_string(),
         }
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len() / 2)
-        .map(|index| u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn random_bytes(count: usize) -> Vec<u8> {
@@ -162,8 +149,8 @@ impl Exporter {
                 }
             }
         }
-        attributes.push(attribute("trace_id", string(hex(&trace.trace_id))));
-        attributes.push(attribute("span_id", string(hex(&trace.span_id))));
+        attributes.push(attribute("trace_id", string(hex::encode(&trace.trace_id))));
+        attributes.push(attribute("span_id", string(hex::encode(&trace.span_id))));
         let level = record
             .get("level")
             .and_then(Value::as_str)
@@ -377,12 +364,26 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "t",
         );
-        assert_eq!(hex(&trace.trace_id), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(hex(&trace.parent_span_id), "b7ad6b7169203331");
+        assert_eq!(
+            hex::encode(&trace.trace_id),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(hex::encode(&trace.parent_span_id), "b7ad6b7169203331");
         assert_eq!(trace.span_id.len(), 8);
         let orphan = TaskTrace::new("", "t");
         assert_eq!(orphan.trace_id.len(), 16);
         assert!(orphan.parent_span_id.is_empty());
+    }
+
+    #[test]
+    fn a_non_ascii_trace_parent_starts_a_new_trace() {
+        // Byte slicing used to panic in the middle of a multi-byte character.
+        let trace = TaskTrace::new(
+            "00-é0af7651916cd43dd8448eb211c8031-ü7ad6b7169203331-01",
+            "t",
+        );
+        assert_eq!(trace.trace_id.len(), 16);
+        assert!(trace.parent_span_id.is_empty());
     }
 
     #[test]

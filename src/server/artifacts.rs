@@ -141,12 +141,7 @@ impl Upload {
             let path = path.clone();
             move |source| Error::Io { path, source }
         };
-        let actual: String = self
-            .hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let actual = hex::encode(self.hasher.finalize());
         let checked = if self.written != self.expected_size {
             Err(Error::SizeMismatch {
                 expected: self.expected_size,

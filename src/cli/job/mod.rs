@@ -25,11 +25,12 @@ use crate::api::workflows_v1::{
     CancelJobRequest, Job, JobState, QueryFilters, QueryJobsRequest, RetryJobRequest,
     SubmitJobRequest, TaskIdentifier, TaskSubmissionGroup, TaskSubmissions,
 };
-use crate::client::Client;
+use crate::client::{Backoff, Client};
 use render::{job_document, job_rows, jobs_table, task_table, tasks_document};
 use tree::{fetch_task_tree, get_job, is_finished};
 
-/// The first pause between two polls of `job wait`; each pause doubles up to `WAIT_POLL_MAX`.
+/// The first pause between two polls of `job wait`; pauses double (with jitter) up to
+/// `WAIT_POLL_MAX`.
 const WAIT_POLL_START: Duration = Duration::from_millis(50);
 /// The longest pause between two polls of `job wait`.
 const WAIT_POLL_MAX: Duration = Duration::from_millis(500);
@@ -310,12 +311,13 @@ async fn wait_for(
     // A timeout too large to represent is no timeout.
     let deadline = timeout_seconds
         .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
-    let mut pause = WAIT_POLL_START;
+    let mut pause = Backoff::new(WAIT_POLL_START, WAIT_POLL_MAX);
     let job = loop {
         let job = get_job(client, id).await?;
         if is_finished(job.state()) {
             break job;
         }
+        let pause_now = pause.next_delay();
         let pause_now = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -323,12 +325,11 @@ async fn wait_for(
                     let seconds = timeout_seconds.unwrap_or_default();
                     return Err(timed_out(id, job.state(), seconds).into());
                 }
-                pause.min(left)
+                pause_now.min(left)
             }
-            None => pause,
+            None => pause_now,
         };
         tokio::time::sleep(pause_now).await;
-        pause = (pause * 2).min(WAIT_POLL_MAX);
     };
     let state = job.state();
     if json {

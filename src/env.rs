@@ -1,0 +1,28 @@
+//! Every environment variable `tilebox` reads or sets, declared once. Commands take each as
+//! the default of a flag (`clap`'s `env`), so `--help` shows it next to the flag.
+
+/// The API URL the CLI and runners talk to (`--api-url`).
+pub const API_URL: &str = "TILEBOX_API_URL";
+/// The API key sent as `authorization: Bearer <key>` (`--api-key`).
+pub const API_KEY: &str = "TILEBOX_API_KEY";
+/// The cluster a runner claims tasks for (`runner start --cluster`).
+pub const CLUSTER: &str = "TILEBOX_CLUSTER";
+/// The server's accepted tokens, comma-separated (`server --token`).
+pub const SERVER_TOKENS: &str = "TILEBOX_SERVER_TOKENS";
+/// The server's data directory (`server --data-dir`).
+pub const DATA_DIR: &str = "TILEBOX_DATA_DIR";
+/// The binary a runner starts as the child-process host of a release (tests and
+/// benchmarks point it at a build; default: this executable).
+pub const PYTHON_HOST: &str = "TILEBOX_PYTHON_HOST";
+/// Set by `tilebox parallel` for each command it starts: its index, from 0.
+pub const PARALLEL_INDEX: &str = "TILEBOX_PARALLEL_INDEX";
+/// Read by the Python runtime: the level of `context.logger` records (default `INFO`).
+pub const LOG_LEVEL: &str = "TILEBOX_LOG_LEVEL";
+/// Any value turns off colour in the CLI's own logs (<https://no-color.org>).
+pub const NO_COLOR: &str = "NO_COLOR";
+/// Set for `uv`: never download a Python (release venvs use the embedded interpreter).
+pub const UV_PYTHON_DOWNLOADS: &str = "UV_PYTHON_DOWNLOADS";
+/// Set for `uv`: the venv a shared release environment is synced into.
+pub const UV_PROJECT_ENVIRONMENT: &str = "UV_PROJECT_ENVIRONMENT";
+/// Set by `build.rs` at compile time: the CPython executable the binary embeds.
+pub const EMBEDDED_PYTHON: &str = "TILEBOX_EMBEDDED_PYTHON";
