@@ -235,12 +235,12 @@ fn project_config(path: Option<&Path>) -> anyhow::Result<Config> {
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     let file = config::find(&start).map_err(|error| {
-        UserError::with_hint(
-            error.to_string(),
-            "run `tilebox workflow init` to create a workflow project",
+        UserError::caused_by(
+            error,
+            Some("run `tilebox workflow init` to create a workflow project"),
         )
     })?;
-    Ok(config::load(&file).map_err(|error| UserError::new(error.to_string()))?)
+    Ok(config::load(&file).map_err(|error| UserError::caused_by(error, None))?)
 }
 
 async fn fetch_workflow(api: &ApiArgs, slug: Option<String>) -> anyhow::Result<Workflow> {
@@ -378,7 +378,7 @@ async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     tokio::task::spawn_blocking(move || python::environment::sync(&root, false))
         .await
         .context("uv sync panicked")?
-        .map_err(|error| UserError::new(error.to_string()))?;
+        .map_err(|error| UserError::caused_by(error, None))?;
     if api.json {
         output::print_json(&json!({
             "workflow_slug": workflow.slug,

@@ -81,7 +81,7 @@ pub fn sync(root: &Path, frozen: bool) -> Result<Environment, Error> {
 
 /// The site-packages directories of a venv (`lib/python3.X/site-packages`).
 pub fn site_packages_of(venv: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(venv.join("lib")) else {
+    let Ok(entries) = fs_err::read_dir(venv.join("lib")) else {
         return Vec::new();
     };
     let mut found: Vec<PathBuf> = entries
@@ -99,8 +99,8 @@ pub fn site_packages_of(venv: &Path) -> Vec<PathBuf> {
 /// code is imported from `root`, not installed.
 pub fn sync_shared(root: &Path, cache: &Path) -> Result<Environment, Error> {
     use sha2::{Digest, Sha256};
-    let lock = std::fs::read(root.join("uv.lock")).unwrap_or_default();
-    let pyproject = std::fs::read(root.join("pyproject.toml")).unwrap_or_default();
+    let lock = fs_err::read(root.join("uv.lock")).unwrap_or_default();
+    let pyproject = fs_err::read(root.join("pyproject.toml")).unwrap_or_default();
     let mut hasher = Sha256::new();
     hasher.update(&lock);
     hasher.update(&pyproject);
@@ -126,7 +126,7 @@ pub fn sync_shared(root: &Path, cache: &Path) -> Result<Environment, Error> {
         &["--no-install-project"],
         Some(&venv),
     )?;
-    let _ = std::fs::write(venv.join(".complete"), b"");
+    let _ = fs_err::write(venv.join(".complete"), b"");
     Ok(Environment {
         site_packages: site_packages_of(&venv),
         venv,

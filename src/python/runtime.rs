@@ -44,11 +44,11 @@ pub fn unpack(cache_dir: &Path) -> Result<PathBuf, Error> {
         fs_err::write(&path, contents).map_err(io_error(&path))?;
     }
     fs_err::write(staging.join(".complete"), b"").map_err(io_error(&staging))?;
-    match std::fs::rename(&staging, &target) {
+    match fs_err::rename(&staging, &target) {
         Ok(()) => Ok(target),
         // Another process unpacked the same runtime first: use theirs.
         Err(_) if marker.exists() => {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = fs_err::remove_dir_all(&staging);
             Ok(target)
         }
         Err(source) => Err(Error::Runtime {

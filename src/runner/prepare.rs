@@ -255,7 +255,7 @@ pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Resul
         return Ok(extracted);
     }
     let artifacts = cache.join("artifacts");
-    tokio::fs::create_dir_all(&artifacts)
+    fs_err::tokio::create_dir_all(&artifacts)
         .await
         .map_err(io(&artifacts))?;
     let artifact = artifacts.join(format!("{digest}.tar.zst"));
@@ -282,7 +282,7 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
         .map_err(|status| failed(status.message().to_string()))?
         .into_inner();
     let partial = path.with_extension(format!("part-{}", uuid::Uuid::new_v4()));
-    let mut file = tokio::fs::File::create(&partial)
+    let mut file = fs_err::tokio::File::create(&partial)
         .await
         .map_err(io(&partial))?;
     let mut hasher = Sha256::new();
@@ -298,13 +298,13 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
     drop(file);
     let actual = hex::encode(hasher.finalize());
     if actual != digest {
-        let _ = tokio::fs::remove_file(&partial).await;
+        let _ = fs_err::tokio::remove_file(&partial).await;
         return Err(Error::DigestMismatch {
             digest: digest.to_string(),
             actual,
         });
     }
-    tokio::fs::rename(&partial, path).await.map_err(io(path))
+    fs_err::tokio::rename(&partial, path).await.map_err(io(path))
 }
 
 /// Builds the `Release` to load for a deployed workflow release.

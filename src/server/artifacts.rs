@@ -52,7 +52,7 @@ pub struct Upload {
     expected_digest: String,
     expected_size: u64,
     temporary: PathBuf,
-    file: tokio::fs::File,
+    file: fs_err::tokio::File,
     hasher: Sha256,
     written: u64,
     limit: u64,
@@ -86,13 +86,13 @@ impl ArtifactFiles {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        tokio::fs::create_dir_all(&self.directory)
+        fs_err::tokio::create_dir_all(&self.directory)
             .await
             .map_err(io(&self.directory))?;
         let temporary = self
             .directory
             .join(format!(".upload-{}", uuid::Uuid::new_v4()));
-        let file = tokio::fs::File::create(&temporary)
+        let file = fs_err::tokio::File::create(&temporary)
             .await
             .map_err(io(&temporary))?;
         Ok(Upload {
@@ -112,7 +112,7 @@ impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
         self.written += chunk.len() as u64;
         if self.written > self.limit || self.written > self.expected_size {
-            let _ = tokio::fs::remove_file(&self.temporary).await;
+            let _ = fs_err::tokio::remove_file(&self.temporary).await;
             return Err(if self.written > self.limit {
                 Error::TooLarge {
                     size: self.written,
@@ -156,12 +156,12 @@ impl Upload {
             Ok(())
         };
         if let Err(error) = checked {
-            let _ = tokio::fs::remove_file(&self.temporary).await;
+            let _ = fs_err::tokio::remove_file(&self.temporary).await;
             return Err(error);
         }
         self.file.sync_all().await.map_err(io(&self.temporary))?;
         drop(self.file);
-        tokio::fs::rename(&self.temporary, &self.final_path)
+        fs_err::tokio::rename(&self.temporary, &self.final_path)
             .await
             .map_err(io(&self.final_path))?;
         Ok((self.expected_digest, self.written))
@@ -188,7 +188,7 @@ mod tests {
             upload.finish().await.unwrap(),
             (HELLO_SHA256.to_string(), 5)
         );
-        assert_eq!(std::fs::read(files.path(HELLO_SHA256)).unwrap(), b"hello");
+        assert_eq!(fs_err::read(files.path(HELLO_SHA256)).unwrap(), b"hello");
 
         let wrong = "0".repeat(64);
         let mut upload = files.begin(&wrong, 5).await.unwrap();
@@ -199,7 +199,7 @@ mod tests {
             !files.path(&wrong).exists(),
             "a mismatching upload leaves nothing behind"
         );
-        let leftovers = std::fs::read_dir(directory.path()).unwrap().count();
+        let leftovers = fs_err::read_dir(directory.path()).unwrap().count();
         assert_eq!(leftovers, 1, "only the good artifact remains");
     }
 

@@ -115,7 +115,7 @@ impl ArtifactService for Artifacts {
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let artifact = self.find(request.get_ref()).await?;
         let path = self.files.path(&artifact.digest);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|error| {
+        let mut file = fs_err::tokio::File::open(&path).await.map_err(|error| {
             Status::internal(format!(
                 "artifact {} is registered but unreadable: {error}",
                 artifact.digest
