@@ -7,8 +7,10 @@
 //! Layout:
 //! - `mod.rs`: the generated packages (`tilebox::v1`, `workflows::v1`)
 //! - `convert.rs`: ids, timestamps, durations, state names
+//! - `submission.rs`: validating and flattening task submissions (the server's rules)
 
 pub mod convert;
+pub mod submission;
 
 /// Metadata key a runner may send to name itself: late reports and lease extensions from a
 /// runner that lost a task are then told apart from the current owner's. Without it the

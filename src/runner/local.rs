@@ -8,8 +8,8 @@
 use serde_json::Value;
 
 use super::slot::task_submissions;
+use crate::api::submission;
 use crate::python::{self, LoadedRelease, Submissions, TaskOutcome, TaskRequest};
-use crate::server::scheduler::{self, submission};
 
 /// The job name local executions run under.
 const JOB_NAME: &str = "task run";
@@ -54,9 +54,7 @@ pub type LogSink<'a> = &'a (dyn Fn(&str, &Value) + Sync);
 
 /// Expands the subtasks a task submitted, by the server's rules.
 pub fn subtasks(submissions: &Submissions) -> Result<Vec<LocalTask>, submission::Error> {
-    let limits = submission::Limits {
-        max_input_bytes: scheduler::Options::default().max_input_bytes,
-    };
+    let limits = submission::Limits::default();
     let expanded = submission::expand(&task_submissions(submissions.clone()), CLUSTER, limits)?;
     Ok(expanded
         .into_iter()
@@ -201,4 +199,71 @@ async fn execute_one(
     };
     let (outcome, logs) = tokio::join!(execution, collect);
     Ok((outcome?, logs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::protocol::SubmissionGroup;
+
+    fn submissions(identifier_pointer: u64) -> Submissions {
+        Submissions {
+            task_groups: vec![
+                SubmissionGroup {
+                    inputs: vec![b"1".to_vec()],
+                    identifier_pointers: vec![0],
+                    cluster_slug_pointers: vec![0],
+                    display_pointers: vec![0],
+                    ..Default::default()
+                },
+                SubmissionGroup {
+                    dependencies_on_other_groups: vec![0],
+                    inputs: vec![b"2".to_vec()],
+                    identifier_pointers: vec![identifier_pointer],
+                    cluster_slug_pointers: vec![0],
+                    display_pointers: vec![0],
+                    optional_values: vec![true],
+                    ..Default::default()
+                },
+            ],
+            cluster_slug_lookup: vec![String::new()],
+            identifier_lookup: vec![("Leaf".into(), "v1.2".into())],
+            display_lookup: vec!["Leaf".into()],
+        }
+    }
+
+    #[test]
+    fn subtasks_expand_with_their_dependencies() {
+        let tasks = subtasks(&submissions(0)).expect("valid");
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(
+            (tasks[1].name.as_str(), tasks[1].version.as_str()),
+            ("Leaf", "v1.2")
+        );
+        assert_eq!(tasks[1].input, b"2");
+        assert_eq!(tasks[1].depends_on, vec![0]);
+        assert!(tasks[1].optional && !tasks[0].optional);
+    }
+
+    #[test]
+    fn subtasks_the_server_refuses_are_refused_with_its_message() {
+        // The CLI's own expansion used to fall back to entry 0 for a pointer out of range.
+        let error = subtasks(&submissions(7)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                submission::Error::PointerOutOfRange {
+                    group: 1,
+                    pointer: 7,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let display = submission::invalid_subtasks_display("Root", &error);
+        assert!(
+            display.starts_with("Root\nInvalidSubtasks(\"task group 1, task 0"),
+            "{display}"
+        );
+    }
 }

@@ -304,7 +304,9 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
             actual,
         });
     }
-    fs_err::tokio::rename(&partial, path).await.map_err(io(path))
+    fs_err::tokio::rename(&partial, path)
+        .await
+        .map_err(io(path))
 }
 
 /// Builds the `Release` to load for a deployed workflow release.

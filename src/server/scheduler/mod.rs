@@ -6,8 +6,6 @@
 //! - `mod.rs`: `Scheduler`, its `Options` and `Error`
 //! - `submission.rs`: validation of task submissions and identifiers (pure)
 
-pub mod submission;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +13,12 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::api::convert::now_millis;
+use crate::api::submission::{self, Limits};
 use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
 use crate::server::store::{
     self, ClaimRequest, ClaimedTask, ComputedReport, DEFAULT_CLUSTER_SLUG, FailedReport, Job,
     NewJob, Progress, ReportOutcome, Store,
 };
-use submission::Limits;
 
 /// Why a scheduling request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +55,7 @@ impl Default for Options {
             max_lease: Duration::from_secs(60),
             long_poll: Duration::from_secs(1),
             idle: Duration::from_millis(300),
-            max_input_bytes: 2048,
+            max_input_bytes: submission::DEFAULT_MAX_INPUT_BYTES,
         }
     }
 }

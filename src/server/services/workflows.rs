@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use prost::Message;
 
 use super::{messages, required_uuid, store_status};
+use crate::api::submission::parse_identifier;
 use crate::api::workflows_v1::workflows_service_server::WorkflowsService;
 use crate::api::workflows_v1::{
     Cluster, CreateClusterRequest, CreateWorkflowRequest, DeleteClusterRequest,
@@ -17,7 +18,6 @@ use crate::api::workflows_v1::{
     UnpublishWorkflowReleaseRequest, UnpublishWorkflowReleaseResponse, UpdateClusterRequest,
     UpdateWorkflowRequest, Workflow, WorkflowRelease,
 };
-use crate::server::scheduler::submission::parse_identifier;
 use crate::server::store::{self, DEFAULT_CLUSTER_SLUG, Store};
 
 /// Bumped after every deployment change; deployment watches wait on it.

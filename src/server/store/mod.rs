@@ -8,8 +8,10 @@
 //!
 //! Layout:
 //! - `mod.rs`: the trait, its records and `Error`
-//! - `sqlite.rs`: the SQLite backend (WAL, full sync, group commit on one writer thread)
-//! - `schema.sql`: the SQLite schema
+//! - `sqlite/`: the SQLite backend (WAL, full sync, group commit on one writer thread):
+//!   `mod.rs` (connections, the writer, the trait), `tasks.rs` (submit, claim, report, fail,
+//!   leases, retry, cancel), `read.rs` (queries), `releases.rs` (workflows, artifacts,
+//!   releases, deployments, telemetry), `schema.sql`
 //! - `conformance.rs`: the suite every backend passes (tests only)
 
 #[cfg(test)]
@@ -21,6 +23,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::api::workflows_v1::{JobState, TaskState};
+
+pub use crate::api::submission::{Identifier, NewTask};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -76,16 +80,6 @@ pub enum Error {
     Closed,
 }
 
-/// A task identifier with its parsed version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Identifier {
-    pub name: String,
-    /// The version as submitted, e.g. `v1.3`.
-    pub version: String,
-    pub major: u64,
-    pub minor: u64,
-}
-
 /// A cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
@@ -93,21 +87,6 @@ pub struct Cluster {
     pub name: String,
     pub description: String,
     pub deletable: bool,
-}
-
-/// A task to insert, as a validated submission describes it.
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    pub id: Uuid,
-    pub identifier: Identifier,
-    pub input: Vec<u8>,
-    pub display: String,
-    /// Resolved cluster slug (never empty).
-    pub cluster: String,
-    pub max_retries: i64,
-    pub optional: bool,
-    /// Indexes of earlier-or-later tasks of the same submission this task waits for.
-    pub depends_on: Vec<usize>,
 }
 
 /// A job to insert with its root tasks.

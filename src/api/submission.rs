@@ -1,12 +1,37 @@
 //! Validation of task submissions (`TaskSubmissions` and the legacy single-task list) into
-//! the flat list of tasks the store inserts. Pure: no I/O.
+//! the flat list of tasks the store inserts. Pure: no I/O. The server applies it to jobs and
+//! to the subtasks a task submits; `task run` applies the same rules locally.
 
 use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use crate::api::workflows_v1::{SingleTaskSubmission, TaskIdentifier, TaskSubmissions};
-use crate::server::store::{Identifier, NewTask};
+use super::workflows_v1::{SingleTaskSubmission, TaskIdentifier, TaskSubmissions};
+
+/// A task identifier with its parsed version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identifier {
+    pub name: String,
+    /// The version as submitted, e.g. `v1.3`.
+    pub version: String,
+    pub major: u64,
+    pub minor: u64,
+}
+
+/// A task to insert, as a validated submission describes it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub identifier: Identifier,
+    pub input: Vec<u8>,
+    pub display: String,
+    /// Resolved cluster slug (never empty).
+    pub cluster: String,
+    pub max_retries: i64,
+    pub optional: bool,
+    /// Indexes of earlier-or-later tasks of the same submission this task waits for.
+    pub depends_on: Vec<usize>,
+}
 
 /// At most this many groups per submission (the public API's limit).
 pub const MAX_GROUPS: usize = 64;
@@ -129,10 +154,21 @@ pub fn parse_identifier(identifier: &TaskIdentifier) -> Result<Identifier, Ident
     })
 }
 
+/// The largest task input accepted by default, in bytes.
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 2048;
+
 /// Limits a submission is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_input_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
+        }
+    }
 }
 
 /// Expands grouped submissions into tasks; `""` clusters become `fallback_cluster`.
