@@ -5,7 +5,7 @@
 //! - `mod.rs`: module docs
 //! - `config.rs`: finding and parsing `tilebox.workflow.toml`
 //! - `select.rs`: which files go into a release (globs, `.gitignore`, symlink rules)
-//! - `archive.rs`: the deterministic `.tar.zst` writer, the content fingerprint, and safe
+//! - `archive/`: the deterministic `.tar.zst` writer, the content fingerprint, and safe
 //!   extraction of untrusted archives
 
 pub mod archive;
