@@ -2,8 +2,6 @@
 
 use sha2::{Digest, Sha256};
 
-use super::hex;
-
 /// Mode of a regular file, an executable and a symlink in the fingerprint (git's).
 pub(super) const FILE_MODE: u32 = 0o100_644;
 pub(super) const EXECUTABLE_MODE: u32 = 0o100_755;
@@ -39,7 +37,7 @@ pub fn fingerprint(files: &[FileDigest]) -> String {
     for file in sorted {
         hasher.update(format!("{:06o} {} {}\0", file.mode, file.sha256, file.path));
     }
-    hex(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 #[cfg(test)]
@@ -51,7 +49,7 @@ mod tests {
         let file = |path: &str, mode, content: &str| FileDigest {
             path: path.into(),
             mode,
-            sha256: hex(&Sha256::digest(content)),
+            sha256: hex::encode(Sha256::digest(content)),
         };
         let files = [
             file("b.py", FILE_MODE, "b"),
@@ -61,7 +59,7 @@ mod tests {
         listing.update("tilebox-files-v1\n");
         listing.update(format!("100755 {} a.py\0", files[1].sha256));
         listing.update(format!("100644 {} b.py\0", files[0].sha256));
-        assert_eq!(fingerprint(&files), hex(&listing.finalize()));
+        assert_eq!(fingerprint(&files), hex::encode(listing.finalize()));
         let reversed = [files[1].clone(), files[0].clone()];
         assert_eq!(fingerprint(&files), fingerprint(&reversed));
         let changes = [

@@ -84,15 +84,6 @@ pub enum Error {
     },
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        write!(text, "{byte:02x}").expect("writing to a String cannot fail");
-    }
-    text
-}
-
 /// The normal form of an entry path (no `.` or empty components); refuses absolute paths and
 /// `..`.
 fn normalize(path: &str) -> Result<String, &'static str> {

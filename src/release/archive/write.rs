@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::fingerprint::{EXECUTABLE_MODE, FILE_MODE, FileDigest, SYMLINK_MODE, fingerprint};
-use super::{BLOCK, CHUNK, Error, check_link_target, hex, normalize};
+use super::{BLOCK, CHUNK, Error, check_link_target, normalize};
 use crate::release::select::{FileKind, SelectedFile};
 
 /// zstd level of release archives; changing it changes every archive's digest.
@@ -157,7 +157,7 @@ fn write_tar_zst(
                     } else {
                         FILE_MODE
                     },
-                    sha256: hex(&hasher.finalize()),
+                    sha256: hex::encode(hasher.finalize()),
                 });
             }
             FileKind::Symlink { target } => {
@@ -165,7 +165,7 @@ fn write_tar_zst(
                 digests.push(FileDigest {
                     path: file.path.clone(),
                     mode: SYMLINK_MODE,
-                    sha256: hex(&Sha256::digest(target.as_bytes())),
+                    sha256: hex::encode(Sha256::digest(target.as_bytes())),
                 });
             }
         }
@@ -179,7 +179,11 @@ fn write_tar_zst(
         .into_inner()
         .map_err(|error| write_error(error.into_error()))?;
     file.sync_all().map_err(write_error)?;
-    Ok((hashing.size, hex(&hashing.hasher.finalize()), digests))
+    Ok((
+        hashing.size,
+        hex::encode(hashing.hasher.finalize()),
+        digests,
+    ))
 }
 
 /// Writes the header of one entry, preceded by a PAX header when ustar cannot hold it.
@@ -406,7 +410,10 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(info.size, fs::metadata(&out).unwrap().len());
-        assert_eq!(info.sha256, hex(&Sha256::digest(fs::read(&out).unwrap())));
+        assert_eq!(
+            info.sha256,
+            hex::encode(Sha256::digest(fs::read(&out).unwrap()))
+        );
         assert_eq!(
             info.sha256,
             "b9fe7f31e88e4ec717895a38796f874eeb8c97f5ea63daf3b9b09546e781152b"
