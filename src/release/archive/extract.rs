@@ -225,7 +225,7 @@ pub(crate) mod tests {
     use crate::release::archive::BLOCK;
     use crate::release::archive::read::read_archive;
     use crate::release::archive::write::tests::{build, fixture};
-    use crate::release::archive::write::{header, write_padding};
+    use crate::release::archive::write::tests::{header, write_padding};
     use crate::release::select::tests::write_tree;
 
     #[test]

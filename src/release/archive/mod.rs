@@ -2,9 +2,9 @@
 //! that extracts untrusted archives without writing outside the destination.
 //!
 //! The format (the fixed-hash test pins it):
-//! - a POSIX tar: one ustar header per selected file or symlink, sorted bytewise by path; no
-//!   directory entries (extraction creates parents); two zero blocks at the end, no padding to
-//!   a record size;
+//! - a POSIX tar, written by the `tar` crate's builder from headers we fill in ourselves: one
+//!   ustar header per selected file or symlink, sorted bytewise by path; no directory entries
+//!   (extraction creates parents); two zero blocks at the end, no padding to a record size;
 //! - every header has mtime 0, uid and gid 0, empty user and group names and device numbers 0;
 //!   files have mode 0644, or 0755 when the source has any execute bit; symlinks 0777;
 //! - a path or link target longer than 100 bytes or not ASCII, and a size of 8 GiB or more, go

@@ -454,7 +454,7 @@ mod tests {
     use crate::release::archive::extract::tests::{compressed, refused};
     use crate::release::archive::extract_archive;
     use crate::release::archive::write::tests::{build, fixture};
-    use crate::release::archive::write::{header, write_padding};
+    use crate::release::archive::write::tests::{header, write_padding};
 
     #[test]
     fn truncated_archives_are_errors() {

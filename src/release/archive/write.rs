@@ -1,14 +1,14 @@
 //! The deterministic writer: selected files to a `.tar.zst`, written next to its final path
 //! and renamed into place.
 
-use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tar::EntryType;
 
 use super::fingerprint::{EXECUTABLE_MODE, FILE_MODE, FileDigest, SYMLINK_MODE, fingerprint};
-use super::{BLOCK, CHUNK, Error, check_link_target, normalize};
+use super::{CHUNK, Error, check_link_target, normalize};
 use crate::release::select::{FileKind, SelectedFile};
 
 /// zstd level of release archives; changing it changes every archive's digest.
@@ -65,7 +65,7 @@ pub fn write_archive(
     let file_name = out_path.file_name().unwrap_or_default().to_string_lossy();
     let partial = out_path.with_file_name(format!(".{file_name}.partial"));
     let written = write_tar_zst(root, &sorted, &partial, out_path).and_then(|written| {
-        fs::rename(&partial, out_path).map_err(|source| Error::Write {
+        fs_err::rename(&partial, out_path).map_err(|source| Error::Write {
             path: out_path.to_path_buf(),
             source,
         })?;
@@ -74,7 +74,7 @@ pub fn write_archive(
     let (size, sha256, digests) = match written {
         Ok(written) => written,
         Err(error) => {
-            let _ = fs::remove_file(&partial);
+            let _ = fs_err::remove_file(&partial);
             return Err(error);
         }
     };
@@ -98,7 +98,7 @@ fn write_tar_zst(
         path: out_path.to_path_buf(),
         source,
     };
-    let file = File::create(partial).map_err(write_error)?;
+    let file = fs_err::File::create(partial).map_err(write_error)?;
     let hashing = Hashing {
         inner: BufWriter::new(file),
         hasher: Sha256::new(),
@@ -109,13 +109,12 @@ fn write_tar_zst(
     encoder.include_contentsize(false).map_err(write_error)?;
     encoder.include_dictid(false).map_err(write_error)?;
     encoder.long_distance_matching(false).map_err(write_error)?;
-    let mut tar = Chunked {
+    let mut tar = tar::Builder::new(Chunked {
         inner: encoder,
         buffer: Vec::with_capacity(CHUNK),
-    };
+    });
 
     let mut digests = Vec::with_capacity(files.len());
-    let mut buffer = vec![0; CHUNK];
     for file in files {
         match &file.kind {
             FileKind::File { executable } => {
@@ -124,32 +123,24 @@ fn write_tar_zst(
                     path: source_path.clone(),
                     source,
                 };
-                let mut source = File::open(&source_path).map_err(read_error)?;
+                let source = fs_err::File::open(&source_path).map_err(read_error)?;
                 let metadata = source.metadata().map_err(read_error)?;
                 if !metadata.is_file() {
                     return Err(Error::Changed { path: source_path });
                 }
                 let size = metadata.len();
                 let mode = if *executable { 0o755 } else { 0o644 };
-                write_header(&mut tar, &file.path, "", mode, size, b'0').map_err(write_error)?;
-                let mut hasher = Sha256::new();
-                let mut remaining = size;
-                while remaining > 0 {
-                    let wanted = usize::try_from(remaining).unwrap_or(CHUNK).min(CHUNK);
-                    let read = match source.read(&mut buffer[..wanted]) {
-                        Ok(0) => return Err(Error::Changed { path: source_path }),
-                        Ok(read) => read,
-                        Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(error) => return Err(read_error(error)),
-                    };
-                    hasher.update(&buffer[..read]);
-                    tar.write_all(&buffer[..read]).map_err(write_error)?;
-                    remaining -= read as u64;
-                }
-                if source.read(&mut buffer[..1]).map_err(read_error)? != 0 {
-                    return Err(Error::Changed { path: source_path });
-                }
-                write_padding(&mut tar, size).map_err(write_error)?;
+                let header = entry_header(&mut tar, &file.path, "", mode, size, EntryType::Regular)
+                    .map_err(write_error)?;
+                let mut content = Exact::new(source, size);
+                tar.append(&header, &mut content)
+                    .map_err(|source| match content.failure {
+                        Some(Failure::Changed) => Error::Changed {
+                            path: source_path.clone(),
+                        },
+                        Some(Failure::Read) => read_error(source),
+                        None => write_error(source),
+                    })?;
                 digests.push(FileDigest {
                     path: file.path.clone(),
                     mode: if *executable {
@@ -157,11 +148,14 @@ fn write_tar_zst(
                     } else {
                         FILE_MODE
                     },
-                    sha256: hex::encode(hasher.finalize()),
+                    sha256: hex::encode(content.hasher.finalize()),
                 });
             }
             FileKind::Symlink { target } => {
-                write_header(&mut tar, &file.path, target, 0o777, 0, b'2').map_err(write_error)?;
+                let header =
+                    entry_header(&mut tar, &file.path, target, 0o777, 0, EntryType::Symlink)
+                        .map_err(write_error)?;
+                tar.append(&header, io::empty()).map_err(write_error)?;
                 digests.push(FileDigest {
                     path: file.path.clone(),
                     mode: SYMLINK_MODE,
@@ -170,9 +164,10 @@ fn write_tar_zst(
             }
         }
     }
-    tar.write_all(&[0; 2 * BLOCK]).map_err(write_error)?;
 
-    let encoder = tar.finish().map_err(write_error)?;
+    // `into_inner` writes the two zero blocks that end the archive.
+    let chunked = tar.into_inner().map_err(write_error)?;
+    let encoder = chunked.finish().map_err(write_error)?;
     let hashing = encoder.finish().map_err(write_error)?;
     let file = hashing
         .inner
@@ -186,15 +181,16 @@ fn write_tar_zst(
     ))
 }
 
-/// Writes the header of one entry, preceded by a PAX header when ustar cannot hold it.
-fn write_header(
-    out: &mut impl Write,
+/// The header of one entry, after appending a PAX header for what ustar cannot hold: a path
+/// or link target longer than 100 bytes or not ASCII, a size of 8 GiB or more.
+fn entry_header(
+    tar: &mut tar::Builder<impl Write>,
     path: &str,
     link: &str,
     mode: u32,
     size: u64,
-    typeflag: u8,
-) -> io::Result<()> {
+    kind: EntryType,
+) -> io::Result<tar::Header> {
     let fits = |text: &str| text.len() <= 100 && text.is_ascii();
     let mut records = Vec::new();
     if !fits(path) {
@@ -210,61 +206,71 @@ fn write_header(
         size
     };
     if !records.is_empty() {
-        let length = records.len() as u64;
-        out.write_all(&header(
+        let pax = header(
             PAX_HEADER_NAME.as_bytes(),
             b"",
             0o644,
-            length,
-            b'x',
-        ))?;
-        out.write_all(&records)?;
-        write_padding(out, length)?;
+            records.len() as u64,
+            EntryType::XHeader,
+        );
+        tar.append(&pax, records.as_slice())?;
     }
-    out.write_all(&header(
+    Ok(header(
         path.as_bytes(),
         link.as_bytes(),
         mode,
         ustar_size,
-        typeflag,
+        kind,
     ))
 }
 
-/// A ustar header block with every field the developer's machine could leak set to zero.
-/// `path` and `link` are cut at 100 bytes (a PAX header carries them whole).
-pub(super) fn header(path: &[u8], link: &[u8], mode: u32, size: u64, typeflag: u8) -> [u8; BLOCK] {
-    let mut block = [0; BLOCK];
+/// A ustar header with every field the developer's machine could leak set to zero: mtime,
+/// uid, gid, user and group names, device numbers. `path` and `link` are cut at 100 bytes
+/// (a PAX header carries them whole).
+///
+/// Two fields are written by hand to keep the layout the fixed-hash test pins: the name,
+/// because `Header::set_path` rewrites `././@PaxHeader` to `@PaxHeader` and moves the start
+/// of a long path into the ustar prefix field; and the checksum, which the crate writes as
+/// seven digits and a NUL where tar (and every archive built so far) has six, a NUL and a
+/// space. Both forms are valid; only the bytes, and so the digests, would change.
+pub(super) fn header(
+    path: &[u8],
+    link: &[u8],
+    mode: u32,
+    size: u64,
+    kind: EntryType,
+) -> tar::Header {
+    let mut header = tar::Header::new_ustar(); // magic, version and mtime 0
     let name = &path[..path.len().min(100)];
-    block[..name.len()].copy_from_slice(name);
-    octal(&mut block[100..108], mode.into()); // mode
-    octal(&mut block[108..116], 0); // uid
-    octal(&mut block[116..124], 0); // gid
-    octal(&mut block[124..136], size);
-    octal(&mut block[136..148], 0); // mtime
-    block[156] = typeflag;
-    let link = &link[..link.len().min(100)];
-    block[157..157 + link.len()].copy_from_slice(link);
-    block[257..263].copy_from_slice(b"ustar\0");
-    block[263..265].copy_from_slice(b"00");
-    // uname and gname (265..329) stay empty.
-    octal(&mut block[329..337], 0); // devmajor
-    octal(&mut block[337..345], 0); // devminor
-    block[148..156].fill(b' ');
-    let checksum: u32 = block.iter().map(|&byte| u32::from(byte)).sum();
-    block[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
-    block
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header
+        .set_link_name_literal(&link[..link.len().min(100)])
+        .expect("a link target has no NUL and is cut to the field's 100 bytes");
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(size);
+    header.set_entry_type(kind);
+    header
+        .set_device_major(0)
+        .expect("a ustar header has device fields");
+    header
+        .set_device_minor(0)
+        .expect("a ustar header has device fields");
+    header.set_cksum();
+    let checksum = header
+        .cksum()
+        .expect("set_cksum has just written a valid checksum");
+    header
+        .as_old_mut()
+        .cksum
+        .copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
+    header
 }
 
-/// Zero-padded octal digits and a terminating NUL.
-fn octal(field: &mut [u8], value: u64) {
-    let digits = field.len() - 1;
-    let text = format!("{value:0digits$o}");
-    assert_eq!(text.len(), digits, "{value} does not fit a tar field");
-    field[..digits].copy_from_slice(text.as_bytes());
-    field[digits] = 0;
-}
-
-/// Appends `<length> <key>=<value>\n`, where the length counts the whole record.
+/// Appends `<length> <key>=<value>\n`, where the length counts the whole record. (The tar
+/// crate formats records only inside `Builder::append_pax_extensions`, which writes a header
+/// of its own, without the name and mode above.)
 fn pax_record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
     let base = key.len() + value.len() + 3;
     let mut length = base;
@@ -280,12 +286,67 @@ fn pax_record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
     records.push(b'\n');
 }
 
-pub(super) fn write_padding(out: &mut impl Write, size: u64) -> io::Result<()> {
-    let partial = (size % BLOCK as u64) as usize;
-    if partial != 0 {
-        out.write_all(&[0; BLOCK][partial..])?;
+/// Why reading a file's content for the archive failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The file is shorter or longer than the size its header already holds.
+    Changed,
+    /// Reading the file failed.
+    Read,
+}
+
+/// Reads exactly `size` bytes of a file being archived, hashing them. The tar builder copies
+/// until the end of its reader, so a file that grew or shrank since its size went into the
+/// header would make a corrupt archive: this reader fails instead, and says why.
+struct Exact<R> {
+    inner: R,
+    remaining: u64,
+    hasher: Sha256,
+    failure: Option<Failure>,
+}
+
+impl<R: Read> Exact<R> {
+    fn new(inner: R, size: u64) -> Self {
+        Self {
+            inner,
+            remaining: size,
+            hasher: Sha256::new(),
+            failure: None,
+        }
     }
-    Ok(())
+
+    fn fail(&mut self, failure: Failure, error: io::Error) -> io::Error {
+        self.failure = Some(failure);
+        error
+    }
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if buffer.is_empty() {
+            return Ok(0);
+        }
+        // At the end, one more byte is asked for: the file must end where its header says.
+        let wanted = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len())
+            .max(1);
+        match self.inner.read(&mut buffer[..wanted]) {
+            Ok(0) if self.remaining == 0 => Ok(0),
+            Ok(0) => Err(self.fail(Failure::Changed, io::Error::other("the file shrank"))),
+            Ok(_) if self.remaining == 0 => {
+                Err(self.fail(Failure::Changed, io::Error::other("the file grew")))
+            }
+            Ok(read) => {
+                self.hasher.update(&buffer[..read]);
+                self.remaining -= read as u64;
+                Ok(read)
+            }
+            // The copy retries an interrupted read.
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => Err(error),
+            Err(error) => Err(self.fail(Failure::Read, error)),
+        }
+    }
 }
 
 /// Counts and hashes what passes through.
@@ -341,10 +402,14 @@ impl<W: Write> Write for Chunked<W> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, SystemTime};
 
+    use fs_err as fs;
+    use fs_err::os::unix::fs::symlink;
+
     use super::*;
+    use crate::release::archive::BLOCK;
     use crate::release::select::select_files;
     use crate::release::select::tests::{config, write_tree};
 
@@ -378,7 +443,7 @@ pub(crate) mod tests {
     }
 
     fn set_mode(root: &Path, path: &str, mode: u32) {
-        fs::set_permissions(root.join(path), fs::Permissions::from_mode(mode)).unwrap();
+        fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     pub(crate) fn build(root: &Path, out: &Path) -> ArchiveInfo {
@@ -387,8 +452,28 @@ pub(crate) mod tests {
         write_archive(root, &files, out).unwrap()
     }
 
+    /// A hand-made header block, for archives the writer would never make.
+    pub(crate) fn header(
+        path: &[u8],
+        link: &[u8],
+        mode: u32,
+        size: u64,
+        typeflag: u8,
+    ) -> [u8; BLOCK] {
+        *super::header(path, link, mode, size, EntryType::new(typeflag)).as_bytes()
+    }
+
+    /// Zeros from the end of `size` bytes of data to the end of their last block.
+    pub(crate) fn write_padding(out: &mut impl Write, size: u64) -> io::Result<()> {
+        let partial = (size % BLOCK as u64) as usize;
+        if partial != 0 {
+            out.write_all(&[0; BLOCK][partial..])?;
+        }
+        Ok(())
+    }
+
     fn decompress(path: &Path) -> Vec<u8> {
-        zstd::decode_all(File::open(path).unwrap()).unwrap()
+        zstd::decode_all(fs::File::open(path).unwrap()).unwrap()
     }
 
     #[test]
@@ -456,12 +541,12 @@ pub(crate) mod tests {
         set_mode(second.path(), "demo/tasks.py", 0o664);
         fs::set_permissions(
             second.path().join("demo"),
-            fs::Permissions::from_mode(0o700),
+            std::fs::Permissions::from_mode(0o700),
         )
         .unwrap();
         let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         for path in ["pyproject.toml", "demo/tasks.py", "bin/run.sh", LONG_PATH] {
-            File::options()
+            fs::File::options()
                 .write(true)
                 .open(first.path().join(path))
                 .unwrap()
@@ -485,6 +570,26 @@ pub(crate) mod tests {
         let three = build(second.path(), &outputs.path().join("three.tar.zst"));
         assert_ne!(one.sha256, three.sha256);
         assert_ne!(one.fingerprint, three.fingerprint);
+    }
+
+    #[test]
+    fn a_file_whose_size_changed_is_refused_not_archived_short_or_long() {
+        for size in [2, 4] {
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut content = Exact::new(&b"abc"[..], size);
+            let header = super::header(b"f", b"", 0o644, size, EntryType::Regular);
+            assert!(tar.append(&header, &mut content).is_err(), "{size}");
+            assert_eq!(content.failure, Some(Failure::Changed), "{size}");
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut content = Exact::new(&b"abc"[..], 3);
+        let header = super::header(b"f", b"", 0o644, 3, EntryType::Regular);
+        tar.append(&header, &mut content).unwrap();
+        assert_eq!(content.failure, None);
+        assert_eq!(content.hasher.finalize(), Sha256::digest(b"abc"));
+        let tar = tar.into_inner().unwrap();
+        assert_eq!(tar.len(), 4 * BLOCK, "header, data block, end");
+        assert_eq!(&tar[BLOCK..BLOCK + 4], b"abc\0");
     }
 
     #[test]
