@@ -367,9 +367,9 @@ clusters = ["dev-cluster"]
     #[test]
     fn the_file_is_found_in_a_parent_directory() {
         let directory = tempfile::tempdir().unwrap();
-        std::fs::write(directory.path().join(FILE_NAME), VALID).unwrap();
+        fs_err::write(directory.path().join(FILE_NAME), VALID).unwrap();
         let nested = directory.path().join("a/b");
-        std::fs::create_dir_all(&nested).unwrap();
+        fs_err::create_dir_all(&nested).unwrap();
         assert_eq!(find(&nested).unwrap(), directory.path().join(FILE_NAME));
         let elsewhere = tempfile::tempdir().unwrap();
         assert!(matches!(

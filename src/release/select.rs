@@ -84,7 +84,7 @@ pub enum Error {
 
 /// Selects the release's files under `config.root`, sorted bytewise by path.
 pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
-    let root = config.root.canonicalize().map_err(|source| Error::Read {
+    let root = fs_err::canonicalize(&config.root).map_err(|source| Error::Read {
         path: config.root.clone(),
         source,
     })?;
@@ -240,10 +240,8 @@ fn error_path(error: &ignore::Error) -> Option<&Path> {
 
 /// Checks the symlink at `path` and returns its target relative to the link's directory.
 fn link_target(root: &Path, path: &str, files: &BTreeSet<&str>) -> Result<String, Error> {
-    let resolved = root
-        .join(path)
-        .canonicalize()
-        .map_err(|source| Error::BrokenSymlink {
+    let resolved =
+        fs_err::canonicalize(root.join(path)).map_err(|source| Error::BrokenSymlink {
             path: path.to_string(),
             source,
         })?;
@@ -296,8 +294,8 @@ pub(crate) mod tests {
     pub(crate) fn write_tree(root: &Path, files: &[(&str, &str)]) {
         for (path, content) in files {
             let path = root.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
+            fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+            fs_err::write(path, content).unwrap();
         }
     }
 
@@ -466,15 +464,16 @@ pub(crate) mod tests {
     #[cfg(unix)]
     #[test]
     fn symlinks_inside_the_root_are_kept_and_others_are_errors() {
-        use std::os::unix::fs::{PermissionsExt, symlink};
+        use std::os::unix::fs::PermissionsExt;
+
+        use fs_err::os::unix::fs::symlink;
 
         let outside = tempfile::tempdir().unwrap();
         write_tree(outside.path(), &[("secret.txt", "")]);
         let directory = tempfile::tempdir().unwrap();
         let root = directory.path();
         write_tree(root, &[("data/table.csv", ""), ("bin/run.sh", "")]);
-        std::fs::set_permissions(root.join("bin/run.sh"), PermissionsExt::from_mode(0o750))
-            .unwrap();
+        fs_err::set_permissions(root.join("bin/run.sh"), PermissionsExt::from_mode(0o750)).unwrap();
         symlink("../data/table.csv", root.join("bin/table.csv")).unwrap();
         symlink("data/./table.csv", root.join("table.csv")).unwrap();
         let selected = select_files(&config(root, &["**"], &[])).unwrap();

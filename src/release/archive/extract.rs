@@ -1,8 +1,9 @@
 //! Extraction of untrusted archives: never writes outside the destination.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
+
+use fs_err as fs;
 
 use super::Error;
 use super::read::{EntryKind, Limits, TarReader};
@@ -47,7 +48,7 @@ pub fn extract_archive(
             EntryKind::Directory => create_directories(dest, &entry.path, true)?,
             EntryKind::File { executable } => {
                 create_directories(dest, &entry.path, false)?;
-                let mut file = OpenOptions::new()
+                let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&path)
@@ -188,9 +189,9 @@ fn check_link_directories(dest: &Path, path: &str, target: &str) -> Result<(), E
 }
 
 #[cfg(unix)]
-fn set_mode(file: &File, executable: bool) -> io::Result<()> {
+fn set_mode(file: &fs::File, executable: bool) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(if executable {
+    file.set_permissions(std::fs::Permissions::from_mode(if executable {
         0o755
     } else {
         0o644
@@ -198,13 +199,13 @@ fn set_mode(file: &File, executable: bool) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn set_mode(_file: &File, _executable: bool) -> io::Result<()> {
+fn set_mode(_file: &fs::File, _executable: bool) -> io::Result<()> {
     Ok(())
 }
 
 #[cfg(unix)]
 fn make_symlink(target: &str, path: &Path) -> io::Result<()> {
-    std::os::unix::fs::symlink(target, path)
+    fs::os::unix::fs::symlink(target, path)
 }
 
 #[cfg(not(unix))]
@@ -218,7 +219,9 @@ fn make_symlink(_target: &str, _path: &Path) -> io::Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeSet;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::PermissionsExt;
+
+    use fs_err::os::unix::fs::symlink;
     use std::path::PathBuf;
 
     use super::*;
