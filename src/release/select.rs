@@ -8,9 +8,10 @@
 //! `<slug>.tar.zst` at the root, and anything inside a `.git` or `.venv` directory.
 //!
 //! Git's rules, when the root is inside a git repository (a `.git` in the root or a parent):
-//! every `.gitignore` from the repository's top down to each file, and the repository's
-//! `.git/info/exclude`. Outside a repository: the `.gitignore` files inside the root. Never the
-//! user's global excludes (`core.excludesFile`), which would make builds differ by machine.
+//! every `.gitignore` from the repository's top down to each file. Outside a repository: the
+//! `.gitignore` files inside the root. Never a clone's `.git/info/exclude` nor the user's
+//! global excludes (`core.excludesFile`): they belong to one clone or one machine, not to the
+//! commit, so two clones of the same commit would build different artifacts.
 //!
 //! Symlinks are kept as symlinks when they point to a selected file inside the root; their
 //! target is stored relative to the link. Any other selected symlink (leaving the root, to a
@@ -97,7 +98,7 @@ pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
         .standard_filters(false)
         .follow_links(false)
         .git_ignore(config.use_gitignore)
-        .git_exclude(config.use_gitignore);
+        .git_exclude(false);
     if config.use_gitignore {
         // Inside a repository the crate follows git (ignore files from the repository's top
         // down); outside one, only the root's own `.gitignore` files count.
@@ -387,11 +388,15 @@ pub(crate) mod tests {
                 );
             }
             let selected = paths(&config(root, &["**"], &[]));
-            let mut expected = vec![".gitignore", "app.py"];
-            if !in_repository {
-                expected.push("local.py");
-            }
-            expected.extend(["pkg/.gitignore", "pkg/keep.log", "pkg/mod.py"]);
+            // `.git/info/exclude` is the clone's, not the commit's: it does not count.
+            let expected = [
+                ".gitignore",
+                "app.py",
+                "local.py",
+                "pkg/.gitignore",
+                "pkg/keep.log",
+                "pkg/mod.py",
+            ];
             assert_eq!(selected, expected, "in a repository: {in_repository}");
 
             let mut everything = config(root, &["**"], &[]);
@@ -402,6 +407,76 @@ pub(crate) mod tests {
                 "in a repository: {in_repository}"
             );
         }
+    }
+
+    /// Runs git in `directory` with no user or system configuration.
+    fn git(directory: &Path, arguments: &[&str]) {
+        let output = std::process::Command::new("git")
+            .current_dir(directory)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args([
+                "-c",
+                "user.name=tilebox",
+                "-c",
+                "user.email=tilebox@example.invalid",
+            ])
+            .args(["-c", "init.defaultBranch=main"])
+            .args(arguments)
+            .output()
+            .expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn clones_of_one_commit_build_the_same_archive_whatever_their_info_exclude() {
+        let base = tempfile::tempdir().unwrap();
+        let origin = base.path().join("origin");
+        write_tree(
+            &origin,
+            &[
+                (".gitignore", "*.log\n"),
+                ("app.py", "print('app')\n"),
+                ("local.py", "print('local')\n"),
+                ("pkg/.gitignore", "generated.py\n"),
+                ("pkg/mod.py", "print('mod')\n"),
+            ],
+        );
+        git(&origin, &["init", "--quiet"]);
+        git(&origin, &["add", "."]);
+        git(&origin, &["commit", "--quiet", "--message", "the project"]);
+
+        let mut archives = Vec::new();
+        for (name, exclude) in [("one", ""), ("two", "local.py\npkg/\n*.py\n")] {
+            let clone = base.path().join(name);
+            git(
+                base.path(),
+                &["clone", "--quiet", origin.to_str().unwrap(), name],
+            );
+            fs_err::write(clone.join(".git/info/exclude"), exclude).unwrap();
+            // Files the commit's `.gitignore` files leave out, in both clones.
+            write_tree(&clone, &[("debug.log", ""), ("pkg/generated.py", "")]);
+            let files = select_files(&config(&clone, &["**"], &[])).unwrap();
+            let out = base.path().join(format!("{name}.tar.zst"));
+            archives.push(crate::release::archive::write_archive(&clone, &files, &out).unwrap());
+        }
+        assert_eq!(
+            archives[0].files,
+            [
+                ".gitignore",
+                "app.py",
+                "local.py",
+                "pkg/.gitignore",
+                "pkg/mod.py"
+            ]
+        );
+        assert_eq!(archives[0].files, archives[1].files);
+        assert_eq!(archives[0].sha256, archives[1].sha256);
+        assert_eq!(archives[0].fingerprint, archives[1].fingerprint);
     }
 
     #[test]
