@@ -1,5 +1,10 @@
-//! Workflow releases: the project configuration (`tilebox.workflow.toml`), file selection and
-//! deterministic archives, and (coming) validation. No network and no async here.
+//! Workflow releases: the project configuration (`tilebox.workflow.toml`), which files a
+//! release holds, the deterministic archive they are written to, its content fingerprint, and
+//! the safe extraction of untrusted archives. No network and no async here.
+//!
+//! The build pipeline (`tilebox workflow build-release`) puts these together and then
+//! validates what it archived: it extracts the archive, builds its environment and imports the
+//! runner object.
 //!
 //! Layout:
 //! - `mod.rs`: module docs
