@@ -1,6 +1,8 @@
-//! Workflow releases: the project configuration (`tilebox.workflow.toml`), file selection,
-//! deterministic archives, and the build pipeline that validates and fingerprints them. No
-//! network and no async here: validation, which loads Python, is a step the caller passes in.
+//! Workflow releases: the project configuration (`tilebox.workflow.toml`), which files a
+//! release holds, the deterministic archive they are written to, its content fingerprint, the
+//! safe extraction of untrusted archives, and the build pipeline that validates and
+//! fingerprints a release. No network and no async here: validation, which loads Python, is
+//! a step the caller passes in.
 //!
 //! Layout:
 //! - `mod.rs`: module docs
@@ -8,7 +10,7 @@
 //! - `select.rs`: which files go into a release (globs, `.gitignore`, symlink rules)
 //! - `build.rs`: the build pipeline (select, archive, validate, fingerprint) and the release
 //!   content it publishes
-//! - `archive.rs`: the deterministic `.tar.zst` writer, the content fingerprint, and safe
+//! - `archive/`: the deterministic `.tar.zst` writer, the content fingerprint, and safe
 //!   extraction of untrusted archives
 
 pub mod archive;

@@ -8,9 +8,10 @@
 //! `<slug>.tar.zst` at the root, and anything inside a `.git` or `.venv` directory.
 //!
 //! Git's rules, when the root is inside a git repository (a `.git` in the root or a parent):
-//! every `.gitignore` from the repository's top down to each file, and the repository's
-//! `.git/info/exclude`. Outside a repository: the `.gitignore` files inside the root. Never the
-//! user's global excludes (`core.excludesFile`), which would make builds differ by machine.
+//! every `.gitignore` from the repository's top down to each file. Outside a repository: the
+//! `.gitignore` files inside the root. Never a clone's `.git/info/exclude` nor the user's
+//! global excludes (`core.excludesFile`): they belong to one clone or one machine, not to the
+//! commit, so two clones of the same commit would build different artifacts.
 //!
 //! Symlinks are kept as symlinks when they point to a selected file inside the root; their
 //! target is stored relative to the link. Any other selected symlink (leaving the root, to a
@@ -84,7 +85,7 @@ pub enum Error {
 
 /// Selects the release's files under `config.root`, sorted bytewise by path.
 pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
-    let root = config.root.canonicalize().map_err(|source| Error::Read {
+    let root = fs_err::canonicalize(&config.root).map_err(|source| Error::Read {
         path: config.root.clone(),
         source,
     })?;
@@ -97,7 +98,7 @@ pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
         .standard_filters(false)
         .follow_links(false)
         .git_ignore(config.use_gitignore)
-        .git_exclude(config.use_gitignore);
+        .git_exclude(false);
     if config.use_gitignore {
         // Inside a repository the crate follows git (ignore files from the repository's top
         // down); outside one, only the root's own `.gitignore` files count.
@@ -240,10 +241,8 @@ fn error_path(error: &ignore::Error) -> Option<&Path> {
 
 /// Checks the symlink at `path` and returns its target relative to the link's directory.
 fn link_target(root: &Path, path: &str, files: &BTreeSet<&str>) -> Result<String, Error> {
-    let resolved = root
-        .join(path)
-        .canonicalize()
-        .map_err(|source| Error::BrokenSymlink {
+    let resolved =
+        fs_err::canonicalize(root.join(path)).map_err(|source| Error::BrokenSymlink {
             path: path.to_string(),
             source,
         })?;
@@ -296,8 +295,8 @@ pub(crate) mod tests {
     pub(crate) fn write_tree(root: &Path, files: &[(&str, &str)]) {
         for (path, content) in files {
             let path = root.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
+            fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+            fs_err::write(path, content).unwrap();
         }
     }
 
@@ -389,11 +388,15 @@ pub(crate) mod tests {
                 );
             }
             let selected = paths(&config(root, &["**"], &[]));
-            let mut expected = vec![".gitignore", "app.py"];
-            if !in_repository {
-                expected.push("local.py");
-            }
-            expected.extend(["pkg/.gitignore", "pkg/keep.log", "pkg/mod.py"]);
+            // `.git/info/exclude` is the clone's, not the commit's: it does not count.
+            let expected = [
+                ".gitignore",
+                "app.py",
+                "local.py",
+                "pkg/.gitignore",
+                "pkg/keep.log",
+                "pkg/mod.py",
+            ];
             assert_eq!(selected, expected, "in a repository: {in_repository}");
 
             let mut everything = config(root, &["**"], &[]);
@@ -404,6 +407,76 @@ pub(crate) mod tests {
                 "in a repository: {in_repository}"
             );
         }
+    }
+
+    /// Runs git in `directory` with no user or system configuration.
+    fn git(directory: &Path, arguments: &[&str]) {
+        let output = std::process::Command::new("git")
+            .current_dir(directory)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args([
+                "-c",
+                "user.name=tilebox",
+                "-c",
+                "user.email=tilebox@example.invalid",
+            ])
+            .args(["-c", "init.defaultBranch=main"])
+            .args(arguments)
+            .output()
+            .expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn clones_of_one_commit_build_the_same_archive_whatever_their_info_exclude() {
+        let base = tempfile::tempdir().unwrap();
+        let origin = base.path().join("origin");
+        write_tree(
+            &origin,
+            &[
+                (".gitignore", "*.log\n"),
+                ("app.py", "print('app')\n"),
+                ("local.py", "print('local')\n"),
+                ("pkg/.gitignore", "generated.py\n"),
+                ("pkg/mod.py", "print('mod')\n"),
+            ],
+        );
+        git(&origin, &["init", "--quiet"]);
+        git(&origin, &["add", "."]);
+        git(&origin, &["commit", "--quiet", "--message", "the project"]);
+
+        let mut archives = Vec::new();
+        for (name, exclude) in [("one", ""), ("two", "local.py\npkg/\n*.py\n")] {
+            let clone = base.path().join(name);
+            git(
+                base.path(),
+                &["clone", "--quiet", origin.to_str().unwrap(), name],
+            );
+            fs_err::write(clone.join(".git/info/exclude"), exclude).unwrap();
+            // Files the commit's `.gitignore` files leave out, in both clones.
+            write_tree(&clone, &[("debug.log", ""), ("pkg/generated.py", "")]);
+            let files = select_files(&config(&clone, &["**"], &[])).unwrap();
+            let out = base.path().join(format!("{name}.tar.zst"));
+            archives.push(crate::release::archive::write_archive(&clone, &files, &out).unwrap());
+        }
+        assert_eq!(
+            archives[0].files,
+            [
+                ".gitignore",
+                "app.py",
+                "local.py",
+                "pkg/.gitignore",
+                "pkg/mod.py"
+            ]
+        );
+        assert_eq!(archives[0].files, archives[1].files);
+        assert_eq!(archives[0].sha256, archives[1].sha256);
+        assert_eq!(archives[0].fingerprint, archives[1].fingerprint);
     }
 
     #[test]
@@ -466,15 +539,16 @@ pub(crate) mod tests {
     #[cfg(unix)]
     #[test]
     fn symlinks_inside_the_root_are_kept_and_others_are_errors() {
-        use std::os::unix::fs::{PermissionsExt, symlink};
+        use std::os::unix::fs::PermissionsExt;
+
+        use fs_err::os::unix::fs::symlink;
 
         let outside = tempfile::tempdir().unwrap();
         write_tree(outside.path(), &[("secret.txt", "")]);
         let directory = tempfile::tempdir().unwrap();
         let root = directory.path();
         write_tree(root, &[("data/table.csv", ""), ("bin/run.sh", "")]);
-        std::fs::set_permissions(root.join("bin/run.sh"), PermissionsExt::from_mode(0o750))
-            .unwrap();
+        fs_err::set_permissions(root.join("bin/run.sh"), PermissionsExt::from_mode(0o750)).unwrap();
         symlink("../data/table.csv", root.join("bin/table.csv")).unwrap();
         symlink("data/./table.csv", root.join("table.csv")).unwrap();
         let selected = select_files(&config(root, &["**"], &[])).unwrap();

@@ -1,0 +1,80 @@
+//! The content fingerprint: what a release's files are, independent of how they were archived.
+
+use sha2::{Digest, Sha256};
+
+/// Mode of a regular file, an executable and a symlink in the fingerprint (git's).
+pub(super) const FILE_MODE: u32 = 0o100_644;
+pub(super) const EXECUTABLE_MODE: u32 = 0o100_755;
+pub(super) const SYMLINK_MODE: u32 = 0o120_000;
+/// First line of the fingerprint's canonical listing; bump it when the listing changes.
+const FINGERPRINT_VERSION: &str = "tilebox-files-v1\n";
+
+/// What the fingerprint records of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    pub path: String,
+    /// Git's modes: 0o100644, 0o100755 (executable) or 0o120000 (symlink).
+    pub mode: u32,
+    /// SHA-256 of the content (of the target path for a symlink), lowercase hex.
+    pub sha256: String,
+}
+
+/// The SHA-256 (lowercase hex) of this canonical listing of `files`:
+///
+/// ```text
+/// tilebox-files-v1\n
+/// <mode, 6 octal digits> <content sha256, 64 hex digits> <path>\0    one per file, by path
+/// ```
+///
+/// Files are sorted bytewise by path first, so the order given does not matter. Paths cannot
+/// contain NUL and the other fields have fixed widths, so two different sets of files never
+/// share a listing. Only paths, modes and contents enter it: not mtimes, owners or compression.
+pub fn fingerprint(files: &[FileDigest]) -> String {
+    let mut sorted: Vec<&FileDigest> = files.iter().collect();
+    sorted.sort_by(|left, right| left.path.cmp(&right.path));
+    let mut hasher = Sha256::new();
+    hasher.update(FINGERPRINT_VERSION);
+    for file in sorted {
+        hasher.update(format!("{:06o} {} {}\0", file.mode, file.sha256, file.path));
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_covers_paths_modes_and_contents_in_any_order() {
+        let file = |path: &str, mode, content: &str| FileDigest {
+            path: path.into(),
+            mode,
+            sha256: hex::encode(Sha256::digest(content)),
+        };
+        let files = [
+            file("b.py", FILE_MODE, "b"),
+            file("a.py", EXECUTABLE_MODE, "a"),
+        ];
+        let mut listing = Sha256::new();
+        listing.update("tilebox-files-v1\n");
+        listing.update(format!("100755 {} a.py\0", files[1].sha256));
+        listing.update(format!("100644 {} b.py\0", files[0].sha256));
+        assert_eq!(fingerprint(&files), hex::encode(listing.finalize()));
+        let reversed = [files[1].clone(), files[0].clone()];
+        assert_eq!(fingerprint(&files), fingerprint(&reversed));
+        let changes = [
+            [file("b.py", FILE_MODE, "b"), file("a.py", FILE_MODE, "a")],
+            [
+                file("b.py", FILE_MODE, "B"),
+                file("a.py", EXECUTABLE_MODE, "a"),
+            ],
+            [
+                file("c.py", FILE_MODE, "b"),
+                file("a.py", EXECUTABLE_MODE, "a"),
+            ],
+        ];
+        for changed in changes {
+            assert_ne!(fingerprint(&files), fingerprint(&changed), "{changed:?}");
+        }
+    }
+}
