@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{TestServer, wait_until};
 use serde_json::Value;
@@ -101,6 +101,15 @@ fn run_to_completion(mut child: Child, log: &Path) {
         "runner failed ({status}):\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// An RFC 3339 timestamp of the CLI's JSON as a time. Compared as strings, times with a
+/// variable-length fraction misorder (`17.022Z` sorts before `17.02Z`).
+fn time_of(value: &Value) -> SystemTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an RFC 3339 string, got {value}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|error| panic!("{text:?}: {error}"))
 }
 
 fn parallelism(job: &Value) -> f64 {
@@ -249,11 +258,13 @@ fn two_runners_with_different_tasks_complete_a_distributed_workflow_in_order() {
     let (download_task, process_task) = (&children[0], &children[1]);
     assert_eq!(download_task["display"], "DownloadData");
     assert_eq!(process_task["display"], "ProcessData");
-    let stopped = download_task["stopped_at"].as_str().expect("stopped");
-    let started = process_task["started_at"].as_str().expect("started");
+    let stopped = time_of(&download_task["stopped_at"]);
+    let started = time_of(&process_task["started_at"]);
     assert!(
         started >= stopped,
-        "ProcessData started at {started}, before DownloadData stopped at {stopped}"
+        "ProcessData started at {}, before DownloadData stopped at {}",
+        process_task["started_at"],
+        download_task["stopped_at"]
     );
     let first_log = std::fs::read_to_string(first_log).unwrap_or_default();
     let second_log = std::fs::read_to_string(second_log).unwrap_or_default();
