@@ -8,21 +8,22 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, wait_until};
-use serde_json::Value;
+use common::{
+    RunnerProcess, TestServer, ask, client, job_request, json_of, stderr_of, task_group,
+    uuid_of_id, wait_for_job_state, wait_until,
+};
 use sha2::{Digest, Sha256};
-use tilebox::api::convert::{id, uuid_of};
+use tilebox::api::convert::id;
 use tilebox::api::selfhosted_v1::{
     GetArtifactRequest, UploadArtifactRequest, WatchDeploymentsRequest,
 };
 use tilebox::api::workflows_v1::{
     ComputedTask, CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest,
     GetJobRequest, JobState, ListClustersRequest, ListJobTasksRequest, NextTaskRequest,
-    NextTaskToRun, PublishWorkflowReleaseRequest, QueryJobsRequest, ReleaseContent,
-    SubmitJobRequest, TaskIdentifier, TaskState, TaskSubmissionGroup, TaskSubmissions,
+    PublishWorkflowReleaseRequest, QueryJobsRequest, ReleaseContent, SubmitJobRequest,
+    TaskIdentifier, TaskState, TaskSubmissionGroup,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
@@ -120,35 +121,6 @@ context.current_task.display = 'hello from the good release'\n\nrunner = Runner(
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-async fn client(server: &TestServer) -> Client {
-    Client::connect(server.url(), None).await.expect("client")
-}
-
-fn json_of(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "command failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs the CLI in `directory` against `server`, with caches inside `directory`.
-fn tilebox_in(server: &TestServer, directory: &Path, args: &[&str]) -> Output {
-    common::tilebox_command(args)
-        .current_dir(directory)
-        .env("TILEBOX_API_URL", server.url())
-        .env("XDG_CACHE_HOME", directory.join(".cache-home"))
-        .output()
-        .expect("run tilebox")
-}
-
 /// Every file and directory under `root`, relative, sorted.
 fn tree(root: &Path) -> Vec<String> {
     fn walk(root: &Path, directory: &Path, found: &mut Vec<String>) {
@@ -177,32 +149,7 @@ fn tree(root: &Path) -> Vec<String> {
 
 /// A job of one task `name@version` with `input`, on the default cluster.
 fn one_task_job(name: &str, version: &str, input: &[u8]) -> SubmitJobRequest {
-    SubmitJobRequest {
-        job_name: format!("{name}-job"),
-        tasks: Some(TaskSubmissions {
-            task_groups: vec![group(&[], 1, input)],
-            cluster_slug_lookup: vec![String::new()],
-            identifier_lookup: vec![TaskIdentifier {
-                name: name.into(),
-                version: version.into(),
-            }],
-            display_lookup: vec![name.into()],
-        }),
-        ..SubmitJobRequest::default()
-    }
-}
-
-/// A group of `count` tasks (identifier 0, cluster 0, display 0) with `input`.
-fn group(dependencies: &[u32], count: usize, input: &[u8]) -> TaskSubmissionGroup {
-    TaskSubmissionGroup {
-        dependencies_on_other_groups: dependencies.to_vec(),
-        inputs: vec![input.to_vec(); count],
-        identifier_pointers: vec![0; count],
-        cluster_slug_pointers: vec![0; count],
-        display_pointers: vec![0; count],
-        max_retries_values: vec![0; count],
-        optional_values: vec![false; count],
-    }
+    job_request(name, version, 1, input)
 }
 
 async fn job_count(client: &mut Client) -> usize {
@@ -214,40 +161,6 @@ async fn job_count(client: &mut Client) -> usize {
         .into_inner()
         .jobs
         .len()
-}
-
-fn ask(name: &str, version: &str) -> Option<NextTaskToRun> {
-    Some(NextTaskToRun {
-        cluster_slug: String::new(),
-        identifiers: vec![TaskIdentifier {
-            name: name.into(),
-            version: version.into(),
-        }],
-    })
-}
-
-fn job_document(server: &TestServer, job: &str) -> Value {
-    json_of(&server.tilebox(&["--json", "job", "get", job]))
-}
-
-fn wait_for_job_state(server: &TestServer, job: &str, state: &str, timeout: Duration) -> Value {
-    let mut last = Value::Null;
-    let reached = wait_until(timeout, || {
-        last = job_document(server, job);
-        last["state"] == state
-    });
-    assert!(reached, "job {job} did not become {state}: {last}");
-    last
-}
-
-/// A runner process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---- hostile artifacts -----------------------------------------------------------------------
@@ -344,7 +257,6 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         .tempdir()
         .expect("scratch");
     let cache = scratch.path().join("cache");
-    let log = scratch.path().join("runner.log");
     let absolute_target = format!("/tmp/tilebox-pwned-{}", Uuid::new_v4());
     client
         .workflows
@@ -359,20 +271,10 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
     // A good release, published with the CLI, served before and after the hostile ones.
     let project = scratch.path().join("greeter");
     std::fs::create_dir(&project).expect("project");
-    std::fs::write(project.join("app.py"), HELLO).expect("app.py");
-    std::fs::write(
-        project.join("tilebox.workflow.toml"),
-        "[workflow]\nslug = \"greeter\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
-    )
-    .expect("tilebox.workflow.toml");
+    common::write_project(&project, "greeter", HELLO);
     json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
-    json_of(&tilebox_in(
-        &server,
-        &project,
-        &["--json", "workflow", "publish-release"],
-    ));
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
         &project,
         &[
             "--json",
@@ -383,15 +285,12 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
             "hostile",
         ],
     ));
-    let runner =
+    let mut runner = RunnerProcess::spawn(
         common::tilebox_command(&["runner", "start", "--cluster", "hostile", "--cache-dir"])
             .arg(&cache)
-            .env("TILEBOX_API_URL", server.url())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start the release runner");
-    let mut runner = Running(runner);
+            .env("TILEBOX_API_URL", server.url()),
+        scratch.path().join("runner.log"),
+    );
     let submit_hello = || {
         let job = json_of(&server.tilebox(&[
             "--json",
@@ -506,17 +405,18 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
             })
             .map(str::to_string)
     };
-    let all_reported = wait_until(Duration::from_secs(180), || {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        hostile
-            .iter()
-            .all(|case| skipped(&log, case.slug).is_some())
-    });
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        all_reported,
-        "not every hostile release was skipped:\n{log_text}"
-    );
+    wait_until(
+        "the runner to skip every hostile release",
+        Duration::from_secs(180),
+        || {
+            let log = runner.log();
+            hostile
+                .iter()
+                .all(|case| skipped(&log, case.slug).is_some())
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    let log_text = runner.log();
     for case in &hostile {
         let line = skipped(&log_text, case.slug).expect("reported");
         assert!(
@@ -527,7 +427,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         );
     }
     assert!(
-        runner.0.try_wait().expect("poll").is_none(),
+        runner.is_running(),
         "the runner survives hostile releases:\n{log_text}"
     );
 
@@ -535,7 +435,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
     let second = submit_hello();
     let done = wait_for_job_state(&server, &second, "completed", Duration::from_secs(60));
     assert_eq!(done["tasks"][0]["display"], "hello from the good release");
-    assert!(runner.0.try_wait().expect("poll").is_none());
+    assert!(runner.is_running(), "{}", runner.log());
     drop(runner);
 
     // Nothing escaped, and no hostile release left anything in the cache.
@@ -653,21 +553,10 @@ const COUNTER: &str = "from tilebox.workflows import ExecutionContext, Runner, T
 class Count(Task):\n    n: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
 context.current_task.display = f'counted {self.n}'\n\nrunner = Runner(tasks=[Count])\n";
 
-fn counter_project() -> tempfile::TempDir {
-    let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("app.py"), COUNTER).expect("app.py");
-    std::fs::write(
-        project.path().join("tilebox.workflow.toml"),
-        "[workflow]\nslug = \"counter\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
-    )
-    .expect("tilebox.workflow.toml");
-    project
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_decode_message() {
     let server = TestServer::start_with(&["--long-poll-ms", "300"]);
-    let project = counter_project();
+    let project = common::project("counter", COUNTER);
     let submit = |input: &str, retries: &str| {
         let job = json_of(&server.tilebox(&[
             "--json",
@@ -694,10 +583,7 @@ async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_deco
         .await
         .expect("the server never decodes inputs")
         .into_inner();
-    let not_json = uuid_of(not_json.id.as_ref())
-        .expect("id")
-        .expect("id")
-        .to_string();
+    let not_json = uuid_of_id(not_json.id.as_ref()).to_string();
 
     let output = common::tilebox_command(&["runner", "start", "--stop-when-idling", "--project"])
         .arg(project.path())
@@ -825,21 +711,28 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         job
     };
     let cases = [
-        (vec![group(&[0], 1, b"")], "task group 0 depends on itself"),
+        (
+            vec![task_group(&[0], 1, b"")],
+            "task group 0 depends on itself",
+        ),
         (
             vec![
-                group(&[2], 1, b""),
-                group(&[0], 1, b""),
-                group(&[1], 1, b""),
+                task_group(&[2], 1, b""),
+                task_group(&[0], 1, b""),
+                task_group(&[1], 1, b""),
             ],
             "the dependencies between task groups form a cycle",
         ),
         (
-            vec![group(&[], 1, b""), group(&[2], 1, b""), group(&[1], 1, b"")],
+            vec![
+                task_group(&[], 1, b""),
+                task_group(&[2], 1, b""),
+                task_group(&[1], 1, b""),
+            ],
             "the dependencies between task groups form a cycle",
         ),
         (
-            vec![group(&[1], 1, b"")],
+            vec![task_group(&[1], 1, b"")],
             "task group 0 depends on group 1, which does not exist",
         ),
     ];
@@ -865,7 +758,7 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         .await
         .expect("submit")
         .into_inner();
-    let job = uuid_of(job.id.as_ref()).expect("id").expect("id");
+    let job = uuid_of_id(job.id.as_ref());
     let task = client
         .tasks
         .next_task(NextTaskRequest {
@@ -878,7 +771,7 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         .next_task
         .expect("a task");
     let mut cyclic = one_task_job("Leaf", "v0.0", b"").tasks.expect("tasks");
-    cyclic.task_groups = vec![group(&[1], 2, b""), group(&[0], 2, b"")];
+    cyclic.task_groups = vec![task_group(&[1], 2, b""), task_group(&[0], 2, b"")];
     client
         .tasks
         .next_task(NextTaskRequest {
@@ -998,9 +891,7 @@ async fn inputs_over_the_limit_are_refused_at_submission_and_fail_a_task_that_su
         .into_inner()
         .next_task
         .expect("a task");
-    let job = uuid_of(task.job.as_ref().and_then(|job| job.id.as_ref()))
-        .expect("id")
-        .expect("job id");
+    let job = uuid_of_id(task.job.as_ref().and_then(|job| job.id.as_ref()));
     let oversized = one_task_job("Leaf", "v0.0", &[b'x'; 65]).tasks;
     client
         .tasks

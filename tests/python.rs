@@ -275,16 +275,7 @@ fn a_release_using_numpy_runs_through_the_child_process_fallback() {
 
 #[test]
 fn task_run_recursive_runs_the_parallel_sleep_workflow_in_process() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/parallel-sleep");
-    let project = tempfile::tempdir().expect("project");
-    for file in [
-        "parallel_workflow.py",
-        "pyproject.toml",
-        "tilebox.workflow.toml",
-        "uv.lock",
-    ] {
-        std::fs::copy(example.join(file), project.path().join(file)).expect("copy the example");
-    }
+    let project = common::example("parallel-sleep");
     let (output, document) = task_run(
         project.path(),
         &[

@@ -8,54 +8,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{
+    TestServer, block_on, client, get_job, identifier, job_request, list_tasks, uuid_of_id,
+    wait_until,
+};
 use tilebox::api::convert::{id, uuid_of};
 use tilebox::api::workflows_v1::{
-    ComputedTask, GetJobRequest, JobState, ListJobTasksRequest, NextTaskRequest, NextTaskToRun,
-    SubmitJobRequest, TaskIdentifier, TaskState, TaskSubmissionGroup, TaskSubmissions,
+    ComputedTask, GetJobRequest, JobState, NextTaskRequest, NextTaskToRun, TaskIdentifier,
+    TaskState,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
 
-fn identifier(name: &str, version: &str) -> TaskIdentifier {
-    TaskIdentifier {
-        name: name.into(),
-        version: version.into(),
-    }
-}
-
-/// A job of `count` independent root tasks with identifier `name@version`.
-fn job_request(name: &str, version: &str, count: usize, input: &[u8]) -> SubmitJobRequest {
-    SubmitJobRequest {
-        job_name: format!("{name}-job"),
-        trace_parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-        tasks: Some(TaskSubmissions {
-            task_groups: vec![TaskSubmissionGroup {
-                dependencies_on_other_groups: vec![],
-                inputs: vec![input.to_vec(); count],
-                identifier_pointers: vec![0; count],
-                cluster_slug_pointers: vec![0; count],
-                display_pointers: vec![0; count],
-                max_retries_values: vec![0; count],
-                optional_values: vec![false; count],
-            }],
-            cluster_slug_lookup: vec![String::new()],
-            identifier_lookup: vec![identifier(name, version)],
-            display_lookup: vec![name.into()],
-        }),
-        ..SubmitJobRequest::default()
-    }
-}
-
+/// What a runner on the `default` cluster (named explicitly) advertising `identifiers` asks
+/// for.
 fn ask(identifiers: Vec<TaskIdentifier>) -> Option<NextTaskToRun> {
     Some(NextTaskToRun {
         cluster_slug: "default".into(),
         identifiers,
     })
-}
-
-async fn client(server: &TestServer) -> Client {
-    Client::connect(server.url(), None).await.expect("client")
 }
 
 #[test]
@@ -303,28 +274,10 @@ async fn run_submitter(url: String, acknowledged: Arc<Acknowledged>, stop: Arc<A
 }
 
 async fn task_states(client: &mut Client, job: Uuid) -> HashMap<Uuid, TaskState> {
-    let answer = client
-        .jobs
-        .list_job_tasks(ListJobTasksRequest {
-            job_id: Some(id(job)),
-            page: Some(tilebox::api::tilebox_v1::Pagination {
-                limit: Some(100),
-                starting_after: None,
-            }),
-            ..ListJobTasksRequest::default()
-        })
+    list_tasks(client, job, None)
         .await
-        .expect("list tasks")
-        .into_inner();
-    answer
-        .page
-        .expect("page")
-        .tasks
         .into_iter()
-        .map(|task| {
-            let state = TaskState::try_from(task.state).expect("state");
-            (uuid_of(task.id.as_ref()).expect("id").expect("id"), state)
-        })
+        .map(|task| (uuid_of_id(task.id.as_ref()), task.state()))
         .collect()
 }
 
@@ -347,17 +300,15 @@ async fn acknowledged_work_survives_kill_9_under_load_and_every_job_finishes() {
             stop.clone(),
         )));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acknowledged.jobs.lock().expect("lock").len() < 100
-        || acknowledged.computed.lock().expect("lock").len() < 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the load did not get going:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "100 acknowledged jobs and 200 acknowledged completions",
+        Duration::from_secs(60),
+        || {
+            acknowledged.jobs.lock().expect("lock").len() >= 100
+                && acknowledged.computed.lock().expect("lock").len() >= 200
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", server.stderr_tail()));
     server.kill();
     for task in load {
         let _ = tokio::time::timeout(Duration::from_secs(30), task)
@@ -402,28 +353,25 @@ async fn acknowledged_work_survives_kill_9_under_load_and_every_job_finishes() {
             ))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for job in &jobs {
-        loop {
-            let state = client
-                .jobs
-                .get_job(GetJobRequest {
-                    job_id: Some(id(*job)),
-                })
-                .await
-                .expect("get job")
-                .into_inner()
-                .state;
-            if state == JobState::Completed as i32 {
-                break;
+    // Jobs complete for good, so each is polled only until it has.
+    let mut completed = 0;
+    let mut last = None;
+    wait_until(
+        "every job to complete after the restart",
+        Duration::from_secs(60),
+        || {
+            while let Some(job) = jobs.get(completed) {
+                let state = block_on(get_job(&mut client, *job)).state();
+                if state != JobState::Completed {
+                    last = Some((*job, state));
+                    return false;
+                }
+                completed += 1;
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {job} did not complete after the restart: {state}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+            true
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}; job and state: {last:?}"));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
