@@ -294,7 +294,14 @@ fn a_second_sigterm_hands_the_running_task_back() {
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     runner.signal("-TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    // Two signals in quick succession could be coalesced into one; the second must come after
+    // the runner handled the first. Its log line is the only sign of that.
+    wait_until(
+        "the runner to handle the first SIGTERM",
+        Duration::from_secs(10),
+        || runner.log().contains("stopping: no new tasks"),
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     runner.signal("-TERM");
     runner.wait_for_exit("the runner to exit at once", Duration::from_secs(10));
     let job = job_document(&server, &id);

@@ -178,17 +178,47 @@ async fn a_task_goes_to_a_compatible_runner_carrying_the_runners_identifier() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_runner_gets_work_submitted_while_it_waits() {
-    let server = TestServer::start_with(&["--long-poll-ms", "10000"]);
+    // Far longer than the test: the waiting call can only get the task by being woken up.
+    const LONG_POLL: Duration = Duration::from_secs(60);
+    let server = TestServer::start_with(&["--long-poll-ms", &LONG_POLL.as_millis().to_string()]);
     let mut runner = client(&server).await;
     let mut submitter = client(&server).await;
+
+    // The runner claims a warm-up task, so that its waiting call can carry the result.
+    let warm_up_job = submitter
+        .jobs
+        .submit_job(job_request("WarmUp", "v0.0", 1, b""))
+        .await
+        .expect("submit the warm-up job")
+        .into_inner();
+    let warm_up_job = uuid_of_id(warm_up_job.id.as_ref());
+    let warm_up = runner
+        .tasks
+        .next_task(NextTaskRequest {
+            computed_task: None,
+            next_task_to_run: ask(vec![identifier("WarmUp", "v0.0")]),
+        })
+        .await
+        .expect("claim the warm-up task")
+        .into_inner()
+        .next_task
+        .expect("the warm-up task");
+
+    // The server applies a computed report in the transaction of the call's first claim
+    // attempt, before it waits. So once the warm-up job reads completed, the call has looked
+    // for `Late` work, found none (none is submitted yet), and waits.
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
         let answer = runner
             .tasks
             .next_task(NextTaskRequest {
-                computed_task: None,
+                computed_task: Some(ComputedTask {
+                    id: warm_up.id,
+                    display: "WarmUp".into(),
+                    ..ComputedTask::default()
+                }),
                 next_task_to_run: ask(vec![identifier("Late", "v0.0")]),
             })
             .await
@@ -196,19 +226,29 @@ async fn an_idle_runner_gets_work_submitted_while_it_waits() {
             .into_inner();
         (answer, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the waiting call to report the warm-up task computed",
+        Duration::from_secs(30),
+        || block_on(get_job(&mut submitter, warm_up_job)).state() == JobState::Completed,
+    )
+    .unwrap();
+    assert!(
+        !waiting.is_finished(),
+        "a call that found no work waits for the long-poll"
+    );
+
     submitter
         .jobs
         .submit_job(job_request("Late", "v0.0", 1, b""))
         .await
         .expect("submit");
     let (answer, waited) = waiting.await.expect("runner");
+    let task = answer
+        .next_task
+        .expect("the waiting call receives the task submitted meanwhile");
+    assert_eq!(task.identifier, Some(identifier("Late", "v0.0")));
     assert!(
-        answer.next_task.is_some(),
-        "the waiting call receives the task submitted meanwhile"
-    );
-    assert!(
-        waited < Duration::from_secs(10),
+        waited < LONG_POLL,
         "it did not wait for the long-poll to end: {waited:?}"
     );
 }
