@@ -374,6 +374,7 @@ async fn runners_wait_out_a_20_second_outage_and_finish_the_job() {
     // The fault is the duration itself.
     std::thread::sleep(OUTAGE);
     runners.assert_alive("during the outage");
+    // A back-off shows only in the runner's log.
     for log in runners.logs() {
         assert!(
             log.contains("the server is unreachable; retrying in"),
@@ -439,6 +440,7 @@ fn a_runner_that_cannot_reach_its_server_stops_on_sigterm() {
         &mut project_runner(&format!("http://127.0.0.1:{port}"), project.path(), &[]),
         project.path().join("runner.log"),
     );
+    // Only the runner's log shows that it is retrying, i.e. past its start-up.
     wait_until("the runner to retry", Duration::from_secs(30), || {
         runner.log().contains("cannot reach the server; retrying")
     })

@@ -462,10 +462,7 @@ fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
     .expect("runner");
     let log = String::from_utf8_lossy(&runner.stderr);
     assert!(runner.status.success(), "{log}");
-    assert!(
-        log.contains("my-workflow@") && log.contains("parallel-sleep@"),
-        "both releases load:\n{log}"
-    );
+    // Both releases load: this runner, the only one, completes a job of each.
     for job in [&scene_job, &sleep_job] {
         let id = job["id"].as_str().expect("id");
         let state = job_document(&server, id);

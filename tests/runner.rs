@@ -49,6 +49,7 @@ fn parallel_sleep_runs_five_at_once_with_five_slots() {
         parallelism(&five) > 3.0,
         "five slots overlap the sleeps: {five}"
     );
+    // The isolation shows only in the runner's `loaded release` log line.
     let log = runner.log();
     assert!(
         log.contains("isolation=sub-interpreter"),
@@ -124,22 +125,29 @@ fn parallel_exits_with_the_first_failing_code() {
     }
 }
 
+/// Each task appends `<task> ran on <RUNNER_NAME>` to `MARKER`.
 const DISTRIBUTED: &str = r#"
-import time
+import os, time
 from tilebox.workflows import ExecutionContext, Runner, Task
+
+def record(task: Task) -> None:
+    with open(os.environ["MARKER"], "a") as marker:
+        marker.write(f"{type(task).__name__} ran on {os.environ['RUNNER_NAME']}\n")
 
 class DistributedWorkflow(Task):
     def execute(self, context: ExecutionContext) -> None:
+        record(self)
         download = context.submit_subtask(DownloadData())
         context.submit_subtask(ProcessData(), depends_on=[download])
 
 class DownloadData(Task):
     def execute(self, context: ExecutionContext) -> None:
+        record(self)
         time.sleep(0.3)
 
 class ProcessData(Task):
     def execute(self, context: ExecutionContext) -> None:
-        pass
+        record(self)
 "#;
 
 #[test]
@@ -153,8 +161,9 @@ fn two_runners_with_different_tasks_complete_a_distributed_workflow_in_order() {
         "gpu",
         &format!("{DISTRIBUTED}\nrunner = Runner(tasks=[ProcessData, DistributedWorkflow])\n"),
     );
-    let mut first = start_runner(&server, download.path(), &[]);
-    let mut second = start_runner(&server, gpu.path(), &[]);
+    let marker = download.path().join("marker");
+    let mut first = start_marking_runner(&server, download.path(), &marker, &[]);
+    let mut second = start_marking_runner(&server, gpu.path(), &marker, &[]);
     let id = submit(&server, "DistributedWorkflow", "");
     let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(60));
     first.kill();
@@ -171,6 +180,15 @@ fn two_runners_with_different_tasks_complete_a_distributed_workflow_in_order() {
         process_task["started_at"],
         download_task["stopped_at"]
     );
+    let mut ran = marker_lines(&marker);
+    ran.sort();
+    assert_eq!(
+        ran[1..],
+        ["DownloadData ran on download", "ProcessData ran on gpu"],
+        "each task runs once, on the runner that registers it: {ran:?}"
+    );
+    assert!(ran[0].starts_with("DistributedWorkflow ran on "), "{ran:?}");
+    // What a runner advertises is visible only in its `loaded release` log line.
     let (first_log, second_log) = (first.log(), second.log());
     assert!(
         first_log.contains("DownloadData@v0.0") && !first_log.contains("ProcessData@v0.0"),
@@ -203,13 +221,32 @@ fn marker_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A runner of the `SLOW` project that appends to `marker`.
-fn start_slow_runner(server: &TestServer, project: &Path, marker: &Path) -> RunnerProcess {
+/// A runner of `project` whose tasks append to `marker` (`MARKER`); its `RUNNER_NAME` is the
+/// project's workflow slug (its directory's `tilebox.workflow.toml`).
+fn start_marking_runner(
+    server: &TestServer,
+    project: &Path,
+    marker: &Path,
+    args: &[&str],
+) -> RunnerProcess {
+    let config = std::fs::read_to_string(project.join("tilebox.workflow.toml")).expect("config");
+    let slug = config
+        .lines()
+        .find_map(|line| line.strip_prefix("slug = "))
+        .expect("a slug")
+        .trim_matches('"');
     let log = project.join(format!("runner-{}.log", uuid::Uuid::new_v4()));
     RunnerProcess::spawn(
-        project_runner(server.url(), project, &[]).env("MARKER", marker),
+        project_runner(server.url(), project, args)
+            .env("MARKER", marker)
+            .env("RUNNER_NAME", slug),
         log,
     )
+}
+
+/// A runner of the `SLOW` project that appends to `marker`.
+fn start_slow_runner(server: &TestServer, project: &Path, marker: &Path) -> RunnerProcess {
+    start_marking_runner(server, project, marker, &[])
 }
 
 #[test]
@@ -247,18 +284,21 @@ fn a_task_busy_longer_than_its_lease_keeps_it() {
     let server = TestServer::start_with(&["--lease-seconds", "2", "--max-lease-seconds", "2"]);
     let project = project(
         "busy",
-        "import time\nfrom tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+        "import os, time\nfrom tilebox.workflows import ExecutionContext, Runner, Task\n\n\
          class Busy(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         with open(os.environ['MARKER'], 'a') as marker:\n            marker.write('started\\n')\n        \
          end = time.monotonic() + 5\n        while time.monotonic() < end:\n            pass\n\n\
          runner = Runner(tasks=[Busy])\n",
     );
+    let marker = project.path().join("marker");
     let id = submit(&server, "Busy", "");
-    let mut runner = start_runner(&server, project.path(), &["--stop-when-idling"]);
+    let mut runner =
+        start_marking_runner(&server, project.path(), &marker, &["--stop-when-idling"]);
     runner.wait_for_success(Duration::from_secs(120));
     let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
     assert_eq!(done["tasks"][0]["retry_count"], 0);
-    let log = runner.log();
-    assert!(!log.contains("lease was not extended"), "{log}");
+    // A lost lease would hand the task out again (a lost lease is not a retry): it ran once.
+    assert_eq!(marker_lines(&marker), ["started"], "{}", runner.log());
 }
 
 #[test]
