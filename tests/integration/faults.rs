@@ -5,13 +5,11 @@
 //! own runner processes, and waits on conditions with deadlines; only the outage itself is a
 //! sleep.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     RunnerProcess, TestServer, block_on, get_job, job_request, list_tasks, project, project_runner,
     submit, uuid_of_id, wait_until,
 };
@@ -189,7 +187,7 @@ fn claim(client: &mut Client, runner: &str) -> Uuid {
         || {
             let request = NextTaskRequest {
                 computed_task: None,
-                next_task_to_run: common::ask("Lost", "v0.0"),
+                next_task_to_run: crate::common::ask("Lost", "v0.0"),
             };
             let answer = block_on(client.tasks.next_task(with_runner_id(request, runner)))
                 .expect("next task")

@@ -1,12 +1,10 @@
 //! Interop: the official Python SDK (`tilebox-workflows` from PyPI, version pinned in
-//! `common::SDK_VERSION`) drives our server through the scenario scripts in `tests/interop/`.
+//! `common/sdk.rs`) drives our server through the scenario scripts in `tests/interop/`.
 //!
 //! Each test starts its own server (free port, temp data dir), runs one script with the SDK
 //! venv's Python and the official direct runner, and asserts on the `interop-summary:` JSON line
 //! the script prints last: job states, task counts by state, and the execution events the tasks
 //! recorded (task ids, parents and dependencies as the server handed them out, and their order).
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, sdk_python, tail_of_file, wait_for_exit};
+use crate::common::{TestServer, sdk_python, tail_of_file, wait_for_exit};
 use serde::Deserialize;
 
 /// A scenario script is killed and the test fails after this long.

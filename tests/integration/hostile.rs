@@ -4,13 +4,11 @@
 //! API keys, and runner objects that do not exist. Each ends in a clear error and changes
 //! nothing it should not.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     RunnerProcess, TestServer, ask, client, job_request, json_of, stderr_of, task_group,
     uuid_of_id, wait_for_job_state, wait_until,
 };
@@ -271,7 +269,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
     // A good release, published with the CLI, served before and after the hostile ones.
     let project = scratch.path().join("greeter");
     std::fs::create_dir(&project).expect("project");
-    common::write_project(&project, "greeter", HELLO);
+    crate::common::write_project(&project, "greeter", HELLO);
     json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
     json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
     json_of(&server.tilebox_in(
@@ -286,7 +284,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         ],
     ));
     let mut runner = RunnerProcess::spawn(
-        common::tilebox_command(&["runner", "start", "--cluster", "hostile", "--cache-dir"])
+        crate::common::tilebox_command(&["runner", "start", "--cluster", "hostile", "--cache-dir"])
             .arg(&cache)
             .env("TILEBOX_API_URL", server.url()),
         scratch.path().join("runner.log"),
@@ -515,7 +513,7 @@ fn malformed_workflow_configs_are_refused_with_file_line_and_column_and_nothing_
         std::fs::write(&config, &text).expect("config");
         let before = tree(project.path());
         let cache = project.path().join("cache");
-        let output = common::tilebox_command(&["workflow", "build-release"])
+        let output = crate::common::tilebox_command(&["workflow", "build-release"])
             .arg(project.path())
             .arg("--cache-dir")
             .arg(&cache)
@@ -536,7 +534,7 @@ fn malformed_workflow_configs_are_refused_with_file_line_and_column_and_nothing_
     let config = project.path().join("tilebox.workflow.toml");
     std::fs::write(&config, b"[workflow]\nslug = \"\xff\xfe\"\n").expect("config");
     let before = tree(project.path());
-    let output = common::tilebox_command(&["workflow", "build-release"])
+    let output = crate::common::tilebox_command(&["workflow", "build-release"])
         .arg(project.path())
         .arg("--cache-dir")
         .arg(project.path().join("cache"))
@@ -557,7 +555,7 @@ context.current_task.display = f'counted {self.n}'\n\nrunner = Runner(tasks=[Cou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_decode_message() {
     let server = TestServer::start_with(&["--long-poll-ms", "300"]);
-    let project = common::project("counter", COUNTER);
+    let project = crate::common::project("counter", COUNTER);
     let submit = |input: &str, retries: &str| {
         let job = json_of(&server.tilebox(&[
             "--json",
@@ -586,13 +584,14 @@ async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_deco
         .into_inner();
     let not_json = uuid_of_id(not_json.id.as_ref()).to_string();
 
-    let output = common::tilebox_command(&["runner", "start", "--stop-when-idling", "--project"])
-        .arg(project.path())
-        .arg("--cache-dir")
-        .arg(project.path().join(".cache"))
-        .env("TILEBOX_API_URL", server.url())
-        .output()
-        .expect("runner");
+    let output =
+        crate::common::tilebox_command(&["runner", "start", "--stop-when-idling", "--project"])
+            .arg(project.path())
+            .arg("--cache-dir")
+            .arg(project.path().join(".cache"))
+            .env("TILEBOX_API_URL", server.url())
+            .output()
+            .expect("runner");
     let log = stderr_of(&output);
     assert!(output.status.success(), "{log}");
 
@@ -1041,11 +1040,12 @@ async fn every_service_refuses_calls_without_a_valid_token_and_stores_nothing() 
 
     // A runner with a wrong key stops at once with the reason, instead of retrying forever.
     let started = Instant::now();
-    let output = common::tilebox_command(&["runner", "start", "--api-key", "wrong", "--cache-dir"])
-        .arg(server.temp_dir().join("runner-cache"))
-        .env("TILEBOX_API_URL", server.url())
-        .output()
-        .expect("runner");
+    let output =
+        crate::common::tilebox_command(&["runner", "start", "--api-key", "wrong", "--cache-dir"])
+            .arg(server.temp_dir().join("runner-cache"))
+            .env("TILEBOX_API_URL", server.url())
+            .output()
+            .expect("runner");
     let stderr = stderr_of(&output);
     assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -1078,7 +1078,7 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
         ),
     ];
     for (runner, kind, message) in cases {
-        let output = common::tilebox_command(&["task", "run", "Hello", "--runner", runner])
+        let output = crate::common::tilebox_command(&["task", "run", "Hello", "--runner", runner])
             .arg("--project")
             .arg(project.path())
             .arg("--cache-dir")
@@ -1108,7 +1108,7 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
         )
         .expect("tilebox.workflow.toml");
         let started = Instant::now();
-        let output = common::tilebox_command(&["runner", "start", "--project"])
+        let output = crate::common::tilebox_command(&["runner", "start", "--project"])
             .arg(project.path())
             .arg("--cache-dir")
             .arg(&cache)

@@ -14,9 +14,6 @@
 //!   `tilebox runner start` processes ([`RunnerProcess`])
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 
-// Each test file is its own crate and uses only some of the helpers.
-#![allow(dead_code, unused_imports)]
-
 mod api;
 mod cli;
 mod project;
@@ -32,7 +29,7 @@ use std::time::{Duration, Instant};
 pub use api::{ask, client, get_job, identifier, job_request, list_tasks, task_group, uuid_of_id};
 pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_state};
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
-pub use sdk::{SDK_PYTHON_VERSION, SDK_VERSION, sdk_python};
+pub use sdk::sdk_python;
 pub use server::{TestServer, tail_of_file, tilebox, tilebox_binary, tilebox_command};
 
 /// How often [`wait_until`] checks its condition.

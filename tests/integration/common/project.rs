@@ -96,10 +96,6 @@ impl RunnerProcess {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Whether the process is still running (not exited).
     pub fn is_running(&mut self) -> bool {
         self.child

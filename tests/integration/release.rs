@@ -2,12 +2,10 @@
 //! --latest, targets), undeploy, artifact verification, and a release runner picking up a
 //! fixed release live to finish a retried job.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     RunnerProcess, TestServer, example, job_document, json_of, wait_for_job_state, wait_until,
 };
 use serde_json::Value;
@@ -16,7 +14,7 @@ use tilebox::api::selfhosted_v1::UploadArtifactRequest;
 /// A workflow project whose single module is `app.py`, with a target `both` for the
 /// clusters `east` and `west`.
 fn write_project(directory: &Path, slug: &str, app: &str) {
-    common::write_project(directory, slug, app);
+    crate::common::write_project(directory, slug, app);
     let config = directory.join("tilebox.workflow.toml");
     let mut text = std::fs::read_to_string(&config).expect("tilebox.workflow.toml");
     text.push_str("\n[targets.both]\nclusters = [\"east\", \"west\"]\n");
@@ -279,7 +277,7 @@ runner = Runner(tasks=[Root, Step])
 /// A release runner for the cluster `fix` whose tasks append to `marker`.
 fn start_release_runner(server: &TestServer, cache: &Path, marker: &Path) -> RunnerProcess {
     RunnerProcess::spawn(
-        common::tilebox_command(&["runner", "start", "--cluster", "fix", "--cache-dir"])
+        crate::common::tilebox_command(&["runner", "start", "--cluster", "fix", "--cache-dir"])
             .arg(cache)
             .env("TILEBOX_API_URL", server.url())
             .env("MARKER", marker),
@@ -445,7 +443,7 @@ fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
         "--input",
         r#"{"count": 4, "seconds": 0.1}"#,
     ]));
-    let runner = common::tilebox_command(&[
+    let runner = crate::common::tilebox_command(&[
         "runner",
         "start",
         "--cluster",

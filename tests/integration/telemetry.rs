@@ -1,13 +1,13 @@
 //! Task logs and spans from the in-process runner to the server to the CLI: attribution,
 //! failures, streaming while a task runs, pagination and retention. (The official SDK's
-//! OTLP exports are covered in tests/interop.rs.)
-
-mod common;
+//! OTLP exports are covered in the `interop` module.)
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{RunnerProcess, TestServer, json_of, project, project_runner, submit, wait_until};
+use crate::common::{
+    RunnerProcess, TestServer, json_of, project, project_runner, submit, wait_until,
+};
 use serde_json::Value;
 
 const APP: &str = r#"

@@ -2,8 +2,6 @@
 //! versions of a package in one process, crash containment, the child-process fallback for
 //! C extensions that refuse sub-interpreters, and `tilebox task run`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -191,7 +189,12 @@ runner = Runner(tasks=[Hello, Crash])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_crashes_in_a_sub_interpreter_runs_in_a_child_process() {
     // SAFETY (test set-up): set before any child is spawned by this test binary.
-    unsafe { std::env::set_var(python::child::HOST_BINARY_ENV, common::tilebox_binary()) };
+    unsafe {
+        std::env::set_var(
+            python::child::HOST_BINARY_ENV,
+            crate::common::tilebox_binary(),
+        )
+    };
     let cache = tempfile::tempdir().expect("cache");
     let project = release_dir(&[("app.py", CRASHING_RUNNER)]);
     let loaded = python::load(
@@ -227,7 +230,7 @@ async fn a_release_that_crashes_in_a_sub_interpreter_runs_in_a_child_process() {
 }
 
 fn task_run(project: &Path, args: &[&str]) -> (std::process::Output, Value) {
-    let output = common::tilebox_command(&["task", "run", "--json", "--cache-dir"])
+    let output = crate::common::tilebox_command(&["task", "run", "--json", "--cache-dir"])
         .arg(project.join(".tilebox-cache"))
         .arg("--project")
         .arg(project)
@@ -276,7 +279,7 @@ fn a_release_using_numpy_runs_through_the_child_process_fallback() {
 
 #[test]
 fn task_run_recursive_runs_the_parallel_sleep_workflow_in_process() {
-    let project = common::example("parallel-sleep");
+    let project = crate::common::example("parallel-sleep");
     let (output, document) = task_run(
         project.path(),
         &[
@@ -325,7 +328,7 @@ fn task_run_reports_a_failing_task_with_its_traceback_and_exit_code_1() {
          class Boom(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        raise ValueError('kaboom')\n\n\
          runner = Runner(tasks=[Boom])\n",
     )]);
-    let output = common::tilebox_command(&[
+    let output = crate::common::tilebox_command(&[
         "task",
         "run",
         "Boom",

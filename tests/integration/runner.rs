@@ -1,13 +1,11 @@
 //! The release runner against a real server: the seed scenarios in direct mode (local
 //! projects loaded in-process), crashes, shutdown, and interop with the official SDK.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     RunnerProcess, TestServer, example, job_document, project, project_runner, submit, time_of,
     wait_for_job_state, wait_until,
 };
@@ -71,8 +69,8 @@ fn parallel_starts_five_runners_that_share_the_work() {
     );
     let project_path = project.path().to_str().expect("utf-8 path");
     let cache = project.path().join(".tilebox-cache");
-    let output = common::tilebox_command(&["parallel", "-n", "5", "--"])
-        .arg(common::tilebox_binary())
+    let output = crate::common::tilebox_command(&["parallel", "-n", "5", "--"])
+        .arg(crate::common::tilebox_binary())
         .args([
             "runner",
             "start",
@@ -106,7 +104,7 @@ fn parallel_starts_five_runners_that_share_the_work() {
 
 #[test]
 fn parallel_exits_with_the_first_failing_code() {
-    let output = common::tilebox(&[
+    let output = crate::common::tilebox(&[
         "parallel",
         "-n",
         "3",
@@ -361,7 +359,7 @@ fn a_second_sigterm_hands_the_running_task_back() {
 
 fn sdk_script(server: &TestServer, args: &[&str]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sleep_sdk.py");
-    let output = Command::new(common::sdk_python())
+    let output = Command::new(crate::common::sdk_python())
         .arg(script)
         .args(args)
         .env("TILEBOX_API_URL", server.url())
@@ -420,7 +418,7 @@ fn the_guides_parallel_workflow_script_runs_five_times_in_parallel_against_this_
     let project = example("parallel-sleep");
     let python = tilebox::python::environment::EMBEDDED_PYTHON.expect("embedded python");
     let uv_run = |args: &[&str]| {
-        common::tilebox_command(args)
+        crate::common::tilebox_command(args)
             .current_dir(project.path())
             .env("TILEBOX_API_URL", server.url())
             .env("UV_PYTHON", python)

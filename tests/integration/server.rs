@@ -1,14 +1,12 @@
 //! The server through its real binary and gRPC API: authentication, error codes, version
 //! matching, long-polling, and durability under `kill -9`.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     TestServer, block_on, client, get_job, identifier, job_request, json_of, list_tasks,
     uuid_of_id, wait_until,
 };
