@@ -13,6 +13,7 @@
 //! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
 //! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
+//! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
 
 mod common;
 
@@ -23,4 +24,5 @@ mod python;
 mod release;
 mod runner;
 mod server;
+mod snapshots;
 mod telemetry;

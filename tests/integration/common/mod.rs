@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: a `tilebox server` in a temp dir, running the CLI
 //! and reading its `--json` output, talking to the API directly, workflow projects and runner
-//! processes, and the one way to wait for something.
+//! processes, the one way to wait for something, and snapshots of CLI output.
 //!
 //! Layout:
 //! - `mod.rs`: [`wait_until`] (every wait goes through it), [`wait_for_exit`], [`signal`],
@@ -13,12 +13,14 @@
 //! - `project.rs`: workflow projects in temp dirs ([`project`], [`example`]) and
 //!   `tilebox runner start` processes ([`RunnerProcess`])
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
+//! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
 
 mod api;
 mod cli;
 mod project;
 mod sdk;
 mod server;
+mod snapshot;
 
 use std::fmt;
 use std::future::Future;
@@ -31,6 +33,7 @@ pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_st
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
 pub use sdk::sdk_python;
 pub use server::{TestServer, tail_of_file, tilebox, tilebox_binary, tilebox_command};
+pub use snapshot::{snapshot_settings, transcript};
 
 /// How often [`wait_until`] checks its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
