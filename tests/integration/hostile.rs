@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    RunnerProcess, TestServer, ask, client, job_request, json_of, stderr_of, task_group,
-    uuid_of_id, wait_for_job_state, wait_until,
+    RunnerProcess, TestServer, ask, client, job_request, json_of, snapshot_settings, stderr_of,
+    task_group, transcript, uuid_of_id, wait_for_job_state, wait_until,
 };
 use sha2::{Digest, Sha256};
 use tilebox::api::convert::id;
@@ -468,82 +468,74 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
 #[test]
 fn malformed_workflow_configs_are_refused_with_file_line_and_column_and_nothing_is_written() {
     const VALID: &str = "[workflow]\nslug = \"greeter\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n";
-    let cases: Vec<(String, &str)> = vec![
+    let _snapshots = snapshot_settings().bind_to_scope();
+    // What is wrong, and the config's text. The errors (`error: FILE:LINE:COLUMN: ...`) are
+    // in the snapshot `malformed_workflow_configs`.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
         (
-            VALID.replace("runner = ", "colour = \"blue\"\nrunner = "),
-            ":3:1: unknown field `colour`",
+            "an unknown key in [workflow]",
+            VALID
+                .replace("runner = ", "colour = \"blue\"\nrunner = ")
+                .into(),
         ),
         (
-            format!("{VALID}\n[deploy]\nclusters = [\"x\"]\n"),
-            ":8:2: unknown field `deploy`, expected one of `workflow`, `build`, `targets`",
+            "an unknown table",
+            format!("{VALID}\n[deploy]\nclusters = [\"x\"]\n").into(),
         ),
         (
-            format!("{VALID}\n[targets.dev]\ncluster = [\"x\"]\n"),
-            ":9:1: unknown field `cluster`",
+            "an unknown key in [targets.dev]",
+            format!("{VALID}\n[targets.dev]\ncluster = [\"x\"]\n").into(),
         ),
         (
-            VALID.replace("include", "includes"),
-            ":6:1: unknown field `includes`",
+            "an unknown key in [build]",
+            VALID.replace("include", "includes").into(),
         ),
         (
-            VALID.replace("slug = \"greeter\"", "slug = \"greeter"),
-            ":2:",
+            "a TOML syntax error",
+            VALID
+                .replace("slug = \"greeter\"", "slug = \"greeter")
+                .into(),
         ),
         (
-            VALID.replace("slug = \"greeter\"", "slug = 5"),
-            ":2:8: invalid type: integer `5`, expected a string",
+            "a wrong type",
+            VALID.replace("slug = \"greeter\"", "slug = 5").into(),
         ),
         (
-            VALID.replace("\"greeter\"", "\"no spaces allowed\""),
-            ":2:8: invalid slug `no spaces allowed`",
+            "an invalid slug",
+            VALID.replace("\"greeter\"", "\"no spaces allowed\"").into(),
         ),
         (
-            VALID.replace("app:runner", "app.runner"),
-            ":3:10: invalid runner `app.runner`: expected `module:object`",
+            "a runner that is not module:object",
+            VALID.replace("app:runner", "app.runner").into(),
         ),
         (
-            VALID.replace("\"app.py\"", "\"../outside.py\""),
-            ":6:11: pattern `../outside.py` leaves the project root",
+            "an include that leaves the project",
+            VALID.replace("\"app.py\"", "\"../outside.py\"").into(),
+        ),
+        (
+            "a file that is not UTF-8",
+            b"[workflow]\nslug = \"\xff\xfe\"\n".to_vec(),
         ),
     ];
-    for (text, expected) in cases {
+    let mut errors = String::new();
+    for (what, text) in cases {
         let project = tempfile::tempdir().expect("project");
         std::fs::write(project.path().join("app.py"), HELLO).expect("app.py");
-        let config = project.path().join("tilebox.workflow.toml");
-        std::fs::write(&config, &text).expect("config");
+        std::fs::write(project.path().join("tilebox.workflow.toml"), &text).expect("config");
         let before = tree(project.path());
-        let cache = project.path().join("cache");
         let output = crate::common::tilebox_command(&["workflow", "build-release"])
             .arg(project.path())
             .arg("--cache-dir")
-            .arg(&cache)
+            .arg(project.path().join("cache"))
             .output()
             .expect("build-release");
         let stderr = stderr_of(&output);
-        assert_eq!(output.status.code(), Some(1), "{text}\n{stderr}");
-        let prefix = format!("error: {}{expected}", config.display());
-        assert!(
-            stderr.starts_with(&prefix),
-            "expected `{prefix}`:\n{stderr}\n--- config ---\n{text}"
-        );
-        assert_eq!(tree(project.path()), before, "nothing is written: {text}");
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(output.status.code(), Some(1), "{what}:\n{text}\n{stderr}");
+        assert_eq!(tree(project.path()), before, "nothing is written: {what}");
+        errors.push_str(&format!("# {what}\n{stderr}\n"));
     }
-
-    // A file that is not UTF-8 is refused too, naming the file.
-    let project = tempfile::tempdir().expect("project");
-    let config = project.path().join("tilebox.workflow.toml");
-    std::fs::write(&config, b"[workflow]\nslug = \"\xff\xfe\"\n").expect("config");
-    let before = tree(project.path());
-    let output = crate::common::tilebox_command(&["workflow", "build-release"])
-        .arg(project.path())
-        .arg("--cache-dir")
-        .arg(project.path().join("cache"))
-        .output()
-        .expect("build-release");
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
-    assert_eq!(tree(project.path()), before);
+    insta::assert_snapshot!("malformed_workflow_configs", errors);
 }
 
 // ---- task inputs -----------------------------------------------------------------------------
@@ -687,7 +679,7 @@ async fn identifiers_with_bad_versions_or_names_are_refused_and_nothing_is_store
     }
     assert_eq!(job_count(&mut client).await, 0, "nothing was stored");
 
-    let output = server.tilebox(&[
+    let submit = [
         "job",
         "submit",
         "--name",
@@ -696,9 +688,11 @@ async fn identifiers_with_bad_versions_or_names_are_refused_and_nothing_is_store
         "Leaf",
         "--version",
         "1.0",
-    ]);
+    ];
+    let output = server.tilebox(&submit);
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    assert!(stderr_of(&output).contains("1.0"), "{}", stderr_of(&output));
+    let _snapshots = snapshot_settings().bind_to_scope();
+    insta::assert_snapshot!("submit_with_a_bad_version", transcript(&submit, &output));
     assert_eq!(job_count(&mut client).await, 0);
 }
 
@@ -856,22 +850,14 @@ async fn inputs_over_the_limit_are_refused_at_submission_and_fail_a_task_that_su
         "{}",
         status.message()
     );
-    let cli = server.tilebox(&[
-        "job",
-        "submit",
-        "--name",
-        "big",
-        "--task",
-        "Leaf",
-        "--input",
-        &"z".repeat(100),
-    ]);
+    let big = "z".repeat(100);
+    let submit = [
+        "job", "submit", "--name", "big", "--task", "Leaf", "--input", &big,
+    ];
+    let cli = server.tilebox(&submit);
     assert_eq!(cli.status.code(), Some(1), "{}", stderr_of(&cli));
-    assert!(
-        stderr_of(&cli).contains("input is 102 bytes; the limit is 64"),
-        "{}",
-        stderr_of(&cli)
-    );
+    let _snapshots = snapshot_settings().bind_to_scope();
+    insta::assert_snapshot!("submit_over_the_input_limit", transcript(&submit, &cli));
     assert_eq!(job_count(&mut client).await, 0, "nothing was stored");
 
     // Exactly at the limit is fine.
@@ -1040,16 +1026,24 @@ async fn every_service_refuses_calls_without_a_valid_token_and_stores_nothing() 
 
     // A runner with a wrong key stops at once with the reason, instead of retrying forever.
     let started = Instant::now();
-    let output =
-        crate::common::tilebox_command(&["runner", "start", "--api-key", "wrong", "--cache-dir"])
-            .arg(server.temp_dir().join("runner-cache"))
-            .env("TILEBOX_API_URL", server.url())
-            .output()
-            .expect("runner");
+    let cache = server.temp_dir().join("runner-cache");
+    let runner = [
+        "runner",
+        "start",
+        "--api-key",
+        "wrong",
+        "--cache-dir",
+        cache.to_str().expect("a UTF-8 path"),
+    ];
+    let output = crate::common::tilebox_command(&runner)
+        .env("TILEBOX_API_URL", server.url())
+        .output()
+        .expect("runner");
     let stderr = stderr_of(&output);
     assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("invalid API key"), "{stderr}");
+    let _snapshots = snapshot_settings().bind_to_scope();
+    insta::assert_snapshot!("runner_with_a_wrong_api_key", transcript(&runner, &output));
     server.stop();
 }
 
@@ -1061,45 +1055,44 @@ runner = Runner(tasks=[Hello])\nnot_a_runner = 42\n";
 
 #[test]
 fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let project = tempfile::tempdir().expect("project");
     std::fs::write(project.path().join("app.py"), NOT_A_RUNNER).expect("app.py");
+    let project_path = project.path().to_str().expect("a UTF-8 path");
     let cache = project.path().join(".cache");
-    let cases = [
-        (
-            "missing:runner",
-            "ModuleNotFoundError",
-            "No module named 'missing'",
-        ),
-        ("app:nothing", "AttributeError", "nothing"),
-        (
-            "app:not_a_runner",
-            "TypeError",
-            "app:not_a_runner must be a tilebox.workflows.Runner, but it is a builtins.int",
-        ),
-    ];
-    for (runner, kind, message) in cases {
-        let output = crate::common::tilebox_command(&["task", "run", "Hello", "--runner", runner])
-            .arg("--project")
-            .arg(project.path())
-            .arg("--cache-dir")
-            .arg(&cache)
+    let cache = cache.to_str().expect("a UTF-8 path");
+    // A module that does not exist, an attribute that does not, and an `int`. The errors
+    // name the Python exception (`ModuleNotFoundError`, `AttributeError`, `TypeError`) and
+    // are in the snapshot `missing_or_wrong_runner_objects`.
+    let runners = ["missing:runner", "app:nothing", "app:not_a_runner"];
+    let mut errors = String::new();
+    for runner in runners {
+        let task_run = [
+            "task",
+            "run",
+            "Hello",
+            "--runner",
+            runner,
+            "--project",
+            project_path,
+            "--cache-dir",
+            cache,
+        ];
+        let output = crate::common::tilebox_command(&task_run)
             .output()
             .expect("task run");
-        let stderr = stderr_of(&output);
         assert_eq!(
             output.status.code(),
             Some(1),
-            "task run --runner {runner}: {stderr}"
+            "task run --runner {runner}: {}",
+            stderr_of(&output)
         );
-        assert!(
-            stderr.contains(kind) && stderr.contains(message),
-            "task run --runner {runner}: expected {kind}: {message}\n{stderr}"
-        );
+        errors.push_str(&transcript(&task_run, &output));
     }
 
     // `runner start --project` reads the runner from tilebox.workflow.toml.
     let server = TestServer::start();
-    for (runner, kind, message) in cases {
+    for runner in runners {
         std::fs::write(
             project.path().join("tilebox.workflow.toml"),
             format!(
@@ -1108,10 +1101,15 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
         )
         .expect("tilebox.workflow.toml");
         let started = Instant::now();
-        let output = crate::common::tilebox_command(&["runner", "start", "--project"])
-            .arg(project.path())
-            .arg("--cache-dir")
-            .arg(&cache)
+        let runner_start = [
+            "runner",
+            "start",
+            "--project",
+            project_path,
+            "--cache-dir",
+            cache,
+        ];
+        let output = crate::common::tilebox_command(&runner_start)
             .env("TILEBOX_API_URL", server.url())
             .output()
             .expect("runner start");
@@ -1122,10 +1120,9 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
             Some(1),
             "runner start with {runner}: {stderr}"
         );
-        assert!(
-            stderr.contains(kind) && stderr.contains(message),
-            "runner start with {runner}: expected {kind}: {message}\n{stderr}"
-        );
+        errors.push_str(&format!("# runner = \"{runner}\"\n"));
+        errors.push_str(&transcript(&runner_start, &output));
     }
+    insta::assert_snapshot!("missing_or_wrong_runner_objects", errors);
     server.stop();
 }

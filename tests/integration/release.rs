@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{
-    RunnerProcess, TestServer, example, job_document, json_of, wait_for_job_state, wait_until,
+    RunnerProcess, TestServer, example, job_document, json_of, snapshot_settings, transcript,
+    wait_for_job_state, wait_until,
 };
 use serde_json::Value;
 use tilebox::api::selfhosted_v1::UploadArtifactRequest;
@@ -26,6 +27,7 @@ class Hello(Task):\n    def execute(self, context: ExecutionContext) -> None:\n 
 
 #[test]
 fn init_publish_and_deploy_work_as_a_new_user_types_them() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start();
     let directory = tempfile::tempdir().expect("project dir");
     let project = directory.path().join("scene-qa");
@@ -45,9 +47,10 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
     }
     // A second init refuses and changes nothing.
     let before = std::fs::read(project.join("runner.py")).expect("runner.py");
-    let again = server.tilebox_in(&project, &["workflow", "init"]);
-    assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already has tilebox.workflow.toml"));
+    let again = ["workflow", "init"];
+    let output = server.tilebox_in(&project, &again);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("init_in_a_project", transcript(&again, &output));
     assert_eq!(
         std::fs::read(project.join("runner.py")).expect("runner.py"),
         before
@@ -81,6 +84,7 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
 
 #[test]
 fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start();
     let project = tempfile::tempdir().expect("project");
     write_project(project.path(), "greeter", HELLO);
@@ -211,12 +215,10 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
         Some(2),
         "clap refuses --target with --cluster"
     );
-    let unknown = server.tilebox_in(
-        project.path(),
-        &["workflow", "deploy-release", "--latest", "--target", "nope"],
-    );
-    assert_eq!(unknown.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no target `nope`"));
+    let unknown = ["workflow", "deploy-release", "--latest", "--target", "nope"];
+    let output = server.tilebox_in(project.path(), &unknown);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("deploy_to_an_unknown_target", transcript(&unknown, &output));
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     TestServer, block_on, client, get_job, identifier, job_request, json_of, list_tasks,
-    uuid_of_id, wait_until,
+    snapshot_settings, transcript, uuid_of_id, wait_until,
 };
 use serde_json::{Value, json};
 use tilebox::api::convert::{id, uuid_of};
@@ -30,18 +30,17 @@ fn ask(identifiers: Vec<TaskIdentifier>) -> Option<NextTaskToRun> {
 
 #[test]
 fn calls_without_a_valid_token_are_unauthenticated() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start_with(&["--token", "s3cret", "--token", "other"]);
-    let missing = server.tilebox(&["cluster", "list"]);
-    assert_eq!(missing.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        stderr.contains("Unauthenticated") && stderr.contains("authorization"),
-        "{stderr}"
-    );
+    let missing = ["cluster", "list"];
+    let output = server.tilebox(&missing);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("missing_api_key", transcript(&missing, &output));
 
-    let wrong = server.tilebox(&["--api-key", "nope", "cluster", "list"]);
-    assert_eq!(wrong.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid API key"));
+    let wrong = ["--api-key", "nope", "cluster", "list"];
+    let output = server.tilebox(&wrong);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("wrong_api_key", transcript(&wrong, &output));
 
     for key in ["s3cret", "other"] {
         let clusters = json_of(&server.tilebox(&["--api-key", key, "--json", "cluster", "list"]));

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{
-    RunnerProcess, TestServer, json_of, project, project_runner, submit, wait_until,
+    RunnerProcess, TestServer, json_of, project, project_runner, snapshot_settings, submit,
+    transcript, wait_until,
 };
 use serde_json::Value;
 
@@ -99,9 +100,10 @@ fn task_logs_and_spans_reach_the_cli_attributed_to_job_and_task() {
     );
     assert_eq!(span["attributes"]["identifier.name"], "Chatty");
 
-    let text = server.tilebox(&["job", "logs", &job]);
-    let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("[Chatty] line index=0"), "{text}");
+    let _snapshots = snapshot_settings().bind_to_scope();
+    let logs = ["job", "logs", &job];
+    insta::assert_snapshot!("chatty_job_logs", transcript(&logs, &server.tilebox(&logs)));
+    // The timeline's bars scale with the spans' durations: not a snapshot.
     let timeline = server.tilebox(&["job", "spans", &job, "--timeline"]);
     assert!(
         String::from_utf8_lossy(&timeline.stdout).contains("Chatty"),
