@@ -1,12 +1,13 @@
 //! The conformance suite every `Store` backend passes: one async check per scheduling rule.
 //!
-//! A backend's test calls [`run_all`] with a factory that opens a fresh, empty store (and a
-//! guard that keeps its resources, e.g. a temp dir, alive). Each check opens its own store,
-//! drives it only through the [`Store`] trait, and asserts the states and counts a reader
-//! (the API, the SDK) would see. The rules are DESIGN.md §4 and the SDK reference §1.3, §5.5.
+//! A backend's tests invoke [`conformance_tests!`] with an expression that opens a fresh,
+//! empty store and answers it with a guard that keeps its resources (e.g. a temp dir) alive;
+//! it expands to one `#[tokio::test]` per rule, named after the rule, so a failing rule
+//! hides none of the others. Each check drives its store only through the [`Store`] trait and
+//! asserts the states and counts a reader (the API, the SDK) would see. The rules are
+//! DESIGN.md §4 and the SDK reference §1.3, §5.5.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,50 +21,60 @@ use super::{
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::{JobState, TaskState};
 
-/// Runs every check against fresh stores from `open`.
-pub async fn run_all<S, G, F, Fut>(open: F)
-where
-    S: Store,
-    F: Fn() -> Fut,
-    Fut: Future<Output = (S, G)>,
-{
-    macro_rules! run {
-        ($($check:ident),+ $(,)?) => {$(
-            eprintln!("store conformance: {}", stringify!($check));
-            let (store, guard) = open().await;
-            $check(store).await;
+/// One `#[tokio::test]` per rule of the suite, each on a fresh store from `$open`: an
+/// expression whose future answers `(store, guard)`; the guard is dropped after the check.
+///
+/// ```ignore
+/// mod conformance {
+///     use super::*;
+///     crate::server::store::conformance::conformance_tests!(async {
+///         let directory = tempfile::tempdir().expect("temp dir");
+///         (SqliteStore::open(directory.path()).expect("open store"), directory)
+///     });
+/// }
+/// ```
+macro_rules! conformance_tests {
+    ($open:expr) => {
+        $crate::server::store::conformance::conformance_tests!(
+            @rules $open;
+            clusters_have_a_fixed_default,
+            submitting_to_an_unknown_cluster_stores_nothing,
+            claims_match_cluster_name_and_compatible_version,
+            claimed_task_runs_once_and_drives_job_state,
+            dependants_wait_for_the_whole_dependency_tree,
+            subtasks_run_after_their_parent_and_complete_the_job,
+            workflow_errors_retry_until_max_retries_then_fail_the_job,
+            non_workflow_errors_requeue_without_counting,
+            failed_optional_subtask_lets_its_dependant_run,
+            failure_inside_optional_branch_skips_the_rest_of_it,
+            retry_job_requeues_failed_tasks_and_resumes,
+            cancel_job_stops_queued_tasks_and_lets_running_ones_finish,
+            lease_expiry_requeues_then_fails_the_task,
+            reports_from_a_lost_lease_are_stale,
+            extend_lease_keeps_a_running_task,
+            progress_is_per_task_and_summed_per_job,
+            list_tasks_pages_children_in_submission_order,
+            query_jobs_filters_and_pages,
+            execution_stats_follow_the_tasks,
+            concurrent_submits_and_claims_complete_every_job_once,
+            workflows_are_managed_and_kept_while_deployed,
+            artifacts_are_registered_once_per_digest,
+            publishing_is_idempotent_per_artifact_and_fingerprint,
+            a_cluster_runs_one_release_per_workflow,
+            telemetry_is_read_per_trace_in_arrival_order_and_expires,
+            deleting_a_cluster_removes_its_deployments,
+        );
+    };
+    (@rules $open:expr; $($rule:ident,)+) => {$(
+        #[tokio::test]
+        async fn $rule() {
+            let (store, guard) = $open.await;
+            $crate::server::store::conformance::$rule(store).await;
             drop(guard);
-        )+};
-    }
-    run!(
-        clusters_have_a_fixed_default,
-        submitting_to_an_unknown_cluster_stores_nothing,
-        claims_match_cluster_name_and_compatible_version,
-        claimed_task_runs_once_and_drives_job_state,
-        dependants_wait_for_the_whole_dependency_tree,
-        subtasks_run_after_their_parent_and_complete_the_job,
-        workflow_errors_retry_until_max_retries_then_fail_the_job,
-        non_workflow_errors_requeue_without_counting,
-        failed_optional_subtask_lets_its_dependant_run,
-        failure_inside_optional_branch_skips_the_rest_of_it,
-        retry_job_requeues_failed_tasks_and_resumes,
-        cancel_job_stops_queued_tasks_and_lets_running_ones_finish,
-        lease_expiry_requeues_then_fails_the_task,
-        reports_from_a_lost_lease_are_stale,
-        extend_lease_keeps_a_running_task,
-        progress_is_per_task_and_summed_per_job,
-        list_tasks_pages_children_in_submission_order,
-        query_jobs_filters_and_pages,
-        execution_stats_follow_the_tasks,
-        concurrent_submits_and_claims_complete_every_job_once,
-        workflows_are_managed_and_kept_while_deployed,
-        artifacts_are_registered_once_per_digest,
-        publishing_is_idempotent_per_artifact_and_fingerprint,
-        a_cluster_runs_one_release_per_workflow,
-        telemetry_is_read_per_trace_in_arrival_order_and_expires,
-        deleting_a_cluster_removes_its_deployments,
-    );
+        }
+    )+};
 }
+pub(crate) use conformance_tests;
 
 const LEASE: Duration = Duration::from_secs(30);
 const RUNNER_A: &str = "runner-a";
@@ -261,7 +272,7 @@ fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
 
 /// Rule 1: the default cluster exists and cannot be deleted; clusters are created, read,
 /// listed, updated and deleted; duplicates and unknown slugs are errors.
-async fn clusters_have_a_fixed_default<S: Store>(store: S) {
+pub(crate) async fn clusters_have_a_fixed_default<S: Store>(store: S) {
     let clusters = store.list_clusters().await.expect("list clusters");
     assert_eq!(
         clusters.len(),
@@ -381,7 +392,7 @@ async fn clusters_have_a_fixed_default<S: Store>(store: S) {
 }
 
 /// Rule 2: a job naming an unknown cluster is refused whole.
-async fn submitting_to_an_unknown_cluster_stores_nothing<S: Store>(store: S) {
+pub(crate) async fn submitting_to_an_unknown_cluster_stores_nothing<S: Store>(store: S) {
     let stray = NewTask {
         cluster: "nowhere".to_string(),
         ..task("Stray")
@@ -420,7 +431,7 @@ async fn submitting_to_an_unknown_cluster_stores_nothing<S: Store>(store: S) {
 
 /// Rule 3: a task goes only to a runner on its cluster advertising its name, its major and a
 /// minor at least the submitted one; it is handed out carrying the runner's identifier.
-async fn claims_match_cluster_name_and_compatible_version<S: Store>(store: S) {
+pub(crate) async fn claims_match_cluster_name_and_compatible_version<S: Store>(store: S) {
     store
         .create_cluster(Cluster {
             slug: "gpu".to_string(),
@@ -523,7 +534,7 @@ async fn claims_match_cluster_name_and_compatible_version<S: Store>(store: S) {
 
 /// Rule 4: a claimed task is RUNNING and handed out once; the job is SUBMITTED before any
 /// claim, RUNNING while a task runs, STARTED when none runs and some wait.
-async fn claimed_task_runs_once_and_drives_job_state<S: Store>(store: S) {
+pub(crate) async fn claimed_task_runs_once_and_drives_job_state<S: Store>(store: S) {
     let job_id = submit(&store, job("twice", vec![task("Work"), task("Work")])).await;
     assert_eq!(job_state(&store, job_id).await, JobState::Submitted);
     let workers = runner(RUNNER_A, &["Work"]);
@@ -587,7 +598,7 @@ async fn claimed_task_runs_once_and_drives_job_state<S: Store>(store: S) {
 }
 
 /// Rule 5: a dependant runs only after its dependency is computed with all descendants done.
-async fn dependants_wait_for_the_whole_dependency_tree<S: Store>(store: S) {
+pub(crate) async fn dependants_wait_for_the_whole_dependency_tree<S: Store>(store: S) {
     let first = task("First");
     let first_id = first.id;
     let then = NewTask {
@@ -641,7 +652,7 @@ async fn dependants_wait_for_the_whole_dependency_tree<S: Store>(store: S) {
 
 /// Rule 6: subtasks of a computed parent are claimable; the parent stays COMPUTED and the
 /// job completes only when every descendant is computed.
-async fn subtasks_run_after_their_parent_and_complete_the_job<S: Store>(store: S) {
+pub(crate) async fn subtasks_run_after_their_parent_and_complete_the_job<S: Store>(store: S) {
     let job_id = submit(&store, job("tree", vec![task("Root")])).await;
     let everyone = runner(RUNNER_A, &["Root", "Leaf", "Branch", "Twig"]);
     let root = claim_one(&store, &everyone).await;
@@ -705,7 +716,7 @@ async fn subtasks_run_after_their_parent_and_complete_the_job<S: Store>(store: S
 
 /// Rule 7: a workflow error re-queues while retries remain, then fails the task and the
 /// job, which stops its other tasks.
-async fn workflow_errors_retry_until_max_retries_then_fail_the_job<S: Store>(store: S) {
+pub(crate) async fn workflow_errors_retry_until_max_retries_then_fail_the_job<S: Store>(store: S) {
     let flaky = NewTask {
         max_retries: 2,
         ..task("Flaky")
@@ -760,7 +771,7 @@ async fn workflow_errors_retry_until_max_retries_then_fail_the_job<S: Store>(sto
 
 /// Rule 8: a failure that is not the task's own (the runner could not run it) re-queues the
 /// task without counting a retry.
-async fn non_workflow_errors_requeue_without_counting<S: Store>(store: S) {
+pub(crate) async fn non_workflow_errors_requeue_without_counting<S: Store>(store: S) {
     let shaky = task("Shaky");
     let shaky_id = shaky.id;
     let job_id = submit(&store, job("shaky", vec![shaky])).await;
@@ -785,7 +796,7 @@ async fn non_workflow_errors_requeue_without_counting<S: Store>(store: S) {
 
 /// Rule 9 (SDK reference §5.5, optional subtask): an optional task that fails ends
 /// FAILED_OPTIONAL and its dependant still runs.
-async fn failed_optional_subtask_lets_its_dependant_run<S: Store>(store: S) {
+pub(crate) async fn failed_optional_subtask_lets_its_dependant_run<S: Store>(store: S) {
     let job_id = submit(&store, job("optional-subtask", vec![task("Root")])).await;
     let root = claim_one(&store, &runner(RUNNER_A, &["Root"])).await;
     let failing = NewTask {
@@ -831,7 +842,7 @@ async fn failed_optional_subtask_lets_its_dependant_run<S: Store>(store: S) {
 
 /// Rule 10 (SDK reference §5.5, optional sub-branch): a failure below an optional task ends
 /// FAILED_OPTIONAL and skips what still waits in that branch; the job completes.
-async fn failure_inside_optional_branch_skips_the_rest_of_it<S: Store>(store: S) {
+pub(crate) async fn failure_inside_optional_branch_skips_the_rest_of_it<S: Store>(store: S) {
     let job_id = submit(&store, job("optional-branch", vec![task("Root")])).await;
     let root = claim_one(&store, &runner(RUNNER_A, &["Root"])).await;
     let branch = NewTask {
@@ -940,7 +951,7 @@ async fn failure_inside_optional_branch_skips_the_rest_of_it<S: Store>(store: S)
 
 /// Rule 11: retrying a failed job re-queues its failed tasks and resumes it (RUNNING at
 /// once, as the SDK's recorded tests read it); a completed job has nothing to retry.
-async fn retry_job_requeues_failed_tasks_and_resumes<S: Store>(store: S) {
+pub(crate) async fn retry_job_requeues_failed_tasks_and_resumes<S: Store>(store: S) {
     let flaky = task("Flaky");
     let flaky_id = flaky.id;
     let job_id = submit(&store, job("flaky", vec![flaky, task("Other")])).await;
@@ -998,7 +1009,7 @@ async fn retry_job_requeues_failed_tasks_and_resumes<S: Store>(store: S) {
 
 /// Rule 12: a canceled job starts nothing new, a running task's result is still taken, and
 /// retry resumes the job.
-async fn cancel_job_stops_queued_tasks_and_lets_running_ones_finish<S: Store>(store: S) {
+pub(crate) async fn cancel_job_stops_queued_tasks_and_lets_running_ones_finish<S: Store>(store: S) {
     let waiting = task("Waiting");
     let waiting_id = waiting.id;
     let job_id = submit(&store, job("canceled", vec![task("Slow"), waiting])).await;
@@ -1069,7 +1080,7 @@ async fn cancel_job_stops_queued_tasks_and_lets_running_ones_finish<S: Store>(st
 
 /// Rule 13: a running task whose lease ended is re-queued (and can be claimed again) up to
 /// `MAX_LEASE_REQUEUES` times; the next expiry fails it and the job.
-async fn lease_expiry_requeues_then_fails_the_task<S: Store>(store: S) {
+pub(crate) async fn lease_expiry_requeues_then_fails_the_task<S: Store>(store: S) {
     let lost = task("Lost");
     let lost_id = lost.id;
     let job_id = submit(&store, job("lost", vec![lost])).await;
@@ -1137,7 +1148,7 @@ async fn lease_expiry_requeues_then_fails_the_task<S: Store>(store: S) {
 
 /// Rule 14: once a lost lease was handed to another runner, the old claimant's reports are
 /// stale and change nothing; the new claimant's report is applied.
-async fn reports_from_a_lost_lease_are_stale<S: Store>(store: S) {
+pub(crate) async fn reports_from_a_lost_lease_are_stale<S: Store>(store: S) {
     let job_id = submit(&store, job("fenced", vec![task("Work")])).await;
     let first = claim_one(&store, &runner(RUNNER_A, &["Work"])).await;
     let expiry = now_millis() + LEASE.as_millis() as i64 + 1;
@@ -1200,7 +1211,7 @@ async fn reports_from_a_lost_lease_are_stale<S: Store>(store: S) {
 
 /// Rule 15: extending a running task's lease keeps it from expiring at the old deadline;
 /// a task that is not running (or not the claimant's) is not extended.
-async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
+pub(crate) async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
     let job_id = submit(&store, job("extended", vec![task("Long"), task("Queued")])).await;
     let long = claim_one(&store, &runner(RUNNER_A, &["Long"])).await;
     let old_expiry = now_millis() + LEASE.as_millis() as i64 + 1;
@@ -1277,7 +1288,7 @@ async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
 
 /// Rule 16: progress is kept per task and label, each report replacing the task's previous
 /// one; a job's progress is the per-label sum over its tasks.
-async fn progress_is_per_task_and_summed_per_job<S: Store>(store: S) {
+pub(crate) async fn progress_is_per_task_and_summed_per_job<S: Store>(store: S) {
     let job_id = submit(&store, job("progress", vec![task("Root")])).await;
     let root = claim_one(&store, &runner(RUNNER_A, &["Root"])).await;
     let tiles: Vec<NewTask> = (0..4).map(|_| task("Tile")).collect();
@@ -1348,7 +1359,7 @@ fn sorted_progress(mut progress: Vec<Progress>) -> Vec<Progress> {
 
 /// Rule 17: `list_tasks` lists roots or a parent's children in submission order, pages with
 /// `after` and `limit`, and flags tasks with children.
-async fn list_tasks_pages_children_in_submission_order<S: Store>(store: S) {
+pub(crate) async fn list_tasks_pages_children_in_submission_order<S: Store>(store: S) {
     // Ids in descending order, so submission order and id order differ.
     let reversed = |names: [&str; 3]| -> Vec<NewTask> {
         let mut ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
@@ -1453,7 +1464,7 @@ async fn list_tasks_pages_children_in_submission_order<S: Store>(store: S) {
 
 /// Rule 18: `query_jobs` filters by state, name and cluster and pages both ways;
 /// `job_state_counts` counts jobs per state.
-async fn query_jobs_filters_and_pages<S: Store>(store: S) {
+pub(crate) async fn query_jobs_filters_and_pages<S: Store>(store: S) {
     store
         .create_cluster(Cluster {
             slug: "gpu".to_string(),
@@ -1612,7 +1623,7 @@ async fn query_jobs_filters_and_pages<S: Store>(store: S) {
 }
 
 /// Rule 19: execution statistics count tasks and time the attempts that ran.
-async fn execution_stats_follow_the_tasks<S: Store>(store: S) {
+pub(crate) async fn execution_stats_follow_the_tasks<S: Store>(store: S) {
     const WORK: Duration = Duration::from_millis(20);
     let job_id = submit(&store, job("stats", vec![task("Root")])).await;
     let stats = store.get_job(job_id).await.expect("get job").stats;
@@ -1676,7 +1687,7 @@ async fn execution_stats_follow_the_tasks<S: Store>(store: S) {
 
 /// Rule 20: many concurrent submits, claims and reports (batched into shared commits by a
 /// backend) all succeed, and every job completes with each task handed out once.
-async fn concurrent_submits_and_claims_complete_every_job_once<S: Store>(store: S) {
+pub(crate) async fn concurrent_submits_and_claims_complete_every_job_once<S: Store>(store: S) {
     const WORKERS: usize = 8;
     const JOBS_PER_WORKER: usize = 50;
     let store = Arc::new(store);
@@ -1837,7 +1848,7 @@ async fn deployments<S: Store>(store: &S, cluster: &str) -> Vec<(String, Uuid)> 
 
 /// Rule 21: workflows are created, read, listed, updated and deleted; duplicates and unknown
 /// slugs are errors; a deployed workflow is kept, and deleting it removes its releases.
-async fn workflows_are_managed_and_kept_while_deployed<S: Store>(store: S) {
+pub(crate) async fn workflows_are_managed_and_kept_while_deployed<S: Store>(store: S) {
     assert_eq!(
         store.list_workflows().await.expect("list workflows"),
         [],
@@ -2033,7 +2044,7 @@ async fn workflows_are_managed_and_kept_while_deployed<S: Store>(store: S) {
 }
 
 /// Rule 22: an artifact is registered once per digest and found by digest or by id.
-async fn artifacts_are_registered_once_per_digest<S: Store>(store: S) {
+pub(crate) async fn artifacts_are_registered_once_per_digest<S: Store>(store: S) {
     let first = store
         .register_artifact(digest('a'), 1_024)
         .await
@@ -2106,7 +2117,7 @@ async fn artifacts_are_registered_once_per_digest<S: Store>(store: S) {
 
 /// Rule 23: publishing answers the existing release for the same artifact and fingerprint,
 /// a new one otherwise; releases are listed newest first and belong to one workflow.
-async fn publishing_is_idempotent_per_artifact_and_fingerprint<S: Store>(store: S) {
+pub(crate) async fn publishing_is_idempotent_per_artifact_and_fingerprint<S: Store>(store: S) {
     add_workflow(&store, "ingest").await;
     add_workflow(&store, "report").await;
     let a = store
@@ -2250,7 +2261,7 @@ async fn publishing_is_idempotent_per_artifact_and_fingerprint<S: Store>(store: 
 /// Rule 24: a cluster runs at most one release per workflow: deploying replaces the
 /// workflow's release on the named clusters only; unknown clusters change nothing;
 /// undeploying removes the release from the named clusters only; a deployed release is kept.
-async fn a_cluster_runs_one_release_per_workflow<S: Store>(store: S) {
+pub(crate) async fn a_cluster_runs_one_release_per_workflow<S: Store>(store: S) {
     add_cluster(&store, "gpu").await;
     add_cluster(&store, "cpu").await;
     add_workflow(&store, "ingest").await;
@@ -2421,7 +2432,7 @@ async fn a_cluster_runs_one_release_per_workflow<S: Store>(store: S) {
 
 /// Rule 25: telemetry is read per kind and trace in arrival order (or reversed), filtered by
 /// task and inclusive severity ranges, paged; deleting by arrival time answers the count.
-async fn telemetry_is_read_per_trace_in_arrival_order_and_expires<S: Store>(store: S) {
+pub(crate) async fn telemetry_is_read_per_trace_in_arrival_order_and_expires<S: Store>(store: S) {
     const TRACE_A: [u8; 16] = [0xa1; 16];
     const TRACE_B: [u8; 16] = [0xb2; 16];
     // Ids newest first, so arrival order and id order differ.
@@ -2639,7 +2650,7 @@ async fn telemetry_is_read_per_trace_in_arrival_order_and_expires<S: Store>(stor
 }
 
 /// Deleting a cluster takes its deployments with it, so they pin no release.
-async fn deleting_a_cluster_removes_its_deployments<S: Store>(store: S) {
+pub(crate) async fn deleting_a_cluster_removes_its_deployments<S: Store>(store: S) {
     add_cluster(&store, "gone").await;
     add_workflow(&store, "ingest").await;
     let artifact = store

@@ -645,14 +645,15 @@ impl Drop for Inner {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn sqlite_store_passes_the_conformance_suite() {
-        crate::server::store::conformance::run_all(|| async {
+    /// The conformance suite, one test per rule, each on a fresh store in its own temp dir.
+    mod conformance {
+        use super::*;
+
+        crate::server::store::conformance::conformance_tests!(async {
             let directory = tempfile::tempdir().expect("temp dir");
             let store = SqliteStore::open(directory.path()).expect("open store");
             (store, directory)
-        })
-        .await;
+        });
     }
 
     #[tokio::test]

@@ -1,52 +1,26 @@
 //! The server through its real binary and gRPC API: authentication, error codes, version
 //! matching, long-polling, and durability under `kill -9`.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::{
+    TestServer, block_on, client, get_job, identifier, job_request, json_of, list_tasks,
+    snapshot_settings, transcript, uuid_of_id, wait_until,
+};
+use serde_json::{Value, json};
 use tilebox::api::convert::{id, uuid_of};
 use tilebox::api::workflows_v1::{
-    ComputedTask, GetJobRequest, JobState, ListJobTasksRequest, NextTaskRequest, NextTaskToRun,
-    SubmitJobRequest, TaskIdentifier, TaskState, TaskSubmissionGroup, TaskSubmissions,
+    ComputedTask, GetJobRequest, JobState, NextTaskRequest, NextTaskToRun, TaskIdentifier,
+    TaskState,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
 
-fn identifier(name: &str, version: &str) -> TaskIdentifier {
-    TaskIdentifier {
-        name: name.into(),
-        version: version.into(),
-    }
-}
-
-/// A job of `count` independent root tasks with identifier `name@version`.
-fn job_request(name: &str, version: &str, count: usize, input: &[u8]) -> SubmitJobRequest {
-    SubmitJobRequest {
-        job_name: format!("{name}-job"),
-        trace_parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-        tasks: Some(TaskSubmissions {
-            task_groups: vec![TaskSubmissionGroup {
-                dependencies_on_other_groups: vec![],
-                inputs: vec![input.to_vec(); count],
-                identifier_pointers: vec![0; count],
-                cluster_slug_pointers: vec![0; count],
-                display_pointers: vec![0; count],
-                max_retries_values: vec![0; count],
-                optional_values: vec![false; count],
-            }],
-            cluster_slug_lookup: vec![String::new()],
-            identifier_lookup: vec![identifier(name, version)],
-            display_lookup: vec![name.into()],
-        }),
-        ..SubmitJobRequest::default()
-    }
-}
-
+/// What a runner on the `default` cluster (named explicitly) advertising `identifiers` asks
+/// for.
 fn ask(identifiers: Vec<TaskIdentifier>) -> Option<NextTaskToRun> {
     Some(NextTaskToRun {
         cluster_slug: "default".into(),
@@ -54,33 +28,29 @@ fn ask(identifiers: Vec<TaskIdentifier>) -> Option<NextTaskToRun> {
     })
 }
 
-async fn client(server: &TestServer) -> Client {
-    Client::connect(server.url(), None).await.expect("client")
-}
-
 #[test]
 fn calls_without_a_valid_token_are_unauthenticated() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start_with(&["--token", "s3cret", "--token", "other"]);
-    let missing = server.tilebox(&["cluster", "list"]);
-    assert_eq!(missing.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        stderr.contains("Unauthenticated") && stderr.contains("authorization"),
-        "{stderr}"
-    );
+    let missing = ["cluster", "list"];
+    let output = server.tilebox(&missing);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("missing_api_key", transcript(&missing, &output));
 
-    let wrong = server.tilebox(&["--api-key", "nope", "cluster", "list"]);
-    assert_eq!(wrong.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid API key"));
+    let wrong = ["--api-key", "nope", "cluster", "list"];
+    let output = server.tilebox(&wrong);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("wrong_api_key", transcript(&wrong, &output));
 
     for key in ["s3cret", "other"] {
-        let ok = server.tilebox(&["--api-key", key, "--json", "cluster", "list"]);
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        assert!(String::from_utf8_lossy(&ok.stdout).contains("\"slug\":\"default\""));
+        let clusters = json_of(&server.tilebox(&["--api-key", key, "--json", "cluster", "list"]));
+        let slugs: Vec<&Value> = clusters
+            .as_array()
+            .expect("a list of clusters")
+            .iter()
+            .map(|cluster| &cluster["slug"])
+            .collect();
+        assert_eq!(slugs, ["default"], "with the key {key:?}");
     }
 }
 
@@ -143,11 +113,8 @@ async fn bad_submissions_are_refused_with_a_code_and_a_reason() {
     assert_eq!(status.code(), tonic::Code::NotFound);
 
     // Nothing of the refused submissions was stored.
-    let listed = server.tilebox(&["--json", "job", "list"]);
-    assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("\"jobs\":[]"),
-        "{listed:?}"
-    );
+    let listed = json_of(&server.tilebox(&["--json", "job", "list"]));
+    assert_eq!(listed["jobs"], json!([]), "{listed}");
 }
 
 #[tokio::test]
@@ -207,17 +174,47 @@ async fn a_task_goes_to_a_compatible_runner_carrying_the_runners_identifier() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_runner_gets_work_submitted_while_it_waits() {
-    let server = TestServer::start_with(&["--long-poll-ms", "10000"]);
+    // Far longer than the test: the waiting call can only get the task by being woken up.
+    const LONG_POLL: Duration = Duration::from_secs(60);
+    let server = TestServer::start_with(&["--long-poll-ms", &LONG_POLL.as_millis().to_string()]);
     let mut runner = client(&server).await;
     let mut submitter = client(&server).await;
+
+    // The runner claims a warm-up task, so that its waiting call can carry the result.
+    let warm_up_job = submitter
+        .jobs
+        .submit_job(job_request("WarmUp", "v0.0", 1, b""))
+        .await
+        .expect("submit the warm-up job")
+        .into_inner();
+    let warm_up_job = uuid_of_id(warm_up_job.id.as_ref());
+    let warm_up = runner
+        .tasks
+        .next_task(NextTaskRequest {
+            computed_task: None,
+            next_task_to_run: ask(vec![identifier("WarmUp", "v0.0")]),
+        })
+        .await
+        .expect("claim the warm-up task")
+        .into_inner()
+        .next_task
+        .expect("the warm-up task");
+
+    // The server applies a computed report in the transaction of the call's first claim
+    // attempt, before it waits. So once the warm-up job reads completed, the call has looked
+    // for `Late` work, found none (none is submitted yet), and waits.
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
         let answer = runner
             .tasks
             .next_task(NextTaskRequest {
-                computed_task: None,
+                computed_task: Some(ComputedTask {
+                    id: warm_up.id,
+                    display: "WarmUp".into(),
+                    ..ComputedTask::default()
+                }),
                 next_task_to_run: ask(vec![identifier("Late", "v0.0")]),
             })
             .await
@@ -225,19 +222,29 @@ async fn an_idle_runner_gets_work_submitted_while_it_waits() {
             .into_inner();
         (answer, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the waiting call to report the warm-up task computed",
+        Duration::from_secs(30),
+        || block_on(get_job(&mut submitter, warm_up_job)).state() == JobState::Completed,
+    )
+    .unwrap();
+    assert!(
+        !waiting.is_finished(),
+        "a call that found no work waits for the long-poll"
+    );
+
     submitter
         .jobs
         .submit_job(job_request("Late", "v0.0", 1, b""))
         .await
         .expect("submit");
     let (answer, waited) = waiting.await.expect("runner");
+    let task = answer
+        .next_task
+        .expect("the waiting call receives the task submitted meanwhile");
+    assert_eq!(task.identifier, Some(identifier("Late", "v0.0")));
     assert!(
-        answer.next_task.is_some(),
-        "the waiting call receives the task submitted meanwhile"
-    );
-    assert!(
-        waited < Duration::from_secs(10),
+        waited < LONG_POLL,
         "it did not wait for the long-poll to end: {waited:?}"
     );
 }
@@ -303,28 +310,10 @@ async fn run_submitter(url: String, acknowledged: Arc<Acknowledged>, stop: Arc<A
 }
 
 async fn task_states(client: &mut Client, job: Uuid) -> HashMap<Uuid, TaskState> {
-    let answer = client
-        .jobs
-        .list_job_tasks(ListJobTasksRequest {
-            job_id: Some(id(job)),
-            page: Some(tilebox::api::tilebox_v1::Pagination {
-                limit: Some(100),
-                starting_after: None,
-            }),
-            ..ListJobTasksRequest::default()
-        })
+    list_tasks(client, job, None)
         .await
-        .expect("list tasks")
-        .into_inner();
-    answer
-        .page
-        .expect("page")
-        .tasks
         .into_iter()
-        .map(|task| {
-            let state = TaskState::try_from(task.state).expect("state");
-            (uuid_of(task.id.as_ref()).expect("id").expect("id"), state)
-        })
+        .map(|task| (uuid_of_id(task.id.as_ref()), task.state()))
         .collect()
 }
 
@@ -347,17 +336,15 @@ async fn acknowledged_work_survives_kill_9_under_load_and_every_job_finishes() {
             stop.clone(),
         )));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acknowledged.jobs.lock().expect("lock").len() < 100
-        || acknowledged.computed.lock().expect("lock").len() < 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the load did not get going:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "100 acknowledged jobs and 200 acknowledged completions",
+        Duration::from_secs(60),
+        || {
+            acknowledged.jobs.lock().expect("lock").len() >= 100
+                && acknowledged.computed.lock().expect("lock").len() >= 200
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", server.stderr_tail()));
     server.kill();
     for task in load {
         let _ = tokio::time::timeout(Duration::from_secs(30), task)
@@ -402,28 +389,25 @@ async fn acknowledged_work_survives_kill_9_under_load_and_every_job_finishes() {
             ))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for job in &jobs {
-        loop {
-            let state = client
-                .jobs
-                .get_job(GetJobRequest {
-                    job_id: Some(id(*job)),
-                })
-                .await
-                .expect("get job")
-                .into_inner()
-                .state;
-            if state == JobState::Completed as i32 {
-                break;
+    // Jobs complete for good, so each is polled only until it has.
+    let mut completed = 0;
+    let mut last = None;
+    wait_until(
+        "every job to complete after the restart",
+        Duration::from_secs(60),
+        || {
+            while let Some(job) = jobs.get(completed) {
+                let state = block_on(get_job(&mut client, *job)).state();
+                if state != JobState::Completed {
+                    last = Some((*job, state));
+                    return false;
+                }
+                completed += 1;
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {job} did not complete after the restart: {state}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+            true
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}; job and state: {last:?}"));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;

@@ -5,21 +5,19 @@
 //! own runner processes, and waits on conditions with deadlines; only the outage itself is a
 //! sleep.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::{
+    RunnerProcess, TestServer, block_on, get_job, job_request, list_tasks, project, project_runner,
+    submit, uuid_of_id, wait_until,
+};
 use tilebox::api::RUNNER_ID_HEADER;
-use tilebox::api::convert::{id, uuid_of};
-use tilebox::api::tilebox_v1::Pagination;
+use tilebox::api::convert::id;
 use tilebox::api::workflows_v1::{
-    ComputedTask, GetJobRequest, Job, JobState, ListJobTasksRequest, NextTaskRequest,
-    NextTaskToRun, SubmitJobRequest, TaskIdentifier, TaskLeaseRequest, TaskState,
-    TaskSubmissionGroup, TaskSubmissions, TaskSummary,
+    ComputedTask, Job, JobState, NextTaskRequest, SubmitJobRequest, TaskLeaseRequest, TaskState,
+    TaskSummary,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
@@ -52,105 +50,45 @@ class Nap(Task):
 runner = Runner(tasks=[FanOut, Noop, Nap])
 "#;
 
-fn fan_out_project() -> tempfile::TempDir {
-    let project = tempfile::Builder::new()
-        .prefix("tilebox-faults-")
-        .tempdir()
-        .expect("project dir");
-    std::fs::write(project.path().join("app.py"), FAN_OUT).expect("write app.py");
-    std::fs::write(
-        project.path().join("tilebox.workflow.toml"),
-        "[workflow]\nslug = \"fan-out\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
-    )
-    .expect("write tilebox.workflow.toml");
-    project
-}
-
 /// Runner processes (`tilebox runner start --project`), killed when dropped so a failing
 /// test leaves nothing behind.
-struct Runners {
-    children: Vec<Child>,
-    logs: Vec<PathBuf>,
-}
+struct Runners(Vec<RunnerProcess>);
 
 impl Runners {
     fn start(server: &TestServer, project: &Path, count: usize) -> Self {
-        let mut runners = Self {
-            children: Vec::new(),
-            logs: Vec::new(),
-        };
-        for index in 0..count {
-            let log = project.join(format!("runner-{index}.log"));
-            let child = common::tilebox_command(&["runner", "start", "--quiet", "--project"])
-                .arg(project)
-                .arg("--cache-dir")
-                .arg(project.join(".tilebox-cache"))
-                .env("TILEBOX_API_URL", server.url())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("runner log"))
-                .spawn()
-                .expect("start a runner");
-            runners.children.push(child);
-            runners.logs.push(log);
-        }
-        runners
+        Self(
+            (0..count)
+                .map(|index| {
+                    RunnerProcess::spawn(
+                        &mut project_runner(server.url(), project, &["--quiet"]),
+                        project.join(format!("runner-{index}.log")),
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// Panics (with the logs) if a runner has exited.
     fn assert_alive(&mut self, when: &str) {
-        for (child, log) in self.children.iter_mut().zip(&self.logs) {
-            if let Some(status) = child.try_wait().expect("poll a runner") {
-                panic!(
-                    "a runner exited {when} ({status}):\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
+        for runner in &mut self.0 {
+            assert!(
+                runner.is_running(),
+                "a runner exited {when}:\n{}",
+                runner.log()
+            );
         }
     }
 
     fn logs(&self) -> Vec<String> {
-        self.logs
-            .iter()
-            .map(|log| std::fs::read_to_string(log).unwrap_or_default())
-            .collect()
-    }
-}
-
-impl Drop for Runners {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.iter().map(RunnerProcess::log).collect()
     }
 }
 
 fn submit_fan_out(server: &TestServer, count: usize, seconds: f64) -> Uuid {
     let input = format!(r#"{{"count": {count}, "seconds": {seconds}}}"#);
-    let output = server.tilebox(&[
-        "--json", "job", "submit", "--name", "fan-out", "--task", "FanOut", "--input", &input,
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let job: serde_json::Value = serde_json::from_slice(&output.stdout).expect("job JSON");
-    job["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("job id")
-}
-
-async fn get_job(client: &mut Client, job: Uuid) -> Job {
-    client
-        .jobs
-        .get_job(GetJobRequest {
-            job_id: Some(id(job)),
-        })
-        .await
-        .expect("get job")
-        .into_inner()
+    submit(server, "FanOut", &input)
+        .parse()
+        .expect("the job id is a UUID")
 }
 
 /// The store's task counts of a job: total and per state.
@@ -167,57 +105,28 @@ fn counts(job: &Job) -> (u64, BTreeMap<&'static str, u64>) {
     (stats.total_tasks, by_state)
 }
 
-/// Every task of a job below `parent` (the roots when `None`), paging through ListJobTasks.
-async fn list_tasks(client: &mut Client, job: Uuid, parent: Option<Uuid>) -> Vec<TaskSummary> {
-    let mut tasks = Vec::new();
-    let mut after = None;
-    loop {
-        let page = client
-            .jobs
-            .list_job_tasks(ListJobTasksRequest {
-                job_id: Some(id(job)),
-                parent_task_id: parent.map(id),
-                page: Some(Pagination {
-                    limit: Some(1000),
-                    starting_after: after,
-                }),
-                ..ListJobTasksRequest::default()
-            })
-            .await
-            .expect("list tasks")
-            .into_inner()
-            .page
-            .expect("page");
-        tasks.extend(page.tasks);
-        match page.next_page {
-            Some(next) => after = next.starting_after,
-            None => return tasks,
-        }
-    }
-}
-
 /// Polls the job until `done` holds for it, or panics after `timeout` with what it saw.
-async fn wait_for_job(
+fn wait_for_job(
     client: &mut Client,
     job: Uuid,
     timeout: Duration,
     what: &str,
     mut done: impl FnMut(&Job) -> bool,
 ) -> Job {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let current = get_job(client, job).await;
-        if done(&current) {
-            return current;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job}: {what} did not happen within {timeout:?}; state {:?}, counts {:?}",
+    let mut current = None;
+    wait_until(format!("job {job}: {what}"), timeout, || {
+        let polled = current.insert(block_on(get_job(client, job)));
+        done(polled)
+    })
+    .unwrap_or_else(|timed_out| {
+        let current = current.as_ref().expect("polled at least once");
+        panic!(
+            "{timed_out}; state {:?}, counts {:?}",
             current.state(),
-            counts(&current)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            counts(current)
+        )
+    });
+    current.expect("polled at least once")
 }
 
 /// Asserts the job completed with `expected` tasks, each computed and recorded once: the
@@ -232,9 +141,7 @@ async fn assert_each_task_computed_once(client: &mut Client, job: Uuid, expected
 
     let roots = list_tasks(client, job, None).await;
     assert_eq!(roots.len(), 1, "one root task");
-    let root = uuid_of(roots[0].id.as_ref())
-        .expect("root id")
-        .expect("root id");
+    let root = uuid_of_id(roots[0].id.as_ref());
     assert_eq!(roots[0].state(), TaskState::Computed);
     let children = list_tasks(client, job, Some(root)).await;
     assert_eq!(
@@ -244,7 +151,7 @@ async fn assert_each_task_computed_once(client: &mut Client, job: Uuid, expected
     );
     let unique: HashSet<Uuid> = children
         .iter()
-        .map(|task| uuid_of(task.id.as_ref()).expect("id").expect("id"))
+        .map(|task| uuid_of_id(task.id.as_ref()))
         .collect();
     assert_eq!(unique.len(), children.len(), "no task listed twice");
     let not_computed: Vec<&TaskSummary> = children
@@ -263,57 +170,34 @@ fn with_runner_id<T>(message: T, runner: &str) -> tonic::Request<T> {
     request
 }
 
+/// A job of one `Lost` task with 3 retries.
 fn lost_job() -> SubmitJobRequest {
-    SubmitJobRequest {
-        job_name: "lost".into(),
-        tasks: Some(TaskSubmissions {
-            task_groups: vec![TaskSubmissionGroup {
-                inputs: vec![Vec::new()],
-                identifier_pointers: vec![0],
-                cluster_slug_pointers: vec![0],
-                display_pointers: vec![0],
-                max_retries_values: vec![3],
-                ..TaskSubmissionGroup::default()
-            }],
-            cluster_slug_lookup: vec![String::new()],
-            identifier_lookup: vec![TaskIdentifier {
-                name: "Lost".into(),
-                version: "v0.0".into(),
-            }],
-            display_lookup: vec!["Lost".into()],
-        }),
-        ..SubmitJobRequest::default()
-    }
+    let mut job = job_request("Lost", "v0.0", 1, b"");
+    job.job_name = "lost".into();
+    job.tasks.as_mut().expect("tasks").task_groups[0].max_retries_values = vec![3];
+    job
 }
 
 /// Claims a `Lost` task as `runner`, waiting (long polls) until one is handed out.
-async fn claim(client: &mut Client, runner: &str) -> Uuid {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let request = NextTaskRequest {
-            computed_task: None,
-            next_task_to_run: Some(NextTaskToRun {
-                cluster_slug: String::new(),
-                identifiers: vec![TaskIdentifier {
-                    name: "Lost".into(),
-                    version: "v0.0".into(),
-                }],
-            }),
-        };
-        let answer = client
-            .tasks
-            .next_task(with_runner_id(request, runner))
-            .await
-            .expect("next task")
-            .into_inner();
-        if let Some(task) = answer.next_task {
-            return uuid_of(task.id.as_ref()).expect("id").expect("id");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{runner}: the task was not handed out again after its lease expired"
-        );
-    }
+fn claim(client: &mut Client, runner: &str) -> Uuid {
+    let mut claimed = None;
+    wait_until(
+        format!("{runner} to be handed the task again after its lease expired"),
+        Duration::from_secs(15),
+        || {
+            let request = NextTaskRequest {
+                computed_task: None,
+                next_task_to_run: crate::common::ask("Lost", "v0.0"),
+            };
+            let answer = block_on(client.tasks.next_task(with_runner_id(request, runner)))
+                .expect("next task")
+                .into_inner();
+            claimed = answer.next_task.map(|task| uuid_of_id(task.id.as_ref()));
+            claimed.is_some()
+        },
+    )
+    .unwrap();
+    claimed.expect("a task was claimed")
 }
 
 async fn task_of(client: &mut Client, job: Uuid) -> TaskSummary {
@@ -332,13 +216,13 @@ async fn a_task_whose_lease_is_lost_eleven_times_fails_the_job() {
         .await
         .expect("submit")
         .into_inner();
-    let job = uuid_of(job.id.as_ref()).expect("id").expect("id");
+    let job = uuid_of_id(job.id.as_ref());
 
     // Ten lost leases: each time the task comes back queued, without counting a retry.
     let mut task = None;
     for attempt in 1..=10 {
         let runner = format!("crashed-runner-{attempt}");
-        let claimed = claim(&mut client, &runner).await;
+        let claimed = claim(&mut client, &runner);
         assert_eq!(
             *task.get_or_insert(claimed),
             claimed,
@@ -377,15 +261,14 @@ async fn a_task_whose_lease_is_lost_eleven_times_fails_the_job() {
 
     // The eleventh loss fails it for good.
     let task = task.expect("claimed");
-    assert_eq!(claim(&mut client, "crashed-runner-11").await, task);
+    assert_eq!(claim(&mut client, "crashed-runner-11"), task);
     let failed = wait_for_job(
         &mut client,
         job,
         Duration::from_secs(15),
         "failing",
         |job| job.state() == JobState::Failed,
-    )
-    .await;
+    );
     assert_eq!(counts(&failed).1, BTreeMap::from([("failed", 1)]));
     let summary = task_of(&mut client, job).await;
     assert_eq!(summary.state(), TaskState::Failed);
@@ -425,7 +308,7 @@ async fn a_task_whose_lease_is_lost_eleven_times_fails_the_job() {
 async fn kill_9_of_the_server_under_four_runners_loses_and_duplicates_nothing() {
     const LEAVES: u64 = 5_000;
     let mut server = TestServer::start_with(&["--lease-seconds", "5"]);
-    let project = fan_out_project();
+    let project = project("fan-out", FAN_OUT);
     let mut client = Client::connect(server.url(), None).await.expect("client");
     let job = submit_fan_out(&server, LEAVES as usize, 0.0);
     let mut runners = Runners::start(&server, project.path(), 4);
@@ -437,8 +320,7 @@ async fn kill_9_of_the_server_under_four_runners_loses_and_duplicates_nothing() 
         Duration::from_secs(120),
         "1,000 computed tasks",
         |job| counts(job).1.get("computed").copied().unwrap_or(0) > 1_000,
-    )
-    .await;
+    );
     server.kill();
     let (_, at_kill) = counts(&before_kill);
     assert!(
@@ -462,8 +344,7 @@ async fn kill_9_of_the_server_under_four_runners_loses_and_duplicates_nothing() 
         Duration::from_secs(120),
         "completing after the restart",
         |job| job.state() == JobState::Completed,
-    )
-    .await;
+    );
     runners.assert_alive("after the restart");
     assert_each_task_computed_once(&mut client, job, LEAVES + 1).await;
     drop(runners);
@@ -475,7 +356,7 @@ async fn runners_wait_out_a_20_second_outage_and_finish_the_job() {
     const LEAVES: u64 = 300;
     const OUTAGE: Duration = Duration::from_secs(20);
     let mut server = TestServer::start_with(&["--lease-seconds", "5"]);
-    let project = fan_out_project();
+    let project = project("fan-out", FAN_OUT);
     let mut client = Client::connect(server.url(), None).await.expect("client");
     let job = submit_fan_out(&server, LEAVES as usize, 0.02);
     let mut runners = Runners::start(&server, project.path(), 2);
@@ -485,13 +366,13 @@ async fn runners_wait_out_a_20_second_outage_and_finish_the_job() {
         Duration::from_secs(120),
         "20 computed tasks",
         |job| counts(job).1.get("computed").copied().unwrap_or(0) > 20,
-    )
-    .await;
+    );
 
     server.kill();
     // The fault is the duration itself.
     std::thread::sleep(OUTAGE);
     runners.assert_alive("during the outage");
+    // A back-off shows only in the runner's log.
     for log in runners.logs() {
         assert!(
             log.contains("the server is unreachable; retrying in"),
@@ -508,8 +389,7 @@ async fn runners_wait_out_a_20_second_outage_and_finish_the_job() {
         Duration::from_secs(60),
         "completing after the outage",
         |job| job.state() == JobState::Completed,
-    )
-    .await;
+    );
     runners.assert_alive("after the outage");
     assert_each_task_computed_once(&mut client, job, LEAVES + 1).await;
     let logs = runners.logs();
@@ -526,7 +406,7 @@ async fn runners_wait_out_a_20_second_outage_and_finish_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_runner_does_not_keep_the_server_from_stopping() {
     let server = TestServer::start();
-    let project = fan_out_project();
+    let project = project("fan-out", FAN_OUT);
     let mut client = Client::connect(server.url(), None).await.expect("client");
     let job = submit_fan_out(&server, 3, 0.0);
     let runners = Runners::start(&server, project.path(), 1);
@@ -536,21 +416,13 @@ async fn a_frozen_runner_does_not_keep_the_server_from_stopping() {
         Duration::from_secs(60),
         "completing",
         |job| job.state() == JobState::Completed,
-    )
-    .await;
+    );
     drop(client);
     // The runner is connected and long-polling; freeze it (as a hung or swapped-out host).
-    let pid = runners.children[0].id().to_string();
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .expect("kill -STOP");
-    assert!(stopped.success());
+    runners.0[0].signal("-STOP");
     // SIGTERM must still end the server, within `TestServer::stop`'s deadline.
     server.stop();
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
+    runners.0[0].signal("-CONT");
     drop(runners);
 }
 
@@ -561,49 +433,20 @@ fn a_runner_that_cannot_reach_its_server_stops_on_sigterm() {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let project = fan_out_project();
-    let log = project.path().join("runner.log");
-    let child = common::tilebox_command(&["runner", "start", "--project"])
-        .arg(project.path())
-        .arg("--cache-dir")
-        .arg(project.path().join(".tilebox-cache"))
-        .env("TILEBOX_API_URL", format!("http://127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("runner log"))
-        .spawn()
-        .expect("start a runner");
-    let mut runners = Runners {
-        children: vec![child],
-        logs: vec![log.clone()],
-    };
-    assert!(
-        common::wait_until(Duration::from_secs(30), || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("cannot reach the server; retrying")
-        }),
-        "the runner retries: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    let project = project("fan-out", FAN_OUT);
+    let mut runner = RunnerProcess::spawn(
+        &mut project_runner(&format!("http://127.0.0.1:{port}"), project.path(), &[]),
+        project.path().join("runner.log"),
     );
-    let pid = runners.children[0].id().to_string();
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    assert!(signalled.success());
-    let child = &mut runners.children[0];
-    let exited = common::wait_until(Duration::from_secs(5), || {
-        child.try_wait().expect("poll the runner").is_some()
-    });
-    assert!(
-        exited,
-        "SIGTERM must stop a runner still waiting for its server:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    // Only the runner's log shows that it is retrying, i.e. past its start-up.
+    wait_until("the runner to retry", Duration::from_secs(30), || {
+        runner.log().contains("cannot reach the server; retrying")
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    runner.signal("-TERM");
+    let status = runner.wait_for_exit(
+        "SIGTERM to stop a runner still waiting for its server",
+        Duration::from_secs(5),
     );
-    let status = child.wait().expect("reap");
-    assert!(
-        status.success(),
-        "{status}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    assert!(status.success(), "{status}\n{}", runner.log());
 }

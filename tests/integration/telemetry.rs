@@ -1,14 +1,14 @@
 //! Task logs and spans from the in-process runner to the server to the CLI: attribution,
 //! failures, streaming while a task runs, pagination and retention. (The official SDK's
-//! OTLP exports are covered in tests/interop.rs.)
-
-mod common;
+//! OTLP exports are covered in the `interop` module.)
 
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{TestServer, wait_until};
+use crate::common::{
+    RunnerProcess, TestServer, json_of, project, project_runner, snapshot_settings, submit,
+    transcript, wait_until,
+};
 use serde_json::Value;
 
 const APP: &str = r#"
@@ -36,71 +36,30 @@ class Long(Task):
 runner = Runner(tasks=[Chatty, Broken, Long])
 "#;
 
-fn project() -> tempfile::TempDir {
-    let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("app.py"), APP).expect("app.py");
-    std::fs::write(
-        project.path().join("tilebox.workflow.toml"),
-        "[workflow]\nslug = \"chatty\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
-    )
-    .expect("toml");
-    project
-}
-
-fn runner(server: &TestServer, project: &Path, stop_when_idling: bool) -> Child {
-    let mut command = common::tilebox_command(&["runner", "start", "--quiet", "--project"]);
-    command
-        .arg(project)
-        .arg("--cache-dir")
-        .arg(project.join(".cache"));
-    if stop_when_idling {
-        command.arg("--stop-when-idling");
-    }
-    command
-        .env("TILEBOX_API_URL", server.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("runner")
+/// A runner of the `APP` project; its log goes to a file in the project.
+fn runner(server: &TestServer, project: &Path, args: &[&str]) -> RunnerProcess {
+    let mut args = args.to_vec();
+    args.push("--quiet");
+    let log = project.join(format!("runner-{}.log", uuid::Uuid::new_v4()));
+    RunnerProcess::spawn(&mut project_runner(server.url(), project, &args), log)
 }
 
 fn json(server: &TestServer, args: &[&str]) -> Value {
-    let output = server.tilebox(args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
+    json_of(&server.tilebox(args))
 }
 
-fn submit(server: &TestServer, task: &str, input: &str) -> String {
-    json(
-        server,
-        &[
-            "--json", "job", "submit", "--name", "t", "--task", task, "--input", input,
-        ],
-    )["id"]
-        .as_str()
-        .expect("id")
-        .to_string()
-}
-
+/// Runs every queued task with a runner that stops when idle.
 fn run_all(server: &TestServer, project: &Path) {
-    let mut child = runner(server, project, true);
-    assert!(
-        wait_until(Duration::from_secs(120), || child
-            .try_wait()
-            .expect("wait")
-            .is_some()),
-        "the runner finishes"
+    runner(server, project, &["--stop-when-idling"]).wait_for_exit(
+        "the runner to finish the queued tasks",
+        Duration::from_secs(120),
     );
 }
 
 #[test]
 fn task_logs_and_spans_reach_the_cli_attributed_to_job_and_task() {
     let server = TestServer::start();
-    let project = project();
+    let project = project("chatty", APP);
     let job = submit(&server, "Chatty", "3");
     run_all(&server, project.path());
     let logs = json(&server, &["--json", "job", "logs", &job]);
@@ -141,9 +100,10 @@ fn task_logs_and_spans_reach_the_cli_attributed_to_job_and_task() {
     );
     assert_eq!(span["attributes"]["identifier.name"], "Chatty");
 
-    let text = server.tilebox(&["job", "logs", &job]);
-    let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("[Chatty] line index=0"), "{text}");
+    let _snapshots = snapshot_settings().bind_to_scope();
+    let logs = ["job", "logs", &job];
+    insta::assert_snapshot!("chatty_job_logs", transcript(&logs, &server.tilebox(&logs)));
+    // The timeline's bars scale with the spans' durations: not a snapshot.
     let timeline = server.tilebox(&["job", "spans", &job, "--timeline"]);
     assert!(
         String::from_utf8_lossy(&timeline.stdout).contains("Chatty"),
@@ -154,7 +114,7 @@ fn task_logs_and_spans_reach_the_cli_attributed_to_job_and_task() {
 #[test]
 fn a_failed_task_span_carries_the_exception() {
     let server = TestServer::start();
-    let project = project();
+    let project = project("chatty", APP);
     let job = submit(&server, "Broken", "");
     run_all(&server, project.path());
     let span = json(&server, &["--json", "job", "spans", &job])["spans"][0].clone();
@@ -185,11 +145,11 @@ fn a_failed_task_span_carries_the_exception() {
 #[test]
 fn logs_of_a_running_task_are_visible_before_it_ends() {
     let server = TestServer::start();
-    let project = project();
+    let project = project("chatty", APP);
     let job = submit(&server, "Long", "");
-    let mut child = runner(&server, project.path(), false);
+    let mut runner = runner(&server, project.path(), &[]);
     let mut seen_while_running = false;
-    let found = wait_until(Duration::from_secs(60), || {
+    let found = wait_until("the task's first log line", Duration::from_secs(60), || {
         let logs = json(&server, &["--json", "job", "logs", &job]);
         let state = json(&server, &["--json", "job", "get", &job])["state"].clone();
         if logs["logs"]
@@ -201,10 +161,10 @@ fn logs_of_a_running_task_are_visible_before_it_ends() {
         }
         false
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    runner.kill();
+    found.unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     assert!(
-        found && seen_while_running,
+        seen_while_running,
         "the log line arrived while the task still ran"
     );
 }
@@ -212,7 +172,7 @@ fn logs_of_a_running_task_are_visible_before_it_ends() {
 #[test]
 fn logs_page_with_a_cursor() {
     let server = TestServer::start();
-    let project = project();
+    let project = project("chatty", APP);
     let job = submit(&server, "Chatty", "24");
     run_all(&server, project.path());
     let mut cursor: Option<String> = None;
@@ -259,7 +219,7 @@ fn logs_page_with_a_cursor() {
 #[test]
 fn logs_past_their_retention_are_deleted() {
     let server = TestServer::start_with(&["--telemetry-retention", "2s"]);
-    let project = project();
+    let project = project("chatty", APP);
     let job = submit(&server, "Chatty", "1");
     run_all(&server, project.path());
     let count = || {
@@ -268,14 +228,13 @@ fn logs_past_their_retention_are_deleted() {
             .map(Vec::len)
             .unwrap_or(0)
     };
-    assert!(
-        count() > 0 || wait_until(Duration::from_secs(5), || count() > 0),
-        "the logs arrived"
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || count() == 0),
-        "the cleanup deleted them"
-    );
+    wait_until("the logs to arrive", Duration::from_secs(5), || count() > 0).unwrap();
+    wait_until(
+        "the cleanup to delete the logs",
+        Duration::from_secs(30),
+        || count() == 0,
+    )
+    .unwrap();
     let spans = json(&server, &["--json", "job", "spans", &job]);
     assert_eq!(spans["spans"], serde_json::json!([]));
 }

@@ -1,12 +1,10 @@
 //! Interop: the official Python SDK (`tilebox-workflows` from PyPI, version pinned in
-//! `common::SDK_VERSION`) drives our server through the scenario scripts in `tests/interop/`.
+//! `common/sdk.rs`) drives our server through the scenario scripts in `tests/interop/`.
 //!
 //! Each test starts its own server (free port, temp data dir), runs one script with the SDK
 //! venv's Python and the official direct runner, and asserts on the `interop-summary:` JSON line
 //! the script prints last: job states, task counts by state, and the execution events the tasks
 //! recorded (task ids, parents and dependencies as the server handed them out, and their order).
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,10 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TestServer, sdk_python, tail_of_file};
+use crate::common::{TestServer, sdk_python, tail_of_file, wait_for_exit};
 use serde::Deserialize;
 
 /// A scenario script is killed and the test fails after this long.
@@ -693,16 +690,7 @@ fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, a
             )
         });
 
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for the script") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut child, format!("{name} to finish"), SCRIPT_TIMEOUT);
     kill_process_group(child.id());
     let _ = child.wait();
 
@@ -720,11 +708,8 @@ fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, a
         tail_of_string(&server.stderr(), OUTPUT_TAIL_BYTES)
     );
 
-    let Some(status) = status else {
-        panic!(
-            "{name} did not finish within {SCRIPT_TIMEOUT:?} and was killed (its output is above)"
-        );
-    };
+    let status = status
+        .unwrap_or_else(|timed_out| panic!("{timed_out}; it was killed (its output is above)"));
     assert!(
         status.success(),
         "{name} failed with {status} (its output is above)"

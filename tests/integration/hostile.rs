@@ -4,25 +4,24 @@
 //! API keys, and runner objects that do not exist. Each ends in a clear error and changes
 //! nothing it should not.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, wait_until};
-use serde_json::Value;
+use crate::common::{
+    RunnerProcess, TestServer, ask, client, job_request, json_of, snapshot_settings, stderr_of,
+    task_group, transcript, uuid_of_id, wait_for_job_state, wait_until,
+};
 use sha2::{Digest, Sha256};
-use tilebox::api::convert::{id, uuid_of};
+use tilebox::api::convert::id;
 use tilebox::api::selfhosted_v1::{
     GetArtifactRequest, UploadArtifactRequest, WatchDeploymentsRequest,
 };
 use tilebox::api::workflows_v1::{
     ComputedTask, CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest,
     GetJobRequest, JobState, ListClustersRequest, ListJobTasksRequest, NextTaskRequest,
-    NextTaskToRun, PublishWorkflowReleaseRequest, QueryJobsRequest, ReleaseContent,
-    SubmitJobRequest, TaskIdentifier, TaskState, TaskSubmissionGroup, TaskSubmissions,
+    PublishWorkflowReleaseRequest, QueryJobsRequest, ReleaseContent, SubmitJobRequest,
+    TaskIdentifier, TaskState, TaskSubmissionGroup,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
@@ -120,35 +119,6 @@ context.current_task.display = 'hello from the good release'\n\nrunner = Runner(
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-async fn client(server: &TestServer) -> Client {
-    Client::connect(server.url(), None).await.expect("client")
-}
-
-fn json_of(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "command failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs the CLI in `directory` against `server`, with caches inside `directory`.
-fn tilebox_in(server: &TestServer, directory: &Path, args: &[&str]) -> Output {
-    common::tilebox_command(args)
-        .current_dir(directory)
-        .env("TILEBOX_API_URL", server.url())
-        .env("XDG_CACHE_HOME", directory.join(".cache-home"))
-        .output()
-        .expect("run tilebox")
-}
-
 /// Every file and directory under `root`, relative, sorted.
 fn tree(root: &Path) -> Vec<String> {
     fn walk(root: &Path, directory: &Path, found: &mut Vec<String>) {
@@ -177,32 +147,7 @@ fn tree(root: &Path) -> Vec<String> {
 
 /// A job of one task `name@version` with `input`, on the default cluster.
 fn one_task_job(name: &str, version: &str, input: &[u8]) -> SubmitJobRequest {
-    SubmitJobRequest {
-        job_name: format!("{name}-job"),
-        tasks: Some(TaskSubmissions {
-            task_groups: vec![group(&[], 1, input)],
-            cluster_slug_lookup: vec![String::new()],
-            identifier_lookup: vec![TaskIdentifier {
-                name: name.into(),
-                version: version.into(),
-            }],
-            display_lookup: vec![name.into()],
-        }),
-        ..SubmitJobRequest::default()
-    }
-}
-
-/// A group of `count` tasks (identifier 0, cluster 0, display 0) with `input`.
-fn group(dependencies: &[u32], count: usize, input: &[u8]) -> TaskSubmissionGroup {
-    TaskSubmissionGroup {
-        dependencies_on_other_groups: dependencies.to_vec(),
-        inputs: vec![input.to_vec(); count],
-        identifier_pointers: vec![0; count],
-        cluster_slug_pointers: vec![0; count],
-        display_pointers: vec![0; count],
-        max_retries_values: vec![0; count],
-        optional_values: vec![false; count],
-    }
+    job_request(name, version, 1, input)
 }
 
 async fn job_count(client: &mut Client) -> usize {
@@ -214,40 +159,6 @@ async fn job_count(client: &mut Client) -> usize {
         .into_inner()
         .jobs
         .len()
-}
-
-fn ask(name: &str, version: &str) -> Option<NextTaskToRun> {
-    Some(NextTaskToRun {
-        cluster_slug: String::new(),
-        identifiers: vec![TaskIdentifier {
-            name: name.into(),
-            version: version.into(),
-        }],
-    })
-}
-
-fn job_document(server: &TestServer, job: &str) -> Value {
-    json_of(&server.tilebox(&["--json", "job", "get", job]))
-}
-
-fn wait_for_job_state(server: &TestServer, job: &str, state: &str, timeout: Duration) -> Value {
-    let mut last = Value::Null;
-    let reached = wait_until(timeout, || {
-        last = job_document(server, job);
-        last["state"] == state
-    });
-    assert!(reached, "job {job} did not become {state}: {last}");
-    last
-}
-
-/// A runner process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---- hostile artifacts -----------------------------------------------------------------------
@@ -344,7 +255,6 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         .tempdir()
         .expect("scratch");
     let cache = scratch.path().join("cache");
-    let log = scratch.path().join("runner.log");
     let absolute_target = format!("/tmp/tilebox-pwned-{}", Uuid::new_v4());
     client
         .workflows
@@ -359,20 +269,10 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
     // A good release, published with the CLI, served before and after the hostile ones.
     let project = scratch.path().join("greeter");
     std::fs::create_dir(&project).expect("project");
-    std::fs::write(project.join("app.py"), HELLO).expect("app.py");
-    std::fs::write(
-        project.join("tilebox.workflow.toml"),
-        "[workflow]\nslug = \"greeter\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
-    )
-    .expect("tilebox.workflow.toml");
+    crate::common::write_project(&project, "greeter", HELLO);
     json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
-    json_of(&tilebox_in(
-        &server,
-        &project,
-        &["--json", "workflow", "publish-release"],
-    ));
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
         &project,
         &[
             "--json",
@@ -383,15 +283,12 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
             "hostile",
         ],
     ));
-    let runner =
-        common::tilebox_command(&["runner", "start", "--cluster", "hostile", "--cache-dir"])
+    let mut runner = RunnerProcess::spawn(
+        crate::common::tilebox_command(&["runner", "start", "--cluster", "hostile", "--cache-dir"])
             .arg(&cache)
-            .env("TILEBOX_API_URL", server.url())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start the release runner");
-    let mut runner = Running(runner);
+            .env("TILEBOX_API_URL", server.url()),
+        scratch.path().join("runner.log"),
+    );
     let submit_hello = || {
         let job = json_of(&server.tilebox(&[
             "--json",
@@ -497,7 +394,8 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         deploy(&mut client, case.slug, release, "hostile").await;
     }
 
-    // Each is reported as skipped, with its workflow and the reason, on one line.
+    // Each is reported as skipped, with its workflow and the reason, on one line: a skipped
+    // release shows only in the runner's log.
     let skipped = |log: &str, slug: &str| -> Option<String> {
         log.lines()
             .find(|line| {
@@ -506,17 +404,18 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
             })
             .map(str::to_string)
     };
-    let all_reported = wait_until(Duration::from_secs(180), || {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        hostile
-            .iter()
-            .all(|case| skipped(&log, case.slug).is_some())
-    });
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        all_reported,
-        "not every hostile release was skipped:\n{log_text}"
-    );
+    wait_until(
+        "the runner to skip every hostile release",
+        Duration::from_secs(180),
+        || {
+            let log = runner.log();
+            hostile
+                .iter()
+                .all(|case| skipped(&log, case.slug).is_some())
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    let log_text = runner.log();
     for case in &hostile {
         let line = skipped(&log_text, case.slug).expect("reported");
         assert!(
@@ -527,7 +426,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         );
     }
     assert!(
-        runner.0.try_wait().expect("poll").is_none(),
+        runner.is_running(),
         "the runner survives hostile releases:\n{log_text}"
     );
 
@@ -535,7 +434,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
     let second = submit_hello();
     let done = wait_for_job_state(&server, &second, "completed", Duration::from_secs(60));
     assert_eq!(done["tasks"][0]["display"], "hello from the good release");
-    assert!(runner.0.try_wait().expect("poll").is_none());
+    assert!(runner.is_running(), "{}", runner.log());
     drop(runner);
 
     // Nothing escaped, and no hostile release left anything in the cache.
@@ -569,82 +468,74 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
 #[test]
 fn malformed_workflow_configs_are_refused_with_file_line_and_column_and_nothing_is_written() {
     const VALID: &str = "[workflow]\nslug = \"greeter\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n";
-    let cases: Vec<(String, &str)> = vec![
+    let _snapshots = snapshot_settings().bind_to_scope();
+    // What is wrong, and the config's text. The errors (`error: FILE:LINE:COLUMN: ...`) are
+    // in the snapshot `malformed_workflow_configs`.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
         (
-            VALID.replace("runner = ", "colour = \"blue\"\nrunner = "),
-            ":3:1: unknown field `colour`",
+            "an unknown key in [workflow]",
+            VALID
+                .replace("runner = ", "colour = \"blue\"\nrunner = ")
+                .into(),
         ),
         (
-            format!("{VALID}\n[deploy]\nclusters = [\"x\"]\n"),
-            ":8:2: unknown field `deploy`, expected one of `workflow`, `build`, `targets`",
+            "an unknown table",
+            format!("{VALID}\n[deploy]\nclusters = [\"x\"]\n").into(),
         ),
         (
-            format!("{VALID}\n[targets.dev]\ncluster = [\"x\"]\n"),
-            ":9:1: unknown field `cluster`",
+            "an unknown key in [targets.dev]",
+            format!("{VALID}\n[targets.dev]\ncluster = [\"x\"]\n").into(),
         ),
         (
-            VALID.replace("include", "includes"),
-            ":6:1: unknown field `includes`",
+            "an unknown key in [build]",
+            VALID.replace("include", "includes").into(),
         ),
         (
-            VALID.replace("slug = \"greeter\"", "slug = \"greeter"),
-            ":2:",
+            "a TOML syntax error",
+            VALID
+                .replace("slug = \"greeter\"", "slug = \"greeter")
+                .into(),
         ),
         (
-            VALID.replace("slug = \"greeter\"", "slug = 5"),
-            ":2:8: invalid type: integer `5`, expected a string",
+            "a wrong type",
+            VALID.replace("slug = \"greeter\"", "slug = 5").into(),
         ),
         (
-            VALID.replace("\"greeter\"", "\"no spaces allowed\""),
-            ":2:8: invalid slug `no spaces allowed`",
+            "an invalid slug",
+            VALID.replace("\"greeter\"", "\"no spaces allowed\"").into(),
         ),
         (
-            VALID.replace("app:runner", "app.runner"),
-            ":3:10: invalid runner `app.runner`: expected `module:object`",
+            "a runner that is not module:object",
+            VALID.replace("app:runner", "app.runner").into(),
         ),
         (
-            VALID.replace("\"app.py\"", "\"../outside.py\""),
-            ":6:11: pattern `../outside.py` leaves the project root",
+            "an include that leaves the project",
+            VALID.replace("\"app.py\"", "\"../outside.py\"").into(),
+        ),
+        (
+            "a file that is not UTF-8",
+            b"[workflow]\nslug = \"\xff\xfe\"\n".to_vec(),
         ),
     ];
-    for (text, expected) in cases {
+    let mut errors = String::new();
+    for (what, text) in cases {
         let project = tempfile::tempdir().expect("project");
         std::fs::write(project.path().join("app.py"), HELLO).expect("app.py");
-        let config = project.path().join("tilebox.workflow.toml");
-        std::fs::write(&config, &text).expect("config");
+        std::fs::write(project.path().join("tilebox.workflow.toml"), &text).expect("config");
         let before = tree(project.path());
-        let cache = project.path().join("cache");
-        let output = common::tilebox_command(&["workflow", "build-release"])
+        let output = crate::common::tilebox_command(&["workflow", "build-release"])
             .arg(project.path())
             .arg("--cache-dir")
-            .arg(&cache)
+            .arg(project.path().join("cache"))
             .output()
             .expect("build-release");
         let stderr = stderr_of(&output);
-        assert_eq!(output.status.code(), Some(1), "{text}\n{stderr}");
-        let prefix = format!("error: {}{expected}", config.display());
-        assert!(
-            stderr.starts_with(&prefix),
-            "expected `{prefix}`:\n{stderr}\n--- config ---\n{text}"
-        );
-        assert_eq!(tree(project.path()), before, "nothing is written: {text}");
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(output.status.code(), Some(1), "{what}:\n{text}\n{stderr}");
+        assert_eq!(tree(project.path()), before, "nothing is written: {what}");
+        errors.push_str(&format!("# {what}\n{stderr}\n"));
     }
-
-    // A file that is not UTF-8 is refused too, naming the file.
-    let project = tempfile::tempdir().expect("project");
-    let config = project.path().join("tilebox.workflow.toml");
-    std::fs::write(&config, b"[workflow]\nslug = \"\xff\xfe\"\n").expect("config");
-    let before = tree(project.path());
-    let output = common::tilebox_command(&["workflow", "build-release"])
-        .arg(project.path())
-        .arg("--cache-dir")
-        .arg(project.path().join("cache"))
-        .output()
-        .expect("build-release");
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
-    assert_eq!(tree(project.path()), before);
+    insta::assert_snapshot!("malformed_workflow_configs", errors);
 }
 
 // ---- task inputs -----------------------------------------------------------------------------
@@ -653,21 +544,10 @@ const COUNTER: &str = "from tilebox.workflows import ExecutionContext, Runner, T
 class Count(Task):\n    n: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
 context.current_task.display = f'counted {self.n}'\n\nrunner = Runner(tasks=[Count])\n";
 
-fn counter_project() -> tempfile::TempDir {
-    let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("app.py"), COUNTER).expect("app.py");
-    std::fs::write(
-        project.path().join("tilebox.workflow.toml"),
-        "[workflow]\nslug = \"counter\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n",
-    )
-    .expect("tilebox.workflow.toml");
-    project
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_decode_message() {
     let server = TestServer::start_with(&["--long-poll-ms", "300"]);
-    let project = counter_project();
+    let project = crate::common::project("counter", COUNTER);
     let submit = |input: &str, retries: &str| {
         let job = json_of(&server.tilebox(&[
             "--json",
@@ -694,18 +574,16 @@ async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_deco
         .await
         .expect("the server never decodes inputs")
         .into_inner();
-    let not_json = uuid_of(not_json.id.as_ref())
-        .expect("id")
-        .expect("id")
-        .to_string();
+    let not_json = uuid_of_id(not_json.id.as_ref()).to_string();
 
-    let output = common::tilebox_command(&["runner", "start", "--stop-when-idling", "--project"])
-        .arg(project.path())
-        .arg("--cache-dir")
-        .arg(project.path().join(".cache"))
-        .env("TILEBOX_API_URL", server.url())
-        .output()
-        .expect("runner");
+    let output =
+        crate::common::tilebox_command(&["runner", "start", "--stop-when-idling", "--project"])
+            .arg(project.path())
+            .arg("--cache-dir")
+            .arg(project.path().join(".cache"))
+            .env("TILEBOX_API_URL", server.url())
+            .output()
+            .expect("runner");
     let log = stderr_of(&output);
     assert!(output.status.success(), "{log}");
 
@@ -739,6 +617,7 @@ async fn undecodable_task_inputs_fail_the_task_as_a_workflow_error_with_the_deco
         display.starts_with("Count\nDecodeError('JSON is malformed: "),
         "{display}"
     );
+    // The runner's log reports the failure as well; that line is its only trace there.
     assert!(
         log.contains("task failed: DecodeError: JSON is malformed"),
         "{log}"
@@ -800,7 +679,7 @@ async fn identifiers_with_bad_versions_or_names_are_refused_and_nothing_is_store
     }
     assert_eq!(job_count(&mut client).await, 0, "nothing was stored");
 
-    let output = server.tilebox(&[
+    let submit = [
         "job",
         "submit",
         "--name",
@@ -809,9 +688,11 @@ async fn identifiers_with_bad_versions_or_names_are_refused_and_nothing_is_store
         "Leaf",
         "--version",
         "1.0",
-    ]);
+    ];
+    let output = server.tilebox(&submit);
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    assert!(stderr_of(&output).contains("1.0"), "{}", stderr_of(&output));
+    let _snapshots = snapshot_settings().bind_to_scope();
+    insta::assert_snapshot!("submit_with_a_bad_version", transcript(&submit, &output));
     assert_eq!(job_count(&mut client).await, 0);
 }
 
@@ -825,21 +706,28 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         job
     };
     let cases = [
-        (vec![group(&[0], 1, b"")], "task group 0 depends on itself"),
+        (
+            vec![task_group(&[0], 1, b"")],
+            "task group 0 depends on itself",
+        ),
         (
             vec![
-                group(&[2], 1, b""),
-                group(&[0], 1, b""),
-                group(&[1], 1, b""),
+                task_group(&[2], 1, b""),
+                task_group(&[0], 1, b""),
+                task_group(&[1], 1, b""),
             ],
             "the dependencies between task groups form a cycle",
         ),
         (
-            vec![group(&[], 1, b""), group(&[2], 1, b""), group(&[1], 1, b"")],
+            vec![
+                task_group(&[], 1, b""),
+                task_group(&[2], 1, b""),
+                task_group(&[1], 1, b""),
+            ],
             "the dependencies between task groups form a cycle",
         ),
         (
-            vec![group(&[1], 1, b"")],
+            vec![task_group(&[1], 1, b"")],
             "task group 0 depends on group 1, which does not exist",
         ),
     ];
@@ -865,7 +753,7 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         .await
         .expect("submit")
         .into_inner();
-    let job = uuid_of(job.id.as_ref()).expect("id").expect("id");
+    let job = uuid_of_id(job.id.as_ref());
     let task = client
         .tasks
         .next_task(NextTaskRequest {
@@ -878,7 +766,7 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         .next_task
         .expect("a task");
     let mut cyclic = one_task_job("Leaf", "v0.0", b"").tasks.expect("tasks");
-    cyclic.task_groups = vec![group(&[1], 2, b""), group(&[0], 2, b"")];
+    cyclic.task_groups = vec![task_group(&[1], 2, b""), task_group(&[0], 2, b"")];
     client
         .tasks
         .next_task(NextTaskRequest {
@@ -962,22 +850,14 @@ async fn inputs_over_the_limit_are_refused_at_submission_and_fail_a_task_that_su
         "{}",
         status.message()
     );
-    let cli = server.tilebox(&[
-        "job",
-        "submit",
-        "--name",
-        "big",
-        "--task",
-        "Leaf",
-        "--input",
-        &"z".repeat(100),
-    ]);
+    let big = "z".repeat(100);
+    let submit = [
+        "job", "submit", "--name", "big", "--task", "Leaf", "--input", &big,
+    ];
+    let cli = server.tilebox(&submit);
     assert_eq!(cli.status.code(), Some(1), "{}", stderr_of(&cli));
-    assert!(
-        stderr_of(&cli).contains("input is 102 bytes; the limit is 64"),
-        "{}",
-        stderr_of(&cli)
-    );
+    let _snapshots = snapshot_settings().bind_to_scope();
+    insta::assert_snapshot!("submit_over_the_input_limit", transcript(&submit, &cli));
     assert_eq!(job_count(&mut client).await, 0, "nothing was stored");
 
     // Exactly at the limit is fine.
@@ -998,9 +878,7 @@ async fn inputs_over_the_limit_are_refused_at_submission_and_fail_a_task_that_su
         .into_inner()
         .next_task
         .expect("a task");
-    let job = uuid_of(task.job.as_ref().and_then(|job| job.id.as_ref()))
-        .expect("id")
-        .expect("job id");
+    let job = uuid_of_id(task.job.as_ref().and_then(|job| job.id.as_ref()));
     let oversized = one_task_job("Leaf", "v0.0", &[b'x'; 65]).tasks;
     client
         .tasks
@@ -1142,23 +1020,30 @@ async fn every_service_refuses_calls_without_a_valid_token_and_stores_nothing() 
         .await
         .expect_err("no artifact was stored");
     assert_eq!(artifact.code(), tonic::Code::NotFound);
-    let workflows = server.tilebox(&["--api-key", "s3cret", "--json", "workflow", "list"]);
-    assert!(
-        !String::from_utf8_lossy(&workflows.stdout).contains("sneaky"),
-        "no workflow was created: {workflows:?}"
-    );
+    let workflows =
+        json_of(&server.tilebox(&["--api-key", "s3cret", "--json", "workflow", "list"]));
+    assert_eq!(workflows, serde_json::json!([]), "no workflow was created");
 
     // A runner with a wrong key stops at once with the reason, instead of retrying forever.
     let started = Instant::now();
-    let output = common::tilebox_command(&["runner", "start", "--api-key", "wrong", "--cache-dir"])
-        .arg(server.temp_dir().join("runner-cache"))
+    let cache = server.temp_dir().join("runner-cache");
+    let runner = [
+        "runner",
+        "start",
+        "--api-key",
+        "wrong",
+        "--cache-dir",
+        cache.to_str().expect("a UTF-8 path"),
+    ];
+    let output = crate::common::tilebox_command(&runner)
         .env("TILEBOX_API_URL", server.url())
         .output()
         .expect("runner");
     let stderr = stderr_of(&output);
     assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("invalid API key"), "{stderr}");
+    let _snapshots = snapshot_settings().bind_to_scope();
+    insta::assert_snapshot!("runner_with_a_wrong_api_key", transcript(&runner, &output));
     server.stop();
 }
 
@@ -1170,45 +1055,44 @@ runner = Runner(tasks=[Hello])\nnot_a_runner = 42\n";
 
 #[test]
 fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let project = tempfile::tempdir().expect("project");
     std::fs::write(project.path().join("app.py"), NOT_A_RUNNER).expect("app.py");
+    let project_path = project.path().to_str().expect("a UTF-8 path");
     let cache = project.path().join(".cache");
-    let cases = [
-        (
-            "missing:runner",
-            "ModuleNotFoundError",
-            "No module named 'missing'",
-        ),
-        ("app:nothing", "AttributeError", "nothing"),
-        (
-            "app:not_a_runner",
-            "TypeError",
-            "app:not_a_runner must be a tilebox.workflows.Runner, but it is a builtins.int",
-        ),
-    ];
-    for (runner, kind, message) in cases {
-        let output = common::tilebox_command(&["task", "run", "Hello", "--runner", runner])
-            .arg("--project")
-            .arg(project.path())
-            .arg("--cache-dir")
-            .arg(&cache)
+    let cache = cache.to_str().expect("a UTF-8 path");
+    // A module that does not exist, an attribute that does not, and an `int`. The errors
+    // name the Python exception (`ModuleNotFoundError`, `AttributeError`, `TypeError`) and
+    // are in the snapshot `missing_or_wrong_runner_objects`.
+    let runners = ["missing:runner", "app:nothing", "app:not_a_runner"];
+    let mut errors = String::new();
+    for runner in runners {
+        let task_run = [
+            "task",
+            "run",
+            "Hello",
+            "--runner",
+            runner,
+            "--project",
+            project_path,
+            "--cache-dir",
+            cache,
+        ];
+        let output = crate::common::tilebox_command(&task_run)
             .output()
             .expect("task run");
-        let stderr = stderr_of(&output);
         assert_eq!(
             output.status.code(),
             Some(1),
-            "task run --runner {runner}: {stderr}"
+            "task run --runner {runner}: {}",
+            stderr_of(&output)
         );
-        assert!(
-            stderr.contains(kind) && stderr.contains(message),
-            "task run --runner {runner}: expected {kind}: {message}\n{stderr}"
-        );
+        errors.push_str(&transcript(&task_run, &output));
     }
 
     // `runner start --project` reads the runner from tilebox.workflow.toml.
     let server = TestServer::start();
-    for (runner, kind, message) in cases {
+    for runner in runners {
         std::fs::write(
             project.path().join("tilebox.workflow.toml"),
             format!(
@@ -1217,10 +1101,15 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
         )
         .expect("tilebox.workflow.toml");
         let started = Instant::now();
-        let output = common::tilebox_command(&["runner", "start", "--project"])
-            .arg(project.path())
-            .arg("--cache-dir")
-            .arg(&cache)
+        let runner_start = [
+            "runner",
+            "start",
+            "--project",
+            project_path,
+            "--cache-dir",
+            cache,
+        ];
+        let output = crate::common::tilebox_command(&runner_start)
             .env("TILEBOX_API_URL", server.url())
             .output()
             .expect("runner start");
@@ -1231,10 +1120,9 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
             Some(1),
             "runner start with {runner}: {stderr}"
         );
-        assert!(
-            stderr.contains(kind) && stderr.contains(message),
-            "runner start with {runner}: expected {kind}: {message}\n{stderr}"
-        );
+        errors.push_str(&format!("# runner = \"{runner}\"\n"));
+        errors.push_str(&transcript(&runner_start, &output));
     }
+    insta::assert_snapshot!("missing_or_wrong_runner_objects", errors);
     server.stop();
 }

@@ -1,106 +1,20 @@
 //! The release runner against a real server: the seed scenarios in direct mode (local
 //! projects loaded in-process), crashes, shutdown, and interop with the official SDK.
 
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{TestServer, wait_until};
+use crate::common::{
+    RunnerProcess, TestServer, example, job_document, project, project_runner, submit, time_of,
+    wait_for_job_state, wait_until,
+};
 use serde_json::Value;
 
-const SLEEP_EXAMPLE: &str = "examples/parallel-sleep";
-
-/// A copy of the parallel-sleep example project in a temp dir.
-fn sleep_project() -> tempfile::TempDir {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join(SLEEP_EXAMPLE);
-    let project = tempfile::tempdir().expect("project");
-    for file in [
-        "parallel_workflow.py",
-        "pyproject.toml",
-        "tilebox.workflow.toml",
-        "uv.lock",
-    ] {
-        std::fs::copy(example.join(file), project.path().join(file)).expect("copy the example");
-    }
-    project
-}
-
-/// A project of one module `app.py` with `source`, no dependencies.
-fn project(slug: &str, source: &str) -> tempfile::TempDir {
-    let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("app.py"), source).expect("write app.py");
-    std::fs::write(
-        project.path().join("tilebox.workflow.toml"),
-        format!("[workflow]\nslug = \"{slug}\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n"),
-    )
-    .expect("write tilebox.workflow.toml");
-    project
-}
-
-/// Starts `tilebox runner start --project DIR` with extra arguments; stderr goes to a file.
-fn start_runner(server: &TestServer, project: &Path, extra: &[&str]) -> (Child, PathBuf) {
+/// Starts `tilebox runner start --project DIR ARGS`; its log goes to a file in the project.
+fn start_runner(server: &TestServer, project: &Path, args: &[&str]) -> RunnerProcess {
     let log = project.join(format!("runner-{}.log", uuid::Uuid::new_v4()));
-    let child = common::tilebox_command(&["runner", "start", "--project"])
-        .arg(project)
-        .arg("--cache-dir")
-        .arg(project.join(".tilebox-cache"))
-        .args(extra)
-        .env("TILEBOX_API_URL", server.url())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("runner log"))
-        .spawn()
-        .expect("start the runner");
-    (child, log)
-}
-
-fn submit(server: &TestServer, task: &str, input: &str) -> String {
-    let output = server.tilebox(&[
-        "--json", "job", "submit", "--name", "test", "--task", task, "--input", input,
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let job: Value = serde_json::from_slice(&output.stdout).expect("job JSON");
-    job["id"].as_str().expect("job id").to_string()
-}
-
-fn job(server: &TestServer, id: &str) -> Value {
-    let output = server.tilebox(&["--json", "job", "get", id]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("job JSON")
-}
-
-fn wait_for_state(server: &TestServer, id: &str, state: &str, timeout: Duration) -> Value {
-    let mut last = Value::Null;
-    let reached = wait_until(timeout, || {
-        last = job(server, id);
-        last["state"] == state
-    });
-    assert!(reached, "job {id} did not become {state}: {last}");
-    last
-}
-
-fn run_to_completion(mut child: Child, log: &Path) {
-    let finished = wait_until(Duration::from_secs(120), || {
-        child.try_wait().expect("wait").is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("runner status");
-    assert!(
-        finished && status.success(),
-        "runner failed ({status}):\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    RunnerProcess::spawn(&mut project_runner(server.url(), project, args), log)
 }
 
 fn parallelism(job: &Value) -> f64 {
@@ -112,28 +26,29 @@ fn parallelism(job: &Value) -> f64 {
 #[test]
 fn parallel_sleep_runs_five_at_once_with_five_slots() {
     let server = TestServer::start();
-    let project = sleep_project();
+    let project = example("parallel-sleep");
     let input = r#"{"count": 10, "seconds": 0.4}"#;
 
     let one = submit(&server, "ParallelSleepWorkflow", input);
-    let (child, log) = start_runner(&server, project.path(), &["-n", "1", "--stop-when-idling"]);
-    run_to_completion(child, &log);
-    let one = wait_for_state(&server, &one, "completed", Duration::from_secs(10));
+    start_runner(&server, project.path(), &["-n", "1", "--stop-when-idling"])
+        .wait_for_success(Duration::from_secs(120));
+    let one = wait_for_job_state(&server, &one, "completed", Duration::from_secs(10));
     assert!(
         parallelism(&one) < 1.3,
         "one slot runs one task at a time: {one}"
     );
 
     let five = submit(&server, "ParallelSleepWorkflow", input);
-    let (child, log) = start_runner(&server, project.path(), &["-n", "5", "--stop-when-idling"]);
-    run_to_completion(child, &log);
-    let five = wait_for_state(&server, &five, "completed", Duration::from_secs(10));
+    let mut runner = start_runner(&server, project.path(), &["-n", "5", "--stop-when-idling"]);
+    runner.wait_for_success(Duration::from_secs(120));
+    let five = wait_for_job_state(&server, &five, "completed", Duration::from_secs(10));
     assert_eq!(five["execution_stats"]["tasks_by_state"]["computed"], 11);
     assert!(
         parallelism(&five) > 3.0,
         "five slots overlap the sleeps: {five}"
     );
-    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    // The isolation shows only in the runner's `loaded release` log line.
+    let log = runner.log();
     assert!(
         log.contains("isolation=sub-interpreter"),
         "a pure-Python project runs in sub-interpreters:\n{log}"
@@ -143,10 +58,10 @@ fn parallel_sleep_runs_five_at_once_with_five_slots() {
 #[test]
 fn parallel_starts_five_runners_that_share_the_work() {
     let server = TestServer::start();
-    let project = sleep_project();
+    let project = example("parallel-sleep");
     // Build the environment once, so five runners do not sync it at the same time.
-    let (child, log) = start_runner(&server, project.path(), &["--stop-when-idling"]);
-    run_to_completion(child, &log);
+    start_runner(&server, project.path(), &["--stop-when-idling"])
+        .wait_for_success(Duration::from_secs(120));
     let id = submit(
         &server,
         "ParallelSleepWorkflow",
@@ -154,8 +69,8 @@ fn parallel_starts_five_runners_that_share_the_work() {
     );
     let project_path = project.path().to_str().expect("utf-8 path");
     let cache = project.path().join(".tilebox-cache");
-    let output = common::tilebox_command(&["parallel", "-n", "5", "--"])
-        .arg(common::tilebox_binary())
+    let output = crate::common::tilebox_command(&["parallel", "-n", "5", "--"])
+        .arg(crate::common::tilebox_binary())
         .args([
             "runner",
             "start",
@@ -180,7 +95,7 @@ fn parallel_starts_five_runners_that_share_the_work() {
             "copy {index} prefixes its lines:\n{stderr}"
         );
     }
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
     assert!(
         parallelism(&done) > 2.5,
         "five runner processes overlap: {done}"
@@ -189,7 +104,7 @@ fn parallel_starts_five_runners_that_share_the_work() {
 
 #[test]
 fn parallel_exits_with_the_first_failing_code() {
-    let output = common::tilebox(&[
+    let output = crate::common::tilebox(&[
         "parallel",
         "-n",
         "3",
@@ -208,22 +123,29 @@ fn parallel_exits_with_the_first_failing_code() {
     }
 }
 
+/// Each task appends `<task> ran on <RUNNER_NAME>` to `MARKER`.
 const DISTRIBUTED: &str = r#"
-import time
+import os, time
 from tilebox.workflows import ExecutionContext, Runner, Task
+
+def record(task: Task) -> None:
+    with open(os.environ["MARKER"], "a") as marker:
+        marker.write(f"{type(task).__name__} ran on {os.environ['RUNNER_NAME']}\n")
 
 class DistributedWorkflow(Task):
     def execute(self, context: ExecutionContext) -> None:
+        record(self)
         download = context.submit_subtask(DownloadData())
         context.submit_subtask(ProcessData(), depends_on=[download])
 
 class DownloadData(Task):
     def execute(self, context: ExecutionContext) -> None:
+        record(self)
         time.sleep(0.3)
 
 class ProcessData(Task):
     def execute(self, context: ExecutionContext) -> None:
-        pass
+        record(self)
 "#;
 
 #[test]
@@ -237,26 +159,35 @@ fn two_runners_with_different_tasks_complete_a_distributed_workflow_in_order() {
         "gpu",
         &format!("{DISTRIBUTED}\nrunner = Runner(tasks=[ProcessData, DistributedWorkflow])\n"),
     );
-    let (mut first, first_log) = start_runner(&server, download.path(), &[]);
-    let (mut second, second_log) = start_runner(&server, gpu.path(), &[]);
+    let marker = download.path().join("marker");
+    let mut first = start_marking_runner(&server, download.path(), &marker, &[]);
+    let mut second = start_marking_runner(&server, gpu.path(), &marker, &[]);
     let id = submit(&server, "DistributedWorkflow", "");
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(60));
-    for child in [&mut first, &mut second] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(60));
+    first.kill();
+    second.kill();
     let children = done["tasks"][0]["children"].as_array().expect("children");
     let (download_task, process_task) = (&children[0], &children[1]);
     assert_eq!(download_task["display"], "DownloadData");
     assert_eq!(process_task["display"], "ProcessData");
-    let stopped = download_task["stopped_at"].as_str().expect("stopped");
-    let started = process_task["started_at"].as_str().expect("started");
+    let stopped = time_of(&download_task["stopped_at"]);
+    let started = time_of(&process_task["started_at"]);
     assert!(
         started >= stopped,
-        "ProcessData started at {started}, before DownloadData stopped at {stopped}"
+        "ProcessData started at {}, before DownloadData stopped at {}",
+        process_task["started_at"],
+        download_task["stopped_at"]
     );
-    let first_log = std::fs::read_to_string(first_log).unwrap_or_default();
-    let second_log = std::fs::read_to_string(second_log).unwrap_or_default();
+    let mut ran = marker_lines(&marker);
+    ran.sort();
+    assert_eq!(
+        ran[1..],
+        ["DownloadData ran on download", "ProcessData ran on gpu"],
+        "each task runs once, on the runner that registers it: {ran:?}"
+    );
+    assert!(ran[0].starts_with("DistributedWorkflow ran on "), "{ran:?}");
+    // What a runner advertises is visible only in its `loaded release` log line.
+    let (first_log, second_log) = (first.log(), second.log());
     assert!(
         first_log.contains("DownloadData@v0.0") && !first_log.contains("ProcessData@v0.0"),
         "{first_log}"
@@ -288,19 +219,32 @@ fn marker_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn start_slow_runner(server: &TestServer, project: &Path, marker: &Path) -> (Child, PathBuf) {
+/// A runner of `project` whose tasks append to `marker` (`MARKER`); its `RUNNER_NAME` is the
+/// project's workflow slug (its directory's `tilebox.workflow.toml`).
+fn start_marking_runner(
+    server: &TestServer,
+    project: &Path,
+    marker: &Path,
+    args: &[&str],
+) -> RunnerProcess {
+    let config = std::fs::read_to_string(project.join("tilebox.workflow.toml")).expect("config");
+    let slug = config
+        .lines()
+        .find_map(|line| line.strip_prefix("slug = "))
+        .expect("a slug")
+        .trim_matches('"');
     let log = project.join(format!("runner-{}.log", uuid::Uuid::new_v4()));
-    let child = common::tilebox_command(&["runner", "start", "--project"])
-        .arg(project)
-        .arg("--cache-dir")
-        .arg(project.join(".tilebox-cache"))
-        .env("TILEBOX_API_URL", server.url())
-        .env("MARKER", marker)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start the runner");
-    (child, log)
+    RunnerProcess::spawn(
+        project_runner(server.url(), project, args)
+            .env("MARKER", marker)
+            .env("RUNNER_NAME", slug),
+        log,
+    )
+}
+
+/// A runner of the `SLOW` project that appends to `marker`.
+fn start_slow_runner(server: &TestServer, project: &Path, marker: &Path) -> RunnerProcess {
+    start_marking_runner(server, project, marker, &[])
 }
 
 #[test]
@@ -309,22 +253,22 @@ fn a_task_of_a_killed_runner_is_completed_by_another_after_its_lease_expires() {
     let project = project("slow", SLOW);
     let marker = project.path().join("marker");
     let id = submit(&server, "Slow", "2.0");
-    let (mut first, _) = start_slow_runner(&server, project.path(), &marker);
-    assert!(
-        wait_until(Duration::from_secs(60), || marker_lines(&marker).len() == 1),
-        "the first runner starts the task"
-    );
-    first.kill().expect("kill -9 the runner");
-    first.wait().expect("reap");
-    let (mut second, log) = start_slow_runner(&server, project.path(), &marker);
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(60));
-    let _ = second.kill();
-    let _ = second.wait();
+    let mut first = start_slow_runner(&server, project.path(), &marker);
+    wait_until(
+        "the first runner to start the task",
+        Duration::from_secs(60),
+        || marker_lines(&marker).len() == 1,
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", first.log()));
+    first.kill();
+    let mut second = start_slow_runner(&server, project.path(), &marker);
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(60));
+    second.kill();
     assert_eq!(
         marker_lines(&marker),
         ["started", "started", "finished"],
         "{}",
-        std::fs::read_to_string(log).unwrap_or_default()
+        second.log()
     );
     assert_eq!(
         done["tasks"][0]["retry_count"], 0,
@@ -338,26 +282,21 @@ fn a_task_busy_longer_than_its_lease_keeps_it() {
     let server = TestServer::start_with(&["--lease-seconds", "2", "--max-lease-seconds", "2"]);
     let project = project(
         "busy",
-        "import time\nfrom tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+        "import os, time\nfrom tilebox.workflows import ExecutionContext, Runner, Task\n\n\
          class Busy(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         with open(os.environ['MARKER'], 'a') as marker:\n            marker.write('started\\n')\n        \
          end = time.monotonic() + 5\n        while time.monotonic() < end:\n            pass\n\n\
          runner = Runner(tasks=[Busy])\n",
     );
+    let marker = project.path().join("marker");
     let id = submit(&server, "Busy", "");
-    let (child, log) = start_runner(&server, project.path(), &["--stop-when-idling"]);
-    run_to_completion(child, &log);
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    let mut runner =
+        start_marking_runner(&server, project.path(), &marker, &["--stop-when-idling"]);
+    runner.wait_for_success(Duration::from_secs(120));
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
     assert_eq!(done["tasks"][0]["retry_count"], 0);
-    let log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!log.contains("lease was not extended"), "{log}");
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    // A lost lease would hand the task out again (a lost lease is not a retry): it ran once.
+    assert_eq!(marker_lines(&marker), ["started"], "{}", runner.log());
 }
 
 #[test]
@@ -366,21 +305,17 @@ fn the_first_sigterm_lets_the_running_task_finish() {
     let project = project("slow", SLOW);
     let marker = project.path().join("marker");
     let id = submit(&server, "Slow", "2.0");
-    let (mut child, log) = start_slow_runner(&server, project.path(), &marker);
-    assert!(wait_until(Duration::from_secs(60), || marker_lines(
-        &marker
+    let mut runner = start_slow_runner(&server, project.path(), &marker);
+    wait_until(
+        "the runner to start the task",
+        Duration::from_secs(60),
+        || marker_lines(&marker).len() == 1,
     )
-    .len()
-        == 1));
-    signal(&child, "-TERM");
-    let status = child.wait().expect("runner exits");
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    runner.signal("-TERM");
+    runner.wait_for_success(Duration::from_secs(60));
     assert_eq!(marker_lines(&marker), ["started", "finished"]);
-    wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
 }
 
 #[test]
@@ -389,29 +324,31 @@ fn a_second_sigterm_hands_the_running_task_back() {
     let project = project("slow", SLOW);
     let marker = project.path().join("marker");
     let id = submit(&server, "Slow", "30.0");
-    let (mut child, log) = start_slow_runner(&server, project.path(), &marker);
-    assert!(wait_until(Duration::from_secs(60), || marker_lines(
-        &marker
+    let mut runner = start_slow_runner(&server, project.path(), &marker);
+    wait_until(
+        "the runner to start the task",
+        Duration::from_secs(60),
+        || marker_lines(&marker).len() == 1,
     )
-    .len()
-        == 1));
-    signal(&child, "-TERM");
-    std::thread::sleep(Duration::from_millis(300));
-    signal(&child, "-TERM");
-    assert!(
-        wait_until(Duration::from_secs(10), || child
-            .try_wait()
-            .expect("wait")
-            .is_some()),
-        "the runner exits at once"
-    );
-    let job = job(&server, &id);
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    runner.signal("-TERM");
+    // Two signals in quick succession could be coalesced into one; the second must come after
+    // the runner handled the first. Its log line is the only sign of that.
+    wait_until(
+        "the runner to handle the first SIGTERM",
+        Duration::from_secs(10),
+        || runner.log().contains("stopping: no new tasks"),
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    runner.signal("-TERM");
+    runner.wait_for_exit("the runner to exit at once", Duration::from_secs(10));
+    let job = job_document(&server, &id);
     let task = &job["tasks"][0];
     assert_eq!(
         task["state"],
         "queued",
         "handed back: {job}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
+        runner.log()
     );
     assert_eq!(task["retry_count"], 0, "a hand-back is not a retry");
     assert_eq!(
@@ -422,7 +359,7 @@ fn a_second_sigterm_hands_the_running_task_back() {
 
 fn sdk_script(server: &TestServer, args: &[&str]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sleep_sdk.py");
-    let output = Command::new(common::sdk_python())
+    let output = Command::new(crate::common::sdk_python())
         .arg(script)
         .args(args)
         .env("TILEBOX_API_URL", server.url())
@@ -440,12 +377,12 @@ fn sdk_script(server: &TestServer, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_job_submitted_with_the_official_sdk_runs_on_this_runner() {
     let server = TestServer::start();
-    let project = sleep_project();
+    let project = example("parallel-sleep");
     let output = sdk_script(&server, &["submit", "4", "0.05"]);
     let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    let (child, log) = start_runner(&server, project.path(), &["-n", "2", "--stop-when-idling"]);
-    run_to_completion(child, &log);
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    start_runner(&server, project.path(), &["-n", "2", "--stop-when-idling"])
+        .wait_for_success(Duration::from_secs(120));
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
     let children = done["tasks"][0]["children"].as_array().expect("children");
     let displays: Vec<&str> = children
         .iter()
@@ -471,17 +408,17 @@ fn a_job_submitted_with_this_cli_runs_on_the_official_sdk_runner() {
         r#"{"count": 3, "seconds": 0.05}"#,
     );
     sdk_script(&server, &["run"]);
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
     assert_eq!(done["execution_stats"]["tasks_by_state"]["computed"], 4);
 }
 
 #[test]
 fn the_guides_parallel_workflow_script_runs_five_times_in_parallel_against_this_server() {
     let server = TestServer::start();
-    let project = sleep_project();
+    let project = example("parallel-sleep");
     let python = tilebox::python::environment::EMBEDDED_PYTHON.expect("embedded python");
     let uv_run = |args: &[&str]| {
-        common::tilebox_command(args)
+        crate::common::tilebox_command(args)
             .current_dir(project.path())
             .env("TILEBOX_API_URL", server.url())
             .env("UV_PYTHON", python)
@@ -532,7 +469,7 @@ fn the_guides_parallel_workflow_script_runs_five_times_in_parallel_against_this_
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let done = wait_for_state(&server, &id, "completed", Duration::from_secs(10));
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
     assert_eq!(done["execution_stats"]["tasks_by_state"]["computed"], 11);
     assert!(
         parallelism(&done) > 2.0,

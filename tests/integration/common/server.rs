@@ -1,27 +1,13 @@
-//! Helpers shared by the integration tests: a `tilebox server` in a temp dir, running the CLI,
-//! waiting on conditions, and the Python venv with the official SDK for the interop tests.
-//!
-//! Layout:
-//! - [`TestServer`]: start, kill, restart and stop a server on `127.0.0.1:0`
-//! - [`tilebox`]: run the `tilebox` binary and collect its output
-//! - [`wait_until`]: poll a condition until a deadline
-//! - [`sdk_python`]: the Python interpreter of a venv with `tilebox-workflows` [`SDK_VERSION`]
-
-#![allow(dead_code)]
+//! [`TestServer`]: a `tilebox server` on `127.0.0.1:0` in a temp dir; and running the
+//! `tilebox` CLI with a clean environment.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// The official Python SDK release the interop tests run against.
-pub const SDK_VERSION: &str = "0.66.0";
-/// The Python version of the SDK venv.
-pub const SDK_PYTHON_VERSION: &str = "3.13";
+use std::time::Duration;
 
 /// How long a server may take from spawn to printing its `listening on` line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,26 +116,20 @@ impl TestServer {
     /// [`SHUTDOWN_TIMEOUT`].
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("the server is running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("cannot run `kill`");
-        assert!(status.success(), "`kill -TERM` failed: {status}");
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("cannot wait for the server") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM\n--- server stderr (tail) ---\n{}",
-                    self.stderr_tail()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+        super::signal(child.id(), "-TERM");
+        let status = super::wait_for_exit(
+            &mut child,
+            "the server to exit after SIGTERM",
+            SHUTDOWN_TIMEOUT,
+        )
+        .unwrap_or_else(|timed_out| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{timed_out}\n--- server stderr (tail) ---\n{}",
+                self.stderr_tail()
+            )
+        });
         assert!(
             status.success(),
             "the server exited with {status} after SIGTERM\n--- server stderr (tail) ---\n{}",
@@ -161,6 +141,17 @@ impl TestServer {
     pub fn tilebox(&self, args: &[&str]) -> Output {
         tilebox_command(args)
             .env("TILEBOX_API_URL", &self.url)
+            .output()
+            .expect("cannot run the tilebox binary")
+    }
+
+    /// Runs the `tilebox` CLI in `directory` against this server, with its caches
+    /// (`XDG_CACHE_HOME`) inside `directory`.
+    pub fn tilebox_in(&self, directory: &Path, args: &[&str]) -> Output {
+        tilebox_command(args)
+            .current_dir(directory)
+            .env("TILEBOX_API_URL", &self.url)
+            .env("XDG_CACHE_HOME", directory.join(".cache-home"))
             .output()
             .expect("cannot run the tilebox binary")
     }
@@ -264,20 +255,6 @@ pub fn tilebox(args: &[&str]) -> Output {
         .expect("cannot run the tilebox binary")
 }
 
-/// Polls `condition` every 20 ms until it holds (true) or `timeout` has passed (false).
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The last `bytes` bytes of a file, lossily decoded; empty if it cannot be read.
 pub fn tail_of_file(path: &Path, bytes: u64) -> String {
     let Ok(mut file) = File::open(path) else {
@@ -288,109 +265,4 @@ pub fn tail_of_file(path: &Path, bytes: u64) -> String {
     let mut tail = Vec::new();
     let _ = file.read_to_end(&mut tail);
     String::from_utf8_lossy(&tail).into_owned()
-}
-
-/// The Python interpreter of a venv with the official SDK (`tilebox-workflows==SDK_VERSION`).
-///
-/// Created once with `uv` under `target/tmp/interop-venv-<version>` and shared by all tests and
-/// test runs. Concurrent test processes each build in a private directory and rename it into
-/// place; the first rename wins and the others remove their copy, so a half-built venv is never
-/// visible.
-pub fn sdk_python() -> PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(create_sdk_venv).clone()
-}
-
-fn create_sdk_venv() -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let venv = root.join(format!("interop-venv-{SDK_VERSION}"));
-    let python = venv.join("bin").join("python");
-    let ready = venv.join(".tilebox-interop-ready");
-    if ready.exists() {
-        return python;
-    }
-    assert!(
-        !venv.exists(),
-        "{} exists but is incomplete (no {}); delete it and run the tests again",
-        venv.display(),
-        ready.display()
-    );
-
-    let uv = find_uv();
-    fs::create_dir_all(root).expect("cannot create CARGO_TARGET_TMPDIR");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|time| time.as_nanos())
-        .unwrap_or(0);
-    let building = root.join(format!(
-        "interop-venv-{SDK_VERSION}.building-{}-{nanos}",
-        std::process::id()
-    ));
-    let cleanup = RemoveOnDrop(building.clone());
-
-    run_uv(
-        Command::new(&uv)
-            .args(["venv", "--quiet", "--python", SDK_PYTHON_VERSION])
-            .arg(&building),
-        "create the SDK venv",
-    );
-    run_uv(
-        Command::new(&uv)
-            .args(["pip", "install", "--quiet", "--python"])
-            .arg(building.join("bin").join("python"))
-            .arg(format!("tilebox-workflows=={SDK_VERSION}")),
-        "install the official SDK",
-    );
-    fs::write(building.join(".tilebox-interop-ready"), SDK_VERSION)
-        .expect("cannot mark the SDK venv ready");
-
-    if let Err(error) = fs::rename(&building, &venv) {
-        // Another test process won the race (`cleanup` removes our copy); use its venv.
-        assert!(
-            ready.exists(),
-            "cannot move the SDK venv into {}: {error}",
-            venv.display()
-        );
-    }
-    drop(cleanup);
-    python
-}
-
-/// Removes a directory when dropped, also when a panic unwinds past it.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        // After a successful rename the directory is gone, which is fine.
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `uv` from PATH, or a panic that says how to install it.
-fn find_uv() -> PathBuf {
-    let hint = "the interop tests need `uv` to create the SDK venv; install it with `python3 -m pip install uv`";
-    match Command::new("uv").arg("--version").output() {
-        Ok(output) if output.status.success() => PathBuf::from("uv"),
-        Ok(output) => panic!(
-            "`uv --version` failed ({}): {}\n{hint}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-        Err(error) => panic!("cannot run `uv`: {error}\n{hint}"),
-    }
-}
-
-fn run_uv(command: &mut Command, what: &str) {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run uv to {what}: {error}"));
-    assert!(
-        output.status.success(),
-        "uv failed to {what} ({}): {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        command,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

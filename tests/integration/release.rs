@@ -2,48 +2,24 @@
 //! --latest, targets), undeploy, artifact verification, and a release runner picking up a
 //! fixed release live to finish a retried job.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{TestServer, wait_until};
+use crate::common::{
+    RunnerProcess, TestServer, example, job_document, json_of, snapshot_settings, transcript,
+    wait_for_job_state, wait_until,
+};
 use serde_json::Value;
 use tilebox::api::selfhosted_v1::UploadArtifactRequest;
 
-fn json_of(output: &std::process::Output) -> Value {
-    assert!(
-        output.status.success(),
-        "command failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-/// Runs the CLI in `directory` against `server`.
-fn tilebox_in(server: &TestServer, directory: &Path, args: &[&str]) -> std::process::Output {
-    common::tilebox_command(args)
-        .current_dir(directory)
-        .env("TILEBOX_API_URL", server.url())
-        .env("XDG_CACHE_HOME", directory.join(".cache-home"))
-        .output()
-        .expect("run tilebox")
-}
-
-/// A workflow project whose single module is `app.py`.
+/// A workflow project whose single module is `app.py`, with a target `both` for the
+/// clusters `east` and `west`.
 fn write_project(directory: &Path, slug: &str, app: &str) {
-    std::fs::write(directory.join("app.py"), app).expect("app.py");
-    std::fs::write(
-        directory.join("tilebox.workflow.toml"),
-        format!(
-            "[workflow]\nslug = \"{slug}\"\nrunner = \"app:runner\"\n\n[build]\ninclude = [\"app.py\"]\n\n\
-             [targets.both]\nclusters = [\"east\", \"west\"]\n"
-        ),
-    )
-    .expect("tilebox.workflow.toml");
+    crate::common::write_project(directory, slug, app);
+    let config = directory.join("tilebox.workflow.toml");
+    let mut text = std::fs::read_to_string(&config).expect("tilebox.workflow.toml");
+    text.push_str("\n[targets.both]\nclusters = [\"east\", \"west\"]\n");
+    std::fs::write(config, text).expect("tilebox.workflow.toml");
 }
 
 const HELLO: &str = "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
@@ -51,12 +27,12 @@ class Hello(Task):\n    def execute(self, context: ExecutionContext) -> None:\n 
 
 #[test]
 fn init_publish_and_deploy_work_as_a_new_user_types_them() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start();
     let directory = tempfile::tempdir().expect("project dir");
     let project = directory.path().join("scene-qa");
     std::fs::create_dir(&project).expect("mkdir");
-    let init = json_of(&tilebox_in(
-        &server,
+    let init = json_of(&server.tilebox_in(
         &project,
         &["--json", "workflow", "init", "--name", "Scene QA"],
     ));
@@ -71,31 +47,25 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
     }
     // A second init refuses and changes nothing.
     let before = std::fs::read(project.join("runner.py")).expect("runner.py");
-    let again = tilebox_in(&server, &project, &["workflow", "init"]);
-    assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already has tilebox.workflow.toml"));
+    let again = ["workflow", "init"];
+    let output = server.tilebox_in(&project, &again);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("init_in_a_project", transcript(&again, &output));
     assert_eq!(
         std::fs::read(project.join("runner.py")).expect("runner.py"),
         before
     );
 
     assert!(
-        tilebox_in(
-            &server,
-            &project,
-            &["cluster", "create", "X", "--slug", "x"]
-        )
-        .status
-        .success()
+        server
+            .tilebox_in(&project, &["cluster", "create", "X", "--slug", "x"])
+            .status
+            .success()
     );
-    let published = json_of(&tilebox_in(
-        &server,
-        &project,
-        &["--json", "workflow", "publish-release"],
-    ));
+    let published =
+        json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
     assert_eq!(published["tasks"][0]["name"], "HelloTask");
-    let deployed = json_of(&tilebox_in(
-        &server,
+    let deployed = json_of(&server.tilebox_in(
         &project,
         &[
             "--json",
@@ -114,6 +84,7 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
 
 #[test]
 fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
+    let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start();
     let project = tempfile::tempdir().expect("project");
     write_project(project.path(), "greeter", HELLO);
@@ -131,34 +102,24 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
                 .success()
         );
     }
-    let first = json_of(&tilebox_in(
-        &server,
-        project.path(),
-        &["--json", "workflow", "publish-release"],
-    ));
-    let again = json_of(&tilebox_in(
-        &server,
-        project.path(),
-        &["--json", "workflow", "publish-release"],
-    ));
+    let first =
+        json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
+    let again =
+        json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
     assert_eq!(
         first["id"], again["id"],
         "unchanged content publishes the same release"
     );
     assert_eq!(first["digest"], again["digest"]);
-    let built = json_of(&tilebox_in(
-        &server,
-        project.path(),
-        &["--json", "workflow", "build-release"],
-    ));
+    let built =
+        json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "build-release"]));
     assert_eq!(
         built["digest"], first["digest"],
         "the build is reproducible"
     );
 
     let first_id = first["id"].as_str().expect("id").to_string();
-    let deployed = json_of(&tilebox_in(
-        &server,
+    let deployed = json_of(&server.tilebox_in(
         project.path(),
         &[
             "--json",
@@ -177,17 +138,13 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
         HELLO.replace("pass", "context.current_task.display = 'v2'"),
     )
     .expect("edit");
-    let second = json_of(&tilebox_in(
-        &server,
-        project.path(),
-        &["--json", "workflow", "publish-release"],
-    ));
+    let second =
+        json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
     assert_ne!(
         second["id"], first["id"],
         "changed content is a new release"
     );
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(
         project.path(),
         &[
             "--json",
@@ -219,8 +176,7 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
         "the new release replaced the old one on east only"
     );
 
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(
         project.path(),
         &[
             "--json",
@@ -242,8 +198,7 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
         .expect("first");
     assert_eq!(first_release["clusters"], serde_json::json!([]));
 
-    let both = tilebox_in(
-        &server,
+    let both = server.tilebox_in(
         project.path(),
         &[
             "workflow",
@@ -260,13 +215,10 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
         Some(2),
         "clap refuses --target with --cluster"
     );
-    let unknown = tilebox_in(
-        &server,
-        project.path(),
-        &["workflow", "deploy-release", "--latest", "--target", "nope"],
-    );
-    assert_eq!(unknown.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no target `nope`"));
+    let unknown = ["workflow", "deploy-release", "--latest", "--target", "nope"];
+    let output = server.tilebox_in(project.path(), &unknown);
+    assert_eq!(output.status.code(), Some(1));
+    insta::assert_snapshot!("deploy_to_an_unknown_target", transcript(&unknown, &output));
 }
 
 #[tokio::test]
@@ -324,19 +276,15 @@ class Step(Task):
 runner = Runner(tasks=[Root, Step])
 "#;
 
-fn start_release_runner(server: &TestServer, cache: &Path, marker: &Path) -> Child {
-    common::tilebox_command(&["runner", "start", "--cluster", "fix", "--cache-dir"])
-        .arg(cache)
-        .env("TILEBOX_API_URL", server.url())
-        .env("MARKER", marker)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(cache.with_extension("log")).expect("log"))
-        .spawn()
-        .expect("start the runner")
-}
-
-fn job_state(server: &TestServer, id: &str) -> Value {
-    json_of(&server.tilebox(&["--json", "job", "get", id]))
+/// A release runner for the cluster `fix` whose tasks append to `marker`.
+fn start_release_runner(server: &TestServer, cache: &Path, marker: &Path) -> RunnerProcess {
+    RunnerProcess::spawn(
+        crate::common::tilebox_command(&["runner", "start", "--cluster", "fix", "--cache-dir"])
+            .arg(cache)
+            .env("TILEBOX_API_URL", server.url())
+            .env("MARKER", marker),
+        cache.with_extension("log"),
+    )
 }
 
 #[test]
@@ -358,13 +306,8 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
             .status
             .success()
     );
-    json_of(&tilebox_in(
-        &server,
-        project.path(),
-        &["--json", "workflow", "publish-release"],
-    ));
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
         project.path(),
         &[
             "--json",
@@ -376,7 +319,7 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
         ],
     ));
 
-    let mut runner = start_release_runner(&server, &scratch.path().join("cache"), &marker);
+    let runner = start_release_runner(&server, &scratch.path().join("cache"), &marker);
     let job = json_of(&server.tilebox(&[
         "--json",
         "job",
@@ -389,24 +332,16 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
         "fix",
     ]));
     let id = job["id"].as_str().expect("id").to_string();
-    assert!(
-        wait_until(Duration::from_secs(60), || job_state(&server, &id)["state"]
-            == "failed"),
-        "the broken step fails the job"
-    );
+    // The broken step fails the job.
+    wait_for_job_state(&server, &id, "failed", Duration::from_secs(60));
 
     std::fs::write(
         project.path().join("app.py"),
         FLAKY_V1.replace("raise RuntimeError(\"broken step\")", "pass"),
     )
     .expect("fix");
-    json_of(&tilebox_in(
-        &server,
-        project.path(),
-        &["--json", "workflow", "publish-release"],
-    ));
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
         project.path(),
         &[
             "--json",
@@ -419,51 +354,19 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
     ));
     let retried = json_of(&server.tilebox(&["--json", "job", "retry", &id]));
     assert_eq!(retried["rescheduled_tasks"], 1);
-    let finished = wait_until(Duration::from_secs(60), || {
-        job_state(&server, &id)["state"] == "completed"
-    });
-    let _ = runner.kill();
-    let _ = runner.wait();
-    assert!(
-        finished,
-        "the fixed release completes the job: {}",
-        std::fs::read_to_string(scratch.path().join("cache.log")).unwrap_or_default()
-    );
+    wait_until(
+        "the fixed release to complete the job",
+        Duration::from_secs(60),
+        || job_document(&server, &id)["state"] == "completed",
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    drop(runner);
     let lines = std::fs::read_to_string(&marker).expect("marker");
     assert_eq!(
         lines.lines().count(),
         1,
         "the computed root did not run again"
     );
-}
-
-/// A copy of an example project (without its build outputs) in a temp dir.
-fn example(name: &str) -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for entry in std::fs::read_dir(from).expect("read example") {
-            let entry = entry.expect("entry");
-            let name = entry.file_name();
-            if [".venv", "__pycache__"].contains(&name.to_str().unwrap_or_default())
-                || name.to_string_lossy().ends_with(".tar.zst")
-            {
-                continue;
-            }
-            if entry.file_type().expect("type").is_dir() {
-                copy(&entry.path(), &to.join(&name));
-            } else {
-                std::fs::copy(entry.path(), to.join(&name)).expect("copy");
-            }
-        }
-    }
-    let directory = tempfile::tempdir().expect("temp dir");
-    copy(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join(name),
-        directory.path(),
-    );
-    directory
 }
 
 #[test]
@@ -485,18 +388,14 @@ fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
                 .status
                 .success()
         );
-        let published = json_of(&tilebox_in(
-            &server,
-            project.path(),
-            &["--json", "workflow", "publish-release"],
-        ));
+        let published =
+            json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
         assert!(
             !published["tasks"].as_array().expect("tasks").is_empty(),
             "{published}"
         );
     }
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(
         scene.path(),
         &[
             "--json",
@@ -507,8 +406,7 @@ fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
             "qa",
         ],
     ));
-    json_of(&tilebox_in(
-        &server,
+    json_of(&server.tilebox_in(
         sleep.path(),
         &[
             "--json",
@@ -547,7 +445,7 @@ fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
         "--input",
         r#"{"count": 4, "seconds": 0.1}"#,
     ]));
-    let runner = common::tilebox_command(&[
+    let runner = crate::common::tilebox_command(&[
         "runner",
         "start",
         "--cluster",
@@ -564,15 +462,12 @@ fn the_examples_build_publish_deploy_and_run_on_a_release_runner() {
     .expect("runner");
     let log = String::from_utf8_lossy(&runner.stderr);
     assert!(runner.status.success(), "{log}");
-    assert!(
-        log.contains("my-workflow@") && log.contains("parallel-sleep@"),
-        "both releases load:\n{log}"
-    );
+    // Both releases load: this runner, the only one, completes a job of each.
     for job in [&scene_job, &sleep_job] {
         let id = job["id"].as_str().expect("id");
-        let state = job_state(&server, id);
+        let state = job_document(&server, id);
         assert_eq!(state["state"], "completed", "{state}\n{log}");
     }
-    let scene = job_state(&server, scene_job["id"].as_str().expect("id"));
+    let scene = job_document(&server, scene_job["id"].as_str().expect("id"));
     assert_eq!(scene["tasks"][0]["display"], "ProcessScene(S2A_001)");
 }

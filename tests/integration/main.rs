@@ -1,0 +1,28 @@
+//! The integration tests: the real `tilebox` binary (`CARGO_BIN_EXE_tilebox`) in temp dirs,
+//! servers on `127.0.0.1:0`, runner processes, the CLI, and the official Python SDK. One test
+//! binary, one module per area, so they link once; filter an area with its module name
+//! (`cargo nextest run --test integration runner::`).
+//!
+//! Layout:
+//! - `common/`: the helpers every area uses (test server, waiting, CLI JSON, gRPC, projects)
+//! - `server.rs`: authentication, error codes, version matching, long-polling, `kill -9`
+//! - `runner.rs`: the runner in direct mode, slots, leases, shutdown, SDK interop
+//! - `release.rs`: init, build, publish, deploy, a release runner fixing a failed job
+//! - `telemetry.rs`: task logs and spans from the runner to the CLI
+//! - `faults.rs`: lost leases, server kills and outages, frozen and unreachable runners
+//! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
+//! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
+//! - `python.rs`: the embedding layer with real CPython and uv venvs
+//! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
+
+mod common;
+
+mod faults;
+mod hostile;
+mod interop;
+mod python;
+mod release;
+mod runner;
+mod server;
+mod snapshots;
+mod telemetry;
