@@ -18,12 +18,9 @@ const MAX_SLUG_LENGTH: usize = 100;
 pub enum Error {
     #[error("no {FILE_NAME} in {start} or any parent directory")]
     NotFound { start: PathBuf },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read; the error (from `fs_err`) names the file and the cause.
+    #[error(transparent)]
+    Read(std::io::Error),
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
         path: PathBuf,
@@ -106,10 +103,7 @@ pub fn find(start: &Path) -> Result<PathBuf, Error> {
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, Error> {
-    let text = fs_err::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = fs_err::read_to_string(path).map_err(Error::Read)?;
     parse(path, &text)
 }
 

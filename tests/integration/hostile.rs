@@ -122,7 +122,7 @@ context.current_task.display = 'hello from the good release'\n\nrunner = Runner(
 /// Every file and directory under `root`, relative, sorted.
 fn tree(root: &Path) -> Vec<String> {
     fn walk(root: &Path, directory: &Path, found: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(directory) else {
+        let Ok(entries) = fs_err::read_dir(directory) else {
             return;
         };
         for entry in entries {
@@ -268,7 +268,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
 
     // A good release, published with the CLI, served before and after the hostile ones.
     let project = scratch.path().join("greeter");
-    std::fs::create_dir(&project).expect("project");
+    fs_err::create_dir(&project).expect("project");
     crate::common::write_project(&project, "greeter", HELLO);
     json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
     json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
@@ -386,10 +386,10 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
                 .data_dir()
                 .join("artifacts")
                 .join(sha256_hex(&case.bytes));
-            let mut bytes = std::fs::read(&stored).expect("stored artifact");
+            let mut bytes = fs_err::read(&stored).expect("stored artifact");
             let last = bytes.len() - 1;
             bytes[last] ^= 0xff;
-            std::fs::write(&stored, bytes).expect("corrupt the stored artifact");
+            fs_err::write(&stored, bytes).expect("corrupt the stored artifact");
         }
         deploy(&mut client, case.slug, release, "hostile").await;
     }
@@ -520,8 +520,8 @@ fn malformed_workflow_configs_are_refused_with_file_line_and_column_and_nothing_
     let mut errors = String::new();
     for (what, text) in cases {
         let project = tempfile::tempdir().expect("project");
-        std::fs::write(project.path().join("app.py"), HELLO).expect("app.py");
-        std::fs::write(project.path().join("tilebox.workflow.toml"), &text).expect("config");
+        fs_err::write(project.path().join("app.py"), HELLO).expect("app.py");
+        fs_err::write(project.path().join("tilebox.workflow.toml"), &text).expect("config");
         let before = tree(project.path());
         let output = crate::common::tilebox_command(&["workflow", "build-release"])
             .arg(project.path())
@@ -1057,7 +1057,7 @@ runner = Runner(tasks=[Hello])\nnot_a_runner = 42\n";
 fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
     let _snapshots = snapshot_settings().bind_to_scope();
     let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("app.py"), NOT_A_RUNNER).expect("app.py");
+    fs_err::write(project.path().join("app.py"), NOT_A_RUNNER).expect("app.py");
     let project_path = project.path().to_str().expect("a UTF-8 path");
     let cache = project.path().join(".cache");
     let cache = cache.to_str().expect("a UTF-8 path");
@@ -1093,7 +1093,7 @@ fn a_runner_object_that_is_missing_or_not_a_runner_is_a_clear_error() {
     // `runner start --project` reads the runner from tilebox.workflow.toml.
     let server = TestServer::start();
     for runner in runners {
-        std::fs::write(
+        fs_err::write(
             project.path().join("tilebox.workflow.toml"),
             format!(
                 "[workflow]\nslug = \"broken\"\nrunner = \"{runner}\"\n\n[build]\ninclude = [\"app.py\"]\n"

@@ -6,8 +6,8 @@
 //! the script prints last: job states, task counts by state, and the execution events the tasks
 //! recorded (task ids, parents and dependencies as the server handed them out, and their order).
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -677,8 +677,16 @@ fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, a
         .env_remove("TILEBOX_RUNTIME_TOKEN")
         .env_remove("TILEBOX_WORKER_ADDRESS")
         .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("cannot create the script's stdout file"))
-        .stderr(File::create(&stderr_path).expect("cannot create the script's stderr file"))
+        .stdout(
+            File::create(&stdout_path)
+                .expect("cannot create the script's stdout file")
+                .into_file(),
+        )
+        .stderr(
+            File::create(&stderr_path)
+                .expect("cannot create the script's stderr file")
+                .into_file(),
+        )
         // Its own process group, so the SDK's lease-renewer process goes down with it.
         .process_group(0)
         .spawn()
@@ -694,7 +702,7 @@ fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, a
     kill_process_group(child.id());
     let _ = child.wait();
 
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stdout = fs_err::read_to_string(&stdout_path).unwrap_or_default();
     println!(
         "--- {name} stdout (tail) ---\n{}",
         tail_of_file(&stdout_path, OUTPUT_TAIL_BYTES)

@@ -13,8 +13,8 @@ fn release_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let directory = tempfile::tempdir().expect("temp dir");
     for (path, contents) in files {
         let path = directory.path().join(path);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, contents).expect("write");
+        fs_err::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs_err::write(path, contents).expect("write");
     }
     directory
 }

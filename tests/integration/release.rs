@@ -17,9 +17,9 @@ use tilebox::api::selfhosted_v1::UploadArtifactRequest;
 fn write_project(directory: &Path, slug: &str, app: &str) {
     crate::common::write_project(directory, slug, app);
     let config = directory.join("tilebox.workflow.toml");
-    let mut text = std::fs::read_to_string(&config).expect("tilebox.workflow.toml");
+    let mut text = fs_err::read_to_string(&config).expect("tilebox.workflow.toml");
     text.push_str("\n[targets.both]\nclusters = [\"east\", \"west\"]\n");
-    std::fs::write(config, text).expect("tilebox.workflow.toml");
+    fs_err::write(config, text).expect("tilebox.workflow.toml");
 }
 
 const HELLO: &str = "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
@@ -31,7 +31,7 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
     let server = TestServer::start();
     let directory = tempfile::tempdir().expect("project dir");
     let project = directory.path().join("scene-qa");
-    std::fs::create_dir(&project).expect("mkdir");
+    fs_err::create_dir(&project).expect("mkdir");
     let init = json_of(&server.tilebox_in(
         &project,
         &["--json", "workflow", "init", "--name", "Scene QA"],
@@ -46,13 +46,13 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
         assert!(project.join(file).is_file(), "init writes {file}");
     }
     // A second init refuses and changes nothing.
-    let before = std::fs::read(project.join("runner.py")).expect("runner.py");
+    let before = fs_err::read(project.join("runner.py")).expect("runner.py");
     let again = ["workflow", "init"];
     let output = server.tilebox_in(&project, &again);
     assert_eq!(output.status.code(), Some(1));
     insta::assert_snapshot!("init_in_a_project", transcript(&again, &output));
     assert_eq!(
-        std::fs::read(project.join("runner.py")).expect("runner.py"),
+        fs_err::read(project.join("runner.py")).expect("runner.py"),
         before
     );
 
@@ -133,7 +133,7 @@ fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
     ));
     assert_eq!(deployed["clusters"], serde_json::json!(["east", "west"]));
 
-    std::fs::write(
+    fs_err::write(
         project.path().join("app.py"),
         HELLO.replace("pass", "context.current_task.display = 'v2'"),
     )
@@ -253,7 +253,7 @@ async fn an_upload_whose_bytes_do_not_match_its_digest_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "nothing was stored");
-    let artifacts = std::fs::read_dir(server.data_dir().join("artifacts"))
+    let artifacts = fs_err::read_dir(server.data_dir().join("artifacts"))
         .map(|entries| entries.count())
         .unwrap_or(0);
     assert_eq!(artifacts, 0, "no partial file is left behind");
@@ -335,7 +335,7 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
     // The broken step fails the job.
     wait_for_job_state(&server, &id, "failed", Duration::from_secs(60));
 
-    std::fs::write(
+    fs_err::write(
         project.path().join("app.py"),
         FLAKY_V1.replace("raise RuntimeError(\"broken step\")", "pass"),
     )
@@ -361,7 +361,7 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     drop(runner);
-    let lines = std::fs::read_to_string(&marker).expect("marker");
+    let lines = fs_err::read_to_string(&marker).expect("marker");
     assert_eq!(
         lines.lines().count(),
         1,

@@ -212,7 +212,7 @@ runner = Runner(tasks=[Slow])
 "#;
 
 fn marker_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
+    fs_err::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .map(str::to_string)
@@ -227,7 +227,7 @@ fn start_marking_runner(
     marker: &Path,
     args: &[&str],
 ) -> RunnerProcess {
-    let config = std::fs::read_to_string(project.join("tilebox.workflow.toml")).expect("config");
+    let config = fs_err::read_to_string(project.join("tilebox.workflow.toml")).expect("config");
     let slug = config
         .lines()
         .find_map(|line| line.strip_prefix("slug = "))

@@ -1,7 +1,7 @@
 //! Workflow projects in temp dirs, and `tilebox runner start` processes.
 
+use fs_err as fs;
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -85,7 +85,11 @@ impl RunnerProcess {
     pub fn spawn(command: &mut Command, log: PathBuf) -> Self {
         let child = command
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("cannot create the runner's log"))
+            .stderr(
+                fs::File::create(&log)
+                    .expect("cannot create the runner's log")
+                    .into_file(),
+            )
             .spawn()
             .expect("cannot start the runner");
         Self { child, log }

@@ -1,6 +1,6 @@
 //! The venv with the official Python SDK that the interop tests run against.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

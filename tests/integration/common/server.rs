@@ -1,7 +1,7 @@
 //! [`TestServer`]: a `tilebox server` on `127.0.0.1:0` in a temp dir; and running the
 //! `tilebox` CLI with a clean environment.
 
-use std::fs::{self, File};
+use fs_err::{self as fs, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -173,7 +173,7 @@ impl TestServer {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(stderr.into_file())
             .spawn()
             .expect("cannot spawn `tilebox server`");
 
