@@ -4,7 +4,7 @@
 //!
 //! The scheduling rules that touch several rows at once (dependencies, optional scopes,
 //! retries, lease expiry, job state) are part of the contract: every backend runs the same
-//! conformance suite (`conformance.rs`).
+//! conformance suite (`conformance/`).
 //!
 //! Layout:
 //! - `mod.rs`: the trait, its records and `Error`
@@ -12,7 +12,7 @@
 //!   `mod.rs` (connections, the writer, the trait), `tasks.rs` (submit, claim, report, fail,
 //!   leases, retry, cancel), `read.rs` (queries), `releases.rs` (workflows, artifacts,
 //!   releases, deployments, telemetry), `schema.sql`
-//! - `conformance.rs`: the suite every backend passes (tests only)
+//! - `conformance/`: the suite every backend passes, by area (tests only)
 
 #[cfg(test)]
 pub(crate) mod conformance;
