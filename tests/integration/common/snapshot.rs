@@ -14,6 +14,11 @@ use serde_json::Value;
 /// them (`job spans`) is not snapshotted.
 pub fn snapshot_settings() -> insta::Settings {
     let mut settings = insta::Settings::clone_current();
+    // One directory for every area's snapshots, whatever file the test is in.
+    settings.set_snapshot_path(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/integration/snapshots"
+    ));
     // Temp dirs (tempfile's `.tmpXXXXXX` or `<prefix>XXXXXX`), keeping what is below them.
     let temp = std::env::temp_dir();
     let temp = regex::escape(
