@@ -247,6 +247,16 @@ fn start_slow_runner(server: &TestServer, project: &Path, marker: &Path) -> Runn
     start_marking_runner(server, project, marker, &[])
 }
 
+/// Waits until the slow task has written its `started` line.
+fn wait_for_slow_start(marker: &Path, runner: &RunnerProcess) {
+    wait_until(
+        "the runner to start the task",
+        Duration::from_secs(60),
+        || marker_lines(marker).len() == 1,
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+}
+
 #[test]
 fn a_task_of_a_killed_runner_is_completed_by_another_after_its_lease_expires() {
     let server = TestServer::start_with(&["--lease-seconds", "2"]);
@@ -254,12 +264,7 @@ fn a_task_of_a_killed_runner_is_completed_by_another_after_its_lease_expires() {
     let marker = project.path().join("marker");
     let id = submit(&server, "Slow", "2.0");
     let mut first = start_slow_runner(&server, project.path(), &marker);
-    wait_until(
-        "the first runner to start the task",
-        Duration::from_secs(60),
-        || marker_lines(&marker).len() == 1,
-    )
-    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", first.log()));
+    wait_for_slow_start(&marker, &first);
     first.kill();
     let mut second = start_slow_runner(&server, project.path(), &marker);
     let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(60));
@@ -306,12 +311,7 @@ fn the_first_sigterm_lets_the_running_task_finish() {
     let marker = project.path().join("marker");
     let id = submit(&server, "Slow", "2.0");
     let mut runner = start_slow_runner(&server, project.path(), &marker);
-    wait_until(
-        "the runner to start the task",
-        Duration::from_secs(60),
-        || marker_lines(&marker).len() == 1,
-    )
-    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    wait_for_slow_start(&marker, &runner);
     runner.signal("-TERM");
     runner.wait_for_success(Duration::from_secs(60));
     assert_eq!(marker_lines(&marker), ["started", "finished"]);
@@ -325,12 +325,7 @@ fn a_second_sigterm_hands_the_running_task_back() {
     let marker = project.path().join("marker");
     let id = submit(&server, "Slow", "30.0");
     let mut runner = start_slow_runner(&server, project.path(), &marker);
-    wait_until(
-        "the runner to start the task",
-        Duration::from_secs(60),
-        || marker_lines(&marker).len() == 1,
-    )
-    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    wait_for_slow_start(&marker, &runner);
     runner.signal("-TERM");
     // Two signals in quick succession could be coalesced into one; the second must come after
     // the runner handled the first. Its log line is the only sign of that.

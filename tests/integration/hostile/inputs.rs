@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use super::*;
 use crate::common::{
-    TestServer, ask, client, json_of, snapshot_settings, stderr_of, task_group, transcript,
-    uuid_of_id, wait_for_job_state,
+    TestServer, ask, client, get_job, json_of, snapshot_settings, stderr_of, task_group,
+    transcript, uuid_of_id, wait_for_job_state,
 };
 use tilebox::api::convert::id;
 use tilebox::api::workflows_v1::{
-    ComputedTask, GetJobRequest, JobState, ListJobTasksRequest, NextTaskRequest, TaskState,
-    TaskSubmissionGroup,
+    ComputedTask, JobState, ListJobTasksRequest, NextTaskRequest, TaskState, TaskSubmissionGroup,
 };
 
 #[test]
@@ -328,14 +327,7 @@ async fn dependency_cycles_are_refused_at_submission_and_fail_a_task_that_submit
         })
         .await
         .expect("the report is answered; the task fails instead");
-    let state = client
-        .jobs
-        .get_job(GetJobRequest {
-            job_id: Some(id(job)),
-        })
-        .await
-        .expect("job")
-        .into_inner();
+    let state = get_job(&mut client, job).await;
     assert_eq!(state.state(), JobState::Failed);
     let stats = state.execution_stats.expect("stats");
     assert_eq!(stats.total_tasks, 1, "no subtask was stored");
@@ -441,14 +433,7 @@ async fn inputs_over_the_limit_are_refused_at_submission_and_fail_a_task_that_su
         })
         .await
         .expect("answered");
-    let state = client
-        .jobs
-        .get_job(GetJobRequest {
-            job_id: Some(id(job)),
-        })
-        .await
-        .expect("job")
-        .into_inner();
+    let state = get_job(&mut client, job).await;
     assert_eq!(state.state(), JobState::Failed);
     assert_eq!(state.execution_stats.expect("stats").total_tasks, 1);
     let tasks = client
