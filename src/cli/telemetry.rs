@@ -200,6 +200,30 @@ struct LogPage {
     last: Option<Uuid>,
 }
 
+/// A page of `limit` records after the cursor `after`.
+fn page(limit: i64, after: Option<Uuid>) -> Pagination {
+    Pagination {
+        limit: Some(limit),
+        starting_after: after.map(id),
+    }
+}
+
+/// The sort direction of `--sort asc|desc`.
+fn sort_direction(sort: &str) -> i32 {
+    if sort == "desc" {
+        SortDirection::Descending as i32
+    } else {
+        SortDirection::Ascending as i32
+    }
+}
+
+/// The cursor of the next page, if the server gave one.
+fn next_cursor(next_page: Option<Pagination>) -> Option<Uuid> {
+    next_page
+        .and_then(|page| page.starting_after)
+        .and_then(|cursor| crate::api::convert::uuid_of(Some(&cursor)).ok().flatten())
+}
+
 async fn fetch_logs(
     client: &mut Client,
     job: Uuid,
@@ -216,20 +240,12 @@ async fn fetch_logs(
         .iter()
         .map(|level| severity_group(level))
         .collect::<Result<Vec<_>, _>>()?;
-    let descending = arguments.sort == "desc";
     let response = client
         .telemetry
         .query_job_logs(QueryJobLogsRequest {
             job_id: Some(id(job)),
-            page: Some(Pagination {
-                limit: Some(arguments.limit),
-                starting_after: after.map(id),
-            }),
-            sort_direction: Some(if descending {
-                SortDirection::Descending
-            } else {
-                SortDirection::Ascending
-            } as i32),
+            page: Some(page(arguments.limit, after)),
+            sort_direction: Some(sort_direction(&arguments.sort)),
             task_id: task.map(id),
             filters: Some(LogQueryFilters {
                 severity_levels: levels,
@@ -238,10 +254,7 @@ async fn fetch_logs(
         .await
         .map_err(|status| client.error("QueryJobLogs", status))?
         .into_inner();
-    let next = response
-        .next_page
-        .and_then(|page| page.starting_after)
-        .and_then(|cursor| crate::api::convert::uuid_of(Some(&cursor)).ok().flatten());
+    let next = next_cursor(response.next_page);
     let records: Vec<Value> = response
         .resource_logs
         .iter()
@@ -366,30 +379,18 @@ pub async fn spans(arguments: SpansArgs, api: &ApiArgs) -> anyhow::Result<ExitCo
         .map(|cursor| parse_id("cursor", cursor))
         .transpose()?;
     let mut client = api.connect().await?;
-    let descending = arguments.sort == "desc";
     let response = client
         .telemetry
         .query_job_spans(QueryJobSpansRequest {
             job_id: Some(id(job)),
-            page: Some(Pagination {
-                limit: Some(arguments.limit),
-                starting_after: after.map(id),
-            }),
-            sort_direction: Some(if descending {
-                SortDirection::Descending
-            } else {
-                SortDirection::Ascending
-            } as i32),
+            page: Some(page(arguments.limit, after)),
+            sort_direction: Some(sort_direction(&arguments.sort)),
             task_id: task.map(id),
         })
         .await
         .map_err(|status| client.error("QueryJobSpans", status))?
         .into_inner();
-    let next = response
-        .next_page
-        .and_then(|page| page.starting_after)
-        .and_then(|cursor| crate::api::convert::uuid_of(Some(&cursor)).ok().flatten())
-        .map(|id| id.to_string());
+    let next = next_cursor(response.next_page).map(|id| id.to_string());
     let spans: Vec<Value> = response
         .resource_spans
         .iter()
