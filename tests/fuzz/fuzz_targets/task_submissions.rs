@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tilebox::api::workflows_v1::TaskSubmissions;
-use tilebox::server::scheduler::submission::{self, Limits};
+use tilebox::api::submission::{self, Limits};
 
 const LIMITS: Limits = Limits {
     max_input_bytes: 64,
