@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tokio::sync::watch;
 
 use super::{ApiArgs, UserError};
 use crate::python;
 use crate::runner::prepare::{self, EnvironmentSource};
-use crate::runner::{self, Phase};
+use crate::runner::{self, Runner, Shutdown, Stopped};
 
 #[derive(Debug, Subcommand)]
 pub enum RunnerCommand {
@@ -99,9 +98,9 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         None => None,
     };
     let client = api.connect().await?;
-    let (phase_sender, phase) = watch::channel(Phase::Running);
+    let shutdown = Shutdown::default();
     let grace = Duration::from_secs(arguments.grace_seconds);
-    tokio::spawn(watch_signals(phase_sender, grace));
+    tokio::spawn(watch_signals(shutdown.clone(), grace));
     let options = runner::Options {
         cluster: arguments.cluster.unwrap_or_default(),
         slots: arguments.slots,
@@ -111,9 +110,8 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         grace,
         quiet: arguments.quiet,
     };
-    runner::run(client, options, phase)
-        .await
-        .map_err(|error| match error {
+    let stopped = Runner::new(options, client).run(shutdown).await.map_err(
+        |error| match error {
             runner::Error::UnknownCluster { .. } => anyhow::Error::new(UserError::with_hint(
                 error.to_string(),
                 "create it with `tilebox cluster create`, or pick one from `tilebox cluster list`",
@@ -124,13 +122,18 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
             )),
             // Exit code and hint from the client error (e.g. 1 for a wrong API key).
             runner::Error::Refused(error) => anyhow::Error::new(error),
-        })?;
+        },
+    )?;
     tracing::info!("runner stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(match stopped {
+        Stopped::Finished => ExitCode::SUCCESS,
+        // As a shell reports a process ended by SIGINT.
+        Stopped::HandedBack => ExitCode::from(130),
+    })
 }
 
 /// First SIGINT/SIGTERM: drain (hand back after the grace period); second: hand back now.
-async fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) {
+async fn watch_signals(shutdown: Shutdown, grace: Duration) {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
@@ -150,10 +153,10 @@ async fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) {
         grace_seconds = grace.as_secs(),
         "stopping: no new tasks; running tasks may finish (interrupt again to hand them back)"
     );
-    let _ = phase.send(Phase::Draining);
+    shutdown.drain.cancel();
     tokio::select! {
         _ = next_signal(&mut terminate) => tracing::info!("handing running tasks back"),
         _ = tokio::time::sleep(grace) => tracing::warn!("the grace period ended; handing running tasks back"),
     }
-    let _ = phase.send(Phase::HandingBack);
+    shutdown.hand_back.cancel();
 }

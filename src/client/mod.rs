@@ -7,9 +7,11 @@
 //! - `mod.rs`: `Client`, connection and authentication, `Error`
 //! - `artifacts.rs`: uploading release archives
 //! - `backoff.rs`: the retry pacing every caller of the API uses
+//! - `runner.rs`: `RunnerClient`, the batched work protocol with the runner's id and retries
 
 mod artifacts;
 mod backoff;
+mod runner;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -24,12 +26,14 @@ use crate::api::otlp::collector::logs::v1::logs_service_client::LogsServiceClien
 use crate::api::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
 use crate::api::selfhosted_v1::artifact_service_client::ArtifactServiceClient;
 use crate::api::selfhosted_v1::deployment_service_client::DeploymentServiceClient;
+use crate::api::selfhosted_v1::work_service_client::WorkServiceClient;
 use crate::api::workflows_v1::job_service_client::JobServiceClient;
 use crate::api::workflows_v1::task_service_client::TaskServiceClient;
 use crate::api::workflows_v1::telemetry_query_service_client::TelemetryQueryServiceClient;
 use crate::api::workflows_v1::workflows_service_client::WorkflowsServiceClient;
 
 pub use backoff::Backoff;
+pub use runner::{CallError, RunnerClient, retryable};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -140,6 +144,7 @@ pub struct Client {
     url: String,
     pub jobs: JobServiceClient<Authenticated>,
     pub tasks: TaskServiceClient<Authenticated>,
+    pub work: WorkServiceClient<Authenticated>,
     pub workflows: WorkflowsServiceClient<Authenticated>,
     pub artifacts: ArtifactServiceClient<Authenticated>,
     pub deployments: DeploymentServiceClient<Authenticated>,
@@ -166,6 +171,9 @@ impl Client {
             jobs: JobServiceClient::with_interceptor(channel.clone(), authenticate.clone())
                 .max_decoding_message_size(512 * 1024 * 1024),
             tasks: TaskServiceClient::with_interceptor(channel.clone(), authenticate.clone()),
+            work: WorkServiceClient::with_interceptor(channel.clone(), authenticate.clone())
+                .max_decoding_message_size(512 * 1024 * 1024)
+                .max_encoding_message_size(512 * 1024 * 1024),
             workflows: WorkflowsServiceClient::with_interceptor(
                 channel.clone(),
                 authenticate.clone(),

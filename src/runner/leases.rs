@@ -1,136 +1,194 @@
-//! One task keeps the leases of every running task alive (sdk-core's heartbeat manager):
-//! Rust timers, so a task holding its interpreter's GIL in a tight loop keeps its lease.
+//! One task keeps the leases of every task the runner holds (sdk-core's heartbeat manager):
+//! it owns their state, takes `hold`/`release` messages through a channel, and extends every
+//! due lease in one `ExtendLeases` call. Rust timers, so a task holding its interpreter's
+//! GIL in a tight loop keeps its lease.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::convert::{duration, id, std_duration};
-use crate::api::workflows_v1::TaskLeaseRequest;
-use crate::client::Client;
+use crate::api::convert::std_duration;
+use crate::client::RunnerClient;
 
 /// How often the manager looks for leases due for extension.
 const TICK: Duration = Duration::from_millis(200);
+/// The shortest wait before extending a lease again.
+const MIN_WAIT: Duration = Duration::from_millis(500);
+/// The wait before retrying after a failed extension call.
+const RETRY_WAIT: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Lease {
     lease: Duration,
     extend_at: Instant,
-    lost: bool,
-    /// The claimant id the task was claimed with (extensions must carry it).
-    claimant: String,
     /// The task's display when it was claimed (for a hand-back's failure display).
     display: String,
 }
 
-/// The leases of running tasks; cheap to clone.
-#[derive(Clone, Default)]
-pub struct Leases {
-    running: Arc<Mutex<HashMap<Uuid, Lease>>>,
+enum Command {
+    Hold {
+        task: Uuid,
+        lease: Duration,
+        wait: Duration,
+        display: String,
+    },
+    Release {
+        task: Uuid,
+    },
+    Held {
+        reply: oneshot::Sender<Vec<(Uuid, String)>>,
+    },
 }
 
-impl Leases {
-    /// Starts keeping a task's lease (granted `lease`, extend after `wait`) for the slot
-    /// that claimed it as `claimant`.
-    pub fn hold(&self, task: Uuid, lease: Duration, wait: Duration, claimant: &str, display: &str) {
-        if let Ok(mut running) = self.running.lock() {
-            let lease = Lease {
-                lease,
-                extend_at: Instant::now() + wait,
-                lost: false,
-                claimant: claimant.to_string(),
-                display: display.to_string(),
-            };
-            running.insert(task, lease);
+/// Where the rest of the runner tells the lease manager what it holds; cheap to clone.
+#[derive(Clone)]
+pub struct LeasesHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl LeasesHandle {
+    /// Starts keeping a task's lease (granted `lease`; extend after `wait`).
+    pub fn hold(&self, task: Uuid, lease: Duration, wait: Duration, display: &str) {
+        let _ = self.commands.send(Command::Hold {
+            task,
+            lease,
+            wait: wait.max(MIN_WAIT),
+            display: display.to_string(),
+        });
+    }
+
+    /// Stops keeping a task's lease (it was reported or handed back).
+    pub fn release(&self, task: Uuid) {
+        let _ = self.commands.send(Command::Release { task });
+    }
+
+    /// The tasks whose leases are held now, with their displays.
+    pub async fn held(&self) -> Vec<(Uuid, String)> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Held { reply }).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+}
+
+/// The lease manager: owns the held leases and extends them.
+pub struct LeaseManager {
+    client: RunnerClient,
+    commands: mpsc::UnboundedReceiver<Command>,
+    leases: HashMap<Uuid, Lease>,
+}
+
+impl LeaseManager {
+    pub fn new(client: RunnerClient) -> (Self, LeasesHandle) {
+        let (sender, commands) = mpsc::unbounded_channel();
+        let manager = Self {
+            client,
+            commands,
+            leases: HashMap::new(),
+        };
+        (manager, LeasesHandle { commands: sender })
+    }
+
+    /// Extends due leases until `stop` fires.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.apply(command),
+                    None => return,
+                },
+                _ = tick.tick() => self.extend_due().await,
+                _ = stop.cancelled() => return,
+            }
         }
     }
 
-    /// Stops keeping a task's lease; answers whether it was lost meanwhile.
-    pub fn release(&self, task: Uuid) -> bool {
-        self.running
-            .lock()
-            .ok()
-            .and_then(|mut running| running.remove(&task))
-            .is_some_and(|lease| lease.lost)
-    }
-
-    /// The tasks whose leases are held now: (task, its display, the claimant id).
-    pub fn running(&self) -> Vec<(Uuid, String, String)> {
-        self.running
-            .lock()
-            .map(|running| {
-                running
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Hold {
+                task,
+                lease,
+                wait,
+                display,
+            } => {
+                self.leases.insert(
+                    task,
+                    Lease {
+                        lease,
+                        extend_at: Instant::now() + wait,
+                        display,
+                    },
+                );
+            }
+            Command::Release { task } => {
+                self.leases.remove(&task);
+            }
+            Command::Held { reply } => {
+                let held = self
+                    .leases
                     .iter()
-                    .map(|(task, lease)| (*task, lease.display.clone(), lease.claimant.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+                    .map(|(task, lease)| (*task, lease.display.clone()))
+                    .collect();
+                let _ = reply.send(held);
+            }
+        }
     }
 
-    /// Extends due leases until `stop` turns true.
-    pub async fn run(self, client: Client, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut client = client;
-        loop {
-            let now = Instant::now();
-            let due: Vec<(Uuid, Duration, String)> = self
-                .running
-                .lock()
-                .map(|running| {
-                    running
-                        .iter()
-                        .filter(|(_, lease)| !lease.lost && lease.extend_at <= now)
-                        .map(|(task, lease)| (*task, lease.lease, lease.claimant.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (task, lease, claimant) in due {
-                let mut request = tonic::Request::new(TaskLeaseRequest {
-                    task_id: Some(id(task)),
-                    requested_lease: Some(duration(lease * 2)),
-                });
-                if let Ok(value) = claimant.parse() {
-                    request
-                        .metadata_mut()
-                        .insert(crate::api::RUNNER_ID_HEADER, value);
-                }
-                let answer = client.tasks.extend_task_lease(request).await;
-                let Ok(mut running) = self.running.lock() else {
-                    return;
-                };
-                let Some(entry) = running.get_mut(&task) else {
-                    continue;
-                };
-                match answer {
-                    Ok(granted) => {
-                        let granted = granted.into_inner();
-                        let lease = granted.lease.as_ref().map(std_duration).unwrap_or_default();
-                        if lease.is_zero() {
-                            tracing::warn!(%task, "the task's lease was not extended: another runner may own it now");
-                            entry.lost = true;
-                        } else {
-                            let wait = granted
-                                .recommended_wait_until_next_extension
-                                .as_ref()
-                                .map(std_duration)
-                                .unwrap_or(lease / 3)
-                                .max(Duration::from_millis(500));
-                            entry.lease = lease;
-                            entry.extend_at = Instant::now() + wait;
-                        }
+    /// Extends every lease that is due, in one call.
+    async fn extend_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(Uuid, Duration)> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.extend_at <= now)
+            .map(|(task, lease)| (*task, lease.lease * 2))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let answer = self.client.extend_leases(&due).await;
+        // Messages that arrived meanwhile (a task released during the call) apply first.
+        while let Ok(command) = self.commands.try_recv() {
+            self.apply(command);
+        }
+        match answer {
+            Ok(granted) => {
+                for ((task, _), granted) in due.iter().zip(granted) {
+                    let Some(lease) = self.leases.get_mut(task) else {
+                        continue;
+                    };
+                    let length = granted.lease.as_ref().map(std_duration).unwrap_or_default();
+                    if length.is_zero() {
+                        // The server fences its report, so nothing else needs to happen here.
+                        tracing::warn!(%task, "the task's lease was not extended: another runner may own it now");
+                        self.leases.remove(task);
+                        continue;
                     }
-                    Err(status) => {
-                        // Keep trying until the lease would run out; the server decides.
-                        tracing::warn!(%task, error = %status.message(), "extending a lease failed; retrying");
-                        entry.extend_at = Instant::now() + Duration::from_secs(1);
-                    }
+                    let wait = granted
+                        .recommended_wait_until_next_extension
+                        .as_ref()
+                        .map(std_duration)
+                        .unwrap_or(length / 3)
+                        .max(MIN_WAIT);
+                    lease.lease = length;
+                    lease.extend_at = Instant::now() + wait;
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = stop.changed() => return,
+            Err(status) => {
+                // Keep trying until the lease would run out; the server decides.
+                tracing::warn!(count = due.len(), error = %status.message(), "extending leases failed; retrying");
+                for (task, _) in &due {
+                    if let Some(lease) = self.leases.get_mut(task) {
+                        lease.extend_at = Instant::now() + RETRY_WAIT;
+                    }
+                }
             }
         }
     }

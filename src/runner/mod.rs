@@ -3,10 +3,12 @@
 //! extension, reporting, the artifact pipeline and shutdown.
 //!
 //! Layout:
-//! - `mod.rs`: `Options`, `run`, deployments and shutdown
-//! - `slot.rs`: the claim -> execute -> report loop of one slot
+//! - `mod.rs`: `Options`, `Runner::new(options, client).run(shutdown)`, deployments, shutdown
+//! - `work.rs`: the dispatcher: one conversation with the server's batched work protocol
+//!   (reports and claims in batches) that keeps every slot supplied
+//! - `slot.rs`: one slot executing the tasks handed to it
 //! - `catalog.rs`: loaded releases and task routing
-//! - `leases.rs`: one task extending every running task's lease
+//! - `leases.rs`: the lease manager, extending every held task's lease in one call
 //! - `local.rs`: executing a task tree in-process without a server (`task run`)
 //! - `prepare.rs`: code to a loadable release, for every command: artifact cache, staged
 //!   extraction, environments (shared venvs, a project's own), build validation
@@ -18,18 +20,25 @@ pub mod local;
 pub mod prepare;
 mod slot;
 mod telemetry;
+mod work;
+
+/// How long handing running tasks back may take before the runner gives up on it.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
-use crate::api::selfhosted_v1::{ClusterDeployments, WatchDeploymentsRequest};
+use crate::api::selfhosted_v1::{
+    ClusterDeployments, WatchDeploymentsRequest, WorkReport, WorkRequest, work_report,
+};
 use crate::api::workflows_v1::{GetClusterRequest, TaskFailedRequest};
-use crate::client::{Backoff, Client};
+use crate::client::{Backoff, Client, RunnerClient, retryable};
 use crate::python;
 use catalog::{Catalog, LoadedSet};
 
@@ -72,7 +81,44 @@ pub enum Phase {
     HandingBack,
 }
 
-/// What every slot shares.
+/// How a runner is asked to stop: `drain` (no new tasks; running ones finish), then
+/// `hand_back` (running tasks are handed back at once). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub hand_back: CancellationToken,
+}
+
+impl Shutdown {
+    /// The phase these tokens describe, kept current in a watch channel.
+    fn phases(&self) -> watch::Receiver<Phase> {
+        let (sender, phases) = watch::channel(Phase::Running);
+        let shutdown = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.drain.cancelled() => { let _ = sender.send(Phase::Draining); }
+                _ = shutdown.hand_back.cancelled() => {}
+                _ = sender.closed() => return,
+            }
+            tokio::select! {
+                _ = shutdown.hand_back.cancelled() => { let _ = sender.send(Phase::HandingBack); }
+                _ = sender.closed() => {}
+            }
+        });
+        phases
+    }
+}
+
+/// How a runner ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every task it took was reported (drained, or no work left with `stop_when_idling`).
+    Finished,
+    /// Interrupted twice: its running tasks were handed back.
+    HandedBack,
+}
+
+/// What every part of a runner shares.
 pub struct Shared {
     pub client: Client,
     pub cluster: String,
@@ -80,105 +126,136 @@ pub struct Shared {
     pub exporter: telemetry::Exporter,
 }
 
-/// Runs until drained (`phase` set to Draining or HandingBack) or, with
-/// `stop_when_idling`, until there is no work.
-pub async fn run(
+/// A release runner: `Runner::new(options, client)`, then `run(shutdown)`.
+pub struct Runner {
+    options: Options,
     client: Client,
-    mut options: Options,
-    phase: watch::Receiver<Phase>,
-) -> Result<(), Error> {
-    // An interrupt while the server is still unreachable stops the runner: nothing runs yet.
-    let cluster = tokio::select! {
-        cluster = resolve_cluster(&client, &options.cluster) => cluster?,
-        () = interrupted(phase.clone()) => return Ok(()),
-    };
-    options.cluster = cluster.clone();
-    let runner_id = uuid::Uuid::new_v4().to_string();
-    let exporter = telemetry::Exporter::start(client.clone(), runner_id.clone(), cluster.clone());
-    let shared = Arc::new(Shared {
-        client: client.clone(),
-        cluster: cluster.clone(),
-        options: options.clone(),
-        exporter,
-    });
-    let (catalog_sender, catalog) = watch::channel(Arc::new(Catalog::default()));
-    let leases = leases::Leases::default();
-    let (stop_leases, leases_stopped) = watch::channel(false);
-    let lease_task = tokio::spawn(leases.clone().run(client.clone(), leases_stopped));
+}
 
-    let mut watcher = None;
-    match &options.project {
-        Some(project) => {
-            let set = LoadedSet::load(
-                project.clone(),
-                project.root.display().to_string(),
-                options.slots,
-            )
-            .await
-            .map_err(Error::Project)?;
-            announce(&set);
-            let mut direct = Catalog::default();
-            direct.releases.insert(set.label.clone(), Arc::new(set));
-            let _ = catalog_sender.send(Arc::new(direct));
-        }
-        None => {
-            tracing::info!(%cluster, slots = options.slots, "runner started; following the cluster's deployments");
-            let shared = shared.clone();
-            let phase = phase.clone();
-            watcher = Some(tokio::spawn(follow_deployments(
-                shared,
-                catalog_sender,
-                phase,
-            )));
-            // With --stop-when-idling, wait for the first set of deployments to load.
-        }
-    }
-    if options.stop_when_idling && watcher.is_some() {
-        let mut catalog = catalog.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(300), catalog.changed()).await;
+impl Runner {
+    pub fn new(options: Options, client: Client) -> Self {
+        Self { options, client }
     }
 
-    let slots: Vec<_> = (0..options.slots.max(1))
-        .map(|index| {
-            let slot = slot::Slot {
-                index,
-                runner_id: format!("{runner_id}/{index}"),
-                shared: shared.clone(),
-                leases: leases.clone(),
-            };
-            tokio::spawn(slot.run(catalog.clone(), phase.clone()))
-        })
-        .collect();
+    /// Runs until drained (or, with `stop_when_idling`, until there is no work), or until
+    /// handed back.
+    pub async fn run(self, shutdown: Shutdown) -> Result<Stopped, Error> {
+        let Self {
+            mut options,
+            client,
+        } = self;
+        let phase = shutdown.phases();
+        // An interrupt while the server is still unreachable stops the runner: nothing runs yet.
+        let cluster = tokio::select! {
+            cluster = resolve_cluster(&client, &options.cluster) => cluster?,
+            () = interrupted(phase.clone()) => return Ok(Stopped::Finished),
+        };
+        options.cluster = cluster.clone();
+        let runner_id = uuid::Uuid::new_v4().to_string();
+        let runner_client = RunnerClient::new(client.clone(), &runner_id);
+        let exporter =
+            telemetry::Exporter::start(client.clone(), runner_id.clone(), cluster.clone());
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            cluster: cluster.clone(),
+            options: options.clone(),
+            exporter,
+        });
+        let (catalog_sender, catalog) = watch::channel(Arc::new(Catalog::default()));
+        let (lease_manager, leases) = leases::LeaseManager::new(runner_client.clone());
+        let stop_leases = CancellationToken::new();
+        let lease_task = tokio::spawn(lease_manager.run(stop_leases.clone()));
 
-    // Hand back running tasks at once on the second interrupt.
-    let hand_back = {
-        let mut phase = phase.clone();
-        let leases = leases.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            while *phase.borrow() != Phase::HandingBack {
-                if phase.changed().await.is_err() {
-                    return;
-                }
+        let mut watcher = None;
+        match &options.project {
+            Some(project) => {
+                let set = LoadedSet::load(
+                    project.clone(),
+                    project.root.display().to_string(),
+                    options.slots,
+                )
+                .await
+                .map_err(Error::Project)?;
+                announce(&set);
+                let mut direct = Catalog::default();
+                direct.releases.insert(set.label.clone(), Arc::new(set));
+                let _ = catalog_sender.send(Arc::new(direct));
             }
-            hand_back_running(&client, &leases).await;
-            std::process::exit(130);
-        })
-    };
+            None => {
+                tracing::info!(%cluster, slots = options.slots, "runner started; following the cluster's deployments");
+                watcher = Some(tokio::spawn(follow_deployments(
+                    shared.clone(),
+                    catalog_sender,
+                    phase.clone(),
+                )));
+            }
+        }
+        // With --stop-when-idling, wait for the first set of deployments to load.
+        if options.stop_when_idling && watcher.is_some() {
+            let mut catalog = catalog.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(300), catalog.changed()).await;
+        }
 
-    for slot in slots {
-        let _ = slot.await;
+        let (finished_sender, finished) = mpsc::unbounded_channel();
+        let mut slot_senders = Vec::new();
+        let slots: Vec<_> = (0..options.slots.max(1))
+            .map(|index| {
+                let (sender, tasks) = mpsc::unbounded_channel();
+                slot_senders.push(sender);
+                let slot = slot::Slot {
+                    index,
+                    runner_id: format!("{runner_id}/{index}"),
+                    shared: shared.clone(),
+                    tasks,
+                    finished: finished_sender.clone(),
+                    catalog: catalog.clone(),
+                };
+                tokio::spawn(slot.run())
+            })
+            .collect();
+        drop(finished_sender);
+        let dispatcher = work::Dispatcher {
+            shared: shared.clone(),
+            client: runner_client.clone(),
+            leases: leases.clone(),
+            slots: slot_senders,
+            finished,
+            catalog: catalog.clone(),
+            phase: phase.clone(),
+            stop: shutdown.hand_back.clone(),
+        };
+        let mut dispatched = tokio::spawn(dispatcher.run());
+
+        let stopped = tokio::select! {
+            _ = &mut dispatched => Stopped::Finished,
+            _ = shutdown.hand_back.cancelled() => {
+                dispatched.abort();
+                hand_back_running(&runner_client, &leases).await;
+                Stopped::HandedBack
+            }
+        };
+        if stopped == Stopped::Finished {
+            // The dispatcher hung up on the slots; they end after their current task.
+            for slot in slots {
+                let _ = slot.await;
+            }
+        } else {
+            for slot in &slots {
+                slot.abort();
+            }
+            // The interpreters are still busy with the tasks just handed back; dropping the
+            // loaded releases would join their threads and wait for those tasks. The process
+            // is about to exit, so they are left to it.
+            std::mem::forget(catalog.borrow().clone());
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        stop_leases.cancel();
+        let _ = lease_task.await;
+        shared.exporter.flush().await;
+        Ok(stopped)
     }
-    hand_back.abort();
-    if let Some(watcher) = watcher {
-        watcher.abort();
-    }
-    let _ = stop_leases.send(true);
-    let _ = lease_task.await;
-    shared.exporter.flush().await;
-    let catalog = catalog.borrow().clone();
-    drop(catalog);
-    Ok(())
 }
 
 /// Completes once the runner is asked to stop (never, if the phase sender is gone).
@@ -208,7 +285,7 @@ async fn resolve_cluster(client: &Client, cluster: &str) -> Result<String, Error
                     url: client.url().to_string(),
                 });
             }
-            Err(status) if slot::retryable(&status) => {
+            Err(status) if retryable(&status) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %status.message(), "cannot reach the server; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -235,28 +312,37 @@ fn announce(set: &LoadedSet) {
     }
 }
 
-/// Sends `TaskFailed(was_workflow_error=false)` for every running task, so they are queued
-/// again at once without counting a retry.
-async fn hand_back_running(client: &Client, leases: &leases::Leases) {
-    let mut client = client.clone();
-    for (task, display, claimant) in leases.running() {
-        let mut request = tonic::Request::new(TaskFailedRequest {
-            task_id: Some(crate::api::convert::id(task)),
-            display: python::failure_display(&display, "RunnerShutdown('Task was interrupted')"),
-            was_workflow_error: false,
-            progress_updates: Vec::new(),
-        });
-        if let Ok(value) = claimant.parse() {
-            request
-                .metadata_mut()
-                .insert(crate::api::RUNNER_ID_HEADER, value);
-        }
-        match client.tasks.task_failed(request).await {
-            Ok(_) => tracing::info!(%task, "handed the task back"),
-            Err(status) => {
-                tracing::error!(%task, error = %status.message(), "handing the task back failed")
-            }
-        }
+/// Reports every task the runner holds as failed without a workflow error, so they are
+/// queued again at once without counting a retry.
+async fn hand_back_running(client: &RunnerClient, leases: &leases::LeasesHandle) {
+    let held = leases.held().await;
+    if held.is_empty() {
+        return;
+    }
+    let reports = held
+        .iter()
+        .map(|(task, display)| WorkReport {
+            report: Some(work_report::Report::Failed(TaskFailedRequest {
+                task_id: Some(crate::api::convert::id(*task)),
+                display: python::failure_display(display, "RunnerShutdown('Task was interrupted')"),
+                was_workflow_error: false,
+                progress_updates: Vec::new(),
+            })),
+        })
+        .collect();
+    let request = WorkRequest {
+        reports,
+        ..WorkRequest::default()
+    };
+    // Handing back is best effort: a task not handed back runs again after its lease ends.
+    let give_up = CancellationToken::new();
+    let deadline = tokio::time::sleep(HAND_BACK_TIMEOUT);
+    tokio::select! {
+        answer = client.work(request, &give_up) => match answer {
+            Ok(_) => tracing::info!(count = held.len(), "handed the running tasks back"),
+            Err(error) => tracing::error!(%error, "handing the running tasks back failed"),
+        },
+        _ = deadline => tracing::error!("the server did not answer; the running tasks run again after their leases end"),
     }
 }
 

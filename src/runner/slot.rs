@@ -1,28 +1,23 @@
-//! One slot: claims a task (reporting the previous result in the same call), routes it to
-//! the release that registered its identifier, executes it, and reports. A slot takes work
-//! only when it is free, so `-n N` slots run at most N tasks.
+//! One slot: executes the tasks the dispatcher (`work.rs`) hands it, one after another,
+//! each routed to the release that registered its identifier, and hands each result back as
+//! a report. `-n N` slots run at most N tasks at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::Shared;
 use super::catalog::Catalog;
-use super::leases::Leases;
-use super::{Phase, Shared};
-use crate::api::convert::{id, std_duration, uuid_of};
+use crate::api::convert::{id, uuid_of};
+use crate::api::selfhosted_v1::{WorkReport, work_report};
 use crate::api::workflows_v1::{
-    ComputedTask, NextTaskRequest, NextTaskToRun, Progress, Task, TaskFailedRequest,
-    TaskIdentifier, TaskSubmissionGroup, TaskSubmissions,
+    ComputedTask, Progress, Task, TaskFailedRequest, TaskIdentifier, TaskSubmissionGroup,
+    TaskSubmissions,
 };
-use crate::client::Backoff;
 use crate::python::{self, Submissions, TaskOutcome, TaskRequest};
-
-/// An idle answer that took at least this long came from a server that long-polls.
-const LONG_POLL_SEEN: Duration = Duration::from_millis(200);
-/// How often a slot that is stopping tries to deliver its last computed result.
-const LAST_REPORT_ATTEMPTS: usize = 5;
 
 fn progress(progress: &[python::Progress]) -> Vec<Progress> {
     progress
@@ -61,174 +56,56 @@ pub(super) fn task_submissions(submissions: Submissions) -> TaskSubmissions {
     }
 }
 
-/// What a finished execution leaves to report.
-enum Report {
-    Computed(ComputedTask),
-    Failed(TaskFailedRequest),
-    /// The lease was lost meanwhile: another runner owns the task now.
-    Nothing,
+/// A task a slot finished, with its report.
+pub struct Finished {
+    pub slot: usize,
+    pub task: Uuid,
+    /// Its identifier, `(name, version)`.
+    pub identifier: (String, String),
+    pub report: WorkReport,
+    /// How long it ran.
+    pub elapsed: Duration,
 }
 
 pub struct Slot {
     pub index: usize,
+    /// `<runner id>/<index>`: names the slot in the spans of its tasks.
     pub runner_id: String,
     pub shared: Arc<Shared>,
-    pub leases: Leases,
+    /// The tasks handed to this slot, in the order to run them.
+    pub tasks: mpsc::UnboundedReceiver<Task>,
+    pub finished: mpsc::UnboundedSender<Finished>,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
 }
 
 impl Slot {
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Ok(value) = self.runner_id.parse() {
-            request
-                .metadata_mut()
-                .insert(crate::api::RUNNER_ID_HEADER, value);
-        }
-        request
-    }
-
-    /// Runs until the runner drains (or, with `stop_when_idling`, until there is no work).
-    pub async fn run(
-        self,
-        mut catalog: watch::Receiver<Arc<Catalog>>,
-        mut phase: watch::Receiver<Phase>,
-    ) {
-        let mut client = self.shared.client.clone();
-        let mut pending: Option<ComputedTask> = None;
-        let mut backoff = Backoff::for_server();
-        loop {
-            let draining = *phase.borrow() != Phase::Running;
-            let current = catalog.borrow().clone();
-            let identifiers = current.identifiers();
-            if draining || (identifiers.is_empty() && pending.is_none()) {
-                if let Some(computed) = pending.take() {
-                    self.report_last(computed).await;
-                }
-                if draining || self.shared.options.stop_when_idling {
-                    return;
-                }
-                // Nothing deployed yet: wait for a deployment (or shutdown).
-                tokio::select! {
-                    _ = catalog.changed() => {}
-                    _ = phase.changed() => {}
-                }
-                continue;
-            }
-            let request = NextTaskRequest {
-                computed_task: pending.clone(),
-                next_task_to_run: Some(NextTaskToRun {
-                    cluster_slug: self.shared.cluster.clone(),
-                    identifiers: identifiers
-                        .iter()
-                        .map(|(name, version)| TaskIdentifier {
-                            name: name.clone(),
-                            version: version.clone(),
-                        })
-                        .collect(),
-                }),
+    /// Runs the tasks handed to it until the dispatcher hangs up.
+    pub async fn run(mut self) {
+        while let Some(task) = self.tasks.recv().await {
+            let task_id = uuid_of(task.id.as_ref())
+                .ok()
+                .flatten()
+                .unwrap_or_else(Uuid::nil);
+            let identifier = task.identifier.clone().unwrap_or_default();
+            let started = Instant::now();
+            // Route with the newest catalog: a release superseded since the claim must not
+            // run the task (it is handed back and claimed again).
+            let catalog = self.catalog.borrow().clone();
+            let report = self.execute(&catalog, task).await;
+            let finished = Finished {
+                slot: self.index,
+                task: task_id,
+                identifier: (identifier.name, identifier.version),
+                report,
+                elapsed: started.elapsed(),
             };
-            let asked_at = tokio::time::Instant::now();
-            let answer = match client.tasks.next_task(self.request(request)).await {
-                Ok(answer) => {
-                    backoff.reset();
-                    pending = None;
-                    answer.into_inner()
-                }
-                Err(status) if retryable(&status) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(slot = self.index, error = %status.message(), "the server is unreachable; retrying in {delay:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = phase.changed() => {}
-                    }
-                    continue;
-                }
-                Err(status) => {
-                    tracing::error!(slot = self.index, code = ?status.code(), error = %status.message(), "the server refused the request");
-                    pending = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let Some(task) = answer
-                .next_task
-                .filter(|task| task.id.as_ref().is_some_and(|id| !id.uuid.is_empty()))
-            else {
-                if self.shared.options.stop_when_idling {
-                    // The long poll already waited for work: there is none.
-                    return;
-                }
-                // A server that held the request open (long poll) already waited for work:
-                // ask again at once, so new work is picked up in milliseconds. Only a server
-                // that answered idle straight away gets its suggested pause.
-                let idle = if asked_at.elapsed() >= LONG_POLL_SEEN {
-                    Duration::ZERO
-                } else {
-                    answer
-                        .idling
-                        .and_then(|idling| idling.suggested_idling_duration)
-                        .map(|duration| std_duration(&duration))
-                        .unwrap_or(Duration::from_secs(1))
-                        .clamp(Duration::from_millis(1), Duration::from_secs(5))
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = phase.changed() => {}
-                    _ = catalog.changed() => {}
-                }
-                continue;
-            };
-            // Route with the newest catalog: a release superseded while this request waited
-            // must not run the task (it is handed back and claimed again).
-            let latest = catalog.borrow().clone();
-            match self.execute(&latest, task).await {
-                Report::Computed(computed) => pending = Some(computed),
-                Report::Failed(failed) => self.report_failure(failed).await,
-                Report::Nothing => {}
+            if self.finished.send(finished).is_err() {
+                return;
             }
         }
     }
 
-    /// Sends the last computed result without asking for more work.
-    async fn report_last(&self, computed: ComputedTask) {
-        let mut client = self.shared.client.clone();
-        let request = NextTaskRequest {
-            computed_task: Some(computed),
-            next_task_to_run: None,
-        };
-        let mut backoff = Backoff::for_server();
-        for _ in 0..LAST_REPORT_ATTEMPTS {
-            match client.tasks.next_task(self.request(request.clone())).await {
-                Ok(_) => return,
-                Err(status) if retryable(&status) => {
-                    backoff.wait().await;
-                }
-                Err(status) => {
-                    tracing::error!(error = %status.message(), "reporting the last result failed");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn report_failure(&self, failed: TaskFailedRequest) {
-        let mut client = self.shared.client.clone();
-        let mut backoff = Backoff::for_server();
-        loop {
-            match client.tasks.task_failed(self.request(failed.clone())).await {
-                Ok(_) => return,
-                Err(status) if retryable(&status) => {
-                    backoff.wait().await;
-                }
-                Err(status) => {
-                    tracing::error!(error = %status.message(), "reporting a failure failed");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn execute(&self, catalog: &Catalog, task: Task) -> Report {
+    async fn execute(&self, catalog: &Catalog, task: Task) -> WorkReport {
         let task_id = uuid_of(task.id.as_ref())
             .ok()
             .flatten()
@@ -237,30 +114,13 @@ impl Slot {
         let display = task.display.clone().unwrap_or_default();
         let Some(release) = catalog.route(&identifier.name, &identifier.version) else {
             tracing::warn!(%task_id, name = %identifier.name, version = %identifier.version, "no loaded release runs this task; handing it back");
-            return Report::Failed(TaskFailedRequest {
+            return failed(TaskFailedRequest {
                 task_id: task.id,
                 display,
                 was_workflow_error: false,
                 progress_updates: Vec::new(),
             });
         };
-        let lease = task.lease.unwrap_or_default();
-        self.leases.hold(
-            task_id,
-            lease
-                .lease
-                .as_ref()
-                .map(std_duration)
-                .unwrap_or(Duration::from_secs(30)),
-            lease
-                .recommended_wait_until_next_extension
-                .as_ref()
-                .map(std_duration)
-                .unwrap_or(Duration::from_secs(5))
-                .max(Duration::from_millis(500)),
-            &self.runner_id,
-            &display,
-        );
         let job = task.job.clone().unwrap_or_default();
         let request = TaskRequest {
             name: identifier.name.clone(),
@@ -351,17 +211,12 @@ impl Slot {
                 (kind.as_str(), message.as_str(), traceback.as_str())
             }),
         );
-        let lost = self.leases.release(task_id);
-        if lost {
-            tracing::warn!(%task_id, "abandoning the result: the task's lease was lost");
-            return Report::Nothing;
-        }
         match outcome {
             Ok(TaskOutcome::Computed {
                 display,
                 progress: updates,
                 subtasks,
-            }) => Report::Computed(ComputedTask {
+            }) => computed(ComputedTask {
                 id: Some(id(task_id)),
                 display,
                 legacy_sub_tasks: Vec::new(),
@@ -378,7 +233,7 @@ impl Slot {
                     let first_line = display.lines().next().unwrap_or_default().to_string();
                     tracing::warn!(%task_id, task = %first_line, "task failed: {error}");
                 }
-                Report::Failed(TaskFailedRequest {
+                failed(TaskFailedRequest {
                     task_id: Some(id(task_id)),
                     display,
                     was_workflow_error: workflow_error,
@@ -387,7 +242,7 @@ impl Slot {
             }
             Err(error) => {
                 tracing::error!(%task_id, %error, "the release could not run the task; handing it back");
-                Report::Failed(TaskFailedRequest {
+                failed(TaskFailedRequest {
                     task_id: Some(id(task_id)),
                     display: python::failure_display(
                         &display,
@@ -401,16 +256,14 @@ impl Slot {
     }
 }
 
-/// Faults worth retrying: the server is away or overloaded, or failed internally.
-pub fn retryable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Internal
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::Aborted
-            | tonic::Code::Cancelled
-    )
+fn computed(computed: ComputedTask) -> WorkReport {
+    WorkReport {
+        report: Some(work_report::Report::Computed(computed)),
+    }
+}
+
+fn failed(failed: TaskFailedRequest) -> WorkReport {
+    WorkReport {
+        report: Some(work_report::Report::Failed(failed)),
+    }
 }

@@ -33,6 +33,7 @@ use crate::api::otlp::collector::logs::v1::logs_service_server::LogsServiceServe
 use crate::api::otlp::collector::trace::v1::trace_service_server::TraceServiceServer;
 use crate::api::selfhosted_v1::artifact_service_server::ArtifactServiceServer;
 use crate::api::selfhosted_v1::deployment_service_server::DeploymentServiceServer;
+use crate::api::selfhosted_v1::work_service_server::WorkServiceServer;
 use crate::api::workflows_v1::job_service_server::JobServiceServer;
 use crate::api::workflows_v1::task_service_server::TaskServiceServer;
 use crate::api::workflows_v1::telemetry_query_service_server::TelemetryQueryServiceServer;
@@ -128,6 +129,10 @@ impl Server {
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let work = WorkServiceServer::new(services::work::Work::new(self.scheduler.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (changes, watched) = tokio::sync::watch::channel(0u64);
         let store = self.scheduler.store().clone();
         let workflows = WorkflowsServiceServer::new(services::workflows::Workflows::new(
@@ -164,6 +169,7 @@ impl Server {
         let routes =
             tonic::service::Routes::new(InterceptedService::new(jobs, authenticate.clone()))
                 .add_service(InterceptedService::new(tasks, authenticate.clone()))
+                .add_service(InterceptedService::new(work, authenticate.clone()))
                 .add_service(InterceptedService::new(workflows, authenticate.clone()))
                 .add_service(InterceptedService::new(
                     artifact_service,

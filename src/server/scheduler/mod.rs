@@ -3,8 +3,12 @@
 //! milliseconds, sizes leases, and expires lost ones.
 //!
 //! Layout:
-//! - `mod.rs`: `Scheduler`, its `Options` and `Error`
-//! - `submission.rs`: validation of task submissions and identifiers (pure)
+//! - `mod.rs`: `Scheduler`, its `Options` and `Error`; the official `NextTask` path
+//! - `work.rs`: the batched work protocol (reports and claims in batches, leases at once)
+
+mod work;
+
+pub use work::{ItemResult, MAX_CLAIM_PER_CALL, MAX_REPORTS_PER_CALL, WorkAnswer};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use crate::api::submission::{self, Limits};
 use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
 use crate::server::store::{
     self, ClaimRequest, ClaimedTask, ComputedReport, DEFAULT_CLUSTER_SLUG, FailedReport, Job,
-    NewJob, Progress, ReportOutcome, Store,
+    NewJob, Progress, Report, ReportOutcome, Store,
 };
 
 /// Why a scheduling request was refused.
@@ -384,11 +388,6 @@ impl Scheduler {
             }
         }
     }
-}
-
-enum Report {
-    Computed(ComputedReport),
-    Failed(FailedReport),
 }
 
 /// How long a runner should wait before extending a lease of this length: a third of it,

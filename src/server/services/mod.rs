@@ -4,7 +4,8 @@
 //! Layout:
 //! - `mod.rs`: error to status mapping, the caller's identity, pagination
 //! - `jobs.rs`: `JobService`
-//! - `tasks.rs`: `TaskService` (what runners call)
+//! - `tasks.rs`: `TaskService` (what the official SDK's runners call)
+//! - `work.rs`: our `WorkService` (the batched work protocol of our runner)
 //! - `workflows.rs`: `WorkflowsService` (clusters, workflows, releases, deployments)
 //! - `artifacts.rs`: our `ArtifactService` (streamed upload and download by sha256)
 //! - `deployments.rs`: our `DeploymentService` (a cluster's deployments, pushed)
@@ -17,6 +18,7 @@ pub mod jobs;
 mod messages;
 pub mod tasks;
 pub mod telemetry;
+pub mod work;
 pub mod workflows;
 
 use tonic::{Code, Status};

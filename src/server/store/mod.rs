@@ -200,6 +200,13 @@ pub struct FailedReport {
     pub progress: Vec<Progress>,
 }
 
+/// A finished task, as a runner reports it.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Computed(ComputedReport),
+    Failed(FailedReport),
+}
+
 /// What became of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -323,6 +330,15 @@ pub trait Store: Send + Sync + 'static {
         claim: Option<ClaimRequest>,
     ) -> Result<(Option<ReportOutcome>, Option<ClaimedTask>)>;
     async fn fail_task(&self, report: FailedReport) -> Result<ReportOutcome>;
+    /// In one transaction: applies each report on its own (one that fails, e.g. for an
+    /// unknown task, leaves the others applied), then claims up to `capacity` tasks for
+    /// `claim`, oldest first. Answers one result per report, in order, and the claimed tasks.
+    async fn report_and_claim_batch(
+        &self,
+        reports: Vec<Report>,
+        claim: Option<ClaimRequest>,
+        capacity: usize,
+    ) -> Result<(Vec<Result<ReportOutcome>>, Vec<ClaimedTask>)>;
     /// Extends a running task's lease to `lease` from now; `None` if it is not running.
     async fn extend_lease(
         &self,
@@ -330,6 +346,13 @@ pub trait Store: Send + Sync + 'static {
         claimant: Option<String>,
         lease: Duration,
     ) -> Result<Option<Duration>>;
+    /// Extends several running tasks' leases, each to its `lease` from now, in one
+    /// transaction; `None` for a task that is not running or not `claimant`'s.
+    async fn extend_leases(
+        &self,
+        leases: Vec<(Uuid, Duration)>,
+        claimant: String,
+    ) -> Result<Vec<Option<Duration>>>;
     /// Re-queues (or, after `MAX_LEASE_REQUEUES`, fails) running tasks whose lease ended
     /// before `now_millis`; returns how many tasks it touched.
     async fn expire_leases(&self, now_millis: i64) -> Result<usize>;

@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use super::{
     Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error,
-    FailedReport, Job, JobFilter, NewJob, Page, Release, ReportOutcome, Result, Store, TaskSummary,
-    TelemetryKind, TelemetryRecord, Workflow,
+    FailedReport, Job, JobFilter, NewJob, Page, Release, Report, ReportOutcome, Result, Store,
+    TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -193,6 +193,25 @@ fn in_savepoint<T>(
     };
     connection.execute_batch(end).map_err(db("savepoint"))?;
     result
+}
+
+/// Runs one item of a batch in its own savepoint: an item that fails is rolled back alone
+/// and its error answered in its place; only a failing savepoint statement fails the batch.
+fn in_item_savepoint<T>(
+    connection: &Connection,
+    item: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<Result<T>> {
+    connection
+        .execute_batch("SAVEPOINT item")
+        .map_err(db("savepoint"))?;
+    let result = item(connection);
+    let end = if result.is_ok() {
+        "RELEASE item"
+    } else {
+        "ROLLBACK TO item; RELEASE item"
+    };
+    connection.execute_batch(end).map_err(db("savepoint"))?;
+    Ok(result)
 }
 
 fn run_writer(connection: Connection, receiver: mpsc::Receiver<WriteOperation>) {
@@ -405,6 +424,37 @@ impl Store for SqliteStore {
         Ok((outcome, claimed))
     }
 
+    async fn report_and_claim_batch(
+        &self,
+        reports: Vec<Report>,
+        claim: Option<ClaimRequest>,
+        capacity: usize,
+    ) -> Result<(Vec<Result<ReportOutcome>>, Vec<ClaimedTask>)> {
+        self.write(move |connection| {
+            let now = now_millis();
+            let outcomes = reports
+                .into_iter()
+                .map(|report| {
+                    in_item_savepoint(connection, |connection| match report {
+                        Report::Computed(report) => tasks::complete_task(connection, report, now),
+                        Report::Failed(report) => tasks::fail_task(connection, report, now),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut claimed = Vec::new();
+            if let Some(claim) = claim {
+                while claimed.len() < capacity {
+                    match tasks::claim_task(connection, &claim, now)? {
+                        Some(task) => claimed.push(task),
+                        None => break,
+                    }
+                }
+            }
+            Ok((outcomes, claimed))
+        })
+        .await
+    }
+
     async fn fail_task(&self, report: FailedReport) -> Result<ReportOutcome> {
         self.write(move |connection| tasks::fail_task(connection, report, now_millis()))
             .await
@@ -418,6 +468,28 @@ impl Store for SqliteStore {
     ) -> Result<Option<Duration>> {
         self.write(move |connection| {
             tasks::extend_lease(connection, task, claimant.as_deref(), lease, now_millis())
+        })
+        .await
+    }
+
+    async fn extend_leases(
+        &self,
+        leases: Vec<(Uuid, Duration)>,
+        claimant: String,
+    ) -> Result<Vec<Option<Duration>>> {
+        self.write(move |connection| {
+            let now = now_millis();
+            leases
+                .into_iter()
+                .map(|(task, lease)| {
+                    // A task that no longer exists (its job was retried away) is simply not
+                    // extended; it must not fail the other extensions.
+                    match tasks::extend_lease(connection, task, Some(&claimant), lease, now) {
+                        Err(Error::TaskNotFound { .. }) => Ok(None),
+                        other => other,
+                    }
+                })
+                .collect()
         })
         .await
     }

@@ -1,0 +1,364 @@
+//! The dispatcher: the runner's one conversation with the server's batched work protocol.
+//!
+//! It keeps every slot supplied and every result reported with as few round trips as the
+//! work allows:
+//! - one `Work` call at a time carries every report that finished since the last call and
+//!   claims up to the free capacity; while it is in flight, new reports wait for the next;
+//! - when that call is a long poll (nothing was ready to claim), reports that finish
+//!   meanwhile go out at once in a report-only call, so dependants are not held up;
+//! - each slot may hold a short queue of claimed tasks (prefetch), sized from how long the
+//!   tasks the runner may be given take: many when every identifier it advertises has been
+//!   seen to take well under a millisecond, one as long as any may take longer or has not
+//!   been seen yet (so a long task never waits behind another in a runner's queue, claimed
+//!   but not started, while another runner is idle);
+//! - a task's lease is held from its claim until its report is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::catalog::Catalog;
+use super::leases::LeasesHandle;
+use super::slot::Finished;
+use super::{Phase, Shared};
+use crate::api::convert::{std_duration, uuid_of};
+use crate::api::selfhosted_v1::report_result::Outcome;
+use crate::api::selfhosted_v1::{WorkReport, WorkRequest, WorkResponse};
+use crate::api::workflows_v1::{Task, TaskIdentifier};
+use crate::client::{CallError, RunnerClient};
+
+/// How long one slot's queue of claimed tasks should take to run, at most.
+const PREFETCH_TARGET: Duration = Duration::from_millis(10);
+/// Tasks of an identifier are prefetched only when they take less than this on average.
+const PREFETCH_BELOW: Duration = Duration::from_millis(1);
+/// The most tasks one slot holds (running and queued).
+const MAX_PREFETCH: usize = 64;
+/// An empty answer to a waiting call that took at least this long came from a server that
+/// long-polls: ask again at once.
+const LONG_POLL_SEEN: Duration = Duration::from_millis(200);
+/// How often reports refused as a whole are sent again before they are given up (their
+/// tasks then run again after their leases end).
+const MAX_REFUSALS: u32 = 5;
+
+/// What a `Work` call ended with.
+struct CallOutcome {
+    reports: Vec<(Uuid, WorkReport)>,
+    /// Tasks it asked for.
+    capacity: usize,
+    waited: bool,
+    elapsed: Duration,
+    answer: Result<WorkResponse, CallError>,
+}
+
+/// How many tasks each slot should hold, from a moving average of each identifier's task
+/// durations.
+#[derive(Default)]
+struct Prefetch {
+    averages: HashMap<(String, String), Duration>,
+}
+
+impl Prefetch {
+    /// The depth for a runner advertising `identifiers`: what the slowest (or an unseen)
+    /// identifier allows.
+    fn depth(&self, identifiers: &[(String, String)]) -> usize {
+        identifiers
+            .iter()
+            .map(|identifier| match self.averages.get(identifier) {
+                None => 1,
+                Some(average) if *average >= PREFETCH_BELOW => 1,
+                Some(average) if average.is_zero() => MAX_PREFETCH,
+                Some(average) => ((PREFETCH_TARGET.as_nanos() / average.as_nanos()) as usize)
+                    .clamp(1, MAX_PREFETCH),
+            })
+            .min()
+            .unwrap_or(1)
+    }
+
+    fn observe(&mut self, identifier: (String, String), elapsed: Duration) {
+        let average = self.averages.entry(identifier).or_insert(elapsed);
+        // An exponential moving average weighting the newest task by 1/8.
+        *average = (*average * 7 + elapsed) / 8;
+    }
+}
+
+pub struct Dispatcher {
+    pub shared: Arc<Shared>,
+    pub client: RunnerClient,
+    pub leases: LeasesHandle,
+    /// One sender per slot.
+    pub slots: Vec<mpsc::UnboundedSender<Task>>,
+    pub finished: mpsc::UnboundedReceiver<Finished>,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub phase: watch::Receiver<Phase>,
+    /// Fires on the second interrupt: calls in flight give up.
+    pub stop: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Runs until the runner drains (or, with `stop_when_idling`, until there is no work),
+    /// with every result reported.
+    pub async fn run(mut self) {
+        let mut outstanding = vec![0usize; self.slots.len()];
+        let mut prefetch = Prefetch::default();
+        let mut pending: Vec<(Uuid, WorkReport)> = Vec::new();
+        let mut claim_call: Option<(JoinHandle<CallOutcome>, bool)> = None;
+        let mut report_call: Option<JoinHandle<CallOutcome>> = None;
+        let mut idle_until: Option<Instant> = None;
+        let mut refusals = 0u32;
+        let mut idle_seen = false;
+        loop {
+            let draining = *self.phase.borrow() != Phase::Running;
+            let running: usize = outstanding.iter().sum();
+            let quiet =
+                running == 0 && pending.is_empty() && claim_call.is_none() && report_call.is_none();
+            if quiet && (draining || (idle_seen && self.shared.options.stop_when_idling)) {
+                return;
+            }
+            let now = Instant::now();
+            if idle_until.is_some_and(|until| until <= now) {
+                idle_until = None;
+            }
+            if claim_call.is_none() && idle_until.is_none() {
+                let identifiers = self.catalog.borrow().identifiers();
+                let depth = prefetch.depth(&identifiers);
+                let capacity = if draining || identifiers.is_empty() {
+                    0
+                } else {
+                    outstanding
+                        .iter()
+                        .map(|held| depth.saturating_sub(*held))
+                        .sum()
+                };
+                if capacity > 0 || !pending.is_empty() {
+                    let reports = std::mem::take(&mut pending);
+                    let wait = capacity > 0 && reports.is_empty();
+                    claim_call = Some((self.call(reports, capacity, wait, &identifiers), wait));
+                } else if identifiers.is_empty()
+                    && !draining
+                    && running == 0
+                    && self.shared.options.stop_when_idling
+                {
+                    idle_seen = true;
+                }
+            } else if claim_call.as_ref().is_some_and(|(_, waiting)| *waiting)
+                && report_call.is_none()
+                && !pending.is_empty()
+            {
+                let reports = std::mem::take(&mut pending);
+                report_call = Some(self.call(reports, 0, false, &[]));
+            }
+
+            tokio::select! {
+                finished = self.finished.recv() => {
+                    let Some(finished) = finished else { return };
+                    let mut next = Some(finished);
+                    while let Some(finished) = next.take() {
+                        outstanding[finished.slot] = outstanding[finished.slot].saturating_sub(1);
+                        prefetch.observe(finished.identifier, finished.elapsed);
+                        pending.push((finished.task, finished.report));
+                        next = self.finished.try_recv().ok();
+                    }
+                }
+                outcome = join(&mut claim_call) => {
+                    claim_call = None;
+                    let asked = outcome.capacity > 0;
+                    let waited = outcome.waited;
+                    let elapsed = outcome.elapsed;
+                    match self.settle(outcome, &mut pending, &mut refusals) {
+                        Some(answer) => {
+                            let claimed = answer.tasks.len();
+                            self.assign(answer.tasks, &mut outstanding);
+                            if asked && claimed == 0 {
+                                idle_seen = waited;
+                                // A server that held the waiting call open already waited for
+                                // work: ask again at once. One that answered at once gets
+                                // its suggested pause.
+                                if !waited || elapsed < LONG_POLL_SEEN {
+                                    let pause = answer
+                                        .suggested_idling
+                                        .as_ref()
+                                        .map(std_duration)
+                                        .unwrap_or(Duration::from_secs(1))
+                                        .clamp(Duration::from_millis(1), Duration::from_secs(5));
+                                    if waited {
+                                        idle_until = Some(Instant::now() + pause);
+                                    }
+                                }
+                            } else if claimed > 0 {
+                                idle_seen = false;
+                            }
+                        }
+                        None => idle_until = Some(Instant::now() + Duration::from_secs(1)),
+                    }
+                }
+                outcome = join_report(&mut report_call) => {
+                    report_call = None;
+                    if self.settle(outcome, &mut pending, &mut refusals).is_none() {
+                        idle_until = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                _ = sleep_until(idle_until) => {}
+                _ = self.catalog.changed() => idle_until = None,
+                _ = self.phase.changed() => idle_until = None,
+            }
+        }
+    }
+
+    /// Starts a `Work` call in its own task.
+    fn call(
+        &self,
+        reports: Vec<(Uuid, WorkReport)>,
+        capacity: usize,
+        wait: bool,
+        identifiers: &[(String, String)],
+    ) -> JoinHandle<CallOutcome> {
+        let request = WorkRequest {
+            reports: reports.iter().map(|(_, report)| report.clone()).collect(),
+            capacity: capacity.min(u32::MAX as usize) as u32,
+            cluster_slug: self.shared.cluster.clone(),
+            identifiers: identifiers
+                .iter()
+                .map(|(name, version)| TaskIdentifier {
+                    name: name.clone(),
+                    version: version.clone(),
+                })
+                .collect(),
+            wait,
+        };
+        let client = self.client.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = client.work(request, &stop).await;
+            CallOutcome {
+                reports,
+                capacity,
+                waited: wait,
+                elapsed: started.elapsed(),
+                answer,
+            }
+        })
+    }
+
+    /// Releases the leases of acknowledged reports and logs what the server made of them;
+    /// answers the response, or `None` when the call failed (its reports are kept for the
+    /// next call, unless they were refused too often).
+    fn settle(
+        &self,
+        outcome: CallOutcome,
+        pending: &mut Vec<(Uuid, WorkReport)>,
+        refusals: &mut u32,
+    ) -> Option<WorkResponse> {
+        match outcome.answer {
+            Ok(answer) => {
+                *refusals = 0;
+                for ((task, _), result) in outcome.reports.iter().zip(&answer.results) {
+                    self.leases.release(*task);
+                    match Outcome::try_from(result.outcome).unwrap_or(Outcome::Unspecified) {
+                        Outcome::Applied => {}
+                        Outcome::Stale => {
+                            tracing::warn!(%task, "the server ignored a result: {}", result.message)
+                        }
+                        Outcome::Refused | Outcome::Unspecified => {
+                            tracing::error!(%task, "the server refused a result: {}", result.message)
+                        }
+                    }
+                }
+                Some(answer)
+            }
+            Err(error) => {
+                *refusals += 1;
+                if *refusals >= MAX_REFUSALS || matches!(error, CallError::Cancelled { .. }) {
+                    tracing::error!(error = %error, count = outcome.reports.len(), "giving up reporting these results; their tasks will run again after their leases end");
+                    for (task, _) in &outcome.reports {
+                        self.leases.release(*task);
+                    }
+                } else {
+                    tracing::error!(error = %error, "the server refused a work call; retrying");
+                    let mut reports = outcome.reports;
+                    reports.append(pending);
+                    *pending = reports;
+                }
+                None
+            }
+        }
+    }
+
+    /// Holds the claimed tasks' leases and hands each to the slot with the fewest tasks.
+    fn assign(&self, tasks: Vec<Task>, outstanding: &mut [usize]) {
+        for task in tasks {
+            let task_id = uuid_of(task.id.as_ref())
+                .ok()
+                .flatten()
+                .unwrap_or_else(Uuid::nil);
+            let lease = task.lease.unwrap_or_default();
+            self.leases.hold(
+                task_id,
+                lease
+                    .lease
+                    .as_ref()
+                    .map(std_duration)
+                    .unwrap_or(Duration::from_secs(30)),
+                lease
+                    .recommended_wait_until_next_extension
+                    .as_ref()
+                    .map(std_duration)
+                    .unwrap_or(Duration::from_secs(5)),
+                task.display.as_deref().unwrap_or_default(),
+            );
+            let Some((slot, _)) = outstanding
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, held)| **held)
+            else {
+                return;
+            };
+            outstanding[slot] += 1;
+            if self.slots[slot].send(task).is_err() {
+                outstanding[slot] -= 1;
+            }
+        }
+    }
+}
+
+async fn join(call: &mut Option<(JoinHandle<CallOutcome>, bool)>) -> CallOutcome {
+    match call {
+        Some((handle, _)) => joined(handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_report(call: &mut Option<JoinHandle<CallOutcome>>) -> CallOutcome {
+    match call {
+        Some(handle) => joined(handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn joined(handle: &mut JoinHandle<CallOutcome>) -> CallOutcome {
+    match handle.await {
+        Ok(outcome) => outcome,
+        // The call's task panicked: nothing is known of its reports; keep none (their
+        // leases end and the tasks run again).
+        Err(_) => CallOutcome {
+            reports: Vec::new(),
+            capacity: 0,
+            waited: false,
+            elapsed: Duration::ZERO,
+            answer: Err(CallError::Cancelled { operation: "Work" }),
+        },
+    }
+}
+
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}

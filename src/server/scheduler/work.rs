@@ -1,0 +1,247 @@
+//! The batched work protocol (`tilebox.selfhosted.v1.WorkService`) on the scheduler's
+//! rules: every report of a call is applied on its own, then up to the runner's free
+//! capacity is claimed, all in one store transaction; leases are extended in one
+//! transaction too. The official `NextTask` path (`Scheduler::next_task`) shares the rules.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{Error, Result, Scheduler, recommended_wait, required_id};
+use crate::api::selfhosted_v1::WorkRequest;
+use crate::api::selfhosted_v1::work_report;
+use crate::api::submission;
+use crate::api::workflows_v1::{TaskFailedRequest, TaskState};
+use crate::server::store::{self, ClaimRequest, ClaimedTask, FailedReport, Report, ReportOutcome};
+
+/// Most reports one call may carry.
+pub const MAX_REPORTS_PER_CALL: usize = 10_000;
+/// Most tasks one call claims, whatever capacity it asks for.
+pub const MAX_CLAIM_PER_CALL: usize = 1_000;
+/// Most identifiers one claim may advertise.
+pub const MAX_IDENTIFIERS_PER_CLAIM: usize = 1_000;
+
+/// What became of one report of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemResult {
+    /// The report changed the task, which is now in this state; `note` says why a computed
+    /// report failed the task instead (its subtasks were refused).
+    Applied {
+        state: TaskState,
+        note: Option<String>,
+    },
+    /// The task is no longer the reporter's attempt: nothing changed.
+    Stale(TaskState),
+    /// The report itself is invalid: nothing changed.
+    Refused(String),
+}
+
+/// The answer to a `Work` call.
+#[derive(Debug)]
+pub struct WorkAnswer {
+    /// One result per report, in order.
+    pub results: Vec<ItemResult>,
+    pub tasks: Vec<ClaimedTask>,
+    /// Set when nothing was claimed: how long to wait before asking again.
+    pub idle: Option<Duration>,
+}
+
+impl Scheduler {
+    /// Applies the reports of `request`, each on its own, and claims up to its capacity
+    /// (waiting up to the long poll for work when it asks to and finds none).
+    pub async fn work(&self, request: WorkRequest, claimant: String) -> Result<WorkAnswer> {
+        if request.reports.len() > MAX_REPORTS_PER_CALL {
+            return Err(Error::InvalidRequest(format!(
+                "a work call may carry at most {MAX_REPORTS_PER_CALL} reports, got {}",
+                request.reports.len()
+            )));
+        }
+        let claim = self.work_claim(&request, &claimant).await?;
+        let capacity = (request.capacity as usize).min(MAX_CLAIM_PER_CALL);
+
+        // Turn each report into a store report, or a refusal in its place.
+        let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(request.reports.len());
+        let mut notes: Vec<Option<String>> = Vec::new();
+        let mut reports = Vec::new();
+        for report in request.reports {
+            match self.store_report(report.report, &claimant).await {
+                Ok((report, note)) => {
+                    results.push(None);
+                    notes.push(note);
+                    reports.push(report);
+                }
+                Err(reason) => results.push(Some(ItemResult::Refused(reason))),
+            }
+        }
+
+        let (outcomes, mut tasks) = self
+            .store
+            .report_and_claim_batch(reports, claim.clone(), capacity)
+            .await?;
+        let mut applied = false;
+        let mut outcomes = outcomes.into_iter().zip(notes);
+        for slot in results.iter_mut().filter(|slot| slot.is_none()) {
+            let Some((outcome, note)) = outcomes.next() else {
+                break;
+            };
+            *slot = Some(match outcome {
+                Ok(ReportOutcome::Applied(state)) => {
+                    applied = true;
+                    ItemResult::Applied { state, note }
+                }
+                Ok(ReportOutcome::Stale(state)) => ItemResult::Stale(state),
+                Err(store::Error::TaskNotFound { id }) => {
+                    ItemResult::Refused(format!("task {id} does not exist"))
+                }
+                Err(error) => ItemResult::Refused(error.to_string()),
+            });
+        }
+        if applied {
+            self.announce_work();
+        }
+
+        let mut idle = None;
+        if tasks.is_empty()
+            && let Some(claim) = claim.filter(|_| capacity > 0)
+        {
+            if request.wait {
+                tasks = self.wait_for_work(&claim, capacity).await?;
+            }
+            if tasks.is_empty() {
+                idle = Some(self.options.idle);
+            }
+        }
+        Ok(WorkAnswer {
+            results: results
+                .into_iter()
+                .map(|result| result.unwrap_or_else(|| ItemResult::Refused("not applied".into())))
+                .collect(),
+            tasks,
+            idle,
+        })
+    }
+
+    /// Extends the leases of several running tasks of `claimant`; answers, per item, the
+    /// granted lease and the recommended wait before the next extension, or `None` for a
+    /// task that is not `claimant`'s running attempt (or does not exist).
+    pub async fn extend_leases(
+        &self,
+        leases: Vec<(Uuid, Duration)>,
+        claimant: String,
+    ) -> Result<Vec<Option<(Duration, Duration)>>> {
+        if leases.len() > MAX_CLAIM_PER_CALL {
+            return Err(Error::InvalidRequest(format!(
+                "at most {MAX_CLAIM_PER_CALL} leases may be extended at once, got {}",
+                leases.len()
+            )));
+        }
+        let leases = leases
+            .into_iter()
+            .map(|(task, requested)| {
+                (
+                    task,
+                    requested.clamp(super::MIN_LEASE, self.options.max_lease),
+                )
+            })
+            .collect();
+        let granted = self.store.extend_leases(leases, claimant).await?;
+        Ok(granted
+            .into_iter()
+            .map(|lease| lease.map(|lease| (lease, recommended_wait(lease))))
+            .collect())
+    }
+
+    /// The claim of a work call, or `None` when it only reports.
+    async fn work_claim(
+        &self,
+        request: &WorkRequest,
+        claimant: &str,
+    ) -> Result<Option<ClaimRequest>> {
+        if request.capacity == 0 {
+            return Ok(None);
+        }
+        if request.identifiers.len() > MAX_IDENTIFIERS_PER_CLAIM {
+            return Err(Error::InvalidRequest(format!(
+                "a claim may advertise at most {MAX_IDENTIFIERS_PER_CLAIM} identifiers, got {}",
+                request.identifiers.len()
+            )));
+        }
+        let cluster = Self::cluster_slug(&request.cluster_slug);
+        // An unknown cluster is the runner's misconfiguration: say so.
+        self.store.get_cluster(&cluster).await?;
+        let identifiers = request
+            .identifiers
+            .iter()
+            .map(submission::parse_identifier)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(submission::Error::from)?;
+        Ok(Some(ClaimRequest {
+            cluster,
+            identifiers,
+            claimant: claimant.to_string(),
+            lease: self.options.lease,
+        }))
+    }
+
+    /// A wire report as a store report (with the note of a computed report that fails its
+    /// task), or why it is refused.
+    async fn store_report(
+        &self,
+        report: Option<work_report::Report>,
+        claimant: &str,
+    ) -> std::result::Result<(Report, Option<String>), String> {
+        match report {
+            Some(work_report::Report::Computed(computed)) => {
+                match self.computed_report(computed, claimant).await {
+                    Ok(report @ Report::Computed(_)) => Ok((report, None)),
+                    Ok(Report::Failed(failed)) => {
+                        let note = failed.display.lines().last().map(str::to_string);
+                        Ok((Report::Failed(failed), note))
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+            Some(work_report::Report::Failed(failed)) => failed_report(failed, claimant)
+                .map(|report| (report, None))
+                .map_err(|error| error.to_string()),
+            None => Err("the report is empty: neither computed nor failed".to_string()),
+        }
+    }
+
+    /// Claims again whenever work is announced, until something is claimed or the long
+    /// poll ends.
+    async fn wait_for_work(
+        &self,
+        claim: &ClaimRequest,
+        capacity: usize,
+    ) -> Result<Vec<ClaimedTask>> {
+        let deadline = tokio::time::Instant::now() + self.options.long_poll;
+        loop {
+            let notified = self.work_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (_, tasks) = self
+                .store
+                .report_and_claim_batch(Vec::new(), Some(claim.clone()), capacity)
+                .await?;
+            if !tasks.is_empty() {
+                return Ok(tasks);
+            }
+            tokio::select! {
+                _ = &mut notified => continue,
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+}
+
+/// A `TaskFailedRequest` as a store report.
+fn failed_report(request: TaskFailedRequest, claimant: &str) -> Result<Report> {
+    Ok(Report::Failed(FailedReport {
+        task_id: required_id(request.task_id.as_ref(), "failed.task_id")?,
+        claimant: claimant.to_string(),
+        display: request.display,
+        workflow_error: request.was_workflow_error,
+        progress: super::progress_of(&request.progress_updates),
+    }))
+}

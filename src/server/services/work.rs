@@ -1,0 +1,108 @@
+//! `tilebox.selfhosted.v1.WorkService`: the batched work protocol our runner speaks (one
+//! call reports finished tasks and claims up to the free capacity; one call extends every
+//! running task's lease). The reporter is the `tilebox-runner-id` header, or the peer.
+
+use tonic::{Request, Response, Status};
+
+use super::{caller, messages, required_uuid, scheduler_status};
+use crate::api::convert::{duration, std_duration};
+use crate::api::selfhosted_v1::report_result::Outcome;
+use crate::api::selfhosted_v1::work_service_server::WorkService;
+use crate::api::selfhosted_v1::{
+    ExtendLeasesRequest, ExtendLeasesResponse, ReportResult, WorkRequest, WorkResponse,
+};
+use crate::api::workflows_v1::{TaskLease, TaskState};
+use crate::server::scheduler::{ItemResult, Scheduler};
+
+pub struct Work {
+    scheduler: Scheduler,
+}
+
+impl Work {
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler }
+    }
+}
+
+fn report_result(result: ItemResult) -> ReportResult {
+    let (outcome, state, message) = match result {
+        ItemResult::Applied { state, note } => (Outcome::Applied, state, note.unwrap_or_default()),
+        ItemResult::Stale(state) => (
+            Outcome::Stale,
+            state,
+            "the task is no longer this runner's attempt (its lease was lost)".to_string(),
+        ),
+        ItemResult::Refused(reason) => (Outcome::Refused, TaskState::Unspecified, reason),
+    };
+    ReportResult {
+        outcome: outcome as i32,
+        state: state as i32,
+        message,
+    }
+}
+
+#[tonic::async_trait]
+impl WorkService for Work {
+    async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
+        let claimant = caller(&request);
+        let answer = self
+            .scheduler
+            .work(request.into_inner(), claimant)
+            .await
+            .map_err(scheduler_status)?;
+        let wait = self.scheduler.initial_wait();
+        Ok(Response::new(WorkResponse {
+            results: answer.results.into_iter().map(report_result).collect(),
+            tasks: answer
+                .tasks
+                .iter()
+                .map(|task| messages::claimed_task(task, wait))
+                .collect(),
+            suggested_idling: answer.idle.map(duration),
+        }))
+    }
+
+    async fn extend_leases(
+        &self,
+        request: Request<ExtendLeasesRequest>,
+    ) -> Result<Response<ExtendLeasesResponse>, Status> {
+        let claimant = caller(&request);
+        let leases = request
+            .into_inner()
+            .leases
+            .iter()
+            .enumerate()
+            .map(|(index, lease)| {
+                let task =
+                    required_uuid(lease.task_id.as_ref(), &format!("leases[{index}].task_id"))?;
+                let requested = lease
+                    .requested_lease
+                    .as_ref()
+                    .map(std_duration)
+                    .unwrap_or_default();
+                Ok((task, requested))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let granted = self
+            .scheduler
+            .extend_leases(leases, claimant)
+            .await
+            .map_err(scheduler_status)?;
+        let zero = || duration(std::time::Duration::ZERO);
+        Ok(Response::new(ExtendLeasesResponse {
+            leases: granted
+                .into_iter()
+                .map(|granted| match granted {
+                    Some((lease, wait)) => TaskLease {
+                        lease: Some(duration(lease)),
+                        recommended_wait_until_next_extension: Some(duration(wait)),
+                    },
+                    None => TaskLease {
+                        lease: Some(zero()),
+                        recommended_wait_until_next_extension: Some(zero()),
+                    },
+                })
+                .collect(),
+        }))
+    }
+}
