@@ -26,3 +26,4 @@ mod runner;
 mod server;
 mod snapshots;
 mod telemetry;
+mod work;

@@ -10,9 +10,10 @@
 //! Layout:
 //! - `mod.rs`: [`conformance_tests!`]
 //! - `fixtures.rs`: builders and small steps the rules share
-//! - `claims.rs`, `failures.rs`, `leases.rs`, `reads.rs`, `releases.rs`, `telemetry.rs`: the
-//!   rules, by area
+//! - `batches.rs`, `claims.rs`, `failures.rs`, `leases.rs`, `reads.rs`, `releases.rs`,
+//!   `telemetry.rs`: the rules, by area
 
+mod batches;
 mod claims;
 mod failures;
 mod fixtures;
@@ -21,6 +22,7 @@ mod reads;
 mod releases;
 mod telemetry;
 
+pub(crate) use batches::*;
 pub(crate) use claims::*;
 pub(crate) use failures::*;
 pub(crate) use leases::*;
@@ -70,6 +72,8 @@ macro_rules! conformance_tests {
             a_cluster_runs_one_release_per_workflow,
             telemetry_is_read_per_trace_in_arrival_order_and_expires,
             deleting_a_cluster_removes_its_deployments,
+            batched_reports_apply_each_on_its_own_and_claim_up_to_capacity,
+            leases_extend_together_only_for_their_claimant,
         );
     };
     (@rules $open:expr; $($rule:ident,)+) => {$(

@@ -1,0 +1,296 @@
+//! The batched work protocol (`tilebox.selfhosted.v1.WorkService`) on a real server: every
+//! item of a batch succeeds or fails on its own.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tilebox::api::selfhosted_v1::report_result::Outcome;
+use tilebox::api::selfhosted_v1::{
+    ExtendLeasesRequest, WorkReport, WorkRequest, WorkResponse, work_report,
+};
+use tilebox::api::workflows_v1::{
+    ComputedTask, JobState, Task, TaskFailedRequest, TaskLeaseRequest, TaskState, TaskSubmissions,
+};
+use tilebox::client::Client;
+use uuid::Uuid;
+
+use crate::common::{
+    RunnerProcess, TestServer, client, get_job, identifier, job_request, list_tasks, project,
+    project_runner, submit, task_group, uuid_of_id, wait_for_job_state, wait_until,
+};
+
+/// Sends a `Work` call as runner `runner`.
+async fn work(client: &Client, runner: &str, request: WorkRequest) -> WorkResponse {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("tilebox-runner-id", runner.parse().expect("header"));
+    client
+        .work
+        .clone()
+        .work(request)
+        .await
+        .expect("work call")
+        .into_inner()
+}
+
+fn claim(capacity: u32) -> WorkRequest {
+    WorkRequest {
+        capacity,
+        identifiers: vec![identifier("Batch", "v1.0")],
+        ..WorkRequest::default()
+    }
+}
+
+fn computed(task: &Task, sub_tasks: Option<TaskSubmissions>) -> WorkReport {
+    WorkReport {
+        report: Some(work_report::Report::Computed(ComputedTask {
+            id: task.id.clone(),
+            display: "done".into(),
+            sub_tasks,
+            ..ComputedTask::default()
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_applies_each_report_on_its_own() {
+    let server = TestServer::start();
+    let client = client(&server).await;
+    let job = client
+        .jobs
+        .clone()
+        .submit_job(job_request("Batch", "v1.0", 3, b"1"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let job_id = uuid_of_id(job.id.as_ref());
+
+    let claimed = work(&client, "runner-a", claim(2)).await;
+    assert_eq!(claimed.tasks.len(), 2, "the capacity bounds the claim");
+    assert!(claimed.suggested_idling.is_none());
+    let (good, bad) = (&claimed.tasks[0], &claimed.tasks[1]);
+    assert_eq!(
+        good.identifier.as_ref().map(|id| id.version.as_str()),
+        Some("v1.0")
+    );
+
+    // A subtask list the server refuses: an identifier pointer out of range.
+    let mut invalid = task_group(&[], 1, b"2");
+    invalid.identifier_pointers = vec![5];
+    let invalid = TaskSubmissions {
+        task_groups: vec![invalid],
+        cluster_slug_lookup: vec![String::new()],
+        identifier_lookup: vec![identifier("Batch", "v1.0")],
+        display_lookup: vec!["Child".into()],
+    };
+    let unknown = tilebox::api::convert::id(Uuid::now_v7());
+    let reports = vec![
+        computed(good, None),
+        computed(bad, Some(invalid)),
+        // The same task again: stale now.
+        computed(good, None),
+        WorkReport {
+            report: Some(work_report::Report::Failed(TaskFailedRequest {
+                task_id: Some(unknown),
+                display: "x".into(),
+                ..TaskFailedRequest::default()
+            })),
+        },
+        WorkReport { report: None },
+    ];
+    let answer = work(
+        &client,
+        "runner-a",
+        WorkRequest {
+            reports,
+            ..claim(5)
+        },
+    )
+    .await;
+    let outcomes: Vec<(Outcome, TaskState)> = answer
+        .results
+        .iter()
+        .map(|result| (result.outcome(), result.state()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Outcome::Applied, TaskState::Computed),
+            (Outcome::Applied, TaskState::Failed),
+            (Outcome::Stale, TaskState::Computed),
+            (Outcome::Refused, TaskState::Unspecified),
+            (Outcome::Refused, TaskState::Unspecified),
+        ]
+    );
+    assert!(
+        answer.results[1].message.contains("InvalidSubtasks"),
+        "{:?}",
+        answer.results[1]
+    );
+    assert!(
+        answer.results[3].message.contains("does not exist"),
+        "{:?}",
+        answer.results[3]
+    );
+    // The failed task failed the job, so nothing more is handed out.
+    assert!(answer.tasks.is_empty());
+
+    let mut reader = client.clone();
+    let tasks = list_tasks(&mut reader, job_id, None).await;
+    let states: Vec<TaskState> = tasks.iter().map(|task| task.state()).collect();
+    assert_eq!(
+        states,
+        [TaskState::Computed, TaskState::Failed, TaskState::Queued]
+    );
+    assert!(
+        tasks.iter().all(|task| !task.has_children),
+        "no refused subtask was stored"
+    );
+    assert_eq!(get_job(&mut reader, job_id).await.state(), JobState::Failed);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_extended_in_one_call_only_for_the_claimant() {
+    let server = TestServer::start();
+    let client = client(&server).await;
+    client
+        .jobs
+        .clone()
+        .submit_job(job_request("Batch", "v1.0", 2, b"1"))
+        .await
+        .expect("submit");
+    let mine = work(&client, "runner-a", claim(1)).await.tasks;
+    let theirs = work(&client, "runner-b", claim(1)).await.tasks;
+    let lease = |task: &Task| TaskLeaseRequest {
+        task_id: task.id.clone(),
+        requested_lease: Some(prost_types::Duration {
+            seconds: 40,
+            nanos: 0,
+        }),
+    };
+    let mut request = tonic::Request::new(ExtendLeasesRequest {
+        leases: vec![lease(&mine[0]), lease(&theirs[0])],
+    });
+    request
+        .metadata_mut()
+        .insert("tilebox-runner-id", "runner-a".parse().expect("header"));
+    let granted = client
+        .work
+        .clone()
+        .extend_leases(request)
+        .await
+        .expect("extend")
+        .into_inner()
+        .leases;
+    let seconds: Vec<i64> = granted
+        .iter()
+        .map(|lease| lease.lease.map_or(0, |lease| lease.seconds))
+        .collect();
+    assert_eq!(seconds, [40, 0], "only runner-a's own task is extended");
+    server.stop();
+}
+
+/// The official SDK's runner (`NextTask`) and ours (`Work`) share one job: every task is
+/// executed and computed exactly once, and both runners take part.
+#[test]
+fn one_job_worked_by_the_official_runner_and_ours_computes_every_task_once() {
+    const COUNT: usize = 80;
+    let server = TestServer::start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mark_sdk.py");
+    let python = crate::common::sdk_python();
+    let source = Command::new(&python)
+        .arg(&script)
+        .arg("source")
+        .output()
+        .expect("the task source");
+    let tasks = String::from_utf8(source.stdout).expect("UTF-8");
+    let project = project(
+        "mark",
+        &format!(
+            "{tasks}\nfrom tilebox.workflows import Runner\nrunner = Runner(tasks=[MarkFanOut, Mark])\n"
+        ),
+    );
+    let marker = server.temp_dir().join("marker");
+    // A one-field task is sent as the bare value, as the SDK encodes it.
+    let id = submit(&server, "MarkFanOut", &COUNT.to_string());
+
+    // The official runner starts first; ours joins once it has run a task.
+    let official = Command::new(&python)
+        .arg(&script)
+        .arg("run")
+        .env("TILEBOX_API_URL", server.url())
+        .env("MARKER", &marker)
+        .env("MARK_AS", "official")
+        .env_remove("TILEBOX_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the official runner");
+    let marks = || {
+        fs_err::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the official runner to run a task",
+        Duration::from_secs(120),
+        || !marks().is_empty(),
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    let log = project.path().join("runner.log");
+    let mut ours = RunnerProcess::spawn(
+        project_runner(
+            server.url(),
+            project.path(),
+            &["-n", "1", "--stop-when-idling"],
+        )
+        .env("MARKER", &marker)
+        .env("MARK_AS", "ours"),
+        log,
+    );
+    ours.wait_for_success(Duration::from_secs(120));
+    let official = official
+        .wait_with_output()
+        .expect("the official runner ends");
+    assert!(
+        official.status.success(),
+        "{}",
+        String::from_utf8_lossy(&official.stderr)
+    );
+
+    let done = wait_for_job_state(&server, &id, "completed", Duration::from_secs(10));
+    assert_eq!(
+        done["execution_stats"]["tasks_by_state"]["computed"],
+        COUNT + 1
+    );
+    let marks = marks();
+    let mut indices: Vec<usize> = marks
+        .iter()
+        .map(|line| {
+            line.split(' ')
+                .next()
+                .and_then(|index| index.parse().ok())
+                .expect("an index")
+        })
+        .collect();
+    indices.sort_unstable();
+    assert_eq!(
+        indices,
+        (0..COUNT).collect::<Vec<_>>(),
+        "each task ran exactly once"
+    );
+    for runner in ["official", "ours"] {
+        assert!(
+            marks.iter().any(|line| line.ends_with(runner)),
+            "{runner} ran no task: {marks:?}"
+        );
+    }
+    let children = done["tasks"][0]["children"].as_array().expect("children");
+    assert!(children.iter().all(|child| child["retry_count"] == 0));
+}
