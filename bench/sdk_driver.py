@@ -1,46 +1,30 @@
 """The official SDK's side of `bench/run.py`; runs with the Python of a venv that has
 `tilebox-workflows` installed, against the server in `TILEBOX_API_URL`.
 
-    python sdk_driver.py runner               official direct runner, forever (killed by run.py)
-    python sdk_driver.py latency OUT N GAP    submit N single-task `Stamp` jobs one at a time,
-                                              waiting for each to start, with a random pause of
-                                              0..GAP s before each submission; writes JSON to OUT
+    python sdk_driver.py runner     the official direct runner, forever (stopped by run.py)
+    python sdk_driver.py latency --out F --samples N --name NAME [--min-pause A] [--max-pause B] [--seed S]
+                                    submit N single-task `Stamp` jobs one at a time, each after
+                                    a random pause of A..B s, waiting for each to start; JSON to F
 
-The task classes match the `app.py` that run.py writes for our runner (same names, same
-version v0.0), so both runners serve jobs submitted the same way.
+The tasks are the ones of `workload.py`, which run.py also gives our runner, so both runners
+serve jobs submitted the same way.
 
-`Stamp` appends "<i> <time.time_ns()>" to the file in `TILEBOX_BENCH_STAMPS` as the first thing
-it does: the client-side measure of dispatch latency (same machine, same clock).
+Dispatch latency, client side: `time.time_ns()` right before the submit call, to the
+`time.time_ns()` that `Stamp` writes to `TILEBOX_BENCH_STAMPS` as its first statement (same
+machine, same clock).
 """
 
+import argparse
 import json
 import os
 import random
 import sys
 import time
 
-from tilebox.workflows import Client, ExecutionContext, Task
+from tilebox.workflows import Client
+from workload import TASKS, Stamp
 
-
-class Noop(Task):
-    def execute(self, context: ExecutionContext) -> None:
-        pass
-
-
-class FanOut(Task):
-    n: int
-
-    def execute(self, context: ExecutionContext) -> None:
-        context.submit_subtasks([Noop() for _ in range(self.n)])
-
-
-class Stamp(Task):
-    i: int
-
-    def execute(self, context: ExecutionContext) -> None:
-        now = time.time_ns()
-        with open(os.environ["TILEBOX_BENCH_STAMPS"], "a") as stamps:
-            stamps.write(f"{self.i} {now}\n")
+START_TIMEOUT_S = 30.0
 
 
 def read_stamps(path: str) -> dict[int, int]:
@@ -56,20 +40,21 @@ def read_stamps(path: str) -> dict[int, int]:
     return stamps
 
 
-def latency(out: str, samples: int, gap: float) -> None:
+def latency(arguments: argparse.Namespace) -> None:
     stamps_path = os.environ["TILEBOX_BENCH_STAMPS"]
-    offset = int(os.environ.get("TILEBOX_BENCH_STAMP_OFFSET", "0"))
     jobs = Client(url=os.environ["TILEBOX_API_URL"]).jobs()
-    rng = random.Random(int(os.environ.get("TILEBOX_BENCH_SEED", "1")))
+    rng = random.Random(arguments.seed)
+    # Stamps of earlier runs against the same runner stay in the file: continue after them.
+    offset = max(read_stamps(stamps_path), default=-1) + 1
     results = []
-    for sample in range(samples):
+    for sample in range(arguments.samples):
         index = offset + sample
-        pause = rng.uniform(float(os.environ.get("TILEBOX_BENCH_MIN_PAUSE", "0")), gap)
+        pause = rng.uniform(arguments.min_pause, arguments.max_pause)
         time.sleep(pause)
         before = time.time_ns()
-        job = jobs.submit("bench-latency", Stamp(i=index))
+        job = jobs.submit(arguments.name, Stamp(i=index))
         after = time.time_ns()
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + START_TIMEOUT_S
         started = None
         size = -1
         while started is None and time.monotonic() < deadline:
@@ -85,24 +70,37 @@ def latency(out: str, samples: int, gap: float) -> None:
             if started is None:
                 time.sleep(0.001)
         results.append(
-            {"job": str(job.id), "pause_s": pause, "before_submit_ns": before, "after_submit_ns": after, "started_ns": started}
+            {
+                "job": str(job.id),
+                "pause_s": pause,
+                "before_submit_ns": before,
+                "after_submit_ns": after,
+                "started_ns": started,
+            }
         )
         if started is None:
-            print(f"sample {index}: the task did not start within 30 s", file=sys.stderr)
+            print(f"sample {index}: the task did not start within {START_TIMEOUT_S:g} s", file=sys.stderr)
             break
-    with open(out, "w") as handle:
+    with open(arguments.out, "w") as handle:
         json.dump(results, handle)
 
 
 def main() -> None:
-    mode = sys.argv[1]
-    if mode == "runner":
-        client = Client(url=os.environ["TILEBOX_API_URL"])
-        client.runner(tasks=[Noop, FanOut, Stamp]).run_forever()
-    elif mode == "latency":
-        latency(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    parser = argparse.ArgumentParser()
+    modes = parser.add_subparsers(dest="mode", required=True)
+    modes.add_parser("runner")
+    measure = modes.add_parser("latency")
+    measure.add_argument("--out", required=True)
+    measure.add_argument("--samples", type=int, required=True)
+    measure.add_argument("--name", required=True, help="job name")
+    measure.add_argument("--min-pause", type=float, default=0.0)
+    measure.add_argument("--max-pause", type=float, default=1.0)
+    measure.add_argument("--seed", type=int, default=1)
+    arguments = parser.parse_args()
+    if arguments.mode == "runner":
+        Client(url=os.environ["TILEBOX_API_URL"]).runner(tasks=TASKS).run_forever()
     else:
-        raise SystemExit(f"unknown mode {mode!r}")
+        latency(arguments)
 
 
 if __name__ == "__main__":
