@@ -6,11 +6,10 @@
 //!   claims up to the free capacity; while it is in flight, new reports wait for the next;
 //! - when that call is a long poll (nothing was ready to claim), reports that finish
 //!   meanwhile go out at once in a report-only call, so dependants are not held up;
-//! - each slot may hold a short queue of claimed tasks (prefetch), sized from how long the
-//!   tasks the runner may be given take: many when every identifier it advertises has been
-//!   seen to take well under a millisecond, one as long as any may take longer or has not
-//!   been seen yet (so a long task never waits behind another in a runner's queue, claimed
-//!   but not started, while another runner is idle);
+//! - an idle slot asks for one task of any identifier; beyond that, slots queue up to
+//!   `PREFETCH_TARGET` worth of tasks (at most `MAX_PREFETCH`), but only of identifiers seen
+//!   to take under `PREFETCH_BELOW` on average, so a long task never waits in a runner's
+//!   queue, claimed but not started, while another runner is idle;
 //! - a task's lease is held from its claim until its report is acknowledged.
 
 use std::collections::HashMap;
@@ -49,32 +48,43 @@ const MAX_REFUSALS: u32 = 5;
 /// What a `Work` call ended with.
 struct CallOutcome {
     reports: Vec<(Uuid, WorkReport)>,
-    /// Tasks it asked for.
+    /// Tasks it asked for: of any identifier, and of short ones for the queues.
     capacity: usize,
+    queue: usize,
     waited: bool,
     elapsed: Duration,
     answer: Result<WorkResponse, CallError>,
 }
 
-/// How many tasks each slot should hold, from a moving average of each identifier's task
-/// durations.
+/// Which identifiers are short enough to queue, and how deep, from a moving average of each
+/// identifier's task durations.
 #[derive(Default)]
 struct Prefetch {
     averages: HashMap<(String, String), Duration>,
 }
 
 impl Prefetch {
-    /// The depth for a runner advertising `identifiers`: what the slowest (or an unseen)
-    /// identifier allows.
-    fn depth(&self, identifiers: &[(String, String)]) -> usize {
+    /// The advertised identifiers seen to take under [`PREFETCH_BELOW`] on average.
+    fn short(&self, identifiers: &[(String, String)]) -> Vec<(String, String)> {
         identifiers
             .iter()
-            .map(|identifier| match self.averages.get(identifier) {
-                None => 1,
-                Some(average) if *average >= PREFETCH_BELOW => 1,
-                Some(average) if average.is_zero() => MAX_PREFETCH,
-                Some(average) => ((PREFETCH_TARGET.as_nanos() / average.as_nanos()) as usize)
-                    .clamp(1, MAX_PREFETCH),
+            .filter(|identifier| {
+                self.averages
+                    .get(*identifier)
+                    .is_some_and(|average| *average < PREFETCH_BELOW)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How many tasks of `short` identifiers a slot may hold: what the slowest allows.
+    fn depth(&self, short: &[(String, String)]) -> usize {
+        short
+            .iter()
+            .filter_map(|identifier| self.averages.get(identifier))
+            .map(|average| {
+                let nanos = average.as_nanos().max(1);
+                ((PREFETCH_TARGET.as_nanos() / nanos) as usize).clamp(1, MAX_PREFETCH)
             })
             .min()
             .unwrap_or(1)
@@ -112,6 +122,8 @@ impl Dispatcher {
         let mut idle_until: Option<Instant> = None;
         let mut refusals = 0u32;
         let mut idle_seen = false;
+        // A call that only filled queues found nothing: ask again once a slot frees up.
+        let mut prefetch_exhausted = false;
         loop {
             let draining = *self.phase.borrow() != Phase::Running;
             let running: usize = outstanding.iter().sum();
@@ -126,19 +138,32 @@ impl Dispatcher {
             }
             if claim_call.is_none() && idle_until.is_none() {
                 let identifiers = self.catalog.borrow().identifiers();
-                let depth = prefetch.depth(&identifiers);
-                let capacity = if draining || identifiers.is_empty() {
-                    0
+                let short = prefetch.short(&identifiers);
+                let depth = prefetch.depth(&short);
+                let (capacity, queue) = if draining || identifiers.is_empty() {
+                    (0, 0)
                 } else {
-                    outstanding
+                    let idle = outstanding.iter().filter(|held| **held == 0).count();
+                    let free: usize = outstanding
                         .iter()
                         .map(|held| depth.saturating_sub(*held))
-                        .sum()
+                        .sum();
+                    let queue = if short.is_empty() || prefetch_exhausted {
+                        0
+                    } else {
+                        free.saturating_sub(idle)
+                    };
+                    (idle, queue)
                 };
-                if capacity > 0 || !pending.is_empty() {
+                if capacity > 0 || queue > 0 || !pending.is_empty() {
                     let reports = std::mem::take(&mut pending);
+                    // Only an idle slot waits for work; a call that only fills queues answers
+                    // at once.
                     let wait = capacity > 0 && reports.is_empty();
-                    claim_call = Some((self.call(reports, capacity, wait, &identifiers), wait));
+                    claim_call = Some((
+                        self.call(reports, (capacity, queue), wait, &identifiers, &short),
+                        wait,
+                    ));
                 } else if identifiers.is_empty()
                     && !draining
                     && running == 0
@@ -151,13 +176,14 @@ impl Dispatcher {
                 && !pending.is_empty()
             {
                 let reports = std::mem::take(&mut pending);
-                report_call = Some(self.call(reports, 0, false, &[]));
+                report_call = Some(self.call(reports, (0, 0), false, &[], &[]));
             }
 
             tokio::select! {
                 finished = self.finished.recv() => {
                     let Some(finished) = finished else { return };
                     let mut next = Some(finished);
+                    prefetch_exhausted = false;
                     while let Some(finished) = next.take() {
                         outstanding[finished.slot] = outstanding[finished.slot].saturating_sub(1);
                         prefetch.observe(finished.identifier, finished.elapsed);
@@ -168,11 +194,13 @@ impl Dispatcher {
                 outcome = join(&mut claim_call) => {
                     claim_call = None;
                     let asked = outcome.capacity > 0;
+                    let only_queued = !asked && outcome.queue > 0;
                     let waited = outcome.waited;
                     let elapsed = outcome.elapsed;
                     match self.settle(outcome, &mut pending, &mut refusals) {
                         Some(answer) => {
                             let claimed = answer.tasks.len();
+                            prefetch_exhausted = only_queued && claimed == 0;
                             self.assign(answer.tasks, &mut outstanding);
                             if asked && claimed == 0 {
                                 idle_seen = waited;
@@ -204,32 +232,42 @@ impl Dispatcher {
                     }
                 }
                 _ = sleep_until(idle_until) => {}
-                _ = self.catalog.changed() => idle_until = None,
+                _ = self.catalog.changed() => {
+                    idle_until = None;
+                    prefetch_exhausted = false;
+                }
                 _ = self.phase.changed() => idle_until = None,
             }
         }
     }
 
-    /// Starts a `Work` call in its own task.
+    /// Starts a `Work` call in its own task: `reports`, then `capacity` tasks of any of
+    /// `identifiers` and `queue` more of `short` ones.
     fn call(
         &self,
         reports: Vec<(Uuid, WorkReport)>,
-        capacity: usize,
+        (capacity, queue): (usize, usize),
         wait: bool,
         identifiers: &[(String, String)],
+        short: &[(String, String)],
     ) -> JoinHandle<CallOutcome> {
-        let request = WorkRequest {
-            reports: reports.iter().map(|(_, report)| report.clone()).collect(),
-            capacity: capacity.min(u32::MAX as usize) as u32,
-            cluster_slug: self.shared.cluster.clone(),
-            identifiers: identifiers
+        let wire = |identifiers: &[(String, String)]| {
+            identifiers
                 .iter()
                 .map(|(name, version)| TaskIdentifier {
                     name: name.clone(),
                     version: version.clone(),
                 })
-                .collect(),
+                .collect()
+        };
+        let request = WorkRequest {
+            reports: reports.iter().map(|(_, report)| report.clone()).collect(),
+            capacity: capacity.min(u32::MAX as usize) as u32,
+            cluster_slug: self.shared.cluster.clone(),
+            identifiers: wire(identifiers),
             wait,
+            prefetch: queue.min(u32::MAX as usize) as u32,
+            prefetch_identifiers: wire(short),
         };
         let client = self.client.clone();
         let stop = self.stop.clone();
@@ -239,6 +277,7 @@ impl Dispatcher {
             CallOutcome {
                 reports,
                 capacity,
+                queue,
                 waited: wait,
                 elapsed: started.elapsed(),
                 answer,
@@ -349,6 +388,7 @@ async fn joined(handle: &mut JoinHandle<CallOutcome>) -> CallOutcome {
         Err(_) => CallOutcome {
             reports: Vec::new(),
             capacity: 0,
+            queue: 0,
             waited: false,
             elapsed: Duration::ZERO,
             answer: Err(CallError::Cancelled { operation: "Work" }),

@@ -56,8 +56,7 @@ impl Scheduler {
                 request.reports.len()
             )));
         }
-        let claim = self.work_claim(&request, &claimant).await?;
-        let capacity = (request.capacity as usize).min(MAX_CLAIM_PER_CALL);
+        let claims = self.work_claims(&request, &claimant).await?;
 
         // Turn each report into a store report, or a refusal in its place.
         let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(request.reports.len());
@@ -76,7 +75,7 @@ impl Scheduler {
 
         let (outcomes, mut tasks) = self
             .store
-            .report_and_claim_batch(reports, claim.clone(), capacity)
+            .report_and_claim_batch(reports, claims.clone())
             .await?;
         let mut applied = false;
         let mut outcomes = outcomes.into_iter().zip(notes);
@@ -101,11 +100,9 @@ impl Scheduler {
         }
 
         let mut idle = None;
-        if tasks.is_empty()
-            && let Some(claim) = claim.filter(|_| capacity > 0)
-        {
+        if tasks.is_empty() && !claims.is_empty() {
             if request.wait {
-                tasks = self.wait_for_work(&claim, capacity).await?;
+                tasks = self.wait_for_work(&claims).await?;
             }
             if tasks.is_empty() {
                 idle = Some(self.options.idle);
@@ -151,36 +148,54 @@ impl Scheduler {
             .collect())
     }
 
-    /// The claim of a work call, or `None` when it only reports.
-    async fn work_claim(
+    /// The claims of a work call, in order: up to `capacity` of any advertised identifier,
+    /// then up to `prefetch` of the prefetch identifiers; none when it only reports. Together
+    /// they claim at most [`MAX_CLAIM_PER_CALL`] tasks.
+    async fn work_claims(
         &self,
         request: &WorkRequest,
         claimant: &str,
-    ) -> Result<Option<ClaimRequest>> {
-        if request.capacity == 0 {
-            return Ok(None);
+    ) -> Result<Vec<(ClaimRequest, usize)>> {
+        let capacity = (request.capacity as usize).min(MAX_CLAIM_PER_CALL);
+        let prefetch = (request.prefetch as usize).min(MAX_CLAIM_PER_CALL - capacity);
+        if capacity == 0 && prefetch == 0 {
+            return Ok(Vec::new());
         }
-        if request.identifiers.len() > MAX_IDENTIFIERS_PER_CLAIM {
-            return Err(Error::InvalidRequest(format!(
-                "a claim may advertise at most {MAX_IDENTIFIERS_PER_CLAIM} identifiers, got {}",
-                request.identifiers.len()
-            )));
+        for (field, identifiers) in [
+            ("identifiers", &request.identifiers),
+            ("prefetch_identifiers", &request.prefetch_identifiers),
+        ] {
+            if identifiers.len() > MAX_IDENTIFIERS_PER_CLAIM {
+                return Err(Error::InvalidRequest(format!(
+                    "`{field}` may hold at most {MAX_IDENTIFIERS_PER_CLAIM} identifiers, got {}",
+                    identifiers.len()
+                )));
+            }
         }
         let cluster = Self::cluster_slug(&request.cluster_slug);
         // An unknown cluster is the runner's misconfiguration: say so.
         self.store.get_cluster(&cluster).await?;
-        let identifiers = request
-            .identifiers
-            .iter()
-            .map(submission::parse_identifier)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(submission::Error::from)?;
-        Ok(Some(ClaimRequest {
-            cluster,
+        let parse = |identifiers: &[crate::api::workflows_v1::TaskIdentifier]| {
+            identifiers
+                .iter()
+                .map(submission::parse_identifier)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(submission::Error::from)
+        };
+        let claim = |identifiers| ClaimRequest {
+            cluster: cluster.clone(),
             identifiers,
             claimant: claimant.to_string(),
             lease: self.options.lease,
-        }))
+        };
+        let mut claims = Vec::new();
+        if capacity > 0 {
+            claims.push((claim(parse(&request.identifiers)?), capacity));
+        }
+        if prefetch > 0 && !request.prefetch_identifiers.is_empty() {
+            claims.push((claim(parse(&request.prefetch_identifiers)?), prefetch));
+        }
+        Ok(claims)
     }
 
     /// A wire report as a store report (with the note of a computed report that fails its
@@ -210,11 +225,7 @@ impl Scheduler {
 
     /// Claims again whenever work is announced, until something is claimed or the long
     /// poll ends.
-    async fn wait_for_work(
-        &self,
-        claim: &ClaimRequest,
-        capacity: usize,
-    ) -> Result<Vec<ClaimedTask>> {
+    async fn wait_for_work(&self, claims: &[(ClaimRequest, usize)]) -> Result<Vec<ClaimedTask>> {
         let deadline = tokio::time::Instant::now() + self.options.long_poll;
         loop {
             let notified = self.work_available.notified();
@@ -222,7 +233,7 @@ impl Scheduler {
             notified.as_mut().enable();
             let (_, tasks) = self
                 .store
-                .report_and_claim_batch(Vec::new(), Some(claim.clone()), capacity)
+                .report_and_claim_batch(Vec::new(), claims.to_vec())
                 .await?;
             if !tasks.is_empty() {
                 return Ok(tasks);

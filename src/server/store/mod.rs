@@ -331,13 +331,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Option<ReportOutcome>, Option<ClaimedTask>)>;
     async fn fail_task(&self, report: FailedReport) -> Result<ReportOutcome>;
     /// In one transaction: applies each report on its own (one that fails, e.g. for an
-    /// unknown task, leaves the others applied), then claims up to `capacity` tasks for
-    /// `claim`, oldest first. Answers one result per report, in order, and the claimed tasks.
+    /// unknown task, leaves the others applied), then claims, for each `(claim, count)` in
+    /// order, up to `count` tasks, oldest first. Answers one result per report, in order,
+    /// and the claimed tasks.
     async fn report_and_claim_batch(
         &self,
         reports: Vec<Report>,
-        claim: Option<ClaimRequest>,
-        capacity: usize,
+        claims: Vec<(ClaimRequest, usize)>,
     ) -> Result<(Vec<Result<ReportOutcome>>, Vec<ClaimedTask>)>;
     /// Extends a running task's lease to `lease` from now; `None` if it is not running.
     async fn extend_lease(

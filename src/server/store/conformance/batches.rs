@@ -11,7 +11,7 @@ use crate::server::store::{Error, Report, ReportOutcome, Store};
 
 /// Rule 27: one batch applies each report on its own — an applied one, a stale one (the
 /// task already computed) and one for an unknown task come back as such, and the unknown one
-/// changes nothing — and then claims up to its capacity, oldest first.
+/// changes nothing — and then claims up to each claim's count, in order, oldest first.
 pub(crate) async fn batched_reports_apply_each_on_its_own_and_claim_up_to_capacity<S: Store>(
     store: S,
 ) {
@@ -24,7 +24,7 @@ pub(crate) async fn batched_reports_apply_each_on_its_own_and_claim_up_to_capaci
     let workers = runner(RUNNER_A, &["Batch"]);
 
     let (outcomes, claimed) = store
-        .report_and_claim_batch(Vec::new(), Some(workers.clone()), 2)
+        .report_and_claim_batch(Vec::new(), vec![(workers.clone(), 2)])
         .await
         .expect("claim two");
     assert!(outcomes.is_empty());
@@ -47,7 +47,7 @@ pub(crate) async fn batched_reports_apply_each_on_its_own_and_claim_up_to_capaci
         Report::Failed(failed(second, RUNNER_A, false)),
     ];
     let (outcomes, claimed) = store
-        .report_and_claim_batch(reports, Some(workers.clone()), 10)
+        .report_and_claim_batch(reports, vec![(workers.clone(), 10)])
         .await
         .expect("a batch with bad items is still answered");
     assert_eq!(outcomes.len(), 4, "one outcome per report");
@@ -84,13 +84,35 @@ pub(crate) async fn batched_reports_apply_each_on_its_own_and_claim_up_to_capaci
         "a runner fault is not a retry"
     );
 
+    // Claims apply in order, each only to its identifiers: `Missing` matches nothing, and
+    // the `Other` task waits for a runner of its own.
+    submit(&store, job("more", vec![task("Batch"), task("Other")])).await;
+    let (_, mixed) = store
+        .report_and_claim_batch(
+            Vec::new(),
+            vec![
+                (runner(RUNNER_A, &["Missing"]), 5),
+                (runner(RUNNER_A, &["Batch"]), 5),
+            ],
+        )
+        .await
+        .expect("two claims");
+    assert_eq!(
+        mixed
+            .iter()
+            .map(|task| task.identifier.name.as_str())
+            .collect::<Vec<_>>(),
+        ["Batch"],
+        "only what a claim's identifiers match"
+    );
+
     // Report-only batches claim nothing.
     let reports = claimed
         .iter()
         .map(|task| Report::Computed(computed(task, RUNNER_A)))
         .collect();
     let (outcomes, nothing) = store
-        .report_and_claim_batch(reports, Some(workers), 0)
+        .report_and_claim_batch(reports, vec![(workers, 0)])
         .await
         .expect("report the rest");
     assert!(

@@ -427,8 +427,7 @@ impl Store for SqliteStore {
     async fn report_and_claim_batch(
         &self,
         reports: Vec<Report>,
-        claim: Option<ClaimRequest>,
-        capacity: usize,
+        claims: Vec<(ClaimRequest, usize)>,
     ) -> Result<(Vec<Result<ReportOutcome>>, Vec<ClaimedTask>)> {
         self.write(move |connection| {
             let now = now_millis();
@@ -442,8 +441,8 @@ impl Store for SqliteStore {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut claimed = Vec::new();
-            if let Some(claim) = claim {
-                while claimed.len() < capacity {
+            for (claim, count) in claims {
+                for _ in 0..count {
                     match tasks::claim_task(connection, &claim, now)? {
                         Some(task) => claimed.push(task),
                         None => break,
