@@ -306,7 +306,8 @@ async fn a_task_whose_lease_is_lost_eleven_times_fails_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_server_under_four_runners_loses_and_duplicates_nothing() {
-    const LEAVES: u64 = 5_000;
+    // Enough for the runners' batched work calls to be in flight at the kill.
+    const LEAVES: u64 = 50_000;
     let mut server = TestServer::start_with(&["--lease-seconds", "5"]);
     let project = project("fan-out", FAN_OUT);
     let mut client = Client::connect(server.url(), None).await.expect("client");
@@ -317,9 +318,9 @@ async fn kill_9_of_the_server_under_four_runners_loses_and_duplicates_nothing() 
     let before_kill = wait_for_job(
         &mut client,
         job,
-        Duration::from_secs(120),
-        "1,000 computed tasks",
-        |job| counts(job).1.get("computed").copied().unwrap_or(0) > 1_000,
+        Duration::from_secs(300),
+        "10,000 computed tasks",
+        |job| counts(job).1.get("computed").copied().unwrap_or(0) > LEAVES / 5,
     );
     server.kill();
     let (_, at_kill) = counts(&before_kill);
@@ -341,7 +342,7 @@ async fn kill_9_of_the_server_under_four_runners_loses_and_duplicates_nothing() 
     wait_for_job(
         &mut client,
         job,
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         "completing after the restart",
         |job| job.state() == JobState::Completed,
     );
