@@ -27,13 +27,16 @@ use crate::api::workflows_v1::{
 };
 use crate::client::{Backoff, Client};
 use render::{job_document, job_rows, jobs_table, task_table, tasks_document};
-use tree::{fetch_task_tree, get_job, is_finished};
+use tree::{fetch_task_tree_up_to, get_job, is_finished};
 
 /// The first pause between two polls of `job wait`; pauses double (with jitter) up to
 /// `WAIT_POLL_MAX`.
 const WAIT_POLL_START: Duration = Duration::from_millis(50);
 /// The longest pause between two polls of `job wait`.
 const WAIT_POLL_MAX: Duration = Duration::from_millis(500);
+
+/// About how many tasks `job get` shows without `--all`: a job of any size prints quickly.
+const GET_TASK_LIMIT: usize = 1_000;
 
 /// The job states `--state` accepts, in lifecycle order.
 const JOB_STATES: [JobState; 6] = [
@@ -120,6 +123,9 @@ pub struct ListArgs {
 pub struct GetArgs {
     /// Id of the job.
     id: String,
+    /// Show every task; without it, about the first 1,000 (roots first, then level by level).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,10 +247,27 @@ async fn get(arguments: GetArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let id = parse_id("job id", &arguments.id)?;
     let mut client = api.connect().await?;
     let job = get_job(&mut client, id).await?;
-    let tasks = fetch_task_tree(&mut client, id).await?;
+    let limit = if arguments.all {
+        usize::MAX
+    } else {
+        GET_TASK_LIMIT
+    };
+    let (tasks, complete) = fetch_task_tree_up_to(&mut client, id, limit).await?;
+    if !complete {
+        let total = job
+            .execution_stats
+            .as_ref()
+            .map_or(0, |stats| stats.total_tasks);
+        eprintln!(
+            "showing the first tasks of {total}, roots first; `tilebox job get {id} --all` shows every task"
+        );
+    }
     if api.json {
         let mut document = job_document(&job)?;
         document.insert("tasks".to_string(), tasks_document(&tasks)?);
+        if !complete {
+            document.insert("tasks_truncated".to_string(), Value::Bool(true));
+        }
         output::print_json(&Value::Object(document))?;
     } else {
         output::print_text(&job_rows(&job)?)?;

@@ -380,9 +380,9 @@ fn queue_parents_skips_leaves_and_repeats() {
         summary(parent, "P", TaskState::Computed, true),
     ];
     let mut seen = HashSet::new();
-    let mut parents = Vec::new();
+    let mut parents = std::collections::VecDeque::new();
     queue_parents(&tasks, &mut seen, &mut parents).unwrap();
-    assert_eq!(parents, vec![parent]);
+    assert_eq!(parents, [parent]);
 }
 
 #[test]
@@ -538,6 +538,25 @@ async fn task_tree_follows_pages_and_children() {
     assert_eq!(document[0]["children"][0]["id"], fake::CHILD);
     assert_eq!(document[1]["id"], fake::ROOT_B);
     assert_eq!(document.as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn a_limited_task_tree_stops_after_the_roots_and_says_so() {
+    let (mut client, _stop) = fake::serve(fake::Jobs {
+        states: Mutex::new(vec![JobState::Running]),
+    })
+    .await;
+    let (tree, complete) = fetch_task_tree_up_to(&mut client, Uuid::nil(), 2)
+        .await
+        .unwrap();
+    assert!(!complete, "the child was not fetched");
+    let document = tasks_document(&tree).unwrap();
+    assert_eq!(document.as_array().map(Vec::len), Some(2), "every root");
+    assert_eq!(document[0]["children"], serde_json::json!([]));
+    let (_, complete) = fetch_task_tree_up_to(&mut client, Uuid::nil(), 3)
+        .await
+        .unwrap();
+    assert!(complete, "roots and the child fit in 3");
 }
 
 #[tokio::test]

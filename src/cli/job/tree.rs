@@ -41,30 +41,45 @@ pub(crate) async fn fetch_task_tree(
     client: &mut Client,
     job_id: Uuid,
 ) -> anyhow::Result<Vec<TaskNode>> {
+    Ok(fetch_task_tree_up_to(client, job_id, usize::MAX).await?.0)
+}
+
+/// The job's task tree, fetching at most about `limit` tasks (whole pages; roots first, then
+/// children level by level); answers whether it holds every task.
+pub(crate) async fn fetch_task_tree_up_to(
+    client: &mut Client,
+    job_id: Uuid,
+    limit: usize,
+) -> anyhow::Result<(Vec<TaskNode>, bool)> {
     let roots = list_job_tasks(client, job_id, None).await?;
+    let mut fetched = roots.len();
     let mut children = HashMap::new();
     // Each task's children are fetched once, even if a broken server lists a task twice.
     let mut seen = HashSet::new();
-    let mut parents = Vec::new();
+    let mut parents = std::collections::VecDeque::new();
     queue_parents(&roots, &mut seen, &mut parents)?;
-    while let Some(parent) = parents.pop() {
+    while let Some(parent) = parents.pop_front() {
+        if fetched >= limit {
+            return Ok((assemble_tree(roots, &mut children)?, false));
+        }
         let tasks = list_job_tasks(client, job_id, Some(parent)).await?;
+        fetched += tasks.len();
         queue_parents(&tasks, &mut seen, &mut parents)?;
         children.insert(parent, tasks);
     }
-    Ok(assemble_tree(roots, &mut children)?)
+    Ok((assemble_tree(roots, &mut children)?, true))
 }
 
 /// Adds the ids of not yet seen tasks that have children to `parents`.
 pub(crate) fn queue_parents(
     tasks: &[TaskSummary],
     seen: &mut HashSet<Uuid>,
-    parents: &mut Vec<Uuid>,
+    parents: &mut std::collections::VecDeque<Uuid>,
 ) -> Result<(), InvalidId> {
     for task in tasks {
         if let Some(id) = convert::uuid_of(task.id.as_ref())? {
             if seen.insert(id) && task.has_children {
-                parents.push(id);
+                parents.push_back(id);
             }
         }
     }
