@@ -335,19 +335,23 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let slot: SinkSlot = Arc::new(Mutex::new(None));
-    let loaded = Python::attach(|py| -> Result<Vec<(String, String)>, Exception> {
+    let loaded = Python::attach(|py| -> Result<_, Exception> {
         let convert = |error: PyErr| interpreter::python_error(py, &error);
         interpreter::set_up_paths(py, &release).map_err(convert)?;
         interpreter::install_sink(py, slot.clone()).map_err(convert)?;
-        interpreter::load_runner(py, &release.runner).map_err(convert)
+        let identifiers = interpreter::load_runner(py, &release.runner).map_err(convert)?;
+        Ok((identifiers, interpreter::Entry::new(py).map_err(convert)?))
     });
-    match loaded {
-        Ok(identifiers) => send(&output, &FromChild::Loaded { identifiers }),
+    let entry = match loaded {
+        Ok((identifiers, entry)) => {
+            send(&output, &FromChild::Loaded { identifiers });
+            entry
+        }
         Err(error) => {
             send(&output, &FromChild::LoadError { error });
             return ExitCode::from(1);
         }
-    }
+    };
     {
         let output = output.clone();
         if let Ok(mut guard) = slot.lock() {
@@ -356,6 +360,13 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
             }));
         }
     }
+    let code = serve_requests(&entry, &output);
+    Python::attach(|_| drop(entry));
+    code
+}
+
+/// Executes the requests read from stdin until it closes.
+fn serve_requests(entry: &interpreter::Entry, output: &Output) -> ExitCode {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -369,8 +380,8 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let outcome = Python::attach(|py| interpreter::execute(py, &request));
-        send(&output, &FromChild::Outcome { outcome });
+        let outcome = Python::attach(|py| entry.execute(py, &request));
+        send(output, &FromChild::Outcome { outcome });
     }
     ExitCode::SUCCESS
 }
