@@ -7,6 +7,10 @@
 //! no `#[pyclass]`, no `intern!`, no statics holding Python objects. The only Python objects
 //! kept across a detach are an [`Entry`]'s (the runtime's `execute` and the dict keys every
 //! call uses): it lives on its interpreter's thread and is dropped while attached.
+//!
+//! A call hands the interpreter thread a whole batch of tasks: it attaches once, runs them
+//! one after the other (each with its own event sender), detaches and replies once, so the
+//! two thread wake-ups of a handoff are paid once per batch instead of once per task.
 
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, mpsc};
@@ -293,11 +297,14 @@ fn submissions_of(value: &Bound<'_, PyAny>) -> PyResult<Option<Submissions>> {
     }))
 }
 
+/// Tasks handed to an interpreter in one handoff, each with the sender its events go to.
+pub type Batch = Vec<(TaskRequest, EventSender)>;
+
 enum Command {
+    /// Run the tasks in order; reply with their outcomes, in the same order.
     Execute {
-        request: Box<TaskRequest>,
-        events: EventSender,
-        reply: oneshot::Sender<TaskOutcome>,
+        batch: Batch,
+        reply: oneshot::Sender<Vec<TaskOutcome>>,
     },
 }
 
@@ -333,23 +340,24 @@ impl SubInterpreter {
         &self.identifiers
     }
 
-    /// Executes a task; events it emits go to `events` while it runs.
-    pub async fn execute(
-        &self,
-        request: TaskRequest,
-        events: EventSender,
-    ) -> Result<TaskOutcome, Error> {
+    /// Executes the tasks one after the other in one handoff; each task's events go to its
+    /// own sender while it runs. Answers one outcome per task, in order.
+    pub async fn execute_batch(&self, batch: Batch) -> Vec<Result<TaskOutcome, Error>> {
+        let count = batch.len();
+        let gone = || (0..count).map(|_| Err(Error::InterpreterGone)).collect();
+        let Some(commands) = &self.commands else {
+            return gone();
+        };
+        if count == 0 {
+            return Vec::new();
+        }
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .as_ref()
-            .ok_or(Error::InterpreterGone)?
-            .send(Command::Execute {
-                request: Box::new(request),
-                events,
-                reply,
-            })
-            .map_err(|_| Error::InterpreterGone)?;
-        answer.await.map_err(|_| Error::InterpreterGone)
+        // A failed send drops `reply`, so the answer is an error.
+        let _ = commands.send(Command::Execute { batch, reply });
+        match answer.await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(_) => gone(),
+        }
     }
 
     /// Ends the interpreter after the task it runs (if any) finished.
@@ -369,6 +377,26 @@ impl Drop for SubInterpreter {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// Runs the tasks of a batch in order in the attached interpreter, pointing the event sink
+/// at each task's sender while it runs.
+fn run_batch(py: Python<'_>, entry: &Entry, slot: &SinkSlot, batch: Batch) -> Vec<TaskOutcome> {
+    batch
+        .into_iter()
+        .map(|(request, events)| {
+            if let Ok(mut guard) = slot.lock() {
+                *guard = Some(Box::new(move |event| {
+                    let _ = events.send(event);
+                }));
+            }
+            let outcome = entry.execute(py, &request);
+            if let Ok(mut guard) = slot.lock() {
+                *guard = None;
+            }
+            outcome
+        })
+        .collect()
 }
 
 /// The interpreter thread: create, set up, load, serve commands, end.
@@ -420,25 +448,13 @@ fn run_interpreter(
         let mut saved = unsafe { ffi::PyEval_SaveThread() };
         while let Ok(command) = commands.recv() {
             match command {
-                Command::Execute {
-                    request,
-                    events,
-                    reply,
-                } => {
+                Command::Execute { batch, reply } => {
                     // SAFETY: re-attaches the thread state this thread created and saved.
                     unsafe { ffi::PyEval_RestoreThread(saved) };
-                    if let Ok(mut guard) = slot.lock() {
-                        *guard = Some(Box::new(move |event| {
-                            let _ = events.send(event);
-                        }));
-                    }
-                    let outcome = Python::attach(|py| entry.execute(py, &request));
-                    if let Ok(mut guard) = slot.lock() {
-                        *guard = None;
-                    }
+                    let outcomes = Python::attach(|py| run_batch(py, &entry, &slot, batch));
                     // SAFETY: detaches again; only `entry` outlives the attachment.
                     saved = unsafe { ffi::PyEval_SaveThread() };
-                    let _ = reply.send(outcome);
+                    let _ = reply.send(outcomes);
                 }
             }
         }
