@@ -411,7 +411,8 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
     let entry = match loaded {
         Ok((identifiers, entry)) => {
             send(&output, &FromChild::Loaded { identifiers });
-            entry
+            // Dropped explicitly while attached below; leaked if a panic unwinds first.
+            std::mem::ManuallyDrop::new(entry)
         }
         Err(error) => {
             send(&output, &FromChild::LoadError { error });
@@ -427,7 +428,7 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         }
     }
     let code = serve_batches(&entry, &output);
-    Python::attach(|_| drop(entry));
+    Python::attach(|_| drop(std::mem::ManuallyDrop::into_inner(entry)));
     code
 }
 

@@ -13,6 +13,7 @@
 //! two thread wake-ups of a handoff are paid once per batch instead of once per task.
 
 use std::ffi::CString;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, mpsc};
 
 use pyo3::ffi;
@@ -117,7 +118,8 @@ pub fn load_runner(py: Python<'_>, runner: &str) -> PyResult<Vec<(String, String
 
 /// The runtime's `execute` in one interpreter, with the dict keys every call uses, looked up
 /// once instead of per call. Made after the runner loaded; used and dropped only while
-/// attached, on the thread of the interpreter that made it.
+/// attached, on the thread of the interpreter that made it (held in a `ManuallyDrop` and
+/// dropped explicitly, so a panic unwinding past it leaks it instead of aborting).
 pub struct Entry {
     execute: Py<PyAny>,
     keys: Keys,
@@ -438,7 +440,9 @@ fn run_interpreter(
         Ok((identifiers, Entry::new(py).map_err(fail)?))
     });
     let (setup, entry) = match setup {
-        Ok((identifiers, entry)) => (Ok(identifiers), Some(entry)),
+        // Dropped explicitly while attached at the end; if this thread unwinds instead, the
+        // entry leaks (dropping its objects detached would abort the process).
+        Ok((identifiers, entry)) => (Ok(identifiers), Some(ManuallyDrop::new(entry))),
         Err(error) => (Err(error), None),
     };
     let _ = loaded.send(setup);
@@ -460,7 +464,7 @@ fn run_interpreter(
         }
         // SAFETY: re-attach to end the interpreter on the thread that created it.
         unsafe { ffi::PyEval_RestoreThread(saved) };
-        Python::attach(|_| drop(entry));
+        Python::attach(|_| drop(ManuallyDrop::into_inner(entry)));
     }
     Python::attach(|py| {
         // Let non-daemon threads the release started finish, so the interpreter can end, and
