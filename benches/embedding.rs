@@ -1,10 +1,13 @@
 //! Benchmarks of the embedding layer (`tilebox::python`), through the library API a runner
-//! uses: `python::load(Release, Placement)` and `LoadedRelease::execute`.
+//! uses: `python::load(Release, Placement)`, then `LoadedRelease::execute` and
+//! `LoadedRelease::execute_batch`.
 //!
-//! Run with `cargo bench --bench embedding`. It prints markdown tables to stdout (progress
-//! goes to stderr):
-//! - **calls**: a trivial task executed sequentially from one tokio task, in an own-GIL
-//!   sub-interpreter and in a child process (calls/s, mean µs per call), next to the
+//! Run with `cargo bench --bench embedding` (or `... -- calls` for some of the sections
+//! `calls`, `parallel`, `memory`). It prints the machine's load average, then markdown tables
+//! to stdout (progress goes to stderr):
+//! - **calls**: a trivial task executed from one tokio task, in an own-GIL sub-interpreter
+//!   and in a child process, one task per call (`execute`) and in batches
+//!   (`execute_batch`): µs per task and the child-to-sub-interpreter ratios, next to the
 //!   runtime's `execute` in a hot Python loop and the same channel round trip without Python;
 //! - **parallel**: a CPU-bound pure-Python task, K tasks on one sub-interpreter vs 2K tasks
 //!   split across two sub-interpreters running concurrently (wall times, speedup), with two
@@ -23,12 +26,14 @@ use tilebox::python::{self, LoadedRelease, Placement, Release, TaskOutcome, Task
 
 /// How much work each measurement does.
 struct Settings {
-    /// Calls before the measured rounds (per placement).
+    /// Calls before the measured rounds (per placement, singly and in the largest batches).
     warm_up_calls: usize,
-    /// Calls per measured round.
+    /// Tasks per measured round.
     calls: usize,
-    /// Measured rounds of `calls` (per placement).
+    /// Measured rounds of `calls` (per placement and batch size).
     call_rounds: usize,
+    /// Batch sizes of the calls table, ascending; 1 is a plain `execute`.
+    batch_sizes: &'static [usize],
     /// Target duration of one CPU-bound task; its loop length is calibrated to this.
     spin_target: Duration,
     /// K: CPU-bound tasks per interpreter per round.
@@ -41,8 +46,9 @@ struct Settings {
 
 const FULL: Settings = Settings {
     warm_up_calls: 2_000,
-    calls: 20_000,
-    call_rounds: 3,
+    calls: 12_800,
+    call_rounds: 5,
+    batch_sizes: &[1, 8, 64],
     spin_target: Duration::from_millis(200),
     spin_tasks: 3,
     spin_rounds: 9,
@@ -51,8 +57,9 @@ const FULL: Settings = Settings {
 
 const SMOKE: Settings = Settings {
     warm_up_calls: 10,
-    calls: 100,
+    calls: 64,
     call_rounds: 1,
+    batch_sizes: &[1, 8],
     spin_target: Duration::from_millis(10),
     spin_tasks: 1,
     spin_rounds: 1,
@@ -114,6 +121,10 @@ class Spin(Task):
 runner = Runner(tasks=[Spin])
 ";
 
+/// The sections, in the order they are printed; naming some on the command line
+/// (`cargo bench --bench embedding -- calls`) runs only those.
+const SECTIONS: [&str; 3] = ["calls", "parallel", "memory"];
+
 /// Loop length of the first, uncalibrated `Spin` task.
 const CALIBRATION_LOOP: u64 = 1_000_000;
 
@@ -157,13 +168,32 @@ async fn run(settings: &Settings) -> anyhow::Result<()> {
     python::host::initialize()?;
     let (major, minor, micro) = python::host::embedded_version();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("CPython {major}.{minor}.{micro} embedded, {cores} cores available\n");
+    println!(
+        "CPython {major}.{minor}.{micro} embedded, {cores} cores available, load average at the start {}\n",
+        load_average()?
+    );
 
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|argument| SECTIONS.contains(&argument.as_str()))
+        .collect();
+    let wanted = |section: &str| named.is_empty() || named.iter().any(|name| name == section);
     // Memory first, while this process holds no other interpreter.
-    let memory = bench.measure_memory(settings).await?;
-    let calls = bench.measure_calls(settings).await?;
-    let parallel = bench.measure_parallel(settings).await?;
-    print!("{calls}\n{parallel}\n{memory}");
+    let memory = match wanted("memory") {
+        true => Some(bench.measure_memory(settings).await?),
+        false => None,
+    };
+    let calls = match wanted("calls") {
+        true => Some(bench.measure_calls(settings).await?),
+        false => None,
+    };
+    let parallel = match wanted("parallel") {
+        true => Some(bench.measure_parallel(settings).await?),
+        false => None,
+    };
+    let tables: Vec<String> = [calls, parallel, memory].into_iter().flatten().collect();
+    println!("{}", tables.join("\n"));
+    println!("Load average at the end {}", load_average()?);
     Ok(())
 }
 
@@ -195,51 +225,108 @@ impl Bench {
             .with_context(|| format!("load {label} ({placement:?})"))
     }
 
-    /// Sequential round trips of `Noop` from one tokio task, per placement.
+    /// Round trips of `Noop` from one tokio task to one interpreter per placement, handed
+    /// over one at a time (`execute`) and in batches (`execute_batch`). The rounds of every
+    /// placement and batch size are interleaved, so they all see the same machine noise.
     async fn measure_calls(&self, settings: &Settings) -> anyhow::Result<String> {
-        let mut table = String::from(
-            "### Sequential calls of a trivial task (`LoadedRelease::execute`, one tokio task)\n\n\
-             Hot loop: `_host.execute` of `Noop` timed in a Python loop of the same length inside one task, \
-             so without the round trip to Rust and with warm caches (a lower bound for the Python side of a call).\n\n\
-             | Placement | Calls per round | Rounds | Calls/s (median round) | Mean µs/call (median) | Mean µs/call (min–max) | Hot loop µs/call |\n\
-             |---|---:|---:|---:|---:|---:|---:|\n",
-        );
-        for (name, placement) in [
+        let placements = [
             ("sub-interpreter", Placement::SubInterpreter),
             ("child process", Placement::ChildProcess),
-        ] {
-            eprintln!("calls: {name}");
-            let loaded = Arc::new(self.load("noop", "noop_app:runner", placement).await?);
-            let worker = Arc::clone(&loaded);
-            let warm_up = settings.warm_up_calls;
-            let (calls, rounds) = (settings.calls, settings.call_rounds);
-            let (per_call, in_python) = tokio::spawn(async move {
-                let noop = request("Noop", "");
-                call_repeatedly(&worker, &noop, warm_up).await?;
-                let mut per_call = Vec::with_capacity(rounds);
-                for _ in 0..rounds {
-                    let started = Instant::now();
-                    call_repeatedly(&worker, &noop, calls).await?;
-                    per_call.push(started.elapsed().as_secs_f64() / calls as f64);
+        ];
+        let mut loaded = Vec::new();
+        for (name, placement) in placements {
+            eprintln!("calls: loading the {name}");
+            loaded.push(Arc::new(
+                self.load("noop", "noop_app:runner", placement).await?,
+            ));
+        }
+        let workers: Vec<_> = loaded.iter().map(Arc::clone).collect();
+        let (warm_up, tasks, rounds) =
+            (settings.warm_up_calls, settings.calls, settings.call_rounds);
+        let batch_sizes = settings.batch_sizes;
+        // per_task[placement][batch size]: each round's mean seconds per task.
+        let (per_task, in_python) = tokio::spawn(async move {
+            let noop = request("Noop", "");
+            let largest = batch_sizes.last().copied().unwrap_or(1);
+            let mut per_task =
+                vec![vec![Vec::with_capacity(rounds); batch_sizes.len()]; workers.len()];
+            for worker in &workers {
+                call_in_batches(worker, &noop, warm_up, 1).await?;
+                call_in_batches(worker, &noop, warm_up, largest).await?;
+            }
+            for round in 0..rounds {
+                eprintln!("calls: round {}/{rounds}", round + 1);
+                for (size_index, &size) in batch_sizes.iter().enumerate() {
+                    let mut order: Vec<usize> = (0..workers.len()).collect();
+                    if round % 2 == 1 {
+                        order.reverse();
+                    }
+                    for index in order {
+                        let started = Instant::now();
+                        call_in_batches(&workers[index], &noop, tasks, size).await?;
+                        per_task[index][size_index]
+                            .push(started.elapsed().as_secs_f64() / tasks as f64);
+                    }
                 }
-                let in_python = execute(&worker, &request("TimeNoop", &calls.to_string())).await?;
-                let in_python: f64 = in_python
-                    .parse()
-                    .with_context(|| format!("TimeNoop answered {in_python:?}"))?;
-                anyhow::Ok((per_call, in_python))
-            })
-            .await??;
-            unload(loaded).await;
-            table.push_str(&call_row(name, calls, &per_call, Some(in_python)));
+            }
+            let mut in_python = Vec::new();
+            for worker in &workers {
+                let seconds = execute(worker, &request("TimeNoop", &tasks.to_string())).await?;
+                in_python.push(
+                    seconds
+                        .parse::<f64>()
+                        .with_context(|| format!("TimeNoop answered {seconds:?}"))?,
+                );
+            }
+            anyhow::Ok((per_task, in_python))
+        })
+        .await??;
+        for release in loaded {
+            unload(release).await;
         }
         eprintln!("calls: no Python");
-        let per_call = tokio::spawn(bare_round_trips(settings.calls, settings.call_rounds)).await?;
+        let bare = tokio::spawn(bare_round_trips(tasks, rounds)).await?;
+
+        let mut table = format!(
+            "### Calls of a trivial task (`Noop`) from one tokio task to one interpreter\n\n\
+             {tasks} tasks per round, {rounds} rounds; the rounds of every placement and batch size are interleaved. \
+             Batch 1 is `LoadedRelease::execute`, larger batches `LoadedRelease::execute_batch`. \
+             µs/task = the round's wall time / {tasks}. \
+             Python side: `_host.execute` of `Noop` timed in a Python loop of {tasks} calls inside one task \
+             (no round trip to Rust, warm caches): {} µs in the sub-interpreter, {} µs in the child process.\n\n\
+             | Placement | Batch | Tasks/s (median round) | µs/task (median) | µs/task (min–max) |\n\
+             |---|---:|---:|---:|---:|\n",
+            micros(in_python[0]),
+            micros(in_python[1]),
+        );
+        for ((name, _), rows) in placements.iter().zip(&per_task) {
+            for (&size, per_round) in batch_sizes.iter().zip(rows) {
+                table.push_str(&call_row(name, size, per_round));
+            }
+        }
         table.push_str(&call_row(
             "no Python: the same channels to a plain thread",
-            settings.calls,
-            &per_call,
-            None,
+            1,
+            &bare,
         ));
+        table.push_str(
+            "\n| Batch | Sub-interpreter µs/task | Child process µs/task | Child ÷ sub-interpreter, same batch | Child single calls ÷ sub-interpreter |\n\
+             |---:|---:|---:|---:|---:|\n",
+        );
+        let child_single = median(&per_task[1][0]);
+        for (size_index, &size) in batch_sizes.iter().enumerate() {
+            let (sub, child) = (
+                median(&per_task[0][size_index]),
+                median(&per_task[1][size_index]),
+            );
+            table.push_str(&format!(
+                "| {size} | {} | {} | **{:.2}×** | **{:.2}×** |\n",
+                micros(sub),
+                micros(child),
+                child / sub,
+                child_single / sub,
+            ));
+        }
         Ok(table)
     }
 
@@ -412,22 +499,25 @@ impl Bench {
     }
 }
 
-/// One row of the calls table; `per_call` holds each round's mean seconds per call.
-fn call_row(name: &str, calls: usize, per_call: &[f64], in_python: Option<f64>) -> String {
-    let median = median(per_call);
-    let in_python = in_python.map_or("—".to_string(), |seconds| format!("{:.1}", seconds * 1e6));
+/// One row of the calls table; `per_task` holds each round's mean seconds per task.
+fn call_row(name: &str, batch: usize, per_task: &[f64]) -> String {
+    let median = median(per_task);
     format!(
-        "| {name} | {calls} | {} | {:.0} | {:.1} | {:.1}–{:.1} | {in_python} |\n",
-        per_call.len(),
+        "| {name} | {batch} | {:.0} | {} | {}–{} |\n",
         1.0 / median,
-        median * 1e6,
-        minimum(per_call) * 1e6,
-        maximum(per_call) * 1e6,
+        micros(median),
+        micros(minimum(per_task)),
+        micros(maximum(per_task)),
     )
 }
 
+/// Seconds as microseconds with one decimal.
+fn micros(seconds: f64) -> String {
+    format!("{:.1}", seconds * 1e6)
+}
+
 /// The sub-interpreter's round trip without Python: a std channel to a dedicated thread and
-/// a tokio oneshot back, as `SubInterpreter::execute` does. Mean seconds per call per round.
+/// a tokio oneshot back, as `SubInterpreter::execute_batch` does. Mean seconds per call per round.
 async fn bare_round_trips(calls: usize, rounds: usize) -> Vec<f64> {
     let (commands, receiver) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
     let thread = std::thread::spawn(move || {
@@ -490,11 +580,35 @@ async fn call_repeatedly(
     request: &TaskRequest,
     count: usize,
 ) -> anyhow::Result<()> {
+    call_in_batches(loaded, request, count, 1).await
+}
+
+/// Executes `request` `count` times, handed over `batch` at a time (`execute` when `batch`
+/// is 1); every call must compute.
+async fn call_in_batches(
+    loaded: &LoadedRelease,
+    request: &TaskRequest,
+    count: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
     let (events, _received) = tokio::sync::mpsc::unbounded_channel();
-    for _ in 0..count {
-        match loaded.execute(request.clone(), events.clone()).await? {
-            TaskOutcome::Computed { .. } => {}
-            failed => bail!("{} failed: {failed:?}", request.name),
+    let computed = |outcome: Result<TaskOutcome, python::Error>| match outcome? {
+        TaskOutcome::Computed { .. } => Ok(()),
+        failed => bail!("{} failed: {failed:?}", request.name),
+    };
+    let mut remaining = count;
+    while remaining > 0 {
+        let size = batch.min(remaining);
+        remaining -= size;
+        if size == 1 {
+            computed(loaded.execute(request.clone(), events.clone()).await)?;
+            continue;
+        }
+        let tasks = (0..size)
+            .map(|_| (request.clone(), events.clone()))
+            .collect();
+        for outcome in loaded.execute_batch(tasks).await {
+            computed(outcome)?;
         }
     }
     Ok(())
@@ -631,6 +745,16 @@ fn memory_usage() -> anyhow::Result<MemoryUsage> {
         resident: field("VmRSS:")?,
         anonymous: field("RssAnon:")?,
     })
+}
+
+/// The 1, 5 and 15 minute load averages of the machine, from `/proc/loadavg`.
+fn load_average() -> anyhow::Result<String> {
+    let text = fs_err::read_to_string("/proc/loadavg")?;
+    Ok(text
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 fn megabytes(kilobytes: u64) -> f64 {

@@ -474,3 +474,32 @@ def current_task_carries_the_records_fields(release: ModuleType, sink: list[Any]
     with_same_context = seen["runner_context"]
     assert _host.execute("Spy", "v0.0", b"", task)["computed"]
     assert seen["runner_context"] is with_same_context
+
+
+def tasks_of_different_jobs_in_a_row_see_their_own_job(release: ModuleType, sink: list[Any]) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    class JobSpy(release.Task):  # type: ignore[name-defined,misc]
+        def execute(self, context: Any) -> None:
+            context.job_cache["job"] = str(context.current_task.job.id).encode()
+            seen.append((context.current_task.job.id, context.job_cache))
+
+    release.runner.register(JobSpy)
+    _host.load(f"{release.__name__}:runner")
+    other = str(uuid.uuid4())
+    jobs = [JOB_ID, JOB_ID, other, JOB_ID, "not-a-uuid", other]
+    for job in jobs:
+        task = _task()
+        task["job"] = {**task["job"], "id": job}
+        assert _host.execute("JobSpy", "v0.0", b"", task)["computed"]
+
+    assert [job_id for job_id, _ in seen] == [
+        uuid.UUID(JOB_ID),
+        uuid.UUID(JOB_ID),
+        uuid.UUID(other),
+        uuid.UUID(JOB_ID),
+        "not-a-uuid",
+        uuid.UUID(other),
+    ]
+    for job in jobs:
+        assert release.runner.cache.group(job)["job"] == job.encode()

@@ -3,6 +3,10 @@
 //! ([`ChildHost`]) restarts it after a crash, so a segfault in a C extension fails one task
 //! instead of the runner.
 //!
+//! A batch of tasks is one `execute` line with all the requests. The child runs them in
+//! order and writes each task's events while it runs, then its outcome as soon as it ends, so
+//! the outcomes of the tasks before a crash are already in the pipe when the child dies.
+//!
 //! The child moves its stdout to a private descriptor before Python starts and points
 //! descriptor 1 at stderr, so `print` in task code cannot corrupt the protocol.
 
@@ -17,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use super::interpreter::{self, EventSender, SinkSlot};
+use super::interpreter::{self, Batch, EventSender, SinkSlot};
 use super::protocol::{Event, Exception, TaskOutcome, TaskRequest};
 use super::{Error, Release};
 
@@ -25,10 +29,11 @@ use super::{Error, Release};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ToChild {
-    Execute { request: TaskRequest },
+    /// Run these tasks in order.
+    Execute { requests: Vec<TaskRequest> },
 }
 
-/// Child -> parent.
+/// Child -> parent. While a batch runs: for each task in order, its events, then its outcome.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum FromChild {
@@ -98,45 +103,72 @@ impl ChildHost {
         &self.identifiers
     }
 
-    /// Executes a task in the child; if the child dies meanwhile, the task fails (a
-    /// workflow error: its code crashed the process) and the next call starts a new child.
-    pub async fn execute(
-        &self,
-        request: TaskRequest,
-        events: EventSender,
-    ) -> Result<TaskOutcome, Error> {
-        let mut guard = self.running.lock().await;
-        if guard.is_none() {
-            *guard = Some(spawn(&self.release).await?.0);
+    /// Executes the tasks in the child, in order, each task's events going to its own
+    /// sender. If the child dies running a task, that task fails (a workflow error: its code
+    /// crashed the process), the tasks after it come back as [`Error::NotRun`], and the next
+    /// call starts a new child.
+    pub async fn execute_batch(&self, batch: Batch) -> Vec<Result<TaskOutcome, Error>> {
+        if batch.is_empty() {
+            return Vec::new();
         }
-        let running = guard.as_mut().expect("a child is running");
-        let display = request.display.clone();
-        match exchange(running, request, &events).await {
-            Ok(outcome) => Ok(outcome),
-            Err(message) => {
-                let mut dead = guard.take().expect("a child is running");
-                let _ = dead.child.start_kill();
-                let status = dead.child.wait().await.ok();
-                let reason = match status {
-                    Some(status) => describe_exit(status),
-                    None => message,
-                };
-                tracing::warn!(release = %self.release.label, %reason, "the child process hosting the release died");
-                Ok(TaskOutcome::Failed {
-                    display: crate::api::convert::failure_display(
-                        &display,
-                        &format!("WorkerCrashed({reason:?})"),
-                    ),
-                    workflow_error: true,
-                    progress: Vec::new(),
-                    error: Some(Exception {
-                        kind: "WorkerCrashed".into(),
-                        message: reason,
-                        traceback: String::new(),
-                    }),
-                })
+        let (requests, senders): (Vec<TaskRequest>, Vec<_>) = batch.into_iter().unzip();
+        let tasks: Vec<(String, String)> = requests
+            .iter()
+            .map(|request| (request.id.clone(), request.display.clone()))
+            .collect();
+        let mut guard = self.running.lock().await;
+        // The child is out of its slot while the batch runs: if this future is dropped
+        // halfway, so is the child (killed on drop), instead of leaving the rest of its
+        // outcomes in the pipe for the next call to read as its own.
+        let mut running = match guard.take() {
+            Some(running) => running,
+            None => match spawn(&self.release).await {
+                Ok((running, _)) => running,
+                Err(error) => return not_run(error, &tasks),
+            },
+        };
+        if let Err(message) = send_batch(&mut running, requests).await {
+            let reason = self.bury(running, message).await;
+            let error = Error::Child {
+                release: self.release.label.clone(),
+                message: format!("it died before the batch started: {reason}"),
+            };
+            return not_run(error, &tasks);
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for (events, (task_id, display)) in senders.iter().zip(&tasks) {
+            match receive_outcome(&mut running, events).await {
+                Ok(outcome) => results.push(Ok(outcome)),
+                Err(message) => {
+                    let reason = self.bury(running, message).await;
+                    results.push(Ok(crashed(display, &reason)));
+                    let reason = format!(
+                        "the child process hosting {} died running task {task_id} before it: {reason}",
+                        self.release.label
+                    );
+                    results.extend(tasks[results.len()..].iter().map(|(task, _)| {
+                        Err(Error::NotRun {
+                            task: task.clone(),
+                            reason: reason.clone(),
+                        })
+                    }));
+                    return results;
+                }
             }
         }
+        *guard = Some(running);
+        results
+    }
+
+    /// Kills and reaps a child whose pipe failed with `message`; answers why it ended.
+    async fn bury(&self, mut dead: Running, message: String) -> String {
+        let _ = dead.child.start_kill();
+        let reason = match dead.child.wait().await {
+            Ok(status) => describe_exit(status),
+            Err(_) => message,
+        };
+        tracing::warn!(release = %self.release.label, %reason, "the child process hosting the release died");
+        reason
     }
 
     /// Closes the child's stdin (it exits after the current task) and waits for it.
@@ -149,6 +181,37 @@ impl ChildHost {
             let _ = child.wait().await;
         }
     }
+}
+
+/// The outcome of a task whose code took its child process down.
+fn crashed(display: &str, reason: &str) -> TaskOutcome {
+    TaskOutcome::Failed {
+        display: crate::api::convert::failure_display(
+            display,
+            &format!("WorkerCrashed({reason:?})"),
+        ),
+        workflow_error: true,
+        progress: Vec::new(),
+        error: Some(Exception {
+            kind: "WorkerCrashed".into(),
+            message: reason.to_string(),
+            traceback: String::new(),
+        }),
+    }
+}
+
+/// `error` for the first task (as a single `execute` would answer it) and [`Error::NotRun`]
+/// with its text for the others.
+fn not_run(error: Error, tasks: &[(String, String)]) -> Vec<Result<TaskOutcome, Error>> {
+    let reason = error.to_string();
+    let mut results = vec![Err(error)];
+    results.extend(tasks.iter().skip(1).map(|(task, _)| {
+        Err(Error::NotRun {
+            task: task.clone(),
+            reason: reason.clone(),
+        })
+    }));
+    results
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -212,13 +275,9 @@ async fn spawn(release: &Release) -> Result<(Running, Vec<(String, String)>), Er
     }
 }
 
-async fn exchange(
-    running: &mut Running,
-    request: TaskRequest,
-    events: &EventSender,
-) -> Result<TaskOutcome, String> {
+async fn send_batch(running: &mut Running, requests: Vec<TaskRequest>) -> Result<(), String> {
     let mut line =
-        serde_json::to_string(&ToChild::Execute { request }).map_err(|error| error.to_string())?;
+        serde_json::to_string(&ToChild::Execute { requests }).map_err(|error| error.to_string())?;
     line.push('\n');
     running
         .stdin
@@ -229,7 +288,14 @@ async fn exchange(
         .stdin
         .flush()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error.to_string())
+}
+
+/// Reads the running task's events (to `events`) up to its outcome.
+async fn receive_outcome(
+    running: &mut Running,
+    events: &EventSender,
+) -> Result<TaskOutcome, String> {
     loop {
         let Some(line) = running
             .stdout
@@ -335,19 +401,24 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let slot: SinkSlot = Arc::new(Mutex::new(None));
-    let loaded = Python::attach(|py| -> Result<Vec<(String, String)>, Exception> {
+    let loaded = Python::attach(|py| -> Result<_, Exception> {
         let convert = |error: PyErr| interpreter::python_error(py, &error);
         interpreter::set_up_paths(py, &release).map_err(convert)?;
         interpreter::install_sink(py, slot.clone()).map_err(convert)?;
-        interpreter::load_runner(py, &release.runner).map_err(convert)
+        let identifiers = interpreter::load_runner(py, &release.runner).map_err(convert)?;
+        Ok((identifiers, interpreter::Entry::new(py).map_err(convert)?))
     });
-    match loaded {
-        Ok(identifiers) => send(&output, &FromChild::Loaded { identifiers }),
+    let entry = match loaded {
+        Ok((identifiers, entry)) => {
+            send(&output, &FromChild::Loaded { identifiers });
+            // Dropped explicitly while attached below; leaked if a panic unwinds first.
+            std::mem::ManuallyDrop::new(entry)
+        }
         Err(error) => {
             send(&output, &FromChild::LoadError { error });
             return ExitCode::from(1);
         }
-    }
+    };
     {
         let output = output.clone();
         if let Ok(mut guard) = slot.lock() {
@@ -356,21 +427,33 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
             }));
         }
     }
+    let code = serve_batches(&entry, &output);
+    Python::attach(|_| drop(std::mem::ManuallyDrop::into_inner(entry)));
+    code
+}
+
+/// Executes the batches read from stdin until it closes; every outcome is written (and
+/// flushed) as soon as its task ends.
+fn serve_batches(entry: &interpreter::Entry, output: &Output) -> ExitCode {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if line.trim().is_empty() {
             continue;
         }
-        let request = match serde_json::from_str::<ToChild>(&line) {
-            Ok(ToChild::Execute { request }) => request,
+        let requests = match serde_json::from_str::<ToChild>(&line) {
+            Ok(ToChild::Execute { requests }) => requests,
             Err(error) => {
                 eprintln!("error: undecodable request: {error}");
                 return ExitCode::from(2);
             }
         };
-        let outcome = Python::attach(|py| interpreter::execute(py, &request));
-        send(&output, &FromChild::Outcome { outcome });
+        Python::attach(|py| {
+            for request in &requests {
+                let outcome = entry.execute(py, request);
+                send(output, &FromChild::Outcome { outcome });
+            }
+        });
     }
     ExitCode::SUCCESS
 }

@@ -4,15 +4,21 @@
 //! `SubInterpreter` owns one own-GIL sub-interpreter on its own OS thread; the functions
 //! at the top work in whatever interpreter is attached (the child-process host uses them in
 //! its main interpreter). Only pyo3 APIs that are sound inside sub-interpreters are used:
-//! no `#[pyclass]`, no `intern!`, no statics holding Python objects, and no Python object
-//! is kept across a detach.
+//! no `#[pyclass]`, no `intern!`, no statics holding Python objects. The only Python objects
+//! kept across a detach are an [`Entry`]'s (the runtime's `execute` and the dict keys every
+//! call uses): it lives on its interpreter's thread and is dropped while attached.
+//!
+//! A call hands the interpreter thread a whole batch of tasks: it attaches once, runs them
+//! one after the other (each with its own event sender), detaches and replies once, so the
+//! two thread wake-ups of a handoff are paid once per batch instead of once per task.
 
 use std::ffi::CString;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, mpsc};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::protocol::{
@@ -110,23 +116,155 @@ pub fn load_runner(py: Python<'_>, runner: &str) -> PyResult<Vec<(String, String
         .extract()
 }
 
-fn request_dict<'py>(py: Python<'py>, request: &TaskRequest) -> PyResult<Bound<'py, PyDict>> {
-    let task = PyDict::new(py);
-    task.set_item("id", &request.id)?;
-    task.set_item("display", &request.display)?;
-    task.set_item("retry_count", request.retry_count)?;
-    task.set_item("parent_id", request.parent_id.as_deref())?;
-    task.set_item("depends_on", PyList::new(py, &request.depends_on)?)?;
-    let job = PyDict::new(py);
-    job.set_item("id", &request.job.id)?;
-    job.set_item("name", &request.job.name)?;
-    job.set_item("trace_parent", &request.job.trace_parent)?;
-    task.set_item("job", job)?;
-    task.set_item("cluster", &request.cluster)?;
-    Ok(task)
+/// The runtime's `execute` in one interpreter, with the dict keys every call uses, looked up
+/// once instead of per call. Made after the runner loaded; used and dropped only while
+/// attached, on the thread of the interpreter that made it (held in a `ManuallyDrop` and
+/// dropped explicitly, so a panic unwinding past it leaks it instead of aborting).
+pub struct Entry {
+    execute: Py<PyAny>,
+    keys: Keys,
+}
+
+/// Keys of the request and outcome dicts (see `_host.py`).
+struct Keys {
+    id: Py<PyString>,
+    display: Py<PyString>,
+    retry_count: Py<PyString>,
+    parent_id: Py<PyString>,
+    depends_on: Py<PyString>,
+    job: Py<PyString>,
+    name: Py<PyString>,
+    trace_parent: Py<PyString>,
+    cluster: Py<PyString>,
+    computed: Py<PyString>,
+    progress: Py<PyString>,
+    subtasks: Py<PyString>,
+    workflow_error: Py<PyString>,
+    error: Py<PyString>,
+}
+
+impl Keys {
+    fn new(py: Python<'_>) -> Self {
+        let key = |name: &str| PyString::intern(py, name).unbind();
+        Self {
+            id: key("id"),
+            display: key("display"),
+            retry_count: key("retry_count"),
+            parent_id: key("parent_id"),
+            depends_on: key("depends_on"),
+            job: key("job"),
+            name: key("name"),
+            trace_parent: key("trace_parent"),
+            cluster: key("cluster"),
+            computed: key("computed"),
+            progress: key("progress"),
+            subtasks: key("subtasks"),
+            workflow_error: key("workflow_error"),
+            error: key("error"),
+        }
+    }
+}
+
+impl Entry {
+    /// Looks up the runtime's `execute` in the attached interpreter.
+    pub fn new(py: Python<'_>) -> PyResult<Self> {
+        Ok(Self {
+            execute: py.import(HOST_MODULE)?.getattr("execute")?.unbind(),
+            keys: Keys::new(py),
+        })
+    }
+
+    /// Executes one task in the attached interpreter. A failure of the runtime itself (not
+    /// of the task, which the runtime reports as a failed outcome), including a
+    /// `BaseException` such as `SystemExit` escaping the task, becomes a non-workflow failure.
+    pub fn execute(&self, py: Python<'_>, request: &TaskRequest) -> TaskOutcome {
+        let result = (|| -> PyResult<TaskOutcome> {
+            let task = self.request_dict(py, request)?;
+            let input = PyBytes::new(py, &request.input);
+            let result = self
+                .execute
+                .call1(py, (&request.name, &request.version, input, task))?;
+            self.outcome_of(result.bind(py))
+        })();
+        result.unwrap_or_else(|error| {
+            let error = python_error(py, &error);
+            TaskOutcome::Failed {
+                display: failure_display(
+                    &request.display,
+                    &format!("RuntimeError({:?})", error.to_string()),
+                ),
+                workflow_error: false,
+                progress: Vec::new(),
+                error: Some(error),
+            }
+        })
+    }
+
+    fn request_dict<'py>(
+        &self,
+        py: Python<'py>,
+        request: &TaskRequest,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let keys = &self.keys;
+        let job = PyDict::new(py);
+        job.set_item(keys.id.bind(py), &request.job.id)?;
+        job.set_item(keys.name.bind(py), &request.job.name)?;
+        job.set_item(keys.trace_parent.bind(py), &request.job.trace_parent)?;
+        let task = PyDict::new(py);
+        task.set_item(keys.id.bind(py), &request.id)?;
+        task.set_item(keys.display.bind(py), &request.display)?;
+        task.set_item(keys.retry_count.bind(py), request.retry_count)?;
+        task.set_item(keys.parent_id.bind(py), request.parent_id.as_deref())?;
+        task.set_item(
+            keys.depends_on.bind(py),
+            PyList::new(py, &request.depends_on)?,
+        )?;
+        task.set_item(keys.job.bind(py), job)?;
+        task.set_item(keys.cluster.bind(py), &request.cluster)?;
+        Ok(task)
+    }
+
+    fn outcome_of(&self, result: &Bound<'_, PyAny>) -> PyResult<TaskOutcome> {
+        let py = result.py();
+        let keys = &self.keys;
+        let result = result.cast::<PyDict>()?;
+        let item = |key: &Py<PyString>| -> PyResult<Bound<'_, PyAny>> {
+            result
+                .get_item(key.bind(py))?
+                .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(key.bind(py).to_string()))
+        };
+        let display: String = item(&keys.display)?.extract()?;
+        let progress = progress_of(&item(&keys.progress)?)?;
+        if item(&keys.computed)?.extract::<bool>()? {
+            return Ok(TaskOutcome::Computed {
+                display,
+                progress,
+                subtasks: submissions_of(&item(&keys.subtasks)?)?,
+            });
+        }
+        let error = item(&keys.error)?;
+        let error = if error.is_none() {
+            None
+        } else {
+            Some(Exception {
+                kind: error.get_item("type")?.extract()?,
+                message: error.get_item("message")?.extract()?,
+                traceback: error.get_item("traceback")?.extract()?,
+            })
+        };
+        Ok(TaskOutcome::Failed {
+            display,
+            workflow_error: item(&keys.workflow_error)?.extract()?,
+            progress,
+            error,
+        })
+    }
 }
 
 fn progress_of(value: &Bound<'_, PyAny>) -> PyResult<Vec<Progress>> {
+    if value.cast::<PyList>().is_ok_and(|list| list.is_empty()) {
+        return Ok(Vec::new());
+    }
     let entries: Vec<(Option<String>, u64, u64)> = value.extract()?;
     Ok(entries
         .into_iter()
@@ -161,64 +299,14 @@ fn submissions_of(value: &Bound<'_, PyAny>) -> PyResult<Option<Submissions>> {
     }))
 }
 
-fn outcome_of(result: &Bound<'_, PyAny>) -> PyResult<TaskOutcome> {
-    let display: String = result.get_item("display")?.extract()?;
-    let progress = progress_of(&result.get_item("progress")?)?;
-    if result.get_item("computed")?.extract::<bool>()? {
-        return Ok(TaskOutcome::Computed {
-            display,
-            progress,
-            subtasks: submissions_of(&result.get_item("subtasks")?)?,
-        });
-    }
-    let error = result.get_item("error")?;
-    let error = if error.is_none() {
-        None
-    } else {
-        Some(Exception {
-            kind: error.get_item("type")?.extract()?,
-            message: error.get_item("message")?.extract()?,
-            traceback: error.get_item("traceback")?.extract()?,
-        })
-    };
-    Ok(TaskOutcome::Failed {
-        display,
-        workflow_error: result.get_item("workflow_error")?.extract()?,
-        progress,
-        error,
-    })
-}
-
-/// Executes one task in the attached interpreter. A failure of the runtime itself (not of
-/// the task, which the runtime reports as a failed outcome) becomes a non-workflow failure.
-pub fn execute(py: Python<'_>, request: &TaskRequest) -> TaskOutcome {
-    let result = (|| -> PyResult<TaskOutcome> {
-        let task = request_dict(py, request)?;
-        let input = PyBytes::new(py, &request.input);
-        let result = py
-            .import(HOST_MODULE)?
-            .call_method1("execute", (&request.name, &request.version, input, task))?;
-        outcome_of(&result)
-    })();
-    result.unwrap_or_else(|error| {
-        let error = python_error(py, &error);
-        TaskOutcome::Failed {
-            display: failure_display(
-                &request.display,
-                &format!("RuntimeError({:?})", error.to_string()),
-            ),
-            workflow_error: false,
-            progress: Vec::new(),
-            error: Some(error),
-        }
-    })
-}
+/// Tasks handed to an interpreter in one handoff, each with the sender its events go to.
+pub type Batch = Vec<(TaskRequest, EventSender)>;
 
 enum Command {
+    /// Run the tasks in order; reply with their outcomes, in the same order.
     Execute {
-        request: Box<TaskRequest>,
-        events: EventSender,
-        reply: oneshot::Sender<TaskOutcome>,
+        batch: Batch,
+        reply: oneshot::Sender<Vec<TaskOutcome>>,
     },
 }
 
@@ -254,23 +342,24 @@ impl SubInterpreter {
         &self.identifiers
     }
 
-    /// Executes a task; events it emits go to `events` while it runs.
-    pub async fn execute(
-        &self,
-        request: TaskRequest,
-        events: EventSender,
-    ) -> Result<TaskOutcome, Error> {
+    /// Executes the tasks one after the other in one handoff; each task's events go to its
+    /// own sender while it runs. Answers one outcome per task, in order.
+    pub async fn execute_batch(&self, batch: Batch) -> Vec<Result<TaskOutcome, Error>> {
+        let count = batch.len();
+        let gone = || (0..count).map(|_| Err(Error::InterpreterGone)).collect();
+        let Some(commands) = &self.commands else {
+            return gone();
+        };
+        if count == 0 {
+            return Vec::new();
+        }
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .as_ref()
-            .ok_or(Error::InterpreterGone)?
-            .send(Command::Execute {
-                request: Box::new(request),
-                events,
-                reply,
-            })
-            .map_err(|_| Error::InterpreterGone)?;
-        answer.await.map_err(|_| Error::InterpreterGone)
+        // A failed send drops `reply`, so the answer is an error.
+        let _ = commands.send(Command::Execute { batch, reply });
+        match answer.await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(_) => gone(),
+        }
     }
 
     /// Ends the interpreter after the task it runs (if any) finished.
@@ -290,6 +379,26 @@ impl Drop for SubInterpreter {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// Runs the tasks of a batch in order in the attached interpreter, pointing the event sink
+/// at each task's sender while it runs.
+fn run_batch(py: Python<'_>, entry: &Entry, slot: &SinkSlot, batch: Batch) -> Vec<TaskOutcome> {
+    batch
+        .into_iter()
+        .map(|(request, events)| {
+            if let Ok(mut guard) = slot.lock() {
+                *guard = Some(Box::new(move |event| {
+                    let _ = events.send(event);
+                }));
+            }
+            let outcome = entry.execute(py, &request);
+            if let Ok(mut guard) = slot.lock() {
+                *guard = None;
+            }
+            outcome
+        })
+        .collect()
 }
 
 /// The interpreter thread: create, set up, load, serve commands, end.
@@ -319,7 +428,7 @@ fn run_interpreter(
         return;
     }
     let slot: SinkSlot = Arc::new(Mutex::new(None));
-    let setup = Python::attach(|py| -> Result<Vec<(String, String)>, Error> {
+    let setup = Python::attach(|py| -> Result<(Vec<(String, String)>, Entry), Error> {
         let fail = |error: PyErr| Error::Load {
             release: release.label.clone(),
             runner: release.runner.clone(),
@@ -327,39 +436,35 @@ fn run_interpreter(
         };
         set_up_paths(py, &release).map_err(fail)?;
         install_sink(py, slot.clone()).map_err(fail)?;
-        load_runner(py, &release.runner).map_err(fail)
+        let identifiers = load_runner(py, &release.runner).map_err(fail)?;
+        Ok((identifiers, Entry::new(py).map_err(fail)?))
     });
-    let ok = setup.is_ok();
+    let (setup, entry) = match setup {
+        // Dropped explicitly while attached at the end; if this thread unwinds instead, the
+        // entry leaks (dropping its objects detached would abort the process).
+        Ok((identifiers, entry)) => (Ok(identifiers), Some(ManuallyDrop::new(entry))),
+        Err(error) => (Err(error), None),
+    };
     let _ = loaded.send(setup);
-    if ok {
-        // SAFETY: detaches this thread's (the sub-interpreter's) thread state.
+    if let Some(entry) = entry {
+        // SAFETY: detaches this thread's (the sub-interpreter's) thread state. `entry` stays
+        // on this thread and is only used and dropped while attached again.
         let mut saved = unsafe { ffi::PyEval_SaveThread() };
         while let Ok(command) = commands.recv() {
             match command {
-                Command::Execute {
-                    request,
-                    events,
-                    reply,
-                } => {
+                Command::Execute { batch, reply } => {
                     // SAFETY: re-attaches the thread state this thread created and saved.
                     unsafe { ffi::PyEval_RestoreThread(saved) };
-                    if let Ok(mut guard) = slot.lock() {
-                        *guard = Some(Box::new(move |event| {
-                            let _ = events.send(event);
-                        }));
-                    }
-                    let outcome = Python::attach(|py| execute(py, &request));
-                    if let Ok(mut guard) = slot.lock() {
-                        *guard = None;
-                    }
-                    // SAFETY: detaches again; no Python object outlives the attachment.
+                    let outcomes = Python::attach(|py| run_batch(py, &entry, &slot, batch));
+                    // SAFETY: detaches again; only `entry` outlives the attachment.
                     saved = unsafe { ffi::PyEval_SaveThread() };
-                    let _ = reply.send(outcome);
+                    let _ = reply.send(outcomes);
                 }
             }
         }
         // SAFETY: re-attach to end the interpreter on the thread that created it.
         unsafe { ffi::PyEval_RestoreThread(saved) };
+        Python::attach(|_| drop(ManuallyDrop::into_inner(entry)));
     }
     Python::attach(|py| {
         // Let non-daemon threads the release started finish, so the interpreter can end, and

@@ -10,7 +10,10 @@
 //!   in them never takes this process down.
 //!
 //! Callers see the same API either way: [`load`] gives a [`LoadedRelease`] that lists the
-//! task identifiers and executes tasks. Python exceptions come out as [`Exception`] values.
+//! task identifiers and executes tasks, one at a time or several in one handoff
+//! ([`LoadedRelease::execute_batch`], which is what makes a call cheap: the thread wake-ups
+//! or pipe round trip are paid once per batch). Python exceptions come out as [`Exception`]
+//! values.
 //!
 //! Layout:
 //! - `mod.rs`: `Release`, `Placement`, `LoadedRelease`, `Error`
@@ -33,7 +36,7 @@ pub mod runtime;
 use std::path::PathBuf;
 
 pub use crate::api::convert::failure_display;
-pub use interpreter::EventSender;
+pub use interpreter::{Batch, EventSender};
 pub use protocol::{Event, Exception, JobInfo, Progress, Submissions, TaskOutcome, TaskRequest};
 
 /// What can go wrong hosting Python.
@@ -59,6 +62,10 @@ pub enum Error {
     },
     #[error("child process hosting {release}: {message}")]
     Child { release: String, message: String },
+    /// A task of a batch that never started because its host failed first (e.g. the child
+    /// process died running an earlier task); it can be handed back and retried.
+    #[error("task {task} was not run: {reason}")]
+    NotRun { task: String, reason: String },
 }
 
 /// A release to host: where its code and environment are, and which object to load.
@@ -164,9 +171,22 @@ impl LoadedRelease {
         request: TaskRequest,
         events: EventSender,
     ) -> Result<TaskOutcome, Error> {
+        self.execute_batch(vec![(request, events)])
+            .await
+            .pop()
+            .unwrap_or(Err(Error::InterpreterGone))
+    }
+
+    /// Executes several tasks in one handoff, one after the other, in order. Each task's
+    /// log and progress events go to its own sender while it runs, and each gets its own
+    /// result, in the order given: one task's failure (even a `BaseException`) does not touch
+    /// the others. If a child process dies running a task, that task fails (a workflow
+    /// error, as with [`execute`](Self::execute)), the tasks after it come back as
+    /// [`Error::NotRun`] to be handed back, and the next call starts a new child.
+    pub async fn execute_batch(&self, batch: Batch) -> Vec<Result<TaskOutcome, Error>> {
         match &self.hosted {
-            Hosted::Sub(sub) => sub.execute(request, events).await,
-            Hosted::Child(child) => child.execute(request, events).await,
+            Hosted::Sub(sub) => sub.execute_batch(batch).await,
+            Hosted::Child(child) => child.execute_batch(batch).await,
         }
     }
 

@@ -224,6 +224,205 @@ async fn a_release_that_crashes_in_a_sub_interpreter_runs_in_a_child_process() {
     loaded.unload().await;
 }
 
+const BATCH_RUNNER: &str = r#"
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Say(Task):
+    text: str
+    def execute(self, context: ExecutionContext) -> None:
+        context.logger.info(f"saying {self.text}")
+        context.current_task.display = self.text
+
+class Exit(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        raise SystemExit(3)
+
+class Stop(KeyboardInterrupt):
+    pass
+
+class Interrupt(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        raise Stop("stop here")
+
+class Boom(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        raise ValueError("boom")
+
+class Nap(Task):
+    seconds: float
+    def execute(self, context: ExecutionContext) -> None:
+        import time
+        time.sleep(self.seconds)
+
+runner = Runner(tasks=[Say, Exit, Interrupt, Boom, Nap])
+"#;
+
+/// The failure of a failed outcome: (workflow error, exception type).
+fn failure(outcome: &TaskOutcome) -> Option<(bool, String)> {
+    match outcome {
+        TaskOutcome::Failed {
+            workflow_error,
+            error,
+            ..
+        } => Some((
+            *workflow_error,
+            error
+                .as_ref()
+                .map(|error| error.kind.clone())
+                .unwrap_or_default(),
+        )),
+        TaskOutcome::Computed { .. } => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gives_every_task_its_own_outcome_and_events_even_after_base_exceptions() {
+    // SAFETY (test set-up): set before any child is spawned by this test binary.
+    unsafe { std::env::set_var(tilebox::env::PYTHON_HOST, crate::common::tilebox_binary()) };
+    let cache = tempfile::tempdir().expect("cache");
+    let project = release_dir(&[("app.py", BATCH_RUNNER)]);
+    for placement in [Placement::SubInterpreter, Placement::ChildProcess] {
+        let loaded = python::load(
+            release("batch", project.path(), None, "app:runner", cache.path()),
+            placement,
+        )
+        .await
+        .expect("load the release");
+        let requests = [
+            request("Say", "\"first\""),
+            request("Exit", ""),
+            request("Say", "\"second\""),
+            request("Interrupt", ""),
+            request("Boom", ""),
+            request("Say", "\"third\""),
+        ];
+        let ids: Vec<String> = requests.iter().map(|request| request.id.clone()).collect();
+        let mut receivers = Vec::new();
+        let mut batch = Vec::new();
+        for request in requests {
+            let (events, received) = tokio::sync::mpsc::unbounded_channel();
+            batch.push((request, events));
+            receivers.push(received);
+        }
+        let outcomes: Vec<TaskOutcome> = loaded
+            .execute_batch(batch)
+            .await
+            .into_iter()
+            .map(|outcome| outcome.expect("every task of the batch ran"))
+            .collect();
+        assert_eq!(outcomes.len(), 6, "{placement:?}");
+        let said: Vec<&str> = [0, 2, 5].map(|index| display(&outcomes[index])).to_vec();
+        assert_eq!(said, ["first", "second", "third"], "{placement:?}");
+        // A BaseException escaping a task fails that task only, as a non-workflow error.
+        assert_eq!(failure(&outcomes[1]), Some((false, "SystemExit".into())));
+        assert_eq!(failure(&outcomes[3]), Some((false, "Stop".into())));
+        assert_eq!(failure(&outcomes[4]), Some((true, "ValueError".into())));
+        for (index, (received, id)) in receivers.iter_mut().zip(&ids).enumerate() {
+            let mut logged = Vec::new();
+            while let Ok(event) = received.try_recv() {
+                assert_eq!(event.kind, "log", "{placement:?}");
+                let record: Value = serde_json::from_str(&event.payload).expect("a JSON record");
+                assert_eq!(record["task_id"], id.as_str(), "{placement:?} task {index}");
+                logged.push(record["message"].as_str().unwrap_or_default().to_string());
+            }
+            let expected = match index {
+                0 => vec!["saying first"],
+                2 => vec!["saying second"],
+                5 => vec!["saying third"],
+                _ => vec![],
+            };
+            assert_eq!(logged, expected, "{placement:?} task {index}");
+        }
+        loaded.unload().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_dies_mid_batch_keeps_the_earlier_outcomes_and_hands_back_the_rest() {
+    // SAFETY (test set-up): set before any child is spawned by this test binary.
+    unsafe { std::env::set_var(tilebox::env::PYTHON_HOST, crate::common::tilebox_binary()) };
+    let cache = tempfile::tempdir().expect("cache");
+    let project = release_dir(&[("app.py", CRASHING_RUNNER)]);
+    let loaded = python::load(
+        release("crashy", project.path(), None, "app:runner", cache.path()),
+        Placement::ChildProcess,
+    )
+    .await
+    .expect("load the release");
+    let requests = [
+        request("Hello", "\"Ada\""),
+        request("Hello", "\"Bob\""),
+        request("Crash", ""),
+        request("Hello", "\"Cy\""),
+        request("Hello", "\"Di\""),
+    ];
+    let ids: Vec<String> = requests.iter().map(|request| request.id.clone()).collect();
+    let batch = requests
+        .into_iter()
+        .map(|request| (request, tokio::sync::mpsc::unbounded_channel().0))
+        .collect();
+    let mut results = loaded.execute_batch(batch).await.into_iter();
+    for expected in ["Hello Ada", "Hello Bob"] {
+        let outcome = results.next().expect("an outcome").expect("it ran");
+        assert_eq!(display(&outcome), expected);
+        assert!(failure(&outcome).is_none(), "{outcome:?}");
+    }
+    let crashed = results.next().expect("an outcome").expect("it ran");
+    assert_eq!(failure(&crashed), Some((true, "WorkerCrashed".into())));
+    assert!(display(&crashed).contains("signal 11"), "{crashed:?}");
+    for id in &ids[3..] {
+        match results.next().expect("a result") {
+            Err(python::Error::NotRun { task, reason }) => {
+                assert_eq!(&task, id);
+                assert!(
+                    reason.contains(&ids[2]),
+                    "names the task that crashed: {reason}"
+                );
+            }
+            other => panic!("a task after the crash must come back not run: {other:?}"),
+        }
+    }
+    assert!(results.next().is_none());
+    // The next batch runs in a new child.
+    let batch = vec![(
+        request("Hello", "\"Grace\""),
+        tokio::sync::mpsc::unbounded_channel().0,
+    )];
+    let outcome = loaded.execute_batch(batch).await.remove(0).expect("it ran");
+    assert_eq!(display(&outcome), "Hello Grace");
+    loaded.unload().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_abandoned_halfway_does_not_leak_its_outcomes_into_the_next_call() {
+    // SAFETY (test set-up): set before any child is spawned by this test binary.
+    unsafe { std::env::set_var(tilebox::env::PYTHON_HOST, crate::common::tilebox_binary()) };
+    let cache = tempfile::tempdir().expect("cache");
+    let project = release_dir(&[("app.py", BATCH_RUNNER)]);
+    for placement in [Placement::SubInterpreter, Placement::ChildProcess] {
+        let loaded = python::load(
+            release("batch", project.path(), None, "app:runner", cache.path()),
+            placement,
+        )
+        .await
+        .expect("load the release");
+        let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+        let abandoned = loaded.execute_batch(vec![
+            (request("Nap", "0.5"), events.clone()),
+            (request("Say", "\"abandoned\""), events.clone()),
+        ]);
+        // The caller gives up while the first task still runs.
+        let given_up = tokio::time::timeout(std::time::Duration::from_millis(50), abandoned).await;
+        assert!(
+            given_up.is_err(),
+            "{placement:?}: the nap outlasts the timeout"
+        );
+        let outcome = run(&loaded, request("Say", "\"next\"")).await;
+        assert_eq!(display(&outcome), "next", "{placement:?}");
+        loaded.unload().await;
+    }
+}
+
 fn task_run(project: &Path, args: &[&str]) -> (std::process::Output, Value) {
     let output = crate::common::tilebox_command(&["task", "run", "--json", "--cache-dir"])
         .arg(project.join(".tilebox-cache"))

@@ -56,8 +56,21 @@ class _Loaded:
         context_type = runner.context or RunnerContext
         self.runner_context = context_type(NoopWorkflowTracer())
         self.tasks = {
-            (identifier.name, identifier.version): task for identifier, task in runner.tasks_by_identifier.items()
+            (identifier.name, identifier.version): (identifier, task)
+            for identifier, task in runner.tasks_by_identifier.items()
         }
+        # The last job seen, as (text sent, parsed id, its text): the tasks of a batch usually
+        # share their job, and parsing and formatting its UUID is a good part of a no-op call.
+        self.last_job: tuple[str, UUID | str, str] = ("", "", "")
+
+    def job_id(self, text: str) -> tuple[UUID | str, str]:
+        """The job id as the SDK hands it out, and as text (the cache group's name)."""
+        sent, parsed, formatted = self.last_job
+        if sent != text:
+            parsed = _uuid(text)
+            formatted = str(parsed)
+            self.last_job = (text, parsed, formatted)
+        return parsed, formatted
 
 
 _loaded: _Loaded | None = None
@@ -123,17 +136,20 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
 
     task_id = str(task["id"])
     display = task.get("display", "")
-    task_class = loaded.tasks.get((name, version))
-    if task_class is None:
+    registered = loaded.tasks.get((name, version))
+    if registered is None:
         return _unknown_identifier(task_id, display, TaskIdentifier(name, version))
+    identifier, task_class = registered
 
     with _logging.task_scope(task_id, _emit):
         try:
-            current = _current_task(task, TaskIdentifier(name, version), bytes(input))
+            job = task.get("job") or {}
+            job_id, job_text = loaded.job_id(str(job.get("id", "")))
+            current = _current_task(task, identifier, bytes(input), job_id)
             context = ExecutionContext(
                 current,
-                loaded.cache.group(str(current.job.id)),
-                _logging.StructuredLogger(_logging.task_logger).bind(task_id=task_id),
+                loaded.cache.group(job_text),
+                _logging.StructuredLogger(_logging.task_logger, {"task_id": task_id}),
                 loaded.runner_context,
                 on_progress=_progress_reporter(task_id),
             )
@@ -156,7 +172,9 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
     }
 
 
-def _current_task(task: dict[str, Any], identifier: TaskIdentifier, input_bytes: bytes) -> CurrentTask:
+def _current_task(
+    task: dict[str, Any], identifier: TaskIdentifier, input_bytes: bytes, job_id: UUID | str
+) -> CurrentTask:
     job = task.get("job") or {}
     parent_id = task.get("parent_id")
     return CurrentTask(
@@ -164,7 +182,7 @@ def _current_task(task: dict[str, Any], identifier: TaskIdentifier, input_bytes:
         identifier=identifier,
         input=input_bytes,
         display=task.get("display", ""),
-        job=CurrentJob(id=_uuid(job.get("id", "")), name=job.get("name", ""), trace_parent=job.get("trace_parent", "")),
+        job=CurrentJob(id=job_id, name=job.get("name", ""), trace_parent=job.get("trace_parent", "")),
         parent_id=_uuid(parent_id) if parent_id else None,
         depends_on=[_uuid(dependency) for dependency in task.get("depends_on", [])],
         retry_count=int(task.get("retry_count", 0)),
@@ -190,7 +208,7 @@ def _progress_reporter(task_id: str) -> Callable[[ExecutionContext], None]:
 def _run(instance: Task, context: ExecutionContext) -> None:
     """Call `execute`; awaitables run on a fresh event loop (another thread if one is running here)."""
     result = instance.execute(context)
-    if not inspect.isawaitable(result):
+    if result is None or not inspect.isawaitable(result):
         return
     import asyncio  # noqa: PLC0415 -- only async tasks pay for importing asyncio
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
