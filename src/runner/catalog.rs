@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use crate::python::{
-    self, EventSender, Isolation, LoadedRelease, Placement, Release, TaskOutcome, TaskRequest,
-};
+use crate::python::{self, Batch, Isolation, LoadedRelease, Placement, Release, TaskOutcome};
 
 /// A release loaded into `slots` interpreters.
 pub struct LoadedSet {
@@ -54,28 +52,25 @@ impl LoadedSet {
         })
     }
 
-    /// Executes a task on a free interpreter of this release.
-    pub async fn execute(
-        &self,
-        request: TaskRequest,
-        events: EventSender,
-    ) -> Result<TaskOutcome, python::Error> {
-        let _permit = self
-            .available
-            .acquire()
-            .await
-            .map_err(|_| python::Error::InterpreterGone)?;
-        let index = self
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut free| free.pop())
-            .ok_or(python::Error::InterpreterGone)?;
-        let outcome = self.instances[index].execute(request, events).await;
+    /// Executes several tasks in one handoff to a free interpreter of this release, in
+    /// order; one outcome per task (see `LoadedRelease::execute_batch`).
+    pub async fn execute_batch(&self, batch: Batch) -> Vec<Result<TaskOutcome, python::Error>> {
+        let count = batch.len();
+        let Ok(_permit) = self.available.acquire().await else {
+            return (0..count)
+                .map(|_| Err(python::Error::InterpreterGone))
+                .collect();
+        };
+        let Some(index) = self.free.lock().ok().and_then(|mut free| free.pop()) else {
+            return (0..count)
+                .map(|_| Err(python::Error::InterpreterGone))
+                .collect();
+        };
+        let outcomes = self.instances[index].execute_batch(batch).await;
         if let Ok(mut free) = self.free.lock() {
             free.push(index);
         }
-        outcome
+        outcomes
     }
 
     /// Unloads every interpreter (after the tasks running in them finished).

@@ -1,6 +1,7 @@
-//! One slot: executes the tasks the dispatcher (`work.rs`) hands it, one after another,
-//! each routed to the release that registered its identifier, and hands each result back as
-//! a report. `-n N` slots run at most N tasks at once.
+//! One slot: executes the tasks the dispatcher (`work.rs`) hands it, in order, each routed
+//! to the release that registered its identifier (consecutive queued tasks of one release go
+//! to its interpreter in one handoff), and hands each result back as a report. `-n N` slots
+//! run at most N tasks at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,17 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::Shared;
-use super::catalog::Catalog;
+use super::catalog::{Catalog, LoadedSet};
 use crate::api::convert::{id, uuid_of};
 use crate::api::selfhosted_v1::{WorkReport, work_report};
 use crate::api::workflows_v1::{
     ComputedTask, Progress, Task, TaskFailedRequest, TaskIdentifier, TaskSubmissionGroup,
     TaskSubmissions,
 };
-use crate::python::{self, Submissions, TaskOutcome, TaskRequest};
+use crate::python::{self, Batch, Submissions, TaskOutcome, TaskRequest};
+
+/// The most queued tasks a slot hands its interpreter at once.
+const MAX_HANDOFF: usize = 64;
 
 fn progress(progress: &[python::Progress]) -> Vec<Progress> {
     progress
@@ -78,49 +82,96 @@ pub struct Slot {
     pub catalog: watch::Receiver<Arc<Catalog>>,
 }
 
+/// A task ready to run: what its report and span need once it ran.
+struct Prepared {
+    task_id: Uuid,
+    identifier: TaskIdentifier,
+    display: String,
+    retry_count: i64,
+    trace: super::telemetry::TaskTrace,
+    started: u64,
+    /// Forwards the task's log records while it runs; ends when the task does.
+    printer: tokio::task::JoinHandle<()>,
+}
+
 impl Slot {
-    /// Runs the tasks handed to it until the dispatcher hangs up.
+    /// Runs the tasks handed to it until the dispatcher hangs up: whatever is queued at once,
+    /// consecutive tasks of one release in one handoff to its interpreter.
     pub async fn run(mut self) {
-        while let Some(task) = self.tasks.recv().await {
-            let task_id = uuid_of(task.id.as_ref())
-                .ok()
-                .flatten()
-                .unwrap_or_else(Uuid::nil);
-            let identifier = task.identifier.clone().unwrap_or_default();
-            let started = Instant::now();
+        while let Some(first) = self.tasks.recv().await {
+            let mut tasks = vec![first];
+            while tasks.len() < MAX_HANDOFF {
+                match self.tasks.try_recv() {
+                    Ok(task) => tasks.push(task),
+                    Err(_) => break,
+                }
+            }
             // Route with the newest catalog: a release superseded since the claim must not
             // run the task (it is handed back and claimed again).
             let catalog = self.catalog.borrow().clone();
-            let report = self.execute(&catalog, task).await;
-            let finished = Finished {
-                slot: self.index,
-                task: task_id,
-                identifier: (identifier.name, identifier.version),
-                report,
-                elapsed: started.elapsed(),
-            };
-            if self.finished.send(finished).is_err() {
-                return;
+            let mut tasks = tasks.into_iter().peekable();
+            while let Some(task) = tasks.next() {
+                let identifier = task.identifier.clone().unwrap_or_default();
+                let Some(release) = catalog.route(&identifier.name, &identifier.version) else {
+                    let report = unroutable(&task);
+                    if !self.send(&task, report, Duration::ZERO) {
+                        return;
+                    }
+                    continue;
+                };
+                let mut group = vec![task];
+                while let Some(next) = tasks.next_if(|next| {
+                    let identifier = next.identifier.clone().unwrap_or_default();
+                    catalog
+                        .route(&identifier.name, &identifier.version)
+                        .is_some_and(|other| Arc::ptr_eq(&other, &release))
+                }) {
+                    group.push(next);
+                }
+                if !self.execute(&release, group).await {
+                    return;
+                }
             }
         }
     }
 
-    async fn execute(&self, catalog: &Catalog, task: Task) -> WorkReport {
-        let task_id = uuid_of(task.id.as_ref())
-            .ok()
-            .flatten()
-            .unwrap_or_else(Uuid::nil);
+    /// Hands a finished task's report to the dispatcher; false once it hung up.
+    fn send(&self, task: &Task, report: WorkReport, elapsed: Duration) -> bool {
+        let identifier = task.identifier.clone().unwrap_or_default();
+        self.finished
+            .send(Finished {
+                slot: self.index,
+                task: task_uuid(task),
+                identifier: (identifier.name, identifier.version),
+                report,
+                elapsed,
+            })
+            .is_ok()
+    }
+
+    /// Executes `group` (tasks of `release`) in one handoff and reports each; false once the
+    /// dispatcher hung up.
+    async fn execute(&self, release: &LoadedSet, group: Vec<Task>) -> bool {
+        let started = Instant::now();
+        let (prepared, batch): (Vec<Prepared>, Batch) =
+            group.iter().map(|task| self.prepare(task)).unzip();
+        let outcomes = release.execute_batch(batch).await;
+        // Each task's share of the handoff, for the dispatcher's prefetch averages.
+        let elapsed = started.elapsed() / group.len().max(1) as u32;
+        for ((task, prepared), outcome) in group.iter().zip(prepared).zip(outcomes) {
+            let report = self.finish(prepared, outcome).await;
+            if !self.send(task, report, elapsed) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The request of a task, and what its report needs; starts forwarding its log records.
+    fn prepare(&self, task: &Task) -> (Prepared, (TaskRequest, python::EventSender)) {
+        let task_id = task_uuid(task);
         let identifier = task.identifier.clone().unwrap_or_default();
         let display = task.display.clone().unwrap_or_default();
-        let Some(release) = catalog.route(&identifier.name, &identifier.version) else {
-            tracing::warn!(%task_id, name = %identifier.name, version = %identifier.version, "no loaded release runs this task; handing it back");
-            return failed(TaskFailedRequest {
-                task_id: task.id,
-                display,
-                was_workflow_error: false,
-                progress_updates: Vec::new(),
-            });
-        };
         let job = task.job.clone().unwrap_or_default();
         let request = TaskRequest {
             name: identifier.name.clone(),
@@ -155,7 +206,6 @@ impl Slot {
         let label = display.clone();
         let trace = super::telemetry::TaskTrace::new(&job.trace_parent, &task_id.to_string());
         let exporter = self.shared.exporter.clone();
-        let started = super::telemetry::now_nanos();
         let forward_trace = trace.clone();
         let printer = tokio::spawn(async move {
             while let Some(event) = received.recv().await {
@@ -178,7 +228,33 @@ impl Slot {
                 }
             }
         });
-        let outcome = release.execute(request, events).await;
+        let prepared = Prepared {
+            task_id,
+            identifier,
+            display,
+            retry_count: task.retry_count,
+            trace,
+            started: super::telemetry::now_nanos(),
+            printer,
+        };
+        (prepared, (request, events))
+    }
+
+    /// Records a task's span and turns its outcome into its report.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        outcome: Result<TaskOutcome, python::Error>,
+    ) -> WorkReport {
+        let Prepared {
+            task_id,
+            identifier,
+            display,
+            retry_count,
+            trace,
+            started,
+            printer,
+        } = prepared;
         let _ = printer.await;
         let failure = match &outcome {
             Ok(TaskOutcome::Failed {
@@ -206,7 +282,7 @@ impl Slot {
             started,
             (&identifier.name, &identifier.version),
             &self.runner_id,
-            task.retry_count,
+            retry_count,
             failure.as_ref().map(|(kind, message, traceback)| {
                 (kind.as_str(), message.as_str(), traceback.as_str())
             }),
@@ -254,6 +330,26 @@ impl Slot {
             }
         }
     }
+}
+
+/// The id of a claimed task (nil if the server sent none).
+fn task_uuid(task: &Task) -> Uuid {
+    uuid_of(task.id.as_ref())
+        .ok()
+        .flatten()
+        .unwrap_or_else(Uuid::nil)
+}
+
+/// The report of a task no loaded release runs: handed back, not a workflow error.
+fn unroutable(task: &Task) -> WorkReport {
+    let identifier = task.identifier.clone().unwrap_or_default();
+    tracing::warn!(task_id = %task_uuid(task), name = %identifier.name, version = %identifier.version, "no loaded release runs this task; handing it back");
+    failed(TaskFailedRequest {
+        task_id: task.id.clone(),
+        display: task.display.clone().unwrap_or_default(),
+        was_workflow_error: false,
+        progress_updates: Vec::new(),
+    })
 }
 
 fn computed(computed: ComputedTask) -> WorkReport {
