@@ -1,5 +1,7 @@
 //! The SQLite backend: one file in WAL mode with `synchronous=FULL`, so an acknowledged
-//! write survives `kill -9` and power loss.
+//! write survives `kill -9` and power loss. Claims and lease extensions alone are not synced
+//! (`Durability::Relaxed`): they survive `kill -9`, and a power loss at worst hands a task
+//! out again.
 //!
 //! Writes run on one dedicated thread that batches whatever is waiting into one transaction
 //! (group commit): each operation runs inside its own savepoint, so a failing one rolls back
@@ -46,7 +48,20 @@ pub(super) fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
-type WriteOperation = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+type WriteOperation = (Box<dyn FnOnce(&Connection) -> Finish + Send>, Durability);
+
+/// Whether a write must be on disk before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Synced before it is answered (`synchronous=FULL`): submissions, reports, everything a
+    /// client is told is done.
+    Synced,
+    /// Written to the WAL but not synced on its own (`synchronous=NORMAL`): claims and lease
+    /// extensions. A killed process loses none of it (the OS has the WAL); a machine that
+    /// loses power may lose it, and then the task is claimed again, as at-least-once delivery
+    /// allows. The next synced commit syncs it too.
+    Relaxed,
+}
 
 /// The SQLite store; cheap to clone.
 #[derive(Clone)]
@@ -108,8 +123,26 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.write_with(Durability::Synced, operation).await
+    }
+
+    /// Like [`write`](Self::write), for a write that need not be synced on its own (see
+    /// [`Durability::Relaxed`]).
+    async fn write_relaxed<T, F>(&self, operation: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.write_with(Durability::Relaxed, operation).await
+    }
+
+    async fn write_with<T, F>(&self, durability: Durability, operation: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel::<Result<T>>();
-        let job: WriteOperation = Box::new(move |connection| {
+        let job = Box::new(move |connection: &Connection| -> Finish {
             let result = in_savepoint(connection, operation);
             Box::new(move |commit_error| {
                 let result = match commit_error {
@@ -122,7 +155,7 @@ impl SqliteStore {
         {
             let writer = self.inner.writer.lock().map_err(|_| Error::Closed)?;
             let sender = writer.as_ref().ok_or(Error::Closed)?;
-            sender.send(job).map_err(|_| Error::Closed)?;
+            sender.send((job, durability)).map_err(|_| Error::Closed)?;
         }
         answered.await.map_err(|_| Error::Closed)?
     }
@@ -215,12 +248,29 @@ fn in_item_savepoint<T>(
 }
 
 fn run_writer(connection: Connection, receiver: mpsc::Receiver<WriteOperation>) {
+    // The connection opens with `synchronous = FULL`.
+    let mut synced = true;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(operation) => batch.push(operation),
                 Err(_) => break,
+            }
+        }
+        // A batch is synced at its commit when any of its writes must be.
+        let sync = batch
+            .iter()
+            .any(|(_, durability)| *durability == Durability::Synced);
+        if sync != synced {
+            let pragma = if sync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            match connection.execute_batch(pragma) {
+                Ok(()) => synced = sync,
+                Err(error) => tracing::error!(%error, "cannot set the sync mode"),
             }
         }
         if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
@@ -233,7 +283,7 @@ fn run_writer(connection: Connection, receiver: mpsc::Receiver<WriteOperation>) 
         }
         let finishers: Vec<Finish> = batch
             .into_iter()
-            .map(|operation| operation(&connection))
+            .map(|(operation, _)| operation(&connection))
             .collect();
         match connection.execute_batch("COMMIT") {
             Ok(()) => finishers.into_iter().for_each(|finish| finish(None)),
@@ -407,8 +457,13 @@ impl Store for SqliteStore {
         report: Option<ComputedReport>,
         claim: Option<ClaimRequest>,
     ) -> Result<(Option<ReportOutcome>, Option<ClaimedTask>)> {
+        let durability = if report.is_some() {
+            Durability::Synced
+        } else {
+            Durability::Relaxed
+        };
         let (outcome, claimed) = self
-            .write(move |connection| {
+            .write_with(durability, move |connection| {
                 let now = now_millis();
                 let outcome = match report {
                     Some(report) => Some(tasks::complete_task(connection, report, now)?),
@@ -429,7 +484,12 @@ impl Store for SqliteStore {
         reports: Vec<Report>,
         claims: Vec<(ClaimRequest, usize)>,
     ) -> Result<(Vec<Result<ReportOutcome>>, Vec<ClaimedTask>)> {
-        self.write(move |connection| {
+        let durability = if reports.is_empty() {
+            Durability::Relaxed
+        } else {
+            Durability::Synced
+        };
+        self.write_with(durability, move |connection| {
             let now = now_millis();
             let outcomes = reports
                 .into_iter()
@@ -465,7 +525,7 @@ impl Store for SqliteStore {
         claimant: Option<String>,
         lease: Duration,
     ) -> Result<Option<Duration>> {
-        self.write(move |connection| {
+        self.write_relaxed(move |connection| {
             tasks::extend_lease(connection, task, claimant.as_deref(), lease, now_millis())
         })
         .await
@@ -476,7 +536,7 @@ impl Store for SqliteStore {
         leases: Vec<(Uuid, Duration)>,
         claimant: String,
     ) -> Result<Vec<Option<Duration>>> {
-        self.write(move |connection| {
+        self.write_relaxed(move |connection| {
             let now = now_millis();
             leases
                 .into_iter()
