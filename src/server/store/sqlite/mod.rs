@@ -9,10 +9,13 @@
 //! Layout:
 //! - `mod.rs`: connections, the writer thread, the `Store` implementation
 //! - `tasks.rs`: the transactional task logic (insert, claim, complete, fail, expire)
+//! - `counters.rs`: per-job counters the reads use instead of passes over the tasks
 //! - `read.rs`: row mapping and read queries
 //! - `releases.rs`: workflows, artifacts, releases and deployments
-//! - `schema.sql`: tables and indexes
+//! - `schema.sql`: tables and indexes; `schema_v0.sql`: the schema before the counters
+//!   (tests open a database of that shape)
 
+mod counters;
 mod read;
 mod releases;
 mod tasks;
@@ -71,6 +74,7 @@ impl SqliteStore {
         let connection = open_connection(&path, false)?;
         connection
             .execute_batch(SCHEMA)
+            .and_then(|()| counters::upgrade(&connection))
             .map_err(|source| Error::Open {
                 path: path.clone(),
                 source,

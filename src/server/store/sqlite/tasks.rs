@@ -2,7 +2,8 @@
 //! writer's transaction and keeps these counters true:
 //! - `tasks.pending_deps`: dependencies not yet complete; a queued task with 0 can run;
 //! - `tasks.pending_children`: children not yet complete;
-//! - `jobs.incomplete_tasks` / `jobs.running_tasks`.
+//! - `jobs.incomplete_tasks` / `jobs.running_tasks`;
+//! - what reads show of a job (`counters.rs`): tasks per state, attempt times, progress sums.
 //!
 //! A task is *complete* when it is computed and all its descendants are complete, or when
 //! it ended failed-optional or skipped. Completing a task releases its dependants and may
@@ -15,11 +16,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::db;
-use super::read;
+use super::{counters, read};
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
     ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, Identifier, MAX_LEASE_REQUEUES,
-    NewJob, NewTask, Progress, ReportOutcome, Result,
+    NewJob, NewTask, ReportOutcome, Result,
 };
 
 const QUEUED: i32 = TaskState::Queued as i32;
@@ -40,13 +41,15 @@ struct Placement {
     job_active: bool,
 }
 
-fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<()> {
-    let mut seen = HashSet::new();
+/// Checks that the clusters of `tasks` exist; answers them, each once.
+fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<Vec<String>> {
+    let mut seen: Vec<&str> = Vec::new();
     let mut statement = connection
         .prepare_cached("SELECT 1 FROM clusters WHERE slug = ?1")
         .map_err(db("check cluster"))?;
     for task in tasks {
-        if seen.insert(task.cluster.as_str()) {
+        // Tasks mostly share one or two clusters: a short list beats hashing each name.
+        if !seen.contains(&task.cluster.as_str()) {
             let exists = statement
                 .exists([&task.cluster])
                 .map_err(db("check cluster"))?;
@@ -55,14 +58,14 @@ fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<()> {
                     slug: task.cluster.clone(),
                 });
             }
+            seen.push(&task.cluster);
         }
     }
-    Ok(())
+    Ok(seen.into_iter().map(str::to_string).collect())
 }
 
-/// Inserts a job with its root tasks.
+/// Inserts a job with its root tasks (the savepoint drops the job if a cluster is unknown).
 pub(super) fn insert_job(connection: &Connection, job: NewJob, now: i64) -> Result<()> {
-    check_clusters(connection, &job.tasks)?;
     connection
         .execute(
             "INSERT INTO jobs (uuid, name, trace_parent, state, submitted_at, total_tasks, incomplete_tasks)
@@ -93,7 +96,9 @@ fn insert_tasks(
     if tasks.is_empty() {
         return Ok(0);
     }
-    check_clusters(connection, tasks)?;
+    for cluster in check_clusters(connection, tasks)? {
+        counters::add_cluster(connection, placement.job, &cluster)?;
+    }
     let state = if placement.skipped { SKIPPED } else { QUEUED };
     let mut rows = Vec::with_capacity(tasks.len());
     {
@@ -160,6 +165,7 @@ fn insert_tasks(
             params![placement.job, count, incomplete],
         )
         .map_err(db("count tasks"))?;
+    counters::move_tasks(connection, placement.job, None, state, count)?;
     if let Some(parent) = placement.parent {
         connection
             .execute(
@@ -244,57 +250,44 @@ fn accepts_report(task: &TaskRow, claimant: &str) -> bool {
     task.state == RUNNING && (!task.fenced || task.claimant.as_deref() == Some(claimant))
 }
 
-/// Ends the current attempt: accounts compute time and the job's running count.
+/// Ends the current attempt of a running task: accounts its compute time, and the job's
+/// running count and attempt times.
 fn stop_attempt(connection: &Connection, task: &TaskRow, now: i64) -> Result<()> {
     let elapsed = task
         .attempt_started_at
         .map(|start| (now - start).max(0))
         .unwrap_or(0);
     connection
-        .execute(
+        .prepare_cached(
             "UPDATE tasks SET stopped_at = ?2, compute_ms = compute_ms + ?3, lease_expires_at = NULL,
                               attempt_started_at = NULL WHERE task = ?1",
-            params![task.row, now, elapsed],
         )
+        .and_then(|mut statement| statement.execute(params![task.row, now, elapsed]))
         .map_err(db("stop attempt"))?;
     connection
-        .execute(
-            "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0) WHERE job = ?1",
-            [task.job],
+        .prepare_cached(
+            "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0), compute_ms = compute_ms + ?2,
+                             running_started_sum = running_started_sum - ?3
+             WHERE job = ?1",
         )
-        .map_err(db("stop attempt"))?;
-    Ok(())
-}
-
-fn set_state(connection: &Connection, row: i64, state: i32) -> Result<()> {
-    connection
-        .execute(
-            "UPDATE tasks SET state = ?2 WHERE task = ?1",
-            params![row, state],
-        )
-        .map_err(db("set task state"))?;
-    Ok(())
-}
-
-fn store_progress(connection: &Connection, row: i64, progress: &[Progress]) -> Result<()> {
-    connection
-        .execute("DELETE FROM task_progress WHERE task = ?1", [row])
-        .map_err(db("store progress"))?;
-    let mut insert = connection
-        .prepare_cached("INSERT INTO task_progress (task, position, label, total, done) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(db("store progress"))?;
-    for (position, entry) in progress.iter().enumerate() {
-        insert
-            .execute(params![
-                row,
-                position as i64,
-                entry.label,
-                entry.total.min(i64::MAX as u64) as i64,
-                entry.done.min(i64::MAX as u64) as i64
+        .and_then(|mut statement| {
+            statement.execute(params![
+                task.job,
+                elapsed,
+                task.attempt_started_at.unwrap_or(0)
             ])
-            .map_err(db("store progress"))?;
-    }
+        })
+        .map_err(db("stop attempt"))?;
     Ok(())
+}
+
+/// Moves a task from state `from` to `to`.
+fn set_state(connection: &Connection, task: &TaskRow, from: i32, to: i32) -> Result<()> {
+    connection
+        .prepare_cached("UPDATE tasks SET state = ?2 WHERE task = ?1")
+        .and_then(|mut statement| statement.execute(params![task.row, to]))
+        .map_err(db("set task state"))?;
+    counters::move_tasks(connection, task.job, Some(from), to, 1)
 }
 
 /// Marks `row` complete and propagates: dependants lose a pending dependency, the parent
@@ -388,7 +381,8 @@ pub(super) fn complete_task(
             params![task.row, COMPUTED, report.display],
         )
         .map_err(db("complete task"))?;
-    store_progress(connection, task.row, &report.progress)?;
+    counters::move_tasks(connection, task.job, Some(RUNNING), COMPUTED, 1)?;
+    counters::replace_progress(connection, task.job, task.row, &report.progress)?;
     let job_active: bool = connection
         .query_row(
             "SELECT state NOT IN (?2, ?3) FROM jobs WHERE job = ?1",
@@ -440,13 +434,13 @@ pub(super) fn fail_task(
         )
         .map_err(db("fail task"))?;
     if !report.progress.is_empty() {
-        store_progress(connection, task.row, &report.progress)?;
+        counters::replace_progress(connection, task.job, task.row, &report.progress)?;
     }
     let state = if !report.workflow_error {
-        requeue(connection, task.row, false)?;
+        requeue(connection, &task, false)?;
         QUEUED
     } else if task.retry_count < task.max_retries {
-        requeue(connection, task.row, true)?;
+        requeue(connection, &task, true)?;
         QUEUED
     } else {
         fail_for_good(connection, &task)?
@@ -455,31 +449,35 @@ pub(super) fn fail_task(
     Ok(ReportOutcome::Applied(task_state(state)))
 }
 
-fn requeue(connection: &Connection, row: i64, count_retry: bool) -> Result<()> {
+/// Queues a task whose attempt ended (it was running) again.
+fn requeue(connection: &Connection, task: &TaskRow, count_retry: bool) -> Result<()> {
     connection
-        .execute(
+        .prepare_cached(
             "UPDATE tasks SET state = ?2, retry_count = retry_count + ?3 WHERE task = ?1",
-            params![row, QUEUED, i64::from(count_retry)],
         )
+        .and_then(|mut statement| {
+            statement.execute(params![task.row, QUEUED, i64::from(count_retry)])
+        })
         .map_err(db("requeue task"))?;
-    Ok(())
+    counters::move_tasks(connection, task.job, Some(RUNNING), QUEUED, 1)
 }
 
-/// A task failed with no retries left: failed-optional inside an optional scope (skipping
-/// what is still queued in that scope), otherwise failed, which fails the job.
+/// A task (whose attempt ended: it was running) failed with no retries left:
+/// failed-optional inside an optional scope (skipping what is still queued in that scope),
+/// otherwise failed, which fails the job.
 fn fail_for_good(connection: &Connection, task: &TaskRow) -> Result<i32> {
     if task.optional {
-        set_state(connection, task.row, FAILED_OPTIONAL)?;
+        set_state(connection, task, RUNNING, FAILED_OPTIONAL)?;
         complete(connection, task.row)?;
         return Ok(FAILED_OPTIONAL);
     }
     if let Some(scope) = task.optional_scope {
-        set_state(connection, task.row, FAILED_OPTIONAL)?;
-        skip_scope(connection, scope)?;
+        set_state(connection, task, RUNNING, FAILED_OPTIONAL)?;
+        skip_scope(connection, task.job, scope)?;
         complete(connection, task.row)?;
         return Ok(FAILED_OPTIONAL);
     }
-    set_state(connection, task.row, FAILED)?;
+    set_state(connection, task, RUNNING, FAILED)?;
     connection
         .execute(
             "UPDATE jobs SET state = ?2 WHERE job = ?1",
@@ -498,7 +496,7 @@ fn fail_for_good(connection: &Connection, task: &TaskRow) -> Result<i32> {
 /// Marks the optional scope rooted at `scope` failed: every queued task in its subtree is
 /// skipped (and completes), and optional tasks inside it remember the failure so subtasks
 /// they submit later are skipped too.
-fn skip_scope(connection: &Connection, scope: i64) -> Result<()> {
+fn skip_scope(connection: &Connection, job: i64, scope: i64) -> Result<()> {
     let subtree: Vec<(i64, i32, bool)> = {
         let mut statement = connection
             .prepare_cached(
@@ -522,7 +520,11 @@ fn skip_scope(connection: &Connection, scope: i64) -> Result<()> {
                 .map_err(db("skip scope"))?;
         }
         if state == QUEUED && row != scope {
-            set_state(connection, row, SKIPPED)?;
+            connection
+                .prepare_cached("UPDATE tasks SET state = ?2 WHERE task = ?1")
+                .and_then(|mut statement| statement.execute(params![row, SKIPPED]))
+                .map_err(db("skip scope"))?;
+            counters::move_tasks(connection, job, Some(QUEUED), SKIPPED, 1)?;
             complete(connection, row)?;
         }
     }
@@ -575,32 +577,42 @@ pub(super) fn claim_task(
         return Ok(None);
     };
     let lease_millis = claim.lease.as_millis() as i64;
-    connection
-        .execute(
+    let (job, started_at): (i64, i64) = connection
+        .prepare_cached(
             "UPDATE tasks SET state = ?2, claimant = ?3, lease_expires_at = ?4, attempt_started_at = ?5,
                               started_at = COALESCE(started_at, ?5), stopped_at = NULL
-             WHERE task = ?1",
-            params![row, RUNNING, claim.claimant, now + lease_millis, now],
+             WHERE task = ?1 RETURNING job, started_at",
         )
-        .map_err(db("claim task"))?;
-    let job: i64 = connection
-        .query_row("SELECT job FROM tasks WHERE task = ?1", [row], |row| {
-            row.get(0)
+        .and_then(|mut statement| {
+            statement.query_row(
+                params![row, RUNNING, claim.claimant, now + lease_millis, now],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
         })
         .map_err(db("claim task"))?;
+    // The job's counts follow every claim; its state becomes running unless it ended (which
+    // cannot happen while it has a claimable task).
     connection
-        .execute(
-            "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1, state = ?2
-             WHERE job = ?1 AND state NOT IN (?3, ?4, ?5)",
-            params![
+        .prepare_cached(
+            "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1,
+                             state = CASE WHEN state IN (?3, ?4, ?5) THEN state ELSE ?2 END,
+                             first_started_at = MIN(COALESCE(first_started_at, ?6), ?6),
+                             running_started_sum = running_started_sum + ?7
+             WHERE job = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
                 job,
                 JobState::Running as i32,
                 JobState::Completed as i32,
                 JobState::Failed as i32,
-                JobState::Canceled as i32
-            ],
-        )
+                JobState::Canceled as i32,
+                started_at,
+                now
+            ])
+        })
         .map_err(db("claim task"))?;
+    counters::move_tasks(connection, job, Some(QUEUED), RUNNING, 1)?;
     let claimed = read::claimed_task(connection, row, identifier.clone(), claim.lease, now)?;
     Ok(Some(claimed))
 }
@@ -655,7 +667,7 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
             )
             .map_err(db("expire lease"))?;
         if task.lease_losses < MAX_LEASE_REQUEUES {
-            requeue(connection, task.row, false)?;
+            requeue(connection, &task, false)?;
         } else {
             connection
                 .execute(
@@ -696,11 +708,12 @@ pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
         return Ok(0);
     }
     let failed: Vec<i64> = {
+        // `state = 4` (FAILED) spelled out, so the partial index `tasks_failed` applies.
         let mut statement = connection
-            .prepare_cached("SELECT task FROM tasks WHERE job = ?1 AND state = ?2")
+            .prepare_cached("SELECT task FROM tasks WHERE job = ?1 AND state = 4")
             .map_err(db("retry job"))?;
         statement
-            .query_map(params![job, FAILED], |row| row.get(0))
+            .query_map([job], |row| row.get(0))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(db("retry job"))?
     };
@@ -712,6 +725,7 @@ pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
                 params![row, QUEUED],
             )
             .map_err(db("retry job"))?;
+        counters::move_tasks(connection, job, Some(FAILED), QUEUED, 1)?;
     }
     let halted = state == JobState::Failed as i32 || state == JobState::Canceled as i32;
     if halted {
@@ -790,7 +804,9 @@ fn remove_descendants(connection: &Connection, job: i64, row: i64) -> Result<()>
             [row],
         )
         .map_err(db("remove subtasks"))?;
-    Ok(())
+    // Rare (a retry of a task that left subtasks): recounting the job is simpler than
+    // subtracting what each removed task held.
+    counters::recount(connection, Some(job))
 }
 
 /// Cancels a job: nothing queued starts any more; running tasks finish.
