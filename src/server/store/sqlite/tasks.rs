@@ -647,9 +647,12 @@ pub(super) fn extend_lease(
 /// up to `MAX_LEASE_REQUEUES` times, then failed.
 pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> {
     let expired: Vec<i64> = {
+        // Without INDEXED BY, SQLite reads the whole table in task order rather than sort
+        // the few expired rows: a pass over every task ever stored, every second.
         let mut statement = connection
             .prepare_cached(
-                "SELECT task FROM tasks WHERE state = 2 AND lease_expires_at < ?1 ORDER BY task",
+                "SELECT task FROM tasks INDEXED BY tasks_leased
+                 WHERE state = 2 AND lease_expires_at < ?1 ORDER BY task",
             )
             .map_err(db("expire leases"))?;
         statement
