@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::db;
+use super::{db, execute, query_row};
 use crate::server::store::{Progress, Result};
 
 /// The schema version this code writes (`PRAGMA user_version`); a database from before the
@@ -112,13 +112,13 @@ fn recount_job(connection: &Connection, job: i64) -> rusqlite::Result<()> {
     let statements = [
         "DELETE FROM job_task_states WHERE job = ?1",
         "INSERT INTO job_task_states (job, state, count)
-             SELECT job, state, COUNT(*) FROM tasks WHERE job = ?1 GROUP BY state",
+         SELECT job, state, COUNT(*) FROM tasks WHERE job = ?1 GROUP BY state",
         "DELETE FROM job_clusters WHERE job = ?1",
         "INSERT INTO job_clusters (job, cluster) SELECT DISTINCT job, cluster FROM tasks WHERE job = ?1",
         "DELETE FROM job_progress WHERE job = ?1",
         "INSERT INTO job_progress (job, label, total, done, entries, first)
-             SELECT t.job, p.label, SUM(p.total), SUM(p.done), COUNT(*), MIN(p.task * 4096 + p.position)
-             FROM task_progress p JOIN tasks t ON t.task = p.task WHERE t.job = ?1 GROUP BY p.label",
+         SELECT t.job, p.label, SUM(p.total), SUM(p.done), COUNT(*), MIN(p.task * 4096 + p.position)
+         FROM task_progress p JOIN tasks t ON t.task = p.task WHERE t.job = ?1 GROUP BY p.label",
         "UPDATE jobs SET (first_started_at, compute_ms, running_started_sum) =
              (SELECT MIN(started_at), COALESCE(SUM(compute_ms), 0),
                      COALESCE(SUM(CASE WHEN state = 2 THEN attempt_started_at END), 0)
@@ -140,29 +140,31 @@ pub(super) fn move_tasks(
     count: i64,
 ) -> Result<()> {
     if let Some(from) = from {
-        connection
-            .prepare_cached(
-                "UPDATE job_task_states SET count = count - ?3 WHERE job = ?1 AND state = ?2",
-            )
-            .and_then(|mut statement| statement.execute(params![job, from, count]))
-            .map_err(db("count task states"))?;
-    }
-    connection
-        .prepare_cached(
-            "INSERT INTO job_task_states (job, state, count) VALUES (?1, ?2, ?3)
-             ON CONFLICT (job, state) DO UPDATE SET count = count + excluded.count",
+        execute(
+            connection,
+            "UPDATE job_task_states SET count = count - ?3 WHERE job = ?1 AND state = ?2",
+            params![job, from, count],
         )
-        .and_then(|mut statement| statement.execute(params![job, to, count]))
         .map_err(db("count task states"))?;
+    }
+    execute(
+        connection,
+        "INSERT INTO job_task_states (job, state, count) VALUES (?1, ?2, ?3)
+         ON CONFLICT (job, state) DO UPDATE SET count = count + excluded.count",
+        params![job, to, count],
+    )
+    .map_err(db("count task states"))?;
     Ok(())
 }
 
 /// Records that `job` has tasks on `cluster`.
 pub(super) fn add_cluster(connection: &Connection, job: i64, cluster: &str) -> Result<()> {
-    connection
-        .prepare_cached("INSERT OR IGNORE INTO job_clusters (job, cluster) VALUES (?1, ?2)")
-        .and_then(|mut statement| statement.execute(params![job, cluster]))
-        .map_err(db("record job cluster"))?;
+    execute(
+        connection,
+        "INSERT OR IGNORE INTO job_clusters (job, cluster) VALUES (?1, ?2)",
+        params![job, cluster],
+    )
+    .map_err(db("record job cluster"))?;
     Ok(())
 }
 
@@ -234,42 +236,42 @@ fn apply_label_delta(
     label: Option<&str>,
     delta: &LabelDelta,
 ) -> Result<()> {
-    let stored: Option<(i64, i64)> = connection
-        .prepare_cached("SELECT entries, first FROM job_progress WHERE job = ?1 AND label IS ?2")
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![job, label], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-        })
-        .map_err(db("sum progress"))?;
+    let stored: Option<(i64, i64)> = query_row(
+        connection,
+        "SELECT entries, first FROM job_progress WHERE job = ?1 AND label IS ?2",
+        params![job, label],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .map_err(db("sum progress"))?;
     let Some((entries, first)) = stored else {
         // Only new rows: the label is new to the job.
         let Some(new_first) = delta.new_first else {
             return Ok(());
         };
-        connection
-            .prepare_cached(
-                "INSERT INTO job_progress (job, label, total, done, entries, first)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    job,
-                    label,
-                    delta.total,
-                    delta.done,
-                    delta.entries,
-                    new_first
-                ])
-            })
-            .map_err(db("sum progress"))?;
+        execute(
+            connection,
+            "INSERT INTO job_progress (job, label, total, done, entries, first)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                job,
+                label,
+                delta.total,
+                delta.done,
+                delta.entries,
+                new_first
+            ],
+        )
+        .map_err(db("sum progress"))?;
         return Ok(());
     };
     if entries + delta.entries <= 0 {
-        connection
-            .prepare_cached("DELETE FROM job_progress WHERE job = ?1 AND label IS ?2")
-            .and_then(|mut statement| statement.execute(params![job, label]))
-            .map_err(db("sum progress"))?;
+        execute(
+            connection,
+            "DELETE FROM job_progress WHERE job = ?1 AND label IS ?2",
+            params![job, label],
+        )
+        .map_err(db("sum progress"))?;
         return Ok(());
     }
     let first = match (delta.old_first, delta.new_first) {
@@ -282,35 +284,27 @@ fn apply_label_delta(
         (_, Some(new)) => first.min(new),
         (_, None) => first,
     };
-    connection
-        .prepare_cached(
-            "UPDATE job_progress SET total = total + ?3, done = done + ?4, entries = entries + ?5,
-                                     first = ?6
-             WHERE job = ?1 AND label IS ?2",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                job,
-                label,
-                delta.total,
-                delta.done,
-                delta.entries,
-                first
-            ])
-        })
-        .map_err(db("sum progress"))?;
+    execute(
+        connection,
+        "UPDATE job_progress SET total = total + ?3, done = done + ?4, entries = entries + ?5,
+                                 first = ?6
+         WHERE job = ?1 AND label IS ?2",
+        params![job, label, delta.total, delta.done, delta.entries, first],
+    )
+    .map_err(db("sum progress"))?;
     Ok(())
 }
 
 /// The smallest `task * 4096 + position` among the job's progress rows with `label`.
 fn first_progress_row(connection: &Connection, job: i64, label: Option<&str>) -> Result<i64> {
-    connection
-        .prepare_cached(
-            "SELECT MIN(p.task * 4096 + p.position) FROM task_progress p JOIN tasks t ON t.task = p.task
-             WHERE t.job = ?1 AND p.label IS ?2",
-        )
-        .and_then(|mut statement| statement.query_row(params![job, label], |row| row.get(0)))
-        .map_err(db("sum progress"))
+    query_row(
+        connection,
+        "SELECT MIN(p.task * 4096 + p.position) FROM task_progress p JOIN tasks t ON t.task = p.task
+         WHERE t.job = ?1 AND p.label IS ?2",
+        params![job, label],
+        |row| row.get(0),
+    )
+    .map_err(db("sum progress"))
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::db;
 use super::{counters, read};
+use super::{db, execute, query_row};
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
     ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, Identifier, MAX_LEASE_REQUEUES,
@@ -66,13 +66,13 @@ fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<Vec<Stri
 
 /// Inserts a job with its root tasks (the savepoint drops the job if a cluster is unknown).
 pub(super) fn insert_job(connection: &Connection, job: NewJob, now: i64) -> Result<()> {
-    connection
-        .execute(
-            "INSERT INTO jobs (uuid, name, trace_parent, state, submitted_at, total_tasks, incomplete_tasks)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
-            params![job.id.as_bytes(), job.name, job.trace_parent, JobState::Submitted as i32, now],
-        )
-        .map_err(db("insert job"))?;
+    execute(
+        connection,
+        "INSERT INTO jobs (uuid, name, trace_parent, state, submitted_at, total_tasks, incomplete_tasks)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+        params![job.id.as_bytes(), job.name, job.trace_parent, JobState::Submitted as i32, now],
+    )
+    .map_err(db("insert job"))?;
     let job_row = connection.last_insert_rowid();
     let placement = Placement {
         job: job_row,
@@ -159,20 +159,22 @@ fn insert_tasks(
     }
     let count = tasks.len() as i64;
     let incomplete = if placement.skipped { 0 } else { count };
-    connection
-        .execute(
-            "UPDATE jobs SET total_tasks = total_tasks + ?2, incomplete_tasks = incomplete_tasks + ?3 WHERE job = ?1",
-            params![placement.job, count, incomplete],
-        )
-        .map_err(db("count tasks"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET total_tasks = total_tasks + ?2, incomplete_tasks = incomplete_tasks + ?3
+         WHERE job = ?1",
+        params![placement.job, count, incomplete],
+    )
+    .map_err(db("count tasks"))?;
     counters::move_tasks(connection, placement.job, None, state, count)?;
     if let Some(parent) = placement.parent {
-        connection
-            .execute(
-                "UPDATE tasks SET has_children = 1, pending_children = pending_children + ?2 WHERE task = ?1",
-                params![parent, incomplete],
-            )
-            .map_err(db("count children"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET has_children = 1, pending_children = pending_children + ?2
+             WHERE task = ?1",
+            params![parent, incomplete],
+        )
+        .map_err(db("count children"))?;
     }
     Ok(incomplete)
 }
@@ -196,7 +198,7 @@ struct TaskRow {
 }
 
 const TASK_ROW_COLUMNS: &str = "task, job, parent, state, retry_count, max_retries, optional, optional_scope, \
-     scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at";
+                                scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at";
 
 fn map_task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -257,36 +259,32 @@ fn stop_attempt(connection: &Connection, task: &TaskRow, now: i64) -> Result<()>
         .attempt_started_at
         .map(|start| (now - start).max(0))
         .unwrap_or(0);
-    connection
-        .prepare_cached(
-            "UPDATE tasks SET stopped_at = ?2, compute_ms = compute_ms + ?3, lease_expires_at = NULL,
-                              attempt_started_at = NULL WHERE task = ?1",
-        )
-        .and_then(|mut statement| statement.execute(params![task.row, now, elapsed]))
-        .map_err(db("stop attempt"))?;
-    connection
-        .prepare_cached(
-            "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0), compute_ms = compute_ms + ?2,
-                             running_started_sum = running_started_sum - ?3
-             WHERE job = ?1",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                task.job,
-                elapsed,
-                task.attempt_started_at.unwrap_or(0)
-            ])
-        })
-        .map_err(db("stop attempt"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET stopped_at = ?2, compute_ms = compute_ms + ?3, lease_expires_at = NULL,
+                          attempt_started_at = NULL WHERE task = ?1",
+        params![task.row, now, elapsed],
+    )
+    .map_err(db("stop attempt"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0), compute_ms = compute_ms + ?2,
+                         running_started_sum = running_started_sum - ?3
+         WHERE job = ?1",
+        params![task.job, elapsed, task.attempt_started_at.unwrap_or(0)],
+    )
+    .map_err(db("stop attempt"))?;
     Ok(())
 }
 
 /// Moves a task from state `from` to `to`.
 fn set_state(connection: &Connection, task: &TaskRow, from: i32, to: i32) -> Result<()> {
-    connection
-        .prepare_cached("UPDATE tasks SET state = ?2 WHERE task = ?1")
-        .and_then(|mut statement| statement.execute(params![task.row, to]))
-        .map_err(db("set task state"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET state = ?2 WHERE task = ?1",
+        params![task.row, to],
+    )
+    .map_err(db("set task state"))?;
     counters::move_tasks(connection, task.job, Some(from), to, 1)
 }
 
@@ -297,26 +295,26 @@ fn complete(connection: &Connection, row: i64) -> Result<()> {
     let mut next = Some(row);
     while let Some(row) = next.take() {
         let task = task_by_row(connection, row)?;
-        connection
-            .execute(
-                "UPDATE tasks SET pending_deps = pending_deps - 1
-                 WHERE task IN (SELECT task FROM task_dependencies WHERE depends_on = ?1)",
-                [row],
-            )
-            .map_err(db("release dependants"))?;
-        connection
-            .execute(
-                "UPDATE jobs SET incomplete_tasks = incomplete_tasks - 1 WHERE job = ?1",
-                [task.job],
+        execute(
+            connection,
+            "UPDATE tasks SET pending_deps = pending_deps - 1
+             WHERE task IN (SELECT task FROM task_dependencies WHERE depends_on = ?1)",
+            [row],
+        )
+        .map_err(db("release dependants"))?;
+        execute(
+            connection,
+            "UPDATE jobs SET incomplete_tasks = incomplete_tasks - 1 WHERE job = ?1",
+            [task.job],
+        )
+        .map_err(db("complete task"))?;
+        if let Some(parent) = task.parent {
+            execute(
+                connection,
+                "UPDATE tasks SET pending_children = pending_children - 1 WHERE task = ?1",
+                [parent],
             )
             .map_err(db("complete task"))?;
-        if let Some(parent) = task.parent {
-            connection
-                .execute(
-                    "UPDATE tasks SET pending_children = pending_children - 1 WHERE task = ?1",
-                    [parent],
-                )
-                .map_err(db("complete task"))?;
             let parent_task = task_by_row(connection, parent)?;
             if parent_task.state == COMPUTED && parent_task.pending_children == 0 {
                 next = Some(parent);
@@ -331,13 +329,13 @@ fn complete(connection: &Connection, row: i64) -> Result<()> {
 
 /// Recomputes a job's state from its counters, unless it already ended.
 pub(super) fn refresh_job_state(connection: &Connection, job: i64) -> Result<()> {
-    let (state, incomplete, running, ever_started): (i32, i64, i64, bool) = connection
-        .query_row(
-            "SELECT state, incomplete_tasks, running_tasks, ever_started FROM jobs WHERE job = ?1",
-            [job],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )
-        .map_err(db("load job"))?;
+    let (state, incomplete, running, ever_started): (i32, i64, i64, bool) = query_row(
+        connection,
+        "SELECT state, incomplete_tasks, running_tasks, ever_started FROM jobs WHERE job = ?1",
+        [job],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+    )
+    .map_err(db("load job"))?;
     let ended =
         [JobState::Completed, JobState::Failed, JobState::Canceled].map(|state| state as i32);
     if ended.contains(&state) {
@@ -353,12 +351,12 @@ pub(super) fn refresh_job_state(connection: &Connection, job: i64) -> Result<()>
         JobState::Submitted
     };
     if next as i32 != state {
-        connection
-            .execute(
-                "UPDATE jobs SET state = ?2 WHERE job = ?1",
-                params![job, next as i32],
-            )
-            .map_err(db("set job state"))?;
+        execute(
+            connection,
+            "UPDATE jobs SET state = ?2 WHERE job = ?1",
+            params![job, next as i32],
+        )
+        .map_err(db("set job state"))?;
     }
     Ok(())
 }
@@ -375,21 +373,21 @@ pub(super) fn complete_task(
         return Ok(ReportOutcome::Stale(task_state(task.state)));
     }
     stop_attempt(connection, &task, now)?;
-    connection
-        .execute(
-            "UPDATE tasks SET state = ?2, display = ?3 WHERE task = ?1",
-            params![task.row, COMPUTED, report.display],
-        )
-        .map_err(db("complete task"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET state = ?2, display = ?3 WHERE task = ?1",
+        params![task.row, COMPUTED, report.display],
+    )
+    .map_err(db("complete task"))?;
     counters::move_tasks(connection, task.job, Some(RUNNING), COMPUTED, 1)?;
     counters::replace_progress(connection, task.job, task.row, &report.progress)?;
-    let job_active: bool = connection
-        .query_row(
-            "SELECT state NOT IN (?2, ?3) FROM jobs WHERE job = ?1",
-            params![task.job, JobState::Failed as i32, JobState::Canceled as i32],
-            |row| row.get(0),
-        )
-        .map_err(db("load job"))?;
+    let job_active: bool = query_row(
+        connection,
+        "SELECT state NOT IN (?2, ?3) FROM jobs WHERE job = ?1",
+        params![task.job, JobState::Failed as i32, JobState::Canceled as i32],
+        |row| row.get(0),
+    )
+    .map_err(db("load job"))?;
     let scope = if task.optional {
         Some(task.row)
     } else {
@@ -427,12 +425,12 @@ pub(super) fn fail_task(
         return Ok(ReportOutcome::Stale(task_state(task.state)));
     }
     stop_attempt(connection, &task, now)?;
-    connection
-        .execute(
-            "UPDATE tasks SET display = ?2 WHERE task = ?1",
-            params![task.row, report.display],
-        )
-        .map_err(db("fail task"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET display = ?2 WHERE task = ?1",
+        params![task.row, report.display],
+    )
+    .map_err(db("fail task"))?;
     if !report.progress.is_empty() {
         counters::replace_progress(connection, task.job, task.row, &report.progress)?;
     }
@@ -451,14 +449,12 @@ pub(super) fn fail_task(
 
 /// Queues a task whose attempt ended (it was running) again.
 fn requeue(connection: &Connection, task: &TaskRow, count_retry: bool) -> Result<()> {
-    connection
-        .prepare_cached(
-            "UPDATE tasks SET state = ?2, retry_count = retry_count + ?3 WHERE task = ?1",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![task.row, QUEUED, i64::from(count_retry)])
-        })
-        .map_err(db("requeue task"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET state = ?2, retry_count = retry_count + ?3 WHERE task = ?1",
+        params![task.row, QUEUED, i64::from(count_retry)],
+    )
+    .map_err(db("requeue task"))?;
     counters::move_tasks(connection, task.job, Some(RUNNING), QUEUED, 1)
 }
 
@@ -478,18 +474,18 @@ fn fail_for_good(connection: &Connection, task: &TaskRow) -> Result<i32> {
         return Ok(FAILED_OPTIONAL);
     }
     set_state(connection, task, RUNNING, FAILED)?;
-    connection
-        .execute(
-            "UPDATE jobs SET state = ?2 WHERE job = ?1",
-            params![task.job, JobState::Failed as i32],
-        )
-        .map_err(db("fail job"))?;
-    connection
-        .execute(
-            "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
-            [task.job],
-        )
-        .map_err(db("fail job"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET state = ?2 WHERE job = ?1",
+        params![task.job, JobState::Failed as i32],
+    )
+    .map_err(db("fail job"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
+        [task.job],
+    )
+    .map_err(db("fail job"))?;
     Ok(FAILED)
 }
 
@@ -510,20 +506,28 @@ fn skip_scope(connection: &Connection, job: i64, scope: i64) -> Result<()> {
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(db("skip scope"))?
     };
-    connection
-        .execute("UPDATE tasks SET scope_failed = 1 WHERE task = ?1", [scope])
-        .map_err(db("skip scope"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET scope_failed = 1 WHERE task = ?1",
+        [scope],
+    )
+    .map_err(db("skip scope"))?;
     for (row, state, optional) in subtree {
         if optional {
-            connection
-                .execute("UPDATE tasks SET scope_failed = 1 WHERE task = ?1", [row])
-                .map_err(db("skip scope"))?;
+            execute(
+                connection,
+                "UPDATE tasks SET scope_failed = 1 WHERE task = ?1",
+                [row],
+            )
+            .map_err(db("skip scope"))?;
         }
         if state == QUEUED && row != scope {
-            connection
-                .prepare_cached("UPDATE tasks SET state = ?2 WHERE task = ?1")
-                .and_then(|mut statement| statement.execute(params![row, SKIPPED]))
-                .map_err(db("skip scope"))?;
+            execute(
+                connection,
+                "UPDATE tasks SET state = ?2 WHERE task = ?1",
+                params![row, SKIPPED],
+            )
+            .map_err(db("skip scope"))?;
             counters::move_tasks(connection, job, Some(QUEUED), SKIPPED, 1)?;
             complete(connection, row)?;
         }
@@ -577,41 +581,35 @@ pub(super) fn claim_task(
         return Ok(None);
     };
     let lease_millis = claim.lease.as_millis() as i64;
-    let (job, started_at): (i64, i64) = connection
-        .prepare_cached(
-            "UPDATE tasks SET state = ?2, claimant = ?3, lease_expires_at = ?4, attempt_started_at = ?5,
-                              started_at = COALESCE(started_at, ?5), stopped_at = NULL
-             WHERE task = ?1 RETURNING job, started_at",
-        )
-        .and_then(|mut statement| {
-            statement.query_row(
-                params![row, RUNNING, claim.claimant, now + lease_millis, now],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-        })
-        .map_err(db("claim task"))?;
+    let (job, started_at): (i64, i64) = query_row(
+        connection,
+        "UPDATE tasks SET state = ?2, claimant = ?3, lease_expires_at = ?4, attempt_started_at = ?5,
+                          started_at = COALESCE(started_at, ?5), stopped_at = NULL
+         WHERE task = ?1 RETURNING job, started_at",
+        params![row, RUNNING, claim.claimant, now + lease_millis, now],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(db("claim task"))?;
     // The job's counts follow every claim; its state becomes running unless it ended (which
     // cannot happen while it has a claimable task).
-    connection
-        .prepare_cached(
-            "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1,
-                             state = CASE WHEN state IN (?3, ?4, ?5) THEN state ELSE ?2 END,
-                             first_started_at = MIN(COALESCE(first_started_at, ?6), ?6),
-                             running_started_sum = running_started_sum + ?7
-             WHERE job = ?1",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                job,
-                JobState::Running as i32,
-                JobState::Completed as i32,
-                JobState::Failed as i32,
-                JobState::Canceled as i32,
-                started_at,
-                now
-            ])
-        })
-        .map_err(db("claim task"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1,
+                         state = CASE WHEN state IN (?3, ?4, ?5) THEN state ELSE ?2 END,
+                         first_started_at = MIN(COALESCE(first_started_at, ?6), ?6),
+                         running_started_sum = running_started_sum + ?7
+         WHERE job = ?1",
+        params![
+            job,
+            JobState::Running as i32,
+            JobState::Completed as i32,
+            JobState::Failed as i32,
+            JobState::Canceled as i32,
+            started_at,
+            now
+        ],
+    )
+    .map_err(db("claim task"))?;
     counters::move_tasks(connection, job, Some(QUEUED), RUNNING, 1)?;
     let claimed = read::claimed_task(connection, row, identifier.clone(), claim.lease, now)?;
     Ok(Some(claimed))
@@ -634,12 +632,12 @@ pub(super) fn extend_lease(
     if task.state != RUNNING || !owner_matches {
         return Ok(None);
     }
-    connection
-        .execute(
-            "UPDATE tasks SET lease_expires_at = ?2 WHERE task = ?1",
-            params![task.row, now + lease.as_millis() as i64],
-        )
-        .map_err(db("extend lease"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET lease_expires_at = ?2 WHERE task = ?1",
+        params![task.row, now + lease.as_millis() as i64],
+    )
+    .map_err(db("extend lease"))?;
     Ok(Some(lease))
 }
 
@@ -663,27 +661,27 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
     for row in &expired {
         let task = task_by_row(connection, *row)?;
         stop_attempt(connection, &task, now)?;
-        connection
-            .execute(
-                "UPDATE tasks SET lease_losses = lease_losses + 1, fenced = 1 WHERE task = ?1",
-                [task.row],
-            )
-            .map_err(db("expire lease"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET lease_losses = lease_losses + 1, fenced = 1 WHERE task = ?1",
+            [task.row],
+        )
+        .map_err(db("expire lease"))?;
         if task.lease_losses < MAX_LEASE_REQUEUES {
             requeue(connection, &task, false)?;
         } else {
-            connection
-                .execute(
-                    "UPDATE tasks SET display = display || ?2 WHERE task = ?1",
-                    params![
-                        task.row,
-                        format!(
-                            "\nLeaseExpired('the task lost its lease {} times')",
-                            task.lease_losses + 1
-                        )
-                    ],
-                )
-                .map_err(db("expire lease"))?;
+            execute(
+                connection,
+                "UPDATE tasks SET display = display || ?2 WHERE task = ?1",
+                params![
+                    task.row,
+                    format!(
+                        "\nLeaseExpired('the task lost its lease {} times')",
+                        task.lease_losses + 1
+                    )
+                ],
+            )
+            .map_err(db("expire lease"))?;
             fail_for_good(connection, &task)?;
         }
         refresh_job_state(connection, task.job)?;
@@ -692,15 +690,15 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
 }
 
 fn job_row(connection: &Connection, id: Uuid) -> Result<(i64, i32)> {
-    connection
-        .query_row(
-            "SELECT job, state FROM jobs WHERE uuid = ?1",
-            [id.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .map_err(db("load job"))?
-        .ok_or(Error::JobNotFound { id })
+    query_row(
+        connection,
+        "SELECT job, state FROM jobs WHERE uuid = ?1",
+        [id.as_bytes()],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .map_err(db("load job"))?
+    .ok_or(Error::JobNotFound { id })
 }
 
 /// Re-queues a job's failed tasks (removing anything their failed attempts left below
@@ -722,33 +720,34 @@ pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
     };
     for row in &failed {
         remove_descendants(connection, job, *row)?;
-        connection
-            .execute(
-                "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0 WHERE task = ?1",
-                params![row, QUEUED],
-            )
-            .map_err(db("retry job"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0
+             WHERE task = ?1",
+            params![row, QUEUED],
+        )
+        .map_err(db("retry job"))?;
         counters::move_tasks(connection, job, Some(FAILED), QUEUED, 1)?;
     }
     let halted = state == JobState::Failed as i32 || state == JobState::Canceled as i32;
     if halted {
-        connection
-            .execute(
-                "UPDATE tasks SET job_active = 1 WHERE job = ?1 AND job_active = 0",
-                [job],
-            )
-            .map_err(db("retry job"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET job_active = 1 WHERE job = ?1 AND job_active = 0",
+            [job],
+        )
+        .map_err(db("retry job"))?;
     }
     if halted || !failed.is_empty() {
         // A job canceled while its last tasks ran has nothing incomplete left: resumed, it
         // is completed (no later report would ever move it out of RUNNING).
-        connection
-            .execute(
-                "UPDATE jobs SET state = CASE WHEN incomplete_tasks <= 0 THEN ?3 ELSE ?2 END
-                 WHERE job = ?1",
-                params![job, JobState::Running as i32, JobState::Completed as i32],
-            )
-            .map_err(db("retry job"))?;
+        execute(
+            connection,
+            "UPDATE jobs SET state = CASE WHEN incomplete_tasks <= 0 THEN ?3 ELSE ?2 END
+             WHERE job = ?1",
+            params![job, JobState::Running as i32, JobState::Completed as i32],
+        )
+        .map_err(db("retry job"))?;
     }
     Ok(failed.len() as i64)
 }
@@ -781,32 +780,34 @@ fn remove_descendants(connection: &Connection, job: i64, row: i64) -> Result<()>
         .filter(|(_, state)| *state == RUNNING)
         .count() as i64;
     for (task, _) in &removed {
-        connection
-            .execute("DELETE FROM tasks WHERE task = ?1", [task])
+        execute(connection, "DELETE FROM tasks WHERE task = ?1", [task])
             .map_err(db("remove subtasks"))?;
-        connection
-            .execute(
-                "DELETE FROM task_dependencies WHERE task = ?1 OR depends_on = ?1",
-                [task],
-            )
-            .map_err(db("remove subtasks"))?;
-        connection
-            .execute("DELETE FROM task_progress WHERE task = ?1", [task])
-            .map_err(db("remove subtasks"))?;
+        execute(
+            connection,
+            "DELETE FROM task_dependencies WHERE task = ?1 OR depends_on = ?1",
+            [task],
+        )
+        .map_err(db("remove subtasks"))?;
+        execute(
+            connection,
+            "DELETE FROM task_progress WHERE task = ?1",
+            [task],
+        )
+        .map_err(db("remove subtasks"))?;
     }
-    connection
-        .execute(
-            "UPDATE jobs SET total_tasks = total_tasks - ?2, incomplete_tasks = incomplete_tasks - ?3,
-                             running_tasks = MAX(running_tasks - ?4, 0) WHERE job = ?1",
-            params![job, removed.len() as i64, incomplete, running],
-        )
-        .map_err(db("remove subtasks"))?;
-    connection
-        .execute(
-            "UPDATE tasks SET pending_children = 0, has_children = 0 WHERE task = ?1",
-            [row],
-        )
-        .map_err(db("remove subtasks"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET total_tasks = total_tasks - ?2, incomplete_tasks = incomplete_tasks - ?3,
+         running_tasks = MAX(running_tasks - ?4, 0) WHERE job = ?1",
+        params![job, removed.len() as i64, incomplete, running],
+    )
+    .map_err(db("remove subtasks"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET pending_children = 0, has_children = 0 WHERE task = ?1",
+        [row],
+    )
+    .map_err(db("remove subtasks"))?;
     // Rare (a retry of a task that left subtasks): recounting the job is simpler than
     // subtracting what each removed task held.
     counters::recount(connection, Some(job))
@@ -818,17 +819,17 @@ pub(super) fn cancel_job(connection: &Connection, id: Uuid) -> Result<()> {
     if state == JobState::Completed as i32 {
         return Ok(());
     }
-    connection
-        .execute(
-            "UPDATE jobs SET state = ?2 WHERE job = ?1",
-            params![job, JobState::Canceled as i32],
-        )
-        .map_err(db("cancel job"))?;
-    connection
-        .execute(
-            "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
-            [job],
-        )
-        .map_err(db("cancel job"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET state = ?2 WHERE job = ?1",
+        params![job, JobState::Canceled as i32],
+    )
+    .map_err(db("cancel job"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
+        [job],
+    )
+    .map_err(db("cancel job"))?;
     Ok(())
 }
