@@ -9,7 +9,7 @@
 //! it ended failed-optional or skipped. Completing a task releases its dependants and may
 //! complete its parent; a job whose tasks are all complete is completed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -109,12 +109,13 @@ fn insert_tasks(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )
             .map_err(db("insert task"))?;
+        // Reused for every task: distinct dependencies without an allocation per task.
+        let mut distinct = Vec::new();
         for task in tasks {
-            let dependencies: HashSet<usize> = task.depends_on.iter().copied().collect();
             let pending = if placement.skipped {
                 0
             } else {
-                dependencies.len() as i64
+                distinct_count(&task.depends_on, &mut distinct) as i64
             };
             insert
                 .execute(params![
@@ -177,6 +178,18 @@ fn insert_tasks(
         .map_err(db("count children"))?;
     }
     Ok(incomplete)
+}
+
+/// How many distinct values `values` holds (`scratch` is working space).
+fn distinct_count(values: &[usize], scratch: &mut Vec<usize>) -> usize {
+    if values.len() < 2 {
+        return values.len();
+    }
+    scratch.clear();
+    scratch.extend_from_slice(values);
+    scratch.sort_unstable();
+    scratch.dedup();
+    scratch.len()
 }
 
 /// The fields of a task row the logic here needs.
@@ -832,4 +845,136 @@ pub(super) fn cancel_job(connection: &Connection, id: Uuid) -> Result<()> {
     )
     .map_err(db("cancel job"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use uuid::Uuid;
+
+    use crate::api::workflows_v1::TaskState;
+    use crate::server::store::sqlite::SqliteStore;
+    use crate::server::store::{
+        ClaimRequest, ComputedReport, DEFAULT_CLUSTER_SLUG, Identifier, NewJob, NewTask, Page,
+        ReportOutcome, Store,
+    };
+
+    fn task(name: &str, index: usize) -> NewTask {
+        NewTask {
+            id: Uuid::now_v7(),
+            identifier: Identifier {
+                name: name.to_string(),
+                version: "v1.0".to_string(),
+                major: 1,
+                minor: 0,
+            },
+            input: format!("{{\"index\": {index}}}").into_bytes(),
+            display: name.to_string(),
+            cluster: DEFAULT_CLUSTER_SLUG.to_string(),
+            max_retries: 0,
+            optional: false,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn runner(name: &str) -> ClaimRequest {
+        ClaimRequest {
+            cluster: DEFAULT_CLUSTER_SLUG.to_string(),
+            identifiers: vec![task(name, 0).identifier],
+            claimant: "runner".to_string(),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    /// A running task that submits 100,000 subtasks in one report, the last of them waiting
+    /// for all the others (99,999 dependency edges, some given twice): all are stored with
+    /// the report, in submission order, and only the independent ones can run. The time it
+    /// took is printed (`--nocapture`), not asserted.
+    #[tokio::test]
+    async fn a_report_with_100_000_subtasks_stores_them_all() {
+        const SUBTASKS: usize = 100_000;
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(directory.path()).expect("open");
+        let job = NewJob {
+            id: Uuid::now_v7(),
+            name: "fan-out".to_string(),
+            trace_parent: String::new(),
+            tasks: vec![task("FanOut", 0)],
+        };
+        let job_id = job.id;
+        store.submit_job(job).await.expect("submit");
+        let (_, root) = store
+            .report_and_claim(None, Some(runner("FanOut")))
+            .await
+            .expect("claim");
+        let root = root.expect("the root is claimable");
+        let mut subtasks: Vec<NewTask> =
+            (0..SUBTASKS - 1).map(|index| task("Leaf", index)).collect();
+        let mut gather = task("Gather", SUBTASKS - 1);
+        gather.depends_on = (0..SUBTASKS - 1).chain([0, 1, 2]).collect();
+        subtasks.push(gather);
+        let ids: Vec<Uuid> = subtasks.iter().map(|subtask| subtask.id).collect();
+        let report = ComputedReport {
+            task_id: root.id,
+            claimant: "runner".to_string(),
+            display: "FanOut".to_string(),
+            progress: Vec::new(),
+            subtasks,
+        };
+
+        let started = Instant::now();
+        let (outcome, _) = store
+            .report_and_claim(Some(report), None)
+            .await
+            .expect("report");
+        println!(
+            "a report with {SUBTASKS} subtasks and {} dependency edges stored in {:.2} s",
+            SUBTASKS - 1,
+            started.elapsed().as_secs_f64()
+        );
+
+        assert_eq!(outcome, Some(ReportOutcome::Applied(TaskState::Computed)));
+        let stats = store.get_job(job_id).await.expect("get job").stats;
+        assert_eq!(stats.total_tasks, SUBTASKS as u64 + 1);
+        assert_eq!(
+            stats.tasks_by_state,
+            [
+                (TaskState::Queued, SUBTASKS as u64),
+                (TaskState::Computed, 1)
+            ]
+        );
+        let page = |after: Option<Uuid>| Page {
+            after,
+            limit: 2,
+            descending: false,
+        };
+        let first = store
+            .list_tasks(job_id, Some(root.id), page(None))
+            .await
+            .expect("list");
+        assert_eq!(
+            first.iter().map(|task| task.id).collect::<Vec<_>>(),
+            ids[..2]
+        );
+        let last = store
+            .list_tasks(job_id, Some(root.id), page(Some(ids[SUBTASKS - 2])))
+            .await
+            .expect("list");
+        assert_eq!(
+            last.iter().map(|task| task.id).collect::<Vec<_>>(),
+            ids[SUBTASKS - 1..]
+        );
+
+        let (_, gather) = store
+            .report_and_claim(None, Some(runner("Gather")))
+            .await
+            .expect("claim");
+        assert!(gather.is_none(), "the gathering task waits for the others");
+        let (_, leaf) = store
+            .report_and_claim(None, Some(runner("Leaf")))
+            .await
+            .expect("claim");
+        assert_eq!(leaf.expect("a leaf is claimable").id, ids[0]);
+    }
 }
