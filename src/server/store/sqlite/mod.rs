@@ -16,6 +16,8 @@
 //!   (tests open a database of that shape)
 
 mod counters;
+#[cfg(test)]
+mod drain;
 mod read;
 mod releases;
 mod tasks;
