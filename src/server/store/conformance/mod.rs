@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             list_tasks_pages_children_in_submission_order,
             query_jobs_filters_and_pages,
             execution_stats_follow_the_tasks,
+            execution_stats_equal_a_recount_of_the_tasks,
             concurrent_submits_and_claims_complete_every_job_once,
             workflows_are_managed_and_kept_while_deployed,
             artifacts_are_registered_once_per_digest,

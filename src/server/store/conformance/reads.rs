@@ -413,6 +413,157 @@ pub(crate) async fn execution_stats_follow_the_tasks<S: Store>(store: S) {
     );
 }
 
+/// Rule 27: a job's statistics are what a count over its tasks gives, whatever moved them:
+/// claims, reports with subtasks, workflow and runner failures, lost leases, a failure that
+/// skips an optional branch, a failed job retried, a job canceled while a task runs. Once
+/// no task runs, `query_jobs` shows the same statistics as `get_job`.
+pub(crate) async fn execution_stats_equal_a_recount_of_the_tasks<S: Store>(store: S) {
+    add_cluster(&store, "gpu").await;
+    let flaky = NewTask {
+        max_retries: 1,
+        ..task("Flaky")
+    };
+    let on_gpu = NewTask {
+        cluster: "gpu".to_string(),
+        ..task("Gpu")
+    };
+    let mixed = submit(&store, job("mixed", vec![task("Root"), flaky, on_gpu])).await;
+    let canceled = submit(&store, job("canceled", vec![task("Slow"), task("Waiting")])).await;
+    let lost = submit(&store, job("lost", vec![task("Lost")])).await;
+    let jobs = [mixed, canceled, lost];
+    let one = |name: &str| runner(RUNNER_A, &[name]);
+
+    let root = claim_one(&store, &one("Root")).await;
+    let branch = NewTask {
+        optional: true,
+        ..task("Branch")
+    };
+    let after_tiles = NewTask {
+        depends_on: vec![0, 1],
+        ..task("AfterTiles")
+    };
+    let subtasks = vec![task("Tile"), task("Tile"), branch, after_tiles];
+    report(&store, computed_with_subtasks(&root, RUNNER_A, subtasks)).await;
+    expect_recount(&store, &jobs).await;
+
+    // A workflow error with a retry left re-queues; the next fails the task and the job,
+    // and a job retry queues it again.
+    let flaky = claim_one(&store, &one("Flaky")).await;
+    fail(&store, failed(&flaky, RUNNER_A, true)).await;
+    let flaky = claim_one(&store, &one("Flaky")).await;
+    fail(&store, failed(&flaky, RUNNER_A, true)).await;
+    assert_eq!(job_state(&store, mixed).await, JobState::Failed);
+    expect_recount(&store, &jobs).await;
+    assert_eq!(store.retry_job(mixed).await.expect("retry job"), 1);
+    expect_recount(&store, &jobs).await;
+
+    // A failure inside the optional branch skips what waits there.
+    let branch = claim_one(&store, &one("Branch")).await;
+    let after_failing = NewTask {
+        depends_on: vec![0],
+        ..task("AfterFailing")
+    };
+    report(
+        &store,
+        computed_with_subtasks(&branch, RUNNER_A, vec![task("Failing"), after_failing]),
+    )
+    .await;
+    let failing = claim_one(&store, &one("Failing")).await;
+    fail(&store, failed(&failing, RUNNER_A, true)).await;
+    expect_recount(&store, &jobs).await;
+
+    // A runner error re-queues without a retry; a job is canceled while its task runs; then
+    // every lease is lost at once.
+    let tile = claim_one(&store, &one("Tile")).await;
+    fail(&store, failed(&tile, RUNNER_A, false)).await;
+    claim_one(&store, &one("Slow")).await;
+    store.cancel_job(canceled).await.expect("cancel job");
+    claim_one(&store, &one("Lost")).await;
+    claim_one(&store, &one("Tile")).await;
+    expect_recount(&store, &jobs).await;
+    let expiry = now_millis() + LEASE.as_millis() as i64 + 1;
+    assert_eq!(store.expire_leases(expiry).await.expect("expire leases"), 3);
+    expect_recount(&store, &jobs).await;
+
+    // Everything left runs to the end (the canceled job's tasks stay queued).
+    let everyone = runner(
+        RUNNER_B,
+        &[
+            "Root",
+            "Flaky",
+            "Tile",
+            "AfterTiles",
+            "Lost",
+            "Slow",
+            "Waiting",
+        ],
+    );
+    let gpu = claim_request(RUNNER_B, "gpu", vec![identifier("Gpu", 1, 0)]);
+    for request in [everyone, gpu] {
+        while let Some(claimed) = claim(&store, &request).await {
+            let progress = vec![progress(Some("tiles"), 1, 1)];
+            let computed = ComputedReport {
+                progress,
+                ..computed(&claimed, RUNNER_B)
+            };
+            report(&store, computed).await;
+        }
+    }
+    assert_eq!(job_state(&store, mixed).await, JobState::Completed);
+    assert_eq!(job_state(&store, lost).await, JobState::Completed);
+    assert_eq!(job_state(&store, canceled).await, JobState::Canceled);
+    expect_recount(&store, &jobs).await;
+
+    let listed = store
+        .query_jobs(JobFilter::default(), EVERYTHING)
+        .await
+        .expect("query jobs");
+    assert_eq!(listed.len(), jobs.len());
+    for listed in listed {
+        let read = store.get_job(listed.id).await.expect("get job");
+        assert_eq!(listed.stats, read.stats, "job {}", listed.name);
+        assert_eq!(listed.progress, read.progress, "job {}", listed.name);
+    }
+    let on_gpu = JobFilter {
+        clusters: vec!["gpu".to_string()],
+        ..JobFilter::default()
+    };
+    let found = store.query_jobs(on_gpu, EVERYTHING).await.expect("query");
+    assert_eq!(found.iter().map(|job| job.id).collect::<Vec<_>>(), [mixed]);
+}
+
+/// Checks every job's statistics against a count over its listed tasks.
+async fn expect_recount<S: Store>(store: &S, jobs: &[Uuid]) {
+    for &id in jobs {
+        let tasks = all_tasks(store, id).await;
+        let job = store.get_job(id).await.expect("get job");
+        let stats = &job.stats;
+        let mut by_state: Vec<(TaskState, u64)> = Vec::new();
+        for state in sorted(tasks.iter().map(|task| task.state as i32).collect()) {
+            let state = TaskState::try_from(state).expect("a known state");
+            match by_state.last_mut() {
+                Some((last, count)) if *last == state => *count += 1,
+                _ => by_state.push((state, 1)),
+            }
+        }
+        let context = format!("job {} after {:?}", job.name, by_state);
+        assert_eq!(stats.total_tasks, tasks.len() as u64, "{context}");
+        assert_eq!(stats.tasks_by_state, by_state, "{context}");
+        let first_started = tasks.iter().filter_map(|task| task.started_at).min();
+        assert_eq!(stats.first_task_started_at, first_started, "{context}");
+        let last_stopped = tasks.iter().filter_map(|task| task.stopped_at).max();
+        assert_eq!(stats.last_task_stopped_at, last_stopped, "{context}");
+        let running = tasks.iter().any(|task| task.state == TaskState::Running);
+        if !running {
+            let elapsed = match (first_started, last_stopped) {
+                (Some(start), Some(stop)) => Duration::from_millis((stop - start) as u64),
+                _ => Duration::ZERO,
+            };
+            assert_eq!(stats.elapsed_time, elapsed, "{context}");
+        }
+    }
+}
+
 /// Rule 20: many concurrent submits, claims and reports (batched into shared commits by a
 /// backend) all succeed, and every job completes with each task handed out once.
 pub(crate) async fn concurrent_submits_and_claims_complete_every_job_once<S: Store>(store: S) {

@@ -11,10 +11,15 @@
 //! Layout:
 //! - `mod.rs`: connections, the writer thread, the `Store` implementation
 //! - `tasks.rs`: the transactional task logic (insert, claim, complete, fail, expire)
+//! - `counters.rs`: per-job counters the reads use instead of passes over the tasks
 //! - `read.rs`: row mapping and read queries
 //! - `releases.rs`: workflows, artifacts, releases and deployments
-//! - `schema.sql`: tables and indexes
+//! - `schema.sql`: tables and indexes; `schema_v0.sql`: the schema before the counters
+//!   (tests open a database of that shape)
 
+mod counters;
+#[cfg(test)]
+mod drain;
 mod read;
 mod releases;
 mod tasks;
@@ -45,6 +50,26 @@ const SCHEMA: &str = include_str!("schema.sql");
 /// Maps a rusqlite error to a store error naming the operation.
 pub(super) fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |source| Error::Database { operation, source }
+}
+
+/// Runs a statement prepared once per connection: the writer runs the same few statements
+/// for every task, and parsing one costs about as much as running it.
+pub(super) fn execute(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    connection.prepare_cached(sql)?.execute(params)
+}
+
+/// The one row of a statement prepared once per connection (see [`execute`]).
+pub(super) fn query_row<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    connection.prepare_cached(sql)?.query_row(params, map)
 }
 
 type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
@@ -86,6 +111,7 @@ impl SqliteStore {
         let connection = open_connection(&path, false)?;
         connection
             .execute_batch(SCHEMA)
+            .and_then(|()| counters::upgrade(&connection))
             .map_err(|source| Error::Open {
                 path: path.clone(),
                 source,
@@ -207,7 +233,8 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
             )
             .map_err(open_error)?;
     }
-    connection.set_prepared_statement_cache_capacity(64);
+    // Every statement the writer runs, so none is parsed again.
+    connection.set_prepared_statement_cache_capacity(128);
     Ok(connection)
 }
 
@@ -215,16 +242,14 @@ fn in_savepoint<T>(
     connection: &Connection,
     operation: impl FnOnce(&Connection) -> Result<T>,
 ) -> Result<T> {
-    connection
-        .execute_batch("SAVEPOINT operation")
-        .map_err(db("savepoint"))?;
+    execute(connection, "SAVEPOINT operation", []).map_err(db("savepoint"))?;
     let result = operation(connection);
     let end = if result.is_ok() {
-        "RELEASE operation"
+        execute(connection, "RELEASE operation", []).map(|_| ())
     } else {
-        "ROLLBACK TO operation; RELEASE operation"
+        connection.execute_batch("ROLLBACK TO operation; RELEASE operation")
     };
-    connection.execute_batch(end).map_err(db("savepoint"))?;
+    end.map_err(db("savepoint"))?;
     result
 }
 

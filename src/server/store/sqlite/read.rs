@@ -1,4 +1,5 @@
-//! Read queries of the SQLite store and the mapping of rows to records.
+//! Read queries of the SQLite store and the mapping of rows to records. A job's progress
+//! and statistics come from its counters (`counters.rs`), never from a pass over its tasks.
 
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
         .map_err(|_| Error::Corrupt(format!("a stored id has {} bytes", bytes.len())))
 }
 
-const JOB_COLUMNS: &str = "job, uuid, name, trace_parent, state, submitted_at, total_tasks";
+const JOB_COLUMNS: &str = "job, uuid, name, trace_parent, state, submitted_at, total_tasks, \
+     first_started_at, compute_ms, running_started_sum";
 
 struct JobRow {
     row: i64,
@@ -27,6 +29,9 @@ struct JobRow {
     state: i32,
     submitted_at: i64,
     total_tasks: i64,
+    first_started_at: Option<i64>,
+    compute_ms: i64,
+    running_started_sum: i64,
 }
 
 fn map_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
@@ -38,6 +43,9 @@ fn map_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         state: row.get(4)?,
         submitted_at: row.get(5)?,
         total_tasks: row.get(6)?,
+        first_started_at: row.get(7)?,
+        compute_ms: row.get(8)?,
+        running_started_sum: row.get(9)?,
     })
 }
 
@@ -62,7 +70,7 @@ fn job_by_row(connection: &Connection, row: i64, now: i64) -> Result<Job> {
 fn complete_job(connection: &Connection, row: JobRow, now: i64) -> Result<Job> {
     let state = JobState::try_from(row.state).unwrap_or(JobState::Unspecified);
     let progress = job_progress(connection, row.row)?;
-    let stats = job_stats(connection, row.row, row.total_tasks, state, now)?;
+    let stats = job_stats(connection, &row, state, now)?;
     Ok(Job {
         id: uuid_from(row.uuid)?,
         name: row.name,
@@ -76,10 +84,7 @@ fn complete_job(connection: &Connection, row: JobRow, now: i64) -> Result<Job> {
 
 fn job_progress(connection: &Connection, job: i64) -> Result<Vec<Progress>> {
     let mut statement = connection
-        .prepare_cached(
-            "SELECT p.label, SUM(p.total), SUM(p.done) FROM task_progress p JOIN tasks t ON t.task = p.task
-             WHERE t.job = ?1 GROUP BY p.label ORDER BY MIN(p.task * 4096 + p.position)",
-        )
+        .prepare_cached("SELECT label, total, done FROM job_progress WHERE job = ?1 ORDER BY first")
         .map_err(db("job progress"))?;
     statement
         .query_map([job], |row| {
@@ -95,67 +100,56 @@ fn job_progress(connection: &Connection, job: i64) -> Result<Vec<Progress>> {
 
 fn job_stats(
     connection: &Connection,
-    job: i64,
-    total: i64,
+    job: &JobRow,
     state: JobState,
     now: i64,
 ) -> Result<ExecutionStats> {
-    let mut tasks_by_state = Vec::new();
-    {
+    let counts: Vec<(i32, i64)> = {
         let mut statement = connection
             .prepare_cached(
-                "SELECT state, COUNT(*) FROM tasks WHERE job = ?1 GROUP BY state ORDER BY state",
+                "SELECT state, count FROM job_task_states WHERE job = ?1 AND count > 0 ORDER BY state",
             )
             .map_err(db("job statistics"))?;
-        let rows = statement
-            .query_map([job], |row| {
-                Ok((row.get::<_, i32>(0)?, row.get::<_, i64>(1)?))
-            })
+        statement
+            .query_map([job.row], |row| Ok((row.get(0)?, row.get(1)?)))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(db("job statistics"))?;
-        for (task_state, count) in rows {
-            tasks_by_state.push((
+            .map_err(db("job statistics"))?
+    };
+    let running = counts
+        .iter()
+        .find(|(task_state, _)| *task_state == TaskState::Running as i32)
+        .map_or(0, |(_, count)| *count);
+    let tasks_by_state = counts
+        .into_iter()
+        .map(|(task_state, count)| {
+            (
                 TaskState::try_from(task_state).unwrap_or(TaskState::Unspecified),
                 count as u64,
-            ));
-        }
-    }
-    let (first_started, last_stopped, compute_ms, running_since): (
-        Option<i64>,
-        Option<i64>,
-        i64,
-        Option<i64>,
-    ) = connection
-        .query_row(
-            "SELECT MIN(started_at), MAX(stopped_at), COALESCE(SUM(compute_ms), 0),
-                        MIN(attempt_started_at)
-                 FROM tasks WHERE job = ?1",
-            [job],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )
-        .map_err(db("job statistics"))?;
-    let running_ms: i64 = if running_since.is_some() {
-        connection
-            .query_row(
-                "SELECT COALESCE(SUM(?2 - attempt_started_at), 0) FROM tasks WHERE job = ?1 AND state = 2",
-                params![job, now],
-                |row| row.get(0),
             )
-            .map_err(db("job statistics"))?
-    } else {
-        0
-    };
-    let compute_ms = compute_ms + running_ms.max(0);
+        })
+        .collect();
+    // Not a counter: claiming a task clears its `stopped_at`, so this can move back. One
+    // probe at the end of the job's range of `tasks_stopped`.
+    let last_stopped: Option<i64> = connection
+        .prepare_cached(
+            "SELECT MAX(stopped_at) FROM tasks INDEXED BY tasks_stopped
+             WHERE job = ?1 AND stopped_at IS NOT NULL",
+        )
+        .and_then(|mut statement| statement.query_row([job.row], |row| row.get(0)))
+        .map_err(db("job statistics"))?;
+    // Each running attempt has computed `now - attempt_started_at` so far.
+    let running_ms = running * now - job.running_started_sum;
+    let compute_ms = job.compute_ms + running_ms.max(0);
     let ended = matches!(
         state,
         JobState::Completed | JobState::Failed | JobState::Canceled
     );
-    let end = if ended || running_since.is_none() {
+    let end = if ended || running == 0 {
         last_stopped
     } else {
         Some(now)
     };
-    let elapsed_ms = match (first_started, end) {
+    let elapsed_ms = match (job.first_started_at, end) {
         (Some(start), Some(end)) => (end - start).max(0),
         _ => 0,
     };
@@ -165,12 +159,12 @@ fn job_stats(
         0.0
     };
     Ok(ExecutionStats {
-        first_task_started_at: first_started,
+        first_task_started_at: job.first_started_at,
         last_task_stopped_at: last_stopped,
         compute_time: Duration::from_millis(compute_ms.max(0) as u64),
         elapsed_time: Duration::from_millis(elapsed_ms as u64),
         parallelism,
-        total_tasks: total.max(0) as u64,
+        total_tasks: job.total_tasks.max(0) as u64,
         tasks_by_state,
     })
 }
@@ -223,7 +217,7 @@ pub(super) fn query_jobs(
     }
     if !filter.clusters.is_empty() {
         sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM tasks t WHERE t.job = jobs.job AND t.cluster IN ({}))",
+            " AND EXISTS (SELECT 1 FROM job_clusters c WHERE c.job = jobs.job AND c.cluster IN ({}))",
             vec!["?"; filter.clusters.len()].join(",")
         ));
         values.extend(filter.clusters.iter().map(|slug| slug.clone().into()));

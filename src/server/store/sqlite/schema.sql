@@ -1,5 +1,6 @@
 -- The SQLite schema of the orchestrator's store. Rows reference each other by integer
--- rowid; UUIDs are what the API shows.
+-- rowid; UUIDs are what the API shows. A database written before a change here is brought
+-- up to date when opened (`counters.rs`, `upgrade`; the version is `PRAGMA user_version`).
 
 CREATE TABLE IF NOT EXISTS clusters (
     slug        TEXT PRIMARY KEY,
@@ -20,7 +21,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- tasks not yet complete (computed with all descendants done, failed-optional or skipped)
     incomplete_tasks INTEGER NOT NULL,
     running_tasks    INTEGER NOT NULL DEFAULT 0,
-    ever_started     INTEGER NOT NULL DEFAULT 0
+    ever_started     INTEGER NOT NULL DEFAULT 0,
+    -- execution statistics, kept as tasks start and stop (`counters.rs`): earliest
+    -- started_at of a task, compute time of ended attempts, and the sum of
+    -- attempt_started_at over running tasks
+    first_started_at    INTEGER,
+    compute_ms          INTEGER NOT NULL DEFAULT 0,
+    running_started_sum INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_submission ON jobs (submitted_at);
 
@@ -65,7 +72,25 @@ CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks (cluster, name, major, task)
     WHERE state = 1 AND pending_deps = 0 AND job_active = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_parent ON tasks (job, parent, task);
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks (lease_expires_at) WHERE state = 2;
-CREATE INDEX IF NOT EXISTS tasks_by_job_state ON tasks (job, state);
+-- what a job retry re-queues
+CREATE INDEX IF NOT EXISTS tasks_failed ON tasks (job) WHERE state = 4;
+-- a job's latest stop: MAX(stopped_at) of a job is one probe
+CREATE INDEX IF NOT EXISTS tasks_stopped ON tasks (job, stopped_at) WHERE stopped_at IS NOT NULL;
+
+-- How many tasks of a job are in each state (`counters.rs`).
+CREATE TABLE IF NOT EXISTS job_task_states (
+    job   INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (job, state)
+) WITHOUT ROWID;
+
+-- The clusters a job has tasks on.
+CREATE TABLE IF NOT EXISTS job_clusters (
+    job     INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    PRIMARY KEY (job, cluster)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS task_dependencies (
     depends_on INTEGER NOT NULL,
@@ -82,6 +107,19 @@ CREATE TABLE IF NOT EXISTS task_progress (
     done     INTEGER NOT NULL,
     PRIMARY KEY (task, position)
 ) WITHOUT ROWID;
+
+-- A job's progress per label (`counters.rs`): sums over its tasks' task_progress rows, how
+-- many rows, and the smallest task * 4096 + position among them (the order labels are
+-- listed in). One row per (job, label); a NULL label is matched with IS.
+CREATE TABLE IF NOT EXISTS job_progress (
+    job     INTEGER NOT NULL,
+    label   TEXT,
+    total   INTEGER NOT NULL,
+    done    INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    first   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_progress_by_label ON job_progress (job, label);
 
 CREATE TABLE IF NOT EXISTS workflows (
     slug        TEXT PRIMARY KEY,

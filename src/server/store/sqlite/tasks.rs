@@ -2,24 +2,25 @@
 //! writer's transaction and keeps these counters true:
 //! - `tasks.pending_deps`: dependencies not yet complete; a queued task with 0 can run;
 //! - `tasks.pending_children`: children not yet complete;
-//! - `jobs.incomplete_tasks` / `jobs.running_tasks`.
+//! - `jobs.incomplete_tasks` / `jobs.running_tasks`;
+//! - what reads show of a job (`counters.rs`): tasks per state, attempt times, progress sums.
 //!
 //! A task is *complete* when it is computed and all its descendants are complete, or when
 //! it ended failed-optional or skipped. Completing a task releases its dependants and may
 //! complete its parent; a job whose tasks are all complete is completed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::db;
-use super::read;
+use super::{counters, read};
+use super::{db, execute, query_row};
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
     ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, Identifier, MAX_LEASE_REQUEUES,
-    NewJob, NewTask, Progress, ReportOutcome, Result,
+    NewJob, NewTask, ReportOutcome, Result,
 };
 
 const QUEUED: i32 = TaskState::Queued as i32;
@@ -40,13 +41,15 @@ struct Placement {
     job_active: bool,
 }
 
-fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<()> {
-    let mut seen = HashSet::new();
+/// Checks that the clusters of `tasks` exist; answers them, each once.
+fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<Vec<String>> {
+    let mut seen: Vec<&str> = Vec::new();
     let mut statement = connection
         .prepare_cached("SELECT 1 FROM clusters WHERE slug = ?1")
         .map_err(db("check cluster"))?;
     for task in tasks {
-        if seen.insert(task.cluster.as_str()) {
+        // Tasks mostly share one or two clusters: a short list beats hashing each name.
+        if !seen.contains(&task.cluster.as_str()) {
             let exists = statement
                 .exists([&task.cluster])
                 .map_err(db("check cluster"))?;
@@ -55,21 +58,21 @@ fn check_clusters(connection: &Connection, tasks: &[NewTask]) -> Result<()> {
                     slug: task.cluster.clone(),
                 });
             }
+            seen.push(&task.cluster);
         }
     }
-    Ok(())
+    Ok(seen.into_iter().map(str::to_string).collect())
 }
 
-/// Inserts a job with its root tasks.
+/// Inserts a job with its root tasks (the savepoint drops the job if a cluster is unknown).
 pub(super) fn insert_job(connection: &Connection, job: NewJob, now: i64) -> Result<()> {
-    check_clusters(connection, &job.tasks)?;
-    connection
-        .execute(
-            "INSERT INTO jobs (uuid, name, trace_parent, state, submitted_at, total_tasks, incomplete_tasks)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
-            params![job.id.as_bytes(), job.name, job.trace_parent, JobState::Submitted as i32, now],
-        )
-        .map_err(db("insert job"))?;
+    execute(
+        connection,
+        "INSERT INTO jobs (uuid, name, trace_parent, state, submitted_at, total_tasks, incomplete_tasks)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+        params![job.id.as_bytes(), job.name, job.trace_parent, JobState::Submitted as i32, now],
+    )
+    .map_err(db("insert job"))?;
     let job_row = connection.last_insert_rowid();
     let placement = Placement {
         job: job_row,
@@ -93,7 +96,9 @@ fn insert_tasks(
     if tasks.is_empty() {
         return Ok(0);
     }
-    check_clusters(connection, tasks)?;
+    for cluster in check_clusters(connection, tasks)? {
+        counters::add_cluster(connection, placement.job, &cluster)?;
+    }
     let state = if placement.skipped { SKIPPED } else { QUEUED };
     let mut rows = Vec::with_capacity(tasks.len());
     {
@@ -104,12 +109,13 @@ fn insert_tasks(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )
             .map_err(db("insert task"))?;
+        // Reused for every task: distinct dependencies without an allocation per task.
+        let mut distinct = Vec::new();
         for task in tasks {
-            let dependencies: HashSet<usize> = task.depends_on.iter().copied().collect();
             let pending = if placement.skipped {
                 0
             } else {
-                dependencies.len() as i64
+                distinct_count(&task.depends_on, &mut distinct) as i64
             };
             insert
                 .execute(params![
@@ -154,21 +160,36 @@ fn insert_tasks(
     }
     let count = tasks.len() as i64;
     let incomplete = if placement.skipped { 0 } else { count };
-    connection
-        .execute(
-            "UPDATE jobs SET total_tasks = total_tasks + ?2, incomplete_tasks = incomplete_tasks + ?3 WHERE job = ?1",
-            params![placement.job, count, incomplete],
-        )
-        .map_err(db("count tasks"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET total_tasks = total_tasks + ?2, incomplete_tasks = incomplete_tasks + ?3
+         WHERE job = ?1",
+        params![placement.job, count, incomplete],
+    )
+    .map_err(db("count tasks"))?;
+    counters::move_tasks(connection, placement.job, None, state, count)?;
     if let Some(parent) = placement.parent {
-        connection
-            .execute(
-                "UPDATE tasks SET has_children = 1, pending_children = pending_children + ?2 WHERE task = ?1",
-                params![parent, incomplete],
-            )
-            .map_err(db("count children"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET has_children = 1, pending_children = pending_children + ?2
+             WHERE task = ?1",
+            params![parent, incomplete],
+        )
+        .map_err(db("count children"))?;
     }
     Ok(incomplete)
+}
+
+/// How many distinct values `values` holds (`scratch` is working space).
+fn distinct_count(values: &[usize], scratch: &mut Vec<usize>) -> usize {
+    if values.len() < 2 {
+        return values.len();
+    }
+    scratch.clear();
+    scratch.extend_from_slice(values);
+    scratch.sort_unstable();
+    scratch.dedup();
+    scratch.len()
 }
 
 /// The fields of a task row the logic here needs.
@@ -190,7 +211,7 @@ struct TaskRow {
 }
 
 const TASK_ROW_COLUMNS: &str = "task, job, parent, state, retry_count, max_retries, optional, optional_scope, \
-     scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at";
+                                scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at";
 
 fn map_task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -244,57 +265,40 @@ fn accepts_report(task: &TaskRow, claimant: &str) -> bool {
     task.state == RUNNING && (!task.fenced || task.claimant.as_deref() == Some(claimant))
 }
 
-/// Ends the current attempt: accounts compute time and the job's running count.
+/// Ends the current attempt of a running task: accounts its compute time, and the job's
+/// running count and attempt times.
 fn stop_attempt(connection: &Connection, task: &TaskRow, now: i64) -> Result<()> {
     let elapsed = task
         .attempt_started_at
         .map(|start| (now - start).max(0))
         .unwrap_or(0);
-    connection
-        .execute(
-            "UPDATE tasks SET stopped_at = ?2, compute_ms = compute_ms + ?3, lease_expires_at = NULL,
-                              attempt_started_at = NULL WHERE task = ?1",
-            params![task.row, now, elapsed],
-        )
-        .map_err(db("stop attempt"))?;
-    connection
-        .execute(
-            "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0) WHERE job = ?1",
-            [task.job],
-        )
-        .map_err(db("stop attempt"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET stopped_at = ?2, compute_ms = compute_ms + ?3, lease_expires_at = NULL,
+                          attempt_started_at = NULL WHERE task = ?1",
+        params![task.row, now, elapsed],
+    )
+    .map_err(db("stop attempt"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET running_tasks = MAX(running_tasks - 1, 0), compute_ms = compute_ms + ?2,
+                         running_started_sum = running_started_sum - ?3
+         WHERE job = ?1",
+        params![task.job, elapsed, task.attempt_started_at.unwrap_or(0)],
+    )
+    .map_err(db("stop attempt"))?;
     Ok(())
 }
 
-fn set_state(connection: &Connection, row: i64, state: i32) -> Result<()> {
-    connection
-        .execute(
-            "UPDATE tasks SET state = ?2 WHERE task = ?1",
-            params![row, state],
-        )
-        .map_err(db("set task state"))?;
-    Ok(())
-}
-
-fn store_progress(connection: &Connection, row: i64, progress: &[Progress]) -> Result<()> {
-    connection
-        .execute("DELETE FROM task_progress WHERE task = ?1", [row])
-        .map_err(db("store progress"))?;
-    let mut insert = connection
-        .prepare_cached("INSERT INTO task_progress (task, position, label, total, done) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(db("store progress"))?;
-    for (position, entry) in progress.iter().enumerate() {
-        insert
-            .execute(params![
-                row,
-                position as i64,
-                entry.label,
-                entry.total.min(i64::MAX as u64) as i64,
-                entry.done.min(i64::MAX as u64) as i64
-            ])
-            .map_err(db("store progress"))?;
-    }
-    Ok(())
+/// Moves a task from state `from` to `to`.
+fn set_state(connection: &Connection, task: &TaskRow, from: i32, to: i32) -> Result<()> {
+    execute(
+        connection,
+        "UPDATE tasks SET state = ?2 WHERE task = ?1",
+        params![task.row, to],
+    )
+    .map_err(db("set task state"))?;
+    counters::move_tasks(connection, task.job, Some(from), to, 1)
 }
 
 /// Marks `row` complete and propagates: dependants lose a pending dependency, the parent
@@ -304,26 +308,26 @@ fn complete(connection: &Connection, row: i64) -> Result<()> {
     let mut next = Some(row);
     while let Some(row) = next.take() {
         let task = task_by_row(connection, row)?;
-        connection
-            .execute(
-                "UPDATE tasks SET pending_deps = pending_deps - 1
-                 WHERE task IN (SELECT task FROM task_dependencies WHERE depends_on = ?1)",
-                [row],
-            )
-            .map_err(db("release dependants"))?;
-        connection
-            .execute(
-                "UPDATE jobs SET incomplete_tasks = incomplete_tasks - 1 WHERE job = ?1",
-                [task.job],
+        execute(
+            connection,
+            "UPDATE tasks SET pending_deps = pending_deps - 1
+             WHERE task IN (SELECT task FROM task_dependencies WHERE depends_on = ?1)",
+            [row],
+        )
+        .map_err(db("release dependants"))?;
+        execute(
+            connection,
+            "UPDATE jobs SET incomplete_tasks = incomplete_tasks - 1 WHERE job = ?1",
+            [task.job],
+        )
+        .map_err(db("complete task"))?;
+        if let Some(parent) = task.parent {
+            execute(
+                connection,
+                "UPDATE tasks SET pending_children = pending_children - 1 WHERE task = ?1",
+                [parent],
             )
             .map_err(db("complete task"))?;
-        if let Some(parent) = task.parent {
-            connection
-                .execute(
-                    "UPDATE tasks SET pending_children = pending_children - 1 WHERE task = ?1",
-                    [parent],
-                )
-                .map_err(db("complete task"))?;
             let parent_task = task_by_row(connection, parent)?;
             if parent_task.state == COMPUTED && parent_task.pending_children == 0 {
                 next = Some(parent);
@@ -338,13 +342,13 @@ fn complete(connection: &Connection, row: i64) -> Result<()> {
 
 /// Recomputes a job's state from its counters, unless it already ended.
 pub(super) fn refresh_job_state(connection: &Connection, job: i64) -> Result<()> {
-    let (state, incomplete, running, ever_started): (i32, i64, i64, bool) = connection
-        .query_row(
-            "SELECT state, incomplete_tasks, running_tasks, ever_started FROM jobs WHERE job = ?1",
-            [job],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )
-        .map_err(db("load job"))?;
+    let (state, incomplete, running, ever_started): (i32, i64, i64, bool) = query_row(
+        connection,
+        "SELECT state, incomplete_tasks, running_tasks, ever_started FROM jobs WHERE job = ?1",
+        [job],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+    )
+    .map_err(db("load job"))?;
     let ended =
         [JobState::Completed, JobState::Failed, JobState::Canceled].map(|state| state as i32);
     if ended.contains(&state) {
@@ -360,12 +364,12 @@ pub(super) fn refresh_job_state(connection: &Connection, job: i64) -> Result<()>
         JobState::Submitted
     };
     if next as i32 != state {
-        connection
-            .execute(
-                "UPDATE jobs SET state = ?2 WHERE job = ?1",
-                params![job, next as i32],
-            )
-            .map_err(db("set job state"))?;
+        execute(
+            connection,
+            "UPDATE jobs SET state = ?2 WHERE job = ?1",
+            params![job, next as i32],
+        )
+        .map_err(db("set job state"))?;
     }
     Ok(())
 }
@@ -382,20 +386,21 @@ pub(super) fn complete_task(
         return Ok(ReportOutcome::Stale(task_state(task.state)));
     }
     stop_attempt(connection, &task, now)?;
-    connection
-        .execute(
-            "UPDATE tasks SET state = ?2, display = ?3 WHERE task = ?1",
-            params![task.row, COMPUTED, report.display],
-        )
-        .map_err(db("complete task"))?;
-    store_progress(connection, task.row, &report.progress)?;
-    let job_active: bool = connection
-        .query_row(
-            "SELECT state NOT IN (?2, ?3) FROM jobs WHERE job = ?1",
-            params![task.job, JobState::Failed as i32, JobState::Canceled as i32],
-            |row| row.get(0),
-        )
-        .map_err(db("load job"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET state = ?2, display = ?3 WHERE task = ?1",
+        params![task.row, COMPUTED, report.display],
+    )
+    .map_err(db("complete task"))?;
+    counters::move_tasks(connection, task.job, Some(RUNNING), COMPUTED, 1)?;
+    counters::replace_progress(connection, task.job, task.row, &report.progress)?;
+    let job_active: bool = query_row(
+        connection,
+        "SELECT state NOT IN (?2, ?3) FROM jobs WHERE job = ?1",
+        params![task.job, JobState::Failed as i32, JobState::Canceled as i32],
+        |row| row.get(0),
+    )
+    .map_err(db("load job"))?;
     let scope = if task.optional {
         Some(task.row)
     } else {
@@ -433,20 +438,20 @@ pub(super) fn fail_task(
         return Ok(ReportOutcome::Stale(task_state(task.state)));
     }
     stop_attempt(connection, &task, now)?;
-    connection
-        .execute(
-            "UPDATE tasks SET display = ?2 WHERE task = ?1",
-            params![task.row, report.display],
-        )
-        .map_err(db("fail task"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET display = ?2 WHERE task = ?1",
+        params![task.row, report.display],
+    )
+    .map_err(db("fail task"))?;
     if !report.progress.is_empty() {
-        store_progress(connection, task.row, &report.progress)?;
+        counters::replace_progress(connection, task.job, task.row, &report.progress)?;
     }
     let state = if !report.workflow_error {
-        requeue(connection, task.row, false)?;
+        requeue(connection, &task, false)?;
         QUEUED
     } else if task.retry_count < task.max_retries {
-        requeue(connection, task.row, true)?;
+        requeue(connection, &task, true)?;
         QUEUED
     } else {
         fail_for_good(connection, &task)?
@@ -455,50 +460,52 @@ pub(super) fn fail_task(
     Ok(ReportOutcome::Applied(task_state(state)))
 }
 
-fn requeue(connection: &Connection, row: i64, count_retry: bool) -> Result<()> {
-    connection
-        .execute(
-            "UPDATE tasks SET state = ?2, retry_count = retry_count + ?3 WHERE task = ?1",
-            params![row, QUEUED, i64::from(count_retry)],
-        )
-        .map_err(db("requeue task"))?;
-    Ok(())
+/// Queues a task whose attempt ended (it was running) again.
+fn requeue(connection: &Connection, task: &TaskRow, count_retry: bool) -> Result<()> {
+    execute(
+        connection,
+        "UPDATE tasks SET state = ?2, retry_count = retry_count + ?3 WHERE task = ?1",
+        params![task.row, QUEUED, i64::from(count_retry)],
+    )
+    .map_err(db("requeue task"))?;
+    counters::move_tasks(connection, task.job, Some(RUNNING), QUEUED, 1)
 }
 
-/// A task failed with no retries left: failed-optional inside an optional scope (skipping
-/// what is still queued in that scope), otherwise failed, which fails the job.
+/// A task (whose attempt ended: it was running) failed with no retries left:
+/// failed-optional inside an optional scope (skipping what is still queued in that scope),
+/// otherwise failed, which fails the job.
 fn fail_for_good(connection: &Connection, task: &TaskRow) -> Result<i32> {
     if task.optional {
-        set_state(connection, task.row, FAILED_OPTIONAL)?;
+        set_state(connection, task, RUNNING, FAILED_OPTIONAL)?;
         complete(connection, task.row)?;
         return Ok(FAILED_OPTIONAL);
     }
     if let Some(scope) = task.optional_scope {
-        set_state(connection, task.row, FAILED_OPTIONAL)?;
-        skip_scope(connection, scope)?;
+        set_state(connection, task, RUNNING, FAILED_OPTIONAL)?;
+        skip_scope(connection, task.job, scope)?;
         complete(connection, task.row)?;
         return Ok(FAILED_OPTIONAL);
     }
-    set_state(connection, task.row, FAILED)?;
-    connection
-        .execute(
-            "UPDATE jobs SET state = ?2 WHERE job = ?1",
-            params![task.job, JobState::Failed as i32],
-        )
-        .map_err(db("fail job"))?;
-    connection
-        .execute(
-            "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
-            [task.job],
-        )
-        .map_err(db("fail job"))?;
+    set_state(connection, task, RUNNING, FAILED)?;
+    execute(
+        connection,
+        "UPDATE jobs SET state = ?2 WHERE job = ?1",
+        params![task.job, JobState::Failed as i32],
+    )
+    .map_err(db("fail job"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
+        [task.job],
+    )
+    .map_err(db("fail job"))?;
     Ok(FAILED)
 }
 
 /// Marks the optional scope rooted at `scope` failed: every queued task in its subtree is
 /// skipped (and completes), and optional tasks inside it remember the failure so subtasks
 /// they submit later are skipped too.
-fn skip_scope(connection: &Connection, scope: i64) -> Result<()> {
+fn skip_scope(connection: &Connection, job: i64, scope: i64) -> Result<()> {
     let subtree: Vec<(i64, i32, bool)> = {
         let mut statement = connection
             .prepare_cached(
@@ -512,17 +519,29 @@ fn skip_scope(connection: &Connection, scope: i64) -> Result<()> {
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(db("skip scope"))?
     };
-    connection
-        .execute("UPDATE tasks SET scope_failed = 1 WHERE task = ?1", [scope])
-        .map_err(db("skip scope"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET scope_failed = 1 WHERE task = ?1",
+        [scope],
+    )
+    .map_err(db("skip scope"))?;
     for (row, state, optional) in subtree {
         if optional {
-            connection
-                .execute("UPDATE tasks SET scope_failed = 1 WHERE task = ?1", [row])
-                .map_err(db("skip scope"))?;
+            execute(
+                connection,
+                "UPDATE tasks SET scope_failed = 1 WHERE task = ?1",
+                [row],
+            )
+            .map_err(db("skip scope"))?;
         }
         if state == QUEUED && row != scope {
-            set_state(connection, row, SKIPPED)?;
+            execute(
+                connection,
+                "UPDATE tasks SET state = ?2 WHERE task = ?1",
+                params![row, SKIPPED],
+            )
+            .map_err(db("skip scope"))?;
+            counters::move_tasks(connection, job, Some(QUEUED), SKIPPED, 1)?;
             complete(connection, row)?;
         }
     }
@@ -575,32 +594,36 @@ pub(super) fn claim_task(
         return Ok(None);
     };
     let lease_millis = claim.lease.as_millis() as i64;
-    connection
-        .execute(
-            "UPDATE tasks SET state = ?2, claimant = ?3, lease_expires_at = ?4, attempt_started_at = ?5,
-                              started_at = COALESCE(started_at, ?5), stopped_at = NULL
-             WHERE task = ?1",
-            params![row, RUNNING, claim.claimant, now + lease_millis, now],
-        )
-        .map_err(db("claim task"))?;
-    let job: i64 = connection
-        .query_row("SELECT job FROM tasks WHERE task = ?1", [row], |row| {
-            row.get(0)
-        })
-        .map_err(db("claim task"))?;
-    connection
-        .execute(
-            "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1, state = ?2
-             WHERE job = ?1 AND state NOT IN (?3, ?4, ?5)",
-            params![
-                job,
-                JobState::Running as i32,
-                JobState::Completed as i32,
-                JobState::Failed as i32,
-                JobState::Canceled as i32
-            ],
-        )
-        .map_err(db("claim task"))?;
+    let (job, started_at): (i64, i64) = query_row(
+        connection,
+        "UPDATE tasks SET state = ?2, claimant = ?3, lease_expires_at = ?4, attempt_started_at = ?5,
+                          started_at = COALESCE(started_at, ?5), stopped_at = NULL
+         WHERE task = ?1 RETURNING job, started_at",
+        params![row, RUNNING, claim.claimant, now + lease_millis, now],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(db("claim task"))?;
+    // The job's counts follow every claim; its state becomes running unless it ended (which
+    // cannot happen while it has a claimable task).
+    execute(
+        connection,
+        "UPDATE jobs SET running_tasks = running_tasks + 1, ever_started = 1,
+                         state = CASE WHEN state IN (?3, ?4, ?5) THEN state ELSE ?2 END,
+                         first_started_at = MIN(COALESCE(first_started_at, ?6), ?6),
+                         running_started_sum = running_started_sum + ?7
+         WHERE job = ?1",
+        params![
+            job,
+            JobState::Running as i32,
+            JobState::Completed as i32,
+            JobState::Failed as i32,
+            JobState::Canceled as i32,
+            started_at,
+            now
+        ],
+    )
+    .map_err(db("claim task"))?;
+    counters::move_tasks(connection, job, Some(QUEUED), RUNNING, 1)?;
     let claimed = read::claimed_task(connection, row, identifier.clone(), claim.lease, now)?;
     Ok(Some(claimed))
 }
@@ -622,12 +645,12 @@ pub(super) fn extend_lease(
     if task.state != RUNNING || !owner_matches {
         return Ok(None);
     }
-    connection
-        .execute(
-            "UPDATE tasks SET lease_expires_at = ?2 WHERE task = ?1",
-            params![task.row, now + lease.as_millis() as i64],
-        )
-        .map_err(db("extend lease"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET lease_expires_at = ?2 WHERE task = ?1",
+        params![task.row, now + lease.as_millis() as i64],
+    )
+    .map_err(db("extend lease"))?;
     Ok(Some(lease))
 }
 
@@ -635,9 +658,12 @@ pub(super) fn extend_lease(
 /// up to `MAX_LEASE_REQUEUES` times, then failed.
 pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> {
     let expired: Vec<i64> = {
+        // Without INDEXED BY, SQLite reads the whole table in task order rather than sort
+        // the few expired rows: a pass over every task ever stored, every second.
         let mut statement = connection
             .prepare_cached(
-                "SELECT task FROM tasks WHERE state = 2 AND lease_expires_at < ?1 ORDER BY task",
+                "SELECT task FROM tasks INDEXED BY tasks_leased
+                 WHERE state = 2 AND lease_expires_at < ?1 ORDER BY task",
             )
             .map_err(db("expire leases"))?;
         statement
@@ -648,27 +674,27 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
     for row in &expired {
         let task = task_by_row(connection, *row)?;
         stop_attempt(connection, &task, now)?;
-        connection
-            .execute(
-                "UPDATE tasks SET lease_losses = lease_losses + 1, fenced = 1 WHERE task = ?1",
-                [task.row],
+        execute(
+            connection,
+            "UPDATE tasks SET lease_losses = lease_losses + 1, fenced = 1 WHERE task = ?1",
+            [task.row],
+        )
+        .map_err(db("expire lease"))?;
+        if task.lease_losses < MAX_LEASE_REQUEUES {
+            requeue(connection, &task, false)?;
+        } else {
+            execute(
+                connection,
+                "UPDATE tasks SET display = display || ?2 WHERE task = ?1",
+                params![
+                    task.row,
+                    format!(
+                        "\nLeaseExpired('the task lost its lease {} times')",
+                        task.lease_losses + 1
+                    )
+                ],
             )
             .map_err(db("expire lease"))?;
-        if task.lease_losses < MAX_LEASE_REQUEUES {
-            requeue(connection, task.row, false)?;
-        } else {
-            connection
-                .execute(
-                    "UPDATE tasks SET display = display || ?2 WHERE task = ?1",
-                    params![
-                        task.row,
-                        format!(
-                            "\nLeaseExpired('the task lost its lease {} times')",
-                            task.lease_losses + 1
-                        )
-                    ],
-                )
-                .map_err(db("expire lease"))?;
             fail_for_good(connection, &task)?;
         }
         refresh_job_state(connection, task.job)?;
@@ -677,15 +703,15 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
 }
 
 fn job_row(connection: &Connection, id: Uuid) -> Result<(i64, i32)> {
-    connection
-        .query_row(
-            "SELECT job, state FROM jobs WHERE uuid = ?1",
-            [id.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .map_err(db("load job"))?
-        .ok_or(Error::JobNotFound { id })
+    query_row(
+        connection,
+        "SELECT job, state FROM jobs WHERE uuid = ?1",
+        [id.as_bytes()],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .map_err(db("load job"))?
+    .ok_or(Error::JobNotFound { id })
 }
 
 /// Re-queues a job's failed tasks (removing anything their failed attempts left below
@@ -696,42 +722,45 @@ pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
         return Ok(0);
     }
     let failed: Vec<i64> = {
+        // `state = 4` (FAILED) spelled out, so the partial index `tasks_failed` applies.
         let mut statement = connection
-            .prepare_cached("SELECT task FROM tasks WHERE job = ?1 AND state = ?2")
+            .prepare_cached("SELECT task FROM tasks WHERE job = ?1 AND state = 4")
             .map_err(db("retry job"))?;
         statement
-            .query_map(params![job, FAILED], |row| row.get(0))
+            .query_map([job], |row| row.get(0))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(db("retry job"))?
     };
     for row in &failed {
         remove_descendants(connection, job, *row)?;
-        connection
-            .execute(
-                "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0 WHERE task = ?1",
-                params![row, QUEUED],
-            )
-            .map_err(db("retry job"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0
+             WHERE task = ?1",
+            params![row, QUEUED],
+        )
+        .map_err(db("retry job"))?;
+        counters::move_tasks(connection, job, Some(FAILED), QUEUED, 1)?;
     }
     let halted = state == JobState::Failed as i32 || state == JobState::Canceled as i32;
     if halted {
-        connection
-            .execute(
-                "UPDATE tasks SET job_active = 1 WHERE job = ?1 AND job_active = 0",
-                [job],
-            )
-            .map_err(db("retry job"))?;
+        execute(
+            connection,
+            "UPDATE tasks SET job_active = 1 WHERE job = ?1 AND job_active = 0",
+            [job],
+        )
+        .map_err(db("retry job"))?;
     }
     if halted || !failed.is_empty() {
         // A job canceled while its last tasks ran has nothing incomplete left: resumed, it
         // is completed (no later report would ever move it out of RUNNING).
-        connection
-            .execute(
-                "UPDATE jobs SET state = CASE WHEN incomplete_tasks <= 0 THEN ?3 ELSE ?2 END
-                 WHERE job = ?1",
-                params![job, JobState::Running as i32, JobState::Completed as i32],
-            )
-            .map_err(db("retry job"))?;
+        execute(
+            connection,
+            "UPDATE jobs SET state = CASE WHEN incomplete_tasks <= 0 THEN ?3 ELSE ?2 END
+             WHERE job = ?1",
+            params![job, JobState::Running as i32, JobState::Completed as i32],
+        )
+        .map_err(db("retry job"))?;
     }
     Ok(failed.len() as i64)
 }
@@ -764,33 +793,37 @@ fn remove_descendants(connection: &Connection, job: i64, row: i64) -> Result<()>
         .filter(|(_, state)| *state == RUNNING)
         .count() as i64;
     for (task, _) in &removed {
-        connection
-            .execute("DELETE FROM tasks WHERE task = ?1", [task])
+        execute(connection, "DELETE FROM tasks WHERE task = ?1", [task])
             .map_err(db("remove subtasks"))?;
-        connection
-            .execute(
-                "DELETE FROM task_dependencies WHERE task = ?1 OR depends_on = ?1",
-                [task],
-            )
-            .map_err(db("remove subtasks"))?;
-        connection
-            .execute("DELETE FROM task_progress WHERE task = ?1", [task])
-            .map_err(db("remove subtasks"))?;
+        execute(
+            connection,
+            "DELETE FROM task_dependencies WHERE task = ?1 OR depends_on = ?1",
+            [task],
+        )
+        .map_err(db("remove subtasks"))?;
+        execute(
+            connection,
+            "DELETE FROM task_progress WHERE task = ?1",
+            [task],
+        )
+        .map_err(db("remove subtasks"))?;
     }
-    connection
-        .execute(
-            "UPDATE jobs SET total_tasks = total_tasks - ?2, incomplete_tasks = incomplete_tasks - ?3,
-                             running_tasks = MAX(running_tasks - ?4, 0) WHERE job = ?1",
-            params![job, removed.len() as i64, incomplete, running],
-        )
-        .map_err(db("remove subtasks"))?;
-    connection
-        .execute(
-            "UPDATE tasks SET pending_children = 0, has_children = 0 WHERE task = ?1",
-            [row],
-        )
-        .map_err(db("remove subtasks"))?;
-    Ok(())
+    execute(
+        connection,
+        "UPDATE jobs SET total_tasks = total_tasks - ?2, incomplete_tasks = incomplete_tasks - ?3,
+         running_tasks = MAX(running_tasks - ?4, 0) WHERE job = ?1",
+        params![job, removed.len() as i64, incomplete, running],
+    )
+    .map_err(db("remove subtasks"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET pending_children = 0, has_children = 0 WHERE task = ?1",
+        [row],
+    )
+    .map_err(db("remove subtasks"))?;
+    // Rare (a retry of a task that left subtasks): recounting the job is simpler than
+    // subtracting what each removed task held.
+    counters::recount(connection, Some(job))
 }
 
 /// Cancels a job: nothing queued starts any more; running tasks finish.
@@ -799,17 +832,149 @@ pub(super) fn cancel_job(connection: &Connection, id: Uuid) -> Result<()> {
     if state == JobState::Completed as i32 {
         return Ok(());
     }
-    connection
-        .execute(
-            "UPDATE jobs SET state = ?2 WHERE job = ?1",
-            params![job, JobState::Canceled as i32],
-        )
-        .map_err(db("cancel job"))?;
-    connection
-        .execute(
-            "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
-            [job],
-        )
-        .map_err(db("cancel job"))?;
+    execute(
+        connection,
+        "UPDATE jobs SET state = ?2 WHERE job = ?1",
+        params![job, JobState::Canceled as i32],
+    )
+    .map_err(db("cancel job"))?;
+    execute(
+        connection,
+        "UPDATE tasks SET job_active = 0 WHERE job = ?1 AND job_active = 1",
+        [job],
+    )
+    .map_err(db("cancel job"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use uuid::Uuid;
+
+    use crate::api::workflows_v1::TaskState;
+    use crate::server::store::sqlite::SqliteStore;
+    use crate::server::store::{
+        ClaimRequest, ComputedReport, DEFAULT_CLUSTER_SLUG, Identifier, NewJob, NewTask, Page,
+        ReportOutcome, Store,
+    };
+
+    fn task(name: &str, index: usize) -> NewTask {
+        NewTask {
+            id: Uuid::now_v7(),
+            identifier: Identifier {
+                name: name.to_string(),
+                version: "v1.0".to_string(),
+                major: 1,
+                minor: 0,
+            },
+            input: format!("{{\"index\": {index}}}").into_bytes(),
+            display: name.to_string(),
+            cluster: DEFAULT_CLUSTER_SLUG.to_string(),
+            max_retries: 0,
+            optional: false,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn runner(name: &str) -> ClaimRequest {
+        ClaimRequest {
+            cluster: DEFAULT_CLUSTER_SLUG.to_string(),
+            identifiers: vec![task(name, 0).identifier],
+            claimant: "runner".to_string(),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    /// A running task that submits 100,000 subtasks in one report, the last of them waiting
+    /// for all the others (99,999 dependency edges, some given twice): all are stored with
+    /// the report, in submission order, and only the independent ones can run. The time it
+    /// took is printed (`--nocapture`), not asserted.
+    #[tokio::test]
+    async fn a_report_with_100_000_subtasks_stores_them_all() {
+        const SUBTASKS: usize = 100_000;
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(directory.path()).expect("open");
+        let job = NewJob {
+            id: Uuid::now_v7(),
+            name: "fan-out".to_string(),
+            trace_parent: String::new(),
+            tasks: vec![task("FanOut", 0)],
+        };
+        let job_id = job.id;
+        store.submit_job(job).await.expect("submit");
+        let (_, root) = store
+            .report_and_claim(None, Some(runner("FanOut")))
+            .await
+            .expect("claim");
+        let root = root.expect("the root is claimable");
+        let mut subtasks: Vec<NewTask> =
+            (0..SUBTASKS - 1).map(|index| task("Leaf", index)).collect();
+        let mut gather = task("Gather", SUBTASKS - 1);
+        gather.depends_on = (0..SUBTASKS - 1).chain([0, 1, 2]).collect();
+        subtasks.push(gather);
+        let ids: Vec<Uuid> = subtasks.iter().map(|subtask| subtask.id).collect();
+        let report = ComputedReport {
+            task_id: root.id,
+            claimant: "runner".to_string(),
+            display: "FanOut".to_string(),
+            progress: Vec::new(),
+            subtasks,
+        };
+
+        let started = Instant::now();
+        let (outcome, _) = store
+            .report_and_claim(Some(report), None)
+            .await
+            .expect("report");
+        println!(
+            "a report with {SUBTASKS} subtasks and {} dependency edges stored in {:.2} s",
+            SUBTASKS - 1,
+            started.elapsed().as_secs_f64()
+        );
+
+        assert_eq!(outcome, Some(ReportOutcome::Applied(TaskState::Computed)));
+        let stats = store.get_job(job_id).await.expect("get job").stats;
+        assert_eq!(stats.total_tasks, SUBTASKS as u64 + 1);
+        assert_eq!(
+            stats.tasks_by_state,
+            [
+                (TaskState::Queued, SUBTASKS as u64),
+                (TaskState::Computed, 1)
+            ]
+        );
+        let page = |after: Option<Uuid>| Page {
+            after,
+            limit: 2,
+            descending: false,
+        };
+        let first = store
+            .list_tasks(job_id, Some(root.id), page(None))
+            .await
+            .expect("list");
+        assert_eq!(
+            first.iter().map(|task| task.id).collect::<Vec<_>>(),
+            ids[..2]
+        );
+        let last = store
+            .list_tasks(job_id, Some(root.id), page(Some(ids[SUBTASKS - 2])))
+            .await
+            .expect("list");
+        assert_eq!(
+            last.iter().map(|task| task.id).collect::<Vec<_>>(),
+            ids[SUBTASKS - 1..]
+        );
+
+        let (_, gather) = store
+            .report_and_claim(None, Some(runner("Gather")))
+            .await
+            .expect("claim");
+        assert!(gather.is_none(), "the gathering task waits for the others");
+        let (_, leaf) = store
+            .report_and_claim(None, Some(runner("Leaf")))
+            .await
+            .expect("claim");
+        assert_eq!(leaf.expect("a leaf is claimable").id, ids[0]);
+    }
 }
