@@ -10,8 +10,8 @@
 //! - `mod.rs`: the trait, its records and `Error`
 //! - `sqlite/`: the SQLite backend (WAL, full sync, group commit on one writer thread):
 //!   `mod.rs` (connections, the writer, the trait), `tasks.rs` (submit, claim, report, fail,
-//!   leases, retry, cancel), `read.rs` (queries), `releases.rs` (workflows, artifacts,
-//!   releases, deployments, telemetry), `schema.sql`
+//!   leases, retry, cancel), `counters.rs` (per-job counters), `read.rs` (queries),
+//!   `releases.rs` (workflows, artifacts, releases, deployments, telemetry), `schema.sql`
 //! - `conformance/`: the suite every backend passes, by area (tests only)
 
 #[cfg(test)]

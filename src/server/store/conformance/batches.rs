@@ -9,7 +9,7 @@ use super::fixtures::*;
 use crate::api::workflows_v1::TaskState;
 use crate::server::store::{Error, Report, ReportOutcome, Store};
 
-/// Rule 27: one batch applies each report on its own — an applied one, a stale one (the
+/// Rule 28: one batch applies each report on its own — an applied one, a stale one (the
 /// task already computed) and one for an unknown task come back as such, and the unknown one
 /// changes nothing — and then claims up to each claim's count, in order, oldest first.
 pub(crate) async fn batched_reports_apply_each_on_its_own_and_claim_up_to_capacity<S: Store>(
@@ -127,7 +127,7 @@ pub(crate) async fn batched_reports_apply_each_on_its_own_and_claim_up_to_capaci
     );
 }
 
-/// Rule 28: leases are extended together, each only for its claimant's running attempt; a
+/// Rule 29: leases are extended together, each only for its claimant's running attempt; a
 /// task that ended or does not exist is answered `None` without failing the others.
 pub(crate) async fn leases_extend_together_only_for_their_claimant<S: Store>(store: S) {
     submit(
