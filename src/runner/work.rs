@@ -191,7 +191,7 @@ impl Dispatcher {
                         next = self.finished.try_recv().ok();
                     }
                 }
-                outcome = join(&mut claim_call) => {
+                outcome = join(claim_call.as_mut().map(|(handle, _)| handle)) => {
                     claim_call = None;
                     let asked = outcome.capacity > 0;
                     let only_queued = !asked && outcome.queue > 0;
@@ -225,7 +225,7 @@ impl Dispatcher {
                         None => idle_until = Some(Instant::now() + Duration::from_secs(1)),
                     }
                 }
-                outcome = join_report(&mut report_call) => {
+                outcome = join(report_call.as_mut()) => {
                     report_call = None;
                     if self.settle(outcome, &mut pending, &mut refusals).is_none() {
                         idle_until = Some(Instant::now() + Duration::from_secs(1));
@@ -366,21 +366,11 @@ impl Dispatcher {
     }
 }
 
-async fn join(call: &mut Option<(JoinHandle<CallOutcome>, bool)>) -> CallOutcome {
-    match call {
-        Some((handle, _)) => joined(handle).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn join_report(call: &mut Option<JoinHandle<CallOutcome>>) -> CallOutcome {
-    match call {
-        Some(handle) => joined(handle).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn joined(handle: &mut JoinHandle<CallOutcome>) -> CallOutcome {
+/// The outcome of the call in flight; pending forever when there is none.
+async fn join(call: Option<&mut JoinHandle<CallOutcome>>) -> CallOutcome {
+    let Some(handle) = call else {
+        return std::future::pending().await;
+    };
     match handle.await {
         Ok(outcome) => outcome,
         // The call's task panicked: nothing is known of its reports; keep none (their
