@@ -40,6 +40,22 @@ pub struct ServerArgs {
     /// How long logs and spans are kept: a number with a unit, e.g. 7d, 12h, 30m, 45s.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     telemetry_retention: Duration,
+    // ---- limits (README lists them) ----
+    /// Largest gRPC message the server receives or sends, in bytes.
+    #[arg(long, default_value_t = server::Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Largest OTLP export (HTTP body or gRPC message), in bytes.
+    #[arg(long, default_value_t = server::Limits::default().telemetry.max_body_bytes)]
+    max_otlp_body_bytes: usize,
+    /// Most log records or spans in one OTLP export.
+    #[arg(long, default_value_t = server::Limits::default().telemetry.max_records)]
+    max_otlp_records: usize,
+    /// Most bytes one OTLP export stores (each record with its resource and scope).
+    #[arg(long, default_value_t = server::Limits::default().telemetry.max_stored_bytes)]
+    max_otlp_stored_bytes: usize,
+    /// Most long polls, and most deployment watches, open at once on one connection.
+    #[arg(long, default_value_t = server::Limits::default().max_open_calls_per_connection)]
+    max_open_calls_per_connection: usize,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -76,6 +92,15 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
             long_poll: Duration::from_millis(arguments.long_poll_ms),
             max_input_bytes: arguments.max_input_bytes,
             ..scheduler::Options::default()
+        },
+        limits: server::Limits {
+            max_message_bytes: arguments.max_message_bytes,
+            telemetry: server::services::telemetry::Limits {
+                max_body_bytes: arguments.max_otlp_body_bytes,
+                max_records: arguments.max_otlp_records,
+                max_stored_bytes: arguments.max_otlp_stored_bytes,
+            },
+            max_open_calls_per_connection: arguments.max_open_calls_per_connection,
         },
     };
     let open_server = options.tokens.is_empty();

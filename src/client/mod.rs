@@ -138,6 +138,20 @@ impl Interceptor for Authenticate {
 
 type Authenticated = InterceptedService<Channel, Authenticate>;
 
+/// Largest message sent or received on any service. Above the server's default (256 MiB),
+/// so the server's `--max-message-bytes` is the limit that applies: a large deployment
+/// snapshot or job listing the server sends is never refused here.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Applies [`MAX_MESSAGE_BYTES`] both ways to a generated service client.
+macro_rules! sized {
+    ($client:expr) => {
+        $client
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
+}
+
 /// A client for every service of the API; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -168,31 +182,39 @@ impl Client {
         let authenticate = Authenticate { header };
         Ok(Self {
             url: url.to_string(),
-            jobs: JobServiceClient::with_interceptor(channel.clone(), authenticate.clone())
-                .max_decoding_message_size(512 * 1024 * 1024),
-            tasks: TaskServiceClient::with_interceptor(channel.clone(), authenticate.clone()),
-            work: WorkServiceClient::with_interceptor(channel.clone(), authenticate.clone())
-                .max_decoding_message_size(512 * 1024 * 1024)
-                .max_encoding_message_size(512 * 1024 * 1024),
-            workflows: WorkflowsServiceClient::with_interceptor(
+            jobs: sized!(JobServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone()
+            )),
+            tasks: sized!(TaskServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone()
+            )),
+            work: sized!(WorkServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone()
+            )),
+            workflows: sized!(WorkflowsServiceClient::with_interceptor(
                 channel.clone(),
                 authenticate.clone(),
-            ),
-            artifacts: ArtifactServiceClient::with_interceptor(
+            )),
+            artifacts: sized!(ArtifactServiceClient::with_interceptor(
                 channel.clone(),
                 authenticate.clone(),
-            ),
-            deployments: DeploymentServiceClient::with_interceptor(
+            )),
+            deployments: sized!(DeploymentServiceClient::with_interceptor(
                 channel.clone(),
                 authenticate.clone(),
-            ),
-            telemetry: TelemetryQueryServiceClient::with_interceptor(
+            )),
+            telemetry: sized!(TelemetryQueryServiceClient::with_interceptor(
                 channel.clone(),
                 authenticate.clone(),
-            )
-            .max_decoding_message_size(512 * 1024 * 1024),
-            logs: LogsServiceClient::with_interceptor(channel.clone(), authenticate.clone()),
-            traces: TraceServiceClient::with_interceptor(channel, authenticate),
+            )),
+            logs: sized!(LogsServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone()
+            )),
+            traces: sized!(TraceServiceClient::with_interceptor(channel, authenticate)),
         })
     }
 

@@ -1,6 +1,8 @@
 //! Release artifact bytes, stored content-addressed under the data directory
 //! (`artifacts/<sha256 hex>`), written through a temporary file and renamed into place only
-//! after their digest checked out, so a stored artifact is never partial or wrong.
+//! after their digest checked out, so a stored artifact is never partial or wrong. A
+//! temporary file (`.upload-<uuid>`) is removed when its upload ends without being stored
+//! (an error, a client that went away), and any left by a killed server at the next start.
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +20,51 @@ pub enum Error {
     DigestMismatch { expected: String, actual: String },
     #[error("the upload announced {expected} bytes but sent {actual}")]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error("the server's disk is full: cannot store the artifact at {path}")]
+    StorageFull {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("artifact storage failed at {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The prefix of an upload's temporary file name.
+const UPLOAD_PREFIX: &str = ".upload-";
+
+/// The error for a failed file operation on `path`; a full disk is told apart, since it is
+/// the operator's to fix and passes when space returns.
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_path_buf();
+    move |source| {
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            Error::StorageFull { path, source }
+        } else {
+            Error::Io { path, source }
+        }
+    }
+}
+
+/// A temporary file removed when dropped, unless it was kept (moved into place).
+struct Temporary {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if !self.kept
+            && let Err(error) = fs_err::remove_file(&self.path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, "cannot remove an aborted upload's temporary file");
+        }
+    }
 }
 
 /// Normalises a digest (`sha256:` prefix allowed) to 64 lowercase hex characters.
@@ -51,7 +92,7 @@ pub struct ArtifactFiles {
 pub struct Upload {
     expected_digest: String,
     expected_size: u64,
-    temporary: PathBuf,
+    temporary: Temporary,
     file: fs_err::tokio::File,
     hasher: Sha256,
     written: u64,
@@ -73,6 +114,30 @@ impl ArtifactFiles {
         self.limit
     }
 
+    /// Removes the temporary files of uploads that never finished (a server killed during
+    /// an upload); run at start, before any upload begins. Answers how many were removed.
+    pub fn remove_stale_uploads(&self) -> Result<usize, Error> {
+        let entries = match fs_err::read_dir(&self.directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(io_error(&self.directory)(error)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&self.directory))?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(UPLOAD_PREFIX)
+            {
+                let path = entry.path();
+                fs_err::remove_file(&path).map_err(io_error(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Starts an upload of `size` bytes announced to hash to `digest`.
     pub async fn begin(&self, digest: &str, size: u64) -> Result<Upload, Error> {
         let digest = normalize_digest(digest)?;
@@ -82,19 +147,19 @@ impl ArtifactFiles {
                 limit: self.limit,
             });
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
         fs_err::tokio::create_dir_all(&self.directory)
             .await
-            .map_err(io(&self.directory))?;
+            .map_err(io_error(&self.directory))?;
         let temporary = self
             .directory
-            .join(format!(".upload-{}", uuid::Uuid::new_v4()));
+            .join(format!("{UPLOAD_PREFIX}{}", uuid::Uuid::new_v4()));
         let file = fs_err::tokio::File::create(&temporary)
             .await
-            .map_err(io(&temporary))?;
+            .map_err(io_error(&temporary))?;
+        let temporary = Temporary {
+            path: temporary,
+            kept: false,
+        };
         Ok(Upload {
             final_path: self.path(&digest),
             expected_digest: digest,
@@ -111,8 +176,8 @@ impl ArtifactFiles {
 impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
         self.written += chunk.len() as u64;
+        // An error drops the upload, and with it the temporary file.
         if self.written > self.limit || self.written > self.expected_size {
-            let _ = fs_err::tokio::remove_file(&self.temporary).await;
             return Err(if self.written > self.limit {
                 Error::TooLarge {
                     size: self.written,
@@ -129,18 +194,11 @@ impl Upload {
         self.file
             .write_all(chunk)
             .await
-            .map_err(|source| Error::Io {
-                path: self.temporary.clone(),
-                source,
-            })
+            .map_err(io_error(&self.temporary.path))
     }
 
     /// Verifies size and digest, syncs, and moves the bytes into place; answers the digest.
-    pub async fn finish(self) -> Result<(String, u64), Error> {
-        let io = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| Error::Io { path, source }
-        };
+    pub async fn finish(mut self) -> Result<(String, u64), Error> {
         let actual = hex::encode(self.hasher.finalize());
         let checked = if self.written != self.expected_size {
             Err(Error::SizeMismatch {
@@ -155,15 +213,15 @@ impl Upload {
         } else {
             Ok(())
         };
-        if let Err(error) = checked {
-            let _ = fs_err::tokio::remove_file(&self.temporary).await;
-            return Err(error);
-        }
-        self.file.sync_all().await.map_err(io(&self.temporary))?;
-        drop(self.file);
-        fs_err::tokio::rename(&self.temporary, &self.final_path)
+        checked?;
+        self.file
+            .sync_all()
             .await
-            .map_err(io(&self.final_path))?;
+            .map_err(io_error(&self.temporary.path))?;
+        fs_err::tokio::rename(&self.temporary.path, &self.final_path)
+            .await
+            .map_err(io_error(&self.final_path))?;
+        self.temporary.kept = true;
         Ok((self.expected_digest, self.written))
     }
 }
@@ -220,5 +278,27 @@ mod tests {
             upload.write(b"hel").await,
             Err(Error::SizeMismatch { .. })
         ));
+        drop(upload);
+        assert_eq!(fs_err::read_dir(directory.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_upload_leaves_no_temporary_file_and_stale_ones_are_swept() {
+        let directory = tempfile::tempdir().unwrap();
+        let files = ArtifactFiles::new(directory.path().to_path_buf(), 1024);
+        let mut upload = files.begin(HELLO_SHA256, 5).await.unwrap();
+        upload.write(b"he").await.unwrap();
+        assert_eq!(fs_err::read_dir(directory.path()).unwrap().count(), 1);
+        drop(upload);
+        assert_eq!(fs_err::read_dir(directory.path()).unwrap().count(), 0);
+
+        fs_err::write(directory.path().join(".upload-stale"), b"x").unwrap();
+        fs_err::write(directory.path().join(HELLO_SHA256), b"hello").unwrap();
+        assert_eq!(files.remove_stale_uploads().unwrap(), 1);
+        let left: Vec<_> = fs_err::read_dir(directory.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(HELLO_SHA256)]);
     }
 }

@@ -42,8 +42,6 @@ use scheduler::Scheduler;
 use store::Store;
 use store::sqlite::SqliteStore;
 
-/// Largest request accepted (a computed task may carry a large fan-out).
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How long in-flight calls get to finish after the shutdown signal. A client that never
 /// lets its connection close (a frozen runner) must not keep the server up; what the server
 /// acknowledged is already committed, so stopping then loses nothing.
@@ -60,6 +58,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error("cannot remove unfinished uploads")]
+    Artifacts(#[from] artifacts::Error),
     #[error("the gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -76,6 +76,34 @@ pub struct Options {
     /// How long logs and spans are kept.
     pub telemetry_retention: std::time::Duration,
     pub scheduler: scheduler::Options,
+    pub limits: Limits,
+}
+
+/// What one message, export or connection may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest gRPC message received or sent, in bytes (a computed task may carry a large
+    /// fan-out; a deployment snapshot carries every release of a cluster).
+    pub max_message_bytes: usize,
+    /// What one OTLP export may carry.
+    pub telemetry: services::telemetry::Limits,
+    /// Most long polls (`Work`, `NextTask`), and separately most deployment watches, open
+    /// at once on one connection.
+    pub max_open_calls_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 256 * 1024 * 1024,
+            telemetry: services::telemetry::Limits {
+                max_body_bytes: 16 * 1024 * 1024,
+                max_records: 10_000,
+                max_stored_bytes: 64 * 1024 * 1024,
+            },
+            max_open_calls_per_connection: 64,
+        }
+    }
 }
 
 /// A server bound to its address, ready to serve.
@@ -85,6 +113,7 @@ pub struct Server {
     tokens: Vec<String>,
     artifacts: artifacts::ArtifactFiles,
     telemetry_retention: std::time::Duration,
+    limits: Limits,
 }
 
 impl Server {
@@ -97,15 +126,22 @@ impl Server {
                 address: options.listen,
                 source,
             })?;
+        let artifacts = artifacts::ArtifactFiles::new(
+            options.data_dir.join("artifacts"),
+            options.max_artifact_bytes,
+        );
+        // Uploads cut short by a killed server; nothing else can be writing them yet.
+        match artifacts.remove_stale_uploads()? {
+            0 => {}
+            count => tracing::info!(count, "removed the temporary files of unfinished uploads"),
+        }
         Ok(Self {
             listener,
             scheduler: Scheduler::new(store, options.scheduler),
             tokens: options.tokens,
             telemetry_retention: options.telemetry_retention,
-            artifacts: artifacts::ArtifactFiles::new(
-                options.data_dir.join("artifacts"),
-                options.max_artifact_bytes,
-            ),
+            artifacts,
+            limits: options.limits,
         })
     }
 
@@ -120,19 +156,28 @@ impl Server {
         let reaper_stopped_too = reaper_stopped.clone();
         let reaper = tokio::spawn(self.scheduler.clone().run_lease_reaper(reaper_stopped));
         let authenticate = auth::Authenticate::new(&self.tokens);
+        let max_message = self.limits.max_message_bytes;
+        let open_calls =
+            services::limits::ConnectionLimits::new(self.limits.max_open_calls_per_connection);
 
         let jobs = JobServiceServer::new(services::jobs::Jobs::new(self.scheduler.clone()))
             .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let tasks = TaskServiceServer::new(services::tasks::Tasks::new(self.scheduler.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let work = WorkServiceServer::new(services::work::Work::new(self.scheduler.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let tasks = TaskServiceServer::new(services::tasks::Tasks::new(
+            self.scheduler.clone(),
+            open_calls.clone(),
+        ))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let work = WorkServiceServer::new(services::work::Work::new(
+            self.scheduler.clone(),
+            open_calls.clone(),
+        ))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let (changes, watched) = tokio::sync::watch::channel(0u64);
         let store = self.scheduler.store().clone();
         let workflows = WorkflowsServiceServer::new(services::workflows::Workflows::new(
@@ -140,25 +185,33 @@ impl Server {
             Arc::new(changes),
         ))
         .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let artifact_service = ArtifactServiceServer::new(services::artifacts::Artifacts::new(
             store.clone(),
             self.artifacts,
         ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let deployments = DeploymentServiceServer::new(services::deployments::Deployments::new(
             store.clone(),
             watched,
-        ));
-        let telemetry = services::telemetry::Telemetry::new(store.clone());
+            open_calls,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let telemetry = services::telemetry::Telemetry::new(store.clone(), self.limits.telemetry);
         let query = TelemetryQueryServiceServer::new(telemetry.clone())
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        // An OTLP export over gRPC has the body limit of OTLP/HTTP.
+        let otlp_message = self.limits.telemetry.max_body_bytes;
         let logs = LogsServiceServer::new(telemetry.clone())
             .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(otlp_message);
         let traces = TraceServiceServer::new(services::telemetry::Traces(telemetry.clone()))
             .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(otlp_message);
         let retention = tokio::spawn(run_retention(
             store,
             self.telemetry_retention,

@@ -10,6 +10,7 @@
 //! - `release.rs`: init, build, publish, deploy, a release runner fixing a failed job
 //! - `telemetry.rs`: task logs and spans from the runner to the CLI
 //! - `faults.rs`: lost leases, server kills and outages, frozen and unreachable runners
+//! - `storage_faults.rs`: the data directory on a tmpfs that fills up
 //! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
 //! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
@@ -25,5 +26,6 @@ mod release;
 mod runner;
 mod server;
 mod snapshots;
+mod storage_faults;
 mod telemetry;
 mod work;

@@ -65,7 +65,9 @@ fn upload_status(error: artifacts::Error) -> Status {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "artifact storage failed");
             Status::internal(error.to_string())
         }
-        artifacts::Error::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        artifacts::Error::TooLarge { .. } | artifacts::Error::StorageFull { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
         other => Status::invalid_argument(other.to_string()),
     }
 }

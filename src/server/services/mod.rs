@@ -11,10 +11,12 @@
 //! - `deployments.rs`: our `DeploymentService` (a cluster's deployments, pushed)
 //! - `telemetry.rs`: OTLP logs and spans in (gRPC and HTTP), `TelemetryQueryService` out
 //! - `messages.rs`: store records to wire messages
+//! - `limits.rs`: per-connection limits on long polls and watches
 
 pub mod artifacts;
 pub mod deployments;
 pub mod jobs;
+pub mod limits;
 mod messages;
 pub mod tasks;
 pub mod telemetry;
@@ -50,13 +52,15 @@ pub fn store_status(error: store::Error) -> Status {
         store::Error::ClusterNotDeletable { .. } | store::Error::Conflict(_) => {
             Code::FailedPrecondition
         }
+        // The operator's to fix; clients retry it, and writes resume when space returns.
+        store::Error::StorageFull { .. } => Code::ResourceExhausted,
         store::Error::Corrupt(_)
         | store::Error::Database { .. }
         | store::Error::Open { .. }
         | store::Error::DataDirectory { .. }
         | store::Error::Closed => Code::Internal,
     };
-    if code == Code::Internal {
+    if matches!(code, Code::Internal | Code::ResourceExhausted) {
         tracing::error!(error = %error, source = ?std::error::Error::source(&error), "store failure");
     }
     Status::new(code, error.to_string())

@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::limits::{ConnectionLimits, OpenCall};
 use super::{RUNNER_ID_HEADER, caller, messages, required_uuid, scheduler_status};
 use crate::api::convert::{duration, std_duration};
 use crate::api::workflows_v1::task_service_server::TaskService;
@@ -14,11 +15,12 @@ use crate::server::scheduler::{NextTask, Scheduler};
 
 pub struct Tasks {
     scheduler: Scheduler,
+    limits: ConnectionLimits,
 }
 
 impl Tasks {
-    pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+    pub fn new(scheduler: Scheduler, limits: ConnectionLimits) -> Self {
+        Self { scheduler, limits }
     }
 }
 
@@ -28,6 +30,10 @@ impl TaskService for Tasks {
         &self,
         request: Request<NextTaskRequest>,
     ) -> Result<Response<NextTaskResponse>, Status> {
+        // `NextTask` may wait for work: count it against the connection's open calls.
+        let _permit = self
+            .limits
+            .acquire(request.remote_addr(), OpenCall::LongPoll)?;
         let claimant = caller(&request);
         let answer = self
             .scheduler

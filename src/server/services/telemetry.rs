@@ -2,7 +2,14 @@
 //! protobuf `POST /v1/logs` and `/v1/traces` on the same port, as the official SDK
 //! exports), and `TelemetryQueryService` out. Each record is stored on its own, with the
 //! trace id that links it to a job (a job is one trace: its `trace_parent`).
+//!
+//! Limits, checked before anything is stored (so nothing of a refused export is): the body
+//! size (HTTP, checked after authentication and before the body is read; gRPC through the
+//! message limit), the records per export, and the bytes one export stores. Each record is
+//! stored with its resource and scope, so a large resource attribute repeated over many
+//! empty records is refused by the stored-bytes limit, computed before anything is copied.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use prost::Message;
@@ -26,7 +33,103 @@ use crate::api::workflows_v1::{
     QueryJobSpansRequest,
 };
 use crate::server::auth::Authenticate;
-use crate::server::store::{Store, TelemetryKind, TelemetryRecord};
+use crate::server::store::{self, Store, TelemetryKind, TelemetryRecord};
+
+/// What one OTLP export may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest OTLP/HTTP body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most log records (or spans) in one export.
+    pub max_records: usize,
+    /// Most bytes one export stores, each record with its resource and scope.
+    pub max_stored_bytes: usize,
+}
+
+/// Why an export was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the export carries {count} {what}; this server accepts at most {limit} per request (--max-otlp-records)"
+    )]
+    TooManyRecords {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error(
+        "the export would store {bytes} bytes (each of its {count} {what} is stored with its resource and scope attributes); this server stores at most {limit} bytes per request (--max-otlp-stored-bytes): send large resource attributes in smaller batches"
+    )]
+    TooMuchStored {
+        what: &'static str,
+        count: usize,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Store(error) => store_status(error),
+            refused => Status::resource_exhausted(refused.to_string()),
+        }
+    }
+}
+
+impl Error {
+    fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Error::TooManyRecords { .. } | Error::TooMuchStored { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::Store(store::Error::StorageFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Store(error) => {
+                tracing::error!(%error, source = ?std::error::Error::source(error), "storing telemetry failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+/// Checks an export's record count and stored bytes against `limits` before any record is
+/// built: `groups` yields, per scope, the bytes its resource and scope add to each record
+/// and the encoded size of each record.
+fn check_export(
+    limits: &Limits,
+    what: &'static str,
+    groups: impl Iterator<Item = (usize, Vec<usize>)>,
+) -> Result<(), Error> {
+    /// Room for the envelope fields and length prefixes around one stored record.
+    const ENVELOPE_BYTES: usize = 32;
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (shared, records) in groups {
+        count = count.saturating_add(records.len());
+        for record in records {
+            bytes =
+                bytes.saturating_add(shared.saturating_add(record).saturating_add(ENVELOPE_BYTES));
+        }
+    }
+    if count > limits.max_records {
+        return Err(Error::TooManyRecords {
+            what,
+            count,
+            limit: limits.max_records,
+        });
+    }
+    if bytes > limits.max_stored_bytes {
+        return Err(Error::TooMuchStored {
+            what,
+            count,
+            bytes,
+            limit: limits.max_stored_bytes,
+        });
+    }
+    Ok(())
+}
 
 /// The 16-byte trace id in a W3C `traceparent` (`00-<32 hex>-<16 hex>-<flags>`).
 pub fn trace_id_of(trace_parent: &str) -> Option<Vec<u8>> {
@@ -59,15 +162,39 @@ fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
 #[derive(Clone)]
 pub struct Telemetry {
     store: Arc<dyn Store>,
+    limits: Limits,
 }
 
 impl Telemetry {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        Self { store, limits }
     }
 
     /// Splits an export into one stored record per log record.
-    pub async fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<usize, Status> {
+    pub async fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<usize, Error> {
+        check_export(
+            &self.limits,
+            "log records",
+            request.resource_logs.iter().flat_map(|resource_logs| {
+                let resource = resource_logs
+                    .resource
+                    .as_ref()
+                    .map_or(0, Message::encoded_len)
+                    + resource_logs.schema_url.len();
+                resource_logs.scope_logs.iter().map(move |scope_logs| {
+                    let scope = scope_logs.scope.as_ref().map_or(0, Message::encoded_len)
+                        + scope_logs.schema_url.len();
+                    (
+                        resource + scope,
+                        scope_logs
+                            .log_records
+                            .iter()
+                            .map(Message::encoded_len)
+                            .collect(),
+                    )
+                })
+            }),
+        )?;
         let mut records = Vec::new();
         for resource_logs in request.resource_logs {
             for scope_logs in &resource_logs.scope_logs {
@@ -100,13 +227,31 @@ impl Telemetry {
         let count = records.len();
         self.store
             .insert_telemetry(TelemetryKind::Log, records)
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(count)
     }
 
     /// Splits an export into one stored record per span.
-    pub async fn ingest_spans(&self, request: ExportTraceServiceRequest) -> Result<usize, Status> {
+    pub async fn ingest_spans(&self, request: ExportTraceServiceRequest) -> Result<usize, Error> {
+        check_export(
+            &self.limits,
+            "spans",
+            request.resource_spans.iter().flat_map(|resource_spans| {
+                let resource = resource_spans
+                    .resource
+                    .as_ref()
+                    .map_or(0, Message::encoded_len)
+                    + resource_spans.schema_url.len();
+                resource_spans.scope_spans.iter().map(move |scope_spans| {
+                    let scope = scope_spans.scope.as_ref().map_or(0, Message::encoded_len)
+                        + scope_spans.schema_url.len();
+                    (
+                        resource + scope,
+                        scope_spans.spans.iter().map(Message::encoded_len).collect(),
+                    )
+                })
+            }),
+        )?;
         let mut records = Vec::new();
         for resource_spans in request.resource_spans {
             for scope_spans in &resource_spans.scope_spans {
@@ -134,8 +279,7 @@ impl Telemetry {
         let count = records.len();
         self.store
             .insert_telemetry(TelemetryKind::Span, records)
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(count)
     }
 
@@ -263,47 +407,98 @@ impl TraceService for Traces {
 }
 
 /// The OTLP/HTTP routes (`POST /v1/logs`, `POST /v1/traces`, protobuf bodies), with the
-/// same bearer authentication as the gRPC API.
+/// same bearer authentication as the gRPC API. The headers are checked (authentication,
+/// content type, declared length) before any of the body is read, and the body is read up
+/// to the limit only.
 pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Router {
-    use axum::body::Bytes;
-    use axum::http::{HeaderMap, StatusCode, header};
     use axum::routing::post;
 
-    fn check(headers: &HeaderMap, authenticate: &Authenticate) -> Result<(), (StatusCode, String)> {
-        if !authenticate.accepts(
-            headers
-                .get(header::AUTHORIZATION)
-                .map(|value| value.as_bytes()),
-        ) {
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                "missing or invalid `Authorization: Bearer <token>`".into(),
-            ));
-        }
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
-        if !content_type.starts_with("application/x-protobuf") {
-            return Err((
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "content type `{content_type}` is not supported; send application/x-protobuf"
-                ),
-            ));
-        }
-        if headers
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|value| value != "identity")
-        {
-            return Err((
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "compressed bodies are not supported".into(),
-            ));
-        }
-        Ok(())
+    let (logs, traces) = (telemetry.clone(), telemetry);
+    let (logs_auth, traces_auth) = (authenticate.clone(), authenticate);
+    axum::Router::new()
+        .route(
+            "/v1/logs",
+            post(move |request: axum::extract::Request| {
+                let (telemetry, authenticate) = (logs.clone(), logs_auth.clone());
+                async move {
+                    export_http(
+                        request,
+                        &authenticate,
+                        telemetry.limits.max_body_bytes,
+                        |body| async move {
+                            let request = ExportLogsServiceRequest::decode(body.as_slice())
+                                .map_err(|error| undecodable("ExportLogsServiceRequest", error))?;
+                            telemetry.ingest_logs(request).await.map_err(refused)?;
+                            Ok(ExportLogsServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec())
+                        },
+                    )
+                    .await
+                }
+            }),
+        )
+        .route(
+            "/v1/traces",
+            post(move |request: axum::extract::Request| {
+                let (telemetry, authenticate) = (traces.clone(), traces_auth.clone());
+                async move {
+                    export_http(
+                        request,
+                        &authenticate,
+                        telemetry.limits.max_body_bytes,
+                        |body| async move {
+                            let request = ExportTraceServiceRequest::decode(body.as_slice())
+                                .map_err(|error| undecodable("ExportTraceServiceRequest", error))?;
+                            telemetry.ingest_spans(request).await.map_err(refused)?;
+                            Ok(ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec())
+                        },
+                    )
+                    .await
+                }
+            }),
+        )
+}
+
+type HttpRefusal = (axum::http::StatusCode, String);
+
+fn undecodable(what: &str, error: prost::DecodeError) -> HttpRefusal {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        format!("undecodable {what}: {error}"),
+    )
+}
+
+fn refused(error: Error) -> HttpRefusal {
+    (error.http_status(), error.to_string())
+}
+
+/// Checks the headers, reads the body within the limit, and answers what `ingest` made of it.
+async fn export_http<F, Fut>(
+    request: axum::extract::Request,
+    authenticate: &Authenticate,
+    limit: usize,
+    ingest: F,
+) -> axum::response::Response
+where
+    F: FnOnce(Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, HttpRefusal>>,
+{
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+
+    let (parts, body) = request.into_parts();
+    let result = async {
+        check_headers(&parts.headers, authenticate, limit)?;
+        let body = read_body(body, limit).await?;
+        ingest(body).await
     }
-    let response = |result: Result<Vec<u8>, (StatusCode, String)>| match result {
+    .await;
+    match result {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/x-protobuf")],
@@ -311,69 +506,87 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
         )
             .into_response(),
         Err((status, message)) => (status, message).into_response(),
+    }
+}
+
+/// Reads a body of at most `limit` bytes; stops reading at the first byte past it.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, HttpRefusal> {
+    use tokio_stream::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut collected = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {error}"),
+            )
+        })?;
+        if collected.len() + chunk.len() > limit {
+            return Err(too_large_body(None, limit));
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(collected)
+}
+
+fn too_large_body(declared: Option<u64>, limit: usize) -> HttpRefusal {
+    let size = match declared {
+        Some(declared) => format!("{declared} bytes"),
+        None => format!("more than {limit} bytes"),
     };
-    use axum::response::IntoResponse;
-    let (logs, traces) = (telemetry.clone(), telemetry);
-    let (logs_auth, traces_auth) = (authenticate.clone(), authenticate);
-    axum::Router::new()
-        .route(
-            "/v1/logs",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let (telemetry, authenticate) = (logs.clone(), logs_auth.clone());
-                async move {
-                    let result = async {
-                        check(&headers, &authenticate)?;
-                        let request = ExportLogsServiceRequest::decode(body).map_err(|error| {
-                            (
-                                StatusCode::BAD_REQUEST,
-                                format!("undecodable ExportLogsServiceRequest: {error}"),
-                            )
-                        })?;
-                        telemetry.ingest_logs(request).await.map_err(|status| {
-                            (
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                status.message().to_string(),
-                            )
-                        })?;
-                        Ok(ExportLogsServiceResponse {
-                            partial_success: None,
-                        }
-                        .encode_to_vec())
-                    }
-                    .await;
-                    response(result)
-                }
-            }),
-        )
-        .route(
-            "/v1/traces",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let (telemetry, authenticate) = (traces.clone(), traces_auth.clone());
-                async move {
-                    let result = async {
-                        check(&headers, &authenticate)?;
-                        let request = ExportTraceServiceRequest::decode(body).map_err(|error| {
-                            (
-                                StatusCode::BAD_REQUEST,
-                                format!("undecodable ExportTraceServiceRequest: {error}"),
-                            )
-                        })?;
-                        telemetry.ingest_spans(request).await.map_err(|status| {
-                            (
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                status.message().to_string(),
-                            )
-                        })?;
-                        Ok(ExportTraceServiceResponse {
-                            partial_success: None,
-                        }
-                        .encode_to_vec())
-                    }
-                    .await;
-                    response(result)
-                }
-            }),
-        )
+    (
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is {size}; this server accepts at most {limit} bytes per OTLP export (--max-otlp-body-bytes)"
+        ),
+    )
+}
+
+fn check_headers(
+    headers: &axum::http::HeaderMap,
+    authenticate: &Authenticate,
+    limit: usize,
+) -> Result<(), HttpRefusal> {
+    use axum::http::{StatusCode, header};
+    if !authenticate.accepts(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes()),
+    ) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid `Authorization: Bearer <token>`".into(),
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(declared) = declared
+        && declared > limit as u64
+    {
+        return Err(too_large_body(Some(declared), limit));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/x-protobuf") {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type `{content_type}` is not supported; send application/x-protobuf"),
+        ));
+    }
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|value| value != "identity")
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "compressed bodies are not supported".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A string attribute for OTLP records.

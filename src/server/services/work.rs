@@ -4,6 +4,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::limits::{ConnectionLimits, OpenCall};
 use super::{caller, messages, required_uuid, scheduler_status};
 use crate::api::convert::{duration, std_duration};
 use crate::api::selfhosted_v1::report_result::Outcome;
@@ -16,11 +17,12 @@ use crate::server::scheduler::{ItemResult, Scheduler};
 
 pub struct Work {
     scheduler: Scheduler,
+    limits: ConnectionLimits,
 }
 
 impl Work {
-    pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+    pub fn new(scheduler: Scheduler, limits: ConnectionLimits) -> Self {
+        Self { scheduler, limits }
     }
 }
 
@@ -44,6 +46,10 @@ fn report_result(result: ItemResult) -> ReportResult {
 #[tonic::async_trait]
 impl WorkService for Work {
     async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
+        // A `Work` call may wait for work: count it against the connection's open calls.
+        let _permit = self
+            .limits
+            .acquire(request.remote_addr(), OpenCall::LongPoll)?;
         let claimant = caller(&request);
         let answer = self
             .scheduler

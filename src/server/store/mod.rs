@@ -58,6 +58,14 @@ pub enum Error {
     Conflict(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error(
+        "the server's disk is full (SQLITE_FULL) in {operation}: nothing of this write was stored; free space in the data directory and retry"
+    )]
+    StorageFull {
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("database error in {operation}")]
     Database {
         operation: &'static str,

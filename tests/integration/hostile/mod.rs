@@ -9,10 +9,12 @@
 //! - `artifacts.rs`: release artifacts that try to escape or exhaust the runner
 //! - `inputs.rs`: malformed configs, undecodable inputs, bad identifiers, cycles, limits
 //! - `clients.rs`: missing or wrong API keys, runner objects that do not exist
+//! - `server_limits.rs`: message sizes, OTLP limits, open calls per connection, uploads cut short
 
 mod artifacts;
 mod clients;
 mod inputs;
+mod server_limits;
 
 use std::io::Write;
 use std::path::Path;

@@ -5,7 +5,12 @@
 //!
 //! Writes run on one dedicated thread that batches whatever is waiting into one transaction
 //! (group commit): each operation runs inside its own savepoint, so a failing one rolls back
-//! alone, and every caller gets its answer only after the shared `COMMIT` returned. Reads
+//! alone, and every caller gets its answer only after the shared `COMMIT` returned. The
+//! queue to the writer is bounded ([`WRITE_QUEUE`]): when it is full, callers wait for room
+//! (backpressure) instead of piling up memory. A full disk (`SQLITE_FULL`) is its own error
+//! ([`Error::StorageFull`]); when SQLite rolls the whole transaction back on it, the rest of
+//! the batch is not run and every operation of the batch is answered with the error, so
+//! none half-applies. Reads
 //! use a small pool of separate connections, which WAL lets run beside the writer.
 //!
 //! Layout:
@@ -25,11 +30,11 @@ mod releases;
 mod tasks;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -44,12 +49,24 @@ use crate::api::workflows_v1::JobState;
 pub const DATABASE_FILE: &str = "tilebox.sqlite3";
 /// At most this many operations share one transaction.
 const MAX_BATCH: usize = 512;
+/// At most this many operations wait for the writer; more callers wait to enqueue.
+const WRITE_QUEUE: usize = 2 * MAX_BATCH;
 
 const SCHEMA: &str = include_str!("schema.sql");
 
 /// Maps a rusqlite error to a store error naming the operation.
 pub(super) fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
-    move |source| Error::Database { operation, source }
+    move |source| {
+        if is_disk_full(&source) {
+            Error::StorageFull { operation, source }
+        } else {
+            Error::Database { operation, source }
+        }
+    }
+}
+
+fn is_disk_full(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 /// Runs a statement prepared once per connection: the writer runs the same few statements
@@ -73,7 +90,18 @@ pub(super) fn query_row<T>(
 }
 
 type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
-type WriteOperation = (Box<dyn FnOnce(&Connection) -> Finish + Send>, Durability);
+/// An operation for the writer: given the connection it runs and answers a finisher; given
+/// an error (the transaction could not begin, or was lost before its turn) it does not run.
+/// Besides its finisher it answers the SQLite error code its own failure carried, if any.
+type WriteOperation = (
+    Box<
+        dyn FnOnce(
+                std::result::Result<&Connection, &rusqlite::Error>,
+            ) -> (Finish, Option<rusqlite::ffi::Error>)
+            + Send,
+    >,
+    Durability,
+);
 
 /// Whether a write must be on disk before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +154,7 @@ impl SqliteStore {
                 path: path.clone(),
                 source,
             })?;
-        let (sender, receiver) = mpsc::channel::<WriteOperation>();
+        let (sender, receiver) = mpsc::channel::<WriteOperation>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".to_string())
             .spawn(move || run_writer(connection, receiver))
@@ -168,21 +196,40 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T>>();
-        let job = Box::new(move |connection: &Connection| -> Finish {
-            let result = in_savepoint(connection, operation);
-            Box::new(move |commit_error| {
-                let result = match commit_error {
-                    None => result,
-                    Some(error) => Err(Error::Corrupt(format!("commit failed: {error}"))),
+        let job = Box::new(
+            move |connection: std::result::Result<&Connection, &rusqlite::Error>| {
+                let result = match connection {
+                    Ok(connection) => in_savepoint(connection, operation),
+                    Err(error) => Err(batch_failed(error)),
                 };
-                let _ = answer.send(result);
-            })
-        });
-        {
-            let writer = self.inner.writer.lock().map_err(|_| Error::Closed)?;
-            let sender = writer.as_ref().ok_or(Error::Closed)?;
-            sender.send((job, durability)).map_err(|_| Error::Closed)?;
-        }
+                let code = match &result {
+                    Err(Error::StorageFull { source, .. } | Error::Database { source, .. }) => {
+                        source.sqlite_error().copied()
+                    }
+                    _ => None,
+                };
+                let finish: Finish = Box::new(move |batch_error| {
+                    let result = match batch_error {
+                        None => result,
+                        Some(error) => Err(batch_failed(error)),
+                    };
+                    let _ = answer.send(result);
+                });
+                (finish, code)
+            },
+        );
+        let sender = self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .clone()
+            .ok_or(Error::Closed)?;
+        // Waits while the queue is full: backpressure on every writer.
+        sender
+            .send((job, durability))
+            .await
+            .map_err(|_| Error::Closed)?;
         answered.await.map_err(|_| Error::Closed)?
     }
 
@@ -272,10 +319,26 @@ fn in_item_savepoint<T>(
     Ok(result)
 }
 
-fn run_writer(connection: Connection, receiver: mpsc::Receiver<WriteOperation>) {
+/// The error an operation is answered with when its batch failed as a whole.
+fn batch_failed(error: &rusqlite::Error) -> Error {
+    let copy = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error {
+            code: error
+                .sqlite_error_code()
+                .unwrap_or(rusqlite::ErrorCode::Unknown),
+            extended_code: error
+                .sqlite_error()
+                .map_or(rusqlite::ffi::SQLITE_ERROR, |error| error.extended_code),
+        },
+        Some(error.to_string()),
+    );
+    db("commit")(copy)
+}
+
+fn run_writer(connection: Connection, mut receiver: mpsc::Receiver<WriteOperation>) {
     // The connection opens with `synchronous = FULL`.
     let mut synced = true;
-    while let Ok(first) = receiver.recv() {
+    while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -300,16 +363,39 @@ fn run_writer(connection: Connection, receiver: mpsc::Receiver<WriteOperation>) 
         }
         if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(%error, "cannot begin a write transaction");
-            for operation in batch {
-                // Nothing was run; report the failure without running the operation.
-                drop(operation);
+            // Nothing runs; every operation is answered with the error.
+            for (operation, _) in batch {
+                operation(Err(&error)).0(None);
             }
             continue;
         }
-        let finishers: Vec<Finish> = batch
-            .into_iter()
-            .map(|(operation, _)| operation(&connection))
-            .collect();
+        let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
+        let mut lost: Option<rusqlite::Error> = None;
+        for (operation, _) in batch {
+            if let Some(error) = &lost {
+                finishers.push(operation(Err(error)).0);
+                continue;
+            }
+            let (finish, code) = operation(Ok(&connection));
+            finishers.push(finish);
+            if connection.is_autocommit() {
+                // SQLite rolled the whole transaction back (it may on a full disk or an I/O
+                // error): what ran so far is gone, and what follows must not run outside a
+                // transaction.
+                let error = rusqlite::Error::SqliteFailure(
+                    code.unwrap_or(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT)),
+                    Some("the write transaction was rolled back by SQLite".to_string()),
+                );
+                tracing::error!(%error, "the write transaction was lost; failing its batch");
+                lost = Some(error);
+            }
+        }
+        if let Some(error) = lost {
+            finishers
+                .into_iter()
+                .for_each(|finish| finish(Some(&error)));
+            continue;
+        }
         match connection.execute_batch("COMMIT") {
             Ok(()) => finishers.into_iter().for_each(|finish| finish(None)),
             Err(error) => {
@@ -810,6 +896,77 @@ mod tests {
             let store = SqliteStore::open(directory.path()).expect("open store");
             (store, directory)
         });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_write_queue_makes_callers_wait_and_loses_nothing() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(directory.path()).expect("open");
+        // Hold the writer inside one operation until released.
+        let (entered, writer_busy) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_| {
+                        entered.send(()).expect("the test waits");
+                        released.recv().expect("the test releases");
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || writer_busy.recv())
+            .await
+            .expect("join")
+            .expect("the writer runs the blocker");
+
+        let callers: Vec<_> = (0..2 * WRITE_QUEUE)
+            .map(|index| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .create_cluster(Cluster {
+                            slug: format!("queued-{index}"),
+                            name: format!("Queued {index}"),
+                            description: String::new(),
+                            deletable: true,
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let queue = store
+            .inner
+            .writer
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("open");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while queue.capacity() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The queue holds exactly its bound; every other caller waits to enqueue.
+        assert_eq!(queue.max_capacity(), WRITE_QUEUE);
+        assert!(callers.iter().all(|caller| !caller.is_finished()));
+        drop(queue);
+
+        release.send(()).expect("the blocker waits");
+        blocker.await.expect("join").expect("the blocker");
+        for caller in callers {
+            caller.await.expect("join").expect("a queued write");
+        }
+        assert_eq!(
+            store.list_clusters().await.expect("list").len(),
+            2 * WRITE_QUEUE + 1,
+            "every waiting caller's write is stored, besides the default cluster"
+        );
     }
 
     #[tokio::test]

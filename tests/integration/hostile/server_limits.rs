@@ -1,0 +1,523 @@
+//! Requests that try to take more than their share of the server: deployment snapshots
+//! larger than gRPC's default 4 MiB, OTLP exports that are unauthenticated, too large, too
+//! many records or one large resource repeated over many records, long polls and watches
+//! piled on one connection, watch streams dropped by their client, and uploads cut short.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use prost::Message;
+use tilebox::api::convert::id;
+use tilebox::api::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use tilebox::api::otlp::common::v1::{AnyValue, KeyValue, any_value};
+use tilebox::api::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use tilebox::api::otlp::resource::v1::Resource;
+use tilebox::api::selfhosted_v1::{UploadArtifactRequest, WatchDeploymentsRequest};
+use tilebox::api::workflows_v1::{
+    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest, Path as ReleasePath,
+    PublishWorkflowReleaseRequest, QueryJobLogsRequest, ReleaseContent, TaskIdentifier,
+};
+use tilebox::client::Client;
+use uuid::Uuid;
+
+use super::{HELLO, sha256_hex};
+use crate::common::{
+    RunnerProcess, TestServer, client, job_request, json_of, uuid_of_id, wait_for_job_state,
+    wait_until,
+};
+
+/// The trace id of [`job_request`]'s `trace_parent`.
+const TRACE_ID: [u8; 16] = [
+    0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c,
+];
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+/// Sends `head` (request line and headers, without the blank line) and `body` in one
+/// write, and answers the status code and body of the response. The server may answer
+/// before it read anything of the body: only `sent` bytes of it are sent.
+fn http_exchange(server: &TestServer, head: &str, body: &[u8]) -> (u16, String) {
+    let address = server.url().strip_prefix("http://").expect("http url");
+    let mut stream = TcpStream::connect(address).expect("connect");
+    // A deadline, not a pace: a server waiting for the rest of the body never answers.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut request =
+        format!("{head}\r\nHost: {address}\r\nConnection: close\r\n\r\n").into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).expect("send the request");
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => response.extend_from_slice(&buffer[..count]),
+            Err(error) if response.windows(4).any(|window| window == b"\r\n\r\n") => {
+                // The server closed without reading all we sent; what came back is complete
+                // enough for the status and the start of the body.
+                let _ = error;
+                break;
+            }
+            Err(error) => panic!(
+                "no answer from the server: {error}\n--- server stderr ---\n{}",
+                server.stderr_tail()
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn post_logs(server: &TestServer, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let authorization = token
+        .map(|token| format!("\r\nAuthorization: Bearer {token}"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}{authorization}",
+        body.len()
+    );
+    http_exchange(server, &head, body)
+}
+
+fn string_attribute(key: &str, value: String) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+    }
+}
+
+/// An export of `records` log records of the test job's trace under one resource with a
+/// `resource_bytes`-long attribute.
+fn export(records: usize, resource_bytes: usize) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![string_attribute("big", "r".repeat(resource_bytes))],
+                ..Resource::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    LogRecord {
+                        trace_id: TRACE_ID.to_vec(),
+                        ..LogRecord::default()
+                    };
+                    records
+                ],
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    }
+}
+
+/// A job whose trace the exports above belong to.
+async fn traced_job(client: &mut Client) -> Uuid {
+    let job = client
+        .jobs
+        .submit_job(job_request("Traced", "v1.0", 1, b"{}"))
+        .await
+        .expect("submit")
+        .into_inner();
+    uuid_of_id(job.id.as_ref())
+}
+
+async fn stored_logs(client: &mut Client, job: Uuid) -> usize {
+    client
+        .telemetry
+        .query_job_logs(QueryJobLogsRequest {
+            job_id: Some(id(job)),
+            ..QueryJobLogsRequest::default()
+        })
+        .await
+        .expect("query logs")
+        .into_inner()
+        .resource_logs
+        .len()
+}
+
+// ---- message size ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_snapshot_over_4_mib_still_reaches_the_runner() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let scratch = tempfile::tempdir().expect("scratch");
+    client
+        .workflows
+        .create_cluster(CreateClusterRequest {
+            name: "Big".into(),
+            slug: "big".into(),
+            ..CreateClusterRequest::default()
+        })
+        .await
+        .expect("create cluster");
+
+    // A release whose content lists 60,000 files: about 5 MiB in every snapshot of the
+    // cluster, above gRPC's default 4 MiB message limit.
+    let files: Vec<ReleasePath> = (0..60_000)
+        .map(|index| ReleasePath {
+            path: format!("data/{index:06}/{}", "f".repeat(64)),
+            ..ReleasePath::default()
+        })
+        .collect();
+    let content = ReleaseContent {
+        fingerprint: "large-listing".into(),
+        tasks: vec![TaskIdentifier {
+            name: "Listed".into(),
+            version: "v0.0".into(),
+        }],
+        files,
+        runner_object_path: "app:runner".into(),
+        ..ReleaseContent::default()
+    };
+    assert!(content.encoded_len() > 4 * 1024 * 1024);
+    client
+        .workflows
+        .create_workflow(CreateWorkflowRequest {
+            name: "listing".into(),
+            ..CreateWorkflowRequest::default()
+        })
+        .await
+        .expect("create workflow");
+    let bytes = b"not an archive, never loaded".to_vec();
+    let artifact = client
+        .artifacts
+        .upload_artifact(tokio_stream::iter(vec![UploadArtifactRequest {
+            digest: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            chunk: bytes,
+        }]))
+        .await
+        .expect("upload")
+        .into_inner();
+    let release = client
+        .workflows
+        .publish_workflow_release(PublishWorkflowReleaseRequest {
+            workflow_slug: "listing".into(),
+            artifact_id: artifact.id,
+            content: Some(content),
+        })
+        .await
+        .expect("publish a large release")
+        .into_inner();
+    client
+        .workflows
+        .deploy_workflow_release(DeployWorkflowReleaseRequest {
+            workflow_slug: "listing".into(),
+            release_id: release.id,
+            cluster_slugs: vec!["big".into()],
+        })
+        .await
+        .expect("deploy");
+
+    // A good release on the same cluster: the runner only runs it if the snapshot arrived.
+    let project = scratch.path().join("greeter");
+    fs_err::create_dir(&project).expect("project");
+    crate::common::write_project(&project, "greeter", HELLO);
+    json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
+    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
+        &project,
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            "big",
+        ],
+    ));
+    let runner = RunnerProcess::spawn(
+        crate::common::tilebox_command(&["runner", "start", "--cluster", "big", "--cache-dir"])
+            .arg(scratch.path().join("cache"))
+            .env("TILEBOX_API_URL", server.url()),
+        scratch.path().join("runner.log"),
+    );
+    let job = json_of(&server.tilebox(&[
+        "--json",
+        "job",
+        "submit",
+        "--name",
+        "hello",
+        "--task",
+        "Hello",
+        "--cluster",
+        "big",
+    ]));
+    let job = job["id"].as_str().expect("id").to_string();
+    wait_for_job_state(&server, &job, "completed", Duration::from_secs(90));
+    let log = runner.log();
+    assert!(
+        !log.contains("message length too large"),
+        "the runner refused the snapshot:\n{log}"
+    );
+}
+
+// ---- OTLP ------------------------------------------------------------------------------------
+
+#[test]
+fn an_unauthenticated_otlp_export_is_refused_before_its_body_is_read() {
+    let server = TestServer::start_with(&["--token", "secret"]);
+    // Announce 64 MiB, send 1 KiB: a server that read the body first would never answer.
+    let head = "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 67108864";
+    let (status, body) = http_exchange(&server, head, &[0u8; 1024]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    // With the token, the same announced size is refused for its size, also unread.
+    let head = format!("{head}\r\nAuthorization: Bearer secret");
+    let (status, body) = http_exchange(&server, &head, &[0u8; 1024]);
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("67108864 bytes") && body.contains("--max-otlp-body-bytes"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_body_over_the_limit_is_refused_and_nothing_is_stored() {
+    let server = TestServer::start_with(&["--max-otlp-body-bytes", "65536"]);
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    let body = export(20, 70_000).encode_to_vec();
+    let (status, message) = post_logs(&server, None, &body);
+    assert_eq!(status, 413, "{message}");
+    assert!(message.contains("at most 65536 bytes"), "{message}");
+    // A chunked body has no declared length: it is read up to the limit, then refused.
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (status, message) = http_exchange(
+        &server,
+        "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nTransfer-Encoding: chunked",
+        &chunked,
+    );
+    assert_eq!(status, 413, "{message}");
+    assert!(message.contains("more than 65536 bytes"), "{message}");
+    // Over gRPC the same limit applies to the message.
+    let refused = client
+        .logs
+        .export(export(20, 70_000))
+        .await
+        .expect_err("an export over the limit");
+    // tonic's own refusal (OUT_OF_RANGE), naming the size and the limit.
+    assert!(
+        refused.message().contains("the limit is: 65536 bytes"),
+        "{refused}"
+    );
+    assert_eq!(stored_logs(&mut client, job).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_export_over_the_record_limit_is_refused_whole() {
+    let server = TestServer::start_with(&["--max-otlp-records", "100"]);
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    let (status, message) = post_logs(&server, None, &export(101, 10).encode_to_vec());
+    assert_eq!(status, 413, "{message}");
+    assert!(
+        message.contains("101 log records") && message.contains("at most 100 per request"),
+        "{message}"
+    );
+    let refused = client
+        .logs
+        .export(export(101, 10))
+        .await
+        .expect_err("too many records");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-otlp-records"),
+        "{refused}"
+    );
+    assert_eq!(stored_logs(&mut client, job).await, 0, "nothing partial");
+
+    let (status, message) = post_logs(&server, None, &export(100, 10).encode_to_vec());
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(stored_logs(&mut client, job).await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_resource_over_many_empty_records_is_refused_not_copied() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    // Under 2 MiB on the wire; copied into each record it would be 1.5 MiB x 8,000 = 12 GB.
+    let body = export(8_000, 1536 * 1024).encode_to_vec();
+    assert!(body.len() < 2 * 1024 * 1024, "{} bytes", body.len());
+    let (status, message) = post_logs(&server, None, &body);
+    assert_eq!(status, 413, "{message}");
+    assert!(
+        message.contains("8000 log records") && message.contains("--max-otlp-stored-bytes"),
+        "{message}"
+    );
+    assert_eq!(stored_logs(&mut client, job).await, 0);
+    // The server is still here, and the database did not grow by the copies.
+    let database = server.data_dir().join("tilebox.sqlite3");
+    let stored: u64 = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| {
+            fs_err::metadata(format!("{}{suffix}", database.display()))
+                .ok()
+                .map(|metadata| metadata.len())
+        })
+        .sum();
+    assert!(stored < 64 * 1024 * 1024, "the store holds {stored} bytes");
+    // The same resource over a few records is fine.
+    let (status, message) = post_logs(&server, None, &export(3, 1536 * 1024).encode_to_vec());
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(stored_logs(&mut client, job).await, 3);
+}
+
+// ---- open calls per connection ---------------------------------------------------------------
+
+fn live_watches_logged(server: &TestServer, event: &str) -> Vec<usize> {
+    server
+        .stderr()
+        .lines()
+        .filter(|line| line.contains(event))
+        .filter_map(|line| {
+            let value = line.split("live_watches=").nth(1)?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_per_connection_are_limited_and_end_when_their_client_goes() {
+    let server = TestServer::start_with(&["--max-open-calls-per-connection", "20"]);
+    let client = client(&server).await;
+    let watch = |client: &Client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .deployments
+                .watch_deployments(WatchDeploymentsRequest::default())
+                .await
+        }
+    };
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = watch(&client).await.expect("watch").into_inner();
+        stream
+            .message()
+            .await
+            .expect("first snapshot")
+            .expect("a snapshot");
+        streams.push(stream);
+    }
+    let refused = watch(&client).await.expect_err("the 21st watch");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("20 concurrent deployment watches")
+            && refused.message().contains("at most 20 per connection"),
+        "{refused}"
+    );
+    assert!(
+        live_watches_logged(&server, "deployment watch opened").contains(&20),
+        "{}",
+        server.stderr_tail()
+    );
+
+    // Dropped by the client, with no deploy to wake them: every watch ends on the server.
+    drop(streams);
+    wait_until(
+        "every dropped watch to end on the server",
+        Duration::from_secs(30),
+        || {
+            let ended = live_watches_logged(&server, "deployment watch ended");
+            ended.len() == 20 && ended.last() == Some(&0)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", server.stderr_tail()));
+    // Their permits are back: the connection may watch again.
+    watch(&client)
+        .await
+        .expect("a watch after the others ended");
+}
+
+// ---- uploads ---------------------------------------------------------------------------------
+
+fn uploads_in(server: &TestServer) -> Vec<String> {
+    match fs_err::read_dir(server.data_dir().join("artifacts")) {
+        Ok(entries) => entries
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|name| name.starts_with(".upload-"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_upload_leaves_no_temporary_file_and_stale_ones_go_at_start() {
+    let mut server = TestServer::start();
+    let client = client(&server).await;
+    let (chunks, stream) = tokio::sync::mpsc::channel(4);
+    chunks
+        .send(UploadArtifactRequest {
+            digest: "ab".repeat(32),
+            size: 10 * 1024 * 1024,
+            chunk: vec![7u8; 64 * 1024],
+        })
+        .await
+        .expect("first chunk");
+    let upload = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            client
+                .artifacts
+                .upload_artifact(tokio_stream::wrappers::ReceiverStream::new(stream))
+                .await
+        }
+    });
+    wait_until(
+        "the upload's temporary file",
+        Duration::from_secs(30),
+        || uploads_in(&server).len() == 1,
+    )
+    .expect("an upload in progress");
+    // The client goes mid-stream: the call is cancelled, not ended.
+    upload.abort();
+    drop(chunks);
+    wait_until(
+        "the aborted upload's temporary file to go",
+        Duration::from_secs(30),
+        || uploads_in(&server).is_empty(),
+    )
+    .unwrap_or_else(|error| panic!("{error}: {:?}", uploads_in(&server)));
+
+    // One left by a server killed mid-upload goes at the next start; artifacts stay.
+    let artifacts = server.data_dir().join("artifacts");
+    fs_err::write(artifacts.join(".upload-left-by-a-crash"), b"partial").expect("plant");
+    let stored = "cd".repeat(32);
+    fs_err::write(artifacts.join(&stored), b"kept").expect("plant an artifact file");
+    server.restart();
+    assert!(uploads_in(&server).is_empty(), "{:?}", uploads_in(&server));
+    assert!(artifacts.join(&stored).exists());
+    assert!(
+        server
+            .stderr()
+            .contains("removed the temporary files of unfinished uploads"),
+        "{}",
+        server.stderr_tail()
+    );
+}
