@@ -32,7 +32,8 @@ pub const MAX_IDENTIFIERS_PER_CLAIM: usize = 1_000;
 /// Largest major or minor version number: versions are stored as SQLite integers (`i64`).
 pub const MAX_VERSION_NUMBER: u64 = i64::MAX as u64;
 
-/// Longest telemetry retention `tilebox server --telemetry-retention` accepts: 100 years.
-/// Beyond that the cutoff would leave the range of a millisecond timestamp.
+/// Longest telemetry retention `tilebox server --telemetry-retention` accepts: 100 years of
+/// 365.25 days (the year `humantime` parses). Far beyond it the cutoff would leave the range
+/// of a millisecond timestamp.
 pub const MAX_TELEMETRY_RETENTION: std::time::Duration =
-    std::time::Duration::from_secs(100 * 365 * 86_400);
+    std::time::Duration::from_secs(100 * 31_557_600);

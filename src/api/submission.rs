@@ -324,15 +324,15 @@ pub fn expand(
             limit: limits.max_tasks,
         });
     }
-    check_lookups(
-        &submissions.display_lookup,
-        &submissions.cluster_slug_lookup,
-    )?;
     let identifiers = submissions
         .identifier_lookup
         .iter()
         .map(parse_identifier)
         .collect::<Result<Vec<_>, _>>()?;
+    check_lookups(
+        &submissions.display_lookup,
+        &submissions.cluster_slug_lookup,
+    )?;
     // Validate the group graph first: references, self edges, cycles.
     for (group_index, group) in groups.iter().enumerate() {
         for &dependency in &group.dependencies_on_other_groups {

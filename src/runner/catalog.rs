@@ -100,7 +100,7 @@ fn valid_identifiers(release: &str, registered: &[(String, String)]) -> Vec<(Str
                 Ok(_) => true,
                 Err(error) => {
                     tracing::error!(
-                        release,
+                        release = %release,
                         name = ?name,
                         version = ?version,
                         reason = ?error.to_string(),

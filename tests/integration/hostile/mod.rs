@@ -9,10 +9,16 @@
 //! - `artifacts.rs`: release artifacts that try to escape or exhaust the runner
 //! - `inputs.rs`: malformed configs, undecodable inputs, bad identifiers, cycles, limits
 //! - `clients.rs`: missing or wrong API keys, runner objects that do not exist
+//! - `releases.rs`: releases registering identifiers the server refuses, refused claims
+//!   carrying results, version and retention arithmetic
+//! - `limits_submit.rs`: submission limits (names, trace parents, displays, cluster slugs,
+//!   tasks per submission)
 
 mod artifacts;
 mod clients;
 mod inputs;
+mod limits_submit;
+mod releases;
 
 use std::io::Write;
 use std::path::Path;
@@ -59,9 +65,13 @@ pub(super) fn tree(root: &Path) -> Vec<String> {
     found
 }
 
-/// A job of one task `name@version` with `input`, on the default cluster.
+/// A job `one-task` of one task `name@version` with `input`, on the default cluster (the
+/// job's name stays valid whatever the task's name).
 pub(super) fn one_task_job(name: &str, version: &str, input: &[u8]) -> SubmitJobRequest {
-    job_request(name, version, 1, input)
+    SubmitJobRequest {
+        job_name: "one-task".into(),
+        ..job_request(name, version, 1, input)
+    }
 }
 
 pub(super) async fn job_count(client: &mut Client) -> usize {
