@@ -12,8 +12,10 @@ use crate::common::{
 };
 use tilebox::api::selfhosted_v1::report_result::Outcome;
 use tilebox::api::selfhosted_v1::{WorkReport, WorkRequest, work_report};
+use tilebox::api::tilebox_v1::TimeInterval;
 use tilebox::api::workflows_v1::{
-    ComputedTask, CreateClusterRequest, NextTaskRequest, NextTaskToRun, TaskState,
+    ComputedTask, CreateClusterRequest, NextTaskRequest, NextTaskToRun, QueryFilters,
+    QueryJobsRequest, TaskState,
 };
 use tilebox::client::Client;
 
@@ -322,6 +324,46 @@ async fn a_refused_claim_never_drops_the_result_it_carries() {
         .expect("claim")
         .into_inner();
     assert!(idle.next_task.is_none(), "nothing was stored to claim");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_times_at_the_edges_of_a_timestamp_saturate_instead_of_failing() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    client
+        .jobs
+        .submit_job(job_request("Leaf", "v1.0", 1, b"{}"))
+        .await
+        .expect("submit");
+    let query = |start: i64, end: i64| QueryJobsRequest {
+        filters: Some(QueryFilters {
+            time_interval: Some(TimeInterval {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: start,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: end,
+                    nanos: 0,
+                }),
+                start_exclusive: true,
+                end_inclusive: true,
+            }),
+            ..QueryFilters::default()
+        }),
+        ..QueryJobsRequest::default()
+    };
+    for (start, end, expected) in [(i64::MIN, i64::MAX, 1), (i64::MAX, i64::MAX, 0)] {
+        let jobs = client
+            .jobs
+            .query_jobs(query(start, end))
+            .await
+            .expect("an answer, not a failed handler")
+            .into_inner()
+            .jobs;
+        assert_eq!(jobs.len(), expected, "from {start} to {end}");
+    }
     server.stop();
 }
 
