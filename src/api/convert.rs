@@ -52,9 +52,13 @@ pub fn timestamp_from_millis(millis: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Milliseconds since the Unix epoch of a protobuf timestamp.
+/// Milliseconds since the Unix epoch of a protobuf timestamp; saturating, as clients may
+/// send any seconds.
 pub fn millis_from_timestamp(timestamp: &prost_types::Timestamp) -> i64 {
-    timestamp.seconds * 1000 + i64::from(timestamp.nanos) / 1_000_000
+    timestamp
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(timestamp.nanos) / 1_000_000)
 }
 
 /// A protobuf duration from a std duration.
@@ -110,6 +114,14 @@ pub fn task_state_name(state: TaskState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_at_the_edges_saturate() {
+        let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        assert_eq!(millis_from_timestamp(&at(i64::MAX)), i64::MAX);
+        assert_eq!(millis_from_timestamp(&at(i64::MIN)), i64::MIN);
+        assert_eq!(millis_from_timestamp(&at(2)), 2000);
+    }
 
     #[test]
     fn timestamps_round_trip_through_millis() {

@@ -8,8 +8,10 @@
 //! - `mod.rs`: the generated packages (`tilebox::v1`, `workflows::v1`)
 //! - `convert.rs`: ids, timestamps, durations, state names
 //! - `submission.rs`: validating and flattening task submissions (the server's rules)
+//! - `limits.rs`: the limits one request may reach (lengths, counts, version range)
 
 pub mod convert;
+pub mod limits;
 pub mod submission;
 
 /// Metadata key a runner may send to name itself: late reports and lease extensions from a

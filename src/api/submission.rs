@@ -6,6 +6,10 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
+use super::limits::{
+    DEFAULT_MAX_TASKS_PER_SUBMISSION, MAX_CLUSTER_SLUG_BYTES, MAX_DISPLAY_CHARS,
+    MAX_JOB_NAME_BYTES, MAX_TRACE_PARENT_BYTES, MAX_VERSION_NUMBER,
+};
 use super::workflows_v1::{SingleTaskSubmission, TaskIdentifier, TaskSubmissions};
 
 /// A task identifier with its parsed version.
@@ -91,6 +95,12 @@ pub enum Error {
     Cycle { group: usize },
     #[error("display name {index} is empty")]
     EmptyDisplay { index: usize },
+    #[error("display name {index} is {chars} characters long; the limit is {MAX_DISPLAY_CHARS}")]
+    DisplayTooLong { index: usize, chars: usize },
+    #[error("cluster slug {index} is {bytes} bytes long; the limit is {MAX_CLUSTER_SLUG_BYTES}")]
+    ClusterSlugTooLong { index: usize, bytes: usize },
+    #[error("the submission holds {count} tasks; the limit is {limit}")]
+    TooManyTasks { count: usize, limit: usize },
     #[error(transparent)]
     Identifier(#[from] IdentifierError),
     #[error("the submission expands to more than {MAX_DEPENDENCY_EDGES} dependency edges")]
@@ -103,6 +113,84 @@ pub enum Error {
     LegacyCycle { task: usize },
     #[error("subtask cluster `{cluster}` does not exist")]
     UnknownCluster { cluster: String },
+}
+
+/// Why a job's name or trace parent was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("job_name must not be empty")]
+    EmptyName,
+    #[error("job_name is {0} bytes long; the limit is {MAX_JOB_NAME_BYTES}")]
+    NameTooLong(usize),
+    #[error("trace_parent is {0} bytes long; the limit is {MAX_TRACE_PARENT_BYTES}")]
+    TraceParentTooLong(usize),
+    #[error(
+        "trace_parent {value:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lowercase): {reason}"
+    )]
+    TraceParent { value: String, reason: &'static str },
+}
+
+/// Checks a job's name (1 to [`MAX_JOB_NAME_BYTES`]) and its trace parent: empty (none) or a
+/// W3C traceparent (<https://www.w3.org/TR/trace-context/#traceparent-header>).
+pub fn check_job(name: &str, trace_parent: &str) -> Result<(), JobError> {
+    if name.is_empty() {
+        return Err(JobError::EmptyName);
+    }
+    if name.len() > MAX_JOB_NAME_BYTES {
+        return Err(JobError::NameTooLong(name.len()));
+    }
+    if trace_parent.len() > MAX_TRACE_PARENT_BYTES {
+        return Err(JobError::TraceParentTooLong(trace_parent.len()));
+    }
+    if trace_parent.is_empty() {
+        return Ok(());
+    }
+    check_trace_parent(trace_parent).map_err(|reason| JobError::TraceParent {
+        value: trace_parent.to_string(),
+        reason,
+    })
+}
+
+/// The W3C rules: `version-traceid-parentid-flags`, lowercase hex fields of 2, 32, 16 and 2
+/// digits, neither id all zeros, version `ff` invalid; version `00` has exactly these four
+/// fields, a later version may append more after a `-`.
+fn check_trace_parent(value: &str) -> Result<(), &'static str> {
+    let hex = |field: &str, length: usize| {
+        field.len() == length
+            && field
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    };
+    if !value.is_ascii() {
+        return Err("it holds non-ASCII characters");
+    }
+    let (head, rest) = value.split_at(value.len().min(55));
+    let fields: Vec<&str> = head.split('-').collect();
+    let [version, trace_id, parent_id, flags] = fields[..] else {
+        return Err("it needs four fields separated by `-`");
+    };
+    if !hex(version, 2) || version == "ff" {
+        return Err("the version must be two lowercase hex digits other than ff");
+    }
+    if !hex(trace_id, 32) {
+        return Err("the trace id must be 32 lowercase hex digits");
+    }
+    if !hex(parent_id, 16) {
+        return Err("the parent id must be 16 lowercase hex digits");
+    }
+    if !hex(flags, 2) {
+        return Err("the flags must be two lowercase hex digits");
+    }
+    if trace_id.bytes().all(|byte| byte == b'0') {
+        return Err("the trace id must not be all zeros");
+    }
+    if parent_id.bytes().all(|byte| byte == b'0') {
+        return Err("the parent id must not be all zeros");
+    }
+    if !rest.is_empty() && (version == "00" || !rest.starts_with('-')) {
+        return Err("unexpected characters after the flags");
+    }
+    Ok(())
 }
 
 /// The display of a task whose submitted subtasks were refused: the SDK's failure display
@@ -123,6 +211,10 @@ pub enum IdentifierError {
         "task identifier `{name}` has version `{version}`; expected the form vMAJOR.MINOR, e.g. v1.0"
     )]
     Version { name: String, version: String },
+    #[error(
+        "task identifier `{name}` has version `{version}`; major and minor may be at most {MAX_VERSION_NUMBER}"
+    )]
+    VersionOutOfRange { name: String, version: String },
 }
 
 /// Parses and validates a task identifier.
@@ -140,17 +232,25 @@ pub fn parse_identifier(identifier: &TaskIdentifier) -> Result<Identifier, Ident
         .strip_prefix('v')
         .and_then(|rest| rest.split_once('.'))
         .ok_or_else(invalid)?;
-    let number = |text: &str| -> Option<u64> {
-        if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
-            return None;
-        }
-        text.parse().ok()
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return Err(invalid());
+    }
+    // Digits only, so a parse fails only by overflow; the store keeps versions as `i64`.
+    let number = |text: &str| {
+        text.parse::<u64>()
+            .ok()
+            .filter(|number| *number <= MAX_VERSION_NUMBER)
+            .ok_or_else(|| IdentifierError::VersionOutOfRange {
+                name: name.clone(),
+                version: identifier.version.clone(),
+            })
     };
     Ok(Identifier {
         name: name.clone(),
         version: identifier.version.clone(),
-        major: number(major).ok_or_else(invalid)?,
-        minor: number(minor).ok_or_else(invalid)?,
+        major: number(major)?,
+        minor: number(minor)?,
     })
 }
 
@@ -161,14 +261,45 @@ pub const DEFAULT_MAX_INPUT_BYTES: usize = 2048;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_input_bytes: usize,
+    /// Most tasks one submission may hold.
+    pub max_tasks: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
+            max_tasks: DEFAULT_MAX_TASKS_PER_SUBMISSION,
         }
     }
+}
+
+/// Checks the sizes of a submission's lookups before any of their strings is copied into a
+/// task: every display and cluster slug within its limit.
+fn check_lookups(displays: &[String], clusters: &[String]) -> Result<(), Error> {
+    if let Some(index) = displays.iter().position(String::is_empty) {
+        return Err(Error::EmptyDisplay { index });
+    }
+    for (index, display) in displays.iter().enumerate() {
+        // More bytes than the limit allows characters is the cheap test; count only then.
+        if display.len() > MAX_DISPLAY_CHARS {
+            let chars = display.chars().count();
+            if chars > MAX_DISPLAY_CHARS {
+                return Err(Error::DisplayTooLong { index, chars });
+            }
+        }
+    }
+    if let Some((index, slug)) = clusters
+        .iter()
+        .enumerate()
+        .find(|(_, slug)| slug.len() > MAX_CLUSTER_SLUG_BYTES)
+    {
+        return Err(Error::ClusterSlugTooLong {
+            index,
+            bytes: slug.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Expands grouped submissions into tasks; `""` clusters become `fallback_cluster`.
@@ -184,14 +315,24 @@ pub fn expand(
     if groups.len() > MAX_GROUPS {
         return Err(Error::TooManyGroups(groups.len()));
     }
+    let count = groups.iter().fold(0usize, |count, group| {
+        count.saturating_add(group.inputs.len())
+    });
+    if count > limits.max_tasks {
+        return Err(Error::TooManyTasks {
+            count,
+            limit: limits.max_tasks,
+        });
+    }
     let identifiers = submissions
         .identifier_lookup
         .iter()
         .map(parse_identifier)
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(index) = submissions.display_lookup.iter().position(String::is_empty) {
-        return Err(Error::EmptyDisplay { index });
-    }
+    check_lookups(
+        &submissions.display_lookup,
+        &submissions.cluster_slug_lookup,
+    )?;
     // Validate the group graph first: references, self edges, cycles.
     for (group_index, group) in groups.iter().enumerate() {
         for &dependency in &group.dependencies_on_other_groups {
@@ -221,7 +362,7 @@ pub fn expand(
     }
 
     let mut ranges = Vec::with_capacity(groups.len());
-    let mut tasks = Vec::new();
+    let mut tasks = Vec::with_capacity(count);
     for (group_index, group) in groups.iter().enumerate() {
         let count = group.inputs.len();
         if count == 0 {
@@ -355,6 +496,25 @@ pub fn expand_legacy(
     if submissions.len() > MAX_LEGACY_TASKS {
         return Err(Error::TooManyLegacyTasks(submissions.len()));
     }
+    if submissions.len() > limits.max_tasks {
+        return Err(Error::TooManyTasks {
+            count: submissions.len(),
+            limit: limits.max_tasks,
+        });
+    }
+    for (index, submission) in submissions.iter().enumerate() {
+        // An empty display becomes the identifier's name, which has its own limit.
+        let chars = submission.display.chars().count();
+        if chars > MAX_DISPLAY_CHARS {
+            return Err(Error::DisplayTooLong { index, chars });
+        }
+        if submission.cluster_slug.len() > MAX_CLUSTER_SLUG_BYTES {
+            return Err(Error::ClusterSlugTooLong {
+                index,
+                bytes: submission.cluster_slug.len(),
+            });
+        }
+    }
     let mut tasks = Vec::with_capacity(submissions.len());
     let mut graph = Vec::with_capacity(submissions.len());
     for (index, submission) in submissions.iter().enumerate() {
@@ -460,6 +620,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_input_bytes: 2048,
+        max_tasks: 10,
     };
 
     fn identifier(name: &str, version: &str) -> TaskIdentifier {
@@ -507,6 +668,118 @@ mod tests {
         }
         let parsed = parse_identifier(&identifier("T", "v01.002")).unwrap();
         assert_eq!((parsed.major, parsed.minor), (1, 2));
+    }
+
+    #[test]
+    fn versions_beyond_the_stored_range_are_refused() {
+        let parsed =
+            parse_identifier(&identifier("T", "v9223372036854775807.9223372036854775807")).unwrap();
+        assert_eq!(parsed.major, i64::MAX as u64);
+        for bad in [
+            "v1.9223372036854775808",
+            "v9223372036854775808.0",
+            "v99999999999999999999.0",
+        ] {
+            let error = parse_identifier(&identifier("T", bad)).unwrap_err();
+            assert!(
+                matches!(error, IdentifierError::VersionOutOfRange { .. }),
+                "{bad}: {error}"
+            );
+            assert!(error.to_string().contains("at most 9223372036854775807"));
+        }
+    }
+
+    #[test]
+    fn trace_parents_are_empty_or_w3c() {
+        let name = "job";
+        for good in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+        ] {
+            assert_eq!(check_job(name, good), Ok(()), "{good}");
+        }
+        for (bad, reason) in [
+            ("x", "four fields"),
+            (
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+                "trace id",
+            ),
+            (
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+                "all zeros",
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+                "all zeros",
+            ),
+            (
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "version",
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                "after the flags",
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c8031é-b7ad6b7169203331-01",
+                "non-ASCII",
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-011",
+                "parent id",
+            ),
+        ] {
+            let error = check_job(name, bad).unwrap_err();
+            assert!(error.to_string().contains(reason), "{bad}: {error}");
+        }
+        assert_eq!(
+            check_job(name, &"0".repeat(257)),
+            Err(JobError::TraceParentTooLong(257))
+        );
+        assert_eq!(check_job("", ""), Err(JobError::EmptyName));
+        assert_eq!(
+            check_job(&"n".repeat(257), ""),
+            Err(JobError::NameTooLong(257))
+        );
+    }
+
+    #[test]
+    fn long_displays_long_cluster_slugs_and_too_many_tasks_are_refused_before_expansion() {
+        let mut long = submissions(vec![group(&["1"], &[])]);
+        long.display_lookup = vec!["é".repeat(1024)];
+        assert!(expand(&long, "c", LIMITS).is_ok(), "1,024 characters fit");
+        long.display_lookup = vec!["é".repeat(1025)];
+        assert_eq!(
+            expand(&long, "c", LIMITS).unwrap_err(),
+            Error::DisplayTooLong {
+                index: 0,
+                chars: 1025
+            }
+        );
+        let mut slug = submissions(vec![group(&["1"; 10], &[])]);
+        slug.cluster_slug_lookup = vec!["c".repeat(10 << 20)];
+        let error = expand(&slug, "c", LIMITS).unwrap_err();
+        assert_eq!(
+            error,
+            Error::ClusterSlugTooLong {
+                index: 0,
+                bytes: 10 << 20
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "cluster slug 0 is 10485760 bytes long; the limit is 100"
+        );
+        let many = submissions(vec![group(&["1"; 6], &[]), group(&["1"; 5], &[])]);
+        assert_eq!(
+            expand(&many, "c", LIMITS).unwrap_err(),
+            Error::TooManyTasks {
+                count: 11,
+                limit: 10
+            }
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::UserError;
+use crate::api::limits;
 use crate::server::{self, Server, scheduler};
 
 #[derive(Debug, Args)]
@@ -34,10 +36,14 @@ pub struct ServerArgs {
     /// Largest task input accepted, in bytes.
     #[arg(long, default_value_t = 2048)]
     max_input_bytes: usize,
+    /// Most tasks one submission may hold: a job, or the subtasks one task execution submits.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_TASKS_PER_SUBMISSION)]
+    max_tasks_per_submission: usize,
     /// Largest release artifact accepted, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_artifact_bytes: u64,
-    /// How long logs and spans are kept: a number with a unit, e.g. 7d, 12h, 30m, 45s.
+    /// How long logs and spans are kept: a number with a unit, e.g. 7d, 12h, 30m, 45s (at
+    /// most 100 years).
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     telemetry_retention: Duration,
     // ---- limits (README lists them) ----
@@ -68,6 +74,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
+    check_retention(arguments.telemetry_retention)?;
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={}", arguments.log_level))
         .with_context(|| format!("invalid --log-level `{}`", arguments.log_level))?;
     super::init_tracing(filter);
@@ -91,6 +98,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
             max_lease: Duration::from_secs(arguments.max_lease_seconds),
             long_poll: Duration::from_millis(arguments.long_poll_ms),
             max_input_bytes: arguments.max_input_bytes,
+            max_tasks_per_submission: arguments.max_tasks_per_submission,
             ..scheduler::Options::default()
         },
         limits: server::Limits {
@@ -149,6 +157,22 @@ async fn shutdown_signal() {
 
 /// Parses a duration such as `7d`, `12h`, `1h 30m`, `45s` or `500ms` (humantime's units);
 /// a bare number is seconds.
+/// A retention beyond [`limits::MAX_TELEMETRY_RETENTION`] is refused rather than letting its
+/// cutoff leave the range of a timestamp (it once wrapped negative and deleted everything).
+fn check_retention(retention: Duration) -> Result<(), UserError> {
+    if retention > limits::MAX_TELEMETRY_RETENTION {
+        return Err(UserError::with_hint(
+            format!(
+                "--telemetry-retention of {} is too long; the limit is {}",
+                humantime::format_duration(retention),
+                humantime::format_duration(limits::MAX_TELEMETRY_RETENTION)
+            ),
+            "give a retention of at most 100 years, e.g. 7d or 365d",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));

@@ -442,7 +442,17 @@ async fn build(arguments: &BuildArgs) -> anyhow::Result<Built> {
             };
             UserError::caused_by(error, Some(hint)).into()
         }
-        release::build::Error::Archive { .. } => anyhow::Error::new(error),
+        release::build::Error::InvalidIdentifier { .. } => UserError::caused_by(
+            error,
+            Some(
+                "return a version of the form vMAJOR.MINOR (numbers up to 9223372036854775807) \
+                 and a name of 1 to 256 bytes from the task class's identifier()",
+            ),
+        )
+        .into(),
+        release::build::Error::Archive { .. } | release::build::Error::Rename { .. } => {
+            anyhow::Error::new(error)
+        }
     })
 }
 

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::archive::{self, ArchiveInfo};
 use super::config::{Config, Entry};
 use super::select;
+use crate::api::submission::{IdentifierError, parse_identifier};
 use crate::api::workflows_v1::{Path as ReleasePath, ReleaseContent, TaskIdentifier};
 
 /// The boxed error of a validation step.
@@ -39,6 +40,23 @@ pub enum Error {
         slug: String,
         #[source]
         source: ValidationError,
+    },
+    #[error(
+        "release {slug} registers a task class with the invalid identifier ({name:?}, {version:?}); \
+         the server would refuse it"
+    )]
+    InvalidIdentifier {
+        slug: String,
+        name: String,
+        version: String,
+        #[source]
+        source: Box<IdentifierError>,
+    },
+    #[error("cannot move the archive into place at {}", path.display())]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -85,25 +103,37 @@ pub fn archive_path(config: &Config) -> PathBuf {
     config.root.join(format!("{}.tar.zst", config.slug))
 }
 
+/// Where `build` writes the archive before it is validated: `<root>/<slug>.tar.zst.partial`
+/// (never selected into an archive).
+pub fn partial_archive_path(config: &Config) -> PathBuf {
+    config.root.join(format!("{}.tar.zst.partial", config.slug))
+}
+
 /// Selects the files of `config`'s project, writes the archive to [`archive_path`], validates
-/// it (a runner object is loaded by `validate`; a custom command is not validated) and
-/// fingerprints the release. Blocking: call it off the async runtime.
+/// it (a runner object is loaded by `validate`, and every identifier it registers must pass
+/// the server's rules; a custom command is not validated) and fingerprints the release. The
+/// archive is written to [`partial_archive_path`] and moved into place only once it is valid:
+/// a refused release leaves no archive behind. Blocking: call it off the async runtime.
 pub fn build(config: Config, validate: impl Validate) -> Result<Built, Error> {
-    let archive = write(&config, &archive_path(&config))?;
-    let validation = match &config.entry {
-        Entry::Runner(runner) => {
-            validate
-                .validate(&archive, runner)
-                .map_err(|source| Error::Validation {
-                    slug: config.slug.clone(),
-                    source,
-                })?
+    let partial = partial_archive_path(&config);
+    let result = write(&config, &partial).and_then(|archive| {
+        let validation = validate_archive(&config, &archive, validate)?;
+        Ok((archive, validation))
+    });
+    let (mut archive, validation) = match result {
+        Ok(built) => built,
+        Err(error) => {
+            // Best effort: the archive may not have been created at all.
+            let _ = fs_err::remove_file(&partial);
+            return Err(error);
         }
-        Entry::Command(_) => Validation {
-            tasks: Vec::new(),
-            isolation: "custom command (not validated)".to_string(),
-        },
     };
+    let path = archive_path(&config);
+    if let Err(source) = fs_err::rename(&partial, &path) {
+        let _ = fs_err::remove_file(&partial);
+        return Err(Error::Rename { path, source });
+    }
+    archive.path = path;
     let fingerprint = release_fingerprint(&archive.fingerprint, &config.entry, &validation.tasks);
     Ok(Built {
         config,
@@ -112,6 +142,40 @@ pub fn build(config: Config, validate: impl Validate) -> Result<Built, Error> {
         fingerprint,
         isolation: validation.isolation,
     })
+}
+
+/// Loads the archive's runner object (unless the entry is a custom command) and checks that
+/// every identifier it registers is one the server accepts.
+fn validate_archive(
+    config: &Config,
+    archive: &ArchiveInfo,
+    validate: impl Validate,
+) -> Result<Validation, Error> {
+    let Entry::Runner(runner) = &config.entry else {
+        return Ok(Validation {
+            tasks: Vec::new(),
+            isolation: "custom command (not validated)".to_string(),
+        });
+    };
+    let validation = validate
+        .validate(archive, runner)
+        .map_err(|source| Error::Validation {
+            slug: config.slug.clone(),
+            source,
+        })?;
+    for (name, version) in &validation.tasks {
+        let identifier = TaskIdentifier {
+            name: name.clone(),
+            version: version.clone(),
+        };
+        parse_identifier(&identifier).map_err(|source| Error::InvalidIdentifier {
+            slug: config.slug.clone(),
+            name: name.clone(),
+            version: version.clone(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(validation)
 }
 
 /// Selects the project's files and writes their archive to `out`.

@@ -5,7 +5,7 @@
 //! within one path component and `**` crosses them; a glob that matches a directory matches
 //! everything under it (`exclude = ["build"]` drops the whole tree). Hidden files are selected
 //! like any other file when a glob matches them. Always left out: the artifact
-//! `<slug>.tar.zst` at the root, and anything inside a `.git` or `.venv` directory.
+//! `<slug>.tar.zst` at the root (and its `.partial` file while it is written), and anything inside a `.git` or `.venv` directory.
 //!
 //! Git's rules, when the root is inside a git repository (a `.git` in the root or a parent):
 //! every `.gitignore` from the repository's top down to each file. Outside a repository: the
@@ -92,6 +92,8 @@ pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
     let include = glob_set(&config.include)?;
     let exclude = glob_set(&config.exclude)?;
     let artifact = format!("{}.tar.zst", config.slug);
+    // What an interrupted build may have left behind (see `build::partial_archive_path`).
+    let partial = format!("{artifact}.partial");
 
     let mut walker = ignore::WalkBuilder::new(&root);
     walker
@@ -139,7 +141,11 @@ pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
             });
         };
         let file_type = entry.file_type().expect("only stdin has no file type");
-        if file_type.is_dir() || path == artifact || !matches_here_or_above(&include, &path) {
+        if file_type.is_dir()
+            || path == artifact
+            || path == partial
+            || !matches_here_or_above(&include, &path)
+        {
             continue;
         }
         if file_type.is_symlink() {

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
+use crate::api::submission::parse_identifier;
+use crate::api::workflows_v1::TaskIdentifier;
 use crate::python::{self, Batch, Isolation, LoadedRelease, Placement, Release, TaskOutcome};
 
 /// A release loaded into `slots` interpreters.
@@ -30,7 +32,7 @@ impl LoadedSet {
         let first = python::load(release.clone(), Placement::Auto).await?;
         let isolation = first.isolation();
         let fallback_reason = first.fallback_reason.clone();
-        let identifiers = first.identifiers().to_vec();
+        let identifiers = valid_identifiers(&release.label, first.identifiers());
         let placement = match isolation {
             Isolation::SubInterpreter => Placement::SubInterpreter,
             Isolation::ChildProcess => Placement::ChildProcess,
@@ -81,6 +83,37 @@ impl LoadedSet {
     }
 }
 
+/// The identifiers of `registered` the server accepts (`api::submission::parse_identifier`).
+/// Each other one is skipped with a log line naming the release, the identifier and why: one
+/// bad task class must not get the runner's claims refused, for this release or any other.
+/// A release built with `build-release` has none (the build refuses them); this guards
+/// artifacts made or uploaded some other way.
+fn valid_identifiers(release: &str, registered: &[(String, String)]) -> Vec<(String, String)> {
+    registered
+        .iter()
+        .filter(|(name, version)| {
+            let identifier = TaskIdentifier {
+                name: name.clone(),
+                version: version.clone(),
+            };
+            match parse_identifier(&identifier) {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::error!(
+                        release = %release,
+                        name = ?name,
+                        version = ?version,
+                        reason = ?error.to_string(),
+                        "skipping a task class with an invalid identifier; the release's other task classes keep running"
+                    );
+                    false
+                }
+            }
+        })
+        .cloned()
+        .collect()
+}
+
 /// The loaded releases and the identifiers the runner advertises; replaced as a whole when
 /// deployments change.
 #[derive(Default, Clone)]
@@ -120,5 +153,26 @@ impl Catalog {
             return None;
         }
         Some(first.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_identifiers_are_skipped_and_valid_ones_kept_in_order() {
+        let pair = |name: &str, version: &str| (name.to_string(), version.to_string());
+        let registered = [
+            pair("B", "v1.0"),
+            pair("X", "v1.0\n"),
+            pair("A", "v0.0"),
+            pair("Y", "v1.9223372036854775808"),
+            pair("", "v1.0"),
+        ];
+        assert_eq!(
+            valid_identifiers("release", &registered),
+            vec![pair("B", "v1.0"), pair("A", "v0.0")]
+        );
     }
 }

@@ -198,6 +198,12 @@ impl Dispatcher {
                     let waited = outcome.waited;
                     let elapsed = outcome.elapsed;
                     match self.settle(outcome, &mut pending, &mut refusals) {
+                        Some(answer) if !answer.claim_error.is_empty() => {
+                            // The claim was refused (the results were delivered all the
+                            // same): ask again after a pause, as the catalog may change.
+                            self.assign(answer.tasks, &mut outstanding);
+                            idle_until = Some(Instant::now() + Duration::from_secs(1));
+                        }
                         Some(answer) => {
                             let claimed = answer.tasks.len();
                             prefetch_exhausted = only_queued && claimed == 0;
@@ -308,6 +314,13 @@ impl Dispatcher {
                             tracing::error!(%task, "the server refused a result: {}", result.message)
                         }
                     }
+                }
+                if !answer.claim_error.is_empty() {
+                    tracing::error!(
+                        delivered = outcome.reports.len(),
+                        "the server refused to hand out tasks: {}",
+                        answer.claim_error
+                    );
                 }
                 Some(answer)
             }

@@ -281,7 +281,9 @@ async fn run_retention(
         std::time::Duration::from_secs(3600),
     );
     loop {
-        let cutoff = crate::api::convert::now_millis() - retention.as_millis() as i64;
+        // Saturating: a retention past the timestamp range deletes nothing.
+        let retention_millis = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = crate::api::convert::now_millis().saturating_sub(retention_millis);
         match store.delete_telemetry_before(cutoff).await {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "deleted logs and spans past their retention"),

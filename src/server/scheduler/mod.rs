@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::api::convert::now_millis;
+use crate::api::limits::{self, MAX_IDENTIFIERS_PER_CLAIM};
 use crate::api::submission::{self, Limits};
 use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
 use crate::server::store::{
@@ -50,6 +51,8 @@ pub struct Options {
     pub idle: Duration,
     /// Largest task input accepted, in bytes.
     pub max_input_bytes: usize,
+    /// Most tasks one submission (a job, or one execution's subtasks) may hold.
+    pub max_tasks_per_submission: usize,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             long_poll: Duration::from_secs(1),
             idle: Duration::from_millis(300),
             max_input_bytes: submission::DEFAULT_MAX_INPUT_BYTES,
+            max_tasks_per_submission: limits::DEFAULT_MAX_TASKS_PER_SUBMISSION,
         }
     }
 }
@@ -106,6 +110,7 @@ impl Scheduler {
     fn limits(&self) -> Limits {
         Limits {
             max_input_bytes: self.options.max_input_bytes,
+            max_tasks: self.options.max_tasks_per_submission,
         }
     }
 
@@ -125,9 +130,8 @@ impl Scheduler {
 
     /// Validates and stores a job.
     pub async fn submit_job(&self, request: SubmitJobRequest) -> Result<Job> {
-        if request.job_name.is_empty() {
-            return Err(Error::InvalidRequest("job_name must not be empty".into()));
-        }
+        submission::check_job(&request.job_name, &request.trace_parent)
+            .map_err(|error| Error::InvalidRequest(error.to_string()))?;
         let tasks = match &request.tasks {
             Some(submissions) if !submissions.task_groups.is_empty() => {
                 submission::expand(submissions, DEFAULT_CLUSTER_SLUG, self.limits())?
@@ -153,11 +157,16 @@ impl Scheduler {
     }
 
     /// Applies the computed report (if any) and, if asked, hands out the next task,
-    /// waiting up to the long-poll duration for one.
+    /// waiting up to the long-poll duration for one. A refused claim never drops the report:
+    /// the report is applied first, then the claim's error is answered.
     pub async fn next_task(&self, request: NextTaskRequest, claimant: String) -> Result<NextTask> {
         let report = match request.computed_task {
             Some(computed) => Some(self.computed_report(computed, &claimant).await?),
             None => None,
+        };
+        let claim = match request.next_task_to_run {
+            None => Ok(None),
+            Some(next) => self.next_task_claim(&next, &claimant).await.map(Some),
         };
         // A failure report (invalid subtasks) is applied on its own; a computed one rides
         // in the same transaction as the claim.
@@ -169,24 +178,13 @@ impl Scheduler {
             Some(Report::Computed(computed)) => Some(computed),
             None => None,
         };
-        let claim = match request.next_task_to_run {
-            None => None,
-            Some(next) => {
-                let cluster = Self::cluster_slug(&next.cluster_slug);
-                // An unknown cluster is the runner's misconfiguration: say so.
-                self.store.get_cluster(&cluster).await?;
-                let identifiers = next
-                    .identifiers
-                    .iter()
-                    .map(submission::parse_identifier)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(submission::Error::from)?;
-                Some(ClaimRequest {
-                    cluster,
-                    identifiers,
-                    claimant: claimant.clone(),
-                    lease: self.options.lease,
-                })
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(error) => {
+                if let Some(computed) = computed {
+                    self.apply_report(Report::Computed(computed)).await?;
+                }
+                return Err(error);
             }
         };
         let Some(claim) = claim else {
@@ -215,6 +213,25 @@ impl Scheduler {
                 _ = tokio::time::sleep_until(deadline) => return Ok(NextTask::Idle(self.options.idle)),
             }
         }
+    }
+
+    /// The claim a `NextTask` call asks for: its cluster must exist and its identifiers be
+    /// valid, at most [`MAX_IDENTIFIERS_PER_CLAIM`] of them.
+    async fn next_task_claim(
+        &self,
+        next: &crate::api::workflows_v1::NextTaskToRun,
+        claimant: &str,
+    ) -> Result<ClaimRequest> {
+        let identifiers = claim_identifiers("next_task_to_run.identifiers", &next.identifiers)?;
+        let cluster = Self::cluster_slug(&next.cluster_slug);
+        // An unknown cluster is the runner's misconfiguration: say so.
+        self.store.get_cluster(&cluster).await?;
+        Ok(ClaimRequest {
+            cluster,
+            identifiers,
+            claimant: claimant.to_string(),
+            lease: self.options.lease,
+        })
     }
 
     /// Turns a `ComputedTask` into a report; subtasks that fail validation turn it into a
@@ -416,6 +433,25 @@ fn progress_of(updates: &[crate::api::workflows_v1::Progress]) -> Vec<Progress> 
             done: update.done,
         })
         .collect()
+}
+
+/// The identifiers a claim advertises, parsed: at most [`MAX_IDENTIFIERS_PER_CLAIM`], each
+/// valid; `field` names them in the error.
+fn claim_identifiers(
+    field: &str,
+    identifiers: &[crate::api::workflows_v1::TaskIdentifier],
+) -> Result<Vec<store::Identifier>> {
+    if identifiers.len() > MAX_IDENTIFIERS_PER_CLAIM {
+        return Err(Error::InvalidRequest(format!(
+            "`{field}` holds {} identifiers; the limit is {MAX_IDENTIFIERS_PER_CLAIM}",
+            identifiers.len()
+        )));
+    }
+    identifiers
+        .iter()
+        .map(submission::parse_identifier)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| Error::Submission(error.into()))
 }
 
 #[cfg(test)]

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Error, Result, Scheduler, recommended_wait, required_id};
+use super::{Error, Result, Scheduler, claim_identifiers, recommended_wait, required_id};
 use crate::api::selfhosted_v1::WorkRequest;
 use crate::api::selfhosted_v1::work_report;
-use crate::api::submission;
 use crate::api::workflows_v1::{TaskFailedRequest, TaskState};
 use crate::server::store::{self, ClaimRequest, ClaimedTask, FailedReport, Report, ReportOutcome};
 
@@ -18,8 +17,6 @@ use crate::server::store::{self, ClaimRequest, ClaimedTask, FailedReport, Report
 pub const MAX_REPORTS_PER_CALL: usize = 10_000;
 /// Most tasks one call claims, whatever capacity it asks for.
 pub const MAX_CLAIM_PER_CALL: usize = 1_000;
-/// Most identifiers one claim may advertise.
-pub const MAX_IDENTIFIERS_PER_CLAIM: usize = 1_000;
 
 /// What became of one report of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +41,15 @@ pub struct WorkAnswer {
     pub tasks: Vec<ClaimedTask>,
     /// Set when nothing was claimed: how long to wait before asking again.
     pub idle: Option<Duration>,
+    /// Why the claim part was refused (the reports were applied all the same).
+    pub claim_error: Option<String>,
 }
 
 impl Scheduler {
     /// Applies the reports of `request`, each on its own, and claims up to its capacity
-    /// (waiting up to the long poll for work when it asks to and finds none).
+    /// (waiting up to the long poll for work when it asks to and finds none). A refused claim
+    /// (invalid identifiers, an unknown cluster) claims nothing and is answered in
+    /// `claim_error`; the reports are applied all the same, so no result is lost to it.
     pub async fn work(&self, request: WorkRequest, claimant: String) -> Result<WorkAnswer> {
         if request.reports.len() > MAX_REPORTS_PER_CALL {
             return Err(Error::InvalidRequest(format!(
@@ -56,7 +57,16 @@ impl Scheduler {
                 request.reports.len()
             )));
         }
-        let claims = self.work_claims(&request, &claimant).await?;
+        let (claims, claim_error) = match self.work_claims(&request, &claimant).await {
+            Ok(claims) => (claims, None),
+            Err(error @ (Error::Submission(_) | Error::InvalidRequest(_))) => {
+                (Vec::new(), Some(error.to_string()))
+            }
+            Err(Error::Store(error @ store::Error::ClusterNotFound { .. })) => {
+                (Vec::new(), Some(error.to_string()))
+            }
+            Err(error) => return Err(error),
+        };
 
         // Turn each report into a store report, or a refusal in its place.
         let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(request.reports.len());
@@ -99,7 +109,7 @@ impl Scheduler {
             self.announce_work();
         }
 
-        let mut idle = None;
+        let mut idle = claim_error.as_ref().map(|_| self.options.idle);
         if tasks.is_empty() && !claims.is_empty() {
             if request.wait {
                 tasks = self.wait_for_work(&claims).await?;
@@ -115,6 +125,7 @@ impl Scheduler {
                 .collect(),
             tasks,
             idle,
+            claim_error,
         })
     }
 
@@ -161,27 +172,12 @@ impl Scheduler {
         if capacity == 0 && prefetch == 0 {
             return Ok(Vec::new());
         }
-        for (field, identifiers) in [
-            ("identifiers", &request.identifiers),
-            ("prefetch_identifiers", &request.prefetch_identifiers),
-        ] {
-            if identifiers.len() > MAX_IDENTIFIERS_PER_CLAIM {
-                return Err(Error::InvalidRequest(format!(
-                    "`{field}` may hold at most {MAX_IDENTIFIERS_PER_CLAIM} identifiers, got {}",
-                    identifiers.len()
-                )));
-            }
-        }
+        let identifiers = claim_identifiers("identifiers", &request.identifiers)?;
+        let prefetch_identifiers =
+            claim_identifiers("prefetch_identifiers", &request.prefetch_identifiers)?;
         let cluster = Self::cluster_slug(&request.cluster_slug);
         // An unknown cluster is the runner's misconfiguration: say so.
         self.store.get_cluster(&cluster).await?;
-        let parse = |identifiers: &[crate::api::workflows_v1::TaskIdentifier]| {
-            identifiers
-                .iter()
-                .map(submission::parse_identifier)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(submission::Error::from)
-        };
         let claim = |identifiers| ClaimRequest {
             cluster: cluster.clone(),
             identifiers,
@@ -190,10 +186,10 @@ impl Scheduler {
         };
         let mut claims = Vec::new();
         if capacity > 0 {
-            claims.push((claim(parse(&request.identifiers)?), capacity));
+            claims.push((claim(identifiers), capacity));
         }
-        if prefetch > 0 && !request.prefetch_identifiers.is_empty() {
-            claims.push((claim(parse(&request.prefetch_identifiers)?), prefetch));
+        if prefetch > 0 && !prefetch_identifiers.is_empty() {
+            claims.push((claim(prefetch_identifiers), prefetch));
         }
         Ok(claims)
     }

@@ -159,12 +159,11 @@ impl JobService for Jobs {
             filter.clusters = filters.cluster_slugs;
             if let Some(interval) = filters.time_interval {
                 filter.submitted_from = interval.start_time.as_ref().map(|start| {
-                    millis_from_timestamp(start) + i64::from(interval.start_exclusive)
+                    millis_from_timestamp(start).saturating_add(i64::from(interval.start_exclusive))
                 });
-                filter.submitted_to = interval
-                    .end_time
-                    .as_ref()
-                    .map(|end| millis_from_timestamp(end) + i64::from(interval.end_inclusive));
+                filter.submitted_to = interval.end_time.as_ref().map(|end| {
+                    millis_from_timestamp(end).saturating_add(i64::from(interval.end_inclusive))
+                });
             }
         }
         let jobs = self

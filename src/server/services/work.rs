@@ -65,6 +65,7 @@ impl WorkService for Work {
                 .map(|task| messages::claimed_task(task, wait))
                 .collect(),
             suggested_idling: answer.idle.map(duration),
+            claim_error: answer.claim_error.unwrap_or_default(),
         }))
     }
 

@@ -22,7 +22,7 @@ struct Hostile {
     reason: String,
 }
 
-async fn upload(client: &mut Client, bytes: &[u8]) -> tilebox::api::tilebox_v1::Id {
+pub(super) async fn upload(client: &mut Client, bytes: &[u8]) -> tilebox::api::tilebox_v1::Id {
     let digest = sha256_hex(bytes);
     let mut messages = Vec::new();
     for (index, chunk) in bytes.chunks(1 << 20).enumerate() {
@@ -47,7 +47,11 @@ async fn upload(client: &mut Client, bytes: &[u8]) -> tilebox::api::tilebox_v1::
 }
 
 /// Creates workflow `slug` and publishes `bytes` as its release; answers the release id.
-async fn publish(client: &mut Client, slug: &str, bytes: &[u8]) -> tilebox::api::tilebox_v1::Id {
+pub(super) async fn publish(
+    client: &mut Client,
+    slug: &str,
+    bytes: &[u8],
+) -> tilebox::api::tilebox_v1::Id {
     let workflow = client
         .workflows
         .create_workflow(CreateWorkflowRequest {
@@ -81,7 +85,7 @@ async fn publish(client: &mut Client, slug: &str, bytes: &[u8]) -> tilebox::api:
         .expect("release id")
 }
 
-async fn deploy(
+pub(super) async fn deploy(
     client: &mut Client,
     slug: &str,
     release: tilebox::api::tilebox_v1::Id,

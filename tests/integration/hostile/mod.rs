@@ -10,10 +10,16 @@
 //! - `inputs.rs`: malformed configs, undecodable inputs, bad identifiers, cycles, limits
 //! - `clients.rs`: missing or wrong API keys, runner objects that do not exist
 //! - `server_limits.rs`: message sizes, OTLP limits, open calls per connection, uploads cut short
+//! - `releases.rs`: releases registering identifiers the server refuses, refused claims
+//!   carrying results, version and retention arithmetic
+//! - `limits_submit.rs`: submission limits (names, trace parents, displays, cluster slugs,
+//!   tasks per submission)
 
 mod artifacts;
 mod clients;
 mod inputs;
+mod limits_submit;
+mod releases;
 mod server_limits;
 
 use std::io::Write;
@@ -61,9 +67,13 @@ pub(super) fn tree(root: &Path) -> Vec<String> {
     found
 }
 
-/// A job of one task `name@version` with `input`, on the default cluster.
+/// A job `one-task` of one task `name@version` with `input`, on the default cluster (the
+/// job's name stays valid whatever the task's name).
 pub(super) fn one_task_job(name: &str, version: &str, input: &[u8]) -> SubmitJobRequest {
-    job_request(name, version, 1, input)
+    SubmitJobRequest {
+        job_name: "one-task".into(),
+        ..job_request(name, version, 1, input)
+    }
 }
 
 pub(super) async fn job_count(client: &mut Client) -> usize {
