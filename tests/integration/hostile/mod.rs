@@ -9,10 +9,12 @@
 //! - `artifacts.rs`: release artifacts that try to escape or exhaust the runner
 //! - `inputs.rs`: malformed configs, undecodable inputs, bad identifiers, cycles, limits
 //! - `clients.rs`: missing or wrong API keys, runner objects that do not exist
+//! - `loops.rs`: tasks that try to run forever (exceptions, invalid outcomes, runner failures)
 
 mod artifacts;
 mod clients;
 mod inputs;
+mod loops;
 
 use std::io::Write;
 use std::path::Path;
