@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::common::{TestServer, ask, client, json_of, stderr_of, uuid_of_id, wait_for_job_state};
-use tilebox::api::workflows_v1::{NextTaskRequest, TaskFailedRequest, TaskState};
+use tilebox::api::workflows_v1::{ComputedTask, NextTaskRequest, TaskFailedRequest, TaskState};
 
 /// A release whose `Hostile` task misbehaves as its input says, after appending that input
 /// to `executions` (one line per execution), and whose `Fine` task computes.
@@ -277,4 +277,89 @@ async fn a_one_slot_runner_serves_other_jobs_while_a_hostile_task_fails_its_way_
     assert_eq!(task["retry_count"], 2, "{task}");
     // Bounded by its retries: once, then twice more.
     assert_eq!(executions_of(&executions, "exit"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_displays_over_1024_characters_fail_the_task_or_are_cut() {
+    let server = TestServer::start_with(&["--long-poll-ms", "100"]);
+    let mut client = client(&server).await;
+    let mut submit_one = async |name: &str| {
+        let job = client
+            .jobs
+            .submit_job(one_task_job(name, "v1.0", b""))
+            .await
+            .expect("submit")
+            .into_inner();
+        uuid_of_id(job.id.as_ref())
+    };
+    let computed_job = submit_one("Long").await;
+    let failed_job = submit_one("LongFailure").await;
+    let mut claim = async |client: &mut tilebox::client::Client, name: &str| {
+        client
+            .tasks
+            .next_task(NextTaskRequest {
+                computed_task: None,
+                next_task_to_run: ask(name, "v1.0"),
+            })
+            .await
+            .expect("next task")
+            .into_inner()
+            .next_task
+            .expect("a task")
+    };
+
+    // A computed report with a display of 1,025 characters fails the task, saying why.
+    let task = claim(&mut client, "Long").await;
+    client
+        .tasks
+        .next_task(NextTaskRequest {
+            computed_task: Some(ComputedTask {
+                id: task.id.clone(),
+                display: format!("Long\n{}", "x".repeat(1020)),
+                ..ComputedTask::default()
+            }),
+            next_task_to_run: None,
+        })
+        .await
+        .expect("the report is answered");
+    let document = wait_for_job_state(
+        &server,
+        &computed_job.to_string(),
+        "failed",
+        Duration::from_secs(5),
+    );
+    let display = document["tasks"][0]["display"].as_str().expect("display");
+    assert_eq!(display.chars().count(), 1024, "{display}");
+    assert!(display.starts_with("Long\nxxx"), "{display}");
+    assert!(
+        display.ends_with(
+            "\nInvalidDisplay('the reported display is 1025 characters; the limit is 1024')"
+        ),
+        "{display}"
+    );
+
+    // A failure report's display is cut to the limit, as the SDK cuts its own.
+    let task = claim(&mut client, "LongFailure").await;
+    client
+        .tasks
+        .task_failed(TaskFailedRequest {
+            task_id: task.id.clone(),
+            display: format!("LongFailure\nValueError('{}')", "y".repeat(5000)),
+            was_workflow_error: true,
+            ..TaskFailedRequest::default()
+        })
+        .await
+        .expect("task failed");
+    let document = wait_for_job_state(
+        &server,
+        &failed_job.to_string(),
+        "failed",
+        Duration::from_secs(5),
+    );
+    let display = document["tasks"][0]["display"].as_str().expect("display");
+    assert_eq!(display.chars().count(), 1024, "{display}");
+    assert!(
+        display.starts_with("LongFailure\nValueError('yyy"),
+        "{display}"
+    );
 }
