@@ -294,7 +294,7 @@ async fn reported_displays_over_1024_characters_fail_the_task_or_are_cut() {
     };
     let computed_job = submit_one("Long").await;
     let failed_job = submit_one("LongFailure").await;
-    let mut claim = async |client: &mut tilebox::client::Client, name: &str| {
+    let claim = async |client: &mut tilebox::client::Client, name: &str| {
         client
             .tasks
             .next_task(NextTaskRequest {
