@@ -151,10 +151,69 @@ class Versioned(Task):
         pass
 
 
+class Custom(BaseException):
+    pass
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise KeyboardInterrupt("from __str__")
+
+    def __repr__(self):
+        raise SystemExit("from __repr__")
+
+
+class Hostile(Task):
+    # Misbehaves as `how` says.
+    how: str
+
+    def execute(self, context: ExecutionContext) -> None:
+        context.progress("kept").add(2)
+        match self.how:
+            case "exit":
+                raise SystemExit(3)
+            case "interrupt":
+                raise KeyboardInterrupt
+            case "custom":
+                raise Custom("mine")
+            case "unprintable":
+                raise Unprintable
+            case "surrogate":
+                raise ValueError("bad \\ud800 text")
+            case "negative":
+                context.progress("p").add(-1)
+            case "fraction":
+                context.progress("p").done(1.5)
+            case "text":
+                context.progress("p").add("x")
+            case "overflow":
+                context.progress("p").add(2**64 - 1)
+                context.progress("p").add(1)
+            case "label":
+                context.progress(7)
+            case "poked":
+                tracker = context.progress("p")
+                tracker._total = -5
+            case "display-int":
+                context.current_task.display = 42
+            case "display-surrogate":
+                context.current_task.display = "ab\\ud800"
+            case "display-long":
+                context.current_task.display = "x" * 1025
+            case "display-limit":
+                context.current_task.display = "x" * 1024
+            case "retries-huge":
+                context.submit_subtask(Leaf(1), max_retries=2**64)
+            case "retries-negative":
+                context.submit_subtask(Leaf(1), max_retries=-1)
+            case "retries-text":
+                context.submit_subtask(Leaf(1), max_retries="2")
+
+
 runner = Runner(
     tasks=[
         Root, Leaf, Reduce, SeesItsOwnLogs, Failing, BadSubtask,
-        AsyncTask, LoopInside, UsesLogging, Bound, Slow, Versioned,
+        AsyncTask, LoopInside, UsesLogging, Bound, Slow, Hostile, Versioned,
     ],
     cache=InMemoryCache(),
 )
@@ -221,7 +280,7 @@ def _logs(calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
 def load_accepts_the_dotted_form_too(release: ModuleType) -> None:
     identifiers = _host.load(f"{release.__name__}.runner")
     assert identifiers[-1] == ("Versioned", "v1.5")
-    assert len(identifiers) == 12
+    assert len(identifiers) == 13
 
 
 def load_refuses_objects_that_are_not_runners(release: ModuleType) -> None:
@@ -397,6 +456,80 @@ def subtask_serialisation_errors_fail_the_parent(release: ModuleType, sink: list
     outcome = _host.execute("BadSubtask", "v0.0", b"", _task("BadSubtask"))
     assert outcome["workflow_error"] is True
     assert outcome["display"] == "BadSubtask\nTypeError('Objects of type builtins.object are not supported at $')"
+
+
+@pytest.mark.parametrize(
+    ("how", "kind", "reason"),
+    [
+        ("exit", "SystemExit", "SystemExit(3)"),
+        ("interrupt", "KeyboardInterrupt", "KeyboardInterrupt()"),
+        ("custom", "Custom", "Custom('mine')"),
+        ("unprintable", "Unprintable", "Unprintable(<repr() failed>)"),
+        ("surrogate", "ValueError", "ValueError('bad \\ud800 text')"),
+        ("negative", "InvalidProgressError", "InvalidProgressError(\"progress 'p': amount -1 is negative\")"),
+        (
+            "fraction",
+            "InvalidProgressError",
+            "InvalidProgressError(\"progress 'p': the amount must be an int, got float\")",
+        ),
+        ("text", "InvalidProgressError", "InvalidProgressError(\"progress 'p': the amount must be an int, got str\")"),
+        (
+            "overflow",
+            "InvalidProgressError",
+            "InvalidProgressError(\"progress 'p': the total would be 18446744073709551616, above 2**64 - 1\")",
+        ),
+        ("label", "InvalidProgressError", "InvalidProgressError('a progress label must be a str, got int')"),
+        (
+            "poked",
+            "InvalidProgressError",
+            "InvalidProgressError(\"progress 'p': the total is not an int from 0 to 2**64 - 1\")",
+        ),
+        ("display-int", "InvalidDisplayError", 'InvalidDisplayError("the task\'s display must be a str, got int")'),
+        (
+            "display-surrogate",
+            "InvalidDisplayError",
+            'InvalidDisplayError("the task\'s display is not valid UTF-8 (lone surrogate at 2)")',
+        ),
+        (
+            "display-long",
+            "InvalidDisplayError",
+            'InvalidDisplayError("the task\'s display is 1025 characters; the limit is 1024")',
+        ),
+        (
+            "retries-huge",
+            "ValueError",
+            "ValueError('max_retries must be from 0 to 2**63 - 1, got 18446744073709551616')",
+        ),
+        ("retries-negative", "ValueError", "ValueError('max_retries must be from 0 to 2**63 - 1, got -1')"),
+        ("retries-text", "TypeError", "TypeError('max_retries must be an int, got str')"),
+    ],
+)
+def whatever_a_task_raises_or_leaves_invalid_is_its_workflow_error(
+    release: ModuleType, sink: list[Any], how: str, kind: str, reason: str
+) -> None:
+    outcome = _host.execute("Hostile", "v0.0", json.dumps(how).encode(), _task("Hostile"))
+
+    assert outcome["computed"] is False
+    assert outcome["workflow_error"] is True
+    assert outcome["display"] == f"Hostile\n{reason}"
+    assert outcome["error"]["type"] == kind
+    # Every string of the outcome encodes as UTF-8, so the host can read it.
+    json.dumps(outcome, ensure_ascii=False).encode()
+    # The valid progress is kept (refused amounts are not applied); a tracker poked into an
+    # invalid state drops it all.
+    assert outcome["progress"][:1] == ([] if how == "poked" else [("kept", 2, 0)])
+
+
+def a_display_of_exactly_the_limit_is_accepted(release: ModuleType, sink: list[Any]) -> None:
+    outcome = _host.execute("Hostile", "v0.0", b'"display-limit"', _task("Hostile"))
+    assert outcome["computed"] is True
+    assert outcome["display"] == "x" * 1024
+
+
+def a_handed_display_over_the_limit_passes_unchanged(release: ModuleType, sink: list[Any]) -> None:
+    outcome = _host.execute("Leaf", "v0.0", b"1", _task("y" * 2000))
+    assert outcome["computed"] is True
+    assert outcome["display"] == "y" * 2000
 
 
 def unknown_identifiers_are_not_workflow_errors(release: ModuleType, sink: list[Any]) -> None:

@@ -4,19 +4,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
+use super::limits::MAX_DISPLAY_CHARS;
 use super::tilebox_v1::Id;
 use super::workflows_v1::{JobState, TaskState};
 
-/// An id on the wire from a UUID.
-/// Longest task display, in characters (what the SDK keeps).
-pub const MAX_FAILURE_DISPLAY_CHARS: usize = 1024;
-
 /// A failed task's display as the SDK writes it: `"<display>\n<reason>"`, cut to
-/// [`MAX_FAILURE_DISPLAY_CHARS`] characters.
+/// [`MAX_DISPLAY_CHARS`] characters.
 pub fn failure_display(display: &str, reason: &str) -> String {
     format!("{display}\n{reason}")
         .chars()
-        .take(MAX_FAILURE_DISPLAY_CHARS)
+        .take(MAX_DISPLAY_CHARS)
         .collect()
 }
 

@@ -174,26 +174,45 @@ impl Entry {
         })
     }
 
-    /// Executes one task in the attached interpreter. A failure of the runtime itself (not
-    /// of the task, which the runtime reports as a failed outcome), including a
-    /// `BaseException` such as `SystemExit` escaping the task, becomes a non-workflow failure.
+    /// Executes one task in the attached interpreter. Whatever the task does ends as an
+    /// outcome: the runtime reports the task's exceptions (`BaseException`s too) and invalid
+    /// displays or progress as workflow errors, and should the runtime itself raise, or
+    /// answer something that cannot be read (e.g. a lone surrogate in a string), that is a
+    /// workflow error as well, with a display saying what was wrong: the task caused it, so
+    /// it counts against its retries instead of running again forever.
     pub fn execute(&self, py: Python<'_>, request: &TaskRequest) -> TaskOutcome {
-        let result = (|| -> PyResult<TaskOutcome> {
-            let task = self.request_dict(py, request)?;
-            let input = PyBytes::new(py, &request.input);
-            let result = self
-                .execute
-                .call1(py, (&request.name, &request.version, input, task))?;
-            self.outcome_of(result.bind(py))
-        })();
-        result.unwrap_or_else(|error| {
+        let task = match self.request_dict(py, request) {
+            Ok(task) => task,
+            Err(error) => {
+                let error = python_error(py, &error);
+                return TaskOutcome::Failed {
+                    display: failure_display(
+                        &request.display,
+                        &format!("RuntimeError({:?})", error.to_string()),
+                    ),
+                    workflow_error: false,
+                    progress: Vec::new(),
+                    error: Some(error),
+                };
+            }
+        };
+        let input = PyBytes::new(py, &request.input);
+        let outcome = self
+            .execute
+            .call1(py, (&request.name, &request.version, input, task))
+            .map_err(|error| ("the runtime failed running the task", error))
+            .and_then(|result| {
+                self.outcome_of(result.bind(py))
+                    .map_err(|error| ("the task's outcome cannot be read", error))
+            });
+        outcome.unwrap_or_else(|(what, error)| {
             let error = python_error(py, &error);
             TaskOutcome::Failed {
                 display: failure_display(
                     &request.display,
-                    &format!("RuntimeError({:?})", error.to_string()),
+                    &format!("InvalidOutcome({:?})", format!("{what}: {error}")),
                 ),
-                workflow_error: false,
+                workflow_error: true,
                 progress: Vec::new(),
                 error: Some(error),
             }
@@ -233,7 +252,12 @@ impl Entry {
                 .get_item(key.bind(py))?
                 .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(key.bind(py).to_string()))
         };
-        let display: String = item(&keys.display)?.extract()?;
+        let display: String = item(&keys.display)?.extract().map_err(|error| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "the task's display is not valid UTF-8 text: {}",
+                python_error(py, &error)
+            ))
+        })?;
         let progress = progress_of(&item(&keys.progress)?)?;
         if item(&keys.computed)?.extract::<bool>()? {
             return Ok(TaskOutcome::Computed {
@@ -261,15 +285,41 @@ impl Entry {
     }
 }
 
+/// The progress entries `(label, total, done)`; an entry the server cannot store is an
+/// error saying which and why.
 fn progress_of(value: &Bound<'_, PyAny>) -> PyResult<Vec<Progress>> {
     if value.cast::<PyList>().is_ok_and(|list| list.is_empty()) {
         return Ok(Vec::new());
     }
-    let entries: Vec<(Option<String>, u64, u64)> = value.extract()?;
-    Ok(entries
-        .into_iter()
-        .map(|(label, total, done)| Progress { label, total, done })
-        .collect())
+    let invalid = |message: String| pyo3::exceptions::PyValueError::new_err(message);
+    let mut progress = Vec::new();
+    for entry in value.try_iter()? {
+        let (label, total, done): (Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            entry?.extract()?;
+        let label: Option<String> = label.extract().map_err(|error| {
+            invalid(format!(
+                "a progress label is not valid UTF-8 text or None: {}",
+                python_error(value.py(), &error)
+            ))
+        })?;
+        let name = match &label {
+            Some(label) => format!("progress {label:?}"),
+            None => "progress (no label)".to_string(),
+        };
+        let amount = |what: &str, amount: Bound<'_, PyAny>| {
+            amount.extract::<u64>().map_err(|_| {
+                invalid(format!(
+                    "{name}: the {what} is not an integer from 0 to 2**64 - 1"
+                ))
+            })
+        };
+        progress.push(Progress {
+            total: amount("total", total)?,
+            done: amount("done amount", done)?,
+            label,
+        });
+    }
+    Ok(progress)
 }
 
 fn submissions_of(value: &Bound<'_, PyAny>) -> PyResult<Option<Submissions>> {

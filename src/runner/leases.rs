@@ -20,6 +20,14 @@ const TICK: Duration = Duration::from_millis(200);
 const MIN_WAIT: Duration = Duration::from_millis(500);
 /// The wait before retrying after a failed extension call.
 const RETRY_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait before extending a lease, whatever the server suggests (an absurd
+/// suggestion must not overflow the clock).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// When to extend a lease `wait` from now: at most [`MAX_WAIT`] away.
+fn extend_at(wait: Duration) -> Instant {
+    Instant::now() + wait.min(MAX_WAIT)
+}
 
 #[derive(Debug)]
 struct Lease {
@@ -122,7 +130,7 @@ impl LeaseManager {
                     task,
                     Lease {
                         lease,
-                        extend_at: Instant::now() + wait,
+                        extend_at: extend_at(wait),
                         display,
                     },
                 );
@@ -148,7 +156,7 @@ impl LeaseManager {
             .leases
             .iter()
             .filter(|(_, lease)| lease.extend_at <= now)
-            .map(|(task, lease)| (*task, lease.lease * 2))
+            .map(|(task, lease)| (*task, lease.lease.saturating_mul(2)))
             .collect();
         if due.is_empty() {
             return;
@@ -178,7 +186,7 @@ impl LeaseManager {
                         .unwrap_or(length / 3)
                         .max(MIN_WAIT);
                     lease.lease = length;
-                    lease.extend_at = Instant::now() + wait;
+                    lease.extend_at = extend_at(wait);
                 }
             }
             Err(status) => {
@@ -191,5 +199,18 @@ impl LeaseManager {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absurd_wait_from_the_server_is_capped_instead_of_overflowing_the_clock() {
+        let far = Duration::from_secs(i64::MAX as u64);
+        let at = extend_at(far);
+        assert!(at <= Instant::now() + MAX_WAIT);
+        assert!(at > Instant::now() + MAX_WAIT / 2);
     }
 }

@@ -2,8 +2,15 @@
 //! to the release that registered its identifier (consecutive queued tasks of one release go
 //! to its interpreter in one handoff), and hands each result back as a report. `-n N` slots
 //! run at most N tasks at once.
+//!
+//! Each handoff runs on its own tokio task, supervised: should it panic, every task of it
+//! not yet reported is reported as failed by the runner (not the task's own failure: it is
+//! re-queued, and the server caps how often), so no lease is held for a task nobody runs,
+//! and the slot carries on with the next tasks.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -82,6 +89,15 @@ pub struct Slot {
     pub catalog: watch::Receiver<Arc<Catalog>>,
 }
 
+/// What executes a slot's handoffs and reports their tasks; shared with the tokio task each
+/// handoff runs on.
+struct Executor {
+    index: usize,
+    runner_id: String,
+    shared: Arc<Shared>,
+    finished: mpsc::UnboundedSender<Finished>,
+}
+
 /// A task ready to run: what its report and span need once it ran.
 struct Prepared {
     task_id: Uuid,
@@ -97,30 +113,44 @@ struct Prepared {
 impl Slot {
     /// Runs the tasks handed to it until the dispatcher hangs up: whatever is queued at once,
     /// consecutive tasks of one release in one handoff to its interpreter.
-    pub async fn run(mut self) {
-        while let Some(first) = self.tasks.recv().await {
-            let mut tasks = vec![first];
-            while tasks.len() < MAX_HANDOFF {
-                match self.tasks.try_recv() {
-                    Ok(task) => tasks.push(task),
+    pub async fn run(self) {
+        let Slot {
+            index,
+            runner_id,
+            shared,
+            mut tasks,
+            finished,
+            catalog,
+        } = self;
+        let executor = Arc::new(Executor {
+            index,
+            runner_id,
+            shared,
+            finished,
+        });
+        while let Some(first) = tasks.recv().await {
+            let mut handed = vec![first];
+            while handed.len() < MAX_HANDOFF {
+                match tasks.try_recv() {
+                    Ok(task) => handed.push(task),
                     Err(_) => break,
                 }
             }
             // Route with the newest catalog: a release superseded since the claim must not
             // run the task (it is handed back and claimed again).
-            let catalog = self.catalog.borrow().clone();
-            let mut tasks = tasks.into_iter().peekable();
-            while let Some(task) = tasks.next() {
+            let catalog = catalog.borrow().clone();
+            let mut handed = handed.into_iter().peekable();
+            while let Some(task) = handed.next() {
                 let identifier = task.identifier.clone().unwrap_or_default();
                 let Some(release) = catalog.route(&identifier.name, &identifier.version) else {
                     let report = unroutable(&task);
-                    if !self.send(&task, report, Duration::ZERO) {
+                    if !executor.send(&task, report, Duration::ZERO) {
                         return;
                     }
                     continue;
                 };
                 let mut group = vec![task];
-                while let Some(next) = tasks.next_if(|next| {
+                while let Some(next) = handed.next_if(|next| {
                     let identifier = next.identifier.clone().unwrap_or_default();
                     catalog
                         .route(&identifier.name, &identifier.version)
@@ -128,13 +158,73 @@ impl Slot {
                 }) {
                     group.push(next);
                 }
-                if !self.execute(&release, group).await {
+                let heads: Vec<Task> = group.iter().map(head).collect();
+                let sent = Arc::new(AtomicUsize::new(0));
+                let work = executor.clone().execute(release, group, sent.clone());
+                let alive = supervise(heads, sent, work, |task, report| {
+                    executor.send(task, report, Duration::ZERO)
+                })
+                .await;
+                if !alive {
                     return;
                 }
             }
         }
     }
+}
 
+/// What a report of a task needs (its id, identifier and display), without its input.
+fn head(task: &Task) -> Task {
+    Task {
+        id: task.id.clone(),
+        identifier: task.identifier.clone(),
+        display: task.display.clone(),
+        ..Task::default()
+    }
+}
+
+/// Runs `work` (a handoff of `heads`, which counts in `sent` the reports it handed on) on
+/// its own tokio task. If it panics, each task it had not reported yet is reported failed
+/// through `send`, as the runner's failure (not the task's own), naming the panic. Answers
+/// false once the dispatcher hung up.
+async fn supervise(
+    heads: Vec<Task>,
+    sent: Arc<AtomicUsize>,
+    work: impl Future<Output = bool> + Send + 'static,
+    send: impl Fn(&Task, WorkReport) -> bool,
+) -> bool {
+    let panic = match tokio::spawn(work).await {
+        Ok(alive) => return alive,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string()),
+            Err(error) => error.to_string(),
+        },
+    };
+    let unreported = &heads[sent.load(Ordering::SeqCst).min(heads.len())..];
+    tracing::error!(
+        tasks = unreported.len(),
+        panic = %panic,
+        "a slot failed running its tasks; reporting them failed and carrying on"
+    );
+    unreported.iter().all(|task| {
+        let display = task.display.clone().unwrap_or_default();
+        send(
+            task,
+            failed(TaskFailedRequest {
+                task_id: task.id.clone(),
+                display: python::failure_display(&display, &format!("SlotFailed({panic:?})")),
+                was_workflow_error: false,
+                progress_updates: Vec::new(),
+            }),
+        )
+    })
+}
+
+impl Executor {
     /// Hands a finished task's report to the dispatcher; false once it hung up.
     fn send(&self, task: &Task, report: WorkReport, elapsed: Duration) -> bool {
         let identifier = task.identifier.clone().unwrap_or_default();
@@ -149,9 +239,14 @@ impl Slot {
             .is_ok()
     }
 
-    /// Executes `group` (tasks of `release`) in one handoff and reports each; false once the
-    /// dispatcher hung up.
-    async fn execute(&self, release: &LoadedSet, group: Vec<Task>) -> bool {
+    /// Executes `group` (tasks of `release`) in one handoff and reports each, counting the
+    /// reports in `sent`; false once the dispatcher hung up.
+    async fn execute(
+        self: Arc<Self>,
+        release: Arc<LoadedSet>,
+        group: Vec<Task>,
+        sent: Arc<AtomicUsize>,
+    ) -> bool {
         let started = Instant::now();
         let (prepared, batch): (Vec<Prepared>, Batch) =
             group.iter().map(|task| self.prepare(task)).unzip();
@@ -163,6 +258,7 @@ impl Slot {
             if !self.send(task, report, elapsed) {
                 return false;
             }
+            sent.fetch_add(1, Ordering::SeqCst);
         }
         true
     }
@@ -361,5 +457,101 @@ fn computed(computed: ComputedTask) -> WorkReport {
 fn failed(failed: TaskFailedRequest) -> WorkReport {
     WorkReport {
         report: Some(work_report::Report::Failed(failed)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn task(name: &str) -> Task {
+        Task {
+            id: Some(id(Uuid::now_v7())),
+            identifier: Some(TaskIdentifier {
+                name: name.into(),
+                version: "v1.0".into(),
+            }),
+            display: Some(name.into()),
+            input: Some(b"big input".to_vec()),
+            ..Task::default()
+        }
+    }
+
+    /// The reports `supervise` handed on: (task display, report).
+    fn reports_of(reports: &Mutex<Vec<(String, WorkReport)>>) -> Vec<(String, TaskFailedRequest)> {
+        reports
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(display, report)| match &report.report {
+                Some(work_report::Report::Failed(failed)) => (display.clone(), failed.clone()),
+                other => panic!("expected a failure report, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_handoff_that_panics_reports_its_unreported_tasks_failed_by_the_runner() {
+        let group = [task("First"), task("Second"), task("Third")];
+        let heads: Vec<Task> = group.iter().map(head).collect();
+        assert!(heads.iter().all(|head| head.input.is_none()));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let work = {
+            let sent = sent.clone();
+            async move {
+                // The first task was reported, then the slot broke.
+                sent.fetch_add(1, Ordering::SeqCst);
+                if sent.load(Ordering::SeqCst) > 0 {
+                    panic!("the slot breaks");
+                }
+                true
+            }
+        };
+        let reports = Mutex::new(Vec::new());
+        let alive = supervise(heads, sent, work, |task, report| {
+            reports
+                .lock()
+                .unwrap()
+                .push((task.display.clone().unwrap_or_default(), report));
+            true
+        })
+        .await;
+
+        assert!(alive, "the slot carries on");
+        let reports = reports_of(&reports);
+        assert_eq!(
+            reports
+                .iter()
+                .map(|(display, _)| display.as_str())
+                .collect::<Vec<_>>(),
+            ["Second", "Third"]
+        );
+        for ((display, failed), original) in reports.iter().zip(&group[1..]) {
+            assert_eq!(failed.task_id, original.id);
+            assert!(!failed.was_workflow_error, "not the task's own failure");
+            assert_eq!(
+                failed.display,
+                format!("{display}\nSlotFailed(\"the slot breaks\")")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handoff_that_ends_is_not_reported_again() {
+        let reports = Mutex::new(Vec::new());
+        let send = |task: &Task, report| {
+            reports
+                .lock()
+                .unwrap()
+                .push((task.display.clone().unwrap_or_default(), report));
+            true
+        };
+        let heads = vec![head(&task("Only"))];
+        let sent = Arc::new(AtomicUsize::new(1));
+        assert!(supervise(heads.clone(), sent.clone(), async { true }, send).await);
+        assert!(!supervise(heads, sent, async { false }, send).await);
+        assert!(reports.lock().unwrap().is_empty());
     }
 }

@@ -387,6 +387,38 @@ mod tests {
     }
 
     #[test]
+    fn malformed_trace_parents_start_a_new_trace_and_never_panic() {
+        let malformed = [
+            "garbage",
+            "-",
+            "----",
+            "00-",
+            "00--",
+            "00-0af7651916cd43dd8448eb211c80319c",
+            // A trace id one byte short and one byte long, a span id of the wrong length.
+            "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c00-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b71692033-01",
+            // Odd lengths, non-hex, multi-byte characters on and off a hex boundary.
+            "00-0af7651916cd43dd8448eb211c80319-b7ad6b716920333-01",
+            "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b716920333z-01",
+            "00-ééééééééééééééééé-üüüüüüüü-01",
+            "\u{0}\u{0}-\u{0}-\u{ffff}",
+        ];
+        for trace_parent in malformed {
+            let trace = TaskTrace::new(trace_parent, "t");
+            assert_eq!(trace.trace_id.len(), 16, "{trace_parent:?}");
+            assert_eq!(trace.span_id.len(), 8, "{trace_parent:?}");
+            assert!(
+                trace.parent_span_id.is_empty() || trace.parent_span_id.len() == 8,
+                "{trace_parent:?}"
+            );
+        }
+        let long = format!("00-{}-{}-01", "a".repeat(1 << 20), "b".repeat(1 << 20));
+        assert_eq!(TaskTrace::new(&long, "t").trace_id.len(), 16);
+    }
+
+    #[test]
     fn json_fields_become_attribute_values() {
         assert_eq!(
             any_value_of(&serde_json::json!(3)).value,

@@ -16,7 +16,11 @@ so it works the same in the main interpreter and in isolated sub-interpreters.
   progress counter changes. Without a sink, log lines go to stderr.
 
 Several host threads may call `execute` concurrently: all per-task state lives in the call.
-Exceptions that are not `Exception`s (KeyboardInterrupt, SystemExit) propagate, as in the SDK.
+Whatever the task raises, `BaseException`s such as `SystemExit` and `KeyboardInterrupt` too, is
+the task's failure (a workflow error, counted against its retries), and so is an outcome the
+server cannot take: an invalid display or progress. Formatting the exception is guarded: an
+exception whose `__repr__` or `__str__` raises is described by its type name. Every string of
+the outcome is valid UTF-8 (lone surrogates in messages are escaped).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from uuid import UUID
 from tilebox.workflows import _logging
 from tilebox.workflows._submissions import merge_future_tasks
 from tilebox.workflows.cache import NoCache
-from tilebox.workflows.context import ExecutionContext
+from tilebox.workflows.context import ExecutionContext, InvalidProgressError
 from tilebox.workflows.data import CurrentJob, CurrentTask, NoopWorkflowTracer, RunnerContext, TaskIdentifier
 from tilebox.workflows.runner import Runner
 from tilebox.workflows.task import Task
@@ -44,7 +48,13 @@ __all__ = ["execute", "load", "sink"]
 
 sink: Callable[[str, str], None] | None = None
 
+# The longest display a task may set, in characters (the hosted API's limit; the server's is
+# `api::limits::MAX_DISPLAY_CHARS`).
 _MAX_DISPLAY = 1024
+
+
+class InvalidDisplayError(ValueError):
+    """A display the task set that the server cannot store; it fails the task."""
 
 
 class _Loaded:
@@ -160,16 +170,70 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
             instance = task_class._deserialize(current.input, loaded.runner_context)  # noqa: SLF001
             _run(instance, context)
             subtasks = merge_future_tasks(context._sub_tasks, str(task.get("cluster", "")))  # noqa: SLF001
-        except Exception as error:  # noqa: BLE001 -- user code failed: report it as the task's failure
-            return _failure(current.display, error, workflow_error=True, progress=context.progress_snapshot())
+            final_display = _checked_display(current.display, display)
+            progress = _checked_progress(context.progress_snapshot())
+        # Anything the task raised, `SystemExit` and `KeyboardInterrupt` included, is its own
+        # failure: let through, it would be a runner fault, re-queued without counting.
+        except BaseException as error:  # noqa: BLE001
+            return _failure(
+                _valid_display(current.display, display),
+                error,
+                workflow_error=True,
+                progress=_valid_progress(context.progress_snapshot()),
+            )
 
     return {
         "computed": True,
-        # The SDK sends whatever the task left in `display`; None is an unset (empty) field.
-        "display": "" if current.display is None else str(current.display),
-        "progress": context.progress_snapshot(),
+        "display": final_display,
+        "progress": progress,
         "subtasks": subtasks,
     }
+
+
+def _checked_display(value: Any, handed: str) -> str:
+    """The display the task left (None is an unset, empty field), or `InvalidDisplayError` saying
+    why the server could not take it. The display handed in passes as it is."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidDisplayError(f"the task's display must be a str, got {_type_name(value)}")
+    if str.__eq__(value, handed):
+        return handed
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise InvalidDisplayError(f"the task's display is not valid UTF-8 (lone surrogate at {error.start})") from None
+    if len(value) > _MAX_DISPLAY:
+        raise InvalidDisplayError(f"the task's display is {len(value)} characters; the limit is {_MAX_DISPLAY}")
+    return str(value)
+
+
+def _valid_display(value: Any, handed: str) -> str:
+    """The display to report a failure under: the task's, if the server can take it."""
+    try:
+        return _checked_display(value, handed)
+    except InvalidDisplayError:
+        return handed
+
+
+def _checked_progress(snapshot: list[tuple[Any, Any, Any]]) -> list[tuple[str | None, int, int]]:
+    """The progress entries, checked as the server stores them (the trackers check every
+    amount when it is added; this catches counters changed behind their back)."""
+    checked = []
+    for label, total, done in snapshot:
+        for what, amount in (("total", total), ("done amount", done)):
+            if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**64:
+                name = "progress (no label)" if label is None else f"progress {label!r}"
+                raise InvalidProgressError(f"{name}: the {what} is not an int from 0 to 2**64 - 1")
+        checked.append((label, int(total), int(done)))
+    return checked
+
+
+def _valid_progress(snapshot: list[tuple[Any, Any, Any]]) -> list[tuple[str | None, int, int]]:
+    try:
+        return _checked_progress(snapshot)
+    except InvalidProgressError:
+        return []
 
 
 def _current_task(
@@ -226,20 +290,50 @@ async def _await(result: Awaitable[None]) -> None:
     await result
 
 
-def _failure(display: str | None, error: BaseException, *, workflow_error: bool, progress: list[Any]) -> dict[str, Any]:
+def _failure(display: str, error: BaseException, *, workflow_error: bool, progress: list[Any]) -> dict[str, Any]:
     """A failed outcome; the display gets `repr(error)` appended, capped like the SDK's at 1024."""
-    message = repr(error)[: _MAX_DISPLAY - len(display or "None") - 1]
+    kind = _type_name(error)
+    message = _guarded(lambda: repr(error), f"{kind}(<repr() failed>)")[: _MAX_DISPLAY - len(display or "None") - 1]
     return {
         "computed": False,
-        "display": f"{display}" if message == "" else f"{display}\n{message}",
+        "display": display if message == "" else f"{display}\n{message}",
         "workflow_error": workflow_error,
         "progress": progress,
         "error": {
-            "type": type(error).__name__,
-            "message": str(error),
-            "traceback": "".join(traceback.format_exception(error)),
+            "type": kind,
+            "message": _guarded(lambda: str(error), "<str() failed>"),
+            "traceback": _guarded(lambda: "".join(traceback.format_exception(error)), ""),
         },
     }
+
+
+def _guarded(describe: Callable[[], Any], fallback: str) -> str:
+    """`describe()` as valid UTF-8 text, or `fallback` if it raises (anything at all) or is no str."""
+    try:
+        text = describe()
+        if not isinstance(text, str):
+            return fallback
+        return _utf8(text)
+    except BaseException:  # noqa: BLE001 -- a hostile __repr__/__str__ must not fail the report
+        return fallback
+
+
+def _type_name(value: Any) -> str:
+    """The name of `value`'s type; a metaclass cannot make it raise or be something else."""
+    try:
+        name = type.__dict__["__name__"].__get__(type(value))
+    except BaseException:  # noqa: BLE001
+        return "BaseException"
+    return _utf8(name) if isinstance(name, str) else "BaseException"
+
+
+def _utf8(text: str) -> str:
+    """`text` with lone surrogates escaped (`\\ud800`), so it encodes as UTF-8."""
+    try:
+        str.encode(text)
+    except UnicodeEncodeError:
+        return str.encode(text, "utf-8", "backslashreplace").decode()
+    return str(text)
 
 
 def _unknown_identifier(task_id: str, display: str, identifier: TaskIdentifier) -> dict[str, Any]:

@@ -14,9 +14,36 @@ if TYPE_CHECKING:
     from tilebox.workflows._logging import StructuredLogger
     from tilebox.workflows.cache import JobCache
 
-__all__ = ["ExecutionContext", "FutureTask", "ProgressUpdate"]
+__all__ = ["ExecutionContext", "FutureTask", "InvalidProgressError", "ProgressUpdate"]
 
 MAX_PROGRESS_INDICATORS = 1000
+# Progress amounts and `max_retries` travel as protobuf uint64 and int64.
+MAX_PROGRESS_AMOUNT = 2**64 - 1
+MAX_RETRIES = 2**63 - 1
+
+
+class InvalidProgressError(ValueError):
+    """A progress label or amount the server cannot store; it fails the task that used it."""
+
+
+def _progress_name(label: str | None) -> str:
+    return "progress (no label)" if label is None else f"progress {label!r}"
+
+
+def _amount(label: str | None, count: Any) -> int:
+    """`count` as a non-negative int, or `InvalidProgressError` saying what is wrong with it."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidProgressError(f"{_progress_name(label)}: the amount must be an int, got {type(count).__name__}")
+    if count < 0:
+        raise InvalidProgressError(f"{_progress_name(label)}: amount {count} is negative")
+    return count
+
+
+def _grown(label: str | None, what: str, current: int, count: Any) -> int:
+    grown = current + _amount(label, count)
+    if grown > MAX_PROGRESS_AMOUNT:
+        raise InvalidProgressError(f"{_progress_name(label)}: the {what} would be {grown}, above 2**64 - 1")
+    return grown
 
 
 @dataclass
@@ -50,14 +77,14 @@ class ProgressUpdate:
         self._on_change = on_change
 
     def add(self, count: int) -> None:
-        """Add `count` to the total amount of work."""
-        self._total += count
+        """Add `count` (a non-negative int) to the total amount of work."""
+        self._total = _grown(self._label, "total", self._total, count)
         if self._on_change is not None:
             self._on_change()
 
     def done(self, count: int) -> None:
-        """Mark `count` units of work as done."""
-        self._done += count
+        """Mark `count` (a non-negative int) units of work as done."""
+        self._done = _grown(self._label, "done amount", self._done, count)
         if self._on_change is not None:
             self._on_change()
 
@@ -109,6 +136,11 @@ class ExecutionContext:
                 raise ValueError(f"Dependent task {dependency.index} does not exist")
             dependencies.append(dependency.index)
 
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise TypeError(f"max_retries must be an int, got {type(max_retries).__name__}")
+        if not 0 <= max_retries <= MAX_RETRIES:
+            raise ValueError(f"max_retries must be from 0 to 2**63 - 1, got {max_retries}")
+
         subtask = FutureTask(
             index=len(self._sub_tasks),
             task=task,
@@ -145,6 +177,15 @@ class ExecutionContext:
         """The progress counter for `label` (the same object for the same label)."""
         if label == "":
             label = None
+        if label is not None:
+            if not isinstance(label, str):
+                raise InvalidProgressError(f"a progress label must be a str, got {type(label).__name__}")
+            try:
+                label.encode()
+            except UnicodeEncodeError as error:
+                raise InvalidProgressError(
+                    f"{_progress_name(label)}: the label is not valid UTF-8 (lone surrogate at {error.start})"
+                ) from None
         existing = self._progress_indicators.get(label)
         if existing is not None:
             return existing

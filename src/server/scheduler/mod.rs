@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::api::convert::now_millis;
-use crate::api::limits::{self, MAX_IDENTIFIERS_PER_CLAIM};
+use crate::api::limits::{self, MAX_DISPLAY_CHARS, MAX_IDENTIFIERS_PER_CLAIM};
 use crate::api::submission::{self, Limits};
 use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
 use crate::server::store::{
@@ -243,6 +243,15 @@ impl Scheduler {
     ) -> Result<Report> {
         let task_id = required_id(computed.id.as_ref(), "computed_task.id")?;
         let progress = progress_of(&computed.progress_updates);
+        if let Some(display) = display_over_the_limit(&computed.display) {
+            return Ok(Report::Failed(FailedReport {
+                task_id,
+                claimant: claimant.to_string(),
+                display,
+                workflow_error: true,
+                progress,
+            }));
+        }
         let subtasks = match self.expand_subtasks(&computed, claimant).await {
             Ok(subtasks) => subtasks,
             Err(reason) => {
@@ -334,7 +343,7 @@ impl Scheduler {
             .fail_task(FailedReport {
                 task_id,
                 claimant,
-                display: request.display,
+                display: capped_failure_display(request.display),
                 workflow_error: request.was_workflow_error,
                 progress: progress_of(&request.progress_updates),
             })
@@ -413,7 +422,32 @@ fn recommended_wait(lease: Duration) -> Duration {
     Duration::from_secs((lease.as_secs() / 3).max(1))
 }
 
-/// The SDK's failure display: `"<display>\n<reason>"`, capped at 1024 characters.
+/// The failure display of a task that reported a display over the limit
+/// ([`MAX_DISPLAY_CHARS`], the hosted API's): its start, then what was wrong, within
+/// the limit; `None` for a display within it.
+fn display_over_the_limit(display: &str) -> Option<String> {
+    let length = display.chars().count();
+    if length <= MAX_DISPLAY_CHARS {
+        return None;
+    }
+    let reason = format!(
+        "InvalidDisplay('the reported display is {length} characters; the limit is {MAX_DISPLAY_CHARS}')"
+    );
+    let kept: String = display
+        .chars()
+        .take(MAX_DISPLAY_CHARS - reason.chars().count() - 1)
+        .collect();
+    Some(format!("{kept}\n{reason}"))
+}
+
+/// A failure display cut to [`MAX_DISPLAY_CHARS`], as the SDK cuts its own.
+fn capped_failure_display(display: String) -> String {
+    if display.chars().count() <= MAX_DISPLAY_CHARS {
+        return display;
+    }
+    display.chars().take(MAX_DISPLAY_CHARS).collect()
+}
+
 fn required_id(id: Option<&crate::api::tilebox_v1::Id>, field: &str) -> Result<Uuid> {
     crate::api::convert::uuid_of(id)
         .map_err(|error| Error::InvalidRequest(format!("{field}: {error}")))?
@@ -472,6 +506,23 @@ mod tests {
             recommended_wait(Duration::from_millis(500)),
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn reported_displays_over_the_limit_are_failures_within_it() {
+        assert_eq!(display_over_the_limit(&"d".repeat(1024)), None);
+        let display =
+            display_over_the_limit(&format!("Task\n{}", "d".repeat(2000))).expect("over the limit");
+        assert_eq!(display.chars().count(), 1024);
+        assert!(display.starts_with("Task\nddd"), "{display}");
+        assert!(
+            display.ends_with(
+                "\nInvalidDisplay('the reported display is 2005 characters; the limit is 1024')"
+            ),
+            "{display}"
+        );
+        assert_eq!(capped_failure_display("é".repeat(1025)), "é".repeat(1024));
+        assert_eq!(capped_failure_display("short".into()), "short");
     }
 
     #[test]

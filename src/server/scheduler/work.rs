@@ -247,7 +247,7 @@ fn failed_report(request: TaskFailedRequest, claimant: &str) -> Result<Report> {
     Ok(Report::Failed(FailedReport {
         task_id: required_id(request.task_id.as_ref(), "failed.task_id")?,
         claimant: claimant.to_string(),
-        display: request.display,
+        display: super::capped_failure_display(request.display),
         workflow_error: request.was_workflow_error,
         progress: super::progress_of(&request.progress_updates),
     }))

@@ -32,6 +32,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const DEFAULT_CLUSTER_SLUG: &str = "default";
 /// How many times a task whose lease expired is handed out again before it fails.
 pub const MAX_LEASE_REQUEUES: i64 = 10;
+/// How many times a task whose runner reported it could not run it (a non-workflow
+/// failure) is handed out again before it fails: a task that breaks every runner it meets
+/// must not take them over forever.
+pub const MAX_RUNNER_FAILURE_REQUEUES: i64 = 10;
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +207,8 @@ pub struct FailedReport {
     pub claimant: String,
     pub display: String,
     /// True when the task's own code failed (counts against `max_retries`); false when the
-    /// runner could not run it (re-queued without counting).
+    /// runner could not run it (re-queued without counting a retry, up to
+    /// [`MAX_RUNNER_FAILURE_REQUEUES`] times; the next such failure fails it).
     pub workflow_error: bool,
     pub progress: Vec<Progress>,
 }

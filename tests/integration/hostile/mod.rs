@@ -14,11 +14,13 @@
 //!   carrying results, version and retention arithmetic
 //! - `limits_submit.rs`: submission limits (names, trace parents, displays, cluster slugs,
 //!   tasks per submission)
+//! - `loops.rs`: tasks that try to run forever (exceptions, invalid outcomes, runner failures)
 
 mod artifacts;
 mod clients;
 mod inputs;
 mod limits_submit;
+mod loops;
 mod releases;
 mod server_limits;
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::fixtures::*;
 use crate::api::workflows_v1::{JobState, TaskState};
-use crate::server::store::{Error, NewTask, ReportOutcome, Store};
+use crate::server::store::{Error, MAX_RUNNER_FAILURE_REQUEUES, NewTask, ReportOutcome, Store};
 
 /// Rule 7: a workflow error re-queues while retries remain, then fails the task and the
 /// job, which stops its other tasks.
@@ -64,7 +64,7 @@ pub(crate) async fn workflow_errors_retry_until_max_retries_then_fail_the_job<S:
 }
 
 /// Rule 8: a failure that is not the task's own (the runner could not run it) re-queues the
-/// task without counting a retry.
+/// task without counting a retry (up to `MAX_RUNNER_FAILURE_REQUEUES` times: rule 30).
 pub(crate) async fn non_workflow_errors_requeue_without_counting<S: Store>(store: S) {
     let shaky = task("Shaky");
     let shaky_id = shaky.id;
@@ -84,6 +84,54 @@ pub(crate) async fn non_workflow_errors_requeue_without_counting<S: Store>(store
         assert_ne!(job_state(&store, job_id).await, JobState::Failed);
     }
     let claimed = claim_one(&store, &shaky_runner).await;
+    report(&store, computed(&claimed, RUNNER_A)).await;
+    assert_eq!(job_state(&store, job_id).await, JobState::Completed);
+}
+
+/// Rule 30: non-workflow failures are capped like lost leases: the task is re-queued after
+/// each of the first `MAX_RUNNER_FAILURE_REQUEUES` without counting a retry, and the next one
+/// fails it (whatever retries it has left) and the job, with a display naming the cause and
+/// the count. A job retry starts the count afresh.
+pub(crate) async fn non_workflow_failures_are_capped_then_fail_the_task<S: Store>(store: S) {
+    let breaking = NewTask {
+        max_retries: 3,
+        ..task("Breaking")
+    };
+    let breaking_id = breaking.id;
+    let job_id = submit(&store, job("breaking", vec![breaking])).await;
+    let breaking_runner = runner(RUNNER_A, &["Breaking"]);
+    for requeue in 0..MAX_RUNNER_FAILURE_REQUEUES {
+        let claimed = claim_one(&store, &breaking_runner).await;
+        assert_eq!(claimed.id, breaking_id, "requeue {requeue}");
+        let outcome = fail(&store, failed(&claimed, RUNNER_A, false)).await;
+        assert_eq!(
+            outcome,
+            ReportOutcome::Applied(TaskState::Queued),
+            "requeue {requeue}"
+        );
+        let summary = task_summary(&store, job_id, breaking_id).await;
+        assert_eq!((summary.state, summary.retry_count), (TaskState::Queued, 0));
+        assert_ne!(job_state(&store, job_id).await, JobState::Failed);
+    }
+    let claimed = claim_one(&store, &breaking_runner).await;
+    let outcome = fail(&store, failed(&claimed, RUNNER_A, false)).await;
+    assert_eq!(outcome, ReportOutcome::Applied(TaskState::Failed));
+    let summary = task_summary(&store, job_id, breaking_id).await;
+    assert_eq!((summary.state, summary.retry_count), (TaskState::Failed, 0));
+    let cause = format!(
+        "RunnerFailed('the runners could not run the task {} times')",
+        MAX_RUNNER_FAILURE_REQUEUES + 1
+    );
+    assert_eq!(summary.display.lines().last(), Some(cause.as_str()));
+    assert_eq!(job_state(&store, job_id).await, JobState::Failed);
+    assert!(claim(&store, &breaking_runner).await.is_none());
+
+    // A retry of the job starts the count afresh: the next runner failure re-queues.
+    assert_eq!(store.retry_job(job_id).await.expect("retry job"), 1);
+    let claimed = claim_one(&store, &breaking_runner).await;
+    let outcome = fail(&store, failed(&claimed, RUNNER_A, false)).await;
+    assert_eq!(outcome, ReportOutcome::Applied(TaskState::Queued));
+    let claimed = claim_one(&store, &breaking_runner).await;
     report(&store, computed(&claimed, RUNNER_A)).await;
     assert_eq!(job_state(&store, job_id).await, JobState::Completed);
 }

@@ -75,6 +75,7 @@ macro_rules! conformance_tests {
             deleting_a_cluster_removes_its_deployments,
             batched_reports_apply_each_on_its_own_and_claim_up_to_capacity,
             leases_extend_together_only_for_their_claimant,
+            non_workflow_failures_are_capped_then_fail_the_task,
         );
     };
     (@rules $open:expr; $($rule:ident,)+) => {$(

@@ -28,8 +28,8 @@ use super::{db, execute, query_row};
 use crate::server::store::{Progress, Result};
 
 /// The schema version this code writes (`PRAGMA user_version`); a database from before the
-/// counters has 0.
-const SCHEMA_VERSION: i64 = 1;
+/// counters has 0, one from before `tasks.runner_failures` has 1.
+const SCHEMA_VERSION: i64 = 2;
 
 /// The columns of `jobs` added with the counters (also in `schema.sql`).
 const JOB_COLUMNS: [(&str, &str); 3] = [
@@ -41,10 +41,10 @@ const JOB_COLUMNS: [(&str, &str); 3] = [
     ),
 ];
 
-/// Brings a database written by an earlier version up to [`SCHEMA_VERSION`]: adds the
-/// counter columns that are missing, drops the index the counters replace, and fills the
-/// counters from the tasks (one pass over them, once). `schema.sql` ran before, so the new
-/// tables exist.
+/// Brings a database written by an earlier version up to [`SCHEMA_VERSION`]: from 0, adds
+/// the counter columns that are missing, drops the index the counters replace, and fills the
+/// counters from the tasks (one pass over them, once); from 1, adds the count of non-workflow
+/// failures of each task. `schema.sql` ran before, so the new tables exist.
 pub(super) fn upgrade(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch("BEGIN IMMEDIATE")?;
     let upgraded = upgrade_in_transaction(connection);
@@ -62,21 +62,40 @@ fn upgrade_in_transaction(connection: &Connection) -> rusqlite::Result<()> {
     if version >= SCHEMA_VERSION {
         return Ok(());
     }
+    if version < 1 {
+        add_missing_columns(connection, "jobs", &JOB_COLUMNS)?;
+        // Kept only for the statistics, and moved at every state change of every task.
+        connection.execute_batch("DROP INDEX IF EXISTS tasks_by_job_state")?;
+        recount_all(connection)?;
+    }
+    add_missing_columns(connection, "tasks", &TASK_COLUMNS)?;
+    connection.pragma_update(None, "user_version", SCHEMA_VERSION)
+}
+
+/// The columns of `tasks` added in schema version 2 (also in `schema.sql`).
+const TASK_COLUMNS: [(&str, &str); 1] = [(
+    "runner_failures",
+    "runner_failures INTEGER NOT NULL DEFAULT 0",
+)];
+
+fn add_missing_columns(
+    connection: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> rusqlite::Result<()> {
     let existing: Vec<String> = {
-        let mut statement = connection.prepare("SELECT name FROM pragma_table_info('jobs')")?;
+        let mut statement =
+            connection.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
         statement
             .query_map([], |row| row.get(0))?
             .collect::<rusqlite::Result<_>>()?
     };
-    for (name, definition) in JOB_COLUMNS {
+    for (name, definition) in columns {
         if !existing.iter().any(|column| column == name) {
-            connection.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {definition}"))?;
+            connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {definition}"))?;
         }
     }
-    // Kept only for the statistics, and moved at every state change of every task.
-    connection.execute_batch("DROP INDEX IF EXISTS tasks_by_job_state")?;
-    recount_all(connection)?;
-    connection.pragma_update(None, "user_version", SCHEMA_VERSION)
+    Ok(())
 }
 
 /// Recomputes the counters of `job` (all jobs when `None`) from its tasks.
@@ -847,6 +866,29 @@ mod tests {
             )
             .expect("schema");
         assert!(!old_index, "the index the counters replace is dropped");
+    }
+
+    /// A database of schema version 1 (before tasks counted their non-workflow failures) opens
+    /// with the count added, and caps them from there.
+    #[tokio::test]
+    async fn a_database_from_before_the_runner_failure_count_opens_with_it() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        drop(SqliteStore::open(directory.path()).expect("open"));
+        {
+            let old = Connection::open(directory.path().join(DATABASE_FILE)).expect("open");
+            old.execute_batch(
+                "ALTER TABLE tasks DROP COLUMN runner_failures; PRAGMA user_version = 1;",
+            )
+            .expect("the version 1 schema");
+        }
+        let store = SqliteStore::open(directory.path()).expect("open an old database");
+        conformance::non_workflow_failures_are_capped_then_fail_the_task(store.clone()).await;
+        drop(store);
+        let upgraded = Connection::open(directory.path().join(DATABASE_FILE)).expect("open");
+        let version: i64 = upgraded
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, super::SCHEMA_VERSION);
     }
 
     /// The id of the task of `job` named `name`.

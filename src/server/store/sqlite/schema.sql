@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     fenced             INTEGER NOT NULL DEFAULT 0,
     lease_expires_at   INTEGER,
     lease_losses       INTEGER NOT NULL DEFAULT 0,
+    -- non-workflow failures reported since the last retry of the job (schema version 2)
+    runner_failures    INTEGER NOT NULL DEFAULT 0,
     submitted_at       INTEGER NOT NULL,
     started_at         INTEGER,
     stopped_at         INTEGER,

@@ -20,7 +20,7 @@ use super::{db, execute, query_row};
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
     ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, Identifier, MAX_LEASE_REQUEUES,
-    NewJob, NewTask, ReportOutcome, Result,
+    MAX_RUNNER_FAILURE_REQUEUES, NewJob, NewTask, ReportOutcome, Result,
 };
 
 const QUEUED: i32 = TaskState::Queued as i32;
@@ -207,11 +207,13 @@ struct TaskRow {
     claimant: Option<String>,
     fenced: bool,
     lease_losses: i64,
+    runner_failures: i64,
     attempt_started_at: Option<i64>,
 }
 
 const TASK_ROW_COLUMNS: &str = "task, job, parent, state, retry_count, max_retries, optional, optional_scope, \
-                                scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at";
+                                scope_failed, pending_children, claimant, fenced, lease_losses, attempt_started_at, \
+                                runner_failures";
 
 fn map_task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -229,6 +231,7 @@ fn map_task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         fenced: row.get(11)?,
         lease_losses: row.get(12)?,
         attempt_started_at: row.get(13)?,
+        runner_failures: row.get(14)?,
     })
 }
 
@@ -448,8 +451,26 @@ pub(super) fn fail_task(
         counters::replace_progress(connection, task.job, task.row, &report.progress)?;
     }
     let state = if !report.workflow_error {
-        requeue(connection, &task, false)?;
-        QUEUED
+        execute(
+            connection,
+            "UPDATE tasks SET runner_failures = runner_failures + 1 WHERE task = ?1",
+            [task.row],
+        )
+        .map_err(db("fail task"))?;
+        if task.runner_failures < MAX_RUNNER_FAILURE_REQUEUES {
+            requeue(connection, &task, false)?;
+            QUEUED
+        } else {
+            append_display(
+                connection,
+                &task,
+                &format!(
+                    "RunnerFailed('the runners could not run the task {} times')",
+                    task.runner_failures + 1
+                ),
+            )?;
+            fail_for_good(connection, &task)?
+        }
     } else if task.retry_count < task.max_retries {
         requeue(connection, &task, true)?;
         QUEUED
@@ -683,23 +704,30 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
         if task.lease_losses < MAX_LEASE_REQUEUES {
             requeue(connection, &task, false)?;
         } else {
-            execute(
+            append_display(
                 connection,
-                "UPDATE tasks SET display = display || ?2 WHERE task = ?1",
-                params![
-                    task.row,
-                    format!(
-                        "\nLeaseExpired('the task lost its lease {} times')",
-                        task.lease_losses + 1
-                    )
-                ],
-            )
-            .map_err(db("expire lease"))?;
+                &task,
+                &format!(
+                    "LeaseExpired('the task lost its lease {} times')",
+                    task.lease_losses + 1
+                ),
+            )?;
             fail_for_good(connection, &task)?;
         }
         refresh_job_state(connection, task.job)?;
     }
     Ok(expired.len())
+}
+
+/// Adds a line saying why the task failed to its display.
+fn append_display(connection: &Connection, task: &TaskRow, line: &str) -> Result<()> {
+    execute(
+        connection,
+        "UPDATE tasks SET display = display || char(10) || ?2 WHERE task = ?1",
+        params![task.row, line],
+    )
+    .map_err(db("fail task"))?;
+    Ok(())
 }
 
 fn job_row(connection: &Connection, id: Uuid) -> Result<(i64, i32)> {
@@ -735,7 +763,8 @@ pub(super) fn retry_job(connection: &Connection, id: Uuid) -> Result<i64> {
         remove_descendants(connection, job, *row)?;
         execute(
             connection,
-            "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0
+            "UPDATE tasks SET state = ?2, fenced = 0, claimant = NULL, lease_losses = 0,
+                             runner_failures = 0
              WHERE task = ?1",
             params![row, QUEUED],
         )
