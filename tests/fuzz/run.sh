@@ -5,7 +5,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS    seconds per target (default 60)
-#   FUZZ_TARGETS    space-separated targets (default: all four)
+#   FUZZ_TARGETS    space-separated targets (default: all six)
 #   FUZZ_TOOLCHAIN  toolchain for `cargo +TOOLCHAIN fuzz` (default nightly); with a stable
 #                   toolchain the script sets RUSTC_BOOTSTRAP=1 so -Zsanitizer is accepted
 #   FUZZ_JOBS       parallel fuzzing jobs per target (default 1)
@@ -19,7 +19,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 seconds="${1:-${FUZZ_SECONDS:-60}}"
-targets="${FUZZ_TARGETS:-archive_file archive_tar workflow_config task_submissions}"
+targets="${FUZZ_TARGETS:-archive_file archive_tar workflow_config task_submissions otlp_bodies task_protocol}"
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
 jobs="${FUZZ_JOBS:-1}"
 

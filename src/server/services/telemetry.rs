@@ -131,6 +131,119 @@ fn check_export(
     Ok(())
 }
 
+/// Splits a logs export into one stored record per log record (each with its resource and
+/// scope), after checking it against `limits`: refused whole, before anything is copied.
+pub fn split_logs(
+    request: ExportLogsServiceRequest,
+    limits: &Limits,
+) -> Result<Vec<TelemetryRecord>, Error> {
+    check_export(
+        limits,
+        "log records",
+        request.resource_logs.iter().flat_map(|resource_logs| {
+            let resource = resource_logs
+                .resource
+                .as_ref()
+                .map_or(0, Message::encoded_len)
+                + resource_logs.schema_url.len();
+            resource_logs.scope_logs.iter().map(move |scope_logs| {
+                let scope = scope_logs.scope.as_ref().map_or(0, Message::encoded_len)
+                    + scope_logs.schema_url.len();
+                (
+                    resource + scope,
+                    scope_logs
+                        .log_records
+                        .iter()
+                        .map(Message::encoded_len)
+                        .collect(),
+                )
+            })
+        }),
+    )?;
+    let mut records = Vec::new();
+    for resource_logs in request.resource_logs {
+        for scope_logs in &resource_logs.scope_logs {
+            for record in &scope_logs.log_records {
+                let single = ResourceLogs {
+                    resource: resource_logs.resource.clone(),
+                    scope_logs: vec![ScopeLogs {
+                        scope: scope_logs.scope.clone(),
+                        log_records: vec![record.clone()],
+                        schema_url: scope_logs.schema_url.clone(),
+                    }],
+                    schema_url: resource_logs.schema_url.clone(),
+                };
+                let time = if record.time_unix_nano > 0 {
+                    record.time_unix_nano
+                } else {
+                    record.observed_time_unix_nano
+                };
+                records.push(TelemetryRecord {
+                    id: Uuid::now_v7(),
+                    trace_id: record.trace_id.clone(),
+                    task_id: string_attribute(&record.attributes, "task_id"),
+                    severity: record.severity_number,
+                    time_unix_nano: time.min(i64::MAX as u64) as i64,
+                    encoded: single.encode_to_vec(),
+                });
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Splits a traces export into one stored record per span, after checking it against
+/// `limits`, as `split_logs`.
+pub fn split_spans(
+    request: ExportTraceServiceRequest,
+    limits: &Limits,
+) -> Result<Vec<TelemetryRecord>, Error> {
+    check_export(
+        limits,
+        "spans",
+        request.resource_spans.iter().flat_map(|resource_spans| {
+            let resource = resource_spans
+                .resource
+                .as_ref()
+                .map_or(0, Message::encoded_len)
+                + resource_spans.schema_url.len();
+            resource_spans.scope_spans.iter().map(move |scope_spans| {
+                let scope = scope_spans.scope.as_ref().map_or(0, Message::encoded_len)
+                    + scope_spans.schema_url.len();
+                (
+                    resource + scope,
+                    scope_spans.spans.iter().map(Message::encoded_len).collect(),
+                )
+            })
+        }),
+    )?;
+    let mut records = Vec::new();
+    for resource_spans in request.resource_spans {
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                let single = ResourceSpans {
+                    resource: resource_spans.resource.clone(),
+                    scope_spans: vec![ScopeSpans {
+                        scope: scope_spans.scope.clone(),
+                        spans: vec![span.clone()],
+                        schema_url: scope_spans.schema_url.clone(),
+                    }],
+                    schema_url: resource_spans.schema_url.clone(),
+                };
+                records.push(TelemetryRecord {
+                    id: Uuid::now_v7(),
+                    trace_id: span.trace_id.clone(),
+                    task_id: string_attribute(&span.attributes, "task_id"),
+                    severity: 0,
+                    time_unix_nano: span.start_time_unix_nano.min(i64::MAX as u64) as i64,
+                    encoded: single.encode_to_vec(),
+                });
+            }
+        }
+    }
+    Ok(records)
+}
+
 /// The 16-byte trace id in a W3C `traceparent` (`00-<32 hex>-<16 hex>-<flags>`).
 pub fn trace_id_of(trace_parent: &str) -> Option<Vec<u8>> {
     let hex = trace_parent.split('-').nth(1)?;
@@ -170,60 +283,9 @@ impl Telemetry {
         Self { store, limits }
     }
 
-    /// Splits an export into one stored record per log record.
+    /// Stores an export's log records, one stored record each; nothing when it is refused.
     pub async fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<usize, Error> {
-        check_export(
-            &self.limits,
-            "log records",
-            request.resource_logs.iter().flat_map(|resource_logs| {
-                let resource = resource_logs
-                    .resource
-                    .as_ref()
-                    .map_or(0, Message::encoded_len)
-                    + resource_logs.schema_url.len();
-                resource_logs.scope_logs.iter().map(move |scope_logs| {
-                    let scope = scope_logs.scope.as_ref().map_or(0, Message::encoded_len)
-                        + scope_logs.schema_url.len();
-                    (
-                        resource + scope,
-                        scope_logs
-                            .log_records
-                            .iter()
-                            .map(Message::encoded_len)
-                            .collect(),
-                    )
-                })
-            }),
-        )?;
-        let mut records = Vec::new();
-        for resource_logs in request.resource_logs {
-            for scope_logs in &resource_logs.scope_logs {
-                for record in &scope_logs.log_records {
-                    let single = ResourceLogs {
-                        resource: resource_logs.resource.clone(),
-                        scope_logs: vec![ScopeLogs {
-                            scope: scope_logs.scope.clone(),
-                            log_records: vec![record.clone()],
-                            schema_url: scope_logs.schema_url.clone(),
-                        }],
-                        schema_url: resource_logs.schema_url.clone(),
-                    };
-                    let time = if record.time_unix_nano > 0 {
-                        record.time_unix_nano
-                    } else {
-                        record.observed_time_unix_nano
-                    };
-                    records.push(TelemetryRecord {
-                        id: Uuid::now_v7(),
-                        trace_id: record.trace_id.clone(),
-                        task_id: string_attribute(&record.attributes, "task_id"),
-                        severity: record.severity_number,
-                        time_unix_nano: time.min(i64::MAX as u64) as i64,
-                        encoded: single.encode_to_vec(),
-                    });
-                }
-            }
-        }
+        let records = split_logs(request, &self.limits)?;
         let count = records.len();
         self.store
             .insert_telemetry(TelemetryKind::Log, records)
@@ -231,51 +293,9 @@ impl Telemetry {
         Ok(count)
     }
 
-    /// Splits an export into one stored record per span.
+    /// Stores an export's spans, one stored record each; nothing when it is refused.
     pub async fn ingest_spans(&self, request: ExportTraceServiceRequest) -> Result<usize, Error> {
-        check_export(
-            &self.limits,
-            "spans",
-            request.resource_spans.iter().flat_map(|resource_spans| {
-                let resource = resource_spans
-                    .resource
-                    .as_ref()
-                    .map_or(0, Message::encoded_len)
-                    + resource_spans.schema_url.len();
-                resource_spans.scope_spans.iter().map(move |scope_spans| {
-                    let scope = scope_spans.scope.as_ref().map_or(0, Message::encoded_len)
-                        + scope_spans.schema_url.len();
-                    (
-                        resource + scope,
-                        scope_spans.spans.iter().map(Message::encoded_len).collect(),
-                    )
-                })
-            }),
-        )?;
-        let mut records = Vec::new();
-        for resource_spans in request.resource_spans {
-            for scope_spans in &resource_spans.scope_spans {
-                for span in &scope_spans.spans {
-                    let single = ResourceSpans {
-                        resource: resource_spans.resource.clone(),
-                        scope_spans: vec![ScopeSpans {
-                            scope: scope_spans.scope.clone(),
-                            spans: vec![span.clone()],
-                            schema_url: scope_spans.schema_url.clone(),
-                        }],
-                        schema_url: resource_spans.schema_url.clone(),
-                    };
-                    records.push(TelemetryRecord {
-                        id: Uuid::now_v7(),
-                        trace_id: span.trace_id.clone(),
-                        task_id: string_attribute(&span.attributes, "task_id"),
-                        severity: 0,
-                        time_unix_nano: span.start_time_unix_nano.min(i64::MAX as u64) as i64,
-                        encoded: single.encode_to_vec(),
-                    });
-                }
-            }
-        }
+        let records = split_spans(request, &self.limits)?;
         let count = records.len();
         self.store
             .insert_telemetry(TelemetryKind::Span, records)

@@ -9,6 +9,7 @@ use tilebox::api::submission::{self, Limits};
 
 const LIMITS: Limits = Limits {
     max_input_bytes: 64,
+    max_tasks: 256,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -24,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|group| group.inputs.len())
         .sum();
     assert_eq!(tasks.len(), expected);
+    assert!(tasks.len() <= LIMITS.max_tasks);
     assert!(!tasks.is_empty() && submissions.task_groups.len() <= submission::MAX_GROUPS);
     for (index, task) in tasks.iter().enumerate() {
         assert!(task.input.len() <= LIMITS.max_input_bytes);
