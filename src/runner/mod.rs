@@ -493,7 +493,11 @@ async fn apply_deployments(
         })
     });
     let mut next = Catalog::default();
-    for deployed in deployments.releases {
+    // Releases that failed before go last, so one that keeps timing out does not delay the
+    // others on every attempt.
+    let mut releases = deployments.releases;
+    releases.sort_by_key(|deployed| failed.contains_key(&deployed.workflow_slug));
+    for deployed in releases {
         let Some(release) = deployed.release else {
             continue;
         };

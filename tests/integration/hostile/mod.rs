@@ -9,10 +9,13 @@
 //! - `artifacts.rs`: release artifacts that try to escape or exhaust the runner
 //! - `inputs.rs`: malformed configs, undecodable inputs, bad identifiers, cycles, limits
 //! - `clients.rs`: missing or wrong API keys, runner objects that do not exist
+//! - `stalls.rs`: releases that hang `uv sync` or their import, flood their pipes, or fail
+//!   to prepare for a while
 
 mod artifacts;
 mod clients;
 mod inputs;
+mod stalls;
 
 use std::io::Write;
 use std::path::Path;
