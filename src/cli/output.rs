@@ -2,8 +2,16 @@
 //! one JSON document for machines, and the wire values (ids, timestamps) both need as text.
 //!
 //! Data goes to stdout; everything else (notes, hints, errors) goes to stderr.
+//!
+//! Text for people that reaches a terminal has its control characters escaped
+//! ([`escape_controls`]): task logs, job names and displays come from task code and clients,
+//! and an escape sequence in them would otherwise drive the reader's terminal (clear it, set
+//! its title, rewrite lines). Piped or redirected, the text is kept as it is, so a file or
+//! `grep` sees exactly what was logged; JSON is never escaped (serde_json already writes C0
+//! characters as `\u00XX`, and the text must round-trip).
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
 
@@ -13,9 +21,52 @@ use crate::api::tilebox_v1::Id;
 /// Columns of a table are separated by this many spaces.
 const COLUMN_GAP: usize = 2;
 
-/// Writes `text` and a newline to stdout. A closed pipe (`tilebox job list | head`) is not an
-/// error: the reader has what it wanted.
+/// Writes `text` (for people) and a newline to stdout, its control characters escaped when
+/// stdout is a terminal. A closed pipe (`tilebox job list | head`) is not an error: the
+/// reader has what it wanted.
 pub fn print_text(text: &str) -> anyhow::Result<()> {
+    if std::io::stdout().is_terminal() {
+        write_line(&escape_controls(text))
+    } else {
+        write_line(text)
+    }
+}
+
+/// Whether a terminal would act on `character` instead of showing it: C0 and C1 controls
+/// and DEL (but newline and tab, which only lay text out), and the bidirectional overrides,
+/// embeddings, isolates and marks that reorder what is shown.
+fn is_unsafe_for_terminals(character: char) -> bool {
+    (character.is_control() && !matches!(character, '\n' | '\t'))
+        || matches!(
+            character,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` with every character a terminal would act on written as an escape: `\r`,
+/// `\x1b` (below U+0080), `\u{202e}` (others). Newlines and tabs stay.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_for_terminals) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for character in text.chars() {
+        match character {
+            '\r' => escaped.push_str("\\r"),
+            character if is_unsafe_for_terminals(character) && u32::from(character) < 0x80 => {
+                escaped.push_str(&format!("\\x{:02x}", u32::from(character)));
+            }
+            character if is_unsafe_for_terminals(character) => {
+                escaped.push_str(&format!("\\u{{{:x}}}", u32::from(character)));
+            }
+            character => escaped.push(character),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+/// Writes `text` and a newline to stdout as it is.
+fn write_line(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -25,9 +76,9 @@ pub fn print_text(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Writes `value` to stdout as one compact JSON document.
+/// Writes `value` to stdout as one compact JSON document (never escaped: see the module doc).
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
-    print_text(&value.to_string())
+    write_line(&value.to_string())
 }
 
 /// A plain-text table: a header row and left-aligned columns, no borders.
@@ -169,6 +220,24 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_escaped_and_text_is_kept() {
+        use super::escape_controls;
+        assert_eq!(
+            escape_controls("\x1b[2J\x1b]0;pwned\x07 back\rover"),
+            "\\x1b[2J\\x1b]0;pwned\\x07 back\\rover"
+        );
+        assert_eq!(
+            escape_controls("a\u{9b}31m \u{202e}txt.exe \x7f"),
+            "a\\u{9b}31m \\u{202e}txt.exe \\x7f"
+        );
+        let plain = "line one\n\tindented: ünïcode ✓";
+        assert!(matches!(
+            escape_controls(plain),
+            std::borrow::Cow::Borrowed(text) if text == plain
+        ));
+    }
+
     use super::*;
 
     fn at(seconds: i64, nanos: i32) -> prost_types::Timestamp {

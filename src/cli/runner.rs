@@ -48,6 +48,15 @@ pub struct StartArgs {
     /// Seconds running tasks get to finish after the first interrupt.
     #[arg(long, default_value_t = 30)]
     grace_seconds: u64,
+    /// Seconds loading a release may take: each of the placement probe, a child host's start
+    /// and an interpreter's start. A release whose import takes longer is skipped and tried
+    /// again later with backoff.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    import_timeout_seconds: u64,
+    /// Seconds one `uv sync` of a release's environment may take before it is stopped (and
+    /// tried again later with backoff).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    sync_timeout_seconds: u64,
 }
 
 pub async fn run(command: RunnerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
@@ -74,9 +83,11 @@ fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
 async fn project_release(
     directory: &std::path::Path,
     cache_dir: &std::path::Path,
+    sync_timeout: Duration,
 ) -> anyhow::Result<python::Release> {
-    let source = prepare::project_source(directory, None, EnvironmentSource::Project)
+    let mut source = prepare::project_source(directory, None, EnvironmentSource::Project)
         .map_err(|error| UserError::caused_by(error, None))?;
+    source.sync_timeout = sync_timeout;
     prepare::release(source, cache_dir).await.map_err(|error| {
         let hint = matches!(
             error,
@@ -93,8 +104,10 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         return Err(UserError::new("-n must be at least 1").into());
     }
     let cache_dir = super::cache_dir(arguments.cache_dir.as_deref())?;
+    python::set_import_timeout(Duration::from_secs(arguments.import_timeout_seconds));
+    let sync_timeout = Duration::from_secs(arguments.sync_timeout_seconds);
     let project = match &arguments.project {
-        Some(directory) => Some(project_release(directory, &cache_dir).await?),
+        Some(directory) => Some(project_release(directory, &cache_dir, sync_timeout).await?),
         None => None,
     };
     let client = api.connect().await?;
@@ -109,6 +122,7 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         project,
         grace,
         quiet: arguments.quiet,
+        sync_timeout,
     };
     let stopped = Runner::new(options, client).run(shutdown).await.map_err(
         |error| match error {
@@ -125,11 +139,38 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         },
     )?;
     tracing::info!("runner stopped");
-    Ok(match stopped {
-        Stopped::Finished => ExitCode::SUCCESS,
+    let code = match stopped {
+        Stopped::Finished => 0,
         // As a shell reports a process ended by SIGINT.
-        Stopped::HandedBack => ExitCode::from(130),
-    })
+        Stopped::HandedBack => 130,
+    };
+    // Everything the runner owes the server is reported or handed back. The process ends
+    // here rather than by unwinding: the async runtime's teardown would wait for interpreter
+    // threads still inside Python (a task that ignored the hand-back, or a non-daemon thread
+    // a task left behind, which ending its interpreter waits for).
+    std::process::exit(code)
+}
+
+/// How long after the second interrupt (or the end of the grace period) the process may take
+/// to exit: handing back takes at most [`runner::HAND_BACK_TIMEOUT`], the rest is margin.
+const EXIT_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Ends the process `deadline` from now, whatever is still running: a thread of its own, so
+/// it fires even when every runtime thread is stuck (e.g. waiting for a Python thread).
+fn exit_after(deadline: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::error!(
+                deadline_seconds = deadline.as_secs(),
+                "the runner did not stop in time after the second interrupt; exiting now"
+            );
+            std::process::exit(130);
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the exit deadline");
+    }
 }
 
 /// First SIGINT/SIGTERM: drain (hand back after the grace period); second: hand back now.
@@ -159,4 +200,5 @@ async fn watch_signals(shutdown: Shutdown, grace: Duration) {
         _ = tokio::time::sleep(grace) => tracing::warn!("the grace period ended; handing running tasks back"),
     }
     shutdown.hand_back.cancel();
+    exit_after(EXIT_DEADLINE);
 }

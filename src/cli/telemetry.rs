@@ -287,7 +287,7 @@ pub async fn logs(arguments: LogsArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
             )?;
         } else {
             for record in &page.records {
-                println!("{}", log_line(record, &displays));
+                output::print_text(&log_line(record, &displays))?;
             }
             if let Some(next) = page.next {
                 eprintln!("More records: pass --cursor {next}");
@@ -312,9 +312,9 @@ pub async fn logs(arguments: LogsArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
         }
         for record in &page.records {
             if api.json {
-                println!("{record}");
+                output::print_json(record)?;
             } else {
-                println!("{}", log_line(record, &displays));
+                output::print_text(&log_line(record, &displays))?;
             }
         }
         // The server answers a cursor after every non-empty page.

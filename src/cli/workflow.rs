@@ -375,10 +375,12 @@ async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         eprintln!("syncing the environment with uv (this resolves and locks the dependencies)");
     }
     let root = directory.clone();
-    tokio::task::spawn_blocking(move || python::environment::sync(&root, false))
-        .await
-        .context("uv sync panicked")?
-        .map_err(|error| UserError::caused_by(error, None))?;
+    tokio::task::spawn_blocking(move || {
+        python::environment::sync(&root, false, python::environment::DEFAULT_SYNC_TIMEOUT)
+    })
+    .await
+    .context("uv sync panicked")?
+    .map_err(|error| UserError::caused_by(error, None))?;
     if api.json {
         output::print_json(&json!({
             "workflow_slug": workflow.slug,

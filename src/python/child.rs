@@ -247,9 +247,15 @@ async fn spawn(release: &Release) -> Result<(Running, Vec<(String, String)>), Er
         .take()
         .ok_or_else(|| failed("no stdout pipe".into()))?;
     let mut stdout = BufReader::new(stdout).lines();
-    let first = stdout
-        .next_line()
+    // A release that hangs at import never answers: past the timeout the child is killed
+    // (it is dropped, `kill_on_drop`).
+    let timeout = super::import_timeout();
+    let first = tokio::time::timeout(timeout, stdout.next_line())
         .await
+        .map_err(|_| Error::ImportTimedOut {
+            release: release.label.clone(),
+            timeout,
+        })?
         .map_err(|error| failed(format!("cannot read from the child: {error}")))?;
     let Some(line) = first else {
         let status = child.wait().await.map(describe_exit).unwrap_or_default();

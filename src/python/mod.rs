@@ -16,7 +16,7 @@
 //! values.
 //!
 //! Layout:
-//! - `mod.rs`: `Release`, `Placement`, `LoadedRelease`, `Error`
+//! - `mod.rs`: `Release`, `Placement`, `LoadedRelease`, `Error`, the import timeout
 //! - `host.rs`: initialising CPython for the process
 //! - `interpreter.rs`: sub-interpreters and the code that runs in any interpreter
 //! - `child.rs`: the child-process host (both ends of its pipe)
@@ -34,6 +34,8 @@ pub mod protocol;
 pub mod runtime;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 pub use crate::api::convert::failure_display;
 pub use interpreter::{Batch, EventSender};
@@ -66,6 +68,33 @@ pub enum Error {
     /// process died running an earlier task); it can be handed back and retried.
     #[error("task {task} was not run: {reason}")]
     NotRun { task: String, reason: String },
+    /// Loading the release (importing its runner object) did not finish in time; whatever
+    /// was importing it was killed (a child process) or abandoned (a sub-interpreter thread).
+    #[error("loading {release} did not finish within {} s (its import hangs or is too slow)", timeout.as_secs_f64())]
+    ImportTimedOut { release: String, timeout: Duration },
+}
+
+/// How long loading a release may take by default: each of the placement probe, a child
+/// host's start and a sub-interpreter's start (see [`set_import_timeout`]).
+pub const DEFAULT_IMPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The import timeout in milliseconds; process-wide like the interpreter itself.
+static IMPORT_TIMEOUT_MILLIS: AtomicU64 = AtomicU64::new(60_000);
+
+/// Sets how long each step of loading a release may take in this process (the probe, a
+/// child host's start, a sub-interpreter's start). A module that sleeps at import is then
+/// skipped instead of hanging its caller. Process-wide, as CPython is: set once at start
+/// (`runner start --import-timeout-seconds`).
+pub fn set_import_timeout(timeout: Duration) {
+    let millis = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    IMPORT_TIMEOUT_MILLIS.store(millis, Ordering::Relaxed);
+}
+
+/// The import timeout in force (see [`set_import_timeout`]).
+pub fn import_timeout() -> Duration {
+    Duration::from_millis(IMPORT_TIMEOUT_MILLIS.load(Ordering::Relaxed))
 }
 
 /// A release to host: where its code and environment are, and which object to load.
@@ -133,20 +162,38 @@ pub async fn load(release: Release, placement: Placement) -> Result<LoadedReleas
         },
     };
     let hosted = match isolation {
-        Isolation::SubInterpreter => {
-            let release = release.clone();
-            let sub =
-                tokio::task::spawn_blocking(move || interpreter::SubInterpreter::start(&release))
-                    .await
-                    .map_err(|_| Error::InterpreterGone)??;
-            Hosted::Sub(sub)
-        }
+        Isolation::SubInterpreter => Hosted::Sub(start_sub_interpreter(release).await?),
         Isolation::ChildProcess => Hosted::Child(Box::new(child::ChildHost::start(release).await?)),
     };
     Ok(LoadedRelease {
         hosted,
         fallback_reason,
     })
+}
+
+/// Starts a sub-interpreter with `release` loaded, within the import timeout. A thread
+/// running Python cannot be killed: past the timeout it is abandoned (a plain thread, not the
+/// runtime's blocking pool, so it never holds up the process's exit) and its interpreter is
+/// stopped if its import ever ends. The probe imported the same code in a child process
+/// first, so this is reached only by an import that hangs in this process alone.
+async fn start_sub_interpreter(release: Release) -> Result<interpreter::SubInterpreter, Error> {
+    let timeout = import_timeout();
+    let label = release.label.clone();
+    let (sender, started) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("load-{label}"))
+        .spawn(move || {
+            // If the caller gave up, the interpreter comes back and is stopped here.
+            let _ = sender.send(interpreter::SubInterpreter::start(&release));
+        })
+        .map_err(Error::Thread)?;
+    match tokio::time::timeout(timeout, started).await {
+        Ok(started) => started.map_err(|_| Error::InterpreterGone)?,
+        Err(_) => Err(Error::ImportTimedOut {
+            release: label,
+            timeout,
+        }),
+    }
 }
 
 impl LoadedRelease {

@@ -6,15 +6,12 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::Release;
 use super::child::{FromChild, host_arguments, host_binary};
 
-/// How long a probe may take before the release counts as unsafe for sub-interpreters.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Sub-interpreters the probe loads the release into at the same time.
 const PROBE_INTERPRETERS: usize = 2;
 
@@ -56,6 +53,43 @@ pub async fn probe(release: &Release) -> Verdict {
     verdict
 }
 
+/// How much of each of the probe's pipes is kept: its protocol line comes first on stdout,
+/// and the last lines of stderr say why it failed.
+const KEPT_BYTES: usize = 64 * 1024;
+
+/// Which part of a pipe's text to keep.
+#[derive(Clone, Copy)]
+enum Keep {
+    Head,
+    Tail,
+}
+
+/// Reads `pipe` to its end and answers its first or last [`KEPT_BYTES`] bytes.
+async fn drain(pipe: Option<&mut (impl AsyncRead + Unpin)>, keep: Keep) -> String {
+    let mut kept = Vec::new();
+    let Some(pipe) = pipe else {
+        return String::new();
+    };
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                kept.extend_from_slice(&chunk[..read]);
+                if kept.len() > KEPT_BYTES {
+                    match keep {
+                        Keep::Head => kept.truncate(KEPT_BYTES),
+                        Keep::Tail => {
+                            kept.drain(..kept.len() - KEPT_BYTES);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
 async fn run_probe(release: &Release) -> Verdict {
     let fallback = |reason: String| Verdict::ChildProcess { reason };
     let binary = match host_binary() {
@@ -78,22 +112,22 @@ async fn run_probe(release: &Release) -> Verdict {
     };
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
+    // Both pipes at once: a release that prints more than a pipe holds to one of them at
+    // import would otherwise block the probe while this side waits for the other's end.
+    // Both are drained to their end, but only what the verdict needs is kept.
     let collect = async {
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(stdout) = stdout.as_mut() {
-            let _ = stdout.read_to_string(&mut out).await;
-        }
-        if let Some(stderr) = stderr.as_mut() {
-            let _ = stderr.read_to_string(&mut err).await;
-        }
+        let (out, err) = tokio::join!(
+            drain(stdout.as_mut(), Keep::Head),
+            drain(stderr.as_mut(), Keep::Tail)
+        );
         let status = child.wait().await;
         (out, err, status)
     };
-    let Ok((out, err, status)) = tokio::time::timeout(PROBE_TIMEOUT, collect).await else {
+    let timeout = super::import_timeout();
+    let Ok((out, err, status)) = tokio::time::timeout(timeout, collect).await else {
         return fallback(format!(
-            "the probe did not finish within {}s",
-            PROBE_TIMEOUT.as_secs()
+            "the probe did not finish within {} s",
+            timeout.as_secs_f64()
         ));
     };
     let status = match status {

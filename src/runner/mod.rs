@@ -23,7 +23,7 @@ mod telemetry;
 mod work;
 
 /// How long handing running tasks back may take before the runner gives up on it.
-const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,6 +57,8 @@ pub struct Options {
     pub grace: Duration,
     /// Do not print task logs.
     pub quiet: bool,
+    /// How long `uv sync` of a deployed release may take.
+    pub sync_timeout: Duration,
 }
 
 /// What can stop the runner.
@@ -167,6 +169,8 @@ impl Runner {
         let lease_task = tokio::spawn(lease_manager.run(stop_leases.clone()));
 
         let mut watcher = None;
+        // Held here only in direct mode; dropped with the loaded releases at the end.
+        let mut direct_sender = None;
         match &options.project {
             Some(project) => {
                 let set = LoadedSet::load(
@@ -180,6 +184,7 @@ impl Runner {
                 let mut direct = Catalog::default();
                 direct.releases.insert(set.label.clone(), Arc::new(set));
                 let _ = catalog_sender.send(Arc::new(direct));
+                direct_sender = Some(catalog_sender);
             }
             None => {
                 tracing::info!(%cluster, slots = options.slots, "runner started; following the cluster's deployments");
@@ -234,10 +239,31 @@ impl Runner {
                 Stopped::HandedBack
             }
         };
+        if let Some(watcher) = &watcher {
+            watcher.abort();
+        }
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
+        // The last reference to the loaded releases, besides those of slots still running.
+        let loaded = catalog.borrow().clone();
+        drop(catalog);
+        drop(direct_sender);
         if stopped == Stopped::Finished {
             // The dispatcher hung up on the slots; they end after their current task.
             for slot in slots {
                 let _ = slot.await;
+            }
+            // Ending an interpreter waits for the non-daemon threads its tasks left running,
+            // as Python's own exit does; the second interrupt (or the end of the grace
+            // period) stops waiting, and the process exits with them still running.
+            tracing::info!("every task is reported; unloading the releases");
+            let unloading = tokio::task::spawn_blocking(move || drop(loaded));
+            tokio::select! {
+                _ = unloading => {}
+                _ = shutdown.hand_back.cancelled() => tracing::warn!(
+                    "stopped waiting for threads the tasks left running; they end with the process"
+                ),
             }
         } else {
             for slot in &slots {
@@ -246,10 +272,7 @@ impl Runner {
             // The interpreters are still busy with the tasks just handed back; dropping the
             // loaded releases would join their threads and wait for those tasks. The process
             // is about to exit, so they are left to it.
-            std::mem::forget(catalog.borrow().clone());
-        }
-        if let Some(watcher) = watcher {
-            watcher.abort();
+            std::mem::forget(loaded);
         }
         stop_leases.cancel();
         let _ = lease_task.await;
@@ -346,16 +369,37 @@ async fn hand_back_running(client: &RunnerClient, leases: &leases::LeasesHandle)
     }
 }
 
+/// The first pause before preparing a release again after a transient failure.
+const PREPARE_RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// The longest pause between two attempts to prepare a release.
+const PREPARE_RETRY_MAX_DELAY: Duration = Duration::from_secs(300);
+
+/// A deployed release that could not be loaded, remembered by workflow until it is
+/// redeployed (or, if the failure was transient, until its next attempt is due).
+struct Failure {
+    /// The release's [`release_key`].
+    key: String,
+    /// `None` for a permanent failure: the same release is never tried again.
+    retry: Option<Retry>,
+}
+
+struct Retry {
+    at: tokio::time::Instant,
+    backoff: Backoff,
+}
+
 /// Keeps the catalog in step with the cluster's deployments: a pushed stream, reconnected
 /// with backoff; new releases are loaded before the old ones are dropped (they finish their
-/// running tasks first, since slots hold them while executing).
+/// running tasks first, since slots hold them while executing). A release that failed for a
+/// transient reason is tried again with backoff, without waiting for a redeploy.
 async fn follow_deployments(
     shared: Arc<Shared>,
     catalog: watch::Sender<Arc<Catalog>>,
     phase: watch::Receiver<Phase>,
 ) {
     let mut backoff = Backoff::for_server();
-    let mut failed: HashMap<String, String> = HashMap::new();
+    let mut failed: HashMap<String, Failure> = HashMap::new();
+    let mut latest: Option<ClusterDeployments> = None;
     loop {
         if *phase.borrow() != Phase::Running {
             return;
@@ -377,14 +421,33 @@ async fn follow_deployments(
             }
         };
         backoff.reset();
-        while let Some(update) = stream.next().await {
-            match update {
-                Ok(deployments) => {
-                    apply_deployments(&shared, &catalog, deployments, &mut failed).await
+        loop {
+            let next_retry = failed
+                .values()
+                .filter_map(|failure| failure.retry.as_ref().map(|retry| retry.at))
+                .min();
+            let retry_due = async {
+                match next_retry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                Err(status) => {
-                    tracing::warn!(error = %status.message(), "the deployment watch ended; reconnecting");
-                    break;
+            };
+            tokio::select! {
+                update = stream.next() => match update {
+                    Some(Ok(deployments)) => {
+                        latest = Some(deployments.clone());
+                        apply_deployments(&shared, &catalog, deployments, &mut failed).await;
+                    }
+                    Some(Err(status)) => {
+                        tracing::warn!(error = %status.message(), "the deployment watch ended; reconnecting");
+                        break;
+                    }
+                    None => break,
+                },
+                () = retry_due => {
+                    if let Some(deployments) = latest.clone() {
+                        apply_deployments(&shared, &catalog, deployments, &mut failed).await;
+                    }
                 }
             }
         }
@@ -396,7 +459,7 @@ async fn apply_deployments(
     shared: &Shared,
     catalog: &watch::Sender<Arc<Catalog>>,
     deployments: ClusterDeployments,
-    failed: &mut HashMap<String, String>,
+    failed: &mut HashMap<String, Failure>,
 ) {
     let current = catalog.borrow().clone();
     // Stop claiming for releases that changed or went away at once, before loading their
@@ -419,8 +482,22 @@ async fn apply_deployments(
     if kept.releases.len() != current.releases.len() {
         let _ = catalog.send(Arc::new(kept));
     }
+    // A failure is remembered only while its release is the one deployed.
+    failed.retain(|workflow, failure| {
+        deployments.releases.iter().any(|deployed| {
+            &deployed.workflow_slug == workflow
+                && deployed
+                    .release
+                    .as_ref()
+                    .is_some_and(|release| release_key(release) == failure.key)
+        })
+    });
     let mut next = Catalog::default();
-    for deployed in deployments.releases {
+    // Releases that failed before go last, so one that keeps timing out does not delay the
+    // others on every attempt.
+    let mut releases = deployments.releases;
+    releases.sort_by_key(|deployed| failed.contains_key(&deployed.workflow_slug));
+    for deployed in releases {
         let Some(release) = deployed.release else {
             continue;
         };
@@ -432,7 +509,14 @@ async fn apply_deployments(
                 .insert(deployed.workflow_slug.clone(), existing.clone());
             continue;
         }
-        if failed.get(&deployed.workflow_slug) == Some(&key) {
+        let not_due =
+            failed
+                .get(&deployed.workflow_slug)
+                .is_some_and(|failure| match &failure.retry {
+                    None => true,
+                    Some(retry) => tokio::time::Instant::now() < retry.at,
+                });
+        if not_due {
             continue;
         }
         let loaded = async {
@@ -441,6 +525,7 @@ async fn apply_deployments(
                 &shared.options.cache_dir,
                 &deployed.workflow_slug,
                 &release,
+                shared.options.sync_timeout,
             )
             .await?;
             LoadedSet::load(prepared, key.clone(), shared.options.slots)
@@ -455,10 +540,32 @@ async fn apply_deployments(
                 next.releases
                     .insert(deployed.workflow_slug.clone(), Arc::new(set));
             }
+            Err(error) if error.is_transient() => {
+                let mut backoff = failed
+                    .remove(&deployed.workflow_slug)
+                    .and_then(|failure| failure.retry)
+                    .map(|retry| retry.backoff)
+                    .unwrap_or_else(|| {
+                        Backoff::new(PREPARE_RETRY_FIRST_DELAY, PREPARE_RETRY_MAX_DELAY)
+                    });
+                let delay = backoff.next_delay();
+                // As `dyn Error`, so the log line carries the causes.
+                tracing::error!(workflow = %deployed.workflow_slug, error = &error as &dyn std::error::Error, retry_in = ?delay, "skipping a release that cannot be loaded for now; trying again later");
+                failed.insert(
+                    deployed.workflow_slug.clone(),
+                    Failure {
+                        key,
+                        retry: Some(Retry {
+                            at: tokio::time::Instant::now() + delay,
+                            backoff,
+                        }),
+                    },
+                );
+            }
             Err(error) => {
                 // As `dyn Error`, so the log line carries the causes (which entry, why).
                 tracing::error!(workflow = %deployed.workflow_slug, error = &error as &dyn std::error::Error, "skipping a release that cannot be loaded");
-                failed.insert(deployed.workflow_slug.clone(), key);
+                failed.insert(deployed.workflow_slug.clone(), Failure { key, retry: None });
             }
         }
     }

@@ -10,6 +10,7 @@
 //!   `.venv`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -63,6 +64,32 @@ pub enum Error {
     Python(#[from] python::Error),
 }
 
+impl Error {
+    /// Whether trying again later may succeed without a new release: the network, the
+    /// server, the cache's disk, `uv` (its exit status does not tell an unreachable index
+    /// from an unsatisfiable lock, so every uv failure counts) and timeouts fail for a while;
+    /// what the release's own bytes decide (a bad archive or digest, no runner object, an
+    /// import that raises) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Download { .. }
+            | Error::Io { .. }
+            | Error::Panicked { .. }
+            | Error::Environment(_) => true,
+            Error::Python(error) => !matches!(
+                error,
+                python::Error::Load { .. } | python::Error::Initialize(_)
+            ),
+            Error::NoArtifact { .. }
+            | Error::NoRunner { .. }
+            | Error::CustomCommand { .. }
+            | Error::DigestMismatch { .. }
+            | Error::Extract { .. }
+            | Error::Config(_) => false,
+        }
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
@@ -93,6 +120,8 @@ pub struct Source {
     /// The runner object, `module:object`.
     pub runner: String,
     pub environment: EnvironmentSource,
+    /// How long `uv sync` may take.
+    pub sync_timeout: Duration,
 }
 
 /// Builds the environment of `source` and answers the release to load. Nothing is synced
@@ -101,16 +130,17 @@ pub async fn release(source: Source, cache: &Path) -> Result<Release, Error> {
     let has_project = source.root.join("pyproject.toml").is_file();
     let environment = match source.environment {
         EnvironmentSource::Shared | EnvironmentSource::Project if has_project => {
-            let (root, cache, shared) = (
+            let (root, cache, shared, timeout) = (
                 source.root.clone(),
                 cache.to_path_buf(),
                 source.environment == EnvironmentSource::Shared,
+                source.sync_timeout,
             );
             let environment = tokio::task::spawn_blocking(move || {
                 if shared {
-                    python::environment::sync_shared(&root, &cache)
+                    python::environment::sync_shared(&root, &cache, timeout)
                 } else {
-                    python::environment::sync(&root, false)
+                    python::environment::sync(&root, false, timeout)
                 }
             })
             .await
@@ -157,6 +187,7 @@ pub fn project_source(
             root: std::path::absolute(start).unwrap_or_else(|_| start.to_path_buf()),
             runner: runner.to_string(),
             environment,
+            sync_timeout: python::environment::DEFAULT_SYNC_TIMEOUT,
         });
     }
     let path = config::find(start)?;
@@ -167,6 +198,7 @@ pub fn project_source(
             root: configuration.root,
             runner,
             environment,
+            sync_timeout: python::environment::DEFAULT_SYNC_TIMEOUT,
         }),
         Entry::Command(command) => Err(Error::CustomCommand { path, command }),
     }
@@ -232,6 +264,7 @@ async fn built_release(
             root,
             runner: runner.to_string(),
             environment: EnvironmentSource::Shared,
+            sync_timeout: python::environment::DEFAULT_SYNC_TIMEOUT,
         },
         cache,
     )
@@ -309,12 +342,14 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
         .map_err(io(path))
 }
 
-/// Builds the `Release` to load for a deployed workflow release.
+/// Builds the `Release` to load for a deployed workflow release, its `uv sync` bounded by
+/// `sync_timeout`.
 pub async fn prepare(
     client: &Client,
     cache: &Path,
     workflow: &str,
     release: &WorkflowRelease,
+    sync_timeout: Duration,
 ) -> Result<Release, Error> {
     let release_id = release
         .id
@@ -346,6 +381,7 @@ pub async fn prepare(
             root,
             runner,
             environment: EnvironmentSource::Shared,
+            sync_timeout,
         },
         cache,
     )

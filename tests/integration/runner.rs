@@ -352,6 +352,104 @@ fn a_second_sigterm_hands_the_running_task_back() {
     );
 }
 
+/// `Linger` leaves a non-daemon thread sleeping for an hour; `Spin` never returns.
+const LINGERING: &str = r#"
+import os, threading, time
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+def mark(text):
+    with open(os.environ["MARKER"], "a") as marker:
+        marker.write(text + "\n")
+
+class Linger(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        threading.Thread(target=lambda: time.sleep(3600)).start()
+        mark("linger")
+
+class Spin(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        mark("spin")
+        while True:
+            pass
+
+runner = Runner(tasks=[Linger, Spin])
+"#;
+
+/// Sends SIGTERM twice, the second once the runner's log shows `after_first`, and waits
+/// (15 s at most) for it to exit.
+fn interrupt_twice(runner: &mut RunnerProcess, after_first: &str) -> std::process::ExitStatus {
+    runner.signal("-TERM");
+    wait_until(
+        format!("the runner to log `{after_first}`"),
+        Duration::from_secs(10),
+        || runner.log().contains(after_first),
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    runner.signal("-TERM");
+    runner.wait_for_exit(
+        "the runner to exit after the second SIGTERM",
+        Duration::from_secs(15),
+    )
+}
+
+#[test]
+fn a_runner_whose_task_left_a_non_daemon_thread_exits_on_the_second_sigterm() {
+    let server = TestServer::start();
+    let project = project("lingering", LINGERING);
+    let marker = project.path().join("marker");
+    let id = submit(&server, "Linger", "");
+    let mut runner = start_marking_runner(&server, project.path(), &marker, &[]);
+    wait_for_job_state(&server, &id, "completed", Duration::from_secs(60));
+    // Drained, the runner waits for the thread as Python's own exit would (an hour); the
+    // second SIGTERM ends that wait.
+    let status = interrupt_twice(
+        &mut runner,
+        "every task is reported; unloading the releases",
+    );
+    assert!(
+        status.success(),
+        "nothing was running: {status}\n{}",
+        runner.log()
+    );
+    assert_eq!(marker_lines(&marker), ["linger"]);
+    assert!(
+        runner
+            .log()
+            .contains("stopped waiting for threads the tasks left running"),
+        "the unload was waiting for the thread:\n{}",
+        runner.log()
+    );
+}
+
+#[test]
+fn a_runner_whose_task_hangs_next_to_a_non_daemon_thread_hands_it_back_on_the_second_sigterm() {
+    let server = TestServer::start();
+    let project = project("lingering", LINGERING);
+    let marker = project.path().join("marker");
+    let lingering = submit(&server, "Linger", "");
+    let mut runner = start_marking_runner(&server, project.path(), &marker, &[]);
+    wait_for_job_state(&server, &lingering, "completed", Duration::from_secs(60));
+    let spinning = submit(&server, "Spin", "");
+    wait_until(
+        "the runner to start the spinning task",
+        Duration::from_secs(30),
+        || marker_lines(&marker).len() == 2,
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    let status = interrupt_twice(&mut runner, "stopping: no new tasks");
+    assert_eq!(status.code(), Some(130), "{}", runner.log());
+    let job = job_document(&server, &spinning);
+    let task = &job["tasks"][0];
+    assert_eq!(
+        task["state"],
+        "queued",
+        "handed back: {job}\n{}",
+        runner.log()
+    );
+    assert_eq!(task["retry_count"], 0, "a hand-back is not a retry");
+    assert_eq!(marker_lines(&marker), ["linger", "spin"]);
+}
+
 fn sdk_script(server: &TestServer, args: &[&str]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sleep_sdk.py");
     let output = Command::new(crate::common::sdk_python())

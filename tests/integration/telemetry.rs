@@ -238,3 +238,59 @@ fn logs_past_their_retention_are_deleted() {
     let spans = json(&server, &["--json", "job", "spans", &job]);
     assert_eq!(spans["spans"], serde_json::json!([]));
 }
+
+/// Logs a line that would clear the screen, set the window title and ring the bell, and
+/// carriage-return over itself.
+const HOSTILE_LOG: &str = r#"
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Hostile(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        context.logger.info("before\x1b[2J\x1b]0;pwned\x07\rafter")
+
+runner = Runner(tasks=[Hostile])
+"#;
+
+#[test]
+fn job_logs_escapes_control_characters_on_a_terminal_and_keeps_them_in_a_pipe() {
+    let server = TestServer::start();
+    let project = project("hostile-log", HOSTILE_LOG);
+    let job = submit(&server, "Hostile", "");
+    run_all(&server, project.path());
+
+    // Under a pseudo-terminal (`script` gives the command one): escaped.
+    let command = format!(
+        "{} job logs {job}",
+        crate::common::tilebox_binary().display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TILEBOX_API_URL", server.url())
+        .env_remove("TILEBOX_API_KEY")
+        .output()
+        .expect("run `script` (util-linux)");
+    assert!(output.status.success(), "{output:?}");
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains(r"before\x1b[2J\x1b]0;pwned\x07\rafter"),
+        "the escaped form is shown: {shown:?}"
+    );
+    assert!(
+        !output.stdout.contains(&0x1b) && !output.stdout.contains(&0x07),
+        "no raw ESC or BEL reaches the terminal: {shown:?}"
+    );
+
+    // Piped: the text as it was logged.
+    let piped = server.tilebox(&["job", "logs", &job]);
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        String::from_utf8_lossy(&piped.stdout).contains("before\x1b[2J\x1b]0;pwned\x07\rafter"),
+        "{piped:?}"
+    );
+    // And JSON keeps the exact text either way.
+    let logs = json(&server, &["--json", "job", "logs", &job]);
+    assert_eq!(
+        logs["logs"][0]["body"],
+        "before\x1b[2J\x1b]0;pwned\x07\rafter"
+    );
+}

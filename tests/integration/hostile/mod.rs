@@ -15,6 +15,8 @@
 //! - `limits_submit.rs`: submission limits (names, trace parents, displays, cluster slugs,
 //!   tasks per submission)
 //! - `loops.rs`: tasks that try to run forever (exceptions, invalid outcomes, runner failures)
+//! - `stalls.rs`: releases that hang `uv sync` or their import, flood their pipes, or fail
+//!   to prepare for a while
 
 mod artifacts;
 mod clients;
@@ -23,6 +25,7 @@ mod limits_submit;
 mod loops;
 mod releases;
 mod server_limits;
+mod stalls;
 
 use std::io::Write;
 use std::path::Path;
