@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Soak test: a real `tilebox server` and two `tilebox runner start` processes kept busy with a
 mix of jobs (fan-outs, CPU-bound tasks, tasks that fail, optional failures, undecodable
-inputs) for a while; RSS of every process sampled every few seconds.
+inputs) and hostile tasks (`SystemExit`, a `BaseException` that cannot be formatted, invalid
+progress, a display far over the limit, and a task class with an invalid identifier in the
+runners' release) for a while; RSS of every process sampled every few seconds.
 
 At the end it checks that
 - every submitted job ended as its kind is designed to (completed or failed), with exactly
   the task counts per state that kind produces (nothing lost, nothing run into extra tasks);
+- no hostile task was executed more often than its retries allow (each execution appends a
+  byte to a file of its own);
 - memory is flat: after the warm-up, the RSS of each process grows by at most 10%
   (median of the last minute against the median of the first minute after warm-up);
 and prints the figures (also as JSON with --json-out). Exit code 0 when both hold.
@@ -78,10 +82,68 @@ class WithOptional(Task):
         context.submit_subtask(Leaf(1))
 
 
-runner = Runner(tasks=[FanOut, Leaf, Spin, Boom, WithOptional])
+def executed(path: str) -> None:
+    with open(path, "a") as counter:
+        counter.write("x")
+
+
+class Exit(Task):
+    path: str
+
+    def execute(self, context: ExecutionContext) -> None:
+        executed(self.path)
+        raise SystemExit(3)
+
+
+class Unprintable(BaseException):
+    def __str__(self) -> str:
+        raise Unprintable()
+
+    __repr__ = __str__
+
+
+class RaiseUnprintable(Task):
+    path: str
+
+    def execute(self, context: ExecutionContext) -> None:
+        executed(self.path)
+        raise Unprintable()
+
+
+class BadProgress(Task):
+    path: str
+
+    def execute(self, context: ExecutionContext) -> None:
+        executed(self.path)
+        context.progress("p").add(-1)
+
+
+class HugeDisplay(Task):
+    path: str
+
+    def execute(self, context: ExecutionContext) -> None:
+        executed(self.path)
+        context.current_task.display = "x" * 100_000
+
+
+class BadIdentifier(Task):
+    @staticmethod
+    def identifier() -> tuple[str, str]:
+        return ("X", "v1.0\\n")
+
+    def execute(self, context: ExecutionContext) -> None:
+        pass
+
+
+runner = Runner(
+    tasks=[FanOut, Leaf, Spin, Boom, WithOptional, Exit, RaiseUnprintable, BadProgress, HugeDisplay, BadIdentifier]
+)
 '''
 
 CONFIG = '[workflow]\nslug = "soak"\nrunner = "app:runner"\n\n[build]\ninclude = ["app.py"]\n'
+
+# The input of a hostile task: a file of its own that counts its executions.
+HOSTILE = "{counter}"
 
 # name: (task, input, max_retries, expected job state, expected task counts by state)
 KINDS = {
@@ -90,9 +152,17 @@ KINDS = {
     "boom": ("Boom", "soak", 2, "failed", {"failed": 1}),
     "optional": ("WithOptional", "", 0, "completed", {"computed": 2, "failed_optional": 1}),
     "badinput": ("Leaf", "not-a-number", 1, "failed", {"failed": 1}),
+    # Hostile: each must end as a workflow error counted against its retries.
+    "exit": ("Exit", HOSTILE, 1, "failed", {"failed": 1}),
+    "unprintable": ("RaiseUnprintable", HOSTILE, 1, "failed", {"failed": 1}),
+    "badprogress": ("BadProgress", HOSTILE, 1, "failed", {"failed": 1}),
+    "hugedisplay": ("HugeDisplay", HOSTILE, 1, "failed", {"failed": 1}),
 }
 # The submission cycle: half fan-outs, the rest spread over the other kinds.
-MIX = ["fanout", "spin", "fanout", "boom", "fanout", "optional", "fanout", "badinput", "fanout", "spin"]
+MIX = [
+    "fanout", "spin", "fanout", "boom", "fanout", "optional", "fanout", "badinput", "fanout", "spin",
+    "fanout", "exit", "fanout", "unprintable", "fanout", "badprogress", "fanout", "hugedisplay",
+]  # fmt: skip
 ACTIVE_STATES = "submitted,running,started"
 
 
@@ -138,6 +208,9 @@ class Soak:
         self.stop_sampling = threading.Event()
         self.started = 0.0
         self.cpu_percent: dict[str, float] = {}
+        self.counters = self.work / "executions"
+        self.counters.mkdir()
+        self.counted: dict[str, tuple[Path, int]] = {}  # job id -> (execution counter, allowed)
 
     def tilebox(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         environment = {**os.environ, "TILEBOX_API_URL": self.url, "NO_COLOR": "1"}
@@ -202,10 +275,17 @@ class Soak:
     def submit(self, kind: str) -> None:
         task, task_input, retries, _, _ = KINDS[kind]
         args = ["--json", "job", "submit", "--name", f"soak-{kind}", "--task", task, "--max-retries", str(retries)]
+        counter = None
+        if task_input == HOSTILE:
+            counter = self.counters / f"{len(self.submitted)}-{kind}"
+            # A task of one field takes its bare value, as the SDK serializes it.
+            task_input = json.dumps(str(counter))
         if task_input:
             args += ["--input", task_input]
         job = json.loads(self.tilebox(*args).stdout)
         self.submitted[job["id"]] = kind
+        if counter is not None:
+            self.counted[job["id"]] = (counter, retries + 1)
 
     def run(self) -> int:
         self.start()
@@ -288,6 +368,22 @@ class Soak:
             if figures["jobs"] != figures["as_designed"]:
                 problems.append(f"{kind}: {figures['jobs'] - figures['as_designed']} jobs did not end as designed")
 
+        executions = {"hostile_jobs": len(self.counted), "executions": 0, "max_executions": 0, "over_allowed": 0}
+        for job_id, (counter, allowed) in self.counted.items():
+            count = len(counter.read_text()) if counter.exists() else 0
+            executions["executions"] += count
+            executions["max_executions"] = max(executions["max_executions"], count)
+            if count > allowed:
+                executions["over_allowed"] += 1
+                if len(problems) < 20:
+                    problems.append(f"job {job_id} ({self.submitted[job_id]}): executed {count} times, allowed {allowed}")
+        skipped = [
+            line for index in range(2) for line in (self.work / f"runner-{index}.log").read_text().splitlines()
+            if "invalid identifier" in line and 'name="X"' in line
+        ]  # fmt: skip
+        if not skipped:
+            problems.append("no runner logged that it skipped the task with the invalid identifier")
+
         memory = {}
         warm = [sample for sample in self.samples if sample["t"] >= self.arguments.warm_up]
         window = max(1, int(60 / self.arguments.sample_seconds))
@@ -315,6 +411,8 @@ class Soak:
             "tasks": tasks_total,
             "tasks_per_second": round(tasks_total / elapsed, 1),
             "jobs_by_kind": per_kind,
+            "hostile_executions": executions,
+            "invalid_identifier_log": skipped[:2],
             "memory": memory,
             "cpu_percent_of_one_core": self.cpu_percent,
             "samples": len(self.samples),
