@@ -8,7 +8,7 @@
 
 mod work;
 
-pub use work::{ItemResult, MAX_CLAIM_PER_CALL, MAX_REPORTS_PER_CALL, WorkAnswer};
+pub use work::{ItemResult, MAX_CLAIM_PER_CALL, MAX_REPORTS_PER_CALL, WorkAnswer, may_wait};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -45,6 +45,14 @@ pub struct WorkAnswer {
     pub claim_error: Option<String>,
 }
 
+/// Whether a `Work` call may wait for work (a long poll): it asks to wait and to claim
+/// something. A call that only reports, or does not ask to wait, answers at once.
+pub fn may_wait(request: &WorkRequest) -> bool {
+    request.wait
+        && (request.capacity > 0
+            || (request.prefetch > 0 && !request.prefetch_identifiers.is_empty()))
+}
+
 impl Scheduler {
     /// Applies the reports of `request`, each on its own, and claims up to its capacity
     /// (waiting up to the long poll for work when it asks to and finds none). A refused claim
@@ -251,4 +259,43 @@ fn failed_report(request: TaskFailedRequest, claimant: &str) -> Result<Report> {
         workflow_error: request.was_workflow_error,
         progress: super::progress_of(&request.progress_updates),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::workflows_v1::TaskIdentifier;
+
+    #[test]
+    fn only_a_call_that_asks_to_wait_and_to_claim_may_wait() {
+        let claim = WorkRequest {
+            wait: true,
+            capacity: 1,
+            ..WorkRequest::default()
+        };
+        assert!(may_wait(&claim));
+        assert!(!may_wait(&WorkRequest {
+            wait: false,
+            ..claim.clone()
+        }));
+        // Report only: nothing to claim, nothing to wait for.
+        let report_only = WorkRequest {
+            wait: true,
+            ..WorkRequest::default()
+        };
+        assert!(!may_wait(&report_only));
+        // Prefetch claims only with identifiers to prefetch.
+        assert!(!may_wait(&WorkRequest {
+            prefetch: 4,
+            ..report_only.clone()
+        }));
+        assert!(may_wait(&WorkRequest {
+            prefetch: 4,
+            prefetch_identifiers: vec![TaskIdentifier {
+                name: "Short".into(),
+                version: "v1.0".into(),
+            }],
+            ..report_only
+        }));
+    }
 }

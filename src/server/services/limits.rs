@@ -1,5 +1,6 @@
-//! Per-connection limits on calls that stay open: long polls (`Work`, `NextTask`) and
-//! deployment watches. One connection (one peer address) may hold at most `limit` of each
+//! Per-connection limits on calls that stay open: long polls (the `Work` and `NextTask`
+//! calls that may wait for work; calls that only report answer at once and are not counted)
+//! and deployment watches. One connection (one peer address) may hold at most `limit` of each
 //! kind at once; one more is refused with RESOURCE_EXHAUSTED naming the limit, so a client
 //! cannot park unbounded server tasks on one connection.
 
@@ -12,7 +13,7 @@ use tonic::Status;
 /// What kind of open call a permit is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpenCall {
-    /// `Work` and `NextTask`, which may wait for work.
+    /// A `Work` or `NextTask` call that may wait for work.
     LongPoll,
     /// `WatchDeployments`, open until the client goes.
     Watch,

@@ -30,10 +30,17 @@ impl TaskService for Tasks {
         &self,
         request: Request<NextTaskRequest>,
     ) -> Result<Response<NextTaskResponse>, Status> {
-        // `NextTask` may wait for work: count it against the connection's open calls.
-        let _permit = self
-            .limits
-            .acquire(request.remote_addr(), OpenCall::LongPoll)?;
+        // A `NextTask` that asks for a task may wait for one: it holds one of the
+        // connection's long-poll permits, taken before its computed task is applied, so a
+        // refused call changes nothing. One that only reports answers at once and holds none.
+        let _permit = if request.get_ref().next_task_to_run.is_some() {
+            Some(
+                self.limits
+                    .acquire(request.remote_addr(), OpenCall::LongPoll)?,
+            )
+        } else {
+            None
+        };
         let claimant = caller(&request);
         let answer = self
             .scheduler

@@ -13,7 +13,7 @@ use crate::api::selfhosted_v1::{
     ExtendLeasesRequest, ExtendLeasesResponse, ReportResult, WorkRequest, WorkResponse,
 };
 use crate::api::workflows_v1::{TaskLease, TaskState};
-use crate::server::scheduler::{ItemResult, Scheduler};
+use crate::server::scheduler::{ItemResult, Scheduler, may_wait};
 
 pub struct Work {
     scheduler: Scheduler,
@@ -46,10 +46,21 @@ fn report_result(result: ItemResult) -> ReportResult {
 #[tonic::async_trait]
 impl WorkService for Work {
     async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
-        // A `Work` call may wait for work: count it against the connection's open calls.
-        let _permit = self
-            .limits
-            .acquire(request.remote_addr(), OpenCall::LongPoll)?;
+        // Only a call that may wait for work holds one of the connection's long-poll
+        // permits; one that only reports (our runner sends its results that way while its
+        // claim waits) or does not ask to wait answers at once and is never refused for it.
+        // The permit is taken before anything of the call is applied: a refused call changes
+        // nothing, and our runner sends the same reports again (RESOURCE_EXHAUSTED is
+        // retryable in `client::runner`). Our runner has at most one waiting `Work` call in
+        // flight per connection (`runner::work`), so a limit of one or more never refuses it.
+        let _permit = if may_wait(request.get_ref()) {
+            Some(
+                self.limits
+                    .acquire(request.remote_addr(), OpenCall::LongPoll)?,
+            )
+        } else {
+            None
+        };
         let claimant = caller(&request);
         let answer = self
             .scheduler

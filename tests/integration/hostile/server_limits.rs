@@ -13,18 +13,21 @@ use tilebox::api::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tilebox::api::otlp::common::v1::{AnyValue, KeyValue, any_value};
 use tilebox::api::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use tilebox::api::otlp::resource::v1::Resource;
-use tilebox::api::selfhosted_v1::{UploadArtifactRequest, WatchDeploymentsRequest};
+use tilebox::api::selfhosted_v1::{
+    UploadArtifactRequest, WatchDeploymentsRequest, WorkReport, WorkRequest, work_report,
+};
 use tilebox::api::workflows_v1::{
-    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest, Path as ReleasePath,
-    PublishWorkflowReleaseRequest, QueryJobLogsRequest, ReleaseContent, TaskIdentifier,
+    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest, NextTaskRequest,
+    Path as ReleasePath, PublishWorkflowReleaseRequest, QueryJobLogsRequest, ReleaseContent,
+    TaskFailedRequest, TaskIdentifier,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
 
 use super::{HELLO, sha256_hex};
 use crate::common::{
-    RunnerProcess, TestServer, client, job_request, json_of, uuid_of_id, wait_for_job_state,
-    wait_until,
+    RunnerProcess, TestServer, ask, client, identifier, job_request, json_of, uuid_of_id,
+    wait_for_job_state, wait_until,
 };
 
 /// The trace id of [`job_request`]'s `trace_parent`.
@@ -447,6 +450,176 @@ async fn watches_per_connection_are_limited_and_end_when_their_client_goes() {
     watch(&client)
         .await
         .expect("a watch after the others ended");
+}
+
+/// A long poll of `name@v1.0` on `client`'s connection: a `Work` call that waits, or a
+/// `NextTask`. Answers whether it claimed a task, or the status it was refused with.
+async fn long_poll(client: &Client, kind: usize, name: &str) -> Result<bool, tonic::Status> {
+    let mut client = client.clone();
+    if kind % 2 == 0 {
+        let answer = client
+            .work
+            .work(WorkRequest {
+                capacity: 1,
+                identifiers: vec![identifier(name, "v1.0")],
+                wait: true,
+                ..WorkRequest::default()
+            })
+            .await?
+            .into_inner();
+        assert!(answer.claim_error.is_empty(), "{}", answer.claim_error);
+        Ok(!answer.tasks.is_empty())
+    } else {
+        let answer = client
+            .tasks
+            .next_task(NextTaskRequest {
+                next_task_to_run: ask(name, "v1.0"),
+                ..NextTaskRequest::default()
+            })
+            .await?
+            .into_inner();
+        Ok(answer.next_task.is_some())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_per_connection_are_limited_and_their_permits_come_back() {
+    const LONG_POLL: Duration = Duration::from_secs(20);
+    let server = TestServer::start_with(&[
+        "--long-poll-ms",
+        &LONG_POLL.as_millis().to_string(),
+        "--max-open-calls-per-connection",
+        "2",
+    ]);
+    let mut one = client(&server).await;
+    let mut another = client(&server).await;
+
+    // Three long polls at once on one connection for a task nobody submits (a `Work` that
+    // waits, a `NextTask`, a `Work`): whichever reaches the server last is refused, the
+    // other two wait. (Which one is up to the connection, so none is singled out.)
+    let started = std::time::Instant::now();
+    let mut polls: Vec<_> = (0..3)
+        .map(|kind| {
+            tokio::spawn({
+                let one = one.clone();
+                async move { long_poll(&one, kind, "Nothing").await }
+            })
+        })
+        .collect();
+    wait_until(
+        "one of three long polls to end",
+        Duration::from_secs(30),
+        || polls.iter().any(|poll| poll.is_finished()),
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", server.stderr_tail()));
+    let refused = polls
+        .iter()
+        .position(|poll| poll.is_finished())
+        .expect("ended");
+    let refused = polls
+        .remove(refused)
+        .await
+        .expect("join")
+        .expect_err("a refusal");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("2 concurrent long polls (Work/NextTask)")
+            && refused.message().contains("at most 2 per connection")
+            && refused
+                .message()
+                .contains("--max-open-calls-per-connection"),
+        "{refused}"
+    );
+    assert!(
+        polls.iter().all(|poll| !poll.is_finished()),
+        "the other two still wait"
+    );
+
+    // Calls that cannot wait are served on the full connection: a report-only `Work` (what
+    // our runner sends while its claim waits), a `Work` that does not wait, a `NextTask`
+    // that only reports.
+    let unknown = Uuid::now_v7();
+    let reported = one
+        .work
+        .work(WorkRequest {
+            reports: vec![WorkReport {
+                report: Some(work_report::Report::Failed(TaskFailedRequest {
+                    task_id: Some(id(unknown)),
+                    display: "failed".into(),
+                    ..TaskFailedRequest::default()
+                })),
+            }],
+            wait: true,
+            ..WorkRequest::default()
+        })
+        .await
+        .expect("a report-only call on the full connection")
+        .into_inner();
+    assert_eq!(
+        reported.results[0].message,
+        format!("task {unknown} does not exist")
+    );
+    let answer = one
+        .work
+        .work(WorkRequest {
+            capacity: 1,
+            identifiers: vec![identifier("Nothing", "v1.0")],
+            wait: false,
+            ..WorkRequest::default()
+        })
+        .await
+        .expect("a call that does not wait")
+        .into_inner();
+    assert!(answer.tasks.is_empty() && answer.suggested_idling.is_some());
+    one.tasks
+        .next_task(NextTaskRequest::default())
+        .await
+        .expect("a NextTask that asks for nothing");
+
+    // Work appears: the waiting calls wake, find nothing of theirs and keep waiting. Another
+    // connection's long poll is not limited by this one's and claims a task.
+    let job = another
+        .jobs
+        .submit_job(job_request("Hello", "v1.0", 2, b"{}"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(job.id.is_some());
+    let claimed = long_poll(&another, 0, "Hello").await;
+    assert!(matches!(claimed, Ok(true)), "{claimed:?}");
+    assert!(
+        polls.iter().all(|poll| !poll.is_finished()),
+        "both still wait"
+    );
+
+    // The client gives up one of them: its permit comes back, and the connection may long
+    // poll again (the server sees the reset soon after; until then it refuses).
+    polls.remove(0).abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let accepted = loop {
+        match long_poll(&one, 1, "Hello").await {
+            Err(status)
+                if status.code() == tonic::Code::ResourceExhausted
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(accepted, Ok(true)),
+        "the second Hello task: {accepted:?}"
+    );
+    let held = polls.remove(0);
+    assert!(!held.is_finished(), "the permit came from the aborted call");
+
+    // The other one waits the whole long poll and ends idle, not with an error.
+    let ended = held.await.expect("join");
+    assert!(matches!(ended, Ok(false)), "{ended:?}");
+    assert!(started.elapsed() >= LONG_POLL, "it held the long poll open");
 }
 
 // ---- uploads ---------------------------------------------------------------------------------
