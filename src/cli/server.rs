@@ -59,8 +59,11 @@ pub struct ServerArgs {
     /// Most bytes one OTLP export stores (each record with its resource and scope).
     #[arg(long, default_value_t = server::Limits::default().telemetry.max_stored_bytes)]
     max_otlp_stored_bytes: usize,
-    /// Most long polls, and most deployment watches, open at once on one connection.
-    #[arg(long, default_value_t = server::Limits::default().max_open_calls_per_connection)]
+    /// Most long polls, and most deployment watches, open at once on one connection (at
+    /// least 1).
+    #[arg(long, default_value_t = server::Limits::default().max_open_calls_per_connection,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u32).range(1..), |limit| limit as usize))]
     max_open_calls_per_connection: usize,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]

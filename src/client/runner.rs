@@ -126,7 +126,12 @@ impl RunnerClient {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if retryable(&status) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(operation, error = %status.message(), "the server is unreachable; retrying in {delay:?}");
+                    if status.code() == tonic::Code::Unavailable {
+                        tracing::warn!(operation, error = %status.message(), "the server is unreachable; retrying in {delay:?}");
+                    } else {
+                        // Busy (a full disk, a limit), or a fault worth another try: say which.
+                        tracing::warn!(operation, code = ?status.code(), error = %status.message(), "the server could not answer; retrying in {delay:?}");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => return Err(CallError::Cancelled { operation }),

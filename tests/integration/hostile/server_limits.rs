@@ -694,3 +694,29 @@ async fn an_aborted_upload_leaves_no_temporary_file_and_stale_ones_go_at_start()
         server.stderr_tail()
     );
 }
+
+/// A limit of zero open calls would refuse every long poll and watch: the server does not
+/// start with it, and says which flag and range.
+#[test]
+fn a_server_that_would_refuse_every_long_poll_does_not_start() {
+    let data = tempfile::tempdir().expect("data dir");
+    let output = crate::common::tilebox_command(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-open-calls-per-connection",
+        "0",
+        "--data-dir",
+    ])
+    .arg(data.path())
+    .output()
+    .expect("server");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("invalid value '0' for '--max-open-calls-per-connection")
+            && stderr.contains("0 is not in 1..="),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "the server never listened");
+}
