@@ -1,13 +1,15 @@
 //! A runner that cannot run a task: it backs off from the task's identifier (the task is
 //! left to other runners meanwhile, and its failures stay capped) and keeps serving other
-//! jobs.
+//! jobs; a release host killed from outside is replaced without failing a task.
 
 use std::path::Path;
 use std::time::Duration;
 
 use super::stalls::{create_cluster, deploy_files, start_runner, submit_to_cluster};
 use super::*;
-use crate::common::{TestServer, client, job_document, wait_for_job_state, wait_until};
+use crate::common::{
+    RunnerProcess, TestServer, client, job_document, project_runner, wait_for_job_state, wait_until,
+};
 
 /// A release that cannot live in a sub-interpreter (it segfaults there at import), so it is
 /// hosted in a child process. `Crash` leaves `marker` behind and ends its host; from then on
@@ -139,6 +141,88 @@ async fn a_runner_backs_off_from_a_task_it_cannot_run_and_serves_other_jobs() {
         "{log}"
     );
     assert!(runner.is_running(), "{log}");
+    drop(runner);
+    server.stop();
+}
+
+/// The `tilebox python-host` children (not probes) of process `parent`.
+fn python_hosts(parent: u32) -> Vec<u32> {
+    let Ok(threads) = fs_err::read_dir(format!("/proc/{parent}/task")) else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for thread in threads.flatten() {
+        let children = fs_err::read_to_string(thread.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let Ok(pid) = child.parse::<u32>() else {
+                continue;
+            };
+            let command = fs_err::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let command = String::from_utf8_lossy(&command);
+            if command.contains("python-host") && !command.contains("--probe") {
+                hosts.push(pid);
+            }
+        }
+    }
+    hosts
+}
+
+/// Whether process `pid` ended (a zombie its parent has not reaped yet, or gone).
+fn ended(pid: u32) -> bool {
+    match fs_err::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_host_killed_while_idle_is_replaced_and_the_next_task_runs() {
+    let server = TestServer::start_with(&["--long-poll-ms", "300"]);
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let marker = scratch.path().join("never-written");
+    let project = crate::common::project("breaking", &breaking_app(&marker));
+    let runner = RunnerProcess::spawn(
+        &mut project_runner(server.url(), project.path(), &["-n", "1"]),
+        scratch.path().join("runner.log"),
+    );
+    let first = crate::common::submit(&server, "Pid", "{}");
+    let done = wait_for_job_state(&server, &first, "completed", Duration::from_secs(120));
+    let first_display = done["tasks"][0]["display"]
+        .as_str()
+        .expect("display")
+        .to_string();
+    assert!(
+        first_display.starts_with("hello from pid "),
+        "{first_display}"
+    );
+
+    // Kill the release's host from outside while it is idle.
+    let hosts = python_hosts(runner.id());
+    assert_eq!(hosts.len(), 1, "one host for one slot: {hosts:?}");
+    let host = hosts[0];
+    assert_eq!(first_display, format!("hello from pid {host}"));
+    crate::common::signal(host, "-KILL");
+    wait_until("the host to end", Duration::from_secs(10), || ended(host)).expect("the host ends");
+
+    // The next task runs in a new host, at its first attempt: nothing failed for the host.
+    let second = crate::common::submit(&server, "Pid", "{}");
+    let done = wait_for_job_state(&server, &second, "completed", Duration::from_secs(60));
+    let display = done["tasks"][0]["display"].as_str().expect("display");
+    assert!(display.starts_with("hello from pid "), "{display}");
+    assert_ne!(display, first_display, "a new host ran it");
+    let log = runner.log();
+    assert!(
+        !log.contains("could not run the task") && !log.contains("backing off"),
+        "no task failed for the host killed while idle:\n{log}"
+    );
+    assert!(
+        log.contains("the child process hosting the release died")
+            && log.contains("killed by signal 9"),
+        "the replaced host is named with why it ended:\n{log}"
+    );
     drop(runner);
     server.stop();
 }
