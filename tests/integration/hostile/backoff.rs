@@ -1,6 +1,7 @@
 //! A runner that cannot run a task: it backs off from the task's identifier (the task is
 //! left to other runners meanwhile, and its failures stay capped) and keeps serving other
-//! jobs; a release host killed from outside is replaced without failing a task.
+//! jobs; a release host killed from outside is replaced without failing a task; `os._exit`
+//! in a sub-interpreter fails its task instead of ending the runner.
 
 use std::path::Path;
 use std::time::Duration;
@@ -224,5 +225,59 @@ async fn a_release_host_killed_while_idle_is_replaced_and_the_next_task_runs() {
         "the replaced host is named with why it ended:\n{log}"
     );
     drop(runner);
+    server.stop();
+}
+
+/// A release that lives in a sub-interpreter, whose `Exit` task calls `os._exit`.
+const EXITS: &str = r#"import os
+
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+
+class Exit(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        os._exit(7)
+
+
+class Fine(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        context.current_task.display = "fine"
+
+
+runner = Runner(tasks=[Exit, Fine])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_calling_os_exit_in_a_sub_interpreter_fails_and_the_runner_keeps_serving() {
+    let server = TestServer::start_with(&["--long-poll-ms", "300"]);
+    let project = crate::common::project("exits", EXITS);
+    let exit = crate::common::submit(&server, "Exit", "{}");
+    let fine = crate::common::submit(&server, "Fine", "{}");
+
+    let output = project_runner(
+        server.url(),
+        project.path(),
+        &["-n", "1", "--stop-when-idling"],
+    )
+    .output()
+    .expect("runner");
+    let log = crate::common::stderr_of(&output);
+    // Before, `os._exit(7)` ended the whole runner with status 7.
+    assert!(output.status.success(), "{}: {log}", output.status);
+    assert!(log.contains("isolation=sub-interpreter"), "{log}");
+
+    let failed = wait_for_job_state(&server, &exit, "failed", Duration::from_secs(10));
+    let task = &failed["tasks"][0];
+    assert_eq!(task["retry_count"], 0, "{task}");
+    let display = task["display"].as_str().expect("display");
+    assert_eq!(
+        display.lines().last(),
+        Some(
+            "RuntimeError('os._exit(7) would end the runner process hosting this sub-interpreter; raise an exception to fail the task instead')"
+        ),
+        "its own (workflow) error: {display}"
+    );
+    let done = wait_for_job_state(&server, &fine, "completed", Duration::from_secs(10));
+    assert_eq!(done["tasks"][0]["display"], "fine");
     server.stop();
 }
