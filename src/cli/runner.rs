@@ -57,6 +57,12 @@ pub struct StartArgs {
     /// tried again later with backoff).
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     sync_timeout_seconds: u64,
+    /// The longest pause, in seconds, from a task identifier this runner could not run (its
+    /// release's host failed or will not start): it stops claiming that identifier's tasks
+    /// for 1 s after the first such failure, doubling with each one in a row up to this, and
+    /// serves other jobs meanwhile. A run of the task's own code ends the pause.
+    #[arg(long, default_value_t = runner::FAILURE_BACKOFF_MAX.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    failure_backoff_max_seconds: u64,
 }
 
 pub async fn run(command: RunnerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
@@ -123,6 +129,7 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         grace,
         quiet: arguments.quiet,
         sync_timeout,
+        failure_backoff_max: Duration::from_secs(arguments.failure_backoff_max_seconds),
     };
     let stopped = Runner::new(options, client).run(shutdown).await.map_err(
         |error| match error {

@@ -106,7 +106,7 @@ impl ChildHost {
     /// Executes the tasks in the child, in order, each task's events going to its own
     /// sender. If the child dies running a task, that task fails (a workflow error: its code
     /// crashed the process), the tasks after it come back as [`Error::NotRun`], and the next
-    /// call starts a new child.
+    /// call starts a new child; so does a call that finds the child ended while idle.
     pub async fn execute_batch(&self, batch: Batch) -> Vec<Result<TaskOutcome, Error>> {
         if batch.is_empty() {
             return Vec::new();
@@ -120,7 +120,20 @@ impl ChildHost {
         // The child is out of its slot while the batch runs: if this future is dropped
         // halfway, so is the child (killed on drop), instead of leaving the rest of its
         // outcomes in the pipe for the next call to read as its own.
-        let mut running = match guard.take() {
+        let idle = match guard.take() {
+            // A child that ended while idle (killed from outside, e.g. by the OOM killer or
+            // an operator) is buried and replaced before the batch goes out: none of these
+            // tasks took it down, so none of them fails for it.
+            Some(mut running) => match running.child.try_wait() {
+                Ok(None) => Some(running),
+                Ok(Some(_)) | Err(_) => {
+                    self.bury(running, "it ended while idle".into()).await;
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut running = match idle {
             Some(running) => running,
             None => match spawn(&self.release).await {
                 Ok((running, _)) => running,

@@ -89,6 +89,22 @@ pub fn set_up_paths(py: Python<'_>, release: &Release) -> PyResult<()> {
     py.run(&code, Some(&globals), None)
 }
 
+/// In a sub-interpreter, `os._exit` (and `posix._exit`, the same function) would end the
+/// whole runner process, every slot and release with it: here they raise instead, so a task
+/// that calls them fails with its own (workflow) error. The `os` module is the
+/// interpreter's own, so nothing else is touched. A task can still end the process by
+/// other means (`os.abort`, `os.kill(os.getpid(), ...)`, a segfault): a sub-interpreter
+/// shares the process; releases that must be contained run in a child process.
+pub fn refuse_process_exit(py: Python<'_>) -> PyResult<()> {
+    let code = c"import os, posix
+def _exit(status, /):
+    raise RuntimeError(f'os._exit({status!r}) would end the runner process hosting this sub-interpreter; raise an exception to fail the task instead')
+os._exit = posix._exit = _exit
+del _exit
+";
+    py.run(code, None, None)
+}
+
 /// Installs the event sink callback into the runtime's host module.
 pub fn install_sink(py: Python<'_>, slot: SinkSlot) -> PyResult<()> {
     let sink = PyCFunction::new_closure(
@@ -485,6 +501,7 @@ fn run_interpreter(
             error: python_error(py, &error),
         };
         set_up_paths(py, &release).map_err(fail)?;
+        refuse_process_exit(py).map_err(fail)?;
         install_sink(py, slot.clone()).map_err(fail)?;
         let identifiers = load_runner(py, &release.runner).map_err(fail)?;
         Ok((identifiers, Entry::new(py).map_err(fail)?))

@@ -22,6 +22,8 @@ mod slot;
 mod telemetry;
 mod work;
 
+pub use work::FAILURE_BACKOFF_MAX;
+
 /// How long handing running tasks back may take before the runner gives up on it.
 pub const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,6 +61,9 @@ pub struct Options {
     pub quiet: bool,
     /// How long `uv sync` of a deployed release may take.
     pub sync_timeout: Duration,
+    /// The longest this runner stays away from a task identifier it could not run
+    /// (`work::Backoffs`; pauses double from 1 s up to this).
+    pub failure_backoff_max: Duration,
 }
 
 /// What can stop the runner.

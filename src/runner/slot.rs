@@ -76,6 +76,10 @@ pub struct Finished {
     pub report: WorkReport,
     /// How long it ran.
     pub elapsed: Duration,
+    /// Set when this runner could not run the task (its release's host failed, or the
+    /// handoff panicked): the failure, for the dispatcher's back-off from its identifier.
+    /// `None` when the task's own code ran (however it ended) or no release runs it any more.
+    pub runner_failure: Option<String>,
 }
 
 pub struct Slot {
@@ -144,7 +148,7 @@ impl Slot {
                 let identifier = task.identifier.clone().unwrap_or_default();
                 let Some(release) = catalog.route(&identifier.name, &identifier.version) else {
                     let report = unroutable(&task);
-                    if !executor.send(&task, report, Duration::ZERO) {
+                    if !executor.send(&task, report, Duration::ZERO, None) {
                         return;
                     }
                     continue;
@@ -161,8 +165,8 @@ impl Slot {
                 let heads: Vec<Task> = group.iter().map(head).collect();
                 let sent = Arc::new(AtomicUsize::new(0));
                 let work = executor.clone().execute(release, group, sent.clone());
-                let alive = supervise(heads, sent, work, |task, report| {
-                    executor.send(task, report, Duration::ZERO)
+                let alive = supervise(heads, sent, work, |task, report, failure| {
+                    executor.send(task, report, Duration::ZERO, Some(failure.to_string()))
                 })
                 .await;
                 if !alive {
@@ -185,13 +189,13 @@ fn head(task: &Task) -> Task {
 
 /// Runs `work` (a handoff of `heads`, which counts in `sent` the reports it handed on) on
 /// its own tokio task. If it panics, each task it had not reported yet is reported failed
-/// through `send`, as the runner's failure (not the task's own), naming the panic. Answers
-/// false once the dispatcher hung up.
+/// through `send` (with the failure, `SlotFailed(...)`), as the runner's failure (not the
+/// task's own), naming the panic. Answers false once the dispatcher hung up.
 async fn supervise(
     heads: Vec<Task>,
     sent: Arc<AtomicUsize>,
     work: impl Future<Output = bool> + Send + 'static,
-    send: impl Fn(&Task, WorkReport) -> bool,
+    send: impl Fn(&Task, WorkReport, &str) -> bool,
 ) -> bool {
     let panic = match tokio::spawn(work).await {
         Ok(alive) => return alive,
@@ -210,23 +214,31 @@ async fn supervise(
         panic = %panic,
         "a slot failed running its tasks; reporting them failed and carrying on"
     );
+    let failure = format!("SlotFailed({panic:?})");
     unreported.iter().all(|task| {
         let display = task.display.clone().unwrap_or_default();
         send(
             task,
             failed(TaskFailedRequest {
                 task_id: task.id.clone(),
-                display: python::failure_display(&display, &format!("SlotFailed({panic:?})")),
+                display: python::failure_display(&display, &failure),
                 was_workflow_error: false,
                 progress_updates: Vec::new(),
             }),
+            &failure,
         )
     })
 }
 
 impl Executor {
     /// Hands a finished task's report to the dispatcher; false once it hung up.
-    fn send(&self, task: &Task, report: WorkReport, elapsed: Duration) -> bool {
+    fn send(
+        &self,
+        task: &Task,
+        report: WorkReport,
+        elapsed: Duration,
+        runner_failure: Option<String>,
+    ) -> bool {
         let identifier = task.identifier.clone().unwrap_or_default();
         self.finished
             .send(Finished {
@@ -235,6 +247,7 @@ impl Executor {
                 identifier: (identifier.name, identifier.version),
                 report,
                 elapsed,
+                runner_failure,
             })
             .is_ok()
     }
@@ -254,8 +267,14 @@ impl Executor {
         // Each task's share of the handoff, for the dispatcher's prefetch averages.
         let elapsed = started.elapsed() / group.len().max(1) as u32;
         for ((task, prepared), outcome) in group.iter().zip(prepared).zip(outcomes) {
+            // The release could not run the task; but a task not run because an earlier one
+            // of the handoff took the host down is not its identifier's fault.
+            let failure = match &outcome {
+                Err(python::Error::NotRun { .. }) | Ok(_) => None,
+                Err(error) => Some(format!("RunnerError({:?})", error.to_string())),
+            };
             let report = self.finish(prepared, outcome).await;
-            if !self.send(task, report, elapsed) {
+            if !self.send(task, report, elapsed, failure) {
                 return false;
             }
             sent.fetch_add(1, Ordering::SeqCst);
@@ -510,7 +529,8 @@ mod tests {
             }
         };
         let reports = Mutex::new(Vec::new());
-        let alive = supervise(heads, sent, work, |task, report| {
+        let alive = supervise(heads, sent, work, |task, report, failure| {
+            assert_eq!(failure, "SlotFailed(\"the slot breaks\")");
             reports
                 .lock()
                 .unwrap()
@@ -541,7 +561,7 @@ mod tests {
     #[tokio::test]
     async fn a_handoff_that_ends_is_not_reported_again() {
         let reports = Mutex::new(Vec::new());
-        let send = |task: &Task, report| {
+        let send = |task: &Task, report, _: &str| {
             reports
                 .lock()
                 .unwrap()

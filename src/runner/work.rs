@@ -10,7 +10,11 @@
 //!   `PREFETCH_TARGET` worth of tasks (at most `MAX_PREFETCH`), but only of identifiers seen
 //!   to take under `PREFETCH_BELOW` on average, so a long task never waits in a runner's
 //!   queue, claimed but not started, while another runner is idle;
-//! - a task's lease is held from its claim until its report is acknowledged.
+//! - a task's lease is held from its claim until its report is acknowledged;
+//! - when this runner could not run a task (a failure that is not the task's own: its
+//!   release's host is gone or will not start), it stops advertising that task's identifier
+//!   for a while ([`Backoffs`]), so it keeps serving other jobs and a healthy runner may take
+//!   the task meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +48,11 @@ const LONG_POLL_SEEN: Duration = Duration::from_millis(200);
 /// How often reports refused as a whole are sent again before they are given up (their
 /// tasks then run again after their leases end).
 const MAX_REFUSALS: u32 = 5;
+
+/// The first pause from an identifier after this runner could not run a task of it.
+pub const FAILURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause from an identifier (the default of `--failure-backoff-max-seconds`).
+pub const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// What a `Work` call ended with.
 struct CallOutcome {
@@ -97,6 +106,89 @@ impl Prefetch {
     }
 }
 
+/// The identifiers this runner stays away from because it could not run their tasks: after
+/// the `n`th such failure in a row, for `first * 2^(n-1)`, at most `max`; a run that reached
+/// the task's own code (computed, or failed with the task's own error) starts again from
+/// `first`. Deterministic, without jitter (unlike `client::Backoff`): it paces one runner's
+/// claims of one identifier, not a fleet's reconnects, and the schedule is testable.
+#[derive(Debug)]
+pub struct Backoffs {
+    first: Duration,
+    max: Duration,
+    entries: HashMap<(String, String), Backoff>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// Runner failures in a row.
+    failures: u32,
+    until: Instant,
+}
+
+impl Backoffs {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first: first.min(max),
+            max,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The pause after `failures` runner failures in a row.
+    pub fn period(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.first.saturating_mul(1u32 << doublings).min(self.max)
+    }
+
+    /// Records that this runner could not run a task of `identifier` at `now`; answers the
+    /// pause from it and how many failures in a row that makes.
+    pub fn failed(&mut self, identifier: (String, String), now: Instant) -> (Duration, u32) {
+        let failures = self
+            .entries
+            .get(&identifier)
+            .map_or(1, |backoff| backoff.failures.saturating_add(1));
+        let period = self.period(failures);
+        self.entries.insert(
+            identifier,
+            Backoff {
+                failures,
+                until: now + period,
+            },
+        );
+        (period, failures)
+    }
+
+    /// Records that a task of `identifier` ran (its own code decided how it ended).
+    pub fn ran(&mut self, identifier: &(String, String)) {
+        self.entries.remove(identifier);
+    }
+
+    /// `identifiers` without those this runner stays away from at `now`.
+    pub fn allowed(
+        &self,
+        identifiers: Vec<(String, String)>,
+        now: Instant,
+    ) -> Vec<(String, String)> {
+        identifiers
+            .into_iter()
+            .filter(|identifier| {
+                self.entries
+                    .get(identifier)
+                    .is_none_or(|backoff| backoff.until <= now)
+            })
+            .collect()
+    }
+
+    /// When the next pause still running at `now` ends.
+    pub fn next_end(&self, now: Instant) -> Option<Instant> {
+        self.entries
+            .values()
+            .map(|backoff| backoff.until)
+            .filter(|until| *until > now)
+            .min()
+    }
+}
+
 pub struct Dispatcher {
     pub shared: Arc<Shared>,
     pub client: RunnerClient,
@@ -116,6 +208,10 @@ impl Dispatcher {
     pub async fn run(mut self) {
         let mut outstanding = vec![0usize; self.slots.len()];
         let mut prefetch = Prefetch::default();
+        let mut backoffs = Backoffs::new(
+            FAILURE_BACKOFF_FIRST,
+            self.shared.options.failure_backoff_max,
+        );
         let mut pending: Vec<(Uuid, WorkReport)> = Vec::new();
         let mut claim_call: Option<(JoinHandle<CallOutcome>, bool)> = None;
         let mut report_call: Option<JoinHandle<CallOutcome>> = None;
@@ -137,7 +233,10 @@ impl Dispatcher {
                 idle_until = None;
             }
             if claim_call.is_none() && idle_until.is_none() {
-                let identifiers = self.catalog.borrow().identifiers();
+                let advertised = self.catalog.borrow().identifiers();
+                let backing_off = advertised.len();
+                let identifiers = backoffs.allowed(advertised, now);
+                let backing_off = backing_off - identifiers.len();
                 let short = prefetch.short(&identifiers);
                 let depth = prefetch.depth(&short);
                 let (capacity, queue) = if draining || identifiers.is_empty() {
@@ -165,6 +264,7 @@ impl Dispatcher {
                         wait,
                     ));
                 } else if identifiers.is_empty()
+                    && backing_off == 0
                     && !draining
                     && running == 0
                     && self.shared.options.stop_when_idling
@@ -179,6 +279,7 @@ impl Dispatcher {
                 report_call = Some(self.call(reports, (0, 0), false, &[], &[]));
             }
 
+            let backoff_end = backoffs.next_end(now);
             tokio::select! {
                 finished = self.finished.recv() => {
                     let Some(finished) = finished else { return };
@@ -186,6 +287,18 @@ impl Dispatcher {
                     prefetch_exhausted = false;
                     while let Some(finished) = next.take() {
                         outstanding[finished.slot] = outstanding[finished.slot].saturating_sub(1);
+                        match &finished.runner_failure {
+                            Some(failure) => {
+                                let (period, failures) =
+                                    backoffs.failed(finished.identifier.clone(), Instant::now());
+                                let (name, version) = &finished.identifier;
+                                tracing::warn!(
+                                    %name, %version, failure = %failure, failures, period = ?period,
+                                    "backing off from a task identifier this runner could not run; its tasks are left to other runners meanwhile, and this runner serves other jobs"
+                                );
+                            }
+                            None => backoffs.ran(&finished.identifier),
+                        }
                         prefetch.observe(finished.identifier, finished.elapsed);
                         pending.push((finished.task, finished.report));
                         next = self.finished.try_recv().ok();
@@ -209,7 +322,9 @@ impl Dispatcher {
                             prefetch_exhausted = only_queued && claimed == 0;
                             self.assign(answer.tasks, &mut outstanding);
                             if asked && claimed == 0 {
-                                idle_seen = waited;
+                                // Not idle while tasks this runner backs off from may wait.
+                                idle_seen =
+                                    waited && backoffs.next_end(Instant::now()).is_none();
                                 // A server that held the waiting call open already waited for
                                 // work: ask again at once. One that answered at once gets
                                 // its suggested pause.
@@ -238,6 +353,8 @@ impl Dispatcher {
                     }
                 }
                 _ = sleep_until(idle_until) => {}
+                // A pause ended: advertise the identifier again.
+                _ = sleep_until(backoff_end) => {}
                 _ = self.catalog.changed() => {
                     idle_until = None;
                     prefetch_exhausted = false;
@@ -403,5 +520,73 @@ async fn sleep_until(until: Option<Instant>) {
     match until {
         Some(until) => tokio::time::sleep_until(until).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identifier(name: &str) -> (String, String) {
+        (name.to_string(), "v1.0".to_string())
+    }
+
+    #[test]
+    fn pauses_double_from_the_first_to_the_most_and_a_run_starts_again() {
+        let mut backoffs = Backoffs::new(Duration::from_secs(1), Duration::from_secs(60));
+        let now = Instant::now();
+        let periods: Vec<u64> = (0..9)
+            .map(|_| backoffs.failed(identifier("X"), now).0.as_secs())
+            .collect();
+        assert_eq!(periods, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoffs.period(u32::MAX), Duration::from_secs(60));
+        // Failures of another identifier keep their own count.
+        assert_eq!(
+            backoffs.failed(identifier("Y"), now),
+            (Duration::from_secs(1), 1)
+        );
+        backoffs.ran(&identifier("X"));
+        assert_eq!(
+            backoffs.failed(identifier("X"), now),
+            (Duration::from_secs(1), 1)
+        );
+        // A first pause longer than the most is cut to it.
+        let short = Backoffs::new(Duration::from_secs(1), Duration::from_millis(300));
+        assert_eq!(short.period(1), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn claims_leave_out_an_identifier_while_backing_off_from_it() {
+        let mut backoffs = Backoffs::new(Duration::from_secs(1), Duration::from_secs(60));
+        let now = Instant::now();
+        let advertised = vec![identifier("A"), identifier("X"), identifier("Z")];
+        assert_eq!(backoffs.allowed(advertised.clone(), now), advertised);
+        assert_eq!(backoffs.next_end(now), None);
+
+        backoffs.failed(identifier("X"), now);
+        assert_eq!(
+            backoffs.allowed(advertised.clone(), now),
+            [identifier("A"), identifier("Z")]
+        );
+        let end = now + Duration::from_secs(1);
+        assert_eq!(backoffs.next_end(now), Some(end));
+        // Still away just before the pause ends; advertised again once it did.
+        assert_eq!(
+            backoffs
+                .allowed(advertised.clone(), end - Duration::from_millis(1))
+                .len(),
+            2
+        );
+        assert_eq!(backoffs.allowed(advertised.clone(), end), advertised);
+        assert_eq!(backoffs.next_end(end), None);
+
+        // The next failure in a row keeps it away twice as long.
+        backoffs.failed(identifier("X"), end);
+        assert_eq!(backoffs.next_end(end), Some(end + Duration::from_secs(2)));
+        assert!(
+            !backoffs
+                .allowed(advertised, end + Duration::from_secs(1))
+                .contains(&identifier("X"))
+        );
     }
 }

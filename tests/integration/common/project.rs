@@ -100,6 +100,11 @@ impl RunnerProcess {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The runner's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running (not exited).
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -15,10 +15,13 @@
 //! - `limits_submit.rs`: submission limits (names, trace parents, displays, cluster slugs,
 //!   tasks per submission)
 //! - `loops.rs`: tasks that try to run forever (exceptions, invalid outcomes, runner failures)
+//! - `backoff.rs`: a runner that cannot run a task backs off from it and serves other jobs;
+//!   a release host killed while idle is replaced
 //! - `stalls.rs`: releases that hang `uv sync` or their import, flood their pipes, or fail
 //!   to prepare for a while
 
 mod artifacts;
+mod backoff;
 mod clients;
 mod inputs;
 mod limits_submit;

@@ -33,7 +33,11 @@ context.current_task.display = 'noisy ran'\n\nrunner = Runner(tasks=[Noisy])\n";
 /// Uploads an archive of `files`, creates workflow `slug`, publishes the archive as its
 /// release and deploys it to [`CLUSTER`]; answers the artifact's digest. No build step:
 /// `build-release` would load it.
-async fn deploy_files(client: &mut Client, slug: &str, files: &[(&str, &str)]) -> String {
+pub(super) async fn deploy_files(
+    client: &mut Client,
+    slug: &str,
+    files: &[(&str, &str)],
+) -> String {
     let entries: Vec<Entry> = files
         .iter()
         .map(|(path, text)| Entry(path, b'0', "", text.as_bytes()))
@@ -91,7 +95,7 @@ async fn deploy_files(client: &mut Client, slug: &str, files: &[(&str, &str)]) -
     sha256_hex(&bytes)
 }
 
-async fn create_cluster(client: &mut Client) {
+pub(super) async fn create_cluster(client: &mut Client) {
     client
         .workflows
         .create_cluster(CreateClusterRequest {
@@ -104,7 +108,7 @@ async fn create_cluster(client: &mut Client) {
 }
 
 /// `tilebox runner start --cluster stalls --cache-dir CACHE ARGS`, logging to `log`.
-fn start_runner(
+pub(super) fn start_runner(
     server: &TestServer,
     cache: &std::path::Path,
     log: std::path::PathBuf,
@@ -120,7 +124,7 @@ fn start_runner(
 }
 
 /// Submits a job of one task `task` to [`CLUSTER`]; answers its id.
-fn submit_to_cluster(server: &TestServer, task: &str) -> String {
+pub(super) fn submit_to_cluster(server: &TestServer, task: &str) -> String {
     let job = json_of(&server.tilebox(&[
         "--json",
         "job",
