@@ -231,9 +231,9 @@ def release(tmp_path: Path) -> Iterator[ModuleType]:
     sys.path.insert(0, str(tmp_path))
     try:
         assert _host.load(f"{name}:runner")[:3] == [
-            ("Root", "v0.0"),
-            ("Leaf", "v0.0"),
-            ("tilebox.com/example/Reduce", "v1.3"),
+            ("Root", "v0.0", f"{name}.Root"),
+            ("Leaf", "v0.0", f"{name}.Leaf"),
+            ("tilebox.com/example/Reduce", "v1.3", f"{name}.Reduce"),
         ]
         yield sys.modules[name]
     finally:
@@ -279,7 +279,7 @@ def _logs(calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
 
 def load_accepts_the_dotted_form_too(release: ModuleType) -> None:
     identifiers = _host.load(f"{release.__name__}.runner")
-    assert identifiers[-1] == ("Versioned", "v1.5")
+    assert identifiers[-1] == ("Versioned", "v1.5", f"{release.__name__}.Versioned")
     assert len(identifiers) == 13
 
 

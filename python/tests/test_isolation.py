@@ -109,7 +109,10 @@ def the_isolated_interpreter_really_refuses_single_phase_extensions() -> None:
 def a_task_runs_inside_an_isolated_sub_interpreter(tmp_path: Path) -> None:
     result = _run_in_isolated_interpreter(tmp_path, "release")
 
-    assert result["identifiers"] == [["Root", "v0.0"], ["Leaf", "v0.0"]]
+    assert result["identifiers"] == [
+        ["Root", "v0.0", "isolated_release.Root"],
+        ["Leaf", "v0.0", "isolated_release.Leaf"],
+    ]
     outcome = result["outcome"]
     assert outcome["computed"] is True
     assert outcome["progress"] == [["leaves", 2, 0]]

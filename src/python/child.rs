@@ -37,10 +37,21 @@ enum ToChild {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum FromChild {
-    Loaded { identifiers: Vec<(String, String)> },
-    LoadError { error: Exception },
-    Event { event: Event },
-    Outcome { outcome: TaskOutcome },
+    Loaded {
+        identifiers: Vec<(String, String)>,
+        /// The classes that registered `identifiers`, in the same order.
+        #[serde(default)]
+        classes: Vec<String>,
+    },
+    LoadError {
+        error: Exception,
+    },
+    Event {
+        event: Event,
+    },
+    Outcome {
+        outcome: TaskOutcome,
+    },
 }
 
 /// The `tilebox` binary that hosts children.
@@ -85,22 +96,29 @@ struct Running {
 pub struct ChildHost {
     release: Release,
     identifiers: Vec<(String, String)>,
+    classes: Vec<String>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
 impl ChildHost {
     /// Starts the child and loads the release in it.
     pub async fn start(release: Release) -> Result<Self, Error> {
-        let (running, identifiers) = spawn(&release).await?;
+        let (running, (identifiers, classes)) = spawn(&release).await?;
         Ok(Self {
             release,
             identifiers,
+            classes,
             running: tokio::sync::Mutex::new(Some(running)),
         })
     }
 
     pub fn identifiers(&self) -> &[(String, String)] {
         &self.identifiers
+    }
+
+    /// The classes that registered [`Self::identifiers`], in the same order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
     }
 
     /// Executes the tasks in the child, in order, each task's events going to its own
@@ -236,7 +254,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-async fn spawn(release: &Release) -> Result<(Running, Vec<(String, String)>), Error> {
+async fn spawn(release: &Release) -> Result<(Running, interpreter::Registered), Error> {
     let failed = |message: String| Error::Child {
         release: release.label.clone(),
         message,
@@ -277,13 +295,16 @@ async fn spawn(release: &Release) -> Result<(Running, Vec<(String, String)>), Er
         )));
     };
     match serde_json::from_str::<FromChild>(&line) {
-        Ok(FromChild::Loaded { identifiers }) => Ok((
+        Ok(FromChild::Loaded {
+            identifiers,
+            classes,
+        }) => Ok((
             Running {
                 child,
                 stdin,
                 stdout,
             },
-            identifiers,
+            (identifiers, classes),
         )),
         Ok(FromChild::LoadError { error }) => Err(Error::Load {
             release: release.label.clone(),
@@ -428,8 +449,14 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         Ok((identifiers, interpreter::Entry::new(py).map_err(convert)?))
     });
     let entry = match loaded {
-        Ok((identifiers, entry)) => {
-            send(&output, &FromChild::Loaded { identifiers });
+        Ok(((identifiers, classes), entry)) => {
+            send(
+                &output,
+                &FromChild::Loaded {
+                    identifiers,
+                    classes,
+                },
+            );
             // Dropped explicitly while attached below; leaked if a panic unwinds first.
             std::mem::ManuallyDrop::new(entry)
         }
@@ -490,7 +517,9 @@ fn probe_here(release: &Release, count: usize, output: &Output) -> ExitCode {
                 let started = interpreter::SubInterpreter::start(&release);
                 // Keep every interpreter alive until all loaded.
                 barrier.wait();
-                let identifiers = started.as_ref().map(|sub| sub.identifiers().to_vec());
+                let identifiers = started
+                    .as_ref()
+                    .map(|sub| (sub.identifiers().to_vec(), sub.classes().to_vec()));
                 let _ = results.send(identifiers.map_err(|error| error.to_string()));
                 if let Ok(sub) = started {
                     sub.stop();
@@ -511,8 +540,14 @@ fn probe_here(release: &Release, count: usize, output: &Output) -> ExitCode {
         let _ = handle.join();
     }
     match (failure, identifiers) {
-        (None, Some(identifiers)) => {
-            send(output, &FromChild::Loaded { identifiers });
+        (None, Some((identifiers, classes))) => {
+            send(
+                output,
+                &FromChild::Loaded {
+                    identifiers,
+                    classes,
+                },
+            );
             ExitCode::SUCCESS
         }
         (failure, _) => {

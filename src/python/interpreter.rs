@@ -125,12 +125,22 @@ pub fn install_sink(py: Python<'_>, slot: SinkSlot) -> PyResult<()> {
     py.import(HOST_MODULE)?.setattr("sink", sink)
 }
 
-/// Imports the release's runner object; answers its task identifiers.
-pub fn load_runner(py: Python<'_>, runner: &str) -> PyResult<Vec<(String, String)>> {
-    py.import(HOST_MODULE)?
+/// Imports the release's runner object; answers its task identifiers and, in the same
+/// order, the classes that registered them.
+pub fn load_runner(py: Python<'_>, runner: &str) -> PyResult<Registered> {
+    let registered: Vec<(String, String, String)> = py
+        .import(HOST_MODULE)?
         .call_method1("load", (runner,))?
-        .extract()
+        .extract()?;
+    Ok(registered
+        .into_iter()
+        .map(|(name, version, class)| ((name, version), class))
+        .unzip())
 }
+
+/// A runner object's task identifiers and, in the same order, the classes that registered
+/// them (`module.QualName`).
+pub type Registered = (Vec<(String, String)>, Vec<String>);
 
 /// The runtime's `execute` in one interpreter, with the dict keys every call uses, looked up
 /// once instead of per call. Made after the runner loaded; used and dropped only while
@@ -381,6 +391,7 @@ pub struct SubInterpreter {
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<std::thread::JoinHandle<()>>,
     identifiers: Vec<(String, String)>,
+    classes: Vec<String>,
 }
 
 impl SubInterpreter {
@@ -388,24 +399,30 @@ impl SubInterpreter {
     pub fn start(release: &Release) -> Result<Self, Error> {
         super::host::initialize()?;
         let (commands, receiver) = mpsc::channel::<Command>();
-        let (loaded, loaded_receiver) = mpsc::channel::<Result<Vec<(String, String)>, Error>>();
+        let (loaded, loaded_receiver) = mpsc::channel::<Result<Registered, Error>>();
         let release = release.clone();
         let thread = std::thread::Builder::new()
             .name(format!("python-{}", release.label))
             .spawn(move || run_interpreter(release, receiver, loaded))
             .map_err(Error::Thread)?;
-        let identifiers = loaded_receiver
+        let (identifiers, classes) = loaded_receiver
             .recv()
             .map_err(|_| Error::InterpreterGone)??;
         Ok(Self {
             commands: Some(commands),
             thread: Some(thread),
             identifiers,
+            classes,
         })
     }
 
     pub fn identifiers(&self) -> &[(String, String)] {
         &self.identifiers
+    }
+
+    /// The classes that registered [`Self::identifiers`], in the same order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
     }
 
     /// Executes the tasks one after the other in one handoff; each task's events go to its
@@ -471,7 +488,7 @@ fn run_batch(py: Python<'_>, entry: &Entry, slot: &SinkSlot, batch: Batch) -> Ve
 fn run_interpreter(
     release: Release,
     commands: mpsc::Receiver<Command>,
-    loaded: mpsc::Sender<Result<Vec<(String, String)>, Error>>,
+    loaded: mpsc::Sender<Result<Registered, Error>>,
 ) {
     let config = ffi::PyInterpreterConfig {
         use_main_obmalloc: 0,
@@ -494,7 +511,7 @@ fn run_interpreter(
         return;
     }
     let slot: SinkSlot = Arc::new(Mutex::new(None));
-    let setup = Python::attach(|py| -> Result<(Vec<(String, String)>, Entry), Error> {
+    let setup = Python::attach(|py| -> Result<(Registered, Entry), Error> {
         let fail = |error: PyErr| Error::Load {
             release: release.label.clone(),
             runner: release.runner.clone(),

@@ -212,6 +212,15 @@ impl LoadedRelease {
         }
     }
 
+    /// The classes (`module.QualName`) that registered [`Self::identifiers`], in the same
+    /// order.
+    pub fn classes(&self) -> &[String] {
+        match &self.hosted {
+            Hosted::Sub(sub) => sub.classes(),
+            Hosted::Child(child) => child.classes(),
+        }
+    }
+
     /// Executes a task; log and progress events go to `events` while it runs.
     pub async fn execute(
         &self,

@@ -42,11 +42,13 @@ pub enum Error {
         source: ValidationError,
     },
     #[error(
-        "release {slug} registers a task class with the invalid identifier ({name:?}, {version:?}); \
+        "release {slug}: {class} registers the invalid identifier ({name:?}, {version:?}); \
          the server would refuse it"
     )]
     InvalidIdentifier {
         slug: String,
+        /// The task class, `module.QualName`.
+        class: String,
         name: String,
         version: String,
         #[source]
@@ -66,6 +68,9 @@ pub enum Error {
 pub struct Validation {
     /// `(name, version)` of each registered task, in registration order.
     pub tasks: Vec<(String, String)>,
+    /// The class (`module.QualName`) that registered each of `tasks`, in the same order
+    /// (empty when nothing was loaded).
+    pub classes: Vec<String>,
     /// How the release runs, e.g. `sub-interpreter`, with the reason for a fallback.
     pub isolation: String,
 }
@@ -154,6 +159,7 @@ fn validate_archive(
     let Entry::Runner(runner) = &config.entry else {
         return Ok(Validation {
             tasks: Vec::new(),
+            classes: Vec::new(),
             isolation: "custom command (not validated)".to_string(),
         });
     };
@@ -163,13 +169,18 @@ fn validate_archive(
             slug: config.slug.clone(),
             source,
         })?;
-    for (name, version) in &validation.tasks {
+    for (index, (name, version)) in validation.tasks.iter().enumerate() {
         let identifier = TaskIdentifier {
             name: name.clone(),
             version: version.clone(),
         };
         parse_identifier(&identifier).map_err(|source| Error::InvalidIdentifier {
             slug: config.slug.clone(),
+            class: validation
+                .classes
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| "a task class".to_string()),
             name: name.clone(),
             version: version.clone(),
             source: Box::new(source),

@@ -32,7 +32,7 @@ impl LoadedSet {
         let first = python::load(release.clone(), Placement::Auto).await?;
         let isolation = first.isolation();
         let fallback_reason = first.fallback_reason.clone();
-        let identifiers = valid_identifiers(&release.label, first.identifiers());
+        let identifiers = valid_identifiers(&release.label, first.identifiers(), first.classes());
         let placement = match isolation {
             Isolation::SubInterpreter => Placement::SubInterpreter,
             Isolation::ChildProcess => Placement::ChildProcess,
@@ -88,10 +88,15 @@ impl LoadedSet {
 /// bad task class must not get the runner's claims refused, for this release or any other.
 /// A release built with `build-release` has none (the build refuses them); this guards
 /// artifacts made or uploaded some other way.
-fn valid_identifiers(release: &str, registered: &[(String, String)]) -> Vec<(String, String)> {
+fn valid_identifiers(
+    release: &str,
+    registered: &[(String, String)],
+    classes: &[String],
+) -> Vec<(String, String)> {
     registered
         .iter()
-        .filter(|(name, version)| {
+        .enumerate()
+        .filter(|(index, (name, version))| {
             let identifier = TaskIdentifier {
                 name: name.clone(),
                 version: version.clone(),
@@ -101,6 +106,7 @@ fn valid_identifiers(release: &str, registered: &[(String, String)]) -> Vec<(Str
                 Err(error) => {
                     tracing::error!(
                         release = %release,
+                        class = %classes.get(*index).map_or("?", String::as_str),
                         name = ?name,
                         version = ?version,
                         reason = ?error.to_string(),
@@ -110,7 +116,7 @@ fn valid_identifiers(release: &str, registered: &[(String, String)]) -> Vec<(Str
                 }
             }
         })
-        .cloned()
+        .map(|(_, identifier)| identifier.clone())
         .collect()
 }
 
@@ -171,7 +177,7 @@ mod tests {
             pair("", "v1.0"),
         ];
         assert_eq!(
-            valid_identifiers("release", &registered),
+            valid_identifiers("release", &registered, &[]),
             vec![pair("B", "v1.0"), pair("A", "v0.0")]
         );
     }

@@ -401,6 +401,7 @@ pub async fn validate_artifact(
     let loaded = python::load(release, python::Placement::Auto).await?;
     let validation = Validation {
         tasks: loaded.identifiers().to_vec(),
+        classes: loaded.classes().to_vec(),
         isolation: match &loaded.fallback_reason {
             Some(reason) => format!("{} ({reason})", loaded.isolation()),
             None => loaded.isolation().to_string(),

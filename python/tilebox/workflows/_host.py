@@ -87,8 +87,9 @@ _loaded: _Loaded | None = None
 _load_lock = threading.Lock()
 
 
-def load(object_path: str) -> list[tuple[str, str]]:
-    """Import the release's runner object and keep it; returns its identifiers in registration order."""
+def load(object_path: str) -> list[tuple[str, str, str]]:
+    """Import the release's runner object and keep it; returns, in registration order, each task
+    class's identifier (name, version) and the class (`module.QualName`), to name it in errors."""
     global _loaded  # noqa: PLW0603 -- one loaded runner per interpreter
     runner = _import_object(object_path)
     if not isinstance(runner, Runner):
@@ -99,7 +100,9 @@ def load(object_path: str) -> list[tuple[str, str]]:
     loaded = _Loaded(runner)
     with _load_lock:
         _loaded = loaded
-    return list(loaded.tasks)
+    return [
+        (name, version, f"{task.__module__}.{task.__qualname__}") for (name, version), (_, task) in loaded.tasks.items()
+    ]
 
 
 def _import_object(object_path: str) -> Any:

@@ -36,11 +36,12 @@ runner = Runner(tasks=[Huge])\n";
 
 #[test]
 fn build_release_refuses_a_task_class_with_a_bad_identifier_and_leaves_no_archive() {
-    for (slug, app, shown) in [
-        ("mixed", MIXED_APP, r#"("X", "v1.0\n")"#),
+    for (slug, app, class, shown) in [
+        ("mixed", MIXED_APP, "app.Newline", r#"("X", "v1.0\n")"#),
         (
             "huge",
             HUGE_VERSION_APP,
+            "app.Huge",
             r#"("Huge", "v1.9223372036854775808")"#,
         ),
     ] {
@@ -54,7 +55,7 @@ fn build_release_refuses_a_task_class_with_a_bad_identifier_and_leaves_no_archiv
         assert_eq!(output.status.code(), Some(1), "{slug}: {stderr}");
         assert!(
             stderr.contains(&format!(
-                "release {slug} registers a task class with the invalid identifier {shown}"
+                "release {slug}: {class} registers the invalid identifier {shown}"
             )),
             "{slug}: {stderr}"
         );
@@ -157,7 +158,8 @@ async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_c
         skipped.iter().all(|line| line.contains(r#"name="X""#)
             && line.contains(r#"version="v1.0\n""#)
             && line.contains("expected the form vMAJOR.MINOR")
-            && line.contains("release=mixed")),
+            && line.contains("release=mixed")
+            && line.contains("class=app.Newline")),
         "{skipped:#?}"
     );
     assert!(
