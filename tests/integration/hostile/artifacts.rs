@@ -4,13 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::common::{RunnerProcess, TestServer, client, json_of, wait_for_job_state, wait_until};
-use tilebox::api::selfhosted_v1::UploadArtifactRequest;
-use tilebox::api::workflows_v1::{
-    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest,
-    PublishWorkflowReleaseRequest, ReleaseContent, TaskIdentifier,
-};
-use tilebox::client::Client;
+use crate::common::{TestServer, client, wait_for_job_state, wait_until};
 use uuid::Uuid;
 
 // ---- hand-made archives ----------------------------------------------------------------------
@@ -20,86 +14,6 @@ struct Hostile {
     slug: &'static str,
     bytes: Vec<u8>,
     reason: String,
-}
-
-pub(super) async fn upload(client: &mut Client, bytes: &[u8]) -> tilebox::api::tilebox_v1::Id {
-    let digest = sha256_hex(bytes);
-    let mut messages = Vec::new();
-    for (index, chunk) in bytes.chunks(1 << 20).enumerate() {
-        messages.push(UploadArtifactRequest {
-            digest: if index == 0 {
-                digest.clone()
-            } else {
-                String::new()
-            },
-            size: if index == 0 { bytes.len() as u64 } else { 0 },
-            chunk: chunk.to_vec(),
-        });
-    }
-    let info = client
-        .artifacts
-        .upload_artifact(tokio_stream::iter(messages))
-        .await
-        .expect("the server stores any bytes whose digest checks out")
-        .into_inner();
-    assert_eq!(info.digest, digest);
-    info.id.expect("artifact id")
-}
-
-/// Creates workflow `slug` and publishes `bytes` as its release; answers the release id.
-pub(super) async fn publish(
-    client: &mut Client,
-    slug: &str,
-    bytes: &[u8],
-) -> tilebox::api::tilebox_v1::Id {
-    let workflow = client
-        .workflows
-        .create_workflow(CreateWorkflowRequest {
-            name: slug.into(),
-            ..CreateWorkflowRequest::default()
-        })
-        .await
-        .expect("create workflow")
-        .into_inner();
-    assert_eq!(workflow.slug, slug);
-    let artifact = upload(client, bytes).await;
-    client
-        .workflows
-        .publish_workflow_release(PublishWorkflowReleaseRequest {
-            workflow_slug: slug.into(),
-            artifact_id: Some(artifact),
-            content: Some(ReleaseContent {
-                fingerprint: format!("hostile-{slug}"),
-                tasks: vec![TaskIdentifier {
-                    name: "Hostile".into(),
-                    version: "v0.0".into(),
-                }],
-                runner_object_path: "app:runner".into(),
-                ..ReleaseContent::default()
-            }),
-        })
-        .await
-        .expect("publish")
-        .into_inner()
-        .id
-        .expect("release id")
-}
-
-pub(super) async fn deploy(
-    client: &mut Client,
-    slug: &str,
-    release: tilebox::api::tilebox_v1::Id,
-    cluster: &str,
-) {
-    client
-        .workflows
-        .deploy_workflow_release(DeployWorkflowReleaseRequest {
-            workflow_slug: slug.into(),
-            release_id: Some(release),
-            cluster_slugs: vec![cluster.into()],
-        })
-        .await
-        .expect("deploy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,53 +26,18 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         .expect("scratch");
     let cache = scratch.path().join("cache");
     let absolute_target = format!("/tmp/tilebox-pwned-{}", Uuid::new_v4());
-    client
-        .workflows
-        .create_cluster(CreateClusterRequest {
-            name: "Hostile".into(),
-            slug: "hostile".into(),
-            ..CreateClusterRequest::default()
-        })
-        .await
-        .expect("create cluster");
+    create_cluster(&mut client, "hostile").await;
 
     // A good release, published with the CLI, served before and after the hostile ones.
-    let project = scratch.path().join("greeter");
-    fs_err::create_dir(&project).expect("project");
-    crate::common::write_project(&project, "greeter", HELLO);
-    json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
-    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
-    json_of(&server.tilebox_in(
-        &project,
-        &[
-            "--json",
-            "workflow",
-            "deploy-release",
-            "--latest",
-            "--cluster",
-            "hostile",
-        ],
-    ));
-    let mut runner = RunnerProcess::spawn(
-        crate::common::tilebox_command(&["runner", "start", "--cluster", "hostile", "--cache-dir"])
-            .arg(&cache)
-            .env("TILEBOX_API_URL", server.url()),
+    deploy_greeter(&server, scratch.path(), "hostile");
+    let mut runner = start_runner(
+        &server,
+        "hostile",
+        &cache,
         scratch.path().join("runner.log"),
+        &[],
     );
-    let submit_hello = || {
-        let job = json_of(&server.tilebox(&[
-            "--json",
-            "job",
-            "submit",
-            "--name",
-            "hello",
-            "--task",
-            "Hello",
-            "--cluster",
-            "hostile",
-        ]));
-        job["id"].as_str().expect("id").to_string()
-    };
+    let submit_hello = || submit_to(&server, "Hello", "hostile");
     let first = submit_hello();
     wait_for_job_state(&server, &first, "completed", Duration::from_secs(60));
 
@@ -235,7 +114,7 @@ async fn hostile_artifacts_are_skipped_and_the_runner_keeps_serving_good_release
         bomb.bytes.len()
     );
     for case in &hostile {
-        let release = publish(&mut client, case.slug, &case.bytes).await;
+        let release = publish_hostile(&mut client, case.slug, &case.bytes).await;
         if case.slug == "corrupted" {
             // Flip a byte of the stored artifact: the server now serves wrong bytes.
             let stored = server

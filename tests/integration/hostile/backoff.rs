@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::stalls::{create_cluster, deploy_files, start_runner, submit_to_cluster};
+use super::stalls::CLUSTER;
 use super::*;
 use crate::common::{
     RunnerProcess, TestServer, client, job_document, project_runner, wait_for_job_state, wait_until,
@@ -59,33 +59,35 @@ runner = Runner(tasks=[Crash, Victim, Pid])
 async fn a_runner_backs_off_from_a_task_it_cannot_run_and_serves_other_jobs() {
     let server = TestServer::start_with(&["--long-poll-ms", "300"]);
     let mut client = client(&server).await;
-    create_cluster(&mut client).await;
+    create_cluster(&mut client, CLUSTER).await;
     let scratch = tempfile::tempdir().expect("temp dir");
     let marker = scratch.path().join("broken");
     deploy_files(
         &mut client,
         "breaking",
         &[("app.py", &breaking_app(&marker))],
+        CLUSTER,
     )
     .await;
-    deploy_files(&mut client, "greeter", &[("app.py", HELLO)]).await;
+    deploy_files(&mut client, "greeter", &[("app.py", HELLO)], CLUSTER).await;
     let cache = tempfile::tempdir().expect("cache");
     let mut runner = start_runner(
         &server,
+        CLUSTER,
         cache.path(),
         scratch.path().join("runner.log"),
         &["-n", "1", "--failure-backoff-max-seconds", "1"],
     );
 
     // Its own code ended its host: that is the task's own (workflow) error.
-    let crash = submit_to_cluster(&server, "Crash");
+    let crash = submit_to(&server, "Crash", CLUSTER);
     let crashed = wait_for_job_state(&server, &crash, "failed", Duration::from_secs(120));
     let display = crashed["tasks"][0]["display"].as_str().expect("display");
     assert!(display.contains("WorkerCrashed("), "{display}");
     assert!(marker.exists());
 
     // From now on this runner cannot run `Victim`: the host does not start again.
-    let victim = submit_to_cluster(&server, "Victim");
+    let victim = submit_to(&server, "Victim", CLUSTER);
     wait_until(
         "the runner to back off from Victim",
         Duration::from_secs(30),
@@ -98,7 +100,7 @@ async fn a_runner_backs_off_from_a_task_it_cannot_run_and_serves_other_jobs() {
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     // Meanwhile its one slot serves another job, long before `Victim` used up its attempts.
-    let hello = submit_to_cluster(&server, "Hello");
+    let hello = submit_to(&server, "Hello", CLUSTER);
     let done = wait_for_job_state(&server, &hello, "completed", Duration::from_secs(30));
     assert_eq!(done["tasks"][0]["display"], "hello from the good release");
     let meanwhile = job_document(&server, &victim);
@@ -107,14 +109,7 @@ async fn a_runner_backs_off_from_a_task_it_cannot_run_and_serves_other_jobs() {
     // The runner failures stay capped: after eleven attempts the task fails, its retries
     // untouched.
     let failed = wait_for_job_state(&server, &victim, "failed", Duration::from_secs(120));
-    let task = &failed["tasks"][0];
-    assert_eq!(task["retry_count"], 0, "{task}");
-    let display = task["display"].as_str().expect("display");
-    assert_eq!(
-        display.lines().last(),
-        Some("RunnerFailed('the runners could not run the task 11 times')"),
-        "{display}"
-    );
+    assert_failed_by_runners(&failed["tasks"][0]);
 
     let log = runner.log();
     let backoffs: Vec<&str> = log

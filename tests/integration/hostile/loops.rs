@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::common::{TestServer, ask, client, json_of, stderr_of, uuid_of_id, wait_for_job_state};
+use crate::common::{TestServer, ask, client, stderr_of, uuid_of_id, wait_for_job_state};
 use tilebox::api::workflows_v1::{ComputedTask, NextTaskRequest, TaskFailedRequest, TaskState};
 
 /// A release whose `Hostile` task misbehaves as its input says, after appending that input
@@ -81,20 +81,12 @@ runner = Runner(tasks=[Hostile, Leaf, Fine])
 
 /// `job submit` of one task with `input` and `max_retries`; answers the job id.
 fn submit(server: &TestServer, task: &str, input: &str, max_retries: u32) -> String {
-    let job = json_of(&server.tilebox(&[
-        "--json",
-        "job",
-        "submit",
-        "--name",
+    let max_retries = max_retries.to_string();
+    submit_job(
+        server,
         task,
-        "--task",
-        task,
-        "--input",
-        input,
-        "--max-retries",
-        &max_retries.to_string(),
-    ]));
-    job["id"].as_str().expect("id").to_string()
+        &["--input", input, "--max-retries", &max_retries],
+    )
 }
 
 /// How many lines of `executions` are `how`.
@@ -240,13 +232,7 @@ async fn a_task_whose_runners_keep_failing_to_run_it_fails_after_eleven_attempts
     let task = &document["tasks"][0];
     assert_eq!(task["state"], "failed", "{document}");
     // Not the task's own failures: its retries are untouched.
-    assert_eq!(task["retry_count"], 0, "{task}");
-    let display = task["display"].as_str().expect("display");
-    assert_eq!(
-        display.lines().last(),
-        Some("RunnerFailed('the runners could not run the task 11 times')"),
-        "{display}"
-    );
+    assert_failed_by_runners(task);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,11 +31,17 @@ mod server_limits;
 mod stalls;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::common::job_request;
+use crate::common::{RunnerProcess, TestServer, job_request, json_of};
 use sha2::{Digest, Sha256};
-use tilebox::api::workflows_v1::{QueryJobsRequest, SubmitJobRequest};
+use tilebox::api::selfhosted_v1::UploadArtifactRequest;
+use tilebox::api::tilebox_v1::Id;
+use tilebox::api::workflows_v1::{
+    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest,
+    PublishWorkflowReleaseRequest, QueryJobsRequest, ReleaseContent, SubmitJobRequest,
+    TaskIdentifier,
+};
 use tilebox::client::Client;
 
 /// The code inside every hostile archive: a valid runner, so a refusal is the archive's fault.
@@ -93,6 +99,202 @@ pub(super) async fn job_count(client: &mut Client) -> usize {
         .into_inner()
         .jobs
         .len()
+}
+
+/// Creates cluster `slug` through the API, named as `slug` with a capital first letter.
+pub(super) async fn create_cluster(client: &mut Client, slug: &str) {
+    let mut letters = slug.chars();
+    let name: String = letters
+        .next()
+        .map(|first| first.to_uppercase().chain(letters).collect())
+        .unwrap_or_default();
+    client
+        .workflows
+        .create_cluster(CreateClusterRequest {
+            name,
+            slug: slug.into(),
+            ..CreateClusterRequest::default()
+        })
+        .await
+        .expect("create cluster");
+}
+
+/// Publishes the good release (workflow `Greeter`, task `Hello` of [`HELLO`]) with the CLI from
+/// a project in `scratch/greeter`, and deploys it to `cluster`.
+pub(super) fn deploy_greeter(server: &TestServer, scratch: &Path, cluster: &str) {
+    let project = scratch.join("greeter");
+    fs_err::create_dir(&project).expect("project");
+    crate::common::write_project(&project, "greeter", HELLO);
+    json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
+    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
+        &project,
+        &[
+            "--json",
+            "workflow",
+            "deploy-release",
+            "--latest",
+            "--cluster",
+            cluster,
+        ],
+    ));
+}
+
+/// `tilebox runner start --cluster CLUSTER --cache-dir CACHE ARGS` against `server`, logging
+/// to `log`.
+pub(super) fn start_runner(
+    server: &TestServer,
+    cluster: &str,
+    cache: &Path,
+    log: PathBuf,
+    args: &[&str],
+) -> RunnerProcess {
+    RunnerProcess::spawn(
+        crate::common::tilebox_command(&["runner", "start", "--cluster", cluster, "--cache-dir"])
+            .arg(cache)
+            .args(args)
+            .env("TILEBOX_API_URL", server.url()),
+        log,
+    )
+}
+
+/// `tilebox job submit` of a job named `task` of one task `task`, with `args` added; answers
+/// the job id.
+pub(super) fn submit_job(server: &TestServer, task: &str, args: &[&str]) -> String {
+    let mut command = vec!["--json", "job", "submit", "--name", task, "--task", task];
+    command.extend_from_slice(args);
+    let job = json_of(&server.tilebox(&command));
+    job["id"].as_str().expect("id").to_string()
+}
+
+/// Submits a job of one task `task` to `cluster` with the CLI; answers the job id.
+pub(super) fn submit_to(server: &TestServer, task: &str, cluster: &str) -> String {
+    submit_job(server, task, &["--cluster", cluster])
+}
+
+/// Asserts that job document `task` is a task the runners failed to run eleven times: its
+/// display ends in `RunnerFailed`, and its own retries are untouched.
+pub(super) fn assert_failed_by_runners(task: &serde_json::Value) {
+    assert_eq!(task["retry_count"], 0, "{task}");
+    let display = task["display"].as_str().expect("display");
+    assert_eq!(
+        display.lines().last(),
+        Some("RunnerFailed('the runners could not run the task 11 times')"),
+        "{display}"
+    );
+}
+
+// ---- raw releases ----------------------------------------------------------------------------
+
+/// Uploads `bytes` as an artifact in chunks of 1 MiB (the digest and size in the first);
+/// answers the artifact id.
+pub(super) async fn upload(client: &mut Client, bytes: &[u8]) -> Id {
+    let digest = sha256_hex(bytes);
+    let mut messages = Vec::new();
+    for (index, chunk) in bytes.chunks(1 << 20).enumerate() {
+        messages.push(UploadArtifactRequest {
+            digest: if index == 0 {
+                digest.clone()
+            } else {
+                String::new()
+            },
+            size: if index == 0 { bytes.len() as u64 } else { 0 },
+            chunk: chunk.to_vec(),
+        });
+    }
+    let info = client
+        .artifacts
+        .upload_artifact(tokio_stream::iter(messages))
+        .await
+        .expect("the server stores any bytes whose digest checks out")
+        .into_inner();
+    assert_eq!(info.digest, digest);
+    info.id.expect("artifact id")
+}
+
+/// The content of a release of one task `task@v0.0` whose runner object is `app:runner`.
+pub(super) fn release_content(fingerprint: &str, task: &str) -> ReleaseContent {
+    ReleaseContent {
+        fingerprint: fingerprint.into(),
+        tasks: vec![TaskIdentifier {
+            name: task.into(),
+            version: "v0.0".into(),
+        }],
+        runner_object_path: "app:runner".into(),
+        ..ReleaseContent::default()
+    }
+}
+
+/// Creates workflow `slug`, uploads `bytes` and publishes them as its release with `content`,
+/// without a build step; answers the release id.
+pub(super) async fn publish(
+    client: &mut Client,
+    slug: &str,
+    bytes: &[u8],
+    content: ReleaseContent,
+) -> Id {
+    let workflow = client
+        .workflows
+        .create_workflow(CreateWorkflowRequest {
+            name: slug.into(),
+            ..CreateWorkflowRequest::default()
+        })
+        .await
+        .expect("create workflow")
+        .into_inner();
+    assert_eq!(workflow.slug, slug);
+    let artifact = upload(client, bytes).await;
+    client
+        .workflows
+        .publish_workflow_release(PublishWorkflowReleaseRequest {
+            workflow_slug: slug.into(),
+            artifact_id: Some(artifact),
+            content: Some(content),
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .id
+        .expect("release id")
+}
+
+/// [`publish`] of `bytes` as the release of workflow `slug`, claiming one task `Hostile`.
+pub(super) async fn publish_hostile(client: &mut Client, slug: &str, bytes: &[u8]) -> Id {
+    let content = release_content(&format!("hostile-{slug}"), "Hostile");
+    publish(client, slug, bytes, content).await
+}
+
+/// Deploys `release` of workflow `slug` to `cluster`.
+pub(super) async fn deploy(client: &mut Client, slug: &str, release: Id, cluster: &str) {
+    client
+        .workflows
+        .deploy_workflow_release(DeployWorkflowReleaseRequest {
+            workflow_slug: slug.into(),
+            release_id: Some(release),
+            cluster_slugs: vec![cluster.into()],
+        })
+        .await
+        .expect("deploy");
+}
+
+/// Publishes an archive of `files` (path, text) as the release of workflow `slug`, claiming
+/// one task named `slug`, and deploys it to `cluster`; answers the archive's digest. No build
+/// step: `build-release` would load it.
+pub(super) async fn deploy_files(
+    client: &mut Client,
+    slug: &str,
+    files: &[(&str, &str)],
+    cluster: &str,
+) -> String {
+    let entries: Vec<Entry> = files
+        .iter()
+        .map(|(path, text)| Entry(path, b'0', "", text.as_bytes()))
+        .collect();
+    let bytes = archive(&entries);
+    let content = release_content(&format!("stalls-{slug}"), slug);
+    let release = publish(client, slug, &bytes, content).await;
+    deploy(client, slug, release, cluster).await;
+    sha256_hex(&bytes)
 }
 
 // ---- archives --------------------------------------------------------------------------------

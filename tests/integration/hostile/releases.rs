@@ -4,18 +4,16 @@
 
 use std::time::Duration;
 
-use super::artifacts::{deploy, publish};
 use super::*;
 use crate::common::{
-    RunnerProcess, TestServer, ask, client, identifier, job_request, json_of, stderr_of,
-    uuid_of_id, wait_for_job_state,
+    TestServer, ask, client, identifier, job_request, json_of, stderr_of, uuid_of_id,
+    wait_for_job_state,
 };
 use tilebox::api::selfhosted_v1::report_result::Outcome;
 use tilebox::api::selfhosted_v1::{WorkReport, WorkRequest, work_report};
 use tilebox::api::tilebox_v1::TimeInterval;
 use tilebox::api::workflows_v1::{
-    ComputedTask, CreateClusterRequest, NextTaskRequest, NextTaskToRun, QueryFilters,
-    QueryJobsRequest, TaskState,
+    ComputedTask, NextTaskRequest, NextTaskToRun, QueryFilters, QueryJobsRequest, TaskState,
 };
 use tilebox::client::Client;
 
@@ -89,59 +87,23 @@ async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_c
         .prefix("tilebox-releases-")
         .tempdir()
         .expect("scratch");
-    client
-        .workflows
-        .create_cluster(CreateClusterRequest {
-            name: "Mixed".into(),
-            slug: "mixed".into(),
-            ..CreateClusterRequest::default()
-        })
-        .await
-        .expect("create cluster");
+    create_cluster(&mut client, "mixed").await;
 
     // A good release, built and published with the CLI.
-    let project = scratch.path().join("greeter");
-    fs_err::create_dir(&project).expect("project");
-    crate::common::write_project(&project, "greeter", HELLO);
-    json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
-    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
-    json_of(&server.tilebox_in(
-        &project,
-        &[
-            "--json",
-            "workflow",
-            "deploy-release",
-            "--latest",
-            "--cluster",
-            "mixed",
-        ],
-    ));
+    deploy_greeter(&server, scratch.path(), "mixed");
     // The mixed release, made by hand: build-release would refuse it.
     let bytes = archive(&[Entry("app.py", b'0', "", MIXED_APP.as_bytes())]);
-    let release = publish(&mut client, "mixed", &bytes).await;
+    let release = publish_hostile(&mut client, "mixed", &bytes).await;
     deploy(&mut client, "mixed", release, "mixed").await;
 
-    let cache = scratch.path().join("cache");
-    let mut runner = RunnerProcess::spawn(
-        crate::common::tilebox_command(&["runner", "start", "--cluster", "mixed", "--cache-dir"])
-            .arg(&cache)
-            .env("TILEBOX_API_URL", server.url()),
+    let mut runner = start_runner(
+        &server,
+        "mixed",
+        &scratch.path().join("cache"),
         scratch.path().join("runner.log"),
+        &[],
     );
-    let submit = |task: &str| {
-        let job = json_of(&server.tilebox(&[
-            "--json",
-            "job",
-            "submit",
-            "--name",
-            task,
-            "--task",
-            task,
-            "--cluster",
-            "mixed",
-        ]));
-        job["id"].as_str().expect("id").to_string()
-    };
+    let submit = |task: &str| submit_to(&server, task, "mixed");
     let hello = submit("Hello");
     let hostile = submit("Hostile");
     for job in [&hello, &hostile] {

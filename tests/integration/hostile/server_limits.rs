@@ -17,17 +17,16 @@ use tilebox::api::selfhosted_v1::{
     UploadArtifactRequest, WatchDeploymentsRequest, WorkReport, WorkRequest, work_report,
 };
 use tilebox::api::workflows_v1::{
-    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest, NextTaskRequest,
-    Path as ReleasePath, PublishWorkflowReleaseRequest, QueryJobLogsRequest, ReleaseContent,
-    TaskFailedRequest, TaskIdentifier,
+    NextTaskRequest, Path as ReleasePath, QueryJobLogsRequest, ReleaseContent, TaskFailedRequest,
 };
 use tilebox::client::Client;
 use uuid::Uuid;
 
-use super::{HELLO, sha256_hex};
+use super::{
+    create_cluster, deploy, deploy_greeter, publish, release_content, start_runner, submit_to,
+};
 use crate::common::{
-    RunnerProcess, TestServer, ask, client, identifier, job_request, json_of, uuid_of_id,
-    wait_for_job_state, wait_until,
+    TestServer, ask, client, identifier, job_request, uuid_of_id, wait_for_job_state, wait_until,
 };
 
 /// The trace id of [`job_request`]'s `trace_parent`.
@@ -158,15 +157,7 @@ async fn a_deployment_snapshot_over_4_mib_still_reaches_the_runner() {
     let server = TestServer::start();
     let mut client = client(&server).await;
     let scratch = tempfile::tempdir().expect("scratch");
-    client
-        .workflows
-        .create_cluster(CreateClusterRequest {
-            name: "Big".into(),
-            slug: "big".into(),
-            ..CreateClusterRequest::default()
-        })
-        .await
-        .expect("create cluster");
+    create_cluster(&mut client, "big").await;
 
     // A release whose content lists 60,000 files: about 5 MiB in every snapshot of the
     // cluster, above gRPC's default 4 MiB message limit.
@@ -177,90 +168,29 @@ async fn a_deployment_snapshot_over_4_mib_still_reaches_the_runner() {
         })
         .collect();
     let content = ReleaseContent {
-        fingerprint: "large-listing".into(),
-        tasks: vec![TaskIdentifier {
-            name: "Listed".into(),
-            version: "v0.0".into(),
-        }],
         files,
-        runner_object_path: "app:runner".into(),
-        ..ReleaseContent::default()
+        ..release_content("large-listing", "Listed")
     };
     assert!(content.encoded_len() > 4 * 1024 * 1024);
-    client
-        .workflows
-        .create_workflow(CreateWorkflowRequest {
-            name: "listing".into(),
-            ..CreateWorkflowRequest::default()
-        })
-        .await
-        .expect("create workflow");
-    let bytes = b"not an archive, never loaded".to_vec();
-    let artifact = client
-        .artifacts
-        .upload_artifact(tokio_stream::iter(vec![UploadArtifactRequest {
-            digest: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            chunk: bytes,
-        }]))
-        .await
-        .expect("upload")
-        .into_inner();
-    let release = client
-        .workflows
-        .publish_workflow_release(PublishWorkflowReleaseRequest {
-            workflow_slug: "listing".into(),
-            artifact_id: artifact.id,
-            content: Some(content),
-        })
-        .await
-        .expect("publish a large release")
-        .into_inner();
-    client
-        .workflows
-        .deploy_workflow_release(DeployWorkflowReleaseRequest {
-            workflow_slug: "listing".into(),
-            release_id: release.id,
-            cluster_slugs: vec!["big".into()],
-        })
-        .await
-        .expect("deploy");
+    let release = publish(
+        &mut client,
+        "listing",
+        b"not an archive, never loaded",
+        content,
+    )
+    .await;
+    deploy(&mut client, "listing", release, "big").await;
 
     // A good release on the same cluster: the runner only runs it if the snapshot arrived.
-    let project = scratch.path().join("greeter");
-    fs_err::create_dir(&project).expect("project");
-    crate::common::write_project(&project, "greeter", HELLO);
-    json_of(&server.tilebox(&["--json", "workflow", "create", "Greeter"]));
-    json_of(&server.tilebox_in(&project, &["--json", "workflow", "publish-release"]));
-    json_of(&server.tilebox_in(
-        &project,
-        &[
-            "--json",
-            "workflow",
-            "deploy-release",
-            "--latest",
-            "--cluster",
-            "big",
-        ],
-    ));
-    let runner = RunnerProcess::spawn(
-        crate::common::tilebox_command(&["runner", "start", "--cluster", "big", "--cache-dir"])
-            .arg(scratch.path().join("cache"))
-            .env("TILEBOX_API_URL", server.url()),
-        scratch.path().join("runner.log"),
-    );
-    let job = json_of(&server.tilebox(&[
-        "--json",
-        "job",
-        "submit",
-        "--name",
-        "hello",
-        "--task",
-        "Hello",
-        "--cluster",
+    deploy_greeter(&server, scratch.path(), "big");
+    let runner = start_runner(
+        &server,
         "big",
-    ]));
-    let job = job["id"].as_str().expect("id").to_string();
+        &scratch.path().join("cache"),
+        scratch.path().join("runner.log"),
+        &[],
+    );
+    let job = submit_to(&server, "Hello", "big");
     wait_for_job_state(&server, &job, "completed", Duration::from_secs(90));
     let log = runner.log();
     assert!(

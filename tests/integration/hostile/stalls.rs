@@ -6,16 +6,10 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use super::*;
-use crate::common::{RunnerProcess, TestServer, client, json_of, wait_for_job_state, wait_until};
-use tilebox::api::selfhosted_v1::UploadArtifactRequest;
-use tilebox::api::tilebox_v1::Id;
-use tilebox::api::workflows_v1::{
-    CreateClusterRequest, CreateWorkflowRequest, DeployWorkflowReleaseRequest,
-    PublishWorkflowReleaseRequest, ReleaseContent, TaskIdentifier,
-};
-use tilebox::client::Client;
+use crate::common::{TestServer, client, wait_for_job_state, wait_until};
 
-const CLUSTER: &str = "stalls";
+/// The cluster every release and runner of these tests is on.
+pub(super) const CLUSTER: &str = "stalls";
 
 /// A runtime module whose import never ends.
 const SLEEPS_AT_IMPORT: &str = "import time\ntime.sleep(3600)\n\n\
@@ -30,115 +24,6 @@ from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
 class Noisy(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
 context.current_task.display = 'noisy ran'\n\nrunner = Runner(tasks=[Noisy])\n";
 
-/// Uploads an archive of `files`, creates workflow `slug`, publishes the archive as its
-/// release and deploys it to [`CLUSTER`]; answers the artifact's digest. No build step:
-/// `build-release` would load it.
-pub(super) async fn deploy_files(
-    client: &mut Client,
-    slug: &str,
-    files: &[(&str, &str)],
-) -> String {
-    let entries: Vec<Entry> = files
-        .iter()
-        .map(|(path, text)| Entry(path, b'0', "", text.as_bytes()))
-        .collect();
-    let bytes = archive(&entries);
-    let artifact = client
-        .artifacts
-        .upload_artifact(tokio_stream::iter([UploadArtifactRequest {
-            digest: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            chunk: bytes.clone(),
-        }]))
-        .await
-        .expect("upload")
-        .into_inner()
-        .id
-        .expect("artifact id");
-    client
-        .workflows
-        .create_workflow(CreateWorkflowRequest {
-            name: slug.into(),
-            ..CreateWorkflowRequest::default()
-        })
-        .await
-        .expect("create workflow");
-    let release: Id = client
-        .workflows
-        .publish_workflow_release(PublishWorkflowReleaseRequest {
-            workflow_slug: slug.into(),
-            artifact_id: Some(artifact),
-            content: Some(ReleaseContent {
-                fingerprint: format!("stalls-{slug}"),
-                tasks: vec![TaskIdentifier {
-                    name: slug.into(),
-                    version: "v0.0".into(),
-                }],
-                runner_object_path: "app:runner".into(),
-                ..ReleaseContent::default()
-            }),
-        })
-        .await
-        .expect("publish")
-        .into_inner()
-        .id
-        .expect("release id");
-    client
-        .workflows
-        .deploy_workflow_release(DeployWorkflowReleaseRequest {
-            workflow_slug: slug.into(),
-            release_id: Some(release),
-            cluster_slugs: vec![CLUSTER.into()],
-        })
-        .await
-        .expect("deploy");
-    sha256_hex(&bytes)
-}
-
-pub(super) async fn create_cluster(client: &mut Client) {
-    client
-        .workflows
-        .create_cluster(CreateClusterRequest {
-            name: "Stalls".into(),
-            slug: CLUSTER.into(),
-            ..CreateClusterRequest::default()
-        })
-        .await
-        .expect("create cluster");
-}
-
-/// `tilebox runner start --cluster stalls --cache-dir CACHE ARGS`, logging to `log`.
-pub(super) fn start_runner(
-    server: &TestServer,
-    cache: &std::path::Path,
-    log: std::path::PathBuf,
-    args: &[&str],
-) -> RunnerProcess {
-    RunnerProcess::spawn(
-        crate::common::tilebox_command(&["runner", "start", "--cluster", CLUSTER, "--cache-dir"])
-            .arg(cache)
-            .args(args)
-            .env("TILEBOX_API_URL", server.url()),
-        log,
-    )
-}
-
-/// Submits a job of one task `task` to [`CLUSTER`]; answers its id.
-pub(super) fn submit_to_cluster(server: &TestServer, task: &str) -> String {
-    let job = json_of(&server.tilebox(&[
-        "--json",
-        "job",
-        "submit",
-        "--name",
-        task,
-        "--task",
-        task,
-        "--cluster",
-        CLUSTER,
-    ]));
-    job["id"].as_str().expect("id").to_string()
-}
-
 /// The runner log's lines that mention workflow `slug` and contain `text`.
 fn lines_about(log: &str, slug: &str, text: &str) -> Vec<String> {
     log.lines()
@@ -152,12 +37,13 @@ async fn releases_that_hang_in_uv_sync_or_at_import_are_skipped_and_later_deploy
     let server = TestServer::start();
     let mut client = client(&server).await;
     let scratch = tempfile::tempdir().expect("scratch");
-    create_cluster(&mut client).await;
+    create_cluster(&mut client, CLUSTER).await;
     // An index that accepts connections and never answers.
     let black_hole = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = black_hole.local_addr().expect("address").port();
     let mut runner = start_runner(
         &server,
+        CLUSTER,
         &scratch.path().join("cache"),
         scratch.path().join("runner.log"),
         &[
@@ -168,7 +54,13 @@ async fn releases_that_hang_in_uv_sync_or_at_import_are_skipped_and_later_deploy
         ],
     );
 
-    deploy_files(&mut client, "sleepy", &[("app.py", SLEEPS_AT_IMPORT)]).await;
+    deploy_files(
+        &mut client,
+        "sleepy",
+        &[("app.py", SLEEPS_AT_IMPORT)],
+        CLUSTER,
+    )
+    .await;
     let pyproject = format!(
         "[project]\nname = \"stuck\"\nversion = \"0.1.0\"\nrequires-python = \">=3.13\"\n\
          dependencies = [\"tilebox-package-that-does-not-exist\"]\n\n\
@@ -179,11 +71,12 @@ async fn releases_that_hang_in_uv_sync_or_at_import_are_skipped_and_later_deploy
         &mut client,
         "stuck",
         &[("app.py", HOSTILE_APP), ("pyproject.toml", &pyproject)],
+        CLUSTER,
     )
     .await;
     // Deployed after both: it is applied, and its tasks run.
-    deploy_files(&mut client, "greeter", &[("app.py", HELLO)]).await;
-    let job = submit_to_cluster(&server, "Hello");
+    deploy_files(&mut client, "greeter", &[("app.py", HELLO)], CLUSTER).await;
+    let job = submit_to(&server, "Hello", CLUSTER);
     let done = wait_for_job_state(&server, &job, "completed", Duration::from_secs(90));
     assert_eq!(done["tasks"][0]["display"], "hello from the good release");
 
@@ -213,17 +106,24 @@ async fn a_release_that_floods_its_pipes_at_import_loads_in_a_sub_interpreter() 
     let server = TestServer::start();
     let mut client = client(&server).await;
     let scratch = tempfile::tempdir().expect("scratch");
-    create_cluster(&mut client).await;
+    create_cluster(&mut client, CLUSTER).await;
     // A timeout longer than the job's deadline: a probe blocked on a full pipe would still be
     // waiting when the deadline passes.
     let runner = start_runner(
         &server,
+        CLUSTER,
         &scratch.path().join("cache"),
         scratch.path().join("runner.log"),
         &["--import-timeout-seconds", "300"],
     );
-    deploy_files(&mut client, "noisy", &[("app.py", FLOODS_AT_IMPORT)]).await;
-    let job = submit_to_cluster(&server, "Noisy");
+    deploy_files(
+        &mut client,
+        "noisy",
+        &[("app.py", FLOODS_AT_IMPORT)],
+        CLUSTER,
+    )
+    .await;
+    let job = submit_to(&server, "Noisy", CLUSTER);
     let done = wait_for_job_state(&server, &job, "completed", Duration::from_secs(60));
     assert_eq!(done["tasks"][0]["display"], "noisy ran");
     let log = runner.log();
@@ -246,14 +146,21 @@ async fn a_release_whose_preparation_fails_for_a_while_is_loaded_without_a_redep
     let server = TestServer::start();
     let mut client = client(&server).await;
     let scratch = tempfile::tempdir().expect("scratch");
-    create_cluster(&mut client).await;
+    create_cluster(&mut client, CLUSTER).await;
     let cache = scratch.path().join("cache");
-    let mut runner = start_runner(&server, &cache, scratch.path().join("runner.log"), &[]);
+    let mut runner = start_runner(
+        &server,
+        CLUSTER,
+        &cache,
+        scratch.path().join("runner.log"),
+        &[],
+    );
     // A permanent failure: never tried again, however often the deployments are applied.
     deploy_files(
         &mut client,
         "garbage",
         &[("app.py", "this is not python(\n")],
+        CLUSTER,
     )
     .await;
     wait_until(
@@ -267,7 +174,7 @@ async fn a_release_whose_preparation_fails_for_a_while_is_loaded_without_a_redep
     let blocker = cache.join("releases").join(&digest);
     fs_err::write(&blocker, b"not a directory").expect("blocker");
     assert_eq!(
-        deploy_files(&mut client, "greeter", &[("app.py", HELLO)]).await,
+        deploy_files(&mut client, "greeter", &[("app.py", HELLO)], CLUSTER).await,
         digest
     );
     wait_until(
@@ -277,7 +184,7 @@ async fn a_release_whose_preparation_fails_for_a_while_is_loaded_without_a_redep
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     fs_err::remove_file(&blocker).expect("remove the blocker");
-    let job = submit_to_cluster(&server, "Hello");
+    let job = submit_to(&server, "Hello", CLUSTER);
     let done = wait_for_job_state(&server, &job, "completed", Duration::from_secs(60));
     assert_eq!(done["tasks"][0]["display"], "hello from the good release");
 
