@@ -32,6 +32,11 @@ pub const MAX_IDENTIFIERS_PER_CLAIM: usize = 1_000;
 /// Largest major or minor version number: versions are stored as SQLite integers (`i64`).
 pub const MAX_VERSION_NUMBER: u64 = i64::MAX as u64;
 
+/// Longest task identifier version, in bytes: `v`, a dot and two numbers of at most 19
+/// digits each ([`MAX_VERSION_NUMBER`]) take 40; leading zeros may take a little more.
+/// Checked first, so a version of megabytes of digits is refused before it is copied.
+pub const MAX_VERSION_BYTES: usize = 64;
+
 /// Longest telemetry retention `tilebox server --telemetry-retention` accepts: 100 years of
 /// 365.25 days (the year `humantime` parses). Far beyond it the cutoff would leave the range
 /// of a millisecond timestamp.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::limits::{
     DEFAULT_MAX_TASKS_PER_SUBMISSION, MAX_CLUSTER_SLUG_BYTES, MAX_DISPLAY_CHARS,
-    MAX_JOB_NAME_BYTES, MAX_TRACE_PARENT_BYTES, MAX_VERSION_NUMBER,
+    MAX_JOB_NAME_BYTES, MAX_TRACE_PARENT_BYTES, MAX_VERSION_BYTES, MAX_VERSION_NUMBER,
 };
 use super::workflows_v1::{SingleTaskSubmission, TaskIdentifier, TaskSubmissions};
 
@@ -215,6 +215,15 @@ pub enum IdentifierError {
         "task identifier `{name}` has version `{version}`; major and minor may be at most {MAX_VERSION_NUMBER}"
     )]
     VersionOutOfRange { name: String, version: String },
+    #[error(
+        "task identifier `{name}` has a version of {bytes} bytes (`{start}…`); the limit is {MAX_VERSION_BYTES}"
+    )]
+    VersionLength {
+        name: String,
+        bytes: usize,
+        /// The version's first characters, to recognise it by.
+        start: String,
+    },
 }
 
 /// Parses and validates a task identifier.
@@ -222,6 +231,13 @@ pub fn parse_identifier(identifier: &TaskIdentifier) -> Result<Identifier, Ident
     let name = &identifier.name;
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(IdentifierError::NameLength(name.len()));
+    }
+    if identifier.version.len() > MAX_VERSION_BYTES {
+        return Err(IdentifierError::VersionLength {
+            name: name.clone(),
+            bytes: identifier.version.len(),
+            start: identifier.version.chars().take(16).collect(),
+        });
     }
     let invalid = || IdentifierError::Version {
         name: name.clone(),
@@ -687,6 +703,19 @@ mod tests {
             );
             assert!(error.to_string().contains("at most 9223372036854775807"));
         }
+    }
+
+    #[test]
+    fn a_version_over_its_length_limit_is_refused_before_it_is_parsed_or_echoed() {
+        let longest = format!("v{}.{}", "0".repeat(31), "0".repeat(31));
+        assert_eq!(longest.len(), MAX_VERSION_BYTES);
+        assert!(parse_identifier(&identifier("T", &longest)).is_ok());
+        let huge = format!("v{}1.0", "0".repeat(10_000_000));
+        let error = parse_identifier(&identifier("T", &huge)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "task identifier `T` has a version of 10000004 bytes (`v000000000000000…`); the limit is 64"
+        );
     }
 
     #[test]

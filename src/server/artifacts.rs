@@ -214,6 +214,12 @@ impl Upload {
             Ok(())
         };
         checked?;
+        // A tokio file's `write_all` returns before its last write is done, and `sync_all`
+        // does not report that write's error (ENOSPC on a full disk): `flush` does.
+        self.file
+            .flush()
+            .await
+            .map_err(io_error(&self.temporary.path))?;
         self.file
             .sync_all()
             .await

@@ -23,6 +23,11 @@ async fn submissions_over_a_limit_are_refused_with_the_value_and_the_limit_and_n
         tasks.task_groups = vec![task_group(&[], 2000, b"{}")];
         tasks.cluster_slug_lookup = vec!["c".repeat(10 << 20)];
     };
+    let huge_version = |request: &mut SubmitJobRequest| {
+        let tasks = request.tasks.as_mut().expect("tasks");
+        tasks.task_groups = vec![task_group(&[], 2000, b"{}")];
+        tasks.identifier_lookup[0].version = format!("v{}1.0", "0".repeat(10 << 20));
+    };
     let cases: Vec<(&str, SubmitJobRequest, &str)> = vec![
         (
             "a 257-byte job name",
@@ -71,6 +76,11 @@ async fn submissions_over_a_limit_are_refused_with_the_value_and_the_limit_and_n
             "a 10 MB cluster slug under 2,000 tasks",
             with(&huge_slug),
             "cluster slug 0 is 10485760 bytes long; the limit is 100",
+        ),
+        (
+            "a 10 MB version under 2,000 tasks",
+            with(&huge_version),
+            "task identifier `Leaf` has a version of 10485764 bytes (`v000000000000000…`); the limit is 64",
         ),
     ];
     for (what, request, message) in cases {

@@ -291,6 +291,12 @@ fn in_savepoint<T>(
 ) -> Result<T> {
     execute(connection, "SAVEPOINT operation", []).map_err(db("savepoint"))?;
     let result = operation(connection);
+    if result.is_err() && connection.is_autocommit() {
+        // SQLite rolled the whole transaction back (a full disk): the savepoint is gone, and
+        // the operation's own error (`StorageFull`) is the one to answer, not "no such
+        // savepoint".
+        return result;
+    }
     let end = if result.is_ok() {
         execute(connection, "RELEASE operation", []).map(|_| ())
     } else {
@@ -310,6 +316,12 @@ fn in_item_savepoint<T>(
         .execute_batch("SAVEPOINT item")
         .map_err(db("savepoint"))?;
     let result = item(connection);
+    if connection.is_autocommit() {
+        // SQLite rolled the whole transaction back: the batch fails with the item's error.
+        if let Err(error) = result {
+            return Err(error);
+        }
+    }
     let end = if result.is_ok() {
         "RELEASE item"
     } else {
