@@ -146,7 +146,8 @@ pub(crate) async fn non_workflow_failures_are_capped_then_fail_the_task<S: Store
 /// reported display, any number of times, counting neither a retry nor a runner failure: the
 /// runner-failure count of rule 30 is neither raised nor reset by it. Like every report it is
 /// applied only to the claimant's running attempt: a second hand-back of the same attempt, or
-/// one from a runner that lost the task, is stale.
+/// one from a runner that lost the task, is stale; and once handed back and claimed by
+/// another runner, the task takes no report of the attempt handed back.
 pub(crate) async fn a_hand_back_requeues_without_counting_any_number_of_times<S: Store>(store: S) {
     let patient = NewTask {
         max_retries: 0,
@@ -195,6 +196,20 @@ pub(crate) async fn a_hand_back_requeues_without_counting_any_number_of_times<S:
         );
         assert_ne!(job_state(&store, job_id).await, JobState::Failed);
     }
+
+    // A runner that handed the task back and reports it later anyway: stale once another
+    // runner claimed it.
+    let handed = claim_one(&store, &patient_runner).await;
+    hand_back(&store, &handed, RUNNER_A).await;
+    let current = claim_one(&store, &runner(RUNNER_B, &["Patient"])).await;
+    assert_eq!(
+        report(&store, computed(&handed, RUNNER_A)).await,
+        ReportOutcome::Stale(TaskState::Running)
+    );
+    assert_eq!(
+        hand_back(&store, &current, RUNNER_B).await,
+        ReportOutcome::Applied(TaskState::Queued)
+    );
 
     // A runner that lost the task hands it back late: stale, the new attempt runs on.
     let lost = claim_one(&store, &patient_runner).await;

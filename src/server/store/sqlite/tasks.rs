@@ -483,7 +483,8 @@ pub(super) fn fail_task(
 }
 
 /// Applies a hand-back: the claimant did not run the task, which is queued again with the
-/// reported display, counting neither a retry nor a runner failure.
+/// reported display, counting neither a retry nor a runner failure. The task is fenced: the
+/// claimant let go, so a late report of that attempt is stale once another runner claimed it.
 pub(super) fn hand_back(
     connection: &Connection,
     report: HandedBackReport,
@@ -496,7 +497,7 @@ pub(super) fn hand_back(
     stop_attempt(connection, &task, now)?;
     execute(
         connection,
-        "UPDATE tasks SET display = ?2 WHERE task = ?1",
+        "UPDATE tasks SET display = ?2, fenced = 1 WHERE task = ?1",
         params![task.row, report.display],
     )
     .map_err(db("hand back task"))?;
