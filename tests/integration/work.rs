@@ -164,7 +164,7 @@ async fn report_and_claim_one(
         WorkRequest {
             reports,
             capacity: 1,
-            identifiers: vec![identifier(name, "v1.0")],
+            identifiers: vec![identifier(name, "v0.0")],
             ..WorkRequest::default()
         },
     )
@@ -192,7 +192,7 @@ async fn a_task_handed_back_more_often_than_the_runner_failure_cap_still_runs() 
     let submitted = client
         .jobs
         .clone()
-        .submit_job(job_request("Patient", "v1.0", 1, b"1"))
+        .submit_job(job_request("Patient", "v0.0", 1, b"1"))
         .await
         .expect("submit")
         .into_inner();
@@ -261,7 +261,7 @@ async fn a_task_handed_back_more_often_than_the_runner_failure_cap_still_runs() 
     let submitted = client
         .jobs
         .clone()
-        .submit_job(job_request("Breaking", "v1.0", 1, b"1"))
+        .submit_job(job_request("Breaking", "v0.0", 1, b"1"))
         .await
         .expect("submit")
         .into_inner();
@@ -309,6 +309,83 @@ async fn a_task_handed_back_more_often_than_the_runner_failure_cap_still_runs() 
         "{}",
         tasks[0].display
     );
+    server.stop();
+}
+
+/// A task whose display is at the limit (1,024 characters) that runners failed until the
+/// server gave up: the reason the server appends keeps the display within the limit (the
+/// head of the old display is cut), so after a job retry a real runner, whose task leaves the
+/// display handed to it, reports it back and the task computes (instead of failing with
+/// `InvalidDisplay`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_display_failed_by_runners_stays_within_the_limit_and_runs_clean_after_a_retry() {
+    let server = TestServer::start();
+    let client = client(&server).await;
+    let full = "é".repeat(1024);
+    let mut request = job_request("Keep", "v0.0", 1, b"");
+    request.tasks.as_mut().expect("tasks").display_lookup = vec![full.clone()];
+    let submitted = client
+        .jobs
+        .clone()
+        .submit_job(request)
+        .await
+        .expect("submit")
+        .into_inner();
+    let job_id = uuid_of_id(submitted.id.as_ref());
+
+    let mut answer = report_and_claim_one(&client, "Keep", Vec::new()).await;
+    let mut failures = 0;
+    while let Some(claimed) = answer.tasks.first().cloned() {
+        failures += 1;
+        assert!(failures <= 11, "the task is handed out again and again");
+        assert_eq!(claimed.display.as_deref(), Some(full.as_str()));
+        // As our runner reports it: the reason appended, cut to the limit.
+        let display = tilebox::api::convert::failure_display(&full, "RunnerError('no host')");
+        answer = report_and_claim_one(
+            &client,
+            "Keep",
+            vec![WorkReport {
+                report: Some(work_report::Report::Failed(TaskFailedRequest {
+                    task_id: claimed.id.clone(),
+                    display,
+                    was_workflow_error: false,
+                    ..TaskFailedRequest::default()
+                })),
+            }],
+        )
+        .await;
+    }
+    assert_eq!(failures, 11);
+    let mut reader = client.clone();
+    let tasks = list_tasks(&mut reader, job_id, None).await;
+    assert_eq!(tasks[0].state(), TaskState::Failed);
+    let stored = tasks[0].display.clone();
+    assert_eq!(stored.chars().count(), 1024, "{stored}");
+    assert!(
+        stored.ends_with("é\nRunnerFailed('the runners could not run the task 11 times')"),
+        "{stored}"
+    );
+
+    let job = job_id.to_string();
+    server.tilebox(&["--json", "job", "retry", &job]);
+    let project = project(
+        "keep",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Keep(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         pass\n\nrunner = Runner(tasks=[Keep])\n",
+    );
+    let output = project_runner(
+        server.url(),
+        project.path(),
+        &["-n", "1", "--stop-when-idling"],
+    )
+    .output()
+    .expect("runner");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let done = wait_for_job_state(&server, &job, "completed", Duration::from_secs(10));
+    assert_eq!(done["tasks"][0]["state"], "computed", "{done}\n{log}");
+    assert_eq!(done["tasks"][0]["display"], stored.as_str(), "{log}");
     server.stop();
 }
 
