@@ -37,9 +37,10 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::selfhosted_v1::{
-    ClusterDeployments, WatchDeploymentsRequest, WorkReport, WorkRequest, work_report,
+    ClusterDeployments, HandedBackTask, WatchDeploymentsRequest, WorkReport, WorkRequest,
+    work_report,
 };
-use crate::api::workflows_v1::{GetClusterRequest, TaskFailedRequest};
+use crate::api::workflows_v1::GetClusterRequest;
 use crate::client::{Backoff, Client, RunnerClient, retryable};
 use crate::python;
 use catalog::{Catalog, LoadedSet};
@@ -340,8 +341,8 @@ fn announce(set: &LoadedSet) {
     }
 }
 
-/// Reports every task the runner holds as failed without a workflow error, so they are
-/// queued again at once without counting a retry.
+/// Hands every task the runner holds back, so they are queued again at once, counting
+/// neither a retry nor a runner failure.
 async fn hand_back_running(client: &RunnerClient, leases: &leases::LeasesHandle) {
     let held = leases.held().await;
     if held.is_empty() {
@@ -350,11 +351,9 @@ async fn hand_back_running(client: &RunnerClient, leases: &leases::LeasesHandle)
     let reports = held
         .iter()
         .map(|(task, display)| WorkReport {
-            report: Some(work_report::Report::Failed(TaskFailedRequest {
+            report: Some(work_report::Report::HandedBack(HandedBackTask {
                 task_id: Some(crate::api::convert::id(*task)),
                 display: python::failure_display(display, "RunnerShutdown('Task was interrupted')"),
-                was_workflow_error: false,
-                progress_updates: Vec::new(),
             })),
         })
         .collect();

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::Shared;
 use super::catalog::{Catalog, LoadedSet};
 use crate::api::convert::{id, uuid_of};
-use crate::api::selfhosted_v1::{WorkReport, work_report};
+use crate::api::selfhosted_v1::{HandedBackTask, WorkReport, work_report};
 use crate::api::workflows_v1::{
     ComputedTask, Progress, Task, TaskFailedRequest, TaskIdentifier, TaskSubmissionGroup,
     TaskSubmissions,
@@ -431,6 +431,17 @@ impl Executor {
                     progress_updates: progress(&updates),
                 })
             }
+            // Not attempted: handed back, counting nothing against the task.
+            Err(error @ python::Error::NotRun { .. }) => {
+                tracing::warn!(%task_id, %error, "handing the task back unrun");
+                handed_back(HandedBackTask {
+                    task_id: Some(id(task_id)),
+                    display: python::failure_display(
+                        &display,
+                        &format!("NotRun({:?})", error.to_string()),
+                    ),
+                })
+            }
             Err(error) => {
                 tracing::error!(%task_id, %error, "the release could not run the task; handing it back");
                 failed(TaskFailedRequest {
@@ -455,15 +466,14 @@ fn task_uuid(task: &Task) -> Uuid {
         .unwrap_or_else(Uuid::nil)
 }
 
-/// The report of a task no loaded release runs: handed back, not a workflow error.
+/// The report of a task no loaded release runs (its release was replaced since the claim):
+/// handed back unrun, its display unchanged.
 fn unroutable(task: &Task) -> WorkReport {
     let identifier = task.identifier.clone().unwrap_or_default();
     tracing::warn!(task_id = %task_uuid(task), name = %identifier.name, version = %identifier.version, "no loaded release runs this task; handing it back");
-    failed(TaskFailedRequest {
+    handed_back(HandedBackTask {
         task_id: task.id.clone(),
         display: task.display.clone().unwrap_or_default(),
-        was_workflow_error: false,
-        progress_updates: Vec::new(),
     })
 }
 
@@ -476,6 +486,12 @@ fn computed(computed: ComputedTask) -> WorkReport {
 fn failed(failed: TaskFailedRequest) -> WorkReport {
     WorkReport {
         report: Some(work_report::Report::Failed(failed)),
+    }
+}
+
+fn handed_back(handed_back: HandedBackTask) -> WorkReport {
+    WorkReport {
+        report: Some(work_report::Report::HandedBack(handed_back)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tilebox::api::selfhosted_v1::report_result::Outcome;
 use tilebox::api::selfhosted_v1::{
-    ExtendLeasesRequest, WorkReport, WorkRequest, WorkResponse, work_report,
+    ExtendLeasesRequest, HandedBackTask, WorkReport, WorkRequest, WorkResponse, work_report,
 };
 use tilebox::api::workflows_v1::{
     ComputedTask, JobState, Task, TaskFailedRequest, TaskLeaseRequest, TaskState, TaskSubmissions,
@@ -149,6 +149,243 @@ async fn a_batch_applies_each_report_on_its_own() {
         "no refused subtask was stored"
     );
     assert_eq!(get_job(&mut reader, job_id).await.state(), JobState::Failed);
+    server.stop();
+}
+
+/// One `Work` call as `runner-a`: `reports`, and a claim of one task of `name`.
+async fn report_and_claim_one(
+    client: &Client,
+    name: &str,
+    reports: Vec<WorkReport>,
+) -> WorkResponse {
+    work(
+        client,
+        "runner-a",
+        WorkRequest {
+            reports,
+            capacity: 1,
+            identifiers: vec![identifier(name, "v0.0")],
+            ..WorkRequest::default()
+        },
+    )
+    .await
+}
+
+fn outcomes(answer: &WorkResponse) -> Vec<(Outcome, TaskState)> {
+    answer
+        .results
+        .iter()
+        .map(|result| (result.outcome(), result.state()))
+        .collect()
+}
+
+/// A task handed back unrun (a runner shutting down, a host that went down with an earlier
+/// task, a replaced release) is queued again without counting anything, however often: handed
+/// back 12 times, more than the 11 runner failures that fail a task, it still runs and
+/// computes with no retry counted. A runner's genuine failures (`failed`, not a workflow
+/// error) stay capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_handed_back_more_often_than_the_runner_failure_cap_still_runs() {
+    const HAND_BACKS: usize = 12;
+    let server = TestServer::start();
+    let client = client(&server).await;
+    let submitted = client
+        .jobs
+        .clone()
+        .submit_job(job_request("Patient", "v0.0", 1, b"1"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let job_id = uuid_of_id(submitted.id.as_ref());
+    let hand_back = |task: &Task| WorkReport {
+        report: Some(work_report::Report::HandedBack(HandedBackTask {
+            task_id: task.id.clone(),
+            display: "Patient\nRunnerShutdown('Task was interrupted')".into(),
+        })),
+    };
+
+    let mut answer = report_and_claim_one(&client, "Patient", Vec::new()).await;
+    for round in 0..HAND_BACKS {
+        assert_eq!(answer.tasks.len(), 1, "round {round}: {answer:?}");
+        let claimed = answer.tasks[0].clone();
+        assert_eq!(claimed.retry_count, 0, "round {round}");
+        // The same attempt handed back twice in one call: the second is stale.
+        answer = report_and_claim_one(
+            &client,
+            "Patient",
+            vec![hand_back(&claimed), hand_back(&claimed)],
+        )
+        .await;
+        assert_eq!(
+            outcomes(&answer),
+            [
+                (Outcome::Applied, TaskState::Queued),
+                (Outcome::Stale, TaskState::Queued)
+            ],
+            "round {round}"
+        );
+    }
+    let claimed = answer.tasks.first().expect("claimed after the hand-backs");
+    assert_eq!(
+        claimed.display.as_deref(),
+        Some("Patient\nRunnerShutdown('Task was interrupted')")
+    );
+    let answer = work(
+        &client,
+        "runner-a",
+        WorkRequest {
+            reports: vec![computed(claimed, None)],
+            ..WorkRequest::default()
+        },
+    )
+    .await;
+    assert_eq!(outcomes(&answer), [(Outcome::Applied, TaskState::Computed)]);
+
+    let mut reader = client.clone();
+    assert_eq!(
+        get_job(&mut reader, job_id).await.state(),
+        JobState::Completed
+    );
+    let tasks = list_tasks(&mut reader, job_id, None).await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(
+        (
+            tasks[0].state(),
+            tasks[0].retry_count,
+            tasks[0].display.as_str()
+        ),
+        (TaskState::Computed, 0, "done")
+    );
+
+    // The same protocol's runner failures are capped: the 11th fails the task.
+    let submitted = client
+        .jobs
+        .clone()
+        .submit_job(job_request("Breaking", "v0.0", 1, b"1"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let job_id = uuid_of_id(submitted.id.as_ref());
+    let mut answer = report_and_claim_one(&client, "Breaking", Vec::new()).await;
+    let mut failures = 0;
+    while let Some(claimed) = answer.tasks.first().cloned() {
+        failures += 1;
+        assert!(failures <= 11, "the task is handed out again and again");
+        answer = report_and_claim_one(
+            &client,
+            "Breaking",
+            vec![WorkReport {
+                report: Some(work_report::Report::Failed(TaskFailedRequest {
+                    task_id: claimed.id.clone(),
+                    display: "Breaking\nRunnerError('cannot run it')".into(),
+                    was_workflow_error: false,
+                    ..TaskFailedRequest::default()
+                })),
+            }],
+        )
+        .await;
+        let expected = if failures < 11 {
+            TaskState::Queued
+        } else {
+            TaskState::Failed
+        };
+        assert_eq!(
+            outcomes(&answer),
+            [(Outcome::Applied, expected)],
+            "failure {failures}"
+        );
+    }
+    assert_eq!(failures, 11);
+    assert_eq!(get_job(&mut reader, job_id).await.state(), JobState::Failed);
+    let tasks = list_tasks(&mut reader, job_id, None).await;
+    assert_eq!(
+        (tasks[0].state(), tasks[0].retry_count),
+        (TaskState::Failed, 0)
+    );
+    assert!(
+        tasks[0]
+            .display
+            .ends_with("RunnerFailed('the runners could not run the task 11 times')"),
+        "{}",
+        tasks[0].display
+    );
+    server.stop();
+}
+
+/// A task whose display is at the limit (1,024 characters) that runners failed until the
+/// server gave up: the reason the server appends keeps the display within the limit (the
+/// head of the old display is cut), so after a job retry a real runner, whose task leaves the
+/// display handed to it, reports it back and the task computes (instead of failing with
+/// `InvalidDisplay`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_display_failed_by_runners_stays_within_the_limit_and_runs_clean_after_a_retry() {
+    let server = TestServer::start();
+    let client = client(&server).await;
+    let full = "é".repeat(1024);
+    let mut request = job_request("Keep", "v0.0", 1, b"");
+    request.tasks.as_mut().expect("tasks").display_lookup = vec![full.clone()];
+    let submitted = client
+        .jobs
+        .clone()
+        .submit_job(request)
+        .await
+        .expect("submit")
+        .into_inner();
+    let job_id = uuid_of_id(submitted.id.as_ref());
+
+    let mut answer = report_and_claim_one(&client, "Keep", Vec::new()).await;
+    let mut failures = 0;
+    while let Some(claimed) = answer.tasks.first().cloned() {
+        failures += 1;
+        assert!(failures <= 11, "the task is handed out again and again");
+        assert_eq!(claimed.display.as_deref(), Some(full.as_str()));
+        // As our runner reports it: the reason appended, cut to the limit.
+        let display = tilebox::api::convert::failure_display(&full, "RunnerError('no host')");
+        answer = report_and_claim_one(
+            &client,
+            "Keep",
+            vec![WorkReport {
+                report: Some(work_report::Report::Failed(TaskFailedRequest {
+                    task_id: claimed.id.clone(),
+                    display,
+                    was_workflow_error: false,
+                    ..TaskFailedRequest::default()
+                })),
+            }],
+        )
+        .await;
+    }
+    assert_eq!(failures, 11);
+    let mut reader = client.clone();
+    let tasks = list_tasks(&mut reader, job_id, None).await;
+    assert_eq!(tasks[0].state(), TaskState::Failed);
+    let stored = tasks[0].display.clone();
+    assert_eq!(stored.chars().count(), 1024, "{stored}");
+    assert!(
+        stored.ends_with("é\nRunnerFailed('the runners could not run the task 11 times')"),
+        "{stored}"
+    );
+
+    let job = job_id.to_string();
+    server.tilebox(&["--json", "job", "retry", &job]);
+    let project = project(
+        "keep",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Keep(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         pass\n\nrunner = Runner(tasks=[Keep])\n",
+    );
+    let output = project_runner(
+        server.url(),
+        project.path(),
+        &["-n", "1", "--stop-when-idling"],
+    )
+    .output()
+    .expect("runner");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let done = wait_for_job_state(&server, &job, "completed", Duration::from_secs(10));
+    assert_eq!(done["tasks"][0]["state"], "computed", "{done}\n{log}");
+    assert_eq!(done["tasks"][0]["display"], stored.as_str(), "{log}");
     server.stop();
 }
 

@@ -294,12 +294,12 @@ async def _await(result: Awaitable[None]) -> None:
 
 
 def _failure(display: str, error: BaseException, *, workflow_error: bool, progress: list[Any]) -> dict[str, Any]:
-    """A failed outcome; the display gets `repr(error)` appended, capped like the SDK's at 1024."""
+    """A failed outcome; the display gets `repr(error)` appended, capped at 1024 like the SDK's."""
     kind = _type_name(error)
-    message = _guarded(lambda: repr(error), f"{kind}(<repr() failed>)")[: _MAX_DISPLAY - len(display or "None") - 1]
+    reason = _guarded(lambda: repr(error), f"{kind}(<repr() failed>)")
     return {
         "computed": False,
-        "display": display if message == "" else f"{display}\n{message}",
+        "display": _with_reason(display, reason),
         "workflow_error": workflow_error,
         "progress": progress,
         "error": {
@@ -308,6 +308,23 @@ def _failure(display: str, error: BaseException, *, workflow_error: bool, progre
             "traceback": _guarded(lambda: "".join(traceback.format_exception(error)), ""),
         },
     }
+
+
+def _with_reason(display: str, reason: str) -> str:
+    """`display` with the line `reason`, at most `_MAX_DISPLAY` characters.
+
+    As the SDK does, the reason gets the room the display leaves (measuring an empty display as
+    "None"); but never less than half the limit, or all of itself if shorter: the head of a long
+    display is cut for it, as the server cuts a display it appends a reason to. (The SDK's bound
+    goes negative for a display near the limit: it drops the reason, or mangles it and exceeds
+    the limit.)
+    """
+    room = max(_MAX_DISPLAY - len(display or "None") - 1, min(len(reason), _MAX_DISPLAY // 2))
+    message = reason[:room]
+    if message == "":
+        return display[max(len(display) - _MAX_DISPLAY, 0) :]
+    kept = _MAX_DISPLAY - len(message) - 1
+    return f"{display[len(display) - kept :] if len(display) > kept else display}\n{message}"
 
 
 def _guarded(describe: Callable[[], Any], fallback: str) -> str:

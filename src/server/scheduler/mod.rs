@@ -171,11 +171,11 @@ impl Scheduler {
         // A failure report (invalid subtasks) is applied on its own; a computed one rides
         // in the same transaction as the claim.
         let mut computed = match report {
-            Some(Report::Failed(failed)) => {
-                self.apply_report(Report::Failed(failed)).await?;
+            Some(Report::Computed(computed)) => Some(computed),
+            Some(report) => {
+                self.apply_report(report).await?;
                 None
             }
-            Some(Report::Computed(computed)) => Some(computed),
             None => None,
         };
         let claim = match claim {
@@ -314,6 +314,15 @@ impl Scheduler {
             Report::Failed(failed) => {
                 let outcome = self.store.fail_task(failed).await?;
                 self.after_report(outcome);
+            }
+            handed_back @ Report::HandedBack(_) => {
+                let (outcomes, _) = self
+                    .store
+                    .report_and_claim_batch(vec![handed_back], Vec::new())
+                    .await?;
+                for outcome in outcomes {
+                    self.after_report(outcome?);
+                }
             }
         }
         Ok(())

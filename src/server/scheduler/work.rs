@@ -8,10 +8,12 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{Error, Result, Scheduler, claim_identifiers, recommended_wait, required_id};
-use crate::api::selfhosted_v1::WorkRequest;
 use crate::api::selfhosted_v1::work_report;
+use crate::api::selfhosted_v1::{HandedBackTask, WorkRequest};
 use crate::api::workflows_v1::{TaskFailedRequest, TaskState};
-use crate::server::store::{self, ClaimRequest, ClaimedTask, FailedReport, Report, ReportOutcome};
+use crate::server::store::{
+    self, ClaimRequest, ClaimedTask, FailedReport, HandedBackReport, Report, ReportOutcome,
+};
 
 /// Most reports one call may carry.
 pub const MAX_REPORTS_PER_CALL: usize = 10_000;
@@ -212,18 +214,25 @@ impl Scheduler {
         match report {
             Some(work_report::Report::Computed(computed)) => {
                 match self.computed_report(computed, claimant).await {
-                    Ok(report @ Report::Computed(_)) => Ok((report, None)),
                     Ok(Report::Failed(failed)) => {
                         let note = failed.display.lines().last().map(str::to_string);
                         Ok((Report::Failed(failed), note))
                     }
+                    Ok(report) => Ok((report, None)),
                     Err(error) => Err(error.to_string()),
                 }
             }
             Some(work_report::Report::Failed(failed)) => failed_report(failed, claimant)
                 .map(|report| (report, None))
                 .map_err(|error| error.to_string()),
-            None => Err("the report is empty: neither computed nor failed".to_string()),
+            Some(work_report::Report::HandedBack(handed_back)) => {
+                handed_back_report(handed_back, claimant)
+                    .map(|report| (report, None))
+                    .map_err(|error| error.to_string())
+            }
+            None => {
+                Err("the report is empty: neither computed, failed nor handed back".to_string())
+            }
         }
     }
 
@@ -258,6 +267,15 @@ fn failed_report(request: TaskFailedRequest, claimant: &str) -> Result<Report> {
         display: super::capped_failure_display(request.display),
         workflow_error: request.was_workflow_error,
         progress: super::progress_of(&request.progress_updates),
+    }))
+}
+
+/// A `HandedBackTask` as a store report.
+fn handed_back_report(request: HandedBackTask, claimant: &str) -> Result<Report> {
+    Ok(Report::HandedBack(HandedBackReport {
+        task_id: required_id(request.task_id.as_ref(), "handed_back.task_id")?,
+        claimant: claimant.to_string(),
+        display: super::capped_failure_display(request.display),
     }))
 }
 

@@ -213,11 +213,24 @@ pub struct FailedReport {
     pub progress: Vec<Progress>,
 }
 
-/// A finished task, as a runner reports it.
+/// A runner's report that it gives a claimed task back without having run it (it is
+/// shutting down, the host that was to run it went down with an earlier task, or the release
+/// it was claimed for was replaced): re-queued at once, counting neither a retry nor a runner
+/// failure, however often it happens.
+#[derive(Debug, Clone)]
+pub struct HandedBackReport {
+    pub task_id: Uuid,
+    pub claimant: String,
+    /// The task's display from now on.
+    pub display: String,
+}
+
+/// A finished task, as a runner reports it (or a task it hands back unrun).
 #[derive(Debug, Clone)]
 pub enum Report {
     Computed(ComputedReport),
     Failed(FailedReport),
+    HandedBack(HandedBackReport),
 }
 
 /// What became of a report.

@@ -5,8 +5,13 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::fixtures::*;
+use crate::api::convert::now_millis;
+use crate::api::limits::MAX_DISPLAY_CHARS;
 use crate::api::workflows_v1::{JobState, TaskState};
-use crate::server::store::{Error, MAX_RUNNER_FAILURE_REQUEUES, NewTask, ReportOutcome, Store};
+use crate::server::store::{
+    ClaimedTask, Error, FailedReport, MAX_LEASE_REQUEUES, MAX_RUNNER_FAILURE_REQUEUES, NewTask,
+    ReportOutcome, Store,
+};
 
 /// Rule 7: a workflow error re-queues while retries remain, then fails the task and the
 /// job, which stops its other tasks.
@@ -134,6 +139,195 @@ pub(crate) async fn non_workflow_failures_are_capped_then_fail_the_task<S: Store
     let claimed = claim_one(&store, &breaking_runner).await;
     report(&store, computed(&claimed, RUNNER_A)).await;
     assert_eq!(job_state(&store, job_id).await, JobState::Completed);
+}
+
+/// Rule 31: a hand-back (the runner gives a claimed task back unrun: it shuts down, its host
+/// went down with an earlier task, its release was replaced) re-queues the task with the
+/// reported display, any number of times, counting neither a retry nor a runner failure: the
+/// runner-failure count of rule 30 is neither raised nor reset by it. Like every report it is
+/// applied only to the claimant's running attempt: a second hand-back of the same attempt, or
+/// one from a runner that lost the task, is stale; and once handed back and claimed by
+/// another runner, the task takes no report of the attempt handed back.
+pub(crate) async fn a_hand_back_requeues_without_counting_any_number_of_times<S: Store>(store: S) {
+    let patient = NewTask {
+        max_retries: 0,
+        ..task("Patient")
+    };
+    let patient_id = patient.id;
+    let job_id = submit(&store, job("handed-back", vec![patient])).await;
+    let patient_runner = runner(RUNNER_A, &["Patient"]);
+    let shutdown_display = "Patient\nRunnerShutdown('Task was interrupted')";
+
+    // Half the runner-failure allowance first.
+    let half = MAX_RUNNER_FAILURE_REQUEUES / 2;
+    for _ in 0..half {
+        let claimed = claim_one(&store, &patient_runner).await;
+        let outcome = fail(&store, failed(&claimed, RUNNER_A, false)).await;
+        assert_eq!(outcome, ReportOutcome::Applied(TaskState::Queued));
+    }
+    // Then far more hand-backs than any cap.
+    let hand_backs = 3 * (MAX_RUNNER_FAILURE_REQUEUES + 1);
+    for round in 0..hand_backs {
+        let claimed = claim_one(&store, &patient_runner).await;
+        assert_eq!(
+            (claimed.id, claimed.retry_count),
+            (patient_id, 0),
+            "round {round}"
+        );
+        let claimed = ClaimedTask {
+            display: "Patient".to_string(),
+            ..claimed
+        };
+        assert_eq!(
+            hand_back(&store, &claimed, RUNNER_A).await,
+            ReportOutcome::Applied(TaskState::Queued),
+            "round {round}"
+        );
+        assert_eq!(
+            hand_back(&store, &claimed, RUNNER_A).await,
+            ReportOutcome::Stale(TaskState::Queued),
+            "the same attempt handed back twice (round {round})"
+        );
+        let summary = task_summary(&store, job_id, patient_id).await;
+        assert_eq!(
+            (summary.state, summary.retry_count, summary.display.as_str()),
+            (TaskState::Queued, 0, shutdown_display),
+            "round {round}"
+        );
+        assert_ne!(job_state(&store, job_id).await, JobState::Failed);
+    }
+
+    // A runner that handed the task back and reports it later anyway: stale once another
+    // runner claimed it.
+    let handed = claim_one(&store, &patient_runner).await;
+    hand_back(&store, &handed, RUNNER_A).await;
+    let current = claim_one(&store, &runner(RUNNER_B, &["Patient"])).await;
+    assert_eq!(
+        report(&store, computed(&handed, RUNNER_A)).await,
+        ReportOutcome::Stale(TaskState::Running)
+    );
+    assert_eq!(
+        hand_back(&store, &current, RUNNER_B).await,
+        ReportOutcome::Applied(TaskState::Queued)
+    );
+
+    // A runner that lost the task hands it back late: stale, the new attempt runs on.
+    let lost = claim_one(&store, &patient_runner).await;
+    let expiry = now_millis() + LEASE.as_millis() as i64 + 1;
+    assert_eq!(store.expire_leases(expiry).await.expect("expire leases"), 1);
+    let current = claim_one(&store, &runner(RUNNER_B, &["Patient"])).await;
+    assert_eq!(current.id, patient_id);
+    assert_eq!(
+        hand_back(&store, &lost, RUNNER_A).await,
+        ReportOutcome::Stale(TaskState::Running)
+    );
+    assert_eq!(
+        task_state(&store, job_id, patient_id).await,
+        TaskState::Running
+    );
+    assert_eq!(
+        hand_back(&store, &current, RUNNER_B).await,
+        ReportOutcome::Applied(TaskState::Queued)
+    );
+
+    // The runner failures counted before the hand-backs still count: the rest of the
+    // allowance re-queues, the next one fails the task.
+    for requeue in half..MAX_RUNNER_FAILURE_REQUEUES {
+        let claimed = claim_one(&store, &patient_runner).await;
+        let outcome = fail(&store, failed(&claimed, RUNNER_A, false)).await;
+        assert_eq!(
+            outcome,
+            ReportOutcome::Applied(TaskState::Queued),
+            "runner failure {requeue}"
+        );
+    }
+    let claimed = claim_one(&store, &patient_runner).await;
+    let outcome = fail(&store, failed(&claimed, RUNNER_A, false)).await;
+    assert_eq!(outcome, ReportOutcome::Applied(TaskState::Failed));
+    let summary = task_summary(&store, job_id, patient_id).await;
+    assert_eq!((summary.state, summary.retry_count), (TaskState::Failed, 0));
+    let cause = format!(
+        "RunnerFailed('the runners could not run the task {} times')",
+        MAX_RUNNER_FAILURE_REQUEUES + 1
+    );
+    assert_eq!(summary.display.lines().last(), Some(cause.as_str()));
+
+    // A hand-back of a task that computes is just one more claim: it completes.
+    let job_id = submit(&store, job("handed-back-then-run", vec![task("Patient")])).await;
+    for _ in 0..hand_backs {
+        let claimed = claim_one(&store, &patient_runner).await;
+        hand_back(&store, &claimed, RUNNER_A).await;
+    }
+    let claimed = claim_one(&store, &patient_runner).await;
+    assert_eq!(claimed.retry_count, 0);
+    report(&store, computed(&claimed, RUNNER_A)).await;
+    assert_eq!(job_state(&store, job_id).await, JobState::Completed);
+}
+
+/// Rule 32: a reason the store appends to a display (a runner failure or a lost lease past
+/// its cap) keeps the display within its limit of 1,024 characters: the reason is kept whole
+/// and ends the display, the head of the old display is cut. A stored display is handed to
+/// the next attempt, which reports it back; over the limit, that report would fail the task.
+pub(crate) async fn appended_failure_reasons_keep_the_display_within_its_limit<S: Store>(store: S) {
+    let full = "é".repeat(MAX_DISPLAY_CHARS);
+    let breaking = NewTask {
+        display: full.clone(),
+        ..task("Breaking")
+    };
+    let breaking_id = breaking.id;
+    let broken_job = submit(&store, job("breaking-long-display", vec![breaking])).await;
+    let breaking_runner = runner(RUNNER_A, &["Breaking"]);
+    for _ in 0..=MAX_RUNNER_FAILURE_REQUEUES {
+        let claimed = claim_one(&store, &breaking_runner).await;
+        assert_eq!(claimed.display.chars().count(), MAX_DISPLAY_CHARS);
+        let report = FailedReport {
+            display: full.clone(),
+            ..failed(&claimed, RUNNER_A, false)
+        };
+        fail(&store, report).await;
+    }
+    let summary = task_summary(&store, broken_job, breaking_id).await;
+    assert_eq!(summary.state, TaskState::Failed);
+    let cause = format!(
+        "RunnerFailed('the runners could not run the task {} times')",
+        MAX_RUNNER_FAILURE_REQUEUES + 1
+    );
+    assert_eq!(summary.display.chars().count(), MAX_DISPLAY_CHARS);
+    assert!(
+        summary.display.ends_with(&format!("é\n{cause}")),
+        "{}",
+        summary.display
+    );
+
+    let lost = NewTask {
+        display: "x".repeat(MAX_DISPLAY_CHARS),
+        ..task("Lost")
+    };
+    let lost_id = lost.id;
+    let lost_job = submit(&store, job("lost-long-display", vec![lost])).await;
+    let lost_runner = runner(RUNNER_A, &["Lost"]);
+    for _ in 0..=MAX_LEASE_REQUEUES {
+        claim_one(&store, &lost_runner).await;
+        let expiry = now_millis() + LEASE.as_millis() as i64 + 1;
+        assert_eq!(store.expire_leases(expiry).await.expect("expire leases"), 1);
+    }
+    let summary = task_summary(&store, lost_job, lost_id).await;
+    assert_eq!(summary.state, TaskState::Failed);
+    let cause = format!(
+        "LeaseExpired('the task lost its lease {} times')",
+        MAX_LEASE_REQUEUES + 1
+    );
+    assert_eq!(summary.display.chars().count(), MAX_DISPLAY_CHARS);
+    assert!(
+        summary.display.ends_with(&format!("x\n{cause}")),
+        "{}",
+        summary.display
+    );
+
+    // A retry hands the stored display to the next attempt: within the limit.
+    assert_eq!(store.retry_job(lost_job).await.expect("retry job"), 1);
+    let claimed = claim_one(&store, &lost_runner).await;
+    assert_eq!(claimed.display, summary.display);
 }
 
 /// Rule 9 (SDK reference §5.5, optional subtask): an optional task that fails ends

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
     Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG,
-    FailedReport, Identifier, NewJob, NewTask, Page, Progress, Release, ReportOutcome, Store,
-    TaskSummary, Workflow,
+    FailedReport, HandedBackReport, Identifier, NewJob, NewTask, Page, Progress, Release, Report,
+    ReportOutcome, Store, TaskSummary, Workflow,
 };
 
 pub(super) const LEASE: Duration = Duration::from_secs(30);
@@ -156,6 +156,26 @@ pub(super) async fn report<S: Store>(store: &S, report: ComputedReport) -> Repor
 
 pub(super) async fn fail<S: Store>(store: &S, report: FailedReport) -> ReportOutcome {
     store.fail_task(report).await.expect("report a failure")
+}
+
+/// Hands `task` back unrun as `claimant` (the only way to: a batch of one report).
+pub(super) async fn hand_back<S: Store>(
+    store: &S,
+    task: &ClaimedTask,
+    claimant: &str,
+) -> ReportOutcome {
+    let report = Report::HandedBack(HandedBackReport {
+        task_id: task.id,
+        claimant: claimant.to_string(),
+        display: format!("{}\nRunnerShutdown('Task was interrupted')", task.display),
+    });
+    let (mut outcomes, claimed) = store
+        .report_and_claim_batch(vec![report], Vec::new())
+        .await
+        .expect("hand a task back");
+    assert!(claimed.is_empty(), "a report-only batch claims nothing");
+    assert_eq!(outcomes.len(), 1, "one outcome per report");
+    outcomes.remove(0).expect("a hand-back of a known task")
 }
 
 pub(super) async fn job_state<S: Store>(store: &S, job: Uuid) -> JobState {

@@ -76,6 +76,8 @@ macro_rules! conformance_tests {
             batched_reports_apply_each_on_its_own_and_claim_up_to_capacity,
             leases_extend_together_only_for_their_claimant,
             non_workflow_failures_are_capped_then_fail_the_task,
+            a_hand_back_requeues_without_counting_any_number_of_times,
+            appended_failure_reasons_keep_the_display_within_its_limit,
         );
     };
     (@rules $open:expr; $($rule:ident,)+) => {$(

@@ -620,6 +620,7 @@ impl Store for SqliteStore {
                     in_item_savepoint(connection, |connection| match report {
                         Report::Computed(report) => tasks::complete_task(connection, report, now),
                         Report::Failed(report) => tasks::fail_task(connection, report, now),
+                        Report::HandedBack(report) => tasks::hand_back(connection, report, now),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

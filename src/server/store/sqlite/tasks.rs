@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use super::{counters, read};
 use super::{db, execute, query_row};
+use crate::api::limits::MAX_DISPLAY_CHARS;
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
-    ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, Identifier, MAX_LEASE_REQUEUES,
-    MAX_RUNNER_FAILURE_REQUEUES, NewJob, NewTask, ReportOutcome, Result,
+    ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, HandedBackReport, Identifier,
+    MAX_LEASE_REQUEUES, MAX_RUNNER_FAILURE_REQUEUES, NewJob, NewTask, ReportOutcome, Result,
 };
 
 const QUEUED: i32 = TaskState::Queued as i32;
@@ -481,6 +482,30 @@ pub(super) fn fail_task(
     Ok(ReportOutcome::Applied(task_state(state)))
 }
 
+/// Applies a hand-back: the claimant did not run the task, which is queued again with the
+/// reported display, counting neither a retry nor a runner failure. The task is fenced: the
+/// claimant let go, so a late report of that attempt is stale once another runner claimed it.
+pub(super) fn hand_back(
+    connection: &Connection,
+    report: HandedBackReport,
+    now: i64,
+) -> Result<ReportOutcome> {
+    let task = task_by_uuid(connection, report.task_id)?;
+    if !accepts_report(&task, &report.claimant) {
+        return Ok(ReportOutcome::Stale(task_state(task.state)));
+    }
+    stop_attempt(connection, &task, now)?;
+    execute(
+        connection,
+        "UPDATE tasks SET display = ?2, fenced = 1 WHERE task = ?1",
+        params![task.row, report.display],
+    )
+    .map_err(db("hand back task"))?;
+    requeue(connection, &task, false)?;
+    refresh_job_state(connection, task.job)?;
+    Ok(ReportOutcome::Applied(TaskState::Queued))
+}
+
 /// Queues a task whose attempt ended (it was running) again.
 fn requeue(connection: &Connection, task: &TaskRow, count_retry: bool) -> Result<()> {
     execute(
@@ -719,15 +744,44 @@ pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> 
     Ok(expired.len())
 }
 
-/// Adds a line saying why the task failed to its display.
+/// Adds a line saying why the task failed to its display, within the display limit
+/// ([`with_reason`]).
 fn append_display(connection: &Connection, task: &TaskRow, line: &str) -> Result<()> {
+    let display: String = query_row(
+        connection,
+        "SELECT display FROM tasks WHERE task = ?1",
+        [task.row],
+        |row| row.get(0),
+    )
+    .map_err(db("fail task"))?;
     execute(
         connection,
-        "UPDATE tasks SET display = display || char(10) || ?2 WHERE task = ?1",
-        params![task.row, line],
+        "UPDATE tasks SET display = ?2 WHERE task = ?1",
+        params![task.row, with_reason(&display, line)],
     )
     .map_err(db("fail task"))?;
     Ok(())
+}
+
+/// `display` with the line `reason` appended, at most [`MAX_DISPLAY_CHARS`] characters: the
+/// reason is kept whole and the head of `display` is cut to make room (a stored display is
+/// handed to the next attempt, which reports it back; over the limit, that report would fail
+/// the task). A reason longer than the limit by itself (the store's own are short) is cut.
+fn with_reason(display: &str, reason: &str) -> String {
+    let reason_chars = reason.chars().count();
+    if reason_chars >= MAX_DISPLAY_CHARS {
+        return reason.chars().take(MAX_DISPLAY_CHARS).collect();
+    }
+    let room = MAX_DISPLAY_CHARS - reason_chars - 1;
+    let display_chars = display.chars().count();
+    let kept = match display
+        .char_indices()
+        .nth(display_chars.saturating_sub(room))
+    {
+        Some((start, _)) => &display[start..],
+        None => "",
+    };
+    format!("{kept}\n{reason}")
 }
 
 fn job_row(connection: &Connection, id: Uuid) -> Result<(i64, i32)> {
@@ -882,6 +936,7 @@ mod tests {
 
     use uuid::Uuid;
 
+    use super::{MAX_DISPLAY_CHARS, with_reason};
     use crate::api::workflows_v1::TaskState;
     use crate::server::store::sqlite::SqliteStore;
     use crate::server::store::{
@@ -920,6 +975,40 @@ mod tests {
     /// for all the others (99,999 dependency edges, some given twice): all are stored with
     /// the report, in submission order, and only the independent ones can run. The time it
     /// took is printed (`--nocapture`), not asserted.
+    #[test]
+    fn a_reason_is_appended_whole_and_the_display_cut_from_its_head() {
+        let reason = "LeaseExpired('the task lost its lease 11 times')";
+        assert_eq!(with_reason("Task", reason), format!("Task\n{reason}"));
+        assert_eq!(with_reason("", reason), format!("\n{reason}"));
+
+        // Multi-byte characters count as one each, and are never split.
+        for filler in ["x", "é", "日", "🦀"] {
+            let full = filler.repeat(MAX_DISPLAY_CHARS);
+            let display = with_reason(&full, reason);
+            assert_eq!(display.chars().count(), MAX_DISPLAY_CHARS, "{filler}");
+            assert!(display.ends_with(&format!("\n{reason}")), "{filler}");
+            let kept = MAX_DISPLAY_CHARS - reason.chars().count() - 1;
+            assert_eq!(display, format!("{}\n{reason}", filler.repeat(kept)));
+        }
+
+        // The head goes, the latest lines stay.
+        let display = format!("{}\nfirst reason", "a".repeat(MAX_DISPLAY_CHARS - 13));
+        let appended = with_reason(&display, "second reason");
+        assert_eq!(appended.chars().count(), MAX_DISPLAY_CHARS);
+        assert!(appended.ends_with("a\nfirst reason\nsecond reason"));
+
+        // Just fits: nothing is cut.
+        let display = "d".repeat(MAX_DISPLAY_CHARS - 7);
+        assert_eq!(
+            with_reason(&display, "reason"),
+            format!("{display}\nreason")
+        );
+
+        // A reason at or over the limit by itself is all that is kept, cut to the limit.
+        let long = "r".repeat(MAX_DISPLAY_CHARS + 5);
+        assert_eq!(with_reason("Task", &long), "r".repeat(MAX_DISPLAY_CHARS));
+    }
+
     #[tokio::test]
     async fn a_report_with_100_000_subtasks_stores_them_all() {
         const SUBTASKS: usize = 100_000;
