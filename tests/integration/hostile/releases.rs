@@ -79,6 +79,49 @@ fn build_release_refuses_a_task_class_with_a_bad_identifier_and_leaves_no_archiv
     assert!(!project.path().join("good.tar.zst.partial").exists());
 }
 
+/// A runner with 1,001 task classes, made in a loop: one more than a claim may advertise.
+const CROWDED_APP: &str = "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+def execute(self, context: ExecutionContext) -> None:\n    pass\n\n\
+classes = [type(f'Crowd{index}', (Task,), {'execute': execute}) for index in range(1001)]\n\
+runner = Runner(tasks=classes)\n";
+
+#[test]
+fn build_release_refuses_more_task_identifiers_than_a_claim_may_advertise() {
+    let project = crate::common::project("crowded", CROWDED_APP);
+    let output = crate::common::tilebox_command(&["workflow", "build-release"])
+        .current_dir(project.path())
+        .env("XDG_CACHE_HOME", project.path().join(".cache-home"))
+        .output()
+        .expect("build-release");
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "release crowded registers 1001 task identifiers; a runner advertises at most 1000"
+        ),
+        "{stderr}"
+    );
+    let left: Vec<String> = tree(project.path())
+        .into_iter()
+        .filter(|path| path.contains(".tar.zst"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "no archive is left");
+
+    // At the limit the release builds.
+    let project = crate::common::project(
+        "thousand",
+        &CROWDED_APP.replace("range(1001)", "range(1000)"),
+    );
+    let output = crate::common::tilebox_command(&["--json", "workflow", "build-release"])
+        .current_dir(project.path())
+        .env("XDG_CACHE_HOME", project.path().join(".cache-home"))
+        .output()
+        .expect("build-release");
+    let built = json_of(&output);
+    assert_eq!(built["tasks"].as_array().map(Vec::len), Some(1000));
+    assert!(project.path().join("thousand.tar.zst").is_file());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_class_runs() {
     let server = TestServer::start();
