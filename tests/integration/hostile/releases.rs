@@ -1,4 +1,5 @@
-//! Releases that register task identifiers the server refuses: `build-release` refuses them,
+//! Releases that register task identifiers the server refuses, or more than a claim may
+//! advertise: `build-release` refuses them,
 //! a runner that loads one anyway skips only that task class, and a refused claim never
 //! drops the results that travel with it.
 
@@ -170,6 +171,54 @@ async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_c
     assert!(
         !log.contains("refused to hand out tasks"),
         "the runner never advertised the bad identifier: {log}"
+    );
+    runner.signal("-INT");
+    runner.wait_for_success(Duration::from_secs(30));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_over_the_identifier_limit_is_skipped_and_the_other_releases_run() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let scratch = tempfile::Builder::new()
+        .prefix("tilebox-releases-")
+        .tempdir()
+        .expect("scratch");
+    create_cluster(&mut client, "crowded").await;
+
+    // A good release, built and published with the CLI.
+    deploy_greeter(&server, scratch.path(), "crowded");
+    // The crowded release, made by hand: build-release would refuse it.
+    let bytes = archive(&[Entry("app.py", b'0', "", CROWDED_APP.as_bytes())]);
+    let release = publish_hostile(&mut client, "crowded", &bytes).await;
+    deploy(&mut client, "crowded", release, "crowded").await;
+
+    let mut runner = start_runner(
+        &server,
+        "crowded",
+        &scratch.path().join("cache"),
+        scratch.path().join("runner.log"),
+        &[],
+    );
+    let hello = submit_to(&server, "Hello", "crowded");
+    wait_for_job_state(&server, &hello, "completed", Duration::from_secs(90));
+
+    let log = runner.log();
+    let skipped: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("skipping a release: advertising its task identifiers"))
+        .collect();
+    assert!(!skipped.is_empty(), "{log}");
+    assert!(
+        skipped.iter().all(|line| line.contains("workflow=crowded")
+            && line.contains("identifiers=1001")
+            && line.contains("limit=1000")),
+        "{skipped:#?}"
+    );
+    assert!(
+        !log.contains("refused to hand out tasks"),
+        "the runner never advertised more than the limit: {log}"
     );
     runner.signal("-INT");
     runner.wait_for_success(Duration::from_secs(30));
