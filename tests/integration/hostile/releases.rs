@@ -1,7 +1,7 @@
 //! Releases that register task identifiers the server refuses, or more than a claim may
-//! advertise: `build-release` refuses them,
-//! a runner that loads one anyway skips only that task class, and a refused claim never
-//! drops the results that travel with it.
+//! advertise: `build-release` refuses them, a runner that loads one anyway skips only that
+//! task class (or that release), and a refused claim never drops the results that travel
+//! with it.
 
 use std::time::Duration;
 
