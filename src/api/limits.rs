@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_TASKS_PER_SUBMISSION: usize = 100_000;
 /// Most identifiers one claim may advertise (each costs an index probe).
 pub const MAX_IDENTIFIERS_PER_CLAIM: usize = 1_000;
 
+/// Most reports one `Work` call may carry (the server refuses more; the runner sends its
+/// reports in batches of at most this many).
+pub const MAX_REPORTS_PER_CALL: usize = 10_000;
+
 /// Largest major or minor version number: versions are stored as SQLite integers (`i64`).
 pub const MAX_VERSION_NUMBER: u64 = i64::MAX as u64;
 

@@ -452,6 +452,11 @@ async fn build(arguments: &BuildArgs) -> anyhow::Result<Built> {
             ),
         )
         .into(),
+        release::build::Error::TooManyIdentifiers { .. } => UserError::caused_by(
+            error,
+            Some("split the task classes over several workflows' releases"),
+        )
+        .into(),
         release::build::Error::Archive { .. } | release::build::Error::Rename { .. } => {
             anyhow::Error::new(error)
         }

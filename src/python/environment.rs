@@ -74,35 +74,16 @@ fn run_uv_sync(
             source,
         },
     };
-    let mut child = command.spawn().map_err(run_failed)?;
-    let group = child.id();
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        if let Some(stderr) = stderr.as_mut() {
-            let _ = stderr.read_to_end(&mut text);
-        }
-        text
-    });
-    // `wait` blocks, so it waits on its own thread and this one waits with a deadline.
-    let (sender, exited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait());
-    });
-    let status = match exited.recv_timeout(timeout) {
-        Ok(status) => status.map_err(run_failed)?,
-        Err(_) => {
-            kill_group(group);
-            let _ = exited.recv();
-            // The reader is left to end with the pipe: a process that left uv's group may
-            // hold it open.
+    let (status, stderr) = match run_bounded(&mut command, timeout, STDERR_GRACE) {
+        Ok(Bounded::Exited { status, stderr }) => (status, stderr),
+        Ok(Bounded::TimedOut) => {
             return Err(Error::TimedOut {
                 root: root.to_path_buf(),
                 timeout,
             });
         }
+        Err(source) => return Err(run_failed(source)),
     };
-    let stderr = reader.join().unwrap_or_default();
     if !status.success() {
         return Err(Error::SyncFailed {
             root: root.to_path_buf(),
@@ -110,6 +91,97 @@ fn run_uv_sync(
         });
     }
     Ok(())
+}
+
+/// How long uv's stderr may stay open after uv exited before whatever still holds it (a
+/// process the sync started and left behind) is killed and the sync goes on with what was read.
+const STDERR_GRACE: Duration = Duration::from_secs(2);
+
+/// How a command run by [`run_bounded`] ended.
+#[derive(Debug)]
+enum Bounded {
+    /// It exited within its time; `stderr` is what it (and its group) wrote until the pipe
+    /// closed or the grace after its exit ran out.
+    Exited {
+        status: std::process::ExitStatus,
+        stderr: Vec<u8>,
+    },
+    /// It did not exit within its time: it and its process group were killed.
+    TimedOut,
+}
+
+/// Spawns `command` (which runs in its own process group, with stderr piped) and waits at
+/// most `timeout` for it to exit; past it the process group is killed. Once the command
+/// exited, its stderr is read for at most `grace` more (within what is left of `timeout`): a
+/// process it left behind may hold the pipe open forever, so that process's group is killed
+/// and the output read so far is kept. The exit status decides the outcome, the output only
+/// explains it.
+fn run_bounded(
+    command: &mut Command,
+    timeout: Duration,
+    grace: Duration,
+) -> std::io::Result<Bounded> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut child = command.spawn()?;
+    let group = child.id();
+    let stderr = child.stderr.take();
+    // The reader sends what it reads as it reads it, so a pipe that never closes does not
+    // withhold what was written before.
+    let (chunks, output) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let Some(mut stderr) = stderr else { return };
+        let mut buffer = [0u8; 8192];
+        loop {
+            match stderr.read(&mut buffer) {
+                Ok(0) => return,
+                Ok(read) => {
+                    if chunks.send(buffer[..read].to_vec()).is_err() {
+                        return;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    });
+    // `wait` blocks, so it waits on its own thread and this one waits with a deadline.
+    let (sender, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait());
+    });
+    let status = match exited.recv_timeout(timeout) {
+        Ok(status) => status?,
+        Err(_) => {
+            kill_group(group);
+            let _ = exited.recv();
+            // The reader is left to end with the pipe: a process that left the group may
+            // hold it open.
+            return Ok(Bounded::TimedOut);
+        }
+    };
+    let read_until = deadline
+        .min(std::time::Instant::now() + grace)
+        .max(std::time::Instant::now());
+    let mut stderr = Vec::new();
+    loop {
+        let left = read_until.saturating_duration_since(std::time::Instant::now());
+        match output.recv_timeout(left) {
+            Ok(chunk) => stderr.extend_from_slice(&chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // The command exited but something it started still holds its stderr: end
+                // what is left of its group (the group outlives the command while a member
+                // does, so its id is not reused meanwhile) and keep what was read.
+                tracing::warn!(
+                    pid = group,
+                    "a process left behind by the command still holds its output open after it exited; stopping its process group"
+                );
+                kill_group(group);
+                break;
+            }
+        }
+    }
+    Ok(Bounded::Exited { status, stderr })
 }
 
 /// Kills the process group `group` (uv and whatever it started: builds, interpreters).
@@ -187,4 +259,97 @@ pub fn sync_shared(root: &Path, cache: &Path, timeout: Duration) -> Result<Envir
         site_packages: site_packages_of(&venv),
         venv,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        command
+    }
+
+    /// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+    fn running(pid: u32) -> bool {
+        fs_err::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    }
+
+    #[test]
+    fn a_process_left_holding_stderr_does_not_hold_up_a_command_that_exited() {
+        let started = std::time::Instant::now();
+        let outcome = run_bounded(
+            &mut shell("echo before >&2; sleep 100 >&2 & echo $! >&2; exit 0"),
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let Bounded::Exited { status, stderr } = outcome else {
+            panic!("the command exited at once: {outcome:?}");
+        };
+        assert!(status.success());
+        // Well before the 100 s the left-behind process would hold the pipe.
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let text = String::from_utf8(stderr).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("before"));
+        let pid: u32 = lines.next().unwrap().parse().unwrap();
+        // The process left behind in the command's group was stopped.
+        let gone = std::time::Instant::now() + Duration::from_secs(10);
+        while running(pid) && std::time::Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!running(pid), "process {pid} still runs");
+    }
+
+    #[test]
+    fn a_failed_command_keeps_its_output_when_a_process_it_left_holds_stderr() {
+        let outcome = run_bounded(
+            &mut shell("echo broken >&2; sleep 100 >&2 & exit 3"),
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let Bounded::Exited { status, stderr } = outcome else {
+            panic!("the command exited at once: {outcome:?}");
+        };
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(String::from_utf8(stderr).unwrap(), "broken\n");
+    }
+
+    #[test]
+    fn a_command_past_its_time_is_stopped() {
+        let outcome = run_bounded(
+            &mut shell("sleep 100"),
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        assert!(matches!(outcome, Bounded::TimedOut), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_command_that_closes_stderr_gives_all_of_it() {
+        let outcome = run_bounded(
+            &mut shell("head -c 100000 /dev/zero | tr '\\0' x >&2; exit 0"),
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let Bounded::Exited { status, stderr } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(status.success());
+        assert_eq!(stderr.len(), 100_000);
+        assert!(stderr.iter().all(|byte| *byte == b'x'));
+    }
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::archive::{self, ArchiveInfo};
 use super::config::{Config, Entry};
 use super::select;
+use crate::api::limits::MAX_IDENTIFIERS_PER_CLAIM;
 use crate::api::submission::{IdentifierError, parse_identifier};
 use crate::api::workflows_v1::{Path as ReleasePath, ReleaseContent, TaskIdentifier};
 
@@ -53,6 +54,15 @@ pub enum Error {
         version: String,
         #[source]
         source: Box<IdentifierError>,
+    },
+    #[error(
+        "release {slug} registers {count} task identifiers; a runner advertises at most \
+         {limit}"
+    )]
+    TooManyIdentifiers {
+        slug: String,
+        count: usize,
+        limit: usize,
     },
     #[error("cannot move the archive into place at {}", path.display())]
     Rename {
@@ -150,7 +160,8 @@ pub fn build(config: Config, validate: impl Validate) -> Result<Built, Error> {
 }
 
 /// Loads the archive's runner object (unless the entry is a custom command) and checks that
-/// every identifier it registers is one the server accepts.
+/// every identifier it registers is one the server accepts, and that there are no more of
+/// them than one claim may advertise.
 fn validate_archive(
     config: &Config,
     archive: &ArchiveInfo,
@@ -185,6 +196,19 @@ fn validate_archive(
             version: version.clone(),
             source: Box::new(source),
         })?;
+    }
+    // The server refuses a whole claim over the limit: a runner would skip this release.
+    let count = validation
+        .tasks
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if count > MAX_IDENTIFIERS_PER_CLAIM {
+        return Err(Error::TooManyIdentifiers {
+            slug: config.slug.clone(),
+            count,
+            limit: MAX_IDENTIFIERS_PER_CLAIM,
+        });
     }
     Ok(validation)
 }

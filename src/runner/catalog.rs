@@ -3,11 +3,12 @@
 //! release that registered its exact identifier (the server hands tasks out carrying the
 //! runner's own identifier).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Semaphore;
 
+use crate::api::limits::MAX_IDENTIFIERS_PER_CLAIM;
 use crate::api::submission::parse_identifier;
 use crate::api::workflows_v1::TaskIdentifier;
 use crate::python::{self, Batch, Isolation, LoadedRelease, Placement, Release, TaskOutcome};
@@ -121,44 +122,106 @@ fn valid_identifiers(
 }
 
 /// The loaded releases and the identifiers the runner advertises; replaced as a whole when
-/// deployments change.
+/// deployments change (its releases are filled in before it is first asked what it
+/// advertises, which is then worked out once).
 #[derive(Default, Clone)]
 pub struct Catalog {
     /// By workflow slug (or the project label in direct mode).
     pub releases: HashMap<String, Arc<LoadedSet>>,
+    advertised: OnceLock<Advertised>,
+}
+
+/// What a catalog advertises, and the releases it leaves out to stay within the limit.
+#[derive(Debug, Clone, Default)]
+struct Advertised {
+    identifiers: Vec<(String, String)>,
+    skipped: HashSet<String>,
 }
 
 impl Catalog {
     /// The identifiers to advertise: the union over releases, minus identifiers two
-    /// releases register (ambiguous: neither gets those tasks).
+    /// releases register (ambiguous: neither gets those tasks), at most
+    /// [`MAX_IDENTIFIERS_PER_CLAIM`] of them (see [`advertise`]).
     pub fn identifiers(&self) -> Vec<(String, String)> {
-        let mut owners: HashMap<&(String, String), usize> = HashMap::new();
-        for set in self.releases.values() {
-            for identifier in &set.identifiers {
-                *owners.entry(identifier).or_default() += 1;
-            }
-        }
-        let mut identifiers: Vec<(String, String)> = owners
-            .into_iter()
-            .filter(|(_, count)| *count == 1)
-            .map(|(identifier, _)| identifier.clone())
-            .collect();
-        identifiers.sort();
-        identifiers
+        self.advertised().identifiers.clone()
     }
 
-    /// The release that runs `identifier`, if exactly one registered it.
-    pub fn route(&self, name: &str, version: &str) -> Option<Arc<LoadedSet>> {
-        let mut found = self.releases.values().filter(|set| {
-            set.identifiers
+    fn advertised(&self) -> &Advertised {
+        self.advertised.get_or_init(|| {
+            let mut releases: Vec<(&str, &[(String, String)])> = self
+                .releases
                 .iter()
-                .any(|(n, v)| n == name && v == version)
+                .map(|(workflow, set)| (workflow.as_str(), set.identifiers.as_slice()))
+                .collect();
+            releases.sort_by_key(|(workflow, _)| *workflow);
+            advertise(&releases, MAX_IDENTIFIERS_PER_CLAIM)
+        })
+    }
+
+    /// The release that runs `identifier`, if exactly one registered it (and it is not left
+    /// out for the limit).
+    pub fn route(&self, name: &str, version: &str) -> Option<Arc<LoadedSet>> {
+        let skipped = &self.advertised().skipped;
+        let mut found = self.releases.iter().filter(|(workflow, set)| {
+            !skipped.contains(*workflow)
+                && set
+                    .identifiers
+                    .iter()
+                    .any(|(n, v)| n == name && v == version)
         });
-        let first = found.next()?;
+        let (_, first) = found.next()?;
         if found.next().is_some() {
             return None;
         }
         Some(first.clone())
+    }
+}
+
+/// The identifiers `releases` (by workflow, in the order given) advertise together, without
+/// those two releases register, and the releases left out so that no more than `limit` are
+/// advertised: the server refuses a whole claim over the limit, which would stop every
+/// release's tasks, so releases are kept in order while they fit, and each release that would
+/// cross the limit is skipped with a log line naming it, its count and the limit (a later,
+/// smaller one may still fit).
+fn advertise(releases: &[(&str, &[(String, String)])], limit: usize) -> Advertised {
+    let mut owners: HashMap<&(String, String), usize> = HashMap::new();
+    let mut advertised = 0usize;
+    let mut skipped = HashSet::new();
+    for (workflow, identifiers) in releases {
+        let distinct: HashSet<&(String, String)> = identifiers.iter().collect();
+        let mut next = advertised;
+        for identifier in &distinct {
+            match owners.get(identifier).copied().unwrap_or(0) {
+                0 => next += 1,
+                1 => next -= 1,
+                _ => {}
+            }
+        }
+        if next > limit {
+            tracing::error!(
+                workflow = %workflow,
+                identifiers = distinct.len(),
+                advertised,
+                limit,
+                "skipping a release: advertising its task identifiers would exceed the {limit} one claim may carry; the other releases keep running"
+            );
+            skipped.insert(workflow.to_string());
+            continue;
+        }
+        for identifier in distinct {
+            *owners.entry(identifier).or_default() += 1;
+        }
+        advertised = next;
+    }
+    let mut identifiers: Vec<(String, String)> = owners
+        .into_iter()
+        .filter(|(_, count)| *count == 1)
+        .map(|(identifier, _)| identifier.clone())
+        .collect();
+    identifiers.sort();
+    Advertised {
+        identifiers,
+        skipped,
     }
 }
 
@@ -180,5 +243,86 @@ mod tests {
             valid_identifiers("release", &registered, &[]),
             vec![pair("B", "v1.0"), pair("A", "v0.0")]
         );
+    }
+
+    fn identifiers(prefix: &str, count: usize) -> Vec<(String, String)> {
+        (0..count)
+            .map(|index| (format!("{prefix}{index}"), "v1.0".to_string()))
+            .collect()
+    }
+
+    fn set(label: &str, identifiers: Vec<(String, String)>) -> Arc<LoadedSet> {
+        Arc::new(LoadedSet {
+            label: label.to_string(),
+            key: label.to_string(),
+            isolation: Isolation::SubInterpreter,
+            fallback_reason: None,
+            identifiers,
+            instances: Vec::new(),
+            free: Mutex::new(Vec::new()),
+            available: Semaphore::new(0),
+        })
+    }
+
+    #[test]
+    fn releases_that_would_cross_the_identifier_limit_are_skipped_and_the_others_advertised() {
+        let mut catalog = Catalog::default();
+        // In workflow order: a fits, b would cross the limit, c still fits after it.
+        catalog
+            .releases
+            .insert("a".into(), set("a", identifiers("A", 600)));
+        catalog
+            .releases
+            .insert("b".into(), set("b", identifiers("B", 401)));
+        catalog
+            .releases
+            .insert("c".into(), set("c", identifiers("C", 400)));
+        catalog
+            .releases
+            .insert("d".into(), set("d", identifiers("D", 1)));
+        let advertised = catalog.identifiers();
+        assert_eq!(advertised.len(), MAX_IDENTIFIERS_PER_CLAIM);
+        assert!(advertised.iter().all(|(name, _)| !name.starts_with('B')));
+        assert!(advertised.contains(&("A0".to_string(), "v1.0".to_string())));
+        assert!(advertised.contains(&("C399".to_string(), "v1.0".to_string())));
+        // d would be the 1,001st.
+        assert!(!advertised.contains(&("D0".to_string(), "v1.0".to_string())));
+        // Tasks of a skipped release are not routed to it.
+        assert!(catalog.route("B0", "v1.0").is_none());
+        assert_eq!(
+            catalog.route("A0", "v1.0").map(|set| set.label.clone()),
+            Some("a".into())
+        );
+
+        // One release over the limit alone is skipped; the others keep running.
+        let mut catalog = Catalog::default();
+        catalog
+            .releases
+            .insert("big".into(), set("big", identifiers("X", 1_001)));
+        catalog
+            .releases
+            .insert("small".into(), set("small", identifiers("S", 3)));
+        assert_eq!(catalog.identifiers(), identifiers("S", 3));
+        assert!(catalog.route("X0", "v1.0").is_none());
+        assert!(catalog.route("S2", "v1.0").is_some());
+    }
+
+    #[test]
+    fn identifiers_two_releases_share_count_once_against_the_limit() {
+        let shared = identifiers("Shared", 2);
+        let mut first = identifiers("A", 499);
+        first.extend(shared.clone());
+        let mut second = identifiers("B", 499);
+        second.extend(shared.clone());
+        // Registered twice, the shared ones are advertised by neither: 998 advertised.
+        let releases: [(&str, &[(String, String)]); 2] = [("a", &first), ("b", &second)];
+        let advertised = advertise(&releases, 1_000);
+        assert!(advertised.skipped.is_empty());
+        assert_eq!(advertised.identifiers.len(), 998);
+        assert!(!advertised.identifiers.contains(&shared[0]));
+        // With a limit of 997 the second release would cross it.
+        let advertised = advertise(&releases, 997);
+        assert_eq!(advertised.skipped, HashSet::from(["b".to_string()]));
+        assert_eq!(advertised.identifiers.len(), 501);
     }
 }

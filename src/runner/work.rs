@@ -14,7 +14,11 @@
 //! - when this runner could not run a task (a failure that is not the task's own: its
 //!   release's host is gone or will not start), it stops advertising that task's identifier
 //!   for a while ([`Backoffs`]), so it keeps serving other jobs and a healthy runner may take
-//!   the task meanwhile.
+//!   the task meanwhile;
+//! - reports go out in batches ([`Outbox`]) of at most `MAX_REPORTS_PER_CALL` and
+//!   [`REPORT_BYTES_PER_CALL`] encoded bytes (a larger report alone); a batch the server
+//!   refuses as too large is sent again in batches of half its size, and only a report
+//!   refused as too large on its own is given up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +35,7 @@ use super::leases::LeasesHandle;
 use super::slot::Finished;
 use super::{Phase, Shared};
 use crate::api::convert::{std_duration, uuid_of};
+use crate::api::limits::MAX_REPORTS_PER_CALL;
 use crate::api::selfhosted_v1::report_result::Outcome;
 use crate::api::selfhosted_v1::{WorkReport, WorkRequest, WorkResponse};
 use crate::api::workflows_v1::{Task, TaskIdentifier};
@@ -49,6 +54,12 @@ const LONG_POLL_SEEN: Duration = Duration::from_millis(200);
 /// tasks then run again after their leases end).
 const MAX_REFUSALS: u32 = 5;
 
+/// The most encoded report bytes one `Work` call carries; a single larger report goes alone.
+/// Well under the server's default `--max-message-bytes` (256 MiB) and the client's own
+/// 512 MiB, so one large result never takes the reports of other tasks down with it; a
+/// server configured lower answers OUT_OF_RANGE, and the [`Outbox`] learns its size.
+pub const REPORT_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
+
 /// The first pause from an identifier after this runner could not run a task of it.
 pub const FAILURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest pause from an identifier (the default of `--failure-backoff-max-seconds`).
@@ -63,6 +74,95 @@ struct CallOutcome {
     waited: bool,
     elapsed: Duration,
     answer: Result<WorkResponse, CallError>,
+}
+
+/// Reports waiting to be sent, in the order their tasks finished, and the size of the
+/// batches they go out in.
+struct Outbox {
+    pending: Vec<(Uuid, WorkReport)>,
+    max_reports: usize,
+    /// Starts at [`REPORT_BYTES_PER_CALL`]; halved below each batch the server refused as
+    /// too large.
+    max_bytes: usize,
+}
+
+impl Outbox {
+    fn new(max_reports: usize, max_bytes: usize) -> Self {
+        Self {
+            pending: Vec::new(),
+            max_reports: max_reports.max(1),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn push(&mut self, task: Uuid, report: WorkReport) {
+        self.pending.push((task, report));
+    }
+
+    /// The reports of the next call, oldest first: as many as fit in `max_reports` and
+    /// `max_bytes`, at least one (a report larger than `max_bytes` goes alone).
+    fn next_batch(&mut self) -> Vec<(Uuid, WorkReport)> {
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        for (_, report) in &self.pending {
+            let size = report_bytes(report);
+            if count == self.max_reports || (count > 0 && bytes + size > self.max_bytes) {
+                break;
+            }
+            bytes += size;
+            count += 1;
+        }
+        self.pending.drain(..count).collect()
+    }
+
+    /// Puts the reports of a call that failed back first in line.
+    fn requeue(&mut self, mut reports: Vec<(Uuid, WorkReport)>) {
+        reports.append(&mut self.pending);
+        self.pending = reports;
+    }
+
+    /// The server refused `reports` (more than one) as too large: they go again first in
+    /// line, in batches of at most half their size from now on.
+    fn split(&mut self, reports: Vec<(Uuid, WorkReport)>) {
+        let bytes = batch_bytes(&reports);
+        self.max_bytes = self.max_bytes.min(bytes / 2).max(1);
+        self.requeue(reports);
+    }
+}
+
+/// What one report adds to an encoded `WorkRequest` (its field tag, length and bytes).
+fn report_bytes(report: &WorkReport) -> usize {
+    let len = prost::Message::encoded_len(report);
+    1 + prost::length_delimiter_len(len) + len
+}
+
+fn batch_bytes(reports: &[(Uuid, WorkReport)]) -> usize {
+    reports.iter().map(|(_, report)| report_bytes(report)).sum()
+}
+
+/// Whether the server (or the client's own limit) refused a call for the size of its
+/// message: tonic answers OUT_OF_RANGE ("decoded message length too large").
+fn too_large(error: &CallError) -> bool {
+    match error {
+        CallError::Refused { status, .. } => {
+            status.code() == tonic::Code::OutOfRange || status.message().contains("too large")
+        }
+        CallError::Cancelled { .. } => false,
+    }
+}
+
+/// What became of a finished call.
+enum Settled {
+    Answered(WorkResponse),
+    /// Refused as too large: its reports are queued in smaller batches (or the one report
+    /// was given up); send again at once.
+    Resend,
+    /// Failed otherwise: pause before the next call.
+    Failed,
 }
 
 /// Which identifiers are short enough to queue, and how deep, from a moving average of each
@@ -212,7 +312,7 @@ impl Dispatcher {
             FAILURE_BACKOFF_FIRST,
             self.shared.options.failure_backoff_max,
         );
-        let mut pending: Vec<(Uuid, WorkReport)> = Vec::new();
+        let mut outbox = Outbox::new(MAX_REPORTS_PER_CALL, REPORT_BYTES_PER_CALL);
         let mut claim_call: Option<(JoinHandle<CallOutcome>, bool)> = None;
         let mut report_call: Option<JoinHandle<CallOutcome>> = None;
         let mut idle_until: Option<Instant> = None;
@@ -224,7 +324,7 @@ impl Dispatcher {
             let draining = *self.phase.borrow() != Phase::Running;
             let running: usize = outstanding.iter().sum();
             let quiet =
-                running == 0 && pending.is_empty() && claim_call.is_none() && report_call.is_none();
+                running == 0 && outbox.is_empty() && claim_call.is_none() && report_call.is_none();
             if quiet && (draining || (idle_seen && self.shared.options.stop_when_idling)) {
                 return;
             }
@@ -254,8 +354,8 @@ impl Dispatcher {
                     };
                     (idle, queue)
                 };
-                if capacity > 0 || queue > 0 || !pending.is_empty() {
-                    let reports = std::mem::take(&mut pending);
+                if capacity > 0 || queue > 0 || !outbox.is_empty() {
+                    let reports = outbox.next_batch();
                     // Only an idle slot waits for work; a call that only fills queues answers
                     // at once.
                     let wait = capacity > 0 && reports.is_empty();
@@ -273,9 +373,9 @@ impl Dispatcher {
                 }
             } else if claim_call.as_ref().is_some_and(|(_, waiting)| *waiting)
                 && report_call.is_none()
-                && !pending.is_empty()
+                && !outbox.is_empty()
             {
-                let reports = std::mem::take(&mut pending);
+                let reports = outbox.next_batch();
                 report_call = Some(self.call(reports, (0, 0), false, &[], &[]));
             }
 
@@ -300,7 +400,7 @@ impl Dispatcher {
                             None => backoffs.ran(&finished.identifier),
                         }
                         prefetch.observe(finished.identifier, finished.elapsed);
-                        pending.push((finished.task, finished.report));
+                        outbox.push(finished.task, finished.report);
                         next = self.finished.try_recv().ok();
                     }
                 }
@@ -310,14 +410,14 @@ impl Dispatcher {
                     let only_queued = !asked && outcome.queue > 0;
                     let waited = outcome.waited;
                     let elapsed = outcome.elapsed;
-                    match self.settle(outcome, &mut pending, &mut refusals) {
-                        Some(answer) if !answer.claim_error.is_empty() => {
+                    match self.settle(outcome, &mut outbox, &mut refusals) {
+                        Settled::Answered(answer) if !answer.claim_error.is_empty() => {
                             // The claim was refused (the results were delivered all the
                             // same): ask again after a pause, as the catalog may change.
                             self.assign(answer.tasks, &mut outstanding);
                             idle_until = Some(Instant::now() + Duration::from_secs(1));
                         }
-                        Some(answer) => {
+                        Settled::Answered(answer) => {
                             let claimed = answer.tasks.len();
                             prefetch_exhausted = only_queued && claimed == 0;
                             self.assign(answer.tasks, &mut outstanding);
@@ -343,12 +443,15 @@ impl Dispatcher {
                                 idle_seen = false;
                             }
                         }
-                        None => idle_until = Some(Instant::now() + Duration::from_secs(1)),
+                        Settled::Resend => {}
+                        Settled::Failed => {
+                            idle_until = Some(Instant::now() + Duration::from_secs(1));
+                        }
                     }
                 }
                 outcome = join(report_call.as_mut()) => {
                     report_call = None;
-                    if self.settle(outcome, &mut pending, &mut refusals).is_none() {
+                    if matches!(self.settle(outcome, &mut outbox, &mut refusals), Settled::Failed) {
                         idle_until = Some(Instant::now() + Duration::from_secs(1));
                     }
                 }
@@ -409,14 +512,10 @@ impl Dispatcher {
     }
 
     /// Releases the leases of acknowledged reports and logs what the server made of them;
-    /// answers the response, or `None` when the call failed (its reports are kept for the
-    /// next call, unless they were refused too often).
-    fn settle(
-        &self,
-        outcome: CallOutcome,
-        pending: &mut Vec<(Uuid, WorkReport)>,
-        refusals: &mut u32,
-    ) -> Option<WorkResponse> {
+    /// answers the response, or how the call failed: its reports are kept for the next call
+    /// (in smaller batches when they were refused as too large), unless they were refused too
+    /// often, or one report was refused as too large on its own.
+    fn settle(&self, outcome: CallOutcome, outbox: &mut Outbox, refusals: &mut u32) -> Settled {
         match outcome.answer {
             Ok(answer) => {
                 *refusals = 0;
@@ -439,7 +538,26 @@ impl Dispatcher {
                         answer.claim_error
                     );
                 }
-                Some(answer)
+                Settled::Answered(answer)
+            }
+            Err(error) if too_large(&error) && outcome.reports.len() > 1 => {
+                let bytes = batch_bytes(&outcome.reports);
+                tracing::warn!(
+                    error = %error, reports = outcome.reports.len(), bytes,
+                    "the server refused a batch of reports as too large; sending them again in batches of half the size"
+                );
+                outbox.split(outcome.reports);
+                Settled::Resend
+            }
+            Err(error) if too_large(&error) && !outcome.reports.is_empty() => {
+                for (task, report) in &outcome.reports {
+                    tracing::error!(
+                        %task, bytes = report_bytes(report), error = %error,
+                        "the server refused a task's report as too large on its own; giving it up: the task runs again after its lease ends"
+                    );
+                    self.leases.release(*task);
+                }
+                Settled::Resend
             }
             Err(error) => {
                 *refusals += 1;
@@ -450,11 +568,9 @@ impl Dispatcher {
                     }
                 } else {
                     tracing::error!(error = %error, "the server refused a work call; retrying");
-                    let mut reports = outcome.reports;
-                    reports.append(pending);
-                    *pending = reports;
+                    outbox.requeue(outcome.reports);
                 }
-                None
+                Settled::Failed
             }
         }
     }
@@ -588,5 +704,128 @@ mod tests {
                 .allowed(advertised, end + Duration::from_secs(1))
                 .contains(&identifier("X"))
         );
+    }
+
+    /// A report of about `bytes` encoded bytes.
+    fn report(bytes: usize) -> (Uuid, WorkReport) {
+        use crate::api::selfhosted_v1::work_report::Report;
+        use crate::api::workflows_v1::ComputedTask;
+        let report = WorkReport {
+            report: Some(Report::Computed(ComputedTask {
+                display: "x".repeat(bytes),
+                ..ComputedTask::default()
+            })),
+        };
+        (Uuid::new_v4(), report)
+    }
+
+    fn tasks(batch: &[(Uuid, WorkReport)]) -> Vec<Uuid> {
+        batch.iter().map(|(task, _)| *task).collect()
+    }
+
+    #[test]
+    fn batches_hold_at_most_the_reports_one_call_may_carry() {
+        let mut outbox = Outbox::new(MAX_REPORTS_PER_CALL, REPORT_BYTES_PER_CALL);
+        let reports: Vec<_> = (0..MAX_REPORTS_PER_CALL + 1).map(|_| report(1)).collect();
+        for (task, report) in reports.clone() {
+            outbox.push(task, report);
+        }
+        let first = outbox.next_batch();
+        assert_eq!(first.len(), MAX_REPORTS_PER_CALL);
+        assert_eq!(tasks(&first), tasks(&reports[..MAX_REPORTS_PER_CALL]));
+        assert_eq!(
+            tasks(&outbox.next_batch()),
+            tasks(&reports[MAX_REPORTS_PER_CALL..])
+        );
+        assert!(outbox.is_empty());
+        assert!(outbox.next_batch().is_empty());
+    }
+
+    #[test]
+    fn batches_stay_within_the_byte_budget_and_a_larger_report_goes_alone() {
+        let mut outbox = Outbox::new(MAX_REPORTS_PER_CALL, 100_000);
+        let reports = vec![
+            report(40_000),
+            report(40_000),
+            report(40_000),
+            report(250_000),
+            report(10),
+            report(10),
+        ];
+        for (task, report) in reports.clone() {
+            outbox.push(task, report);
+        }
+        let batches: Vec<Vec<Uuid>> = std::iter::from_fn(|| {
+            let batch = outbox.next_batch();
+            (!batch.is_empty()).then(|| tasks(&batch))
+        })
+        .collect();
+        let ids = tasks(&reports);
+        assert_eq!(
+            batches,
+            vec![
+                ids[0..2].to_vec(),
+                ids[2..3].to_vec(),
+                ids[3..4].to_vec(),
+                ids[4..6].to_vec()
+            ]
+        );
+        // The budget counts what the reports add to the encoded request.
+        let request = WorkRequest {
+            reports: reports[..2]
+                .iter()
+                .map(|(_, report)| report.clone())
+                .collect(),
+            ..WorkRequest::default()
+        };
+        assert_eq!(
+            prost::Message::encoded_len(&request),
+            batch_bytes(&reports[..2])
+        );
+    }
+
+    #[test]
+    fn a_batch_refused_as_too_large_goes_again_first_in_halves_until_one_report_is_alone() {
+        let mut outbox = Outbox::new(MAX_REPORTS_PER_CALL, REPORT_BYTES_PER_CALL);
+        let reports: Vec<_> = (0..4).map(|_| report(40_000)).collect();
+        for (task, report) in reports.clone() {
+            outbox.push(task, report);
+        }
+        let all = outbox.next_batch();
+        assert_eq!(all.len(), 4);
+        // One more finished meanwhile: it waits behind the refused ones.
+        let late = report(10);
+        outbox.push(late.0, late.1.clone());
+        outbox.split(all);
+        let ids = tasks(&reports);
+        let half = outbox.next_batch();
+        assert_eq!(tasks(&half), ids[0..2]);
+        outbox.split(half);
+        let single = outbox.next_batch();
+        assert_eq!(tasks(&single), ids[0..1]);
+        assert_eq!(tasks(&outbox.next_batch()), ids[1..2]);
+        // The smaller budget holds for later batches too.
+        assert_eq!(tasks(&outbox.next_batch()), ids[2..3]);
+        assert_eq!(tasks(&outbox.next_batch()), ids[3..4]);
+        assert_eq!(tasks(&outbox.next_batch()), vec![late.0]);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn only_a_refusal_for_size_splits_a_batch() {
+        let refused = |status: tonic::Status| CallError::Refused {
+            operation: "Work",
+            status,
+        };
+        assert!(too_large(&refused(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 200000 bytes, the limit is: 65536 bytes"
+        ))));
+        assert!(too_large(&refused(tonic::Status::internal(
+            "message too large"
+        ))));
+        assert!(!too_large(&refused(tonic::Status::invalid_argument(
+            "a work call may carry at most 10000 reports, got 10001"
+        ))));
+        assert!(!too_large(&CallError::Cancelled { operation: "Work" }));
     }
 }

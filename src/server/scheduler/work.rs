@@ -15,8 +15,7 @@ use crate::server::store::{
     self, ClaimRequest, ClaimedTask, FailedReport, HandedBackReport, Report, ReportOutcome,
 };
 
-/// Most reports one call may carry.
-pub const MAX_REPORTS_PER_CALL: usize = 10_000;
+pub use crate::api::limits::MAX_REPORTS_PER_CALL;
 /// Most tasks one call claims, whatever capacity it asks for.
 pub const MAX_CLAIM_PER_CALL: usize = 1_000;
 

@@ -19,9 +19,11 @@
 //!   a release host killed while idle is replaced
 //! - `stalls.rs`: releases that hang `uv sync` or their import, flood their pipes, or fail
 //!   to prepare for a while
+//! - `batches.rs`: results that exceed the server's message limit together
 
 mod artifacts;
 mod backoff;
+mod batches;
 mod clients;
 mod inputs;
 mod limits_submit;

@@ -1,6 +1,7 @@
-//! Releases that register task identifiers the server refuses: `build-release` refuses them,
-//! a runner that loads one anyway skips only that task class, and a refused claim never
-//! drops the results that travel with it.
+//! Releases that register task identifiers the server refuses, or more than a claim may
+//! advertise: `build-release` refuses them, a runner that loads one anyway skips only that
+//! task class (or that release), and a refused claim never drops the results that travel
+//! with it.
 
 use std::time::Duration;
 
@@ -79,6 +80,49 @@ fn build_release_refuses_a_task_class_with_a_bad_identifier_and_leaves_no_archiv
     assert!(!project.path().join("good.tar.zst.partial").exists());
 }
 
+/// A runner with 1,001 task classes, made in a loop: one more than a claim may advertise.
+const CROWDED_APP: &str = "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+def execute(self, context: ExecutionContext) -> None:\n    pass\n\n\
+classes = [type(f'Crowd{index}', (Task,), {'execute': execute}) for index in range(1001)]\n\
+runner = Runner(tasks=classes)\n";
+
+#[test]
+fn build_release_refuses_more_task_identifiers_than_a_claim_may_advertise() {
+    let project = crate::common::project("crowded", CROWDED_APP);
+    let output = crate::common::tilebox_command(&["workflow", "build-release"])
+        .current_dir(project.path())
+        .env("XDG_CACHE_HOME", project.path().join(".cache-home"))
+        .output()
+        .expect("build-release");
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "release crowded registers 1001 task identifiers; a runner advertises at most 1000"
+        ),
+        "{stderr}"
+    );
+    let left: Vec<String> = tree(project.path())
+        .into_iter()
+        .filter(|path| path.contains(".tar.zst"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "no archive is left");
+
+    // At the limit the release builds.
+    let project = crate::common::project(
+        "thousand",
+        &CROWDED_APP.replace("range(1001)", "range(1000)"),
+    );
+    let output = crate::common::tilebox_command(&["--json", "workflow", "build-release"])
+        .current_dir(project.path())
+        .env("XDG_CACHE_HOME", project.path().join(".cache-home"))
+        .output()
+        .expect("build-release");
+    let built = json_of(&output);
+    assert_eq!(built["tasks"].as_array().map(Vec::len), Some(1000));
+    assert!(project.path().join("thousand.tar.zst").is_file());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_class_runs() {
     let server = TestServer::start();
@@ -127,6 +171,54 @@ async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_c
     assert!(
         !log.contains("refused to hand out tasks"),
         "the runner never advertised the bad identifier: {log}"
+    );
+    runner.signal("-INT");
+    runner.wait_for_success(Duration::from_secs(30));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_over_the_identifier_limit_is_skipped_and_the_other_releases_run() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let scratch = tempfile::Builder::new()
+        .prefix("tilebox-releases-")
+        .tempdir()
+        .expect("scratch");
+    create_cluster(&mut client, "crowded").await;
+
+    // A good release, built and published with the CLI.
+    deploy_greeter(&server, scratch.path(), "crowded");
+    // The crowded release, made by hand: build-release would refuse it.
+    let bytes = archive(&[Entry("app.py", b'0', "", CROWDED_APP.as_bytes())]);
+    let release = publish_hostile(&mut client, "crowded", &bytes).await;
+    deploy(&mut client, "crowded", release, "crowded").await;
+
+    let mut runner = start_runner(
+        &server,
+        "crowded",
+        &scratch.path().join("cache"),
+        scratch.path().join("runner.log"),
+        &[],
+    );
+    let hello = submit_to(&server, "Hello", "crowded");
+    wait_for_job_state(&server, &hello, "completed", Duration::from_secs(90));
+
+    let log = runner.log();
+    let skipped: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("skipping a release: advertising its task identifiers"))
+        .collect();
+    assert!(!skipped.is_empty(), "{log}");
+    assert!(
+        skipped.iter().all(|line| line.contains("workflow=crowded")
+            && line.contains("identifiers=1001")
+            && line.contains("limit=1000")),
+        "{skipped:#?}"
+    );
+    assert!(
+        !log.contains("refused to hand out tasks"),
+        "the runner never advertised more than the limit: {log}"
     );
     runner.signal("-INT");
     runner.wait_for_success(Duration::from_secs(30));

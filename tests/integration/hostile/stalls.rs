@@ -1,6 +1,7 @@
 //! Releases that try to stall a runner's deployment loop: an import that never ends, a
-//! `uv sync` against an index that never answers, a release that floods its pipes at import,
-//! and a preparation that fails for a while.
+//! `uv sync` against an index that never answers or whose build leaves a process holding
+//! uv's stderr, a release that floods its pipes at import, and a preparation that fails for
+//! a while.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -206,5 +207,109 @@ async fn a_release_whose_preparation_fails_for_a_while_is_loaded_without_a_redep
     assert!(permanent[0].contains("SyntaxError"), "{}", permanent[0]);
     assert!(runner.is_running(), "{log}");
     drop(runner);
+    server.stop();
+}
+
+/// A PEP 517 backend in the project whose build starts a process that holds the stderr of
+/// `uv` itself (reopened through `/proc`) for an hour and writes its pid to `pid_file`; uv
+/// finishes the build and exits at once.
+fn daemon_backend(pid_file: &std::path::Path) -> String {
+    format!(
+        r#"import os
+import subprocess
+import zipfile
+
+
+def _wheel(directory):
+    daemon = subprocess.Popen(
+        ["sleep", "3600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(f"/proc/{{os.getppid()}}/fd/2", "w"),
+    )
+    with open({pid_file:?}, "w") as pid:
+        pid.write(str(daemon.pid))
+    name = "daemonic-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(directory, name), "w") as wheel:
+        info = "daemonic-0.1.0.dist-info/"
+        wheel.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: daemonic\nVersion: 0.1.0\n")
+        wheel.writestr(
+            info + "WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(info + "RECORD", "")
+    return name
+
+
+def build_wheel(directory, config_settings=None, metadata_directory=None):
+    return _wheel(directory)
+
+
+def build_editable(directory, config_settings=None, metadata_directory=None):
+    return _wheel(directory)
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def get_requires_for_build_editable(config_settings=None):
+    return []
+"#
+    )
+}
+
+/// Whether process `pid` runs (a zombie waiting to be reaped does not).
+fn running(pid: u32) -> bool {
+    fs_err::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_process_the_sync_leaves_holding_uvs_stderr_does_not_hold_up_the_runner() {
+    let server = TestServer::start();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let pid_file = scratch.path().join("daemon.pid");
+    let project = crate::common::project("daemonic", HELLO);
+    fs_err::write(
+        project.path().join("pyproject.toml"),
+        "[project]\nname = \"daemonic\"\nversion = \"0.1.0\"\nrequires-python = \">=3.13\"\n\n\
+         [build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n",
+    )
+    .expect("pyproject.toml");
+    fs_err::write(project.path().join("backend.py"), daemon_backend(&pid_file)).expect("backend");
+    let job = submit_job(&server, "Hello", &[]);
+
+    // Without a bound on reading uv's stderr the runner would wait for the hour-long process.
+    let mut runner = RunnerProcess::spawn(
+        crate::common::project_runner(server.url(), project.path(), &["--stop-when-idling"])
+            .env("UV_NO_CACHE", "1"),
+        scratch.path().join("runner.log"),
+    );
+    runner.wait_for_success(Duration::from_secs(120));
+    let log = runner.log();
+    let done = wait_for_job_state(&server, &job, "completed", Duration::from_secs(10));
+    assert_eq!(
+        done["tasks"][0]["display"], "hello from the good release",
+        "{log}"
+    );
+    // The build did start the process, and the runner stopped it.
+    let pid: u32 = fs_err::read_to_string(&pid_file)
+        .expect("the backend ran")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        log.contains("still holds its output open after it exited"),
+        "{log}"
+    );
+    wait_until(
+        format!("the left-behind process {pid} to end"),
+        Duration::from_secs(10),
+        || !running(pid),
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{log}"));
     server.stop();
 }
