@@ -37,7 +37,7 @@ use super::{Phase, Shared};
 use crate::api::convert::{std_duration, uuid_of};
 use crate::api::limits::MAX_REPORTS_PER_CALL;
 use crate::api::selfhosted_v1::report_result::Outcome;
-use crate::api::selfhosted_v1::{WorkReport, WorkRequest, WorkResponse};
+use crate::api::selfhosted_v1::{WorkReport, WorkRequest, WorkResponse, work_report};
 use crate::api::workflows_v1::{Task, TaskIdentifier};
 use crate::client::{CallError, RunnerClient};
 
@@ -263,6 +263,26 @@ impl Backoffs {
         self.entries.remove(identifier);
     }
 
+    /// Records how a finished task ended for its identifier's pause: a runner failure starts
+    /// or lengthens one (answered, to be logged), a run of the task's own code ends it, and a
+    /// task handed back unrun says nothing either way.
+    pub fn observe(
+        &mut self,
+        identifier: &(String, String),
+        report: &WorkReport,
+        runner_failure: Option<&str>,
+        now: Instant,
+    ) -> Option<(Duration, u32)> {
+        match runner_failure {
+            Some(_) => Some(self.failed(identifier.clone(), now)),
+            None if matches!(report.report, Some(work_report::Report::HandedBack(_))) => None,
+            None => {
+                self.ran(identifier);
+                None
+            }
+        }
+    }
+
     /// `identifiers` without those this runner stays away from at `now`.
     pub fn allowed(
         &self,
@@ -387,17 +407,18 @@ impl Dispatcher {
                     prefetch_exhausted = false;
                     while let Some(finished) = next.take() {
                         outstanding[finished.slot] = outstanding[finished.slot].saturating_sub(1);
-                        match &finished.runner_failure {
-                            Some(failure) => {
-                                let (period, failures) =
-                                    backoffs.failed(finished.identifier.clone(), Instant::now());
-                                let (name, version) = &finished.identifier;
-                                tracing::warn!(
-                                    %name, %version, failure = %failure, failures, period = ?period,
-                                    "backing off from a task identifier this runner could not run; its tasks are left to other runners meanwhile, and this runner serves other jobs"
-                                );
-                            }
-                            None => backoffs.ran(&finished.identifier),
+                        let failure = finished.runner_failure.as_deref();
+                        if let Some((period, failures)) = backoffs.observe(
+                            &finished.identifier,
+                            &finished.report,
+                            failure,
+                            Instant::now(),
+                        ) {
+                            let (name, version) = &finished.identifier;
+                            tracing::warn!(
+                                %name, %version, failure = failure.unwrap_or_default(), failures, period = ?period,
+                                "backing off from a task identifier this runner could not run; its tasks are left to other runners meanwhile, and this runner serves other jobs"
+                            );
                         }
                         prefetch.observe(finished.identifier, finished.elapsed);
                         outbox.push(finished.task, finished.report);
@@ -669,6 +690,37 @@ mod tests {
         // A first pause longer than the most is cut to it.
         let short = Backoffs::new(Duration::from_secs(1), Duration::from_millis(300));
         assert_eq!(short.period(1), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_hand_back_neither_starts_nor_ends_a_pause() {
+        use crate::api::selfhosted_v1::HandedBackTask;
+        let report = |report| WorkReport {
+            report: Some(report),
+        };
+        let handed_back = report(work_report::Report::HandedBack(HandedBackTask::default()));
+        let computed = report(work_report::Report::Computed(Default::default()));
+        let mut backoffs = Backoffs::new(Duration::from_secs(1), Duration::from_secs(60));
+        let now = Instant::now();
+        let x = identifier("X");
+        assert_eq!(
+            backoffs.observe(&x, &handed_back, Some("RunnerError('host gone')"), now),
+            Some((Duration::from_secs(1), 1)),
+            "a runner failure starts a pause, whatever the report"
+        );
+        assert_eq!(backoffs.observe(&x, &handed_back, None, now), None);
+        assert_eq!(
+            backoffs.allowed(vec![x.clone()], now),
+            Vec::<(String, String)>::new(),
+            "the pause goes on after a hand-back"
+        );
+        assert_eq!(
+            backoffs.observe(&x, &handed_back, Some("again"), now),
+            Some((Duration::from_secs(2), 2)),
+            "and the count of failures in a row too"
+        );
+        assert_eq!(backoffs.observe(&x, &computed, None, now), None);
+        assert_eq!(backoffs.allowed(vec![x.clone()], now), vec![x]);
     }
 
     #[test]
