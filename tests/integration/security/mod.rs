@@ -1,0 +1,4 @@
+//! Security: authentication that fails closed, API keys, TLS (issue #13). One module per
+//! concern; each asserts its refusals through the real `tilebox` binary.
+
+mod auth;
