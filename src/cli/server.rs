@@ -15,15 +15,21 @@ use crate::server::{self, Server, scheduler};
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
-    #[arg(long, default_value = "127.0.0.1:8083")]
+    /// Address to listen on, `HOST:PORT`; port 0 picks a free one (the address is printed on
+    /// stdout). A non-loopback address needs a --token or --allow-unauthenticated.
+    #[arg(long, default_value = "127.0.0.1:8083", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Where the database lives [default: the user's data dir, e.g. ~/.local/share/tilebox].
     #[arg(long, env = crate::env::DATA_DIR)]
     data_dir: Option<PathBuf>,
-    /// An accepted API key (repeatable). Without any, the server is open (local development).
+    /// An accepted API key (repeatable; never empty). Without any, the server is open: allowed
+    /// on a loopback --listen (local development), elsewhere only with --allow-unauthenticated.
     #[arg(long = "token", env = crate::env::SERVER_TOKENS, value_delimiter = ',', hide_env_values = true)]
     tokens: Vec<String>,
+    /// Start without any --token on a non-loopback --listen: every client on the network may
+    /// do everything.
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Lease granted when a task is handed out, in seconds (at least 2).
     #[arg(long, default_value_t = 30)]
     lease_seconds: u64,
@@ -85,11 +91,16 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
         Some(directory) => directory,
         None => default_data_dir()?,
     };
-    let tokens: Vec<String> = arguments
-        .tokens
-        .into_iter()
-        .filter(|token| !token.is_empty())
-        .collect();
+    check_tokens(
+        &arguments.tokens,
+        std::env::var_os(crate::env::SERVER_TOKENS),
+    )?;
+    check_open_listen(
+        arguments.listen,
+        &arguments.tokens,
+        arguments.allow_unauthenticated,
+    )?;
+    let tokens = arguments.tokens;
     let options = server::Options {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
@@ -120,8 +131,16 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
         .local_addr()
         .context("cannot read the bound address")?;
     tracing::info!(%address, data_dir = %data_dir.display(), open = open_server, "tilebox server started");
-    if open_server {
-        tracing::warn!("no --token configured: every client is accepted (local development only)");
+    if open_server && !address.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            %address,
+            "UNAUTHENTICATED SERVER on a non-loopback address (--allow-unauthenticated): every \
+             client that can reach {address} may publish, deploy, cancel and claim tasks"
+        );
+    } else if open_server {
+        tracing::warn!(
+            "no --token configured: every local client is accepted (local development only)"
+        );
     }
     {
         let mut stdout = std::io::stdout().lock();
@@ -158,6 +177,70 @@ async fn shutdown_signal() {
     }
 }
 
+/// Refuses an empty token: an unset secret (`TILEBOX_SERVER_TOKENS=`, `--token ""`, or an
+/// empty entry such as `a,,b`) must not start an open server. `environment` is the raw
+/// variable: clap treats an empty one as absent, so it is checked here too.
+fn check_tokens(
+    tokens: &[String],
+    environment: Option<std::ffi::OsString>,
+) -> Result<(), UserError> {
+    if let Some(value) = environment
+        && value.to_string_lossy().split(',').any(str::is_empty)
+    {
+        return Err(UserError::with_hint(
+            format!(
+                "{} is set but empty or holds an empty token",
+                crate::env::SERVER_TOKENS
+            ),
+            "set it to the accepted API keys, comma-separated with none empty, or unset it for \
+             an open server on a loopback address",
+        ));
+    }
+    if tokens.iter().any(String::is_empty) {
+        return Err(UserError::with_hint(
+            "--token is empty",
+            "give a non-empty API key to --token, or leave --token out for an open server on a \
+             loopback address",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an open server (no token) on a non-loopback address unless the operator said so
+/// with --allow-unauthenticated. `0.0.0.0` and `::` count as non-loopback.
+fn check_open_listen(
+    listen: SocketAddr,
+    tokens: &[String],
+    allow_unauthenticated: bool,
+) -> Result<(), UserError> {
+    if tokens.is_empty() && !allow_unauthenticated && !listen.ip().to_canonical().is_loopback() {
+        return Err(UserError::with_hint(
+            format!(
+                "refusing to start an unauthenticated server on the non-loopback address {listen}"
+            ),
+            format!(
+                "give API keys with --token or {}, listen on a loopback address such as \
+                 127.0.0.1, or pass --allow-unauthenticated to accept every client on the network",
+                crate::env::SERVER_TOKENS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `--listen`: an IP address with a port, or a host name (e.g. `localhost:8083`)
+/// resolved to its first address.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|error| format!("`{text}` is not an address like 127.0.0.1:8083: {error}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
 /// Parses a duration such as `7d`, `12h`, `1h 30m`, `45s` or `500ms` (humantime's units);
 /// a bare number is seconds.
 /// A retention beyond [`limits::MAX_TELEMETRY_RETENTION`] is refused rather than letting its
@@ -187,6 +270,35 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_tokens_are_refused() {
+        assert!(check_tokens(&["a".into()], None).is_ok());
+        assert!(check_tokens(&[], None).is_ok());
+        assert!(check_tokens(&["".into()], None).is_err());
+        assert!(check_tokens(&["a".into(), "".into()], None).is_err());
+        assert!(check_tokens(&[], Some("".into())).is_err());
+        assert!(check_tokens(&["a".into(), "b".into()], Some("a,,b".into())).is_err());
+        assert!(check_tokens(&["a".into()], Some("a".into())).is_ok());
+    }
+
+    #[test]
+    fn only_loopback_may_be_open_without_the_flag() {
+        let open = |address: &str, allow| {
+            check_open_listen(parse_listen(address).expect("address"), &[], allow).is_ok()
+        };
+        assert!(open("127.0.0.1:0", false));
+        assert!(open("127.8.9.10:0", false));
+        assert!(open("[::1]:0", false));
+        assert!(open("[::ffff:127.0.0.1]:0", false));
+        assert!(open("localhost:0", false));
+        assert!(!open("0.0.0.0:0", false));
+        assert!(!open("[::]:0", false));
+        assert!(!open("10.1.2.3:0", false));
+        assert!(open("0.0.0.0:0", true));
+        let listen = parse_listen("0.0.0.0:0").expect("address");
+        assert!(check_open_listen(listen, &["key".into()], false).is_ok());
+    }
 
     #[test]
     fn durations_take_a_unit() {

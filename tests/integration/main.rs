@@ -13,6 +13,7 @@
 //! - `storage_faults.rs`: the data directory on a tmpfs that fills up
 //! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
 //! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
+//! - `security/`: authentication that fails closed, API keys, TLS
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
 //! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
 
@@ -24,6 +25,7 @@ mod interop;
 mod python;
 mod release;
 mod runner;
+mod security;
 mod server;
 mod snapshots;
 mod storage_faults;

@@ -364,12 +364,12 @@ impl Scheduler {
     }
 
     /// Extends a lease; answers (granted lease, recommended wait before the next extension),
-    /// or `None` when the task is not running any more.
+    /// or `None` when the task is not running any more or not `claimant`'s.
     pub async fn extend_lease(
         &self,
         task: Uuid,
         requested: Duration,
-        claimant: Option<String>,
+        claimant: String,
     ) -> Result<Option<(Duration, Duration)>> {
         let granted = requested.clamp(MIN_LEASE, self.options.max_lease);
         let lease = self.store.extend_lease(task, claimant, granted).await?;

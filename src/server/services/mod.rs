@@ -75,7 +75,21 @@ pub fn scheduler_status(error: scheduler::Error) -> Status {
     }
 }
 
-/// Who is calling: the runner id header, else the peer address.
+/// Who is calling, as the claimant a task is fenced to: only its claimant may report it or
+/// extend its lease, from the first claim on (the store's `is_claimant` compares them).
+///
+/// - Our runner sends the `tilebox-runner-id` header on every call: `runner:<id>`, strict
+///   per runner process.
+/// - The official SDK sends no runner identity: its lease renewer is a separate process with
+///   its own connection, its `tilebox-client` metadata is the same for every SDK on a host
+///   (name, versions, OS), and `Client(client_id=…)` is never sent. So the claimant is the
+///   peer, `host:<ip>:<port>`, and the store takes the same IP for the same runner (the
+///   renewer, a reconnect); callers on other hosts are fenced off from the first claim.
+///
+/// Limit: SDK runners on one host (or behind one NAT address) are told apart only by their
+/// connection, and only once a task was fenced by a lost lease or a hand-back. The bearer
+/// key is left out on purpose: storing material derived from secrets next to every task is
+/// not worth telling apart runners that share a host and differ only by key.
 pub fn caller<T>(request: &tonic::Request<T>) -> String {
     if let Some(id) = request
         .metadata()
@@ -86,7 +100,10 @@ pub fn caller<T>(request: &tonic::Request<T>) -> String {
         return format!("runner:{id}");
     }
     match request.remote_addr() {
-        Some(address) => format!("peer:{address}"),
+        Some(address) => format!(
+            "host:{}",
+            std::net::SocketAddr::new(address.ip().to_canonical(), address.port())
+        ),
         None => "unknown".to_string(),
     }
 }

@@ -4,7 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use super::limits::{ConnectionLimits, OpenCall};
-use super::{RUNNER_ID_HEADER, caller, messages, required_uuid, scheduler_status};
+use super::{caller, messages, required_uuid, scheduler_status};
 use crate::api::convert::{duration, std_duration};
 use crate::api::workflows_v1::task_service_server::TaskService;
 use crate::api::workflows_v1::{
@@ -82,14 +82,9 @@ impl TaskService for Tasks {
         &self,
         request: Request<TaskLeaseRequest>,
     ) -> Result<Response<TaskLease>, Status> {
-        // Official runners extend leases from a separate process (another connection), so
-        // only an explicit runner id fences extensions.
-        let claimant = request
-            .metadata()
-            .get(RUNNER_ID_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| !id.is_empty())
-            .map(|id| format!("runner:{id}"));
+        // Fenced like every report: only the claimant extends (see `caller` for how the SDK's
+        // separate lease-renewer process is recognised as its runner).
+        let claimant = caller(&request);
         let request = request.into_inner();
         let task = required_uuid(request.task_id.as_ref(), "task_id")?;
         let requested = request

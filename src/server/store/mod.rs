@@ -365,11 +365,12 @@ pub trait Store: Send + Sync + 'static {
         reports: Vec<Report>,
         claims: Vec<(ClaimRequest, usize)>,
     ) -> Result<(Vec<Result<ReportOutcome>>, Vec<ClaimedTask>)>;
-    /// Extends a running task's lease to `lease` from now; `None` if it is not running.
+    /// Extends a running task's lease to `lease` from now; `None` if it is not running or
+    /// not `claimant`'s.
     async fn extend_lease(
         &self,
         task: Uuid,
-        claimant: Option<String>,
+        claimant: String,
         lease: Duration,
     ) -> Result<Option<Duration>>;
     /// Extends several running tasks' leases, each to its `lease` from now, in one

@@ -100,7 +100,7 @@ pub(crate) async fn reports_from_a_lost_lease_are_stale<S: Store>(store: S) {
     );
     assert_eq!(
         store
-            .extend_lease(first.id, Some(RUNNER_A.to_string()), LEASE)
+            .extend_lease(first.id, RUNNER_A.to_string(), LEASE)
             .await
             .expect("extend"),
         None
@@ -148,7 +148,7 @@ pub(crate) async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
     let longer = Duration::from_secs(120);
     let before_extension = now_millis();
     let extended = store
-        .extend_lease(long.id, Some(RUNNER_A.to_string()), longer)
+        .extend_lease(long.id, RUNNER_A.to_string(), longer)
         .await
         .expect("extend lease");
     assert_eq!(extended, Some(longer));
@@ -174,14 +174,14 @@ pub(crate) async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
     );
     assert_eq!(
         store
-            .extend_lease(long.id, None, LEASE)
+            .extend_lease(long.id, RUNNER_A.to_string(), LEASE)
             .await
             .expect("extend lease"),
         Some(LEASE)
     );
     assert_eq!(
         store
-            .extend_lease(long.id, Some(RUNNER_B.to_string()), longer)
+            .extend_lease(long.id, RUNNER_B.to_string(), longer)
             .await
             .expect("extend lease"),
         None,
@@ -195,7 +195,7 @@ pub(crate) async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
         .expect("a queued task");
     assert_eq!(
         store
-            .extend_lease(queued.id, None, LEASE)
+            .extend_lease(queued.id, RUNNER_A.to_string(), LEASE)
             .await
             .expect("extend lease"),
         None
@@ -203,7 +203,7 @@ pub(crate) async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
     report(&store, computed(&long, RUNNER_A)).await;
     assert_eq!(
         store
-            .extend_lease(long.id, Some(RUNNER_A.to_string()), LEASE)
+            .extend_lease(long.id, RUNNER_A.to_string(), LEASE)
             .await
             .expect("extend lease"),
         None,
@@ -213,4 +213,104 @@ pub(crate) async fn extend_lease_keeps_a_running_task<S: Store>(store: S) {
         task_state(&store, job_id, long.id).await,
         TaskState::Computed
     );
+}
+
+/// Rule 33: from the first claim on, a report or lease extension from anyone but the claimant
+/// is stale and changes nothing. A runner id must match exactly; a claimant without one (the
+/// official SDK, `host:<ip>:<port>`) is its host: its renewer and its reconnected main
+/// connection on that host are the claimant, another host is not; once the task was fenced by
+/// a lost lease, a report must come from the connection that claimed the current attempt.
+pub(crate) async fn reports_and_extensions_from_another_claimant_are_stale_from_the_first_claim<
+    S: Store,
+>(
+    store: S,
+) {
+    let job_id = submit(&store, job("first claim", vec![task("Work")])).await;
+    let claimed = claim_one(&store, &runner(RUNNER_A, &["Work"])).await;
+    assert_eq!(
+        report(
+            &store,
+            computed_with_subtasks(&claimed, RUNNER_B, vec![task("Sneaky")])
+        )
+        .await,
+        ReportOutcome::Stale(TaskState::Running)
+    );
+    for workflow_error in [true, false] {
+        assert_eq!(
+            fail(&store, failed(&claimed, RUNNER_B, workflow_error)).await,
+            ReportOutcome::Stale(TaskState::Running)
+        );
+    }
+    assert_eq!(
+        hand_back(&store, &claimed, RUNNER_B).await,
+        ReportOutcome::Stale(TaskState::Running)
+    );
+    assert_eq!(
+        store
+            .extend_lease(claimed.id, RUNNER_B.to_string(), LEASE)
+            .await
+            .expect("extend lease"),
+        None,
+        "another claimant's extension answers no lease"
+    );
+    assert_eq!(
+        store
+            .extend_leases(vec![(claimed.id, LEASE)], RUNNER_B.to_string())
+            .await
+            .expect("extend leases"),
+        [None]
+    );
+    let summary = task_summary(&store, job_id, claimed.id).await;
+    assert_eq!(
+        (summary.state, summary.retry_count, summary.has_children),
+        (TaskState::Running, 0, false),
+        "nothing of the other claimant's was applied"
+    );
+    assert_eq!(
+        report(&store, computed(&claimed, RUNNER_A)).await,
+        ReportOutcome::Applied(TaskState::Computed)
+    );
+    assert_eq!(job_state(&store, job_id).await, JobState::Completed);
+
+    // Claimants without a runner id are their host.
+    const CLAIMING: &str = "host:10.0.0.1:5000";
+    const RENEWER: &str = "host:10.0.0.1:5001";
+    const OTHER_HOST: &str = "host:10.0.0.2:5000";
+    let job_id = submit(&store, job("hosts", vec![task("Host")])).await;
+    let claimed = claim_one(&store, &runner(CLAIMING, &["Host"])).await;
+    assert_eq!(
+        store
+            .extend_lease(claimed.id, OTHER_HOST.to_string(), LEASE)
+            .await
+            .expect("extend lease"),
+        None,
+        "another host cannot extend"
+    );
+    assert_eq!(
+        fail(&store, failed(&claimed, OTHER_HOST, true)).await,
+        ReportOutcome::Stale(TaskState::Running),
+        "another host cannot report"
+    );
+    assert_eq!(
+        store
+            .extend_lease(claimed.id, RENEWER.to_string(), LEASE)
+            .await
+            .expect("extend lease"),
+        Some(LEASE),
+        "the claimant's renewer on its host extends"
+    );
+    let expiry = now_millis() + LEASE.as_millis() as i64 + 1;
+    assert_eq!(store.expire_leases(expiry).await.expect("expire leases"), 1);
+    let again = claim_one(&store, &runner("host:10.0.0.1:6000", &["Host"])).await;
+    assert_eq!(again.id, claimed.id);
+    assert_eq!(
+        report(&store, computed(&claimed, CLAIMING)).await,
+        ReportOutcome::Stale(TaskState::Running),
+        "after a lost lease, the old attempt's connection is stale"
+    );
+    assert_eq!(
+        report(&store, computed(&again, "host:10.0.0.1:6000")).await,
+        ReportOutcome::Applied(TaskState::Computed)
+    );
+    assert_eq!(job_state(&store, job_id).await, JobState::Completed);
 }

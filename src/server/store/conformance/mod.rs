@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             non_workflow_failures_are_capped_then_fail_the_task,
             a_hand_back_requeues_without_counting_any_number_of_times,
             appended_failure_reasons_keep_the_display_within_its_limit,
+            reports_and_extensions_from_another_claimant_are_stale_from_the_first_claim,
         );
     };
     (@rules $open:expr; $($rule:ident,)+) => {$(

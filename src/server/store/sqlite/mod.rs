@@ -646,11 +646,11 @@ impl Store for SqliteStore {
     async fn extend_lease(
         &self,
         task: Uuid,
-        claimant: Option<String>,
+        claimant: String,
         lease: Duration,
     ) -> Result<Option<Duration>> {
         self.write_relaxed(move |connection| {
-            tasks::extend_lease(connection, task, claimant.as_deref(), lease, now_millis())
+            tasks::extend_lease(connection, task, &claimant, lease, now_millis())
         })
         .await
     }
@@ -667,7 +667,7 @@ impl Store for SqliteStore {
                 .map(|(task, lease)| {
                     // A task that no longer exists (its job was retried away) is simply not
                     // extended; it must not fail the other extensions.
-                    match tasks::extend_lease(connection, task, Some(&claimant), lease, now) {
+                    match tasks::extend_lease(connection, task, &claimant, lease, now) {
                         Err(Error::TaskNotFound { .. }) => Ok(None),
                         other => other,
                     }

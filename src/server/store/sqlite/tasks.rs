@@ -263,10 +263,50 @@ fn task_state(state: i32) -> TaskState {
     TaskState::try_from(state).unwrap_or(TaskState::Unspecified)
 }
 
-/// Whether a report from `claimant` may change this task: it must be running, and after a
-/// lost lease only the claimant of the current attempt may report.
-fn accepts_report(task: &TaskRow, claimant: &str) -> bool {
-    task.state == RUNNING && (!task.fenced || task.claimant.as_deref() == Some(claimant))
+/// Whether a report from `caller` may change this task: it must be running and `caller`
+/// its claimant, from the first claim on.
+fn accepts_report(task: &TaskRow, caller: &str) -> bool {
+    is_claimant(task, caller, Act::Report)
+}
+
+/// What a caller asks of a running task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Report,
+    Extend,
+}
+
+/// Whether `caller` is the claimant of the task's current attempt, for `act`.
+///
+/// A runner id (`runner:<id>`) must match exactly. A caller without one, the official SDK,
+/// is `host:<ip>:<port>` (see `services::caller`): its lease renewer is a separate process
+/// on its own connection, and its main connection may reconnect, so the same host is the
+/// claimant; only after the task was fenced (a lost lease or a hand-back) must a report come
+/// from the very connection that claimed the attempt, so a late report of an older attempt
+/// by another SDK runner on that host is stale. Extensions stay per host: the renewer never
+/// shares the claiming connection.
+fn is_claimant(task: &TaskRow, caller: &str, act: Act) -> bool {
+    let Some(claimant) = task.claimant.as_deref() else {
+        return false;
+    };
+    if task.state != RUNNING {
+        return false;
+    }
+    if claimant == caller {
+        return true;
+    }
+    match (host_of(claimant), host_of(caller)) {
+        (Some(claimed_by), Some(calling)) => {
+            claimed_by == calling && (act == Act::Extend || !task.fenced)
+        }
+        _ => false,
+    }
+}
+
+/// The host of a claimant without a runner id: `host:<ip>:<port>` answers `<ip>`.
+fn host_of(claimant: &str) -> Option<&str> {
+    let (host, _port) = claimant.strip_prefix("host:")?.rsplit_once(':')?;
+    Some(host)
 }
 
 /// Ends the current attempt of a running task: accounts its compute time, and the job's
@@ -674,21 +714,16 @@ pub(super) fn claim_task(
     Ok(Some(claimed))
 }
 
-/// Extends a running task's lease; `None` when it is not running (or, with a claimant
-/// given, not that claimant's).
+/// Extends a running task's lease; `None` when it is not running or not `caller`'s.
 pub(super) fn extend_lease(
     connection: &Connection,
     id: Uuid,
-    claimant: Option<&str>,
+    caller: &str,
     lease: Duration,
     now: i64,
 ) -> Result<Option<Duration>> {
     let task = task_by_uuid(connection, id)?;
-    let owner_matches = match claimant {
-        Some(claimant) => task.claimant.as_deref() == Some(claimant),
-        None => true,
-    };
-    if task.state != RUNNING || !owner_matches {
+    if !is_claimant(&task, caller, Act::Extend) {
         return Ok(None);
     }
     execute(
@@ -700,7 +735,7 @@ pub(super) fn extend_lease(
     Ok(Some(lease))
 }
 
-/// Handles running tasks whose lease ended: re-queued (and fenced against the old claimant)
+/// Handles running tasks whose lease ended: re-queued (and fenced: see `is_claimant`)
 /// up to `MAX_LEASE_REQUEUES` times, then failed.
 pub(super) fn expire_leases(connection: &Connection, now: i64) -> Result<usize> {
     let expired: Vec<i64> = {
