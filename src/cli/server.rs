@@ -7,14 +7,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::UserError;
 use crate::api::limits;
 use crate::server::{self, Server, scheduler};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+    /// The keys file of scoped API keys (`tilebox server keys` writes it); read again
+    /// whenever it changes.
+    #[arg(long, env = crate::env::SERVER_KEYS_FILE)]
+    keys_file: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8083")]
     listen: SocketAddr,
@@ -70,13 +77,23 @@ pub struct ServerArgs {
     log_level: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Create, list, rotate and revoke scoped API keys.
+    #[command(subcommand)]
+    Keys(super::keys::KeysCommand),
+}
+
 fn default_data_dir() -> anyhow::Result<PathBuf> {
     dirs::data_dir()
         .map(|directory| directory.join("tilebox"))
         .context("cannot find the user's data directory; pass --data-dir")
 }
 
-pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(ServerCommand::Keys(command)) = arguments.command {
+        return super::keys::run(command, json);
+    }
     check_retention(arguments.telemetry_retention)?;
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={}", arguments.log_level))
         .with_context(|| format!("invalid --log-level `{}`", arguments.log_level))?;
@@ -94,6 +111,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
         tokens,
+        keys_file: arguments.keys_file,
         max_artifact_bytes: arguments.max_artifact_bytes,
         telemetry_retention: arguments.telemetry_retention,
         scheduler: scheduler::Options {
@@ -114,7 +132,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
             max_open_calls_per_connection: arguments.max_open_calls_per_connection,
         },
     };
-    let open_server = options.tokens.is_empty();
+    let open_server = options.tokens.is_empty() && options.keys_file.is_none();
     let server = Server::bind(options).await?;
     let address = server
         .local_addr()
