@@ -1198,3 +1198,78 @@ fn the_official_sdk_runs_tasks_with_a_runner_key_and_queries_with_a_read_only_ke
         summary.reader_submit
     );
 }
+
+const HELLO: &str = "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+class Hello(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        context.submit_subtask(Child())\n\n\
+class Child(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        context.logger.info('child ran')\n\n\
+runner = Runner(tasks=[Hello, Child])\n";
+
+#[test]
+fn our_release_runner_runs_deployed_tasks_with_a_runner_key() {
+    let keys = Keys::new();
+    let admin = keys.create("boss", "admin", &[]);
+    let runner_key = keys.create("fix-runner", "runner", &["fix"]);
+    let server = TestServer::start_with(&["--keys-file", keys.path()]);
+    let project = tempfile::tempdir().expect("project");
+    crate::common::write_project(project.path(), "hello", HELLO);
+    let as_admin = |args: &[&str]| {
+        let mut full = vec!["--api-key", admin.as_str(), "--json"];
+        full.extend(args);
+        json_of(&server.tilebox_in(project.path(), &full))
+    };
+    as_admin(&["workflow", "create", "Hello"]);
+    as_admin(&["cluster", "create", "Fix", "--slug", "fix"]);
+    as_admin(&["workflow", "publish-release"]);
+    as_admin(&["workflow", "deploy-release", "--latest", "--cluster", "fix"]);
+
+    // The runner key cannot publish (what a compromised runner host might try).
+    let output = server.tilebox_in(
+        project.path(),
+        &["--api-key", &runner_key, "workflow", "publish-release"],
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("key `fix-runner` (scope runner, clusters fix) may not"),
+        "{}",
+        stderr_of(&output)
+    );
+
+    let cache = tempfile::tempdir().expect("cache");
+    let runner = crate::common::RunnerProcess::spawn(
+        crate::common::tilebox_command(&["runner", "start", "--cluster", "fix", "--cache-dir"])
+            .arg(cache.path())
+            .env("TILEBOX_API_URL", server.url())
+            .env("TILEBOX_API_KEY", &runner_key),
+        cache.path().join("runner.log"),
+    );
+    let job = as_admin(&[
+        "job",
+        "submit",
+        "--name",
+        "keyed",
+        "--task",
+        "Hello",
+        "--cluster",
+        "fix",
+    ]);
+    let id = job["id"].as_str().expect("id").to_string();
+    wait_until(
+        "the runner key's runner to complete the job",
+        Duration::from_secs(90),
+        || {
+            json_of(&server.tilebox(&["--api-key", &admin, "--json", "job", "get", &id]))["state"]
+                == "completed"
+        },
+    )
+    .unwrap_or_else(|timed_out| {
+        panic!("{timed_out:?}\n{}\n{}", runner.log(), server.stderr_tail())
+    });
+    // The task's log reached the server through the runner key's OTLP export.
+    wait_until("the child's log to arrive", Duration::from_secs(30), || {
+        json_of(&server.tilebox(&["--api-key", &admin, "--json", "job", "logs", &id]))["logs"]
+            .as_array()
+            .is_some_and(|logs| logs.iter().any(|record| record["body"] == "child ran"))
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out:?}\n{}", runner.log()));
+    drop(runner);
+}
