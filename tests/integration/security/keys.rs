@@ -1273,3 +1273,34 @@ fn our_release_runner_runs_deployed_tasks_with_a_runner_key() {
     .unwrap_or_else(|timed_out| panic!("{timed_out:?}\n{}", runner.log()));
     drop(runner);
 }
+
+/// The status code of an empty OTLP/HTTP log export with `key`.
+fn post_empty_logs(server: &TestServer, key: &str) -> u16 {
+    use std::io::{Read, Write};
+    let address = server.url().trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /v1/logs HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_takes_runner_and_admin_keys_but_not_read_only_ones() {
+    let fixture = fixture();
+    assert_eq!(post_empty_logs(&fixture.server, &fixture.runner), 200);
+    assert_eq!(post_empty_logs(&fixture.server, &fixture.admin), 200);
+    assert_eq!(post_empty_logs(&fixture.server, &fixture.reader), 401);
+    assert_eq!(post_empty_logs(&fixture.server, "tbk_not-a-key"), 401);
+}
