@@ -9,6 +9,8 @@ pub const API_KEY: &str = "TILEBOX_API_KEY";
 pub const CLUSTER: &str = "TILEBOX_CLUSTER";
 /// The server's accepted tokens, comma-separated (`server --token`).
 pub const SERVER_TOKENS: &str = "TILEBOX_SERVER_TOKENS";
+/// The server's keys file of scoped API keys (`server --keys-file`, `server keys`).
+pub const SERVER_KEYS_FILE: &str = "TILEBOX_SERVER_KEYS_FILE";
 /// The server's data directory (`server --data-dir`).
 pub const DATA_DIR: &str = "TILEBOX_DATA_DIR";
 /// The binary a runner starts as the child-process host of a release (tests and

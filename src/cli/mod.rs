@@ -17,6 +17,7 @@
 
 mod cluster;
 mod job;
+mod keys;
 mod output;
 mod parallel;
 mod runner;
@@ -106,7 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Server(arguments) => server::run(arguments).await,
+            Command::Server(arguments) => server::run(arguments, cli.api.json).await,
             Command::Cluster(command) => cluster::run(command, &cli.api).await,
             Command::Job(command) => job::run(command, &cli.api).await,
             Command::Task(command) => task::run(command, cli.api.json).await,

@@ -7,16 +7,24 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::UserError;
 use crate::api::limits;
 use crate::server::{self, Server, scheduler};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+    /// The keys file of scoped API keys (`tilebox server keys` writes it); read again
+    /// whenever it changes.
+    #[arg(long, env = crate::env::SERVER_KEYS_FILE)]
+    keys_file: Option<PathBuf>,
     /// Address to listen on, `HOST:PORT`; port 0 picks a free one (the address is printed on
-    /// stdout). A non-loopback address needs a --token or --allow-unauthenticated.
+    /// stdout). A non-loopback address needs a --token, a --keys-file or
+    /// --allow-unauthenticated.
     #[arg(long, default_value = "127.0.0.1:8083", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Where the database lives [default: the user's data dir, e.g. ~/.local/share/tilebox].
@@ -76,13 +84,23 @@ pub struct ServerArgs {
     log_level: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Create, list, rotate and revoke scoped API keys.
+    #[command(subcommand)]
+    Keys(super::keys::KeysCommand),
+}
+
 fn default_data_dir() -> anyhow::Result<PathBuf> {
     dirs::data_dir()
         .map(|directory| directory.join("tilebox"))
         .context("cannot find the user's data directory; pass --data-dir")
 }
 
-pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(ServerCommand::Keys(command)) = arguments.command {
+        return super::keys::run(command, json);
+    }
     check_retention(arguments.telemetry_retention)?;
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={}", arguments.log_level))
         .with_context(|| format!("invalid --log-level `{}`", arguments.log_level))?;
@@ -97,7 +115,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
     )?;
     check_open_listen(
         arguments.listen,
-        &arguments.tokens,
+        !arguments.tokens.is_empty() || arguments.keys_file.is_some(),
         arguments.allow_unauthenticated,
     )?;
     let tokens = arguments.tokens;
@@ -105,6 +123,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
         tokens,
+        keys_file: arguments.keys_file,
         max_artifact_bytes: arguments.max_artifact_bytes,
         telemetry_retention: arguments.telemetry_retention,
         scheduler: scheduler::Options {
@@ -125,7 +144,7 @@ pub async fn run(arguments: ServerArgs) -> anyhow::Result<ExitCode> {
             max_open_calls_per_connection: arguments.max_open_calls_per_connection,
         },
     };
-    let open_server = options.tokens.is_empty();
+    let open_server = options.tokens.is_empty() && options.keys_file.is_none();
     let server = Server::bind(options).await?;
     let address = server
         .local_addr()
@@ -206,21 +225,22 @@ fn check_tokens(
     Ok(())
 }
 
-/// Refuses an open server (no token) on a non-loopback address unless the operator said so
-/// with --allow-unauthenticated. `0.0.0.0` and `::` count as non-loopback.
+/// Refuses an open server (no token, no keys file) on a non-loopback address unless the
+/// operator said so with --allow-unauthenticated. `0.0.0.0` and `::` count as non-loopback.
 fn check_open_listen(
     listen: SocketAddr,
-    tokens: &[String],
+    authenticated: bool,
     allow_unauthenticated: bool,
 ) -> Result<(), UserError> {
-    if tokens.is_empty() && !allow_unauthenticated && !listen.ip().to_canonical().is_loopback() {
+    if !authenticated && !allow_unauthenticated && !listen.ip().to_canonical().is_loopback() {
         return Err(UserError::with_hint(
             format!(
                 "refusing to start an unauthenticated server on the non-loopback address {listen}"
             ),
             format!(
-                "give API keys with --token or {}, listen on a loopback address such as \
-                 127.0.0.1, or pass --allow-unauthenticated to accept every client on the network",
+                "give API keys with --keys-file (`tilebox server keys create`), --token or {}, \
+                 listen on a loopback address such as 127.0.0.1, or pass \
+                 --allow-unauthenticated to accept every client on the network",
                 crate::env::SERVER_TOKENS
             ),
         ));
@@ -285,7 +305,7 @@ mod tests {
     #[test]
     fn only_loopback_may_be_open_without_the_flag() {
         let open = |address: &str, allow| {
-            check_open_listen(parse_listen(address).expect("address"), &[], allow).is_ok()
+            check_open_listen(parse_listen(address).expect("address"), false, allow).is_ok()
         };
         assert!(open("127.0.0.1:0", false));
         assert!(open("127.8.9.10:0", false));
@@ -297,7 +317,7 @@ mod tests {
         assert!(!open("10.1.2.3:0", false));
         assert!(open("0.0.0.0:0", true));
         let listen = parse_listen("0.0.0.0:0").expect("address");
-        assert!(check_open_listen(listen, &["key".into()], false).is_ok());
+        assert!(check_open_listen(listen, true, false).is_ok());
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! Layout:
 //! - `mod.rs`: `Options`, `Server` (bind, serve, shutdown), `Error`
 //! - `artifacts.rs`: release artifact bytes, content-addressed under the data dir
-//! - `auth.rs`: bearer-token authentication
+//! - `auth.rs`: authentication (flat tokens, scoped keys) and the permission table
+//! - `keys.rs`: the keys file of scoped API keys
 //! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
 //! - `services/`: the gRPC services
 //! - `store/`: the `Store` trait and its backends
 
 pub mod artifacts;
 pub mod auth;
+pub mod keys;
 pub mod scheduler;
 pub mod services;
 pub mod store;
@@ -60,6 +62,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("cannot remove unfinished uploads")]
     Artifacts(#[from] artifacts::Error),
+    #[error(transparent)]
+    Keys(#[from] keys::Error),
     #[error("the gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -71,6 +75,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Accepted API keys; empty means an open development server.
     pub tokens: Vec<String>,
+    /// The keys file of scoped API keys, read again whenever it changes.
+    pub keys_file: Option<PathBuf>,
     /// Largest release artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
     /// How long logs and spans are kept.
@@ -110,7 +116,7 @@ impl Default for Limits {
 pub struct Server {
     listener: TcpListener,
     scheduler: Scheduler,
-    tokens: Vec<String>,
+    authenticate: auth::Authenticate,
     artifacts: artifacts::ArtifactFiles,
     telemetry_retention: std::time::Duration,
     limits: Limits,
@@ -119,6 +125,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(options: Options) -> Result<Self, Error> {
+        let authenticate = auth::Authenticate::new(&options.tokens, options.keys_file)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options.data_dir)?);
         let listener = TcpListener::bind(options.listen)
             .await
@@ -138,7 +145,7 @@ impl Server {
         Ok(Self {
             listener,
             scheduler: Scheduler::new(store, options.scheduler),
-            tokens: options.tokens,
+            authenticate,
             telemetry_retention: options.telemetry_retention,
             artifacts,
             limits: options.limits,
@@ -155,7 +162,12 @@ impl Server {
         let (stop_reaper, reaper_stopped) = tokio::sync::watch::channel(false);
         let reaper_stopped_too = reaper_stopped.clone();
         let reaper = tokio::spawn(self.scheduler.clone().run_lease_reaper(reaper_stopped));
-        let authenticate = auth::Authenticate::new(&self.tokens);
+        let authenticate = self.authenticate;
+        let keys_watch = tokio::spawn(
+            authenticate
+                .clone()
+                .watch_keys_file(reaper_stopped_too.clone()),
+        );
         let max_message = self.limits.max_message_bytes;
         let open_calls =
             services::limits::ConnectionLimits::new(self.limits.max_open_calls_per_connection);
@@ -263,6 +275,7 @@ impl Server {
             }
         };
         retention.abort();
+        keys_watch.abort();
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
         Ok(result?)

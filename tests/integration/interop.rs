@@ -658,7 +658,11 @@ fn single(events: &[Event], predicate: impl Fn(&Event) -> bool) -> &Event {
 /// Runs `tests/interop/<name> <args>` with the SDK venv's Python against `server` and returns its
 /// summary. The script's output and the server's stderr go to the test's captured output, which
 /// the test harness shows when an assertion fails.
-fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, args: &[&str]) -> T {
+pub(crate) fn run_script<T: serde::de::DeserializeOwned>(
+    server: &TestServer,
+    name: &str,
+    args: &[&str],
+) -> T {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let python = sdk_python();
     let script = scripts_dir().join(name);

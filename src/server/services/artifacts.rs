@@ -14,6 +14,7 @@ use crate::api::selfhosted_v1::{
     ArtifactChunk, ArtifactInfo, GetArtifactRequest, UploadArtifactRequest,
 };
 use crate::server::artifacts::{self, ArtifactFiles};
+use crate::server::auth::{Action, authorize};
 use crate::server::store::{Artifact, Store};
 
 /// Bytes per download message.
@@ -78,6 +79,7 @@ impl ArtifactService for Artifacts {
         &self,
         request: Request<Streaming<UploadArtifactRequest>>,
     ) -> Result<Response<ArtifactInfo>, Status> {
+        authorize(&request, Action::UploadArtifact)?;
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -105,6 +107,7 @@ impl ArtifactService for Artifacts {
         &self,
         request: Request<GetArtifactRequest>,
     ) -> Result<Response<ArtifactInfo>, Status> {
+        authorize(&request, Action::ReadArtifacts)?;
         let artifact = self.find(request.get_ref()).await?;
         Ok(Response::new(info(&artifact)))
     }
@@ -115,6 +118,7 @@ impl ArtifactService for Artifacts {
         &self,
         request: Request<GetArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        authorize(&request, Action::ReadArtifacts)?;
         let artifact = self.find(request.get_ref()).await?;
         let path = self.files.path(&artifact.digest);
         let mut file = fs_err::tokio::File::open(&path).await.map_err(|error| {

@@ -16,6 +16,7 @@ use super::limits::{ConnectionLimits, OpenCall, Permit};
 use super::{messages, store_status};
 use crate::api::selfhosted_v1::deployment_service_server::DeploymentService;
 use crate::api::selfhosted_v1::{ClusterDeployments, DeployedRelease, WatchDeploymentsRequest};
+use crate::server::auth::{Action, authorize_cluster};
 use crate::server::store::{DEFAULT_CLUSTER_SLUG, Store};
 
 pub struct Deployments {
@@ -129,6 +130,11 @@ impl DeploymentService for Deployments {
         &self,
         request: Request<WatchDeploymentsRequest>,
     ) -> Result<Response<Self::WatchDeploymentsStream>, Status> {
+        authorize_cluster(
+            &request,
+            Action::WatchDeployments,
+            &request.get_ref().cluster_slug,
+        )?;
         let permit = self
             .limits
             .acquire(request.remote_addr(), OpenCall::Watch)?;

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::server::auth::{Action, authorize};
+
 use super::{
     messages, next_page, optional_uuid, page_of, required_uuid, scheduler_status, store_status,
 };
@@ -33,6 +35,7 @@ impl JobService for Jobs {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        authorize(&request, Action::SubmitJob)?;
         let job = self
             .scheduler
             .submit_job(request.into_inner())
@@ -42,6 +45,7 @@ impl JobService for Jobs {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        authorize(&request, Action::ReadJobs)?;
         let id = required_uuid(request.get_ref().job_id.as_ref(), "job_id")?;
         let job = self
             .scheduler
@@ -56,6 +60,7 @@ impl JobService for Jobs {
         &self,
         request: Request<ListJobTasksRequest>,
     ) -> Result<Response<ListJobTasksResponse>, Status> {
+        authorize(&request, Action::ReadJobs)?;
         let request = request.into_inner();
         let job = required_uuid(request.job_id.as_ref(), "job_id")?;
         let parent = optional_uuid(request.parent_task_id.as_ref(), "parent_task_id")?;
@@ -106,6 +111,7 @@ impl JobService for Jobs {
         &self,
         request: Request<RetryJobRequest>,
     ) -> Result<Response<RetryJobResponse>, Status> {
+        authorize(&request, Action::ManageJobs)?;
         let id = required_uuid(request.get_ref().job_id.as_ref(), "job_id")?;
         let count = self
             .scheduler
@@ -121,6 +127,7 @@ impl JobService for Jobs {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
+        authorize(&request, Action::ManageJobs)?;
         let id = required_uuid(request.get_ref().job_id.as_ref(), "job_id")?;
         self.scheduler
             .cancel_job(id)
@@ -133,6 +140,7 @@ impl JobService for Jobs {
         &self,
         request: Request<QueryJobsRequest>,
     ) -> Result<Response<QueryJobsResponse>, Status> {
+        authorize(&request, Action::ReadJobs)?;
         let request = request.into_inner();
         let descending = request.sort_direction == SortDirection::Descending as i32;
         let page = page_of(request.page.as_ref(), descending)?;
@@ -180,8 +188,9 @@ impl JobService for Jobs {
 
     async fn get_job_state_counts(
         &self,
-        _request: Request<GetJobStateCountsRequest>,
+        request: Request<GetJobStateCountsRequest>,
     ) -> Result<Response<GetJobStateCountsResponse>, Status> {
+        authorize(&request, Action::ReadJobs)?;
         let counts = self
             .scheduler
             .store()

@@ -27,8 +27,8 @@ use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::api::tilebox_v1::Pagination;
-use crate::server::scheduler;
 use crate::server::store::{self, Page};
+use crate::server::{auth, scheduler};
 
 pub use crate::api::RUNNER_ID_HEADER;
 /// Items per page when the request does not say.
@@ -73,6 +73,29 @@ pub fn scheduler_status(error: scheduler::Error) -> Status {
         scheduler::Error::InvalidRequest(message) => Status::invalid_argument(message),
         scheduler::Error::Store(error) => store_status(error),
     }
+}
+
+/// `PERMISSION_DENIED` unless `principal` may perform `action` on every one of `tasks`
+/// (reports and lease extensions): a runner key only on tasks of its clusters. Unknown tasks
+/// pass here and are answered by the scheduler as always.
+pub async fn authorize_tasks(
+    principal: &auth::Principal,
+    store: &dyn store::Store,
+    action: auth::Action,
+    tasks: Vec<Uuid>,
+) -> Result<(), Status> {
+    principal.check(action)?;
+    if principal.scope != crate::server::keys::Scope::Runner
+        || principal.may_serve_every_cluster()
+        || tasks.is_empty()
+    {
+        return Ok(());
+    }
+    let clusters = store.task_clusters(tasks).await.map_err(store_status)?;
+    for cluster in clusters.iter().flatten() {
+        principal.check_cluster(action, cluster)?;
+    }
+    Ok(())
 }
 
 /// Who is calling, as the claimant a task is fenced to: only its claimant may report it or

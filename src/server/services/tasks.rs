@@ -11,6 +11,7 @@ use crate::api::workflows_v1::{
     IdlingResponse, NextTaskRequest, NextTaskResponse, TaskFailedRequest, TaskLease,
     TaskLeaseRequest, TaskStateResponse,
 };
+use crate::server::auth::{Action, Principal, principal};
 use crate::server::scheduler::{NextTask, Scheduler};
 
 pub struct Tasks {
@@ -22,6 +23,15 @@ impl Tasks {
     pub fn new(scheduler: Scheduler, limits: ConnectionLimits) -> Self {
         Self { scheduler, limits }
     }
+
+    async fn authorize_tasks(
+        &self,
+        principal: &Principal,
+        action: Action,
+        tasks: Vec<uuid::Uuid>,
+    ) -> Result<(), Status> {
+        super::authorize_tasks(principal, self.scheduler.store().as_ref(), action, tasks).await
+    }
 }
 
 #[tonic::async_trait]
@@ -30,6 +40,15 @@ impl TaskService for Tasks {
         &self,
         request: Request<NextTaskRequest>,
     ) -> Result<Response<NextTaskResponse>, Status> {
+        let principal = principal(&request)?;
+        if let Some(claim) = &request.get_ref().next_task_to_run {
+            principal.check_cluster(Action::Claim, &claim.cluster_slug)?;
+        }
+        if let Some(computed) = &request.get_ref().computed_task {
+            let task = required_uuid(computed.id.as_ref(), "computed_task.id")?;
+            self.authorize_tasks(&principal, Action::Report, vec![task])
+                .await?;
+        }
         // A `NextTask` that asks for a task may wait for one: it holds one of the
         // connection's long-poll permits, taken before its computed task is applied, so a
         // refused call changes nothing. One that only reports answers at once and holds none.
@@ -67,6 +86,9 @@ impl TaskService for Tasks {
         &self,
         request: Request<TaskFailedRequest>,
     ) -> Result<Response<TaskStateResponse>, Status> {
+        let task = required_uuid(request.get_ref().task_id.as_ref(), "task_id")?;
+        self.authorize_tasks(&*principal(&request)?, Action::Report, vec![task])
+            .await?;
         let claimant = caller(&request);
         let state = self
             .scheduler
@@ -82,6 +104,9 @@ impl TaskService for Tasks {
         &self,
         request: Request<TaskLeaseRequest>,
     ) -> Result<Response<TaskLease>, Status> {
+        let task = required_uuid(request.get_ref().task_id.as_ref(), "task_id")?;
+        self.authorize_tasks(&*principal(&request)?, Action::ExtendLease, vec![task])
+            .await?;
         // Fenced like every report: only the claimant extends (see `caller` for how the SDK's
         // separate lease-renewer process is recognised as its runner).
         let claimant = caller(&request);

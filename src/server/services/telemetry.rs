@@ -32,7 +32,7 @@ use crate::api::workflows_v1::{
     LogSeverityGroup, PaginatedLogsData, PaginatedSpansData, QueryJobLogsRequest,
     QueryJobSpansRequest,
 };
-use crate::server::auth::Authenticate;
+use crate::server::auth::{Action, Authenticate, authorize};
 use crate::server::store::{self, Store, TelemetryKind, TelemetryRecord};
 
 /// What one OTLP export may carry.
@@ -346,6 +346,7 @@ impl TelemetryQueryService for Telemetry {
         &self,
         request: Request<QueryJobLogsRequest>,
     ) -> Result<Response<PaginatedLogsData>, Status> {
+        authorize(&request, Action::ReadTelemetry)?;
         let request = request.into_inner();
         let trace = self.job_trace(&request.job_id).await?;
         let descending = request.sort_direction == Some(SortDirection::Descending as i32);
@@ -375,6 +376,7 @@ impl TelemetryQueryService for Telemetry {
         &self,
         request: Request<QueryJobSpansRequest>,
     ) -> Result<Response<PaginatedSpansData>, Status> {
+        authorize(&request, Action::ReadTelemetry)?;
         let request = request.into_inner();
         let trace = self.job_trace(&request.job_id).await?;
         let descending = request.sort_direction == Some(SortDirection::Descending as i32);
@@ -401,6 +403,7 @@ impl LogsService for Telemetry {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        authorize(&request, Action::WriteTelemetry)?;
         self.ingest_logs(request.into_inner()).await?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: None,
@@ -419,6 +422,7 @@ impl TraceService for Traces {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        authorize(&request, Action::WriteTelemetry)?;
         self.0.ingest_spans(request.into_inner()).await?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,

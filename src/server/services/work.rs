@@ -6,13 +6,15 @@ use tonic::{Request, Response, Status};
 
 use super::limits::{ConnectionLimits, OpenCall};
 use super::{caller, messages, required_uuid, scheduler_status};
-use crate::api::convert::{duration, std_duration};
+use crate::api::convert::{duration, std_duration, uuid_of};
 use crate::api::selfhosted_v1::report_result::Outcome;
+use crate::api::selfhosted_v1::work_report::Report;
 use crate::api::selfhosted_v1::work_service_server::WorkService;
 use crate::api::selfhosted_v1::{
     ExtendLeasesRequest, ExtendLeasesResponse, ReportResult, WorkRequest, WorkResponse,
 };
 use crate::api::workflows_v1::{TaskLease, TaskState};
+use crate::server::auth::{Action, Principal, principal};
 use crate::server::scheduler::{ItemResult, Scheduler, may_wait};
 
 pub struct Work {
@@ -23,6 +25,15 @@ pub struct Work {
 impl Work {
     pub fn new(scheduler: Scheduler, limits: ConnectionLimits) -> Self {
         Self { scheduler, limits }
+    }
+
+    async fn authorize_tasks(
+        &self,
+        principal: &Principal,
+        action: Action,
+        tasks: Vec<uuid::Uuid>,
+    ) -> Result<(), Status> {
+        super::authorize_tasks(principal, self.scheduler.store().as_ref(), action, tasks).await
     }
 }
 
@@ -46,6 +57,27 @@ fn report_result(result: ItemResult) -> ReportResult {
 #[tonic::async_trait]
 impl WorkService for Work {
     async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
+        let principal = principal(&request)?;
+        let work = request.get_ref();
+        if work.capacity > 0 || work.prefetch > 0 {
+            principal.check_cluster(Action::Claim, &work.cluster_slug)?;
+        }
+        if !work.reports.is_empty() {
+            let tasks = work
+                .reports
+                .iter()
+                .filter_map(|report| {
+                    let id = match report.report.as_ref()? {
+                        Report::Computed(computed) => computed.id.as_ref(),
+                        Report::Failed(failed) => failed.task_id.as_ref(),
+                        Report::HandedBack(handed_back) => handed_back.task_id.as_ref(),
+                    };
+                    uuid_of(id).ok().flatten()
+                })
+                .collect();
+            self.authorize_tasks(&principal, Action::Report, tasks)
+                .await?;
+        }
         // Only a call that may wait for work holds one of the connection's long-poll
         // permits; one that only reports (our runner sends its results that way while its
         // claim waits) or does not ask to wait answers at once and is never refused for it.
@@ -84,6 +116,14 @@ impl WorkService for Work {
         &self,
         request: Request<ExtendLeasesRequest>,
     ) -> Result<Response<ExtendLeasesResponse>, Status> {
+        let tasks = request
+            .get_ref()
+            .leases
+            .iter()
+            .filter_map(|lease| uuid_of(lease.task_id.as_ref()).ok().flatten())
+            .collect();
+        self.authorize_tasks(&*principal(&request)?, Action::ExtendLease, tasks)
+            .await?;
         let claimant = caller(&request);
         let leases = request
             .into_inner()

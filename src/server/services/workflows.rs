@@ -3,6 +3,8 @@
 use rand::Rng;
 use tonic::{Request, Response, Status};
 
+use crate::server::auth::{Action, authorize, authorize_cluster};
+
 use prost::Message;
 
 use super::{messages, required_uuid, store_status};
@@ -205,6 +207,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<CreateClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
+        authorize(&request, Action::ManageClusters)?;
         let request = request.into_inner();
         if request.name.trim().is_empty() {
             return Err(Status::invalid_argument("cluster name must not be empty"));
@@ -232,6 +235,11 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<GetClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
+        authorize_cluster(
+            &request,
+            Action::ReadClusters,
+            &request.get_ref().cluster_slug,
+        )?;
         let cluster = self
             .store
             .get_cluster(resolve(&request.get_ref().cluster_slug))
@@ -244,6 +252,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<UpdateClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
+        authorize(&request, Action::ManageClusters)?;
         let request = request.into_inner();
         if request
             .name
@@ -268,6 +277,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<DeleteClusterRequest>,
     ) -> Result<Response<DeleteClusterResponse>, Status> {
+        authorize(&request, Action::ManageClusters)?;
         self.store
             .delete_cluster(resolve(&request.get_ref().cluster_slug))
             .await
@@ -277,11 +287,16 @@ impl WorkflowsService for Workflows {
 
     async fn list_clusters(
         &self,
-        _request: Request<ListClustersRequest>,
+        request: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
+        // A runner key sees the clusters it serves only.
+        let principal = authorize(&request, Action::ReadClusters)?;
         let clusters = self.store.list_clusters().await.map_err(store_status)?;
         let mut messages_out = Vec::with_capacity(clusters.len());
         for cluster in clusters {
+            if !principal.may_serve(&cluster.slug) {
+                continue;
+            }
             messages_out.push(self.cluster_message(cluster).await?);
         }
         Ok(Response::new(ListClustersResponse {
@@ -293,6 +308,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<CreateWorkflowRequest>,
     ) -> Result<Response<Workflow>, Status> {
+        authorize(&request, Action::ManageWorkflows)?;
         let request = request.into_inner();
         if request.name.trim().is_empty() {
             return Err(Status::invalid_argument("workflow name must not be empty"));
@@ -319,8 +335,9 @@ impl WorkflowsService for Workflows {
 
     async fn list_workflows(
         &self,
-        _request: Request<ListWorkflowsRequest>,
+        request: Request<ListWorkflowsRequest>,
     ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        authorize(&request, Action::ReadWorkflows)?;
         let workflows = self.store.list_workflows().await.map_err(store_status)?;
         let mut messages_out = Vec::with_capacity(workflows.len());
         for workflow in workflows {
@@ -336,6 +353,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<GetWorkflowRequest>,
     ) -> Result<Response<Workflow>, Status> {
+        authorize(&request, Action::ReadWorkflows)?;
         let workflow = self
             .store
             .get_workflow(&request.get_ref().workflow_slug)
@@ -348,6 +366,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<UpdateWorkflowRequest>,
     ) -> Result<Response<Workflow>, Status> {
+        authorize(&request, Action::ManageWorkflows)?;
         let request = request.into_inner();
         if request
             .name
@@ -373,6 +392,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<DeleteWorkflowRequest>,
     ) -> Result<Response<DeleteWorkflowResponse>, Status> {
+        authorize(&request, Action::ManageWorkflows)?;
         self.store
             .delete_workflow(&request.get_ref().workflow_slug)
             .await
@@ -384,6 +404,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<PublishWorkflowReleaseRequest>,
     ) -> Result<Response<WorkflowRelease>, Status> {
+        authorize(&request, Action::Publish)?;
         let request = request.into_inner();
         let artifact = required_uuid(request.artifact_id.as_ref(), "artifact_id")?;
         let content = request
@@ -407,6 +428,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<UnpublishWorkflowReleaseRequest>,
     ) -> Result<Response<UnpublishWorkflowReleaseResponse>, Status> {
+        authorize(&request, Action::Publish)?;
         let request = request.into_inner();
         let id = required_uuid(request.release_id.as_ref(), "release_id")?;
         self.store
@@ -420,6 +442,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<DeployWorkflowReleaseRequest>,
     ) -> Result<Response<DeployWorkflowReleaseResponse>, Status> {
+        authorize(&request, Action::Deploy)?;
         let request = request.into_inner();
         let id = required_uuid(request.release_id.as_ref(), "release_id")?;
         let clusters = Self::target_clusters(request.cluster_slugs);
@@ -439,6 +462,7 @@ impl WorkflowsService for Workflows {
         &self,
         request: Request<UndeployWorkflowReleaseRequest>,
     ) -> Result<Response<UndeployWorkflowReleaseResponse>, Status> {
+        authorize(&request, Action::Deploy)?;
         let request = request.into_inner();
         let id = required_uuid(request.release_id.as_ref(), "release_id")?;
         let clusters = Self::target_clusters(request.cluster_slugs);

@@ -451,4 +451,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Uuid, Vec<u8>)>>;
     /// Deletes records received before the given time; answers how many.
     async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize>;
+
+    /// The cluster of each of `tasks` (`None` for an unknown task), in order: what a runner
+    /// key's reports and lease extensions are checked against.
+    async fn task_clusters(&self, tasks: Vec<Uuid>) -> Result<Vec<Option<String>>>;
 }

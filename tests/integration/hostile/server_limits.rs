@@ -371,8 +371,9 @@ async fn watches_per_connection_are_limited_and_end_when_their_client_goes() {
         "every dropped watch to end on the server",
         Duration::from_secs(30),
         || {
+            // Watches ending at once may log out of order: the count reaches 0 on some line.
             let ended = live_watches_logged(&server, "deployment watch ended");
-            ended.len() == 20 && ended.last() == Some(&0)
+            ended.len() == 20 && ended.contains(&0)
         },
     )
     .unwrap_or_else(|error| panic!("{error}\n{}", server.stderr_tail()));

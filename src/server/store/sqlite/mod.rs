@@ -459,6 +459,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn task_clusters(&self, tasks: Vec<Uuid>) -> Result<Vec<Option<String>>> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached("SELECT cluster FROM tasks WHERE uuid = ?1")
+                .map_err(db("read task clusters"))?;
+            tasks
+                .iter()
+                .map(|task| {
+                    statement
+                        .query_row([task.as_bytes()], |row| row.get(0))
+                        .optional()
+                        .map_err(db("read task clusters"))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn get_cluster(&self, slug: &str) -> Result<Cluster> {
         let slug = slug.to_string();
         self.read(move |connection| get_cluster(connection, &slug))
