@@ -82,6 +82,9 @@ pub struct ApiArgs {
     /// API key, sent as `authorization: Bearer <key>`.
     #[arg(long, global = true, env = crate::env::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM CA certificate to verify an `https://` API URL with, instead of the system's roots.
+    #[arg(long, global = true, value_name = "PEM", env = crate::env::CA_CERT)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Print one JSON document instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -90,7 +93,12 @@ pub struct ApiArgs {
 impl ApiArgs {
     /// A connected API client.
     pub async fn connect(&self) -> Result<client::Client, client::Error> {
-        client::Client::connect(&self.api_url, self.api_key.as_deref()).await
+        client::Client::connect_with_ca(
+            &self.api_url,
+            self.api_key.as_deref(),
+            self.ca_cert.as_deref(),
+        )
+        .await
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `faults.rs`: lost leases, server kills and outages, frozen and unreachable runners
 //! - `storage_faults.rs`: the data directory on a tmpfs that fills up
 //! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
+//! - `security/`: TLS (and, with the other security work, authentication and keys)
 //! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
 //! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
@@ -24,6 +25,7 @@ mod interop;
 mod python;
 mod release;
 mod runner;
+mod security;
 mod server;
 mod snapshots;
 mod storage_faults;
