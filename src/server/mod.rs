@@ -207,7 +207,9 @@ impl Server {
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
         let telemetry = services::telemetry::Telemetry::new(store.clone(), self.limits.telemetry);
+        // The official SDK gzips every call on a secure (`https://`) channel.
         let query = TelemetryQueryServiceServer::new(telemetry.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         // An OTLP export over gRPC has the body limit of OTLP/HTTP.

@@ -659,6 +659,16 @@ fn single(events: &[Event], predicate: impl Fn(&Event) -> bool) -> &Event {
 /// summary. The script's output and the server's stderr go to the test's captured output, which
 /// the test harness shows when an assertion fails.
 fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, args: &[&str]) -> T {
+    run_script_with_env(server, name, args, &[])
+}
+
+/// [`run_script`] with extra environment variables for the script (e.g. the CA to trust).
+pub(crate) fn run_script_with_env<T: serde::de::DeserializeOwned>(
+    server: &TestServer,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> T {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let python = sdk_python();
     let script = scripts_dir().join(name);
@@ -676,6 +686,7 @@ fn run_script<T: serde::de::DeserializeOwned>(server: &TestServer, name: &str, a
         .env_remove("TILEBOX_RUNTIME_DIR")
         .env_remove("TILEBOX_RUNTIME_TOKEN")
         .env_remove("TILEBOX_WORKER_ADDRESS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(
             File::create(&stdout_path)

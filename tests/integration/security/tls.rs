@@ -292,3 +292,53 @@ fn unreadable_or_invalid_certificate_and_key_stop_the_server_naming_the_file() {
         stderr_of(&output)
     );
 }
+
+#[test]
+fn the_official_sdk_runs_a_job_and_exports_telemetry_over_tls() {
+    let pki = TestPki::new();
+    let server = pki.server();
+    let ca = pki.ca();
+    // grpcio's secure channel, and `requests` under the OTLP/HTTP exporters.
+    let env: [(&str, &Path); 3] = [
+        ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", &ca),
+        ("SSL_CERT_FILE", &ca),
+        ("REQUESTS_CA_BUNDLE", &ca),
+    ];
+    let summary: Value = crate::interop::run_script_with_env(&server, "telemetry.py", &[], &env);
+
+    assert_eq!(summary["runner_exit_code"], 0, "{summary:#}");
+    assert_eq!(summary["job"]["state"], "COMPLETED", "{summary:#}");
+    assert_eq!(
+        summary["job"]["tasks_by_state"]["COMPUTED"], 2,
+        "{summary:#}"
+    );
+    assert_eq!(
+        summary["runner_export_problems"],
+        Value::Array(Vec::new()),
+        "OTLP/HTTP exports over TLS: {summary:#}"
+    );
+    // QueryJobLogs/QueryJobSpans: the SDK gzips every call on an `https://` channel.
+    assert_eq!(summary["logs_error"], Value::Null, "{summary:#}");
+    assert_eq!(summary["spans_error"], Value::Null, "{summary:#}");
+    let bodies: Vec<&str> = summary["logs"]
+        .as_array()
+        .expect("logs")
+        .iter()
+        .filter_map(|log| log["body"].as_str())
+        .collect();
+    assert!(
+        bodies.contains(&"root starting") && bodies.contains(&"child says hi"),
+        "the runner's logs arrived over TLS: {bodies:?}"
+    );
+    let spans: Vec<&str> = summary["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .filter_map(|span| span["name"].as_str())
+        .collect();
+    assert!(
+        spans.contains(&"task/Root") && spans.contains(&"task/Child"),
+        "the runner's spans arrived over TLS: {spans:?}"
+    );
+    server.stop();
+}
