@@ -104,13 +104,29 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Status { status, url, .. } => match status.code() {
-                tonic::Code::Unavailable if certificate_error(status).is_some() => Some(format!(
-                    "the server's certificate is not trusted: pass the CA certificate that signed it with --ca-cert or {}, or check that {url} names the host in the certificate",
-                    crate::env::CA_CERT
-                )),
-                tonic::Code::Unavailable => Some(format!(
-                    "is a server running at {url}? Start one with `tilebox server`, or point --api-url / TILEBOX_API_URL at it"
-                )),
+                tonic::Code::Unavailable => match tls_problem(status) {
+                    Some(TlsProblem::Certificate(_)) => Some(format!(
+                        "the server's certificate is not trusted: pass the CA certificate that signed it with --ca-cert or {}, or check that {url} names the host in the certificate",
+                        crate::env::CA_CERT
+                    )),
+                    Some(TlsProblem::NotTls(_)) => Some(
+                        "a server started without --tls-cert speaks plaintext: use an http:// URL"
+                            .to_string(),
+                    ),
+                    Some(TlsProblem::Other(_)) => None,
+                    None => Some(format!(
+                        "is a server running at {url}? Start one with `tilebox server`, or point --api-url / TILEBOX_API_URL at it"
+                    )),
+                },
+                // A TLS server's handshake alert read as an HTTP/2 frame.
+                _ if url.starts_with("http://")
+                    && status.message().starts_with("h2 protocol error") =>
+                {
+                    Some(
+                        "if the server was started with --tls-cert, use an https:// URL"
+                            .to_string(),
+                    )
+                }
                 tonic::Code::Unauthenticated => {
                     Some("pass a valid key with --api-key or TILEBOX_API_KEY".to_string())
                 }
@@ -139,8 +155,17 @@ impl Error {
 /// A short description of a failed call: the server's message and its code, or for a
 /// connection that could not be made, just that.
 fn describe(status: &tonic::Status, url: &str) -> String {
-    if let Some(reason) = certificate_error(status) {
-        return format!("cannot connect to {url}: TLS certificate error: {reason}");
+    match tls_problem(status) {
+        Some(TlsProblem::Certificate(reason)) => {
+            return format!("cannot connect to {url}: TLS certificate error: {reason}");
+        }
+        Some(TlsProblem::NotTls(reason)) => {
+            return format!("cannot connect to {url}: the server does not speak TLS ({reason})");
+        }
+        Some(TlsProblem::Other(reason)) => {
+            return format!("cannot connect to {url}: TLS handshake failed: {reason}");
+        }
+        None => {}
     }
     if status.code() == tonic::Code::Unavailable && status.message().contains("connect") {
         return format!("cannot connect to {url}");
@@ -148,9 +173,17 @@ fn describe(status: &tonic::Status, url: &str) -> String {
     format!("{} ({:?})", status.message(), status.code())
 }
 
-/// The TLS certificate problem that failed a connection, if that is what failed it (an
-/// untrusted issuer, a name mismatch, an expired certificate).
-fn certificate_error(status: &tonic::Status) -> Option<String> {
+/// Why a TLS connection could not be made.
+enum TlsProblem {
+    /// The server's certificate is not trusted (issuer, name, validity).
+    Certificate(String),
+    /// The server answered with something that is not TLS: a plaintext server.
+    NotTls(String),
+    Other(String),
+}
+
+/// The TLS problem that failed a connection, if that is what failed it.
+fn tls_problem(status: &tonic::Status) -> Option<TlsProblem> {
     use tokio_rustls::rustls;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = cause {
@@ -160,10 +193,17 @@ fn certificate_error(status: &tonic::Status) -> Option<String> {
             .and_then(std::io::Error::get_ref)
             .map(|inner| inner as &(dyn std::error::Error + 'static));
         for candidate in [Some(error), inner].into_iter().flatten() {
-            if let Some(rustls::Error::InvalidCertificate(reason)) =
-                candidate.downcast_ref::<rustls::Error>()
-            {
-                return Some(format!("invalid peer certificate: {reason:?}"));
+            match candidate.downcast_ref::<rustls::Error>() {
+                Some(rustls::Error::InvalidCertificate(reason)) => {
+                    return Some(TlsProblem::Certificate(format!(
+                        "invalid peer certificate: {reason:?}"
+                    )));
+                }
+                Some(problem @ rustls::Error::InvalidMessage(_)) => {
+                    return Some(TlsProblem::NotTls(problem.to_string()));
+                }
+                Some(problem) => return Some(TlsProblem::Other(problem.to_string())),
+                None => {}
             }
         }
         cause = error.source();

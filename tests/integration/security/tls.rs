@@ -212,6 +212,45 @@ fn a_client_without_the_ca_is_refused_with_a_certificate_error() {
 }
 
 #[test]
+fn a_scheme_that_does_not_match_the_server_is_refused() {
+    let pki = TestPki::new();
+    let ca = pki.ca();
+
+    // https:// against a plaintext server: named as such, exit 1, with the fix.
+    let plain = TestServer::start();
+    let https = plain.url().replacen("http://", "https://", 1);
+    let output = crate::common::tilebox_command(&["--ca-cert", utf8(&ca), "job", "list"])
+        .env("TILEBOX_API_URL", &https)
+        .output()
+        .expect("run tilebox");
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to {https}: the server does not speak TLS"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use an http:// URL"), "{stderr}");
+
+    // http:// against a TLS server never gets an answer: no call goes through in clear.
+    let tls = pki.server();
+    let http = tls.url().replacen("https://", "http://", 1);
+    let output = crate::common::tilebox_command(&["job", "list"])
+        .env("TILEBOX_API_URL", &http)
+        .output()
+        .expect("run tilebox");
+    assert!(!output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("QueryJobs failed"),
+        "{}",
+        stderr_of(&output)
+    );
+    plain.stop();
+    tls.stop();
+}
+
+#[test]
 fn unreadable_or_invalid_certificate_and_key_stop_the_server_naming_the_file() {
     let pki = TestPki::new();
     let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
