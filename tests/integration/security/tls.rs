@@ -149,6 +149,14 @@ fn cli_and_runner_complete_a_job_over_tls_with_the_ca_cert() {
         last["execution_stats"]["tasks_by_state"]["computed"], 2,
         "{last:#}"
     );
+
+    // Without --ca-cert the system roots apply; OpenSSL's SSL_CERT_FILE names them here.
+    let output = crate::common::tilebox_command(&["--json", "job", "get", &id])
+        .env("TILEBOX_API_URL", server.url())
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .expect("run tilebox");
+    assert_eq!(json_of(&output)["state"], "completed");
     server.stop();
 }
 
