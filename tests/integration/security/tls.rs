@@ -105,6 +105,9 @@ fn cli_and_runner_complete_a_job_over_tls_with_the_ca_cert() {
         server.url()
     );
     let ca = pki.ca();
+    // A client that connects and never starts its handshake holds up no one else's.
+    let address = server.url().trim_start_matches("https://");
+    let silent = std::net::TcpStream::connect(address).expect("connect without speaking");
 
     let submitted = json_of(&server.tilebox(&[
         "--ca-cert",
@@ -120,6 +123,16 @@ fn cli_and_runner_complete_a_job_over_tls_with_the_ca_cert() {
         "",
     ]));
     let id = submitted["id"].as_str().expect("the job's id").to_string();
+    // ...it was still waiting (not timed out and dropped) while the submission went through.
+    silent.set_nonblocking(true).expect("nonblocking");
+    let still_open = matches!(
+        std::io::Read::read(&mut &silent, &mut [0u8; 1]),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+    );
+    assert!(
+        still_open,
+        "the silent connection was dropped before the submission was served"
+    );
 
     // The runner takes the CA from the environment.
     let project = project("tls", APP);
