@@ -5,6 +5,9 @@
 pub const API_URL: &str = "TILEBOX_API_URL";
 /// The API key sent as `authorization: Bearer <key>` (`--api-key`).
 pub const API_KEY: &str = "TILEBOX_API_KEY";
+/// A PEM file with the CA certificate(s) `https://` API URLs are verified against, instead
+/// of the system's roots (`--ca-cert`).
+pub const CA_CERT: &str = "TILEBOX_CA_CERT";
 /// The cluster a runner claims tasks for (`runner start --cluster`).
 pub const CLUSTER: &str = "TILEBOX_CLUSTER";
 /// The server's accepted tokens, comma-separated (`server --token`).

@@ -51,7 +51,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the orchestrator server (the Tilebox workflows gRPC API).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Manage clusters.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -83,6 +83,9 @@ pub struct ApiArgs {
     /// API key, sent as `authorization: Bearer <key>`.
     #[arg(long, global = true, env = crate::env::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM CA certificate to verify an `https://` API URL with, instead of the system's roots.
+    #[arg(long, global = true, value_name = "PEM", env = crate::env::CA_CERT)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Print one JSON document instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -91,7 +94,12 @@ pub struct ApiArgs {
 impl ApiArgs {
     /// A connected API client.
     pub async fn connect(&self) -> Result<client::Client, client::Error> {
-        client::Client::connect(&self.api_url, self.api_key.as_deref()).await
+        client::Client::connect_with_ca(
+            &self.api_url,
+            self.api_key.as_deref(),
+            self.ca_cert.as_deref(),
+        )
+        .await
     }
 }
 
@@ -107,7 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Server(arguments) => server::run(arguments, cli.api.json).await,
+            Command::Server(arguments) => server::run(*arguments, cli.api.json).await,
             Command::Cluster(command) => cluster::run(command, &cli.api).await,
             Command::Job(command) => job::run(command, &cli.api).await,
             Command::Task(command) => task::run(command, cli.api.json).await,

@@ -79,6 +79,14 @@ pub struct ServerArgs {
           value_parser = clap::builder::TypedValueParser::map(
               clap::value_parser!(u32).range(1..), |limit| limit as usize))]
     max_open_calls_per_connection: usize,
+    // ---- TLS (README: "Running with TLS") ----
+    /// PEM certificate chain (leaf first) to serve gRPC and OTLP/HTTP over TLS; needs
+    /// --tls-key. Without it the port speaks plaintext.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -119,6 +127,8 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
         arguments.allow_unauthenticated,
     )?;
     let tokens = arguments.tokens;
+    let tls = load_tls(arguments.tls_cert.as_deref(), arguments.tls_key.as_deref())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let options = server::Options {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
@@ -143,13 +153,14 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
             },
             max_open_calls_per_connection: arguments.max_open_calls_per_connection,
         },
+        tls,
     };
     let open_server = options.tokens.is_empty() && options.keys_file.is_none();
     let server = Server::bind(options).await?;
     let address = server
         .local_addr()
         .context("cannot read the bound address")?;
-    tracing::info!(%address, data_dir = %data_dir.display(), open = open_server, "tilebox server started");
+    tracing::info!(%address, data_dir = %data_dir.display(), open = open_server, tls = scheme == "https", "tilebox server started");
     if open_server && !address.ip().to_canonical().is_loopback() {
         tracing::warn!(
             %address,
@@ -163,12 +174,31 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
     }
     {
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{address}").context("cannot write to stdout")?;
+        writeln!(stdout, "listening on {scheme}://{address}").context("cannot write to stdout")?;
         stdout.flush().context("cannot write to stdout")?;
     }
     server.serve(shutdown_signal()).await?;
     tracing::info!("tilebox server stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TLS configuration of `--tls-cert`/`--tls-key` (clap makes them come together); an
+/// unreadable or invalid file is the user's to fix.
+fn load_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<server::tls::TlsConfig>, UserError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    server::tls::TlsConfig::load(cert, key)
+        .map(Some)
+        .map_err(|error| {
+            UserError::caused_by(
+                error,
+                Some("give a PEM certificate chain (leaf first) with --tls-cert and its PEM private key with --tls-key"),
+            )
+        })
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -1,7 +1,9 @@
 //! A typed client over the Tilebox workflows API, used by the CLI and the runner.
 //!
 //! One HTTP/2 channel is shared by every service; the API key travels as
-//! `authorization: Bearer <key>` on every call.
+//! `authorization: Bearer <key>` on every call. `https://` URLs use TLS (rustls), verifying
+//! the server against the system's roots or, when given, only the CA certificate of
+//! `--ca-cert`.
 //!
 //! Layout:
 //! - `mod.rs`: `Client`, connection and authentication, `Error`
@@ -13,14 +15,14 @@ mod artifacts;
 mod backoff;
 mod runner;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::api::otlp::collector::logs::v1::logs_service_client::LogsServiceClient;
 use crate::api::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -42,6 +44,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("invalid API URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("cannot read the CA certificate {}", path.display())]
+    ReadCaCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA certificate file {} holds no PEM certificate", path.display())]
+    InvalidCaCert { path: PathBuf },
+    #[error("cannot set up TLS for `{url}`")]
+    Tls {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error("the API key is not a valid header value")]
     InvalidApiKey,
     #[error("cannot read the artifact {}", path.display())]
@@ -64,7 +80,12 @@ impl Error {
     /// rather than an internal fault.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::InvalidUrl { .. } | Error::InvalidApiKey | Error::ReadArtifact { .. } => true,
+            Error::InvalidUrl { .. }
+            | Error::InvalidApiKey
+            | Error::ReadArtifact { .. }
+            | Error::ReadCaCert { .. }
+            | Error::InvalidCaCert { .. }
+            | Error::Tls { .. } => true,
             Error::Status { status, .. } => matches!(
                 status.code(),
                 tonic::Code::InvalidArgument
@@ -83,9 +104,29 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Status { status, url, .. } => match status.code() {
-                tonic::Code::Unavailable => Some(format!(
-                    "is a server running at {url}? Start one with `tilebox server`, or point --api-url / TILEBOX_API_URL at it"
-                )),
+                tonic::Code::Unavailable => match tls_problem(status) {
+                    Some(TlsProblem::Certificate(_)) => Some(format!(
+                        "the server's certificate is not trusted: pass the CA certificate that signed it with --ca-cert or {}, or check that {url} names the host in the certificate",
+                        crate::env::CA_CERT
+                    )),
+                    Some(TlsProblem::NotTls(_)) => Some(
+                        "a server started without --tls-cert speaks plaintext: use an http:// URL"
+                            .to_string(),
+                    ),
+                    Some(TlsProblem::Other(_)) => None,
+                    None => Some(format!(
+                        "is a server running at {url}? Start one with `tilebox server`, or point --api-url / TILEBOX_API_URL at it"
+                    )),
+                },
+                // A TLS server's handshake alert read as an HTTP/2 frame.
+                _ if url.starts_with("http://")
+                    && status.message().starts_with("h2 protocol error") =>
+                {
+                    Some(
+                        "if the server was started with --tls-cert, use an https:// URL"
+                            .to_string(),
+                    )
+                }
                 tonic::Code::Unauthenticated => {
                     Some("pass a valid key with --api-key or TILEBOX_API_KEY".to_string())
                 }
@@ -94,7 +135,11 @@ impl Error {
             Error::InvalidUrl { .. } => {
                 Some("use the form http://host:port or https://host[:port]".to_string())
             }
-            Error::InvalidApiKey | Error::ReadArtifact { .. } => None,
+            Error::ReadCaCert { .. } | Error::InvalidCaCert { .. } => Some(format!(
+                "--ca-cert / {} takes a PEM file with the certificate of the CA that signed the server's certificate",
+                crate::env::CA_CERT
+            )),
+            Error::InvalidApiKey | Error::ReadArtifact { .. } | Error::Tls { .. } => None,
         }
     }
 
@@ -110,10 +155,60 @@ impl Error {
 /// A short description of a failed call: the server's message and its code, or for a
 /// connection that could not be made, just that.
 fn describe(status: &tonic::Status, url: &str) -> String {
+    match tls_problem(status) {
+        Some(TlsProblem::Certificate(reason)) => {
+            return format!("cannot connect to {url}: TLS certificate error: {reason}");
+        }
+        Some(TlsProblem::NotTls(reason)) => {
+            return format!("cannot connect to {url}: the server does not speak TLS ({reason})");
+        }
+        Some(TlsProblem::Other(reason)) => {
+            return format!("cannot connect to {url}: TLS handshake failed: {reason}");
+        }
+        None => {}
+    }
     if status.code() == tonic::Code::Unavailable && status.message().contains("connect") {
         return format!("cannot connect to {url}");
     }
     format!("{} ({:?})", status.message(), status.code())
+}
+
+/// Why a TLS connection could not be made.
+enum TlsProblem {
+    /// The server's certificate is not trusted (issuer, name, validity).
+    Certificate(String),
+    /// The server answered with something that is not TLS: a plaintext server.
+    NotTls(String),
+    Other(String),
+}
+
+/// The TLS problem that failed a connection, if that is what failed it.
+fn tls_problem(status: &tonic::Status) -> Option<TlsProblem> {
+    use tokio_rustls::rustls;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = cause {
+        // tokio-rustls wraps rustls' error in an io::Error, whose `source` skips it.
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(error), inner].into_iter().flatten() {
+            match candidate.downcast_ref::<rustls::Error>() {
+                Some(rustls::Error::InvalidCertificate(reason)) => {
+                    return Some(TlsProblem::Certificate(format!(
+                        "invalid peer certificate: {reason:?}"
+                    )));
+                }
+                Some(problem @ rustls::Error::InvalidMessage(_)) => {
+                    return Some(TlsProblem::NotTls(problem.to_string()));
+                }
+                Some(problem) => return Some(TlsProblem::Other(problem.to_string())),
+                None => {}
+            }
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// Adds the bearer token to every call.
@@ -170,7 +265,17 @@ pub struct Client {
 impl Client {
     /// A client for the API at `url`; the connection is made on first use.
     pub async fn connect(url: &str, api_key: Option<&str>) -> Result<Self> {
-        let endpoint = endpoint(url)?;
+        Self::connect_with_ca(url, api_key, None).await
+    }
+
+    /// A client for the API at `url` that, for an `https://` URL, trusts only the PEM CA
+    /// certificate(s) in `ca_cert` (system roots when `None`). Plaintext URLs ignore it.
+    pub async fn connect_with_ca(
+        url: &str,
+        api_key: Option<&str>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self> {
+        let endpoint = endpoint(url, ca_cert)?;
         let channel = endpoint.connect_lazy();
         let header = match api_key {
             Some(key) if !key.is_empty() => Some(
@@ -233,9 +338,9 @@ impl Client {
     }
 }
 
-/// The endpoint for an API URL: `http://host:port` is plaintext HTTP/2, anything else TLS is
-/// not supported by this build and refused with a clear error.
-fn endpoint(url: &str) -> Result<Endpoint> {
+/// The endpoint for an API URL: `http://host:port` (or no scheme) is plaintext HTTP/2,
+/// `https://` is HTTP/2 over TLS.
+fn endpoint(url: &str, ca_cert: Option<&Path>) -> Result<Endpoint> {
     let invalid = |reason: &str| Error::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -245,11 +350,22 @@ fn endpoint(url: &str) -> Result<Endpoint> {
     } else {
         format!("http://{url}")
     };
-    if !normalized.starts_with("http://") {
-        return Err(invalid("only plaintext http:// URLs are supported"));
+    let tls = normalized.starts_with("https://");
+    if !tls && !normalized.starts_with("http://") {
+        return Err(invalid("the scheme must be http:// or https://"));
     }
-    let endpoint = Endpoint::from_shared(normalized.trim_end_matches('/').to_string())
+    let mut endpoint = Endpoint::from_shared(normalized.trim_end_matches('/').to_string())
         .map_err(|error| invalid(&error.to_string()))?;
+    if tls {
+        let config = match ca_cert {
+            Some(path) => ClientTlsConfig::new().ca_certificate(read_ca_cert(path)?),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(config).map_err(|source| Error::Tls {
+            url: url.to_string(),
+            source,
+        })?;
+    }
     Ok(endpoint
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -257,22 +373,56 @@ fn endpoint(url: &str) -> Result<Endpoint> {
         .keep_alive_while_idle(true))
 }
 
+/// The PEM CA certificate(s) of `--ca-cert`, checked to hold at least one certificate so a
+/// wrong file fails here rather than as an untrusted server.
+fn read_ca_cert(path: &Path) -> Result<Certificate> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let pem = fs_err::read(path).map_err(|source| Error::ReadCaCert {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certificates = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => Ok(Certificate::from_pem(pem)),
+        _ => Err(Error::InvalidCaCert {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_accepts_plain_and_schemeless_urls() {
-        assert!(endpoint("http://127.0.0.1:8083").is_ok());
-        assert!(endpoint("127.0.0.1:8083").is_ok());
-        assert!(endpoint("http://localhost:1/").is_ok());
+    fn endpoint_accepts_plain_schemeless_and_tls_urls() {
+        assert!(endpoint("http://127.0.0.1:8083", None).is_ok());
+        assert!(endpoint("127.0.0.1:8083", None).is_ok());
+        assert!(endpoint("http://localhost:1/", None).is_ok());
+        assert!(endpoint("https://api.tilebox.com", None).is_ok());
     }
 
     #[test]
-    fn endpoint_refuses_tls_urls_with_a_reason() {
-        let error = endpoint("https://api.tilebox.com").unwrap_err();
+    fn endpoint_refuses_other_schemes_with_a_reason() {
+        let error = endpoint("ftp://api.tilebox.com", None).unwrap_err();
         assert!(
-            error.to_string().contains("https://api.tilebox.com"),
+            error.to_string().contains("ftp://api.tilebox.com"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn ca_cert_errors_name_the_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let missing = directory.path().join("missing.pem");
+        let error = endpoint("https://localhost:1", Some(&missing)).unwrap_err();
+        assert!(error.to_string().contains("missing.pem"), "{error}");
+        let garbage = directory.path().join("garbage.pem");
+        fs_err::write(&garbage, "not a certificate").unwrap();
+        let error = endpoint("https://localhost:1", Some(&garbage)).unwrap_err();
+        assert!(
+            error.to_string().contains("garbage.pem") && error.to_string().contains("no PEM"),
             "{error}"
         );
     }

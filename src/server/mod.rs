@@ -9,6 +9,7 @@
 //! - `artifacts.rs`: release artifact bytes, content-addressed under the data dir
 //! - `auth.rs`: authentication (flat tokens, scoped keys) and the permission table
 //! - `keys.rs`: the keys file of scoped API keys
+//! - `tls.rs`: the optional TLS of the port (certificate and key, concurrent handshakes)
 //! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
 //! - `services/`: the gRPC services
 //! - `store/`: the `Store` trait and its backends
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod scheduler;
 pub mod services;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,6 +85,8 @@ pub struct Options {
     pub telemetry_retention: std::time::Duration,
     pub scheduler: scheduler::Options,
     pub limits: Limits,
+    /// The certificate and key to serve TLS with; `None` serves plaintext.
+    pub tls: Option<tls::TlsConfig>,
 }
 
 /// What one message, export or connection may take.
@@ -120,6 +124,7 @@ pub struct Server {
     artifacts: artifacts::ArtifactFiles,
     telemetry_retention: std::time::Duration,
     limits: Limits,
+    tls: Option<tls::TlsConfig>,
 }
 
 impl Server {
@@ -149,6 +154,7 @@ impl Server {
             telemetry_retention: options.telemetry_retention,
             artifacts,
             limits: options.limits,
+            tls: options.tls,
         })
     }
 
@@ -213,7 +219,9 @@ impl Server {
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
         let telemetry = services::telemetry::Telemetry::new(store.clone(), self.limits.telemetry);
+        // The official SDK gzips every call on a secure (`https://`) channel.
         let query = TelemetryQueryServiceServer::new(telemetry.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         // An OTLP export over gRPC has the body limit of OTLP/HTTP.
@@ -247,20 +255,29 @@ impl Server {
                 .into_axum_router()
                 .merge(services::telemetry::http_routes(telemetry, authenticate));
 
-        let incoming = TcpListenerStream::new(self.listener).map(|stream| {
-            let stream = stream?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        });
         let (shutdown_started, grace_started) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
             let _ = shutdown_started.send(());
         };
-        let serving = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .accept_http1(true)
-            .add_routes(tonic::service::Routes::from(routes))
-            .serve_with_incoming_shutdown(incoming, shutdown);
+            .add_routes(tonic::service::Routes::from(routes));
+        let serving: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match self.tls {
+            None => {
+                let incoming = TcpListenerStream::new(self.listener).map(|stream| {
+                    let stream = stream?;
+                    stream.set_nodelay(true)?;
+                    Ok::<_, std::io::Error>(stream)
+                });
+                Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
+            }
+            Some(config) => Box::pin(
+                router.serve_with_incoming_shutdown(tls::incoming(self.listener, config), shutdown),
+            ),
+        };
         let grace_over = async {
             match grace_started.await {
                 Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,

@@ -663,6 +663,16 @@ pub(crate) fn run_script<T: serde::de::DeserializeOwned>(
     name: &str,
     args: &[&str],
 ) -> T {
+    run_script_with_env(server, name, args, &[])
+}
+
+/// [`run_script`] with extra environment variables for the script (e.g. the CA to trust).
+pub(crate) fn run_script_with_env<T: serde::de::DeserializeOwned>(
+    server: &TestServer,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> T {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let python = sdk_python();
     let script = scripts_dir().join(name);
@@ -680,6 +690,7 @@ pub(crate) fn run_script<T: serde::de::DeserializeOwned>(
         .env_remove("TILEBOX_RUNTIME_DIR")
         .env_remove("TILEBOX_RUNTIME_TOKEN")
         .env_remove("TILEBOX_WORKER_ADDRESS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(
             File::create(&stdout_path)

@@ -12,7 +12,6 @@
 //! - `faults.rs`: lost leases, server kills and outages, frozen and unreachable runners
 //! - `storage_faults.rs`: the data directory on a tmpfs that fills up
 //! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
-//! - `security/`: scoped API keys (and, with other items, auth and TLS)
 //! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
 //! - `security/`: authentication that fails closed, API keys, TLS
 //! - `python.rs`: the embedding layer with real CPython and uv venvs

@@ -66,7 +66,7 @@ impl TestServer {
         server
     }
 
-    /// The API URL, `http://127.0.0.1:PORT`.
+    /// The API URL, `http://127.0.0.1:PORT` (`https://` with `--tls-cert`).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -106,8 +106,9 @@ impl TestServer {
         self.kill();
         self.listen = self
             .url
-            .strip_prefix("http://")
-            .expect("the server URL starts with http://")
+            .split_once("://")
+            .expect("the server URL starts with http:// or https://")
+            .1
             .to_owned();
         self.spawn();
     }
@@ -208,8 +209,8 @@ impl TestServer {
             };
             self.fail_start(child, &reason)
         };
-        if !url.starts_with("http://127.0.0.1:") {
-            let reason = format!("it listens on {url:?}, expected http://127.0.0.1:PORT");
+        if !url.starts_with("http://127.0.0.1:") && !url.starts_with("https://127.0.0.1:") {
+            let reason = format!("it listens on {url:?}, expected http(s)://127.0.0.1:PORT");
             self.fail_start(child, &reason);
         }
         self.url = url.to_owned();
@@ -243,6 +244,7 @@ pub fn tilebox_command(args: &[&str]) -> Command {
         .args(args)
         .env_remove("TILEBOX_API_KEY")
         .env_remove("TILEBOX_API_URL")
+        .env_remove("TILEBOX_CA_CERT")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     command
