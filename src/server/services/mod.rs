@@ -106,13 +106,14 @@ pub async fn authorize_tasks(
 /// - The official SDK sends no runner identity: its lease renewer is a separate process with
 ///   its own connection, its `tilebox-client` metadata is the same for every SDK on a host
 ///   (name, versions, OS), and `Client(client_id=…)` is never sent. So the claimant is the
-///   peer, `host:<ip>:<port>`, and the store takes the same IP for the same runner (the
-///   renewer, a reconnect); callers on other hosts are fenced off from the first claim.
+///   peer and the name of its API key, `host:<key name>@<ip>:<port>`, and the store takes
+///   the same key from the same IP for the same runner (the renewer, a reconnect): callers
+///   on other hosts, or with another key, are fenced off from the first claim. The key's
+///   name is no secret (the keys file and `keys list` show it).
 ///
-/// Limit: SDK runners on one host (or behind one NAT address) are told apart only by their
-/// connection, and only once a task was fenced by a lost lease or a hand-back. The bearer
-/// key is left out on purpose: storing material derived from secrets next to every task is
-/// not worth telling apart runners that share a host and differ only by key.
+/// Limit: SDK runners on one host (or behind one NAT address) with the same key are told
+/// apart only by their connection, and only once a task was fenced by a lost lease or a
+/// hand-back.
 pub fn caller<T>(request: &tonic::Request<T>) -> String {
     if let Some(id) = request
         .metadata()
@@ -122,9 +123,13 @@ pub fn caller<T>(request: &tonic::Request<T>) -> String {
     {
         return format!("runner:{id}");
     }
+    let key = request
+        .extensions()
+        .get::<std::sync::Arc<auth::Principal>>()
+        .map_or("", |principal| principal.name.as_str());
     match request.remote_addr() {
         Some(address) => format!(
-            "host:{}",
+            "host:{key}@{}",
             std::net::SocketAddr::new(address.ip().to_canonical(), address.port())
         ),
         None => "unknown".to_string(),

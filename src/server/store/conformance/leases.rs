@@ -272,10 +272,11 @@ pub(crate) async fn reports_and_extensions_from_another_claimant_are_stale_from_
     );
     assert_eq!(job_state(&store, job_id).await, JobState::Completed);
 
-    // Claimants without a runner id are their host.
-    const CLAIMING: &str = "host:10.0.0.1:5000";
-    const RENEWER: &str = "host:10.0.0.1:5001";
-    const OTHER_HOST: &str = "host:10.0.0.2:5000";
+    // Claimants without a runner id are their host, with the name of the key they call with.
+    const CLAIMING: &str = "host:fleet@10.0.0.1:5000";
+    const RENEWER: &str = "host:fleet@10.0.0.1:5001";
+    const OTHER_HOST: &str = "host:fleet@10.0.0.2:5000";
+    const OTHER_KEY: &str = "host:other@10.0.0.1:5002";
     let job_id = submit(&store, job("hosts", vec![task("Host")])).await;
     let claimed = claim_one(&store, &runner(CLAIMING, &["Host"])).await;
     assert_eq!(
@@ -285,6 +286,19 @@ pub(crate) async fn reports_and_extensions_from_another_claimant_are_stale_from_
             .expect("extend lease"),
         None,
         "another host cannot extend"
+    );
+    assert_eq!(
+        store
+            .extend_lease(claimed.id, OTHER_KEY.to_string(), LEASE)
+            .await
+            .expect("extend lease"),
+        None,
+        "another key on the same host cannot extend"
+    );
+    assert_eq!(
+        fail(&store, failed(&claimed, OTHER_KEY, true)).await,
+        ReportOutcome::Stale(TaskState::Running),
+        "another key on the same host cannot report"
     );
     assert_eq!(
         fail(&store, failed(&claimed, OTHER_HOST, true)).await,
@@ -301,7 +315,7 @@ pub(crate) async fn reports_and_extensions_from_another_claimant_are_stale_from_
     );
     let expiry = now_millis() + LEASE.as_millis() as i64 + 1;
     assert_eq!(store.expire_leases(expiry).await.expect("expire leases"), 1);
-    let again = claim_one(&store, &runner("host:10.0.0.1:6000", &["Host"])).await;
+    let again = claim_one(&store, &runner("host:fleet@10.0.0.1:6000", &["Host"])).await;
     assert_eq!(again.id, claimed.id);
     assert_eq!(
         report(&store, computed(&claimed, CLAIMING)).await,
@@ -309,7 +323,7 @@ pub(crate) async fn reports_and_extensions_from_another_claimant_are_stale_from_
         "after a lost lease, the old attempt's connection is stale"
     );
     assert_eq!(
-        report(&store, computed(&again, "host:10.0.0.1:6000")).await,
+        report(&store, computed(&again, "host:fleet@10.0.0.1:6000")).await,
         ReportOutcome::Applied(TaskState::Computed)
     );
     assert_eq!(job_state(&store, job_id).await, JobState::Completed);

@@ -279,9 +279,9 @@ enum Act {
 /// Whether `caller` is the claimant of the task's current attempt, for `act`.
 ///
 /// A runner id (`runner:<id>`) must match exactly. A caller without one, the official SDK,
-/// is `host:<ip>:<port>` (see `services::caller`): its lease renewer is a separate process
-/// on its own connection, and its main connection may reconnect, so the same host is the
-/// claimant; only after the task was fenced (a lost lease or a hand-back) must a report come
+/// is `host:<key>@<ip>:<port>` (see `services::caller`): its lease renewer is a separate
+/// process on its own connection, and its main connection may reconnect, so the same key on
+/// the same host is the claimant; only after the task was fenced (a lost lease or a hand-back) must a report come
 /// from the very connection that claimed the attempt, so a late report of an older attempt
 /// by another SDK runner on that host is stale. Extensions stay per host: the renewer never
 /// shares the claiming connection.
@@ -303,7 +303,8 @@ fn is_claimant(task: &TaskRow, caller: &str, act: Act) -> bool {
     }
 }
 
-/// The host of a claimant without a runner id: `host:<ip>:<port>` answers `<ip>`.
+/// The host of a claimant without a runner id, with the key it called with:
+/// `host:<key>@<ip>:<port>` answers `<key>@<ip>` (and `host:<ip>:<port>`, `<ip>`).
 fn host_of(claimant: &str) -> Option<&str> {
     let (host, _port) = claimant.strip_prefix("host:")?.rsplit_once(':')?;
     Some(host)
