@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -233,7 +233,8 @@ struct KeysFile {
     path: PathBuf,
     keys: RwLock<Arc<Vec<LoadedKey>>>,
     /// Modification time and length of the file as last read (or last seen malformed).
-    seen: Mutex<Option<(SystemTime, u64)>>,
+    /// The SHA-256 of the file's bytes as last read (`None`: unreadable).
+    seen: Mutex<Option<[u8; 32]>>,
 }
 
 impl KeysFile {
@@ -271,8 +272,7 @@ impl KeysFile {
     }
 
     fn find(&self, secret: &[u8]) -> Option<Arc<Principal>> {
-        use sha2::Digest;
-        let hash: [u8; 32] = sha2::Sha256::digest(secret).into();
+        let hash = sha256(secret);
         let keys = self
             .keys
             .read()
@@ -300,9 +300,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let metadata = fs_err::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
+/// What the file holds, as a digest: a rewrite is seen whatever its size and timestamp (a
+/// rotation keeps the length, and two writes may share an mtime tick). The file is small.
+fn stamp(path: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let bytes = fs_err::read(path).ok()?;
+    Some(sha2::Sha256::digest(bytes).into())
 }
 
 fn loaded(file: keys::KeysFile) -> Vec<LoadedKey> {
@@ -329,7 +332,9 @@ fn loaded(file: keys::KeysFile) -> Vec<LoadedKey> {
 /// development server).
 #[derive(Clone)]
 pub struct Authenticate {
-    tokens: Arc<Vec<Vec<u8>>>,
+    /// SHA-256 of each `--token`: compared by hash, so neither a token's bytes nor its
+    /// length show in the time a comparison takes.
+    tokens: Arc<Vec<[u8; 32]>>,
     keys_file: Option<Arc<KeysFile>>,
 }
 
@@ -340,7 +345,7 @@ impl Authenticate {
             tokens: Arc::new(
                 tokens
                     .iter()
-                    .map(|token| token.as_bytes().to_vec())
+                    .map(|token| sha256(token.as_bytes()))
                     .collect(),
             ),
             keys_file: keys_file.map(KeysFile::load).transpose()?.map(Arc::new),
@@ -359,8 +364,9 @@ impl Authenticate {
         }
         let token = header.and_then(|header| header.strip_prefix(b"Bearer "))?;
         // Compare against every token without stopping early, in constant time per token.
+        let token_hash = sha256(token);
         let flat = self.tokens.iter().fold(false, |found, candidate| {
-            found | constant_time_equal(candidate, token)
+            found | constant_time_equal(candidate, &token_hash)
         });
         if flat {
             return Some(Arc::new(Principal::admin("--token")));
@@ -389,6 +395,11 @@ impl Authenticate {
             let _ = tokio::task::spawn_blocking(move || keys_file.reload_if_changed()).await;
         }
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {

@@ -101,8 +101,8 @@ pub async fn authorize_tasks(
 /// Who is calling, as the claimant a task is fenced to: only its claimant may report it or
 /// extend its lease, from the first claim on (the store's `is_claimant` compares them).
 ///
-/// - Our runner sends the `tilebox-runner-id` header on every call: `runner:<id>`, strict
-///   per runner process.
+/// - Our runner sends the `tilebox-runner-id` header on every call: `runner:<key>/<id>`,
+///   strict per runner process and bound to the key it calls with.
 /// - The official SDK sends no runner identity: its lease renewer is a separate process with
 ///   its own connection, its `tilebox-client` metadata is the same for every SDK on a host
 ///   (name, versions, OS), and `Client(client_id=…)` is never sent. So the claimant is the
@@ -115,18 +115,20 @@ pub async fn authorize_tasks(
 /// apart only by their connection, and only once a task was fenced by a lost lease or a
 /// hand-back.
 pub fn caller<T>(request: &tonic::Request<T>) -> String {
+    let key = request
+        .extensions()
+        .get::<std::sync::Arc<auth::Principal>>()
+        .map_or("", |principal| principal.name.as_str());
     if let Some(id) = request
         .metadata()
         .get(RUNNER_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         && !id.is_empty()
     {
-        return format!("runner:{id}");
+        // Bound to the key: a runner id is no secret (it names a runner in its spans), so
+        // another key's holder who learns it must not report as that runner.
+        return format!("runner:{key}/{id}");
     }
-    let key = request
-        .extensions()
-        .get::<std::sync::Arc<auth::Principal>>()
-        .map_or("", |principal| principal.name.as_str());
     match request.remote_addr() {
         Some(address) => format!(
             "host:{key}@{}",
@@ -178,5 +180,44 @@ pub fn next_page(page: &Page, count: usize, last: Option<Uuid>) -> Option<Pagina
             starting_after: Some(crate::api::convert::id(last)),
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::server::keys::Scope;
+
+    fn request(key: Option<&str>, runner_id: Option<&str>) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        if let Some(id) = runner_id {
+            request
+                .metadata_mut()
+                .insert(RUNNER_ID_HEADER, id.parse().expect("header"));
+        }
+        if let Some(name) = key {
+            request.extensions_mut().insert(Arc::new(auth::Principal {
+                name: name.to_string(),
+                scope: Scope::Runner,
+                clusters: vec!["cpu".into()],
+            }));
+        }
+        request
+    }
+
+    #[test]
+    fn a_runner_id_is_bound_to_the_key_it_calls_with() {
+        let fleet = caller(&request(Some("cpu-fleet"), Some("r-1")));
+        assert_eq!(fleet, "runner:cpu-fleet/r-1");
+        assert_ne!(
+            caller(&request(Some("other-fleet"), Some("r-1"))),
+            fleet,
+            "the same runner id under another key is another claimant"
+        );
+        assert_eq!(caller(&request(None, Some("r-1"))), "runner:/r-1");
+        // Without a runner id and without a peer address (not over TCP): nobody's.
+        assert_eq!(caller(&request(Some("cpu-fleet"), None)), "unknown");
     }
 }

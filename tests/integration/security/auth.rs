@@ -70,6 +70,23 @@ fn an_empty_tokens_variable_is_a_start_up_error() {
     }
 }
 
+/// An unset secret in a deployment (`TILEBOX_SERVER_KEYS_FILE=`) never starts an open server:
+/// the empty path is refused before anything else.
+#[test]
+fn an_empty_keys_file_variable_is_a_start_up_error() {
+    let output = refused_start(
+        &["--listen", "127.0.0.1:0"],
+        &[("TILEBOX_SERVER_KEYS_FILE", "")],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("a value is required for '--keys-file"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"));
+}
+
 #[test]
 fn an_open_server_on_a_non_loopback_address_does_not_start() {
     for listen in ["0.0.0.0:0", "[::]:0"] {
