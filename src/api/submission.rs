@@ -113,6 +113,14 @@ pub enum Error {
     LegacyCycle { task: usize },
     #[error("subtask cluster `{cluster}` does not exist")]
     UnknownCluster { cluster: String },
+    #[error(
+        "key `{key}` may not put subtasks on cluster `{cluster}`: it serves {clusters}; use a key that serves both clusters"
+    )]
+    ClusterNotServed {
+        key: String,
+        cluster: String,
+        clusters: String,
+    },
 }
 
 /// Why a job's name or trace parent was refused.

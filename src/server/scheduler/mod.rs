@@ -68,6 +68,38 @@ impl Default for Options {
     }
 }
 
+/// The clusters a reporter may put subtasks on: any (admin keys, runner keys serving every
+/// cluster, open servers), or only those a runner key serves, so a runner key cannot reach
+/// another cluster's runners through the subtasks of a task it ran.
+#[derive(Debug, Clone, Default)]
+pub enum SubtaskClusters {
+    #[default]
+    Any,
+    Only {
+        key: String,
+        clusters: Vec<String>,
+    },
+}
+
+impl SubtaskClusters {
+    fn check(&self, cluster: &str) -> Result<(), submission::Error> {
+        match self {
+            SubtaskClusters::Any => Ok(()),
+            SubtaskClusters::Only { key, clusters } => {
+                if clusters.iter().any(|served| served == cluster) {
+                    Ok(())
+                } else {
+                    Err(submission::Error::ClusterNotServed {
+                        key: key.clone(),
+                        cluster: cluster.to_string(),
+                        clusters: clusters.join(", "),
+                    })
+                }
+            }
+        }
+    }
+}
+
 /// Shortest lease handed out: runners wait whole seconds before extending.
 const MIN_LEASE: Duration = Duration::from_secs(2);
 
@@ -159,9 +191,17 @@ impl Scheduler {
     /// Applies the computed report (if any) and, if asked, hands out the next task,
     /// waiting up to the long-poll duration for one. A refused claim never drops the report:
     /// the report is applied first, then the claim's error is answered.
-    pub async fn next_task(&self, request: NextTaskRequest, claimant: String) -> Result<NextTask> {
+    pub async fn next_task(
+        &self,
+        request: NextTaskRequest,
+        claimant: String,
+        subtask_clusters: &SubtaskClusters,
+    ) -> Result<NextTask> {
         let report = match request.computed_task {
-            Some(computed) => Some(self.computed_report(computed, &claimant).await?),
+            Some(computed) => Some(
+                self.computed_report(computed, &claimant, subtask_clusters)
+                    .await?,
+            ),
             None => None,
         };
         let claim = match request.next_task_to_run {
@@ -240,6 +280,7 @@ impl Scheduler {
         &self,
         computed: crate::api::workflows_v1::ComputedTask,
         claimant: &str,
+        subtask_clusters: &SubtaskClusters,
     ) -> Result<Report> {
         let task_id = required_id(computed.id.as_ref(), "computed_task.id")?;
         let progress = progress_of(&computed.progress_updates);
@@ -252,7 +293,7 @@ impl Scheduler {
                 progress,
             }));
         }
-        let subtasks = match self.expand_subtasks(&computed, claimant).await {
+        let subtasks = match self.expand_subtasks(&computed, subtask_clusters).await {
             Ok(subtasks) => subtasks,
             Err(reason) => {
                 let display = submission::invalid_subtasks_display(&computed.display, &reason);
@@ -277,7 +318,7 @@ impl Scheduler {
     async fn expand_subtasks(
         &self,
         computed: &crate::api::workflows_v1::ComputedTask,
-        _claimant: &str,
+        subtask_clusters: &SubtaskClusters,
     ) -> Result<Vec<store::NewTask>, submission::Error> {
         let subtasks = match &computed.sub_tasks {
             Some(submissions) if !submissions.task_groups.is_empty() => {
@@ -292,12 +333,13 @@ impl Scheduler {
         };
         let mut checked = std::collections::HashSet::new();
         for task in &subtasks {
-            if checked.insert(task.cluster.clone())
-                && self.store.get_cluster(&task.cluster).await.is_err()
-            {
-                return Err(submission::Error::UnknownCluster {
-                    cluster: task.cluster.clone(),
-                });
+            if checked.insert(task.cluster.clone()) {
+                subtask_clusters.check(&task.cluster)?;
+                if self.store.get_cluster(&task.cluster).await.is_err() {
+                    return Err(submission::Error::UnknownCluster {
+                        cluster: task.cluster.clone(),
+                    });
+                }
             }
         }
         Ok(subtasks)

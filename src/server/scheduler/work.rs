@@ -59,7 +59,12 @@ impl Scheduler {
     /// (waiting up to the long poll for work when it asks to and finds none). A refused claim
     /// (invalid identifiers, an unknown cluster) claims nothing and is answered in
     /// `claim_error`; the reports are applied all the same, so no result is lost to it.
-    pub async fn work(&self, request: WorkRequest, claimant: String) -> Result<WorkAnswer> {
+    pub async fn work(
+        &self,
+        request: WorkRequest,
+        claimant: String,
+        subtask_clusters: &super::SubtaskClusters,
+    ) -> Result<WorkAnswer> {
         if request.reports.len() > MAX_REPORTS_PER_CALL {
             return Err(Error::InvalidRequest(format!(
                 "a work call may carry at most {MAX_REPORTS_PER_CALL} reports, got {}",
@@ -82,7 +87,10 @@ impl Scheduler {
         let mut notes: Vec<Option<String>> = Vec::new();
         let mut reports = Vec::new();
         for report in request.reports {
-            match self.store_report(report.report, &claimant).await {
+            match self
+                .store_report(report.report, &claimant, subtask_clusters)
+                .await
+            {
                 Ok((report, note)) => {
                     results.push(None);
                     notes.push(note);
@@ -209,10 +217,14 @@ impl Scheduler {
         &self,
         report: Option<work_report::Report>,
         claimant: &str,
+        subtask_clusters: &super::SubtaskClusters,
     ) -> std::result::Result<(Report, Option<String>), String> {
         match report {
             Some(work_report::Report::Computed(computed)) => {
-                match self.computed_report(computed, claimant).await {
+                match self
+                    .computed_report(computed, claimant, subtask_clusters)
+                    .await
+                {
                     Ok(Report::Failed(failed)) => {
                         let note = failed.display.lines().last().map(str::to_string);
                         Ok((Report::Failed(failed), note))

@@ -98,6 +98,19 @@ pub async fn authorize_tasks(
     Ok(())
 }
 
+/// The clusters `principal` may put subtasks on: a runner key only its own, so it cannot reach
+/// another cluster's runners through the subtasks of a task it ran.
+pub fn subtask_clusters(principal: &auth::Principal) -> scheduler::SubtaskClusters {
+    if principal.may_serve_every_cluster() {
+        scheduler::SubtaskClusters::Any
+    } else {
+        scheduler::SubtaskClusters::Only {
+            key: principal.name.clone(),
+            clusters: principal.clusters.clone(),
+        }
+    }
+}
+
 /// Who is calling, as the claimant a task is fenced to: only its claimant may report it or
 /// extend its lease, from the first claim on (the store's `is_claimant` compares them).
 ///

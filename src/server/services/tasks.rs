@@ -61,9 +61,10 @@ impl TaskService for Tasks {
             None
         };
         let claimant = caller(&request);
+        let subtask_clusters = super::subtask_clusters(&principal);
         let answer = self
             .scheduler
-            .next_task(request.into_inner(), claimant)
+            .next_task(request.into_inner(), claimant, &subtask_clusters)
             .await
             .map_err(scheduler_status)?;
         let response = match answer {

@@ -94,9 +94,10 @@ impl WorkService for Work {
             None
         };
         let claimant = caller(&request);
+        let subtask_clusters = super::subtask_clusters(&principal);
         let answer = self
             .scheduler
-            .work(request.into_inner(), claimant)
+            .work(request.into_inner(), claimant, &subtask_clusters)
             .await
             .map_err(scheduler_status)?;
         let wait = self.scheduler.initial_wait();

@@ -15,7 +15,7 @@ use tilebox::api::workflows_v1::{
     NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskIdentifier, TaskSubmissionGroup,
     TaskSubmissions,
 };
-use tilebox::server::scheduler::{MAX_CLAIM_PER_CALL, Options, Scheduler};
+use tilebox::server::scheduler::{MAX_CLAIM_PER_CALL, Options, Scheduler, SubtaskClusters};
 use tilebox::server::store::sqlite::SqliteStore;
 
 struct Harness {
@@ -85,7 +85,10 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let reports = request.reports.len();
                 let capacity = request.capacity as usize + request.prefetch as usize;
-                if let Ok(answer) = scheduler.work(request, "fuzz".into()).await {
+                if let Ok(answer) = scheduler
+                    .work(request, "fuzz".into(), &SubtaskClusters::Any)
+                    .await
+                {
                     assert_eq!(answer.results.len(), reports);
                     assert!(answer.tasks.len() <= capacity.min(MAX_CLAIM_PER_CALL));
                 }
@@ -94,7 +97,9 @@ fuzz_target!(|data: &[u8]| {
                 let Ok(request) = NextTaskRequest::decode(message) else {
                     return;
                 };
-                let _ = scheduler.next_task(request, "fuzz".into()).await;
+                let _ = scheduler
+                    .next_task(request, "fuzz".into(), &SubtaskClusters::Any)
+                    .await;
             }
             _ => {
                 let Ok(request) = TaskFailedRequest::decode(message) else {

@@ -1304,3 +1304,83 @@ async fn otlp_over_http_takes_runner_and_admin_keys_but_not_read_only_ones() {
     assert_eq!(post_empty_logs(&fixture.server, &fixture.reader), 401);
     assert_eq!(post_empty_logs(&fixture.server, "tbk_not-a-key"), 401);
 }
+
+/// A runner key cannot reach another cluster's runners through the subtasks of a task it
+/// ran: a computed report putting subtasks on a cluster the key does not serve fails the task
+/// with the reason, and stores no subtask; subtasks on its own cluster are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_key_cannot_put_subtasks_on_a_cluster_it_does_not_serve() {
+    let fixture = fixture();
+    let server = &fixture.server;
+    let admin = connect(server, &fixture.admin).await;
+    let runner = connect(server, &fixture.runner).await;
+    let subtasks_on = |cluster: &str| {
+        let mut job = job_on(cluster);
+        job.tasks.take()
+    };
+    for (cluster, state) in [("cpu", "failed"), ("gpu", "completed")] {
+        let job = admin
+            .jobs
+            .clone()
+            .submit_job(job_on("gpu"))
+            .await
+            .expect("submit")
+            .into_inner();
+        let task = claim(&runner, "gpu").await;
+        let answer = runner
+            .work
+            .clone()
+            .work(WorkRequest {
+                reports: vec![WorkReport {
+                    report: Some(work_report::Report::Computed(ComputedTask {
+                        id: task.id.clone(),
+                        display: "Scoped".into(),
+                        sub_tasks: subtasks_on(cluster),
+                        ..ComputedTask::default()
+                    })),
+                }],
+                ..WorkRequest::default()
+            })
+            .await
+            .expect("a work call with the report")
+            .into_inner();
+        let job_id = uuid_of_id(job.id.as_ref());
+        if state == "failed" {
+            let message = &answer.results[0].message;
+            assert!(
+                message.contains(
+                    "key `gpu-runner` may not put subtasks on cluster `cpu`: it serves gpu"
+                ),
+                "{answer:?}"
+            );
+            let tasks = crate::common::list_tasks(&mut admin.clone(), job_id, None).await;
+            assert_eq!(tasks.len(), 1, "no subtask was stored: {tasks:?}");
+        } else {
+            assert_eq!(answer.results[0].message, "", "{answer:?}");
+            // The subtask on its own cluster is queued there, and the runner may run it.
+            let subtask = claim(&runner, "gpu").await;
+            runner
+                .work
+                .clone()
+                .work(WorkRequest {
+                    reports: vec![WorkReport {
+                        report: Some(work_report::Report::Computed(ComputedTask {
+                            id: subtask.id,
+                            display: "Scoped".into(),
+                            ..ComputedTask::default()
+                        })),
+                    }],
+                    ..WorkRequest::default()
+                })
+                .await
+                .expect("report the subtask");
+        }
+        let stored = crate::common::get_job(&mut admin.clone(), job_id).await;
+        let expected = if state == "failed" {
+            tilebox::api::workflows_v1::JobState::Failed
+        } else {
+            tilebox::api::workflows_v1::JobState::Completed
+        };
+        assert_eq!(stored.state, expected as i32, "{stored:?}");
+    }
+}
