@@ -356,6 +356,27 @@ async fn receive_outcome(
     }
 }
 
+/// Ends this host as soon as the process that started it is gone, even killed with SIGKILL
+/// (which runs none of its clean-up): a host hung in an import or a task would otherwise run on
+/// as an orphan, next to the runner that takes its task over. A Rust thread polls the parent
+/// pid (it becomes the reaper's when the parent dies); it needs no GIL, so a host stuck in
+/// Python ends too.
+fn exit_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    let _ = std::thread::Builder::new()
+        .name("parent-watch".to_string())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if std::os::unix::process::parent_id() != parent {
+                    // SAFETY: `_exit` ends the process at once, running no handlers; nothing
+                    // of this process is used after it.
+                    unsafe { libc::_exit(3) };
+                }
+            }
+        });
+}
+
 /// Arguments of the hidden `tilebox python-host` command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostArgs {
@@ -416,6 +437,7 @@ fn take_stdout() -> std::io::Result<std::fs::File> {
 
 /// Runs the child side: load, then execute requests until stdin closes.
 pub fn serve(arguments: HostArgs) -> ExitCode {
+    exit_with_parent();
     let output: Output = match take_stdout() {
         Ok(file) => Arc::new(Mutex::new(std::io::BufWriter::new(file))),
         Err(error) => {

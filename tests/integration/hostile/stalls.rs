@@ -102,6 +102,59 @@ async fn releases_that_hang_in_uv_sync_or_at_import_are_skipped_and_later_deploy
     server.stop();
 }
 
+/// A runner killed with SIGKILL cleans nothing up: the python host it started for a release
+/// that hangs at import ends with it all the same, instead of running on as an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_host_hung_at_import_ends_with_its_runner() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let scratch = tempfile::tempdir().expect("scratch");
+    create_cluster(&mut client, CLUSTER).await;
+    let cache = scratch.path().join("cache");
+    let mut runner = start_runner(
+        &server,
+        CLUSTER,
+        &cache,
+        scratch.path().join("runner.log"),
+        &["--import-timeout-seconds", "600"],
+    );
+    deploy_files(
+        &mut client,
+        "sleepy",
+        &[("app.py", SLEEPS_AT_IMPORT)],
+        CLUSTER,
+    )
+    .await;
+    wait_until(
+        "a python host hung in the release's import",
+        Duration::from_secs(60),
+        || !hosts_of(&cache).is_empty(),
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", runner.log()));
+    runner.kill();
+    wait_until(
+        "the runner's python hosts to end with it",
+        Duration::from_secs(15),
+        || hosts_of(&cache).is_empty(),
+    )
+    .unwrap_or_else(|error| panic!("{error}: {:?}", hosts_of(&cache)));
+    server.stop();
+}
+
+/// The `tilebox python-host` processes working on releases in `cache`, by command line.
+fn hosts_of(cache: &std::path::Path) -> Vec<String> {
+    let cache = cache.display().to_string();
+    let Ok(entries) = fs_err::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| fs_err::read(entry.path().join("cmdline")).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .filter(|command| command.contains("python-host") && command.contains(&cache))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_floods_its_pipes_at_import_loads_in_a_sub_interpreter() {
     let server = TestServer::start();
