@@ -310,6 +310,23 @@ fn host_of(claimant: &str) -> Option<&str> {
     Some(host)
 }
 
+/// The start of applying any report (computed, failed, handed back): the reported task with
+/// its attempt ended, when `claimant` is the claimant of that attempt; otherwise the stale
+/// outcome to answer, and nothing changed.
+fn end_reported_attempt(
+    connection: &Connection,
+    task_id: Uuid,
+    claimant: &str,
+    now: i64,
+) -> Result<std::result::Result<TaskRow, ReportOutcome>> {
+    let task = task_by_uuid(connection, task_id)?;
+    if !accepts_report(&task, claimant) {
+        return Ok(Err(ReportOutcome::Stale(task_state(task.state))));
+    }
+    stop_attempt(connection, &task, now)?;
+    Ok(Ok(task))
+}
+
 /// Ends the current attempt of a running task: accounts its compute time, and the job's
 /// running count and attempt times.
 fn stop_attempt(connection: &Connection, task: &TaskRow, now: i64) -> Result<()> {
@@ -426,11 +443,10 @@ pub(super) fn complete_task(
     report: ComputedReport,
     now: i64,
 ) -> Result<ReportOutcome> {
-    let task = task_by_uuid(connection, report.task_id)?;
-    if !accepts_report(&task, &report.claimant) {
-        return Ok(ReportOutcome::Stale(task_state(task.state)));
-    }
-    stop_attempt(connection, &task, now)?;
+    let task = match end_reported_attempt(connection, report.task_id, &report.claimant, now)? {
+        Ok(task) => task,
+        Err(stale) => return Ok(stale),
+    };
     execute(
         connection,
         "UPDATE tasks SET state = ?2, display = ?3 WHERE task = ?1",
@@ -478,11 +494,10 @@ pub(super) fn fail_task(
     report: FailedReport,
     now: i64,
 ) -> Result<ReportOutcome> {
-    let task = task_by_uuid(connection, report.task_id)?;
-    if !accepts_report(&task, &report.claimant) {
-        return Ok(ReportOutcome::Stale(task_state(task.state)));
-    }
-    stop_attempt(connection, &task, now)?;
+    let task = match end_reported_attempt(connection, report.task_id, &report.claimant, now)? {
+        Ok(task) => task,
+        Err(stale) => return Ok(stale),
+    };
     execute(
         connection,
         "UPDATE tasks SET display = ?2 WHERE task = ?1",
@@ -531,11 +546,10 @@ pub(super) fn hand_back(
     report: HandedBackReport,
     now: i64,
 ) -> Result<ReportOutcome> {
-    let task = task_by_uuid(connection, report.task_id)?;
-    if !accepts_report(&task, &report.claimant) {
-        return Ok(ReportOutcome::Stale(task_state(task.state)));
-    }
-    stop_attempt(connection, &task, now)?;
+    let task = match end_reported_attempt(connection, report.task_id, &report.claimant, now)? {
+        Ok(task) => task,
+        Err(stale) => return Ok(stale),
+    };
     execute(
         connection,
         "UPDATE tasks SET display = ?2, fenced = 1 WHERE task = ?1",
