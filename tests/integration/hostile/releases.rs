@@ -123,30 +123,38 @@ fn build_release_refuses_more_task_identifiers_than_a_claim_may_advertise() {
     assert!(project.path().join("thousand.tar.zst").is_file());
 }
 
+/// A cluster `slug` with the good greeter release (built with the CLI) and a release `slug`
+/// made by hand from `app` (build-release would refuse it) deployed to it, and a runner serving
+/// it.
+async fn serve_beside_the_greeter(
+    server: &TestServer,
+    scratch: &std::path::Path,
+    slug: &str,
+    app: &str,
+) -> crate::common::RunnerProcess {
+    let mut client = client(server).await;
+    create_cluster(&mut client, slug).await;
+    deploy_greeter(server, scratch, slug);
+    let bytes = archive(&[Entry("app.py", b'0', "", app.as_bytes())]);
+    let release = publish_hostile(&mut client, slug, &bytes).await;
+    deploy(&mut client, slug, release, slug).await;
+    start_runner(
+        server,
+        slug,
+        &scratch.join("cache"),
+        scratch.join("runner.log"),
+        &[],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_class_runs() {
     let server = TestServer::start();
-    let mut client = client(&server).await;
     let scratch = tempfile::Builder::new()
         .prefix("tilebox-releases-")
         .tempdir()
         .expect("scratch");
-    create_cluster(&mut client, "mixed").await;
-
-    // A good release, built and published with the CLI.
-    deploy_greeter(&server, scratch.path(), "mixed");
-    // The mixed release, made by hand: build-release would refuse it.
-    let bytes = archive(&[Entry("app.py", b'0', "", MIXED_APP.as_bytes())]);
-    let release = publish_hostile(&mut client, "mixed", &bytes).await;
-    deploy(&mut client, "mixed", release, "mixed").await;
-
-    let mut runner = start_runner(
-        &server,
-        "mixed",
-        &scratch.path().join("cache"),
-        scratch.path().join("runner.log"),
-        &[],
-    );
+    let mut runner = serve_beside_the_greeter(&server, scratch.path(), "mixed", MIXED_APP).await;
     let submit = |task: &str| submit_to(&server, task, "mixed");
     let hello = submit("Hello");
     let hostile = submit("Hostile");
@@ -180,27 +188,12 @@ async fn a_release_with_a_bad_identifier_loads_without_it_and_every_other_task_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_over_the_identifier_limit_is_skipped_and_the_other_releases_run() {
     let server = TestServer::start();
-    let mut client = client(&server).await;
     let scratch = tempfile::Builder::new()
         .prefix("tilebox-releases-")
         .tempdir()
         .expect("scratch");
-    create_cluster(&mut client, "crowded").await;
-
-    // A good release, built and published with the CLI.
-    deploy_greeter(&server, scratch.path(), "crowded");
-    // The crowded release, made by hand: build-release would refuse it.
-    let bytes = archive(&[Entry("app.py", b'0', "", CROWDED_APP.as_bytes())]);
-    let release = publish_hostile(&mut client, "crowded", &bytes).await;
-    deploy(&mut client, "crowded", release, "crowded").await;
-
-    let mut runner = start_runner(
-        &server,
-        "crowded",
-        &scratch.path().join("cache"),
-        scratch.path().join("runner.log"),
-        &[],
-    );
+    let mut runner =
+        serve_beside_the_greeter(&server, scratch.path(), "crowded", CROWDED_APP).await;
     let hello = submit_to(&server, "Hello", "crowded");
     wait_for_job_state(&server, &hello, "completed", Duration::from_secs(90));
 
