@@ -45,7 +45,7 @@ class Big(Task):
             with open({started:?}) as started:
                 if len(started.read().split()) >= {BIG_TASKS}:
                     break
-            time.sleep(0.01)
+            time.sleep(0.001)
         for index in range(4):
             context.submit_subtask(Leaf(payload=f"{{self.n}}-{{index}}|" + "x" * 10_000))
 
