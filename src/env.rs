@@ -25,6 +25,8 @@ pub const PARALLEL_INDEX: &str = "TILEBOX_PARALLEL_INDEX";
 pub const LOG_LEVEL: &str = "TILEBOX_LOG_LEVEL";
 /// Any value turns off colour in the CLI's own logs (<https://no-color.org>).
 pub const NO_COLOR: &str = "NO_COLOR";
+/// The uv program to run, instead of searching `PATH` and the embedded interpreter for one.
+pub const UV: &str = "TILEBOX_UV";
 /// Set for `uv`: never download a Python (release venvs use the embedded interpreter).
 pub const UV_PYTHON_DOWNLOADS: &str = "UV_PYTHON_DOWNLOADS";
 /// Set for `uv`: the venv a shared release environment is synced into.

@@ -12,10 +12,12 @@
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
 //! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)
+//! - `init.rs`: `tilebox workflow init` (all or nothing)
 //! - `telemetry.rs`: `tilebox job logs` and `tilebox job spans`
 //! - `output.rs`: tables, JSON, state names
 
 mod cluster;
+mod init;
 mod job;
 mod keys;
 mod output;

@@ -94,14 +94,10 @@ async fn project_release(
     let mut source = prepare::project_source(directory, None, EnvironmentSource::Project)
         .map_err(|error| UserError::caused_by(error, None))?;
     source.sync_timeout = sync_timeout;
-    prepare::release(source, cache_dir).await.map_err(|error| {
-        let hint = matches!(
-            error,
-            prepare::Error::Environment(python::environment::Error::UvMissing)
-        )
-        .then_some("install uv with `python3 -m pip install uv`");
-        UserError::caused_by(error, hint).into()
-    })
+    // A missing uv's error says where it looked and how to install it.
+    prepare::release(source, cache_dir)
+        .await
+        .map_err(|error| UserError::caused_by(error, None).into())
 }
 
 async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {

@@ -163,9 +163,6 @@ fn prepare_error(error: prepare::Error, config_hint: &str) -> anyhow::Error {
     let hint = match &error {
         prepare::Error::Config(_) => Some(config_hint),
         prepare::Error::CustomCommand { .. } => Some("pass --runner module:object"),
-        prepare::Error::Environment(python::environment::Error::UvMissing) => {
-            Some("install it with `python3 -m pip install uv`")
-        }
         _ => None,
     };
     UserError::caused_by(error, hint).into()

@@ -14,7 +14,6 @@ use crate::api::workflows_v1::{
     CreateWorkflowRequest, DeployWorkflowReleaseRequest, GetWorkflowRequest, ListWorkflowsRequest,
     PublishWorkflowReleaseRequest, UndeployWorkflowReleaseRequest, Workflow, WorkflowRelease,
 };
-use crate::python;
 use crate::release::archive::ArchiveInfo;
 use crate::release::build::Built;
 use crate::release::config::{self, Config};
@@ -48,9 +47,9 @@ pub enum WorkflowCommand {
 pub struct InitArgs {
     /// The workflow's name [default: the directory's name].
     #[arg(long)]
-    name: Option<String>,
+    pub name: Option<String>,
     /// The project directory [default: the current directory].
-    directory: Option<PathBuf>,
+    pub directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +91,7 @@ pub struct DeployArgs {
 
 pub async fn run(command: WorkflowCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     match command {
-        WorkflowCommand::Init(arguments) => init(arguments, api).await,
+        WorkflowCommand::Init(arguments) => super::init::init(arguments, api).await,
         WorkflowCommand::Create(arguments) => {
             let mut client = api.connect().await?;
             let workflow = client
@@ -259,146 +258,6 @@ async fn fetch_workflow(api: &ApiArgs, slug: Option<String>) -> anyhow::Result<W
         .into_inner())
 }
 
-const RUNNER_TEMPLATE: &str = r#"from tilebox.workflows import ExecutionContext, Runner, Task
-
-
-class HelloTask(Task):
-    """An example task: greets, and reports its progress."""
-
-    name: str = "World"
-
-    def execute(self, context: ExecutionContext) -> None:
-        context.logger.info("Hello", name=self.name)
-        context.current_task.display = f"Hello {self.name}"
-
-
-runner = Runner(tasks=[HelloTask])
-"#;
-
-async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let directory = match arguments.directory {
-        Some(directory) => directory,
-        None => std::env::current_dir().context("cannot read the current directory")?,
-    };
-    let existing: Vec<&str> = [
-        "tilebox.workflow.toml",
-        "pyproject.toml",
-        "runner.py",
-        "uv.lock",
-    ]
-    .into_iter()
-    .filter(|file| directory.join(file).exists())
-    .collect();
-    if !existing.is_empty() {
-        return Err(UserError::with_hint(
-            format!(
-                "{} already has {}; nothing was changed",
-                directory.display(),
-                existing.join(", ")
-            ),
-            "run init in an empty directory",
-        )
-        .into());
-    }
-    if std::process::Command::new("uv")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err(UserError::with_hint(
-            "`uv` is not installed or not on PATH",
-            "install it with `python3 -m pip install uv`",
-        )
-        .into());
-    }
-    let name = match arguments.name {
-        Some(name) => name,
-        None => std::path::absolute(&directory)
-            .ok()
-            .and_then(|path| {
-                path.file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| "workflow".to_string()),
-    };
-    let slug = config::workflow_slug(&name);
-    if slug.is_empty() {
-        return Err(UserError::with_hint(
-            format!("the name `{name}` gives no slug"),
-            "pass --name with letters or digits",
-        )
-        .into());
-    }
-    let mut client = api.connect().await?;
-    let workflow = match client
-        .workflows
-        .create_workflow(CreateWorkflowRequest {
-            name: name.clone(),
-            description: None,
-            summary: String::new(),
-        })
-        .await
-    {
-        Ok(workflow) => workflow.into_inner(),
-        Err(status) if status.code() == tonic::Code::AlreadyExists => client
-            .workflows
-            .get_workflow(GetWorkflowRequest {
-                workflow_slug: slug.clone(),
-            })
-            .await
-            .map_err(|status| client.error("GetWorkflow", status))?
-            .into_inner(),
-        Err(status) => return Err(client.error("CreateWorkflow", status).into()),
-    };
-    let package = slug.replace('-', "_");
-    let files = [
-        (
-            "tilebox.workflow.toml",
-            format!(
-                "[workflow]\nslug = \"{}\"\nrunner = \"runner:runner\"\n\n[build]\ninclude = [\"pyproject.toml\", \"uv.lock\", \"runner.py\"]\nexclude = [\"**/__pycache__/**\"]\n",
-                workflow.slug
-            ),
-        ),
-        (
-            "pyproject.toml",
-            format!(
-                "[project]\nname = \"{package}\"\nversion = \"0.1.0\"\ndescription = \"{name}\"\nrequires-python = \">=3.13\"\ndependencies = [\"tilebox\"]\n"
-            ),
-        ),
-        ("runner.py", RUNNER_TEMPLATE.to_string()),
-    ];
-    fs_err::create_dir_all(&directory)?;
-    for (file, contents) in &files {
-        fs_err::write(directory.join(file), contents)?;
-    }
-    if !api.json {
-        eprintln!("syncing the environment with uv (this resolves and locks the dependencies)");
-    }
-    let root = directory.clone();
-    tokio::task::spawn_blocking(move || {
-        python::environment::sync(&root, false, python::environment::DEFAULT_SYNC_TIMEOUT)
-    })
-    .await
-    .context("uv sync panicked")?
-    .map_err(|error| UserError::caused_by(error, None))?;
-    if api.json {
-        output::print_json(&json!({
-            "workflow_slug": workflow.slug,
-            "name": workflow.name,
-            "directory": std::path::absolute(&directory).unwrap_or(directory).display().to_string(),
-            "files": ["tilebox.workflow.toml", "pyproject.toml", "runner.py", "uv.lock"],
-        }))?;
-    } else {
-        output::print_text(&format!(
-            "Created workflow {} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
-            workflow.slug,
-            directory.display()
-        ))?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The `--json` document of a built release.
 fn built_document(built: &Built) -> Value {
     json!({
         "workflow_slug": built.config.slug,

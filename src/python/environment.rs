@@ -13,8 +13,8 @@ pub const EMBEDDED_PYTHON: Option<&str> = option_env!("TILEBOX_EMBEDDED_PYTHON")
 /// What can go wrong building an environment.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("`uv` is not installed or not on PATH")]
-    UvMissing,
+    #[error(transparent)]
+    UvMissing(#[from] super::uv::Missing),
     #[error("`uv sync` failed in {root}:\n{output}")]
     SyncFailed { root: PathBuf, output: String },
     #[error("`uv sync` in {root} did not finish within {} s; it was stopped", timeout.as_secs_f64())]
@@ -48,7 +48,7 @@ fn run_uv_sync(
     environment: Option<&Path>,
     timeout: Duration,
 ) -> Result<(), Error> {
-    let mut command = Command::new("uv");
+    let mut command = super::uv::find()?.command();
     command
         .args(["sync", "--quiet"])
         .args(extra)
@@ -67,12 +67,9 @@ fn run_uv_sync(
     if let Some(python) = EMBEDDED_PYTHON {
         command.arg("--python").arg(python);
     }
-    let run_failed = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::UvMissing,
-        _ => Error::Run {
-            root: root.to_path_buf(),
-            source,
-        },
+    let run_failed = |source: std::io::Error| Error::Run {
+        root: root.to_path_buf(),
+        source,
     };
     let (status, stderr) = match run_bounded(&mut command, timeout, STDERR_GRACE) {
         Ok(Bounded::Exited { status, stderr }) => (status, stderr),

@@ -24,6 +24,7 @@
 //! - `protocol.rs`: the plain data that crosses in and out
 //! - `runtime.rs`: the embedded `tilebox.workflows` runtime
 //! - `environment.rs`: `uv sync` of a project against the embedded interpreter
+//! - `uv.rs`: finding a uv that runs (`PATH`, the embedded interpreter's `-m uv` or scripts)
 
 pub mod child;
 pub mod environment;
@@ -32,6 +33,7 @@ mod interpreter;
 pub mod probe;
 pub mod protocol;
 pub mod runtime;
+pub mod uv;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -82,6 +82,89 @@ fn init_publish_and_deploy_work_as_a_new_user_types_them() {
     assert_eq!(cluster["slug"], "x");
 }
 
+/// An executable shell script `name` in `directory`.
+fn script(directory: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = directory.join(name);
+    fs_err::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Runs `workflow init --name Scene QA` in `project` against `server` with `TILEBOX_UV` set
+/// to `uv`.
+fn init_with_uv(server: &TestServer, project: &Path, uv: &Path) -> std::process::Output {
+    crate::common::tilebox_command(&["workflow", "init", "--name", "Scene QA"])
+        .current_dir(project.parent().expect("parent"))
+        .arg(project)
+        .env("TILEBOX_API_URL", server.url())
+        .env("TILEBOX_UV", uv)
+        .output()
+        .expect("tilebox")
+}
+
+fn workflows_on(server: &TestServer) -> Value {
+    json_of(&server.tilebox(&["--json", "workflow", "list"]))
+}
+
+#[test]
+fn init_without_a_working_uv_writes_and_creates_nothing() {
+    let server = TestServer::start();
+    let directory = tempfile::tempdir().expect("dir");
+    // What a pyenv shim prints outside the directory that selects its Python.
+    let shim = script(
+        directory.path(),
+        "uv",
+        "echo 'pyenv: uv: command not found' >&2; exit 127",
+    );
+    let project = directory.path().join("scene-qa");
+    let output = init_with_uv(&server, &project, &shim);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = crate::common::stderr_of(&output);
+    assert!(
+        stderr.contains("TILEBOX_UV")
+            && stderr.contains("exited with 127: pyenv: uv: command not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert!(!project.exists(), "init made {}", project.display());
+    assert_eq!(workflows_on(&server), serde_json::json!([]));
+}
+
+#[test]
+fn init_whose_uv_sync_fails_removes_what_it_made() {
+    let server = TestServer::start();
+    let directory = tempfile::tempdir().expect("dir");
+    // A uv that runs, and whose sync fails half-way: after making the venv and the lock.
+    let uv = script(
+        directory.path(),
+        "uv",
+        r#"if [ "$1" = "--version" ]; then echo 'uv 0.0.0'; exit 0; fi
+mkdir -p .venv/lib && touch uv.lock
+echo 'error: Failed to fetch: `https://pypi.org/simple/tilebox/`' >&2; exit 2"#,
+    );
+    let project = directory.path().join("scene-qa");
+    fs_err::create_dir(&project).expect("mkdir");
+    fs_err::write(project.join("notes.txt"), "mine").expect("notes");
+    let output = init_with_uv(&server, &project, &uv);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = crate::common::stderr_of(&output);
+    assert!(stderr.contains("Failed to fetch"), "{stderr}");
+    let mut left: Vec<String> = fs_err::read_dir(&project)
+        .expect("project")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt"], "only the user's own file is left");
+    assert_eq!(workflows_on(&server), serde_json::json!([]));
+}
+
 #[test]
 fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
     let _snapshots = snapshot_settings().bind_to_scope();

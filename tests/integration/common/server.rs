@@ -245,6 +245,7 @@ pub fn tilebox_command(args: &[&str]) -> Command {
         .env_remove("TILEBOX_API_KEY")
         .env_remove("TILEBOX_API_URL")
         .env_remove("TILEBOX_CA_CERT")
+        .env_remove("TILEBOX_UV")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     command

@@ -1,0 +1,286 @@
+//! `tilebox workflow init`: a new workflow project, all or nothing.
+//!
+//! Every prerequisite is checked before anything is written or created: the directory holds
+//! none of the files init writes, the name gives a slug, a `uv` that runs is found, and the
+//! server answers. Then the files are written and `uv sync` locks and installs the
+//! dependencies; the workflow is created on the server last. A failure at any step removes
+//! what the earlier steps made: the files, `uv.lock`, the `.venv` uv made, the directory
+//! when init made it, and the workflow when init created it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::workflow::InitArgs;
+use super::{ApiArgs, UserError, output};
+use crate::api::workflows_v1::{
+    CreateWorkflowRequest, DeleteWorkflowRequest, GetWorkflowRequest, Workflow,
+};
+use crate::python;
+use crate::release::config;
+
+/// The files init writes, and the lock file `uv sync` adds.
+const FILES: [&str; 4] = [
+    "tilebox.workflow.toml",
+    "pyproject.toml",
+    "runner.py",
+    "uv.lock",
+];
+
+const RUNNER_TEMPLATE: &str = r#"from tilebox.workflows import ExecutionContext, Runner, Task
+
+
+class HelloTask(Task):
+    """An example task: greets, and reports its progress."""
+
+    name: str = "World"
+
+    def execute(self, context: ExecutionContext) -> None:
+        context.logger.info("Hello", name=self.name)
+        context.current_task.display = f"Hello {self.name}"
+
+
+runner = Runner(tasks=[HelloTask])
+"#;
+
+pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let directory = match arguments.directory {
+        Some(directory) => directory,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    // Prerequisites: nothing is written or created before all of them hold.
+    let existing: Vec<&str> = FILES
+        .into_iter()
+        .filter(|file| directory.join(file).exists())
+        .collect();
+    if !existing.is_empty() {
+        return Err(UserError::with_hint(
+            format!(
+                "{} already has {}; nothing was changed",
+                directory.display(),
+                existing.join(", ")
+            ),
+            "run init in an empty directory",
+        )
+        .into());
+    }
+    let name = match arguments.name {
+        Some(name) => name,
+        None => std::path::absolute(&directory)
+            .ok()
+            .and_then(|path| {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "workflow".to_string()),
+    };
+    let slug = config::workflow_slug(&name);
+    if slug.is_empty() {
+        return Err(UserError::with_hint(
+            format!("the name `{name}` gives no slug; nothing was changed"),
+            "pass --name with letters or digits",
+        )
+        .into());
+    }
+    let uv = tokio::task::spawn_blocking(python::uv::find)
+        .await
+        .context("the search for uv panicked")?
+        .map_err(|error| {
+            UserError::caused_by(
+                error,
+                Some("nothing was changed; run init again after that"),
+            )
+        })?;
+    let mut client = api.connect().await?;
+    let found = match client
+        .workflows
+        .get_workflow(GetWorkflowRequest {
+            workflow_slug: slug.clone(),
+        })
+        .await
+    {
+        Ok(workflow) => Some(workflow.into_inner()),
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => return Err(client.error("GetWorkflow", status).into()),
+    };
+
+    // The project's files, removed again unless every later step succeeds.
+    let mut made = Made::start(&directory)?;
+    let package = slug.replace('-', "_");
+    let toml_slug = found
+        .as_ref()
+        .map_or_else(|| slug.clone(), |workflow| workflow.slug.clone());
+    made.write("tilebox.workflow.toml", &workflow_toml(&toml_slug))?;
+    made.write(
+        "pyproject.toml",
+        &format!(
+            "[project]\nname = \"{package}\"\nversion = \"0.1.0\"\ndescription = \"{}\"\nrequires-python = \">=3.13\"\ndependencies = [\"tilebox\"]\n",
+            toml_string(&name)
+        ),
+    )?;
+    made.write("runner.py", RUNNER_TEMPLATE)?;
+    if !api.json {
+        eprintln!(
+            "syncing the environment with {} (this resolves and locks the dependencies)",
+            uv.version
+        );
+    }
+    let root = directory.clone();
+    tokio::task::spawn_blocking(move || {
+        python::environment::sync(&root, false, python::environment::DEFAULT_SYNC_TIMEOUT)
+    })
+    .await
+    .context("uv sync panicked")?
+    .map_err(|error| UserError::caused_by(error, Some("nothing was changed")))?;
+
+    // The workflow on the server, last.
+    let (workflow, created) = match found {
+        Some(workflow) => (workflow, false),
+        None => create_workflow(&mut client, &name, &slug).await?,
+    };
+    if workflow.slug != toml_slug
+        && let Err(error) = made.write("tilebox.workflow.toml", &workflow_toml(&workflow.slug))
+    {
+        if created {
+            let _ = client
+                .workflows
+                .delete_workflow(DeleteWorkflowRequest {
+                    workflow_slug: workflow.slug.clone(),
+                })
+                .await;
+        }
+        return Err(error);
+    }
+    made.keep();
+
+    if api.json {
+        output::print_json(&json!({
+            "workflow_slug": workflow.slug,
+            "name": workflow.name,
+            "directory": std::path::absolute(&directory).unwrap_or(directory).display().to_string(),
+            "files": FILES,
+        }))?;
+    } else {
+        output::print_text(&format!(
+            "Created workflow {} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
+            workflow.slug,
+            directory.display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the workflow; answers it and whether this call created it (another client may
+/// have created it since the check).
+async fn create_workflow(
+    client: &mut crate::client::Client,
+    name: &str,
+    slug: &str,
+) -> anyhow::Result<(Workflow, bool)> {
+    match client
+        .workflows
+        .create_workflow(CreateWorkflowRequest {
+            name: name.to_string(),
+            description: None,
+            summary: String::new(),
+        })
+        .await
+    {
+        Ok(workflow) => Ok((workflow.into_inner(), true)),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            let workflow = client
+                .workflows
+                .get_workflow(GetWorkflowRequest {
+                    workflow_slug: slug.to_string(),
+                })
+                .await
+                .map_err(|status| client.error("GetWorkflow", status))?
+                .into_inner();
+            Ok((workflow, false))
+        }
+        Err(status) => Err(client.error("CreateWorkflow", status).into()),
+    }
+}
+
+fn workflow_toml(slug: &str) -> String {
+    format!(
+        "[workflow]\nslug = \"{}\"\nrunner = \"runner:runner\"\n\n[build]\ninclude = [\"pyproject.toml\", \"uv.lock\", \"runner.py\"]\nexclude = [\"**/__pycache__/**\"]\n",
+        toml_string(slug)
+    )
+}
+
+/// `text` escaped for a TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '"' => escaped.push_str("\\\""),
+            '\\' => escaped.push_str("\\\\"),
+            character if character.is_control() => {
+                escaped.push_str(&format!("\\u{:04X}", u32::from(character)));
+            }
+            character => escaped.push(character),
+        }
+    }
+    escaped
+}
+
+/// What init has made so far, undone on drop unless [`Made::keep`] was called.
+struct Made {
+    directory: PathBuf,
+    made_directory: bool,
+    had_venv: bool,
+    files: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Made {
+    fn start(directory: &Path) -> anyhow::Result<Self> {
+        let made_directory = !directory.exists();
+        fs_err::create_dir_all(directory)?;
+        Ok(Self {
+            directory: directory.to_path_buf(),
+            made_directory,
+            had_venv: directory.join(".venv").exists(),
+            files: Vec::new(),
+            kept: false,
+        })
+    }
+
+    fn write(&mut self, file: &str, contents: &str) -> anyhow::Result<()> {
+        let path = self.directory.join(file);
+        if !self.files.contains(&path) {
+            self.files.push(path.clone());
+        }
+        fs_err::write(&path, contents)?;
+        Ok(())
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for file in self
+            .files
+            .iter()
+            .chain(std::iter::once(&self.directory.join("uv.lock")))
+        {
+            let _ = fs_err::remove_file(file);
+        }
+        if !self.had_venv {
+            let _ = fs_err::remove_dir_all(self.directory.join(".venv"));
+        }
+        if self.made_directory {
+            // Only when empty: whatever else is in it is not init's.
+            let _ = fs_err::remove_dir(&self.directory);
+        }
+    }
+}
