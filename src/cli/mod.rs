@@ -8,7 +8,8 @@
 //! - `server.rs`: `tilebox server`
 //! - `cluster.rs`: `tilebox cluster ...`
 //! - `job.rs`: `tilebox job ...`
-//! - `task.rs`: `tilebox task run` (in-process execution of a local project)
+//! - `task.rs`: `tilebox task run` (in-process execution of a local project; `--from-job`
+//!   reads a job's task from a server)
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
 //! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)

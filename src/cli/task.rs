@@ -606,3 +606,64 @@ fn print_summary(executed: &[Executed]) -> anyhow::Result<()> {
     }
     output::print_text(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_task(version: &str) -> JobTask {
+        JobTask {
+            job: Uuid::nil(),
+            id: Uuid::nil(),
+            name: "Scene".into(),
+            version: version.into(),
+            input: Vec::new(),
+            display: "Scene".into(),
+            state: TaskState::Failed,
+        }
+    }
+
+    fn registered(versions: &[&str]) -> Vec<(String, String)> {
+        let mut identifiers = vec![("Other".to_string(), "v9.9".to_string())];
+        identifiers.extend(
+            versions
+                .iter()
+                .map(|version| ("Scene".to_string(), version.to_string())),
+        );
+        identifiers
+    }
+
+    #[test]
+    fn a_job_task_runs_as_the_version_a_runner_would_claim_it_with() {
+        let task = job_task("v1.2");
+        // Exact, or the highest minor of the same major that is at least the task's.
+        for (versions, expected) in [
+            (&["v1.2"][..], "v1.2"),
+            (&["v1.3", "v1.5", "v2.0"][..], "v1.5"),
+        ] {
+            assert_eq!(
+                local_version(&registered(versions), &task).expect(expected),
+                expected
+            );
+        }
+        // An older minor or another major is refused, naming what is registered.
+        for versions in [&["v1.1"][..], &["v0.9", "v2.2"][..]] {
+            let error = local_version(&registered(versions), &task).unwrap_err();
+            assert!(
+                error
+                    .message
+                    .contains(&format!("registers Scene only in {}", versions.join(", "))),
+                "{}",
+                error.message
+            );
+        }
+        let error = local_version(&registered(&[]), &task).unwrap_err();
+        assert!(
+            error.message.contains(
+                "is Scene@v1.2, which the local project does not register (it registers Other@v9.9)"
+            ),
+            "{}",
+            error.message
+        );
+    }
+}
