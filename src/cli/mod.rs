@@ -8,7 +8,8 @@
 //! - `server.rs`: `tilebox server`
 //! - `cluster.rs`: `tilebox cluster ...`
 //! - `job.rs`: `tilebox job ...`
-//! - `task.rs`: `tilebox task run` (in-process execution of a local project)
+//! - `task.rs`: `tilebox task run` (in-process execution of a local project; `--from-job`
+//!   reads a job's task from a server)
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
 //! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)
@@ -63,7 +64,7 @@ enum Command {
     /// Create workflows; build, publish and deploy releases.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
-    /// Run tasks of a local project in-process (debugging; no server).
+    /// Run tasks of a local project in-process (debugging; reads a job with --from-job).
     #[command(subcommand)]
     Task(task::TaskCommand),
     /// Run deployed releases (the release runner).
@@ -120,7 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Server(arguments) => server::run(*arguments, cli.api.json).await,
             Command::Cluster(command) => cluster::run(command, &cli.api).await,
             Command::Job(command) => job::run(command, &cli.api).await,
-            Command::Task(command) => task::run(command, cli.api.json).await,
+            Command::Task(command) => task::run(command, &cli.api).await,
             Command::Workflow(command) => workflow::run(command, &cli.api).await,
             Command::Runner(command) => runner::run(command, &cli.api).await,
             Command::Parallel(arguments) => parallel::run(arguments).await,

@@ -31,6 +31,12 @@ use super::{Error, Release};
 enum ToChild {
     /// Run these tasks in order.
     Execute { requests: Vec<TaskRequest> },
+    /// Encode a task input given by hand (`interpreter::encode_input`).
+    EncodeInput {
+        name: String,
+        version: String,
+        text: String,
+    },
 }
 
 /// Child -> parent. While a batch runs: for each task in order, its events, then its outcome.
@@ -51,6 +57,10 @@ pub(super) enum FromChild {
     },
     Outcome {
         outcome: TaskOutcome,
+    },
+    /// The answer to `EncodeInput`.
+    Encoded {
+        result: Result<Vec<u8>, Exception>,
     },
 }
 
@@ -82,6 +92,12 @@ pub(super) fn host_arguments(release: &Release) -> Vec<String> {
     if let Some(venv) = &release.venv {
         arguments.push("--venv".to_string());
         arguments.push(venv.to_string_lossy().into_owned());
+    }
+    if super::post_mortem() {
+        arguments.push("--post-mortem".to_string());
+    }
+    if super::terminal() {
+        arguments.push("--terminal".to_string());
     }
     arguments
 }
@@ -189,6 +205,50 @@ impl ChildHost {
         }
         *guard = Some(running);
         results
+    }
+
+    /// The input bytes for a task input given by hand (see `interpreter::encode_input`), from
+    /// the child (started again first if it is gone).
+    pub async fn encode_input(
+        &self,
+        name: &str,
+        version: &str,
+        text: &str,
+    ) -> Result<Result<Vec<u8>, Exception>, Error> {
+        let mut guard = self.running.lock().await;
+        let mut running = match guard.take() {
+            Some(running) => running,
+            None => spawn(&self.release).await?.0,
+        };
+        let request = ToChild::EncodeInput {
+            name: name.to_string(),
+            version: version.to_string(),
+            text: text.to_string(),
+        };
+        let answer = match send_line(&mut running, &request).await {
+            Ok(()) => running
+                .stdout
+                .next_line()
+                .await
+                .map_err(|error| error.to_string()),
+            Err(message) => Err(message),
+        };
+        let message = match answer {
+            Ok(Some(line)) => match serde_json::from_str::<FromChild>(&line) {
+                Ok(FromChild::Encoded { result }) => {
+                    *guard = Some(running);
+                    return Ok(result);
+                }
+                _ => format!("unexpected answer to encoding an input: {line}"),
+            },
+            Ok(None) => "the child closed its output".to_string(),
+            Err(message) => message,
+        };
+        let reason = self.bury(running, message).await;
+        Err(Error::Child {
+            release: self.release.label.clone(),
+            message: reason,
+        })
     }
 
     /// Kills and reaps a child whose pipe failed with `message`; answers why it ended.
@@ -316,8 +376,11 @@ async fn spawn(release: &Release) -> Result<(Running, interpreter::Registered), 
 }
 
 async fn send_batch(running: &mut Running, requests: Vec<TaskRequest>) -> Result<(), String> {
-    let mut line =
-        serde_json::to_string(&ToChild::Execute { requests }).map_err(|error| error.to_string())?;
+    send_line(running, &ToChild::Execute { requests }).await
+}
+
+async fn send_line(running: &mut Running, message: &ToChild) -> Result<(), String> {
+    let mut line = serde_json::to_string(message).map_err(|error| error.to_string())?;
     line.push('\n');
     running
         .stdin
@@ -392,6 +455,12 @@ pub struct HostArgs {
     pub site_packages: Vec<PathBuf>,
     #[arg(long)]
     pub venv: Option<PathBuf>,
+    /// Stop tasks that raise in `pdb.post_mortem` (`task run --pdb`).
+    #[arg(long)]
+    pub post_mortem: bool,
+    /// Give Python the terminal (`/dev/tty`) as `sys.stdin` and `sys.stdout`, for debuggers.
+    #[arg(long)]
+    pub terminal: bool,
     /// Probe instead of serving: load the release in this many isolated sub-interpreters at
     /// once, report, and exit.
     #[arg(long)]
@@ -467,6 +536,10 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
         let convert = |error: PyErr| interpreter::python_error(py, &error);
         interpreter::set_up_paths(py, &release).map_err(convert)?;
         interpreter::install_sink(py, slot.clone()).map_err(convert)?;
+        set_up_stdio(py, arguments.terminal).map_err(convert)?;
+        if arguments.post_mortem {
+            interpreter::set_post_mortem(py, true).map_err(convert)?;
+        }
         let identifiers = interpreter::load_runner(py, &release.runner).map_err(convert)?;
         Ok((identifiers, interpreter::Entry::new(py).map_err(convert)?))
     });
@@ -500,6 +573,31 @@ pub fn serve(arguments: HostArgs) -> ExitCode {
     code
 }
 
+/// Python's `sys.stdin` is never the protocol pipe (a task calling `input()` or
+/// `breakpoint()` would read requests, or steal them into its buffer): with `terminal` it and
+/// `sys.stdout` are the controlling terminal, `/dev/tty`, if there is one; otherwise
+/// `sys.stdin` is `/dev/null` (`sys.stdout` is stderr's descriptor already, see
+/// `take_stdout`).
+fn set_up_stdio(py: Python<'_>, terminal: bool) -> PyResult<()> {
+    let globals = pyo3::types::PyDict::new(py);
+    globals.set_item("terminal", terminal)?;
+    py.run(
+        c"import os, sys
+sys.stdin = open(os.devnull, encoding='utf-8')
+if terminal:
+    try:
+        stdin = open('/dev/tty', encoding='utf-8')
+        stdout = open('/dev/tty', 'w', encoding='utf-8', buffering=1)
+    except OSError:
+        pass
+    else:
+        sys.stdin, sys.stdout = stdin, stdout
+",
+        Some(&globals),
+        None,
+    )
+}
+
 /// Executes the batches read from stdin until it closes; every outcome is written (and
 /// flushed) as soon as its task ends.
 fn serve_batches(entry: &interpreter::Entry, output: &Output) -> ExitCode {
@@ -511,6 +609,16 @@ fn serve_batches(entry: &interpreter::Entry, output: &Output) -> ExitCode {
         }
         let requests = match serde_json::from_str::<ToChild>(&line) {
             Ok(ToChild::Execute { requests }) => requests,
+            Ok(ToChild::EncodeInput {
+                name,
+                version,
+                text,
+            }) => {
+                let result =
+                    Python::attach(|py| interpreter::encode_input(py, &name, &version, &text));
+                send(output, &FromChild::Encoded { result });
+                continue;
+            }
             Err(error) => {
                 eprintln!("error: undecodable request: {error}");
                 return ExitCode::from(2);

@@ -138,6 +138,27 @@ pub fn load_runner(py: Python<'_>, runner: &str) -> PyResult<Registered> {
         .unzip())
 }
 
+/// Sets the runtime's `post_mortem` switch (`tilebox task run --pdb`): a task that raises
+/// stops in `pdb.post_mortem` before its failure is reported.
+pub fn set_post_mortem(py: Python<'_>, post_mortem: bool) -> PyResult<()> {
+    py.import(HOST_MODULE)?.setattr("post_mortem", post_mortem)
+}
+
+/// The input bytes the SDK would submit for task `(name, version)` given by hand as JSON
+/// (`text`: an object of its fields, or a one-field task's wire form); the runtime's
+/// `InputError` says what does not fit.
+pub fn encode_input(
+    py: Python<'_>,
+    name: &str,
+    version: &str,
+    text: &str,
+) -> Result<Vec<u8>, Exception> {
+    py.import(HOST_MODULE)
+        .and_then(|module| module.call_method1("encode_input", (name, version, text)))
+        .and_then(|encoded| encoded.extract::<Vec<u8>>())
+        .map_err(|error| python_error(py, &error))
+}
+
 /// A runner object's task identifiers and, in the same order, the classes that registered
 /// them (`module.QualName`).
 pub type Registered = (Vec<(String, String)>, Vec<String>);
@@ -384,6 +405,13 @@ enum Command {
         batch: Batch,
         reply: oneshot::Sender<Vec<TaskOutcome>>,
     },
+    /// Encode a task input given by hand ([`encode_input`]).
+    EncodeInput {
+        name: String,
+        version: String,
+        text: String,
+        reply: oneshot::Sender<Result<Vec<u8>, Exception>>,
+    },
 }
 
 /// One release loaded into an own-GIL sub-interpreter, driven from its own OS thread.
@@ -443,6 +471,24 @@ impl SubInterpreter {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(_) => gone(),
         }
+    }
+
+    /// The input bytes for a task input given by hand (see [`encode_input`]).
+    pub async fn encode_input(
+        &self,
+        name: &str,
+        version: &str,
+        text: &str,
+    ) -> Result<Result<Vec<u8>, Exception>, Error> {
+        let commands = self.commands.as_ref().ok_or(Error::InterpreterGone)?;
+        let (reply, answer) = oneshot::channel();
+        let _ = commands.send(Command::EncodeInput {
+            name: name.to_string(),
+            version: version.to_string(),
+            text: text.to_string(),
+            reply,
+        });
+        answer.await.map_err(|_| Error::InterpreterGone)
     }
 
     /// Ends the interpreter after the task it runs (if any) finished.
@@ -520,6 +566,9 @@ fn run_interpreter(
         set_up_paths(py, &release).map_err(fail)?;
         refuse_process_exit(py).map_err(fail)?;
         install_sink(py, slot.clone()).map_err(fail)?;
+        if super::post_mortem() {
+            set_post_mortem(py, true).map_err(fail)?;
+        }
         let identifiers = load_runner(py, &release.runner).map_err(fail)?;
         Ok((identifiers, Entry::new(py).map_err(fail)?))
     });
@@ -543,6 +592,19 @@ fn run_interpreter(
                     // SAFETY: detaches again; only `entry` outlives the attachment.
                     saved = unsafe { ffi::PyEval_SaveThread() };
                     let _ = reply.send(outcomes);
+                }
+                Command::EncodeInput {
+                    name,
+                    version,
+                    text,
+                    reply,
+                } => {
+                    // SAFETY: as above.
+                    unsafe { ffi::PyEval_RestoreThread(saved) };
+                    let encoded = Python::attach(|py| encode_input(py, &name, &version, &text));
+                    // SAFETY: as above.
+                    saved = unsafe { ffi::PyEval_SaveThread() };
+                    let _ = reply.send(encoded);
                 }
             }
         }

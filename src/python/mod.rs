@@ -36,7 +36,7 @@ pub mod runtime;
 pub mod uv;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use crate::api::convert::failure_display;
@@ -97,6 +97,35 @@ pub fn set_import_timeout(timeout: Duration) {
 /// The import timeout in force (see [`set_import_timeout`]).
 pub fn import_timeout() -> Duration {
     Duration::from_millis(IMPORT_TIMEOUT_MILLIS.load(Ordering::Relaxed))
+}
+
+/// Whether tasks that raise stop in the post-mortem debugger (`task run --pdb`).
+static POST_MORTEM: AtomicBool = AtomicBool::new(false);
+/// Whether releases may use this process's terminal (`task run`: `breakpoint()`, `--pdb`).
+static TERMINAL: AtomicBool = AtomicBool::new(false);
+
+/// Makes a task that raises stop in `pdb.post_mortem` at its failing frame before its failure
+/// is reported, in every release loaded after this call (`tilebox task run --pdb`).
+/// Process-wide, like [`set_import_timeout`].
+pub fn set_post_mortem(post_mortem: bool) {
+    POST_MORTEM.store(post_mortem, Ordering::Relaxed);
+}
+
+fn post_mortem() -> bool {
+    POST_MORTEM.load(Ordering::Relaxed)
+}
+
+/// Gives releases loaded after this call this process's terminal for debuggers: a
+/// sub-interpreter shares the process's descriptors anyway; a child-process host, whose
+/// standard input and output are its protocol pipe, points Python's `sys.stdin` and
+/// `sys.stdout` at `/dev/tty` (without this, at `/dev/null` and stderr). For `tilebox task
+/// run`, never for a runner serving a server.
+pub fn set_terminal(terminal: bool) {
+    TERMINAL.store(terminal, Ordering::Relaxed);
+}
+
+fn terminal() -> bool {
+    TERMINAL.load(Ordering::Relaxed)
 }
 
 /// A release to host: where its code and environment are, and which object to load.
@@ -245,6 +274,21 @@ impl LoadedRelease {
         match &self.hosted {
             Hosted::Sub(sub) => sub.execute_batch(batch).await,
             Hosted::Child(child) => child.execute_batch(batch).await,
+        }
+    }
+
+    /// The input bytes the SDK would submit for task `(name, version)` given by hand as JSON
+    /// `text` (an object of its fields, or a one-field task's wire form). The inner error is
+    /// the runtime's, saying which fields do not fit.
+    pub async fn encode_input(
+        &self,
+        name: &str,
+        version: &str,
+        text: &str,
+    ) -> Result<Result<Vec<u8>, Exception>, Error> {
+        match &self.hosted {
+            Hosted::Sub(sub) => sub.encode_input(name, version, text).await,
+            Hosted::Child(child) => child.encode_input(name, version, text).await,
         }
     }
 

@@ -16,6 +16,8 @@
 //! - `security/`: authentication that fails closed, API keys, TLS
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
 //! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
+//! - `task_debug.rs`: `task run --from-job`, `--pdb` and `breakpoint()` at a pseudo-terminal,
+//!   `--input` as an object of the task's fields
 
 mod common;
 
@@ -29,5 +31,6 @@ mod security;
 mod server;
 mod snapshots;
 mod storage_faults;
+mod task_debug;
 mod telemetry;
 mod work;

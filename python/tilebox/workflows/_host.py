@@ -14,6 +14,12 @@ so it works the same in the main interpreter and in isolated sub-interpreters.
   `sink("log", <json record>)` for every log record (see `_logging.record_payload`) and
   `sink("progress", <json {"task_id", "progress": [[label, total, done], ...]}>)` whenever a
   progress counter changes. Without a sink, log lines go to stderr.
+* `post_mortem`, when the host sets it to True (`tilebox task run --pdb`), makes a task that
+  raises stop in `pdb.post_mortem` at its failing frame (the task's own traceback, without this
+  module's frames) before its failure is reported.
+* `encode_input(name, version, text)` answers the input bytes the SDK would submit for the task
+  whose fields (or, for one field, its wire form) `text` gives as JSON (`tilebox task run
+  --input`); `_serialization.InputError` says what does not fit.
 
 Several host threads may call `execute` concurrently: all per-task state lives in the call.
 Whatever the task raises, `BaseException`s such as `SystemExit` and `KeyboardInterrupt` too, is
@@ -29,6 +35,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
@@ -37,6 +44,8 @@ from typing import Any
 from uuid import UUID
 
 from tilebox.workflows import _logging
+from tilebox.workflows._serialization import InputError
+from tilebox.workflows._serialization import encode_input as encode_task_input
 from tilebox.workflows._submissions import merge_future_tasks
 from tilebox.workflows.cache import NoCache
 from tilebox.workflows.context import ExecutionContext, InvalidProgressError
@@ -44,9 +53,10 @@ from tilebox.workflows.data import CurrentJob, CurrentTask, NoopWorkflowTracer, 
 from tilebox.workflows.runner import Runner
 from tilebox.workflows.task import Task
 
-__all__ = ["execute", "load", "sink"]
+__all__ = ["encode_input", "execute", "load", "post_mortem", "sink"]
 
 sink: Callable[[str, str], None] | None = None
+post_mortem: bool = False
 
 # The longest display a task may set, in characters (the hosted API's limit; the server's is
 # `api::limits::MAX_DISPLAY_CHARS`).
@@ -178,6 +188,8 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
         # Anything the task raised, `SystemExit` and `KeyboardInterrupt` included, is its own
         # failure: let through, it would be a runner fault, re-queued without counting.
         except BaseException as error:  # noqa: BLE001
+            if post_mortem:
+                _debug(error)
             return _failure(
                 _valid_display(current.display, display),
                 error,
@@ -191,6 +203,32 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
         "progress": progress,
         "subtasks": subtasks,
     }
+
+
+def _debug(error: BaseException) -> None:
+    """`pdb.post_mortem` at the frame that raised, walking up to the task's own frames only."""
+    import pdb  # noqa: PLC0415, T100 -- the debugger on request; only `task run --pdb` imports it
+
+    tb = error.__traceback__
+    # This module's frames (execute, _run) come first: start at the task's code.
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+        tb = tb.tb_next
+    if tb is None:
+        return
+    print(f"{_type_name(error)}: {_guarded(lambda: str(error), '<str() failed>')}", file=sys.stdout)
+    print("entering the post-mortem debugger at the failing frame (q to quit)", file=sys.stdout)
+    pdb.post_mortem(tb)
+
+
+def encode_input(name: str, version: str, text: str) -> bytes:
+    """The SDK's input bytes for the task `(name, version)` given by hand as JSON (see above)."""
+    loaded = _loaded
+    if loaded is None:
+        raise RuntimeError("no runner is loaded in this interpreter: call load() first")
+    registered = loaded.tasks.get((name, version))
+    if registered is None:
+        raise InputError(f"the runner has no task {name}@{version}")
+    return encode_task_input(registered[1], text)
 
 
 def _checked_display(value: Any, handed: str) -> str:

@@ -29,7 +29,15 @@ from zoneinfo import ZoneInfo
 
 from tilebox.workflows import _json
 
-__all__ = ["decode_json", "deserialize_task", "encode_log_value", "normalize_log_value", "serialize_task"]
+__all__ = [
+    "InputError",
+    "decode_json",
+    "deserialize_task",
+    "encode_input",
+    "encode_log_value",
+    "normalize_log_value",
+    "serialize_task",
+]
 
 _SKIP = "skip_serialization"
 
@@ -306,3 +314,103 @@ def _prepare_log_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+# ---- task inputs typed by hand (`tilebox task run --input`) -----------------------------------
+
+
+class InputError(ValueError):
+    """An input given as JSON that does not fit the task; the message names the task and fields."""
+
+
+def encode_input(cls: type, text: str) -> bytes:  # noqa: C901 -- one branch per input form, in order
+    """The input bytes the official SDK would submit for the task `cls` described by `text`.
+
+    `text` is JSON: an object of the task's fields (`{"field": value, ...}`, any task), or for a
+    task of exactly one field its wire form (the field's value alone, e.g. `1` or `"S2A"`). The
+    fields are decoded with the runtime's rules, the instance is built and serialised the way
+    `serialize_task` (the SDK) does, so the bytes are exactly the ones a submission would carry.
+    An object naming unknown fields or missing a required one raises `InputError`.
+    """
+    task_name = cls.__qualname__
+    included = _included_fields(cls)
+    names = [field.name for field in included]
+    expected = ", ".join(names) if names else "none"
+    data = text.encode("utf-8")
+    value = _json.Decoder().decode(data) if text.strip() else None
+    if not included:
+        if value is None or value == {}:
+            return b""
+        raise InputError(f"task {task_name} takes no input (it has no fields), but got {text!r}")
+    if isinstance(value, dict):
+        unknown = [key for key in value if key not in names]
+        if not unknown:
+            try:
+                return _encode_fields(cls, value, included)
+            except InputError:
+                # A one-field task whose field value is itself an object may be given in its
+                # wire form, whose keys happen to be field names: try that before failing.
+                if len(included) == 1 and (encoded := _wire_form(cls, data)) is not None:
+                    return encoded
+                raise
+        if len(included) == 1:
+            encoded = _wire_form(cls, data)
+            if encoded is not None:
+                return encoded
+        raise InputError(
+            f"task {task_name} has no field {', '.join(repr(key) for key in unknown)}; expected fields: {expected}"
+        )
+    if len(included) == 1:
+        try:
+            return serialize_task(deserialize_task(cls, data))
+        except (_json.MsgspecError, TypeError, ValueError) as error:
+            raise InputError(
+                f"input {text!r} is not a value of field {names[0]!r} of task {task_name}: {error}; "
+                f'pass the fields as an object: {{"{names[0]}": ...}}'
+            ) from None
+    raise InputError(f"task {task_name} takes an object of its fields {expected}, but got {text!r}")
+
+
+def _wire_form(cls: type, data: bytes) -> bytes | None:
+    """The canonical bytes of a one-field task's wire form `data`, or None if it is not one."""
+    try:
+        return serialize_task(deserialize_task(cls, data))
+    except (_json.MsgspecError, TypeError, ValueError):
+        return None
+
+
+def _encode_fields(cls: type, value: dict[str, Any], included: list[Any]) -> bytes:
+    """Build the task from an object of its fields (all names known) and serialise it."""
+    from dataclasses import MISSING  # noqa: PLC0415 -- only the CLI's input path needs it
+
+    task_name = cls.__qualname__
+    names = [field.name for field in included]
+    missing = [
+        field.name
+        for field in included
+        if field.name not in value and field.default is MISSING and field.default_factory is MISSING
+    ]
+    if missing:
+        raise InputError(
+            f"task {task_name} needs field {', '.join(repr(name) for name in missing)}; "
+            f"expected fields: {', '.join(names)}"
+        )
+    hints = _type_hints(cls)
+    arguments = {}
+    for name, item in value.items():
+        annotation = hints.get(name, Any)
+        message_type = _unwrap_optional(annotation)
+        try:
+            if _is_message_type(message_type) and isinstance(item, dict):
+                from google.protobuf import json_format  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: PLC0415
+
+                arguments[name] = json_format.ParseDict(item, message_type())
+            else:
+                arguments[name] = decode_json(_json.encode(item), annotation)
+        except Exception as error:  # noqa: BLE001 -- any decoding failure is the input's fault
+            raise InputError(f"field {name!r} of task {task_name}: {error}") from None
+    try:
+        task = cls(**arguments)
+    except Exception as error:  # noqa: BLE001 -- __post_init__ may refuse the values
+        raise InputError(f"task {task_name} refuses these fields: {error!r}") from None
+    return serialize_task(task)

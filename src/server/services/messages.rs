@@ -110,6 +110,7 @@ pub fn task_summary(task: &TaskSummary) -> wire::TaskSummary {
         has_children: task.has_children,
         cluster_slug: task.cluster.clone(),
         optional: task.optional,
+        identifier: Some(identifier(&task.identifier)),
     }
 }
 

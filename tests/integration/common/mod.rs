@@ -14,10 +14,12 @@
 //!   `tilebox runner start` processes ([`RunnerProcess`])
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
+//! - `pty.rs` (+ `pty_driver.py`): [`pty::run_in_pty`], a command at a pseudo-terminal
 
 mod api;
 mod cli;
 mod project;
+pub mod pty;
 mod sdk;
 mod server;
 mod snapshot;

@@ -1,0 +1,376 @@
+//! Debugging in-process with `tilebox task run`: a failed task of a real job replayed
+//! locally (`--from-job`) without touching the server, the post-mortem debugger (`--pdb`)
+//! and `breakpoint()` driven through a pseudo-terminal, and `--input` given as an object of
+//! the task's fields.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::pty::{Step, run_in_pty};
+use crate::common::{
+    RunnerProcess, TestServer, job_document, json_of, project, project_runner, stderr_of, submit,
+    tilebox_binary, tilebox_command, wait_for_job_state,
+};
+
+/// `Root(n)` submits `Scene(name, size)` for sizes 0..n; a scene of size 2 or more fails.
+const SCENES: &str = r#"from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Scene(Task):
+    name: str
+    size: int
+
+    def execute(self, context: ExecutionContext) -> None:
+        limit = 2
+        if self.size >= limit:
+            raise ValueError(f"scene {self.name} too large: {self.size} >= {limit}")
+        context.current_task.display = f"scene {self.name} ok"
+
+class Root(Task):
+    n: int
+
+    def execute(self, context: ExecutionContext) -> None:
+        for size in range(self.n):
+            context.submit_subtask(Scene(name=f"s{size}", size=size))
+
+runner = Runner(tasks=[Root, Scene])
+"#;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `tilebox task run --project DIR --cache-dir DIR/.tilebox-cache ARGS` against `server`.
+fn task_run(server: Option<&TestServer>, project: &Path, args: &[&str]) -> Output {
+    let mut command = tilebox_command(&["task", "run", "--project"]);
+    command
+        .arg(project)
+        .arg("--cache-dir")
+        .arg(project.join(".tilebox-cache"))
+        .args(args);
+    if let Some(server) = server {
+        command.env("TILEBOX_API_URL", server.url());
+    }
+    command.output().expect("tilebox task run")
+}
+
+/// The tasks of a `job get --json` document, by display.
+fn task_ids(job: &Value) -> Vec<(String, String, String)> {
+    fn walk(tasks: &Value, into: &mut Vec<(String, String, String)>) {
+        for task in tasks.as_array().into_iter().flatten() {
+            into.push((
+                task["display"].as_str().unwrap_or_default().to_string(),
+                task["id"].as_str().unwrap_or_default().to_string(),
+                task["state"].as_str().unwrap_or_default().to_string(),
+            ));
+            walk(&task["children"], into);
+        }
+    }
+    let mut tasks = Vec::new();
+    walk(&job["tasks"], &mut tasks);
+    tasks
+}
+
+#[test]
+fn from_job_reproduces_a_failed_tasks_exception_and_leaves_the_job_unchanged() {
+    let server = TestServer::start();
+    let project = project("scenes", SCENES);
+    let log = project.path().join("runner.log");
+    let mut runner =
+        RunnerProcess::spawn(&mut project_runner(server.url(), project.path(), &[]), log);
+    let failed = submit(&server, "Root", "4");
+    let completed = submit(&server, "Root", "2");
+    let failed_job = wait_for_job_state(&server, &failed, "failed", TIMEOUT);
+    wait_for_job_state(&server, &completed, "completed", TIMEOUT);
+    // Nothing may change the job from here on but `task run`.
+    runner.kill();
+    let before = job_document(&server, &failed);
+    assert_eq!(
+        before, failed_job,
+        "the job was settled before the runner stopped"
+    );
+
+    // The first failed task in tree order: scene s2 (s3 fails too, after it).
+    let output = task_run(
+        Some(&server),
+        project.path(),
+        &["--json", "--from-job", &failed],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let tasks = document["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 1, "{document:#}");
+    assert_eq!(tasks[0]["identifier"]["name"], "Scene");
+    assert_eq!(tasks[0]["input"], r#"{"name":"s2","size":2}"#);
+    assert_eq!(tasks[0]["error"]["type"], "ValueError");
+    assert_eq!(tasks[0]["error"]["message"], "scene s2 too large: 2 >= 2");
+    // The same exception text as on the server (the display the runner reported).
+    let on_server = task_ids(&before)
+        .into_iter()
+        .find(|(_, _, state)| state == "failed")
+        .expect("a failed task on the server");
+    assert!(
+        on_server
+            .0
+            .ends_with("ValueError('scene s2 too large: 2 >= 2')"),
+        "{on_server:?}"
+    );
+    assert_eq!(
+        tasks[0]["display"], on_server.0,
+        "the local failure is displayed as the server's"
+    );
+
+    // --task: the root, with its subtasks submitted and run locally.
+    let root = task_ids(&before)
+        .into_iter()
+        .find(|(display, _, _)| display == "Root")
+        .expect("the root task")
+        .1;
+    let output = task_run(
+        Some(&server),
+        project.path(),
+        &[
+            "--json",
+            "--from-job",
+            &failed,
+            "--task",
+            &root,
+            "--recursive",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let states: Vec<(&str, &str)> = document["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|task| {
+            (
+                task["display"].as_str().unwrap_or_default(),
+                task["state"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("Root", "computed"),
+            ("scene s0 ok", "computed"),
+            ("scene s1 ok", "computed"),
+            ("Scene\nValueError('scene s2 too large: 2 >= 2')", "failed"),
+        ]
+    );
+
+    // Clear errors: a task of another job, a job without failures, an unregistered task.
+    let stranger = uuid::Uuid::now_v7().to_string();
+    let output = task_run(
+        Some(&server),
+        project.path(),
+        &["--from-job", &failed, "--task", &stranger],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr_of(&output).contains(&format!("task {stranger} is not a task of job {failed}")),
+        "{}",
+        stderr_of(&output)
+    );
+    let output = task_run(Some(&server), project.path(), &["--from-job", &completed]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr_of(&output).contains(&format!(
+            "job {completed} has no failed task (its 3 tasks are 3 computed)"
+        )),
+        "{}",
+        stderr_of(&output)
+    );
+    fs_err::write(
+        project.path().join("other.py"),
+        "from tilebox.workflows import Runner\nfrom app import Root\n\nrunner = Runner(tasks=[Root])\n",
+    )
+    .expect("write other.py");
+    let output = task_run(
+        Some(&server),
+        project.path(),
+        &["--from-job", &failed, "--runner", "other:runner"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr_of(&output).contains(
+            "is Scene@v0.0, which the local project does not register (it registers Root@v0.0)"
+        ),
+        "{}",
+        stderr_of(&output)
+    );
+
+    // Read-only: the job and every task are as they were.
+    assert_eq!(job_document(&server, &failed), before);
+    server.stop();
+}
+
+#[test]
+fn pdb_stops_at_the_failing_frame_in_a_terminal_and_exits_1() {
+    let project = project(
+        "pdb",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Sum(Task):\n    n: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         total = self.n * 2\n        raise ValueError(f'bad total {total}')\n\n\
+         runner = Runner(tasks=[Sum])\n",
+    );
+    let cache = project.path().join(".tilebox-cache");
+    for isolation in ["sub-interpreter", "child-process"] {
+        let output = run_in_pty(
+            tilebox_binary(),
+            &[
+                "task",
+                "run",
+                "Sum",
+                "--input",
+                r#"{"n": 21}"#,
+                "--pdb",
+                "--isolation",
+                isolation,
+                "--cache-dir",
+                cache.to_str().expect("utf-8 path"),
+            ],
+            project.path(),
+            &[
+                Step::Expect("(Pdb) "),
+                Step::Send("p total\n"),
+                Step::Expect("42"),
+                Step::Expect("(Pdb) "),
+                Step::Send("q\n"),
+            ],
+            TIMEOUT,
+        );
+        let transcript = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{isolation}: {transcript}\n{}",
+            stderr_of(&output)
+        );
+        // The debugger starts at the task's own frame, not the runtime's.
+        assert!(
+            transcript.contains("app.py(8)execute()")
+                && transcript.contains("raise ValueError(f'bad total {total}')"),
+            "{isolation}: {transcript}"
+        );
+        assert!(
+            transcript.contains(match isolation {
+                "sub-interpreter" => "in a sub-interpreter",
+                _ => "in a child process",
+            }),
+            "{isolation}: {transcript}"
+        );
+        // After the debugger, the task's error as usual.
+        assert!(
+            transcript.contains("Sum  failed  Sum@v0.0")
+                && transcript.contains("ValueError: bad total 42"),
+            "{isolation}: {transcript}"
+        );
+    }
+}
+
+#[test]
+fn breakpoint_stops_task_run_in_a_terminal() {
+    let project = project(
+        "breakpoint",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Stop(Task):\n    n: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         secret = self.n + 100\n        breakpoint()\n        context.current_task.display = f'after {secret}'\n\n\
+         runner = Runner(tasks=[Stop])\n",
+    );
+    let cache = project.path().join(".tilebox-cache");
+    for isolation in ["sub-interpreter", "child-process"] {
+        let output = run_in_pty(
+            tilebox_binary(),
+            &[
+                "task",
+                "run",
+                "Stop",
+                "--input",
+                "5",
+                "--isolation",
+                isolation,
+                "--cache-dir",
+                cache.to_str().expect("utf-8 path"),
+            ],
+            project.path(),
+            &[
+                Step::Expect("(Pdb) "),
+                Step::Send("p secret\n"),
+                Step::Expect("105"),
+                Step::Expect("(Pdb) "),
+                Step::Send("secret = 7\n"),
+                Step::Expect("(Pdb) "),
+                Step::Send("c\n"),
+            ],
+            TIMEOUT,
+        );
+        let transcript = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{isolation}: {transcript}\n{}",
+            stderr_of(&output)
+        );
+        // The value set in the debugger is the one the task goes on with.
+        assert!(
+            transcript.contains("after 7  computed  Stop@v0.0"),
+            "{isolation}: {transcript}"
+        );
+    }
+}
+
+#[test]
+fn input_takes_an_object_of_the_tasks_fields() {
+    let project = project(
+        "fields",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class One(Task):\n    x: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = f'one {self.x!r}'\n\n\
+         class Two(Task):\n    a: int\n    b: str = 'dflt'\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = f'two {self.a!r} {self.b!r}'\n\n\
+         runner = Runner(tasks=[One, Two])\n",
+    );
+    let run = |args: &[&str]| -> Value { json_of(&task_run(None, project.path(), args)) };
+    // A one-field task: the object of its fields, and its wire form, both encode as `1`.
+    for input in [r#"{"x": 1}"#, "1"] {
+        let document = run(&["--json", "One", "--input", input]);
+        assert_eq!(document["tasks"][0]["display"], "one 1", "{input}");
+        assert_eq!(document["tasks"][0]["input"], "1", "{input}");
+    }
+    // A multi-field task: fields in any order, defaults filled, encoded in field order.
+    let document = run(&["--json", "Two", "--input", r#"{"b": "q", "a": 2}"#]);
+    assert_eq!(document["tasks"][0]["display"], "two 2 'q'");
+    assert_eq!(document["tasks"][0]["input"], r#"{"a":2,"b":"q"}"#);
+    let document = run(&["--json", "Two", "--input", r#"{"a": 3}"#]);
+    assert_eq!(document["tasks"][0]["input"], r#"{"a":3,"b":"dflt"}"#);
+    // A wrong field names the task, the field and the expected fields; nothing runs.
+    for (task, input, message) in [
+        (
+            "One",
+            r#"{"y": 1}"#,
+            "error: invalid --input for One@v0.0: task One has no field 'y'; expected fields: x",
+        ),
+        (
+            "Two",
+            r#"{"a": 1, "c": 2}"#,
+            "error: invalid --input for Two@v0.0: task Two has no field 'c'; expected fields: a, b",
+        ),
+        (
+            "Two",
+            r#"{"b": "x"}"#,
+            "error: invalid --input for Two@v0.0: task Two needs field 'a'; expected fields: a, b",
+        ),
+    ] {
+        let output = task_run(None, project.path(), &["--json", task, "--input", input]);
+        assert_eq!(output.status.code(), Some(1), "{input}");
+        assert!(output.stdout.is_empty(), "{input}: nothing ran");
+        assert!(
+            stderr_of(&output).contains(message),
+            "{input}: {}",
+            stderr_of(&output)
+        );
+    }
+}
