@@ -12,12 +12,14 @@
 //!   [`list_tasks`], ...
 //! - `project.rs`: workflow projects in temp dirs ([`project`], [`example`]) and
 //!   `tilebox runner start` processes ([`RunnerProcess`])
+//! - `pty.rs`: [`pty::run_on_terminal`], a command on a pseudo-terminal (Python's `pty`)
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
 
 mod api;
 mod cli;
 mod project;
+pub mod pty;
 mod sdk;
 mod server;
 mod snapshot;
