@@ -121,10 +121,11 @@ impl Progress for Steps {
             Some(total) => ProgressBar::new(total),
             None => ProgressBar::new_spinner(),
         };
-        bar.set_style(step_style(step.unit(), total.is_some()));
-        bar.set_prefix(self.prefix.clone());
-        bar.set_message(step.name());
-        let bar = self.terminal.add(bar);
+        let bar = self.terminal.add(
+            bar.with_style(step_style(step.unit(), total.is_some()))
+                .with_prefix(self.prefix.clone())
+                .with_message(step.name()),
+        );
         if total.is_none() {
             bar.enable_steady_tick(TICK);
         }

@@ -261,3 +261,49 @@ fn the_release_runner_logs_each_preparation_step_with_its_duration() {
         "a piped runner log has no escape codes:\n{log}"
     );
 }
+
+#[test]
+fn a_release_runner_on_a_terminal_keeps_its_log_lines_whole() {
+    let server = TestServer::start();
+    let project = project("greeter", HELLO);
+    assert!(
+        server
+            .tilebox(&["workflow", "create", "Greeter"])
+            .status
+            .success()
+    );
+    json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
+    json_of(&server.tilebox_in(
+        project.path(),
+        &["--json", "workflow", "deploy-release", "--latest"],
+    ));
+    let cache = tempfile::tempdir().expect("cache");
+    let mut command = tilebox_command(&["runner", "start", "--stop-when-idling", "--cache-dir"]);
+    command
+        .arg(cache.path())
+        .env("TILEBOX_API_URL", server.url())
+        .env("NO_COLOR", "1");
+    let run = run_on_terminal(&command, b"", TIMEOUT);
+    assert_eq!(run.code, Some(0), "{}", run.transcript);
+    // The bars are cleared before each log line and drawn again after it: every step's line
+    // arrives whole, with no escape code or bar inside it.
+    for step in ["download", "unpack", "load"] {
+        let whole = regex::Regex::new(&format!(
+            "release step done release=greeter@[0-9a-f]{{8}} step=\"{step}\" [^\x1b\\[]*elapsed=[0-9.]+[mµn]?s\r?\n"
+        ))
+        .expect("a valid regex");
+        assert!(
+            whole.is_match(&run.transcript),
+            "no whole `{step}` line:\n{:?}",
+            run.transcript
+        );
+    }
+    // The live line of the release being prepared.
+    assert!(
+        run.screen_lines()
+            .iter()
+            .any(|line| line.starts_with("greeter@") && line.contains("download")),
+        "no live line for the release:\n{}",
+        run.transcript
+    );
+}
