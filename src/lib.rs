@@ -8,12 +8,14 @@
 //! - `release`: tilebox.workflow.toml, file selection, deterministic archives
 //! - `runner`: the release runner (deployments, slots, leases, artifacts)
 //! - `cli`: the command tree; no business logic
+//! - `progress`: how long work reports its steps (the CLI renders them, the runner logs them)
 //! - `env`: every environment variable, declared once
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod env;
+pub mod progress;
 pub mod python;
 pub mod release;
 pub mod runner;

@@ -16,6 +16,7 @@
 //! - `init.rs`: `tilebox workflow init` (all or nothing)
 //! - `telemetry.rs`: `tilebox job logs` and `tilebox job spans`
 //! - `output.rs`: tables, JSON, state names
+//! - `progress.rs`: progress bars on stderr, and when they are shown
 
 mod cluster;
 mod init;
@@ -23,6 +24,7 @@ mod job;
 mod keys;
 mod output;
 mod parallel;
+mod progress;
 mod runner;
 mod server;
 mod task;
@@ -138,7 +140,7 @@ pub fn init_tracing(filter: tracing_subscriber::EnvFilter) {
         std::io::stderr().is_terminal() && std::env::var_os(crate::env::NO_COLOR).is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
         .with_ansi(colour)
         .try_init();
 }

@@ -127,8 +127,12 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         sync_timeout,
         failure_backoff_max: Duration::from_secs(arguments.failure_backoff_max_seconds),
     };
-    let stopped = Runner::new(options, client).run(shutdown).await.map_err(
-        |error| match error {
+    let progress = super::progress::Display::new(api.json || arguments.quiet).lines();
+    let stopped = Runner::new(options, client)
+        .with_progress(progress)
+        .run(shutdown)
+        .await
+        .map_err(|error| match error {
             runner::Error::UnknownCluster { .. } => anyhow::Error::new(UserError::with_hint(
                 error.to_string(),
                 "create it with `tilebox cluster create`, or pick one from `tilebox cluster list`",
@@ -139,8 +143,7 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
             )),
             // Exit code and hint from the client error (e.g. 1 for a wrong API key).
             runner::Error::Refused(error) => anyhow::Error::new(error),
-        },
-    )?;
+        })?;
     tracing::info!("runner stopped");
     let code = match stopped {
         Stopped::Finished => 0,

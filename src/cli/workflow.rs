@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{ApiArgs, UserError, output};
+use super::{ApiArgs, UserError, output, progress};
 use crate::api::convert::{id, uuid_of};
 use crate::api::workflows_v1::{
     CreateWorkflowRequest, DeployWorkflowReleaseRequest, GetWorkflowRequest, ListWorkflowsRequest,
@@ -168,7 +169,7 @@ pub async fn run(command: WorkflowCommand, api: &ApiArgs) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         WorkflowCommand::BuildRelease(arguments) => {
-            let built = build(&arguments).await?;
+            let built = build(&arguments, &progress::Display::new(api.json).steps()).await?;
             if api.json {
                 output::print_json(&built_document(&built))?;
             } else {
@@ -272,18 +273,26 @@ fn built_document(built: &Built) -> Value {
 }
 
 /// Builds and validates the project's release (`release::build`): validation extracts the
-/// archive, builds its environment and loads its runner object (`runner::prepare`).
-async fn build(arguments: &BuildArgs) -> anyhow::Result<Built> {
+/// archive, builds its environment and loads its runner object (`runner::prepare`). Every
+/// step is reported to `progress`.
+async fn build(
+    arguments: &BuildArgs,
+    progress: &Arc<dyn crate::progress::Progress>,
+) -> anyhow::Result<Built> {
     let config = project_config(arguments.path.as_deref())?;
     let cache = super::cache_dir(arguments.cache_dir.as_deref())?;
     let runtime = tokio::runtime::Handle::current();
     let label = config.slug.clone();
+    let progress = progress.clone();
     let built = tokio::task::spawn_blocking(move || {
-        release::build::build(config, |archive: &ArchiveInfo, runner: &str| {
+        let validate = |archive: &ArchiveInfo, runner: &str| {
             runtime
-                .block_on(prepare::validate_artifact(archive, &label, runner, &cache))
+                .block_on(prepare::validate_artifact(
+                    archive, &label, runner, &cache, &progress,
+                ))
                 .map_err(Into::into)
-        })
+        };
+        release::build::build(config, validate, &progress)
     })
     .await
     .context("the build panicked")?;
@@ -323,10 +332,11 @@ async fn build(arguments: &BuildArgs) -> anyhow::Result<Built> {
 }
 
 async fn publish(arguments: BuildArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let built = build(&arguments).await?;
+    let progress = progress::Display::new(api.json).steps();
+    let built = build(&arguments, &progress).await?;
     let mut client = api.connect().await?;
     let artifact = client
-        .upload_artifact(&built.archive.path, &built.archive.sha256)
+        .upload_artifact(&built.archive.path, &built.archive.sha256, progress)
         .await?;
     let release = client
         .workflows

@@ -15,6 +15,7 @@ use super::select;
 use crate::api::limits::MAX_IDENTIFIERS_PER_CLAIM;
 use crate::api::submission::{IdentifierError, parse_identifier};
 use crate::api::workflows_v1::{Path as ReleasePath, ReleaseContent, TaskIdentifier};
+use crate::progress::{Progress, Step};
 
 /// The boxed error of a validation step.
 pub type ValidationError = Box<dyn std::error::Error + Send + Sync>;
@@ -128,10 +129,15 @@ pub fn partial_archive_path(config: &Config) -> PathBuf {
 /// it (a runner object is loaded by `validate`, and every identifier it registers must pass
 /// the server's rules; a custom command is not validated) and fingerprints the release. The
 /// archive is written to [`partial_archive_path`] and moved into place only once it is valid:
-/// a refused release leaves no archive behind. Blocking: call it off the async runtime.
-pub fn build(config: Config, validate: impl Validate) -> Result<Built, Error> {
+/// a refused release leaves no archive behind. Selecting and archiving report to `progress`
+/// (validation reports its own steps). Blocking: call it off the async runtime.
+pub fn build(
+    config: Config,
+    validate: impl Validate,
+    progress: &dyn Progress,
+) -> Result<Built, Error> {
     let partial = partial_archive_path(&config);
-    let result = write(&config, &partial).and_then(|archive| {
+    let result = write(&config, &partial, progress).and_then(|archive| {
         let validation = validate_archive(&config, &archive, validate)?;
         Ok((archive, validation))
     });
@@ -213,21 +219,34 @@ fn validate_archive(
     Ok(validation)
 }
 
-/// Selects the project's files and writes their archive to `out`.
-pub fn write(config: &Config, out: &Path) -> Result<ArchiveInfo, Error> {
+/// Selects the project's files and writes their archive to `out`, reporting both steps
+/// (files selected, files archived) to `progress`.
+pub fn write(config: &Config, out: &Path, progress: &dyn Progress) -> Result<ArchiveInfo, Error> {
+    progress.begin(Step::Select, None);
     let files = select::select_files(config).map_err(|source| Error::Select {
         root: config.root.clone(),
         source,
-    })?;
+    });
+    if let Ok(files) = &files {
+        progress.advance(Step::Select, files.len() as u64);
+    }
+    progress.end(Step::Select);
+    let files = files?;
     if files.is_empty() {
         return Err(Error::NothingSelected {
             root: config.root.clone(),
         });
     }
-    archive::write_archive(&config.root, &files, out).map_err(|source| Error::Archive {
+    progress.begin(Step::Archive, Some(files.len() as u64));
+    let archive = archive::write_archive_reporting(&config.root, &files, out, &mut |archived| {
+        progress.advance(Step::Archive, archived as u64);
+    })
+    .map_err(|source| Error::Archive {
         path: out.to_path_buf(),
         source,
-    })
+    });
+    progress.end(Step::Archive);
+    archive
 }
 
 impl Built {

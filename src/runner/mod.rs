@@ -42,6 +42,7 @@ use crate::api::selfhosted_v1::{
 };
 use crate::api::workflows_v1::GetClusterRequest;
 use crate::client::{Backoff, Client, RunnerClient, retryable};
+use crate::progress::{self, Progress, Reporter, Step};
 use crate::python;
 use catalog::{Catalog, LoadedSet};
 
@@ -132,17 +133,29 @@ pub struct Shared {
     pub cluster: String,
     pub options: Options,
     pub exporter: telemetry::Exporter,
+    /// Where each release's preparation is shown (each step is also logged).
+    pub progress: Arc<dyn Reporter>,
 }
 
 /// A release runner: `Runner::new(options, client)`, then `run(shutdown)`.
 pub struct Runner {
     options: Options,
     client: Client,
+    progress: Arc<dyn Reporter>,
 }
 
 impl Runner {
     pub fn new(options: Options, client: Client) -> Self {
-        Self { options, client }
+        Self {
+            options,
+            client,
+            progress: Arc::new(progress::Silent),
+        }
+    }
+
+    /// Shows each deployed release's preparation on `progress` (e.g. a terminal line).
+    pub fn with_progress(self, progress: Arc<dyn Reporter>) -> Self {
+        Self { progress, ..self }
     }
 
     /// Runs until drained (or, with `stop_when_idling`, until there is no work), or until
@@ -151,6 +164,7 @@ impl Runner {
         let Self {
             mut options,
             client,
+            progress,
         } = self;
         let phase = shutdown.phases();
         // An interrupt while the server is still unreachable stops the runner: nothing runs yet.
@@ -168,6 +182,7 @@ impl Runner {
             cluster: cluster.clone(),
             options: options.clone(),
             exporter,
+            progress,
         });
         let (catalog_sender, catalog) = watch::channel(Arc::new(Catalog::default()));
         let (lease_manager, leases) = leases::LeaseManager::new(runner_client.clone());
@@ -523,6 +538,8 @@ async fn apply_deployments(
         if not_due {
             continue;
         }
+        let label = prepare::release_label(&deployed.workflow_slug, &release);
+        let progress = progress::Logged::new(label.clone(), shared.progress.start(&label));
         let loaded = async {
             let prepared = prepare::prepare(
                 &shared.client,
@@ -530,13 +547,16 @@ async fn apply_deployments(
                 &deployed.workflow_slug,
                 &release,
                 shared.options.sync_timeout,
+                &progress,
             )
             .await?;
-            LoadedSet::load(prepared, key.clone(), shared.options.slots)
-                .await
-                .map_err(prepare::Error::from)
+            progress.begin(Step::Load, None);
+            let loaded = LoadedSet::load(prepared, key.clone(), shared.options.slots).await;
+            progress.end(Step::Load);
+            loaded.map_err(prepare::Error::from)
         }
         .await;
+        drop(progress);
         match loaded {
             Ok(set) => {
                 announce(&set);

@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use crate::api::selfhosted_v1::GetArtifactRequest;
 use crate::api::workflows_v1::WorkflowRelease;
 use crate::client::Client;
+use crate::progress::{Progress, Silent, Step};
 use crate::python::{self, Release};
 use crate::release::archive::{self, ArchiveInfo};
 use crate::release::build::Validation;
@@ -127,6 +128,15 @@ pub struct Source {
 /// Builds the environment of `source` and answers the release to load. Nothing is synced
 /// when the root has no `pyproject.toml` (a local project's `.venv` is used if it exists).
 pub async fn release(source: Source, cache: &Path) -> Result<Release, Error> {
+    release_reporting(source, cache, &Silent).await
+}
+
+/// [`release`], reporting the environment step to `progress`.
+pub async fn release_reporting(
+    source: Source,
+    cache: &Path,
+    progress: &dyn Progress,
+) -> Result<Release, Error> {
     let has_project = source.root.join("pyproject.toml").is_file();
     let environment = match source.environment {
         EnvironmentSource::Shared | EnvironmentSource::Project if has_project => {
@@ -136,6 +146,7 @@ pub async fn release(source: Source, cache: &Path) -> Result<Release, Error> {
                 source.environment == EnvironmentSource::Shared,
                 source.sync_timeout,
             );
+            progress.begin(Step::Environment, None);
             let environment = tokio::task::spawn_blocking(move || {
                 if shared {
                     python::environment::sync_shared(&root, &cache, timeout)
@@ -143,8 +154,9 @@ pub async fn release(source: Source, cache: &Path) -> Result<Release, Error> {
                     python::environment::sync(&root, false, timeout)
                 }
             })
-            .await
-            .map_err(|source| Error::Panicked {
+            .await;
+            progress.end(Step::Environment);
+            let environment = environment.map_err(|source| Error::Panicked {
                 what: "uv sync",
                 source,
             })??;
@@ -255,10 +267,11 @@ async fn built_release(
     label: &str,
     runner: &str,
     cache: &Path,
+    progress: &dyn Progress,
 ) -> Result<Release, Error> {
     let root = cache.join("builds").join(digest);
-    unpack_blocking(artifact.to_path_buf(), root.clone()).await?;
-    release(
+    unpack_blocking(artifact.to_path_buf(), root.clone(), progress).await?;
+    release_reporting(
         Source {
             label: label.to_string(),
             root,
@@ -267,22 +280,35 @@ async fn built_release(
             sync_timeout: python::environment::DEFAULT_SYNC_TIMEOUT,
         },
         cache,
+        progress,
     )
     .await
 }
 
-async fn unpack_blocking(artifact: PathBuf, directory: PathBuf) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || unpack_artifact(&artifact, &directory))
+async fn unpack_blocking(
+    artifact: PathBuf,
+    directory: PathBuf,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    progress.begin(Step::Unpack, None);
+    let unpacked = tokio::task::spawn_blocking(move || unpack_artifact(&artifact, &directory))
         .await
         .map_err(|source| Error::Panicked {
             what: "extraction",
             source,
-        })?
+        });
+    progress.end(Step::Unpack);
+    unpacked?
 }
 
-/// Downloads (unless cached), verifies and extracts a deployed artifact; answers the
-/// directory with its files.
-pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Result<PathBuf, Error> {
+/// Downloads (unless cached), verifies and extracts a deployed artifact, reporting both steps
+/// to `progress`; answers the directory with its files.
+pub async fn fetch_release(
+    client: &Client,
+    cache: &Path,
+    digest: &str,
+    progress: &dyn Progress,
+) -> Result<PathBuf, Error> {
     let extracted = cache.join("releases").join(digest);
     if extracted.join(COMPLETE_MARKER).exists() {
         return Ok(extracted);
@@ -293,13 +319,37 @@ pub async fn fetch_release(client: &Client, cache: &Path, digest: &str) -> Resul
         .map_err(io(&artifacts))?;
     let artifact = artifacts.join(format!("{digest}.tar.zst"));
     if !artifact.exists() {
-        download(client, digest, &artifact).await?;
+        progress.begin(Step::Download, artifact_size(client, digest).await);
+        let downloaded = download(client, digest, &artifact, progress).await;
+        progress.end(Step::Download);
+        downloaded?;
     }
-    unpack_blocking(artifact, extracted.clone()).await?;
+    unpack_blocking(artifact, extracted.clone(), progress).await?;
     Ok(extracted)
 }
 
-async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Error> {
+/// The stored artifact's size, for the download's progress; `None` if the server does not
+/// say (the download itself reports why it fails).
+async fn artifact_size(client: &Client, digest: &str) -> Option<u64> {
+    let mut client = client.clone();
+    let info = client
+        .artifacts
+        .get_artifact(GetArtifactRequest {
+            digest: digest.to_string(),
+            id: None,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    (info.size > 0).then_some(info.size)
+}
+
+async fn download(
+    client: &Client,
+    digest: &str,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
     let failed = |message: String| Error::Download {
         digest: digest.to_string(),
         message,
@@ -319,6 +369,7 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
         .await
         .map_err(io(&partial))?;
     let mut hasher = Sha256::new();
+    let mut received = 0u64;
     while let Some(chunk) = stream
         .message()
         .await
@@ -326,6 +377,8 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
     {
         hasher.update(&chunk.chunk);
         file.write_all(&chunk.chunk).await.map_err(io(&partial))?;
+        received += chunk.chunk.len() as u64;
+        progress.advance(Step::Download, received);
     }
     file.sync_all().await.map_err(io(&partial))?;
     drop(file);
@@ -342,22 +395,28 @@ async fn download(client: &Client, digest: &str, path: &Path) -> Result<(), Erro
         .map_err(io(path))
 }
 
-/// Builds the `Release` to load for a deployed workflow release, its `uv sync` bounded by
-/// `sync_timeout`.
-pub async fn prepare(
-    client: &Client,
-    cache: &Path,
-    workflow: &str,
-    release: &WorkflowRelease,
-    sync_timeout: Duration,
-) -> Result<Release, Error> {
+/// A deployed release's short name: `workflow@` and the first 8 characters of its id.
+pub fn release_label(workflow: &str, release: &WorkflowRelease) -> String {
     let release_id = release
         .id
         .as_ref()
         .and_then(|id| uuid::Uuid::from_slice(&id.uuid).ok())
         .map(|id| id.to_string())
         .unwrap_or_default();
-    let label = format!("{workflow}@{}", &release_id.get(..8).unwrap_or(&release_id));
+    format!("{workflow}@{}", &release_id.get(..8).unwrap_or(&release_id))
+}
+
+/// Builds the `Release` to load for a deployed workflow release, its `uv sync` bounded by
+/// `sync_timeout`, reporting download, unpack and environment to `progress`.
+pub async fn prepare(
+    client: &Client,
+    cache: &Path,
+    workflow: &str,
+    release: &WorkflowRelease,
+    sync_timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<Release, Error> {
+    let label = release_label(workflow, release);
     let digest = release
         .artifact
         .as_ref()
@@ -374,8 +433,8 @@ pub async fn prepare(
         .ok_or_else(|| Error::NoRunner {
             release: label.clone(),
         })?;
-    let root = fetch_release(client, cache, &digest).await?;
-    self::release(
+    let root = fetch_release(client, cache, &digest, progress).await?;
+    release_reporting(
         Source {
             label,
             root,
@@ -384,21 +443,34 @@ pub async fn prepare(
             sync_timeout,
         },
         cache,
+        progress,
     )
     .await
 }
 
 /// Validates a built artifact as a runner would load it: extracts it, builds its shared
 /// environment, loads the runner object (probing where it can run) and reports the task
-/// identifiers it registers.
+/// identifiers it registers. Unpack, environment and load are reported to `progress`.
 pub async fn validate_artifact(
     archive: &ArchiveInfo,
     label: &str,
     runner: &str,
     cache: &Path,
+    progress: &dyn Progress,
 ) -> Result<Validation, Error> {
-    let release = built_release(&archive.path, &archive.sha256, label, runner, cache).await?;
-    let loaded = python::load(release, python::Placement::Auto).await?;
+    let release = built_release(
+        &archive.path,
+        &archive.sha256,
+        label,
+        runner,
+        cache,
+        progress,
+    )
+    .await?;
+    progress.begin(Step::Load, None);
+    let loaded = python::load(release, python::Placement::Auto).await;
+    progress.end(Step::Load);
+    let loaded = loaded?;
     let validation = Validation {
         tasks: loaded.identifiers().to_vec(),
         classes: loaded.classes().to_vec(),

@@ -13,6 +13,7 @@
 //! - `storage_faults.rs`: the data directory on a tmpfs that fills up
 //! - `hostile.rs`: hostile artifacts, malformed configs and inputs, bad keys
 //! - `interop.rs`: the official SDK against our server (scripts in `tests/interop/`)
+//! - `progress.rs`: progress bars on a terminal (a pseudo-terminal), none when piped or `--json`
 //! - `security/`: authentication that fails closed, API keys, TLS
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
 //! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
@@ -24,6 +25,7 @@ mod common;
 mod faults;
 mod hostile;
 mod interop;
+mod progress;
 mod python;
 mod release;
 mod runner;

@@ -17,13 +17,13 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::output;
 use super::{ApiArgs, UserError, parse_id};
+use super::{output, progress};
 use crate::api::convert::{self, job_state_name};
 use crate::api::tilebox_v1::{Pagination, SortDirection};
 use crate::api::workflows_v1::{
     CancelJobRequest, Job, JobState, QueryFilters, QueryJobsRequest, RetryJobRequest,
-    SubmitJobRequest, TaskIdentifier, TaskSubmissionGroup, TaskSubmissions,
+    SubmitJobRequest, TaskIdentifier, TaskState, TaskSubmissionGroup, TaskSubmissions,
 };
 use crate::client::{Backoff, Client};
 use render::{job_document, job_rows, jobs_table, task_table, tasks_document};
@@ -335,9 +335,12 @@ async fn wait_for(
     let deadline = timeout_seconds
         .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
     let mut pause = Backoff::new(WAIT_POLL_START, WAIT_POLL_MAX);
+    let mut bars = progress::Display::new(json).job();
     let job = loop {
         let job = get_job(client, id).await?;
+        show_progress(&mut bars, &job);
         if is_finished(job.state()) {
+            bars.finish();
             break job;
         }
         let pause_now = pause.next_delay();
@@ -370,6 +373,32 @@ async fn wait_for(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Shows the job's tasks done (computed, skipped, or failed but optional) of its total, and
+/// each labelled progress indicator.
+fn show_progress(bars: &mut progress::JobBars, job: &Job) {
+    let stats = job.execution_stats.clone().unwrap_or_default();
+    let count = |states: &[TaskState]| -> u64 {
+        stats
+            .tasks_by_state
+            .iter()
+            .filter(|count| states.contains(&count.state()))
+            .map(|count| count.count)
+            .sum()
+    };
+    let done = count(&[
+        TaskState::Computed,
+        TaskState::Skipped,
+        TaskState::FailedOptional,
+    ]);
+    let failed = count(&[TaskState::Failed]);
+    let indicators: Vec<progress::Indicator<'_>> = job
+        .progress
+        .iter()
+        .map(|indicator| (indicator.label.as_str(), indicator.done, indicator.total))
+        .collect();
+    bars.update(done, stats.total_tasks, failed, &indicators);
 }
 
 fn timed_out(id: Uuid, state: JobState, seconds: u64) -> UserError {

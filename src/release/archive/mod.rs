@@ -32,7 +32,7 @@ use std::path::PathBuf;
 pub use extract::extract_archive;
 pub use fingerprint::{FileDigest, fingerprint};
 pub use read::{ArchiveEntry, EntryKind, Limits, read_archive};
-pub use write::{ArchiveInfo, COMPRESSION_LEVEL, write_archive};
+pub use write::{ArchiveInfo, COMPRESSION_LEVEL, write_archive, write_archive_reporting};
 
 const BLOCK: usize = 512;
 /// Size of the pieces handed to the compressor, and of read buffers.

@@ -39,6 +39,17 @@ pub fn write_archive(
     files: &[SelectedFile],
     out_path: &Path,
 ) -> Result<ArchiveInfo, Error> {
+    write_archive_reporting(root, files, out_path, &mut |_| {})
+}
+
+/// [`write_archive`], calling `archived` with the number of files written so far after each
+/// file.
+pub fn write_archive_reporting(
+    root: &Path,
+    files: &[SelectedFile],
+    out_path: &Path,
+    archived: &mut dyn FnMut(usize),
+) -> Result<ArchiveInfo, Error> {
     let mut sorted: Vec<&SelectedFile> = files.iter().collect();
     sorted.sort_by(|left, right| left.path.cmp(&right.path));
     for pair in sorted.windows(2) {
@@ -64,7 +75,7 @@ pub fn write_archive(
 
     let file_name = out_path.file_name().unwrap_or_default().to_string_lossy();
     let partial = out_path.with_file_name(format!(".{file_name}.partial"));
-    let written = write_tar_zst(root, &sorted, &partial, out_path).and_then(|written| {
+    let written = write_tar_zst(root, &sorted, &partial, out_path, archived).and_then(|written| {
         fs_err::rename(&partial, out_path).map_err(|source| Error::Write {
             path: out_path.to_path_buf(),
             source,
@@ -93,6 +104,7 @@ fn write_tar_zst(
     files: &[&SelectedFile],
     partial: &Path,
     out_path: &Path,
+    archived: &mut dyn FnMut(usize),
 ) -> Result<(u64, String, Vec<FileDigest>), Error> {
     let write_error = |source| Error::Write {
         path: out_path.to_path_buf(),
@@ -163,6 +175,7 @@ fn write_tar_zst(
                 });
             }
         }
+        archived(digests.len());
     }
 
     // `into_inner` writes the two zero blocks that end the archive.

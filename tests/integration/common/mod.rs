@@ -12,9 +12,10 @@
 //!   [`list_tasks`], ...
 //! - `project.rs`: workflow projects in temp dirs ([`project`], [`example`]) and
 //!   `tilebox runner start` processes ([`RunnerProcess`])
+//! - `pty.rs` (+ `pty_driver.py`): commands at a pseudo-terminal: [`pty::run_in_pty`] (a
+//!   dialogue), [`pty::run_on_terminal`] (what it draws)
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
-//! - `pty.rs` (+ `pty_driver.py`): [`pty::run_in_pty`], a command at a pseudo-terminal
 
 mod api;
 mod cli;
