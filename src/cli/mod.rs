@@ -11,11 +11,13 @@
 //! - `task.rs`: `tilebox task run` (in-process execution of a local project)
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
+//! - `dev.rs`: `tilebox dev [DIR]` (server and reloading runner in one process)
 //! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)
 //! - `telemetry.rs`: `tilebox job logs` and `tilebox job spans`
 //! - `output.rs`: tables, JSON, state names
 
 mod cluster;
+mod dev;
 mod job;
 mod keys;
 mod output;
@@ -69,6 +71,9 @@ enum Command {
     Runner(runner::RunnerCommand),
     /// Run N copies of a command with prefixed output.
     Parallel(parallel::ParallelArgs),
+    /// Develop a project: a server and a runner of the project in one process, reloading
+    /// the project when its files change.
+    Dev(dev::DevArgs),
     /// Host a release in this process's main interpreter (used by the runner itself).
     #[command(hide = true)]
     PythonHost(crate::python::child::HostArgs),
@@ -122,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Workflow(command) => workflow::run(command, &cli.api).await,
             Command::Runner(command) => runner::run(command, &cli.api).await,
             Command::Parallel(arguments) => parallel::run(arguments).await,
+            Command::Dev(arguments) => dev::run(arguments).await,
             Command::PythonHost(_) => unreachable!("handled before the runtime starts"),
         }
     })
