@@ -429,3 +429,38 @@ fn a_broken_edit_keeps_the_last_good_code_until_it_is_fixed() {
     );
     dev.stop();
 }
+
+#[test]
+fn dev_refuses_a_network_address_and_a_directory_without_a_project() {
+    let project = gate_project("unused");
+    let output = tilebox_command(&["dev"])
+        .arg(project.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("tilebox dev");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to listen on the non-loopback address 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(
+        !project.path().join(".tilebox").exists(),
+        "nothing is created"
+    );
+
+    let empty = tempfile::tempdir().expect("temp dir");
+    let output = tilebox_command(&["dev"])
+        .arg(empty.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("tilebox dev");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tilebox.workflow.toml"), "{stderr}");
+    assert!(stderr.contains("hint: `tilebox workflow init`"), "{stderr}");
+    assert!(
+        !empty.path().join(".tilebox").exists(),
+        "nothing is created"
+    );
+}
