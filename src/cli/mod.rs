@@ -12,6 +12,7 @@
 //!   reads a job's task from a server)
 //! - `runner.rs`: `tilebox runner start`
 //! - `parallel.rs`: `tilebox parallel -n N -- CMD`
+//! - `dev.rs`: `tilebox dev [DIR]` (server and reloading runner in one process)
 //! - `workflow.rs`: `tilebox workflow ...` (the release pipeline)
 //! - `init.rs`: `tilebox workflow init` (all or nothing)
 //! - `telemetry.rs`: `tilebox job logs` and `tilebox job spans`
@@ -19,6 +20,7 @@
 //! - `progress.rs`: progress bars on stderr, and when they are shown
 
 mod cluster;
+mod dev;
 mod init;
 mod job;
 mod keys;
@@ -74,6 +76,9 @@ enum Command {
     Runner(runner::RunnerCommand),
     /// Run N copies of a command with prefixed output.
     Parallel(parallel::ParallelArgs),
+    /// Develop a project: a server and a runner of the project in one process, reloading
+    /// the project when its files change.
+    Dev(dev::DevArgs),
     /// Host a release in this process's main interpreter (used by the runner itself).
     #[command(hide = true)]
     PythonHost(crate::python::child::HostArgs),
@@ -127,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Workflow(command) => workflow::run(command, &cli.api).await,
             Command::Runner(command) => runner::run(command, &cli.api).await,
             Command::Parallel(arguments) => parallel::run(arguments).await,
+            Command::Dev(arguments) => dev::run(arguments).await,
             Command::PythonHost(_) => unreachable!("handled before the runtime starts"),
         }
     })

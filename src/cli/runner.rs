@@ -122,6 +122,7 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         stop_when_idling: arguments.stop_when_idling,
         cache_dir,
         project,
+        watch: None,
         grace,
         quiet: arguments.quiet,
         sync_timeout,
@@ -180,7 +181,7 @@ fn exit_after(deadline: Duration) {
 }
 
 /// First SIGINT/SIGTERM: drain (hand back after the grace period); second: hand back now.
-async fn watch_signals(shutdown: Shutdown, grace: Duration) {
+pub(super) async fn watch_signals(shutdown: Shutdown, grace: Duration) {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,

@@ -280,7 +280,7 @@ fn check_open_listen(
 
 /// Parses `--listen`: an IP address with a port, or a host name (e.g. `localhost:8083`)
 /// resolved to its first address.
-fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub(super) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok(address);
     }

@@ -5,7 +5,8 @@
 //! within one path component and `**` crosses them; a glob that matches a directory matches
 //! everything under it (`exclude = ["build"]` drops the whole tree). Hidden files are selected
 //! like any other file when a glob matches them. Always left out: the artifact
-//! `<slug>.tar.zst` at the root (and its `.partial` file while it is written), and anything inside a `.git` or `.venv` directory.
+//! `<slug>.tar.zst` at the root (and its `.partial` file while it is written), and anything inside a `.git`, `.venv` or `.tilebox` directory (`.tilebox` holds
+//! what `tilebox dev` keeps of a project: its server's database and artifacts).
 //!
 //! Git's rules, when the root is inside a git repository (a `.git` in the root or a parent):
 //! every `.gitignore` from the repository's top down to each file. Outside a repository: the
@@ -26,7 +27,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use super::config::Config;
 
 /// Directory names whose contents are never part of a release.
-const ALWAYS_EXCLUDED: [&str; 2] = [".git", ".venv"];
+const ALWAYS_EXCLUDED: [&str; 3] = [".git", ".venv", ".tilebox"];
 
 /// A file chosen for the release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -523,7 +524,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_artifact_git_and_venv_are_always_excluded() {
+    fn the_artifact_git_venv_and_dev_data_are_always_excluded() {
         let directory = tempfile::tempdir().unwrap();
         write_tree(
             directory.path(),
@@ -533,6 +534,7 @@ pub(crate) mod tests {
                 (".venv/lib/site.py", ""),
                 ("pkg/.venv/lib/site.py", ""),
                 (".git/config", ""),
+                (".tilebox/data/tilebox.db", ""),
                 ("main.py", ""),
             ],
         );

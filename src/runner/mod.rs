@@ -10,6 +10,8 @@
 //! - `catalog.rs`: loaded releases and task routing
 //! - `leases.rs`: the lease manager, extending every held task's lease in one call
 //! - `local.rs`: executing a task tree in-process without a server (`task run`)
+//! - `reload.rs`: direct mode that loads the project again when its files change
+//!   (`tilebox dev`)
 //! - `prepare.rs`: code to a loadable release, for every command: artifact cache, staged
 //!   extraction, environments (shared venvs, a project's own), build validation
 //! - `telemetry.rs`: task logs and spans to the server (OTLP, batched)
@@ -18,6 +20,7 @@ mod catalog;
 mod leases;
 pub mod local;
 pub mod prepare;
+pub mod reload;
 mod slot;
 mod telemetry;
 mod work;
@@ -57,6 +60,9 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// Direct mode: this local release instead of the cluster's deployments.
     pub project: Option<python::Release>,
+    /// Direct mode that follows a project's files (`tilebox dev`), loading it again when
+    /// they change; takes the place of `project`.
+    pub watch: Option<reload::Watch>,
     /// How long running tasks may take to finish after the first interrupt.
     pub grace: Duration,
     /// Do not print task logs.
@@ -192,8 +198,17 @@ impl Runner {
         let mut watcher = None;
         // Held here only in direct mode; dropped with the loaded releases at the end.
         let mut direct_sender = None;
-        match &options.project {
-            Some(project) => {
+        match (&options.watch, &options.project) {
+            (Some(watch), _) => {
+                tracing::info!(directory = %watch.directory.display(), slots = options.slots, "runner started; following the project's files");
+                watcher = Some(tokio::spawn(reload::follow_project(
+                    shared.clone(),
+                    catalog_sender,
+                    phase.clone(),
+                    watch.clone(),
+                )));
+            }
+            (None, Some(project)) => {
                 let set = LoadedSet::load(
                     project.clone(),
                     project.root.display().to_string(),
@@ -207,7 +222,7 @@ impl Runner {
                 let _ = catalog_sender.send(Arc::new(direct));
                 direct_sender = Some(catalog_sender);
             }
-            None => {
+            (None, None) => {
                 tracing::info!(%cluster, slots = options.slots, "runner started; following the cluster's deployments");
                 watcher = Some(tokio::spawn(follow_deployments(
                     shared.clone(),
@@ -217,7 +232,7 @@ impl Runner {
             }
         }
         // With --stop-when-idling, wait for the first set of deployments to load.
-        if options.stop_when_idling && watcher.is_some() {
+        if options.stop_when_idling && options.project.is_none() && watcher.is_some() {
             let mut catalog = catalog.clone();
             let _ = tokio::time::timeout(Duration::from_secs(300), catalog.changed()).await;
         }
@@ -593,6 +608,19 @@ async fn apply_deployments(
             }
         }
     }
+    let identifiers = next.identifiers();
+    replace_catalog(catalog, &current, next);
+    tracing::info!(
+        tasks = identifiers.len(),
+        "advertising the deployed releases' tasks"
+    );
+}
+
+/// Publishes `next` as the catalog that replaces `current`: tasks are routed to its releases
+/// from now on. Each release of `current` that `next` does not keep is retired: it finishes
+/// the tasks slots are running on it, then unloads. (`current` is passed, not read: a caller
+/// may already have published a catalog without some of its releases.)
+fn replace_catalog(catalog: &watch::Sender<Arc<Catalog>>, current: &Catalog, next: Catalog) {
     let removed: Vec<Arc<LoadedSet>> = current
         .releases
         .iter()
@@ -603,12 +631,7 @@ async fn apply_deployments(
         })
         .map(|(_, set)| set.clone())
         .collect();
-    let identifiers = next.identifiers();
     let _ = catalog.send(Arc::new(next));
-    tracing::info!(
-        tasks = identifiers.len(),
-        "advertising the deployed releases' tasks"
-    );
     for set in removed {
         tokio::spawn(retire(set));
     }
@@ -629,12 +652,12 @@ fn release_key(release: &crate::api::workflows_v1::WorkflowRelease) -> String {
     format!("{digest}|{runner}")
 }
 
-/// Unloads a release once no slot uses it any more.
+/// Unloads a release once no slot uses it any more (it has left the catalog).
 async fn retire(mut set: Arc<LoadedSet>) {
     loop {
         match Arc::try_unwrap(set) {
             Ok(owned) => {
-                tracing::info!(release = %owned.label, "unloading a release that is no longer deployed");
+                tracing::info!(release = %owned.label, "unloading a release that was replaced or is no longer deployed");
                 owned.unload().await;
                 return;
             }

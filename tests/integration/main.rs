@@ -7,6 +7,7 @@
 //! - `common/`: the helpers every area uses (test server, waiting, CLI JSON, gRPC, projects)
 //! - `server.rs`: authentication, error codes, version matching, long-polling, `kill -9`
 //! - `runner.rs`: the runner in direct mode, slots, leases, shutdown, SDK interop
+//! - `dev.rs`: `tilebox dev`: the parallel-sleep guide against it, reloads after edits
 //! - `release.rs`: init, build, publish, deploy, a release runner fixing a failed job
 //! - `telemetry.rs`: task logs and spans from the runner to the CLI
 //! - `faults.rs`: lost leases, server kills and outages, frozen and unreachable runners
@@ -22,6 +23,7 @@
 
 mod common;
 
+mod dev;
 mod faults;
 mod hostile;
 mod interop;

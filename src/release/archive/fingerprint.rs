@@ -1,6 +1,11 @@
 //! The content fingerprint: what a release's files are, independent of how they were archived.
 
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
+
+use super::Error;
+use crate::release::select::{FileKind, SelectedFile};
 
 /// Mode of a regular file, an executable and a symlink in the fingerprint (git's).
 pub(super) const FILE_MODE: u32 = 0o100_644;
@@ -38,6 +43,38 @@ pub fn fingerprint(files: &[FileDigest]) -> String {
         hasher.update(format!("{:06o} {} {}\0", file.mode, file.sha256, file.path));
     }
     hex::encode(hasher.finalize())
+}
+
+/// The digests of `files` (relative to `root`) as they are on disk now: what an archive of
+/// them would record for [`fingerprint`], without writing one (`tilebox dev` compares them to
+/// see that the project changed). Blocking.
+pub fn digest_files(root: &Path, files: &[SelectedFile]) -> Result<Vec<FileDigest>, Error> {
+    files
+        .iter()
+        .map(|file| {
+            let (mode, sha256) = match &file.kind {
+                FileKind::File { executable } => {
+                    let path = root.join(&file.path);
+                    let content =
+                        fs_err::read(&path).map_err(|source| Error::Read { path, source })?;
+                    let mode = if *executable {
+                        EXECUTABLE_MODE
+                    } else {
+                        FILE_MODE
+                    };
+                    (mode, hex::encode(Sha256::digest(&content)))
+                }
+                FileKind::Symlink { target } => {
+                    (SYMLINK_MODE, hex::encode(Sha256::digest(target.as_bytes())))
+                }
+            };
+            Ok(FileDigest {
+                path: file.path.clone(),
+                mode,
+                sha256,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -543,6 +543,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn digests_of_files_on_disk_give_the_fingerprint_their_archive_records() {
+        let directory = tempfile::tempdir().unwrap();
+        fixture(directory.path());
+        let files = select_files(&config(directory.path(), &["**"], &[])).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let info = write_archive(directory.path(), &files, &out.path().join("demo.tar.zst"));
+        let digests = super::super::digest_files(directory.path(), &files).unwrap();
+        assert_eq!(fingerprint(&digests), info.unwrap().fingerprint);
+    }
+
+    #[test]
     fn the_same_files_give_identical_bytes_whatever_mtimes_and_permissions() {
         let first = tempfile::tempdir().unwrap();
         let second = tempfile::tempdir().unwrap();
