@@ -5,7 +5,9 @@
 //! server answers. Then the files are written and `uv sync` locks and installs the
 //! dependencies; the workflow is created on the server last. A failure at any step removes
 //! what the earlier steps made: the files, `uv.lock`, the `.venv` uv made, the directory
-//! when init made it, and the workflow when init created it.
+//! when init made it, and the workflow when init created it. So does an interrupt (SIGINT,
+//! SIGTERM), which also stops uv (it runs in its own process group, so the terminal's
+//! Ctrl-C does not reach it).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,8 +53,11 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     // Prerequisites: nothing is written or created before all of them hold.
+    // A `.venv` of another interpreter would be replaced by `uv sync`, and could not be
+    // restored if a later step failed.
     let existing: Vec<&str> = FILES
         .into_iter()
+        .chain([".venv"])
         .filter(|file| directory.join(file).exists())
         .collect();
     if !existing.is_empty() {
@@ -90,7 +95,7 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
         .map_err(|error| {
             UserError::caused_by(
                 error,
-                Some("nothing was changed; run init again after that"),
+                Some("nothing was changed; install uv (or set TILEBOX_UV) and run init again"),
             )
         })?;
     let mut client = api.connect().await?;
@@ -106,53 +111,55 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
         Err(status) => return Err(client.error("GetWorkflow", status).into()),
     };
 
-    // The project's files, removed again unless every later step succeeds.
+    // The project's files, removed again unless every later step succeeds. An interrupt
+    // (Ctrl-C, SIGTERM) stops uv and undoes the same way.
     let mut made = Made::start(&directory)?;
-    let package = slug.replace('-', "_");
-    let toml_slug = found
-        .as_ref()
-        .map_or_else(|| slug.clone(), |workflow| workflow.slug.clone());
-    made.write("tilebox.workflow.toml", &workflow_toml(&toml_slug))?;
-    made.write(
-        "pyproject.toml",
-        &format!(
-            "[project]\nname = \"{package}\"\nversion = \"0.1.0\"\ndescription = \"{}\"\nrequires-python = \">=3.13\"\ndependencies = [\"tilebox\"]\n",
-            toml_string(&name)
-        ),
-    )?;
-    made.write("runner.py", RUNNER_TEMPLATE)?;
-    if !api.json {
-        eprintln!(
-            "syncing the environment with {} (this resolves and locks the dependencies)",
-            uv.version
-        );
-    }
-    let root = directory.clone();
-    tokio::task::spawn_blocking(move || {
-        python::environment::sync(&root, false, python::environment::DEFAULT_SYNC_TIMEOUT)
-    })
-    .await
-    .context("uv sync panicked")?
-    .map_err(|error| UserError::caused_by(error, Some("nothing was changed")))?;
-
-    // The workflow on the server, last.
-    let (workflow, created) = match found {
-        Some(workflow) => (workflow, false),
-        None => create_workflow(&mut client, &name, &slug).await?,
+    let creating = std::cell::Cell::new(false);
+    let steps = make_project(
+        &mut made,
+        &mut client,
+        Names {
+            name: &name,
+            slug: &slug,
+        },
+        found,
+        (!api.json).then_some(uv.version.as_str()),
+        &creating,
+    );
+    let outcome = tokio::select! {
+        outcome = steps => Some(outcome),
+        () = interrupted() => None,
     };
-    if workflow.slug != toml_slug
-        && let Err(error) = made.write("tilebox.workflow.toml", &workflow_toml(&workflow.slug))
-    {
-        if created {
-            let _ = client
-                .workflows
-                .delete_workflow(DeleteWorkflowRequest {
-                    workflow_slug: workflow.slug.clone(),
-                })
-                .await;
+    let (workflow, created) = match outcome {
+        Some(Ok(done)) => done,
+        Some(Err(error)) => return Err(error),
+        None => {
+            let stopped = tokio::task::spawn_blocking(|| {
+                python::environment::stop_running(std::time::Duration::from_secs(5))
+            })
+            .await
+            .unwrap_or(false);
+            let mut left = Vec::new();
+            if !stopped {
+                left.push("uv did not stop within 5 s".to_string());
+            }
+            if creating.get()
+                && let Err(error) = delete_workflow(&mut client, &slug).await
+            {
+                left.push(error);
+            }
+            drop(made);
+            eprintln!(
+                "error: interrupted; {}",
+                if left.is_empty() {
+                    "nothing was changed".to_string()
+                } else {
+                    format!("undone, except: {}", left.join("; "))
+                }
+            );
+            return Ok(ExitCode::from(130));
         }
-        return Err(error);
-    }
+    };
     made.keep();
 
     if api.json {
@@ -163,13 +170,114 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
             "files": FILES,
         }))?;
     } else {
+        let what = if created {
+            format!("Created workflow {}", workflow.slug)
+        } else {
+            format!("Set up the existing workflow {}", workflow.slug)
+        };
         output::print_text(&format!(
-            "Created workflow {} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
-            workflow.slug,
+            "{what} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
             directory.display()
         ))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The workflow's name and the slug derived from it.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    name: &'a str,
+    slug: &'a str,
+}
+
+/// Writes the project's files, syncs its environment (announced with `uv` when given), and
+/// creates the workflow when it was not `found`; answers the workflow and whether this
+/// created it. `creating` is set while the server is asked to create it.
+async fn make_project(
+    made: &mut Made,
+    client: &mut crate::client::Client,
+    names: Names<'_>,
+    found: Option<Workflow>,
+    uv: Option<&str>,
+    creating: &std::cell::Cell<bool>,
+) -> anyhow::Result<(Workflow, bool)> {
+    let package = names.slug.replace('-', "_");
+    let toml_slug = found
+        .as_ref()
+        .map_or_else(|| names.slug.to_string(), |workflow| workflow.slug.clone());
+    made.write("tilebox.workflow.toml", &workflow_toml(&toml_slug))?;
+    made.write(
+        "pyproject.toml",
+        &format!(
+            "[project]\nname = \"{package}\"\nversion = \"0.1.0\"\ndescription = \"{}\"\nrequires-python = \">=3.13\"\ndependencies = [\"tilebox\"]\n",
+            toml_string(names.name)
+        ),
+    )?;
+    made.write("runner.py", RUNNER_TEMPLATE)?;
+    if let Some(uv) = uv {
+        eprintln!("syncing the environment with {uv} (this resolves and locks the dependencies)");
+    }
+    let root = made.directory.clone();
+    tokio::task::spawn_blocking(move || {
+        python::environment::sync(&root, false, python::environment::DEFAULT_SYNC_TIMEOUT)
+    })
+    .await
+    .context("uv sync panicked")?
+    .map_err(|error| UserError::caused_by(error, Some("nothing was changed")))?;
+
+    // The workflow on the server, last.
+    let (workflow, created) = match found {
+        Some(workflow) => (workflow, false),
+        None => {
+            creating.set(true);
+            let created = create_workflow(client, names.name, names.slug).await?;
+            creating.set(false);
+            created
+        }
+    };
+    if workflow.slug != toml_slug
+        && let Err(error) = made.write("tilebox.workflow.toml", &workflow_toml(&workflow.slug))
+    {
+        if created && let Err(left) = delete_workflow(client, &workflow.slug).await {
+            return Err(error.context(left));
+        }
+        return Err(error);
+    }
+    Ok((workflow, created))
+}
+
+/// Removes the workflow `slug` that init created; the error says what is left.
+async fn delete_workflow(client: &mut crate::client::Client, slug: &str) -> Result<(), String> {
+    match client
+        .workflows
+        .delete_workflow(DeleteWorkflowRequest {
+            workflow_slug: slug.to_string(),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+        Err(status) => Err(format!(
+            "the workflow {slug} init created is still on the server ({}); remove it with the API",
+            status.message()
+        )),
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// Creates the workflow; answers it and whether this call created it (another client may
@@ -231,7 +339,6 @@ fn toml_string(text: &str) -> String {
 struct Made {
     directory: PathBuf,
     made_directory: bool,
-    had_venv: bool,
     files: Vec<PathBuf>,
     kept: bool,
 }
@@ -243,7 +350,6 @@ impl Made {
         Ok(Self {
             directory: directory.to_path_buf(),
             made_directory,
-            had_venv: directory.join(".venv").exists(),
             files: Vec::new(),
             kept: false,
         })
@@ -275,9 +381,8 @@ impl Drop for Made {
         {
             let _ = fs_err::remove_file(file);
         }
-        if !self.had_venv {
-            let _ = fs_err::remove_dir_all(self.directory.join(".venv"));
-        }
+        // Init refuses a directory that has a `.venv`: this one is uv's, made by init.
+        let _ = fs_err::remove_dir_all(self.directory.join(".venv"));
         if self.made_directory {
             // Only when empty: whatever else is in it is not init's.
             let _ = fs_err::remove_dir(&self.directory);

@@ -14,7 +14,7 @@ pub const EMBEDDED_PYTHON: Option<&str> = option_env!("TILEBOX_EMBEDDED_PYTHON")
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    UvMissing(#[from] super::uv::Missing),
+    UvMissing(#[from] super::uv::Error),
     #[error("`uv sync` failed in {root}:\n{output}")]
     SyncFailed { root: PathBuf, output: String },
     #[error("`uv sync` in {root} did not finish within {} s; it was stopped", timeout.as_secs_f64())]
@@ -48,18 +48,26 @@ fn run_uv_sync(
     environment: Option<&Path>,
     timeout: Duration,
 ) -> Result<(), Error> {
+    // uv runs in `/` (see `uv.rs`), so the project is given by its absolute path.
+    let absolute = std::path::absolute(root).map_err(|source| Error::Run {
+        root: root.to_path_buf(),
+        source,
+    })?;
     let mut command = super::uv::find()?.command();
     command
-        .args(["sync", "--quiet"])
+        .args(["sync", "--quiet", "--directory"])
+        .arg(&absolute)
         .args(extra)
-        .current_dir(root)
         .env(crate::env::UV_PYTHON_DOWNLOADS, "never")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
     if let Some(environment) = environment {
-        command.env(crate::env::UV_PROJECT_ENVIRONMENT, environment);
+        command.env(
+            crate::env::UV_PROJECT_ENVIRONMENT,
+            std::path::absolute(environment).unwrap_or_else(|_| environment.to_path_buf()),
+        );
     }
     if frozen {
         command.arg("--frozen");
@@ -121,6 +129,7 @@ fn run_bounded(
     let deadline = std::time::Instant::now() + timeout;
     let mut child = command.spawn()?;
     let group = child.id();
+    let _running = Running::register(group);
     let stderr = child.stderr.take();
     // The reader sends what it reads as it reads it, so a pipe that never closes does not
     // withhold what was written before.
@@ -181,8 +190,56 @@ fn run_bounded(
     Ok(Bounded::Exited { status, stderr })
 }
 
+/// The process groups of the commands [`run_bounded`] runs now, so an interrupted caller can
+/// stop them ([`stop_running`]).
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// A running command's place in [`RUNNING`], taken out again on drop.
+struct Running(u32);
+
+impl Running {
+    fn register(group: u32) -> Self {
+        RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(group);
+        Self(group)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|group| *group != self.0);
+    }
+}
+
+/// Kills every `uv sync` running now (with what it started), and waits up to `wait` for each
+/// to be reaped, so nothing writes after this answers `true`.
+pub fn stop_running(wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let groups = RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if groups.is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        for group in groups {
+            kill_group(group);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Kills the process group `group` (uv and whatever it started: builds, interpreters).
-fn kill_group(group: u32) {
+pub(super) fn kill_group(group: u32) {
     let Ok(group) = libc::pid_t::try_from(group) else {
         return;
     };

@@ -166,6 +166,70 @@ echo 'error: Failed to fetch: `https://pypi.org/simple/tilebox/`' >&2; exit 2"#,
 }
 
 #[test]
+fn init_interrupted_during_uv_sync_stops_uv_and_removes_what_it_made() {
+    let server = TestServer::start();
+    let directory = tempfile::tempdir().expect("dir");
+    let pid_file = directory.path().join("uv.pid");
+    // A sync that makes the venv and the lock, then takes its time (with a child of its own).
+    let uv = script(
+        directory.path(),
+        "uv",
+        &format!(
+            r#"if [ "$1" = "--version" ]; then echo 'uv 0.0.0'; exit 0; fi
+cd "$4" && mkdir -p .venv/lib && touch uv.lock && echo $$ > {}
+sleep 600 & wait"#,
+            pid_file.display()
+        ),
+    );
+    let project = directory.path().join("scene-qa");
+    let mut init = crate::common::tilebox_command(&["workflow", "init", "--name", "Scene QA"])
+        .arg(&project)
+        .env("TILEBOX_API_URL", server.url())
+        .env("TILEBOX_UV", &uv)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tilebox");
+    wait_until("uv sync to start", Duration::from_secs(30), || {
+        fs_err::read_to_string(&pid_file).is_ok_and(|pid| pid.ends_with('\n'))
+    })
+    .expect("uv sync started");
+    crate::common::signal(init.id(), "-INT");
+    let status = crate::common::wait_for_exit(&mut init, "init to stop", Duration::from_secs(30))
+        .expect("init stops");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut init.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; nothing was changed"),
+        "{stderr}"
+    );
+    assert!(!project.exists(), "init left {}", project.display());
+    let pid = fs_err::read_to_string(&pid_file).expect("pid");
+    assert!(
+        !Path::new("/proc").join(pid.trim()).exists(),
+        "uv (pid {}) was stopped",
+        pid.trim()
+    );
+    assert_eq!(workflows_on(&server), serde_json::json!([]));
+}
+
+#[test]
+fn init_refuses_a_directory_with_a_venv() {
+    let server = TestServer::start();
+    let project = tempfile::tempdir().expect("dir");
+    fs_err::create_dir(project.path().join(".venv")).expect(".venv");
+    let output = server.tilebox_in(project.path(), &["workflow", "init", "--name", "Scene QA"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = crate::common::stderr_of(&output);
+    assert!(
+        stderr.contains("already has .venv; nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(workflows_on(&server), serde_json::json!([]));
+}
+
+#[test]
 fn publishing_is_idempotent_and_deploys_replace_and_undeploy() {
     let _snapshots = snapshot_settings().bind_to_scope();
     let server = TestServer::start();
