@@ -32,13 +32,21 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client;
 
+/// What `tilebox --version` prints after the name: the crate version and the git commit.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TILEBOX_GIT_COMMIT"),
+    ")"
+);
+
 /// The API URL when none is given: the local server's default listen address.
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8083";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tilebox",
-    version,
+    version = VERSION,
     about = "Self-hostable Tilebox workflows: server, releases and in-process runner"
 )]
 pub struct Cli {
@@ -69,9 +77,29 @@ enum Command {
     Runner(runner::RunnerCommand),
     /// Run N copies of a command with prefixed output.
     Parallel(parallel::ParallelArgs),
+    /// Print a shell completion script to stdout (e.g. `tilebox completions bash > ~/.local/share/bash-completion/completions/tilebox`).
+    Completions(CompletionsArgs),
     /// Host a release in this process's main interpreter (used by the runner itself).
     #[command(hide = true)]
     PythonHost(crate::python::child::HostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `arguments.shell` to stdout.
+fn print_completions(arguments: &CompletionsArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        arguments.shell,
+        &mut Cli::command(),
+        "tilebox",
+        &mut std::io::stdout(),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Options every API command takes.
@@ -109,6 +137,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::PythonHost(arguments) = cli.command {
         return Ok(crate::python::child::serve(arguments));
     }
+    if let Command::Completions(arguments) = &cli.command {
+        return print_completions(arguments);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,7 +153,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Workflow(command) => workflow::run(command, &cli.api).await,
             Command::Runner(command) => runner::run(command, &cli.api).await,
             Command::Parallel(arguments) => parallel::run(arguments).await,
-            Command::PythonHost(_) => unreachable!("handled before the runtime starts"),
+            Command::PythonHost(_) | Command::Completions(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

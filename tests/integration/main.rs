@@ -16,6 +16,7 @@
 //! - `security/`: authentication that fails closed, API keys, TLS
 //! - `python.rs`: the embedding layer with real CPython and uv venvs
 //! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
+//! - `shell.rs`: `tilebox --version` and `tilebox completions`
 
 mod common;
 
@@ -27,6 +28,7 @@ mod release;
 mod runner;
 mod security;
 mod server;
+mod shell;
 mod snapshots;
 mod storage_faults;
 mod telemetry;
