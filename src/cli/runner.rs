@@ -81,8 +81,27 @@ fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={level}"))
         .with_context(|| format!("invalid --log-level `{level}`"))?;
-    super::init_tracing(filter);
+    init_runner_tracing(filter);
     Ok(())
+}
+
+/// The runner's logs: to stderr as every command's (`super::init_tracing`), and its lines
+/// about a task also to the task's job ([`runner::RunnerLogs`]).
+pub fn init_runner_tracing(filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let colour =
+        std::io::stderr().is_terminal() && std::env::var_os(crate::env::NO_COLOR).is_none();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(colour),
+        )
+        .with(crate::runner::RunnerLogs)
+        .try_init();
 }
 
 /// The local project as a release (direct mode), its environment synced into its `.venv`.

@@ -144,6 +144,56 @@ fn a_failed_task_span_carries_the_exception() {
 }
 
 #[test]
+fn the_runners_own_line_about_a_failed_task_shows_in_job_logs() {
+    let server = TestServer::start();
+    let project = project("chatty", APP);
+    let job = submit(&server, "Broken", "");
+    run_all(&server, project.path());
+    let task = json(&server, &["--json", "job", "get", &job])["tasks"][0]["id"]
+        .as_str()
+        .expect("task")
+        .to_string();
+    let logs = json(&server, &["--json", "job", "logs", &job]);
+    let records = logs["logs"].as_array().expect("logs");
+    let own = records
+        .iter()
+        .find(|record| record["body"] == "about to fail")
+        .unwrap_or_else(|| panic!("the task's own line is missing: {logs}"));
+    let runner_line = records
+        .iter()
+        .find(|record| record["scope"] == "tilebox.runner")
+        .unwrap_or_else(|| panic!("no line of the runner's own: {logs}"));
+    assert!(
+        runner_line["body"]
+            .as_str()
+            .is_some_and(|body| body.starts_with("task failed") && body.contains("kaboom")),
+        "{runner_line}"
+    );
+    assert_eq!(runner_line["severity_text"], "WARN");
+    assert_eq!(runner_line["task_id"], task.as_str());
+    assert_eq!(
+        runner_line["trace_id"], own["trace_id"],
+        "in the job's trace"
+    );
+    assert_eq!(runner_line["span_id"], own["span_id"], "in the task's span");
+    // Filtering by the task keeps it; people see it in the plain listing.
+    let by_task = json(&server, &["--json", "job", "logs", &job, "--task", &task]);
+    assert!(
+        by_task["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .any(|record| record["scope"] == "tilebox.runner"),
+        "{by_task}"
+    );
+    let listing = server.tilebox(&["job", "logs", &job]);
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("task failed"),
+        "{listing:?}"
+    );
+}
+
+#[test]
 fn logs_of_a_running_task_are_visible_before_it_ends() {
     let server = TestServer::start();
     let project = project("chatty", APP);
