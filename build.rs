@@ -1,7 +1,8 @@
 //! Build steps that need no system tools:
 //! - compiles `proto/` with a pure-Rust proto compiler (protox), so no `protoc` is needed;
 //! - embeds the Python runtime (`python/tilebox/**.py`) into the binary;
-//! - links libpython with an rpath, so the binary finds the CPython it embeds.
+//! - links libpython with an rpath, so the binary finds the CPython it embeds;
+//! - records the git commit it is built from, for `tilebox --version`.
 
 // fs-err is not a build dependency; a failing file operation ends the build with its cause.
 #![allow(clippy::disallowed_methods)]
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile_protos()?;
+    record_git_commit();
     embed_python_runtime()?;
     pyo3_build_config::add_libpython_rpath_link_args();
     // The interpreter release venvs must be built with (the one this binary embeds).
@@ -41,6 +43,65 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// Sets `TILEBOX_GIT_COMMIT` (`env::GIT_COMMIT`; build scripts cannot import the crate): the
+/// short hash of `HEAD`, with `-dirty` when tracked files differ from it, or `unknown` when
+/// the crate is built outside its own git work tree (a source tarball) or without `git`.
+///
+/// The script reruns when `HEAD`, the branch it points to or the index changes (a commit, a
+/// checkout, `git add`), not on every edit: `-dirty` is as of the last of those.
+fn record_git_commit() {
+    let commit = git_commit().unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=TILEBOX_GIT_COMMIT={commit}");
+}
+
+fn git_commit() -> Option<String> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let git = |arguments: &[&str]| -> Option<String> {
+        let output = std::process::Command::new("git")
+            .arg("-C")
+            .arg(manifest_dir)
+            .args(arguments)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    // Only this crate's own work tree: not a repository the tarball was unpacked into.
+    let top = PathBuf::from(git(&["rev-parse", "--show-toplevel"])?);
+    if top.canonicalize().ok()? != manifest_dir.canonicalize().ok()? {
+        return None;
+    }
+    let git_dir = PathBuf::from(git(&["rev-parse", "--absolute-git-dir"])?);
+    let common_dir = manifest_dir.join(git(&["rev-parse", "--git-common-dir"])?);
+    // A missing file would rerun the script on every build: name only those that exist.
+    let mut watched = vec![
+        git_dir.join("HEAD"),
+        git_dir.join("index"),
+        common_dir.join("packed-refs"),
+    ];
+    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(common_dir.join(reference));
+    }
+    for path in watched.iter().filter(|path| path.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let hash = git(&["rev-parse", "--short=12", "HEAD"])?;
+    // Without optional locks `status` does not rewrite the index, which would rerun this script.
+    let dirty = git(&[
+        "--no-optional-locks",
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ])?;
+    Some(if dirty.is_empty() {
+        hash
+    } else {
+        format!("{hash}-dirty")
+    })
 }
 
 /// Writes `$OUT_DIR/python_runtime.rs`: every `.py` file under `python/tilebox`, as

@@ -33,3 +33,6 @@ pub const UV_PYTHON_DOWNLOADS: &str = "UV_PYTHON_DOWNLOADS";
 pub const UV_PROJECT_ENVIRONMENT: &str = "UV_PROJECT_ENVIRONMENT";
 /// Set by `build.rs` at compile time: the CPython executable the binary embeds.
 pub const EMBEDDED_PYTHON: &str = "TILEBOX_EMBEDDED_PYTHON";
+/// Set by `build.rs` at compile time: the git commit the binary is built from (short hash,
+/// `-dirty` when tracked files differed from it, `unknown` outside git).
+pub const GIT_COMMIT: &str = "TILEBOX_GIT_COMMIT";

@@ -9,9 +9,11 @@
 //! - `convert.rs`: ids, timestamps, durations, state names
 //! - `submission.rs`: validating and flattening task submissions (the server's rules)
 //! - `limits.rs`: the limits one request may reach (lengths, counts, version range)
+//! - `otlp_json.rs`: OTLP/JSON export requests decoded into the OTLP prost types
 
 pub mod convert;
 pub mod limits;
+pub mod otlp_json;
 pub mod submission;
 
 /// Metadata key a runner may send to name itself: late reports and lease extensions from a

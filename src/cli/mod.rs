@@ -39,13 +39,21 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client;
 
+/// What `tilebox --version` prints after the name: the crate version and the git commit.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TILEBOX_GIT_COMMIT"),
+    ")"
+);
+
 /// The API URL when none is given: the local server's default listen address.
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8083";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tilebox",
-    version,
+    version = VERSION,
     about = "Self-hostable Tilebox workflows: server, releases and in-process runner"
 )]
 pub struct Cli {
@@ -79,9 +87,29 @@ enum Command {
     /// Develop a project: a server and a runner of the project in one process, reloading
     /// the project when its files change.
     Dev(dev::DevArgs),
+    /// Print a shell completion script to stdout (e.g. `tilebox completions bash > ~/.local/share/bash-completion/completions/tilebox`).
+    Completions(CompletionsArgs),
     /// Host a release in this process's main interpreter (used by the runner itself).
     #[command(hide = true)]
     PythonHost(crate::python::child::HostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `arguments.shell` to stdout.
+fn print_completions(arguments: &CompletionsArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        arguments.shell,
+        &mut Cli::command(),
+        "tilebox",
+        &mut std::io::stdout(),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Options every API command takes.
@@ -119,6 +147,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::PythonHost(arguments) = cli.command {
         return Ok(crate::python::child::serve(arguments));
     }
+    if let Command::Completions(arguments) = &cli.command {
+        return print_completions(arguments);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,7 +164,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Runner(command) => runner::run(command, &cli.api).await,
             Command::Parallel(arguments) => parallel::run(arguments).await,
             Command::Dev(arguments) => dev::run(arguments).await,
-            Command::PythonHost(_) => unreachable!("handled before the runtime starts"),
+            Command::PythonHost(_) | Command::Completions(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }
@@ -141,13 +174,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Sends the process's own logs to stderr, coloured only on a terminal and without
 /// `NO_COLOR`.
 pub fn init_tracing(filter: tracing_subscriber::EnvFilter) {
+    install_tracing(filter, false);
+}
+
+/// A runner's logs (`runner start`, `dev`): as [`init_tracing`], and its lines about a task
+/// also to the task's job ([`crate::runner::RunnerLogs`]).
+pub fn init_runner_tracing(filter: tracing_subscriber::EnvFilter) {
+    install_tracing(filter, true);
+}
+
+/// Logs to stderr through the progress bars' writer (a log line never lands inside a bar).
+fn install_tracing(filter: tracing_subscriber::EnvFilter, runner_logs: bool) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let colour =
         std::io::stderr().is_terminal() && std::env::var_os(crate::env::NO_COLOR).is_none();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(progress::LogWriter)
-        .with_ansi(colour)
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(progress::LogWriter)
+                .with_ansi(colour),
+        )
+        .with(runner_logs.then_some(crate::runner::RunnerLogs))
         .try_init();
 }
 

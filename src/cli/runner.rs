@@ -81,7 +81,7 @@ fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={level}"))
         .with_context(|| format!("invalid --log-level `{level}`"))?;
-    super::init_tracing(filter);
+    super::init_runner_tracing(filter);
     Ok(())
 }
 

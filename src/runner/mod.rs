@@ -25,6 +25,7 @@ mod slot;
 mod telemetry;
 mod work;
 
+pub use telemetry::RunnerLogs;
 pub use work::FAILURE_BACKOFF_MAX;
 
 /// How long handing running tasks back may take before the runner gives up on it.

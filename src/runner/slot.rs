@@ -320,6 +320,7 @@ impl Executor {
         let quiet = self.shared.options.quiet;
         let label = display.clone();
         let trace = super::telemetry::TaskTrace::new(&job.trace_parent, &task_id.to_string());
+        self.shared.exporter.remember(&trace);
         let exporter = self.shared.exporter.clone();
         let forward_trace = trace.clone();
         let printer = tokio::spawn(async move {

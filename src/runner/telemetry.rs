@@ -2,7 +2,13 @@
 //! execution becomes a span (a child of its job's trace) and its log records are attributed
 //! to the job (trace id) and task (`task_id`). Records are batched and sent while the task
 //! runs (at most `FLUSH_EVERY` late), so logging costs little and shows up promptly.
+//!
+//! The runner's own log lines about a task ("task failed", a lease not extended, a result
+//! the server refused: `tracing` events with a `task_id` or `task` field) go to the task's
+//! job too, through the [`RunnerLogs`] layer, under the `tilebox.runner` scope.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -17,6 +23,11 @@ use crate::api::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use crate::api::otlp::resource::v1::Resource;
 use crate::api::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 use crate::client::Client;
+
+/// The scope of the runner's own log lines about a task.
+pub const RUNNER_SCOPE: &str = "tilebox.runner";
+/// How many recently run tasks the runner's own log lines can still be linked to.
+const REMEMBERED_TASKS: usize = 16_384;
 
 /// How often batched records are sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -135,7 +146,31 @@ impl Exporter {
             dropped_attributes_count: 0,
         };
         tokio::spawn(run(client, resource, receiver));
+        LINKS
+            .lock()
+            .expect("the task links are never poisoned: no code panics holding them")
+            .sender = Some(sender.clone());
         Self { sender }
+    }
+
+    /// Links the runner's own log lines about `trace`'s task to its job from now on (for the
+    /// most recent [`REMEMBERED_TASKS`] tasks).
+    pub fn remember(&self, trace: &TaskTrace) {
+        let mut links = LINKS
+            .lock()
+            .expect("the task links are never poisoned: no code panics holding them");
+        if links
+            .traces
+            .insert(trace.task_id.clone(), trace.clone())
+            .is_none()
+        {
+            links.order.push_back(trace.task_id.clone());
+        }
+        while links.order.len() > REMEMBERED_TASKS {
+            if let Some(oldest) = links.order.pop_front() {
+                links.traces.remove(&oldest);
+            }
+        }
     }
 
     /// A log record the task runtime emitted (its JSON form), attributed to `trace`.
@@ -271,6 +306,110 @@ impl Exporter {
             flags: 1,
         };
         let _ = self.sender.send(Item::Span(span));
+    }
+}
+
+/// Where [`RunnerLogs`] sends a runner log line about a task: the exporter of the runner in
+/// this process, and the traces of the tasks it ran recently. Process-wide, as the `tracing`
+/// subscriber the layer is part of.
+static LINKS: LazyLock<Mutex<Links>> = LazyLock::new(|| {
+    Mutex::new(Links {
+        sender: None,
+        traces: HashMap::new(),
+        order: VecDeque::new(),
+    })
+});
+
+struct Links {
+    sender: Option<mpsc::UnboundedSender<Item>>,
+    traces: HashMap<String, TaskTrace>,
+    /// Task ids in the order they were remembered, oldest first.
+    order: VecDeque<String>,
+}
+
+/// A `tracing` layer that sends the runner's own log events about a task (a `task_id` or
+/// `task` field naming a task the runner ran recently) to that task's job, as log records
+/// in the task's trace with its `task_id`: `tilebox job logs` then shows why the runner
+/// failed, handed back or lost a task next to the task's own lines. Events about no known
+/// task are left to the other layers only.
+pub struct RunnerLogs;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RunnerLogs {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let candidates = fields
+            .values
+            .iter()
+            .filter(|(name, _)| *name == "task_id" || *name == "task")
+            .map(|(_, value)| value.as_str());
+        let (sender, trace) = {
+            let Ok(links) = LINKS.lock() else { return };
+            let Some(sender) = links.sender.clone() else {
+                return;
+            };
+            let Some(trace) = candidates
+                .into_iter()
+                .find_map(|candidate| links.traces.get(candidate).cloned())
+            else {
+                return;
+            };
+            (sender, trace)
+        };
+        let level = *event.metadata().level();
+        let (severity, severity_text) = match level {
+            tracing::Level::ERROR => (17, "ERROR"),
+            tracing::Level::WARN => (13, "WARN"),
+            tracing::Level::INFO => (9, "INFO"),
+            tracing::Level::DEBUG => (5, "DEBUG"),
+            tracing::Level::TRACE => (1, "TRACE"),
+        };
+        let mut attributes = vec![attribute("task_id", string(trace.task_id.clone()))];
+        for (name, value) in &fields.values {
+            if *name != "task_id" && *value != trace.task_id {
+                attributes.push(attribute(name, string(value.clone())));
+            }
+        }
+        attributes.push(attribute("logger", string(event.metadata().target())));
+        let now = now_nanos();
+        let record = LogRecord {
+            time_unix_nano: now,
+            observed_time_unix_nano: now,
+            severity_number: severity,
+            severity_text: severity_text.into(),
+            body: Some(string(fields.message)),
+            attributes,
+            dropped_attributes_count: 0,
+            flags: 1,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            event_name: String::new(),
+        };
+        let _ = sender.send(Item::Log {
+            scope: RUNNER_SCOPE.into(),
+            record,
+        });
+    }
+}
+
+/// An event's message and its other fields, as text.
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    values: Vec<(&'static str, String)>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.values.push((field.name(), value.to_string()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
     }
 }
 

@@ -591,6 +591,185 @@ fn sdk_logs_and_spans_are_stored_and_read_back() {
     server.stop();
 }
 
+#[test]
+fn sdk_queries_jobs_by_id_interval_and_automation() {
+    #[derive(Deserialize)]
+    struct Summary {
+        submitted: Vec<String>,
+        tuple: Vec<String>,
+        tuple_of_strings: Vec<String>,
+        exclusive: Vec<String>,
+        automation: Vec<String>,
+        automation_and_ids: Vec<String>,
+    }
+    let server = TestServer::start();
+    let summary: Summary = run_script(&server, "query_filters.py", &[]);
+    let jobs = &summary.submitted;
+    assert_eq!(jobs.len(), 4);
+    // The SDK's tuple is [start, end]: both ends included.
+    assert_eq!(summary.tuple, jobs[..3]);
+    assert_eq!(summary.tuple_of_strings, jobs[1..3]);
+    assert_eq!(summary.exclusive, jobs[1..2]);
+    // No job on this server was submitted by an automation.
+    assert!(summary.automation.is_empty(), "{:?}", summary.automation);
+    assert!(
+        summary.automation_and_ids.is_empty(),
+        "{:?}",
+        summary.automation_and_ids
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_jobs_filters_by_id_interval_and_automation_over_grpc() {
+    use tilebox::api::convert::id;
+    use tilebox::api::tilebox_v1::{Id, IdInterval, Pagination, SortDirection};
+    use tilebox::api::workflows_v1::{QueryFilters, QueryJobsRequest};
+
+    let server = TestServer::start();
+    let mut client = crate::common::client(&server).await;
+    let mut jobs = Vec::new();
+    for index in 0..5 {
+        let job = client
+            .jobs
+            .submit_job(crate::common::job_request(
+                &format!("Ids{index}"),
+                "v1.0",
+                1,
+                b"{}",
+            ))
+            .await
+            .expect("submit")
+            .into_inner();
+        jobs.push(crate::common::uuid_of_id(job.id.as_ref()));
+    }
+    let query = |filters: QueryFilters, limit: Option<i64>, descending: bool| {
+        let mut client = client.clone();
+        async move {
+            client
+                .jobs
+                .query_jobs(QueryJobsRequest {
+                    filters: Some(filters),
+                    page: Some(Pagination {
+                        limit,
+                        starting_after: None,
+                    }),
+                    sort_direction: if descending {
+                        SortDirection::Descending as i32
+                    } else {
+                        SortDirection::Ascending as i32
+                    },
+                })
+                .await
+                .map(|response| {
+                    response
+                        .into_inner()
+                        .jobs
+                        .iter()
+                        .map(|job| crate::common::uuid_of_id(job.id.as_ref()))
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    const NO_JOBS: [uuid::Uuid; 0] = [];
+    let interval = |start: usize, end: usize, start_exclusive, end_inclusive| QueryFilters {
+        id_interval: Some(IdInterval {
+            start_id: Some(id(jobs[start])),
+            end_id: Some(id(jobs[end])),
+            start_exclusive,
+            end_inclusive,
+        }),
+        ..QueryFilters::default()
+    };
+    // Without flags: [start, end).
+    assert_eq!(
+        query(interval(1, 3, false, false), None, false)
+            .await
+            .unwrap(),
+        jobs[1..3]
+    );
+    assert_eq!(
+        query(interval(1, 3, true, true), None, false)
+            .await
+            .unwrap(),
+        jobs[2..4]
+    );
+    assert_eq!(
+        query(interval(1, 1, false, true), None, false)
+            .await
+            .unwrap(),
+        jobs[1..2]
+    );
+    assert_eq!(
+        query(interval(3, 1, false, true), None, false)
+            .await
+            .unwrap(),
+        NO_JOBS
+    );
+    // With other filters, a page size and descending order.
+    let mut descending = jobs[0..4].to_vec();
+    descending.reverse();
+    assert_eq!(
+        query(interval(0, 3, false, true), Some(2), true)
+            .await
+            .unwrap(),
+        descending[..2]
+    );
+    let named = QueryFilters {
+        name: "Ids2".into(),
+        ..interval(0, 4, false, true)
+    };
+    assert_eq!(query(named, None, false).await.unwrap(), jobs[2..3]);
+    // An open end: only the start id given.
+    let open = QueryFilters {
+        id_interval: Some(IdInterval {
+            start_id: Some(id(jobs[3])),
+            ..IdInterval::default()
+        }),
+        ..QueryFilters::default()
+    };
+    assert_eq!(query(open, None, false).await.unwrap(), jobs[3..]);
+
+    // Automations: none submitted anything here, so none of the jobs match.
+    let automations = QueryFilters {
+        automation_ids: vec![id(uuid::Uuid::now_v7())],
+        ..QueryFilters::default()
+    };
+    assert_eq!(query(automations, None, false).await.unwrap(), NO_JOBS);
+    // Malformed ids are refused, naming the field.
+    let malformed = QueryFilters {
+        automation_ids: vec![
+            id(uuid::Uuid::now_v7()),
+            Id {
+                uuid: vec![1, 2, 3],
+            },
+        ],
+        ..QueryFilters::default()
+    };
+    let refused = query(malformed, None, false)
+        .await
+        .expect_err("a 3-byte id");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(
+        refused.message().contains("filters.automation_ids[1]"),
+        "{refused}"
+    );
+    let malformed = QueryFilters {
+        id_interval: Some(IdInterval {
+            end_id: Some(Id { uuid: vec![9; 5] }),
+            ..IdInterval::default()
+        }),
+        ..QueryFilters::default()
+    };
+    let refused = query(malformed, None, false)
+        .await
+        .expect_err("a 5-byte id");
+    assert!(
+        refused.message().contains("filters.id_interval.end_id"),
+        "{refused}"
+    );
+}
+
 /// A job as the SDK decoded it from `GetJob` (see `job_summary` in `harness.py`).
 #[derive(Debug, Deserialize)]
 struct JobSummary {

@@ -20,6 +20,7 @@
 //! - `snapshots.rs`: what the CLI prints (insta; `.snap` files in `snapshots/`)
 //! - `task_debug.rs`: `task run --from-job`, `--pdb` and `breakpoint()` at a pseudo-terminal,
 //!   `--input` as an object of the task's fields
+//! - `shell.rs`: `tilebox --version` and `tilebox completions`
 
 mod common;
 
@@ -33,6 +34,7 @@ mod release;
 mod runner;
 mod security;
 mod server;
+mod shell;
 mod snapshots;
 mod storage_faults;
 mod task_debug;

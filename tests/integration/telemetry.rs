@@ -1,13 +1,14 @@
 //! Task logs and spans from the in-process runner to the server to the CLI: attribution,
-//! failures, streaming while a task runs, pagination and retention. (The official SDK's
-//! OTLP exports are covered in the `interop` module.)
+//! failures, streaming while a task runs, pagination and retention; OTLP/HTTP exports in
+//! JSON and gzip, as collectors send them. (The official SDK's OTLP exports are covered in
+//! the `interop` module; refused exports in `hostile::server_limits`.)
 
 use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{
-    RunnerProcess, TestServer, json_of, project, project_runner, snapshot_settings, submit,
-    transcript, wait_until,
+    RunnerProcess, TestServer, http_post, json_of, project, project_runner, snapshot_settings,
+    submit, transcript, wait_until,
 };
 use serde_json::Value;
 
@@ -139,6 +140,56 @@ fn a_failed_task_span_carries_the_exception() {
         info["logs"],
         serde_json::json!([]),
         "the level filter applies"
+    );
+}
+
+#[test]
+fn the_runners_own_line_about_a_failed_task_shows_in_job_logs() {
+    let server = TestServer::start();
+    let project = project("chatty", APP);
+    let job = submit(&server, "Broken", "");
+    run_all(&server, project.path());
+    let task = json(&server, &["--json", "job", "get", &job])["tasks"][0]["id"]
+        .as_str()
+        .expect("task")
+        .to_string();
+    let logs = json(&server, &["--json", "job", "logs", &job]);
+    let records = logs["logs"].as_array().expect("logs");
+    let own = records
+        .iter()
+        .find(|record| record["body"] == "about to fail")
+        .unwrap_or_else(|| panic!("the task's own line is missing: {logs}"));
+    let runner_line = records
+        .iter()
+        .find(|record| record["scope"] == "tilebox.runner")
+        .unwrap_or_else(|| panic!("no line of the runner's own: {logs}"));
+    assert!(
+        runner_line["body"]
+            .as_str()
+            .is_some_and(|body| body.starts_with("task failed") && body.contains("kaboom")),
+        "{runner_line}"
+    );
+    assert_eq!(runner_line["severity_text"], "WARN");
+    assert_eq!(runner_line["task_id"], task.as_str());
+    assert_eq!(
+        runner_line["trace_id"], own["trace_id"],
+        "in the job's trace"
+    );
+    assert_eq!(runner_line["span_id"], own["span_id"], "in the task's span");
+    // Filtering by the task keeps it; people see it in the plain listing.
+    let by_task = json(&server, &["--json", "job", "logs", &job, "--task", &task]);
+    assert!(
+        by_task["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .any(|record| record["scope"] == "tilebox.runner"),
+        "{by_task}"
+    );
+    let listing = server.tilebox(&["job", "logs", &job]);
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("task failed"),
+        "{listing:?}"
     );
 }
 
@@ -292,5 +343,172 @@ fn job_logs_escapes_control_characters_on_a_terminal_and_keeps_them_in_a_pipe() 
     assert_eq!(
         logs["logs"][0]["body"],
         "before\x1b[2J\x1b]0;pwned\x07\rafter"
+    );
+}
+
+/// `data` gzip-compressed, as an exporter with `compression: gzip` sends it.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("compress");
+    encoder.finish().expect("compress")
+}
+
+#[test]
+fn otlp_json_and_gzip_exports_show_in_job_logs_and_spans() {
+    use prost::Message;
+    use tilebox::api::otlp::collector::logs::v1::ExportLogsServiceRequest;
+    use tilebox::api::otlp::common::v1::{AnyValue, any_value};
+    use tilebox::api::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    let server = TestServer::start();
+    // A job nobody runs: its trace is what the exports below are linked by.
+    let job = submit(&server, "Nobody", "1");
+    let trace_parent = json(&server, &["--json", "job", "get", &job])["trace_parent"]
+        .as_str()
+        .expect("trace_parent")
+        .to_string();
+    let trace = trace_parent
+        .split('-')
+        .nth(1)
+        .expect("trace id")
+        .to_string();
+    let task = "0190a8c4-5e2b-7c1d-9f00-1a2b3c4d5e6f";
+
+    let json_log = |body: &str| {
+        serde_json::json!({"resourceLogs": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "collector"}}]},
+            "scopeLogs": [{"scope": {"name": "otel-json"}, "logRecords": [{
+                "timeUnixNano": "1700000000000000000",
+                "severityNumber": 13,
+                "severityText": "WARN",
+                "traceId": trace,
+                "spanId": "b7ad6b7169203331",
+                "body": {"stringValue": body},
+                "attributes": [
+                    {"key": "task_id", "value": {"stringValue": task}},
+                    {"key": "attempt", "value": {"intValue": "2"}},
+                ],
+            }]}],
+        }]})
+        .to_string()
+    };
+    let json_span = |name: &str| {
+        serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": trace,
+            "spanId": "00f067aa0ba902b7",
+            "parentSpanId": "",
+            "name": name,
+            "kind": 2,
+            "startTimeUnixNano": 1_700_000_000_000_000_000u64,
+            "endTimeUnixNano": "1700000001500000000",
+            "status": {"code": 2, "message": "boom"},
+        }]}]}]})
+        .to_string()
+    };
+    let protobuf_log = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: 1_700_000_000_000_000_001,
+                    trace_id: hex::decode(&trace).expect("hex"),
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("gzip protobuf line".into())),
+                    }),
+                    ..LogRecord::default()
+                }],
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    }
+    .encode_to_vec();
+
+    const JSON: (&str, &str) = ("Content-Type", "application/json");
+    const PROTOBUF: (&str, &str) = ("Content-Type", "application/x-protobuf");
+    const GZIP: (&str, &str) = ("Content-Encoding", "gzip");
+    let exports = [
+        ("/v1/logs", vec![JSON], json_log("json line").into_bytes()),
+        (
+            "/v1/logs",
+            vec![JSON, GZIP],
+            gzip(json_log("gzip json line").as_bytes()),
+        ),
+        ("/v1/logs", vec![PROTOBUF, GZIP], gzip(&protobuf_log)),
+        (
+            "/v1/traces",
+            vec![JSON],
+            json_span("json span").into_bytes(),
+        ),
+        (
+            "/v1/traces",
+            vec![JSON, GZIP],
+            gzip(json_span("gzip json span").as_bytes()),
+        ),
+    ];
+    for (path, headers, body) in &exports {
+        let response = http_post(&server, path, headers, body);
+        assert_eq!(
+            response.status,
+            200,
+            "{path} {headers:?}: {}",
+            response.text()
+        );
+        // The answer is in the request's encoding: an empty export response.
+        if headers.contains(&JSON) {
+            assert_eq!(response.header("content-type"), Some("application/json"));
+            assert_eq!(response.text(), "{}");
+        } else {
+            assert_eq!(
+                response.header("content-type"),
+                Some("application/x-protobuf")
+            );
+            assert!(response.body.is_empty());
+        }
+    }
+
+    let logs = json(&server, &["--json", "job", "logs", &job]);
+    let records = logs["logs"].as_array().expect("logs");
+    let bodies: Vec<&str> = records
+        .iter()
+        .filter_map(|record| record["body"].as_str())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["json line", "gzip json line", "gzip protobuf line"],
+        "{logs}"
+    );
+    let json_record = &records[0];
+    // The hex ids were read as hex (not base64): the record is in the job's trace.
+    assert_eq!(json_record["trace_id"], trace.as_str());
+    assert_eq!(json_record["span_id"], "b7ad6b7169203331");
+    assert_eq!(json_record["task_id"], task);
+    assert_eq!(json_record["severity_number"], 13);
+    assert_eq!(json_record["severity_text"], "WARN");
+    assert_eq!(json_record["attributes"]["attempt"], 2);
+    assert_eq!(json_record["scope"], "otel-json");
+    assert!(
+        json_record["time"]
+            .as_str()
+            .is_some_and(|time| time.starts_with("2023-11-14T22:13:20")),
+        "{json_record}"
+    );
+
+    let spans = json(&server, &["--json", "job", "spans", &job]);
+    let spans = spans["spans"].as_array().expect("spans");
+    let names: Vec<&str> = spans
+        .iter()
+        .filter_map(|span| span["name"].as_str())
+        .collect();
+    assert_eq!(names, ["json span", "gzip json span"], "{spans:?}");
+    assert_eq!(spans[0]["span_id"], "00f067aa0ba902b7");
+    assert_eq!(spans[0]["duration_seconds"], 1.5);
+    assert_eq!(spans[0]["status_code"], "STATUS_CODE_ERROR");
+    assert_eq!(spans[0]["status_message"], "boom");
+    // And people see them: the table names the spans.
+    let table = server.tilebox(&["job", "spans", &job]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("gzip json span"),
+        "{table:?}"
     );
 }

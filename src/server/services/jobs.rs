@@ -17,7 +17,7 @@ use crate::api::workflows_v1::{
     SubmitJobRequest,
 };
 use crate::server::scheduler::Scheduler;
-use crate::server::store::{JobFilter, Page};
+use crate::server::store::{IdBounds, JobFilter, Page};
 
 pub struct Jobs {
     scheduler: Scheduler,
@@ -146,6 +146,25 @@ impl JobService for Jobs {
         let page = page_of(request.page.as_ref(), descending)?;
         let mut filter = JobFilter::default();
         if let Some(filters) = request.filters {
+            let automations = filters
+                .automation_ids
+                .iter()
+                .enumerate()
+                .map(|(index, id)| {
+                    required_uuid(Some(id), &format!("filters.automation_ids[{index}]"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !automations.is_empty() {
+                // This server has no automations: every job was submitted directly (it keeps
+                // no `automation_id` of a submission), so no job was submitted by any of them.
+                return Ok(Response::new(QueryJobsResponse {
+                    jobs: Vec::new(),
+                    next_page: None,
+                }));
+            }
+            if let Some(interval) = filters.id_interval {
+                filter.ids = id_bounds(&interval)?;
+            }
             if filters.name.len() > 100 {
                 return Err(Status::invalid_argument(format!(
                     "filters.name is {} characters; at most 100 are allowed",
@@ -209,4 +228,24 @@ impl JobService for Jobs {
             total_jobs: total,
         }))
     }
+}
+
+/// The bounds of an `IDInterval`: the start inclusive unless `start_exclusive`, the end
+/// exclusive unless `end_inclusive` (as `TimeInterval`); a missing id leaves its end open.
+fn id_bounds(interval: &crate::api::tilebox_v1::IdInterval) -> Result<IdBounds, Status> {
+    use std::ops::Bound;
+    let start = optional_uuid(interval.start_id.as_ref(), "filters.id_interval.start_id")?;
+    let end = optional_uuid(interval.end_id.as_ref(), "filters.id_interval.end_id")?;
+    Ok(IdBounds {
+        start: match start {
+            None => Bound::Unbounded,
+            Some(id) if interval.start_exclusive => Bound::Excluded(id),
+            Some(id) => Bound::Included(id),
+        },
+        end: match end {
+            None => Bound::Unbounded,
+            Some(id) if interval.end_inclusive => Bound::Included(id),
+            Some(id) => Bound::Excluded(id),
+        },
+    })
 }

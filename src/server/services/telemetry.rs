@@ -1,11 +1,11 @@
 //! Telemetry: OTLP logs and spans in (gRPC `LogsService`/`TraceService`, and OTLP/HTTP
-//! protobuf `POST /v1/logs` and `/v1/traces` on the same port, as the official SDK
-//! exports), and `TelemetryQueryService` out. Each record is stored on its own, with the
+//! `POST /v1/logs` and `/v1/traces` on the same port: protobuf as the official SDK exports,
+//! or OTLP/JSON as collectors and other SDKs may, either optionally gzip-compressed), and `TelemetryQueryService` out. Each record is stored on its own, with the
 //! trace id that links it to a job (a job is one trace: its `trace_parent`).
 //!
 //! Limits, checked before anything is stored (so nothing of a refused export is): the body
-//! size (HTTP, checked after authentication and before the body is read; gRPC through the
-//! message limit), the records per export, and the bytes one export stores. Each record is
+//! size (HTTP, checked after authentication and before the body is read, and again on the
+//! decompressed bytes of a gzip body; gRPC through the message limit), the records per export, and the bytes one export stores. Each record is
 //! stored with its resource and scope, so a large resource attribute repeated over many
 //! empty records is refused by the stored-bytes limit, computed before anything is copied.
 
@@ -26,6 +26,7 @@ use crate::api::otlp::collector::trace::v1::{
 use crate::api::otlp::common::v1::{AnyValue, KeyValue, any_value};
 use crate::api::otlp::logs::v1::{ResourceLogs, ScopeLogs};
 use crate::api::otlp::trace::v1::{ResourceSpans, ScopeSpans};
+use crate::api::otlp_json;
 use crate::api::tilebox_v1::{Pagination, SortDirection};
 use crate::api::workflows_v1::telemetry_query_service_server::TelemetryQueryService;
 use crate::api::workflows_v1::{
@@ -430,10 +431,12 @@ impl TraceService for Traces {
     }
 }
 
-/// The OTLP/HTTP routes (`POST /v1/logs`, `POST /v1/traces`, protobuf bodies), with the
-/// same bearer authentication as the gRPC API. The headers are checked (authentication,
-/// content type, declared length) before any of the body is read, and the body is read up
-/// to the limit only.
+/// The OTLP/HTTP routes (`POST /v1/logs`, `POST /v1/traces`), with the same bearer
+/// authentication as the gRPC API. Bodies are protobuf (`application/x-protobuf`) or
+/// OTLP/JSON (`application/json`), optionally `Content-Encoding: gzip`; the answer is in the
+/// request's encoding. The headers are checked (authentication, content type and encoding,
+/// declared length) before any of the body is read; the body is read up to the limit only,
+/// and a gzip body is decompressed up to the same limit only.
 pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Router {
     use axum::routing::post;
 
@@ -449,14 +452,18 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
                         request,
                         &authenticate,
                         telemetry.limits.max_body_bytes,
-                        |body| async move {
-                            let request = ExportLogsServiceRequest::decode(body.as_slice())
-                                .map_err(|error| undecodable("ExportLogsServiceRequest", error))?;
+                        |format, body| async move {
+                            const WHAT: &str = "ExportLogsServiceRequest";
+                            let request = match format {
+                                Format::Protobuf => {
+                                    ExportLogsServiceRequest::decode(body.as_slice())
+                                        .map_err(|error| undecodable(WHAT, error))?
+                                }
+                                Format::Json => otlp_json::logs_request(&body)
+                                    .map_err(|error| invalid_json(WHAT, error))?,
+                            };
                             telemetry.ingest_logs(request).await.map_err(refused)?;
-                            Ok(ExportLogsServiceResponse {
-                                partial_success: None,
-                            }
-                            .encode_to_vec())
+                            Ok(())
                         },
                     )
                     .await
@@ -472,20 +479,54 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
                         request,
                         &authenticate,
                         telemetry.limits.max_body_bytes,
-                        |body| async move {
-                            let request = ExportTraceServiceRequest::decode(body.as_slice())
-                                .map_err(|error| undecodable("ExportTraceServiceRequest", error))?;
+                        |format, body| async move {
+                            const WHAT: &str = "ExportTraceServiceRequest";
+                            let request = match format {
+                                Format::Protobuf => {
+                                    ExportTraceServiceRequest::decode(body.as_slice())
+                                        .map_err(|error| undecodable(WHAT, error))?
+                                }
+                                Format::Json => otlp_json::traces_request(&body)
+                                    .map_err(|error| invalid_json(WHAT, error))?,
+                            };
                             telemetry.ingest_spans(request).await.map_err(refused)?;
-                            Ok(ExportTraceServiceResponse {
-                                partial_success: None,
-                            }
-                            .encode_to_vec())
+                            Ok(())
                         },
                     )
                     .await
                 }
             }),
         )
+}
+
+/// How an OTLP/HTTP body is encoded, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn of(headers: &axum::http::HeaderMap) -> Option<Format> {
+        let content_type = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())?;
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        if media_type.eq_ignore_ascii_case("application/x-protobuf") {
+            Some(Format::Protobuf)
+        } else if media_type.eq_ignore_ascii_case("application/json") {
+            Some(Format::Json)
+        } else {
+            None
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        }
+    }
 }
 
 type HttpRefusal = (axum::http::StatusCode, String);
@@ -497,11 +538,19 @@ fn undecodable(what: &str, error: prost::DecodeError) -> HttpRefusal {
     )
 }
 
+fn invalid_json(what: &str, error: serde_json::Error) -> HttpRefusal {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        format!("invalid OTLP/JSON {what}: {error}"),
+    )
+}
+
 fn refused(error: Error) -> HttpRefusal {
     (error.http_status(), error.to_string())
 }
 
-/// Checks the headers, reads the body within the limit, and answers what `ingest` made of it.
+/// Checks the headers, reads (and decompresses) the body within the limit, hands it to
+/// `ingest`, and answers in the request's encoding.
 async fn export_http<F, Fut>(
     request: axum::extract::Request,
     authenticate: &Authenticate,
@@ -509,27 +558,69 @@ async fn export_http<F, Fut>(
     ingest: F,
 ) -> axum::response::Response
 where
-    F: FnOnce(Vec<u8>) -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, HttpRefusal>>,
+    F: FnOnce(Format, Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<(), HttpRefusal>>,
 {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
 
     let (parts, body) = request.into_parts();
+    let format = Format::of(&parts.headers);
     let result = async {
-        check_headers(&parts.headers, authenticate, limit)?;
-        let body = read_body(body, limit).await?;
-        ingest(body).await
+        let (format, gzip) = check_headers(&parts.headers, authenticate, limit)?;
+        let mut body = read_body(body, limit).await?;
+        if gzip {
+            body = tokio::task::spawn_blocking(move || gunzip(&body, limit))
+                .await
+                .map_err(|error| {
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("decompressing the body failed: {error}"),
+                    )
+                })??;
+        }
+        ingest(format, body).await?;
+        Ok::<_, HttpRefusal>(format)
     }
     .await;
     match result {
-        Ok(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/x-protobuf")],
-            body,
+        // Both export responses are empty when everything was stored (no `partial_success`):
+        // no bytes in protobuf, `{}` in JSON.
+        Ok(format) => {
+            let body: &'static [u8] = match format {
+                Format::Protobuf => b"",
+                Format::Json => b"{}",
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, format.content_type())],
+                body,
+            )
+                .into_response()
+        }
+        // A JSON request gets the refusal as a JSON `google.rpc.Status`, as OTLP/HTTP asks.
+        Err((status, message)) if format == Some(Format::Json) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "code": grpc_code(status), "message": message }).to_string(),
         )
             .into_response(),
         Err((status, message)) => (status, message).into_response(),
+    }
+}
+
+/// The `google.rpc.Code` of an HTTP refusal, for a JSON `Status` body.
+fn grpc_code(status: axum::http::StatusCode) -> i32 {
+    use axum::http::StatusCode;
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            tonic::Code::InvalidArgument as i32
+        }
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated as i32,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::INSUFFICIENT_STORAGE => {
+            tonic::Code::ResourceExhausted as i32
+        }
+        _ => tonic::Code::Internal as i32,
     }
 }
 
@@ -553,6 +644,38 @@ async fn read_body(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, Http
     Ok(collected)
 }
 
+/// Decompresses a gzip body to at most `limit` bytes. It stops at the first byte past the
+/// limit, and the buffer grows only as far as the bytes decompressed so far (never past
+/// `limit` and one chunk), so a small body that inflates to gigabytes is refused without
+/// allocating them.
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, HttpRefusal> {
+    use std::io::Read;
+    const CHUNK: usize = 64 * 1024;
+    let mut decoder = flate2::read::MultiGzDecoder::new(body);
+    let mut decoded = Vec::new();
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let count = decoder.read(&mut chunk).map_err(|error| {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("the body is not valid gzip (Content-Encoding: gzip): {error}"),
+            )
+        })?;
+        if count == 0 {
+            return Ok(decoded);
+        }
+        if decoded.len() + count > limit {
+            return Err((
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the gzip body decompresses to more than {limit} bytes; this server accepts at most {limit} bytes per OTLP export (--max-otlp-body-bytes)"
+                ),
+            ));
+        }
+        decoded.extend_from_slice(&chunk[..count]);
+    }
+}
+
 fn too_large_body(declared: Option<u64>, limit: usize) -> HttpRefusal {
     let size = match declared {
         Some(declared) => format!("{declared} bytes"),
@@ -566,11 +689,13 @@ fn too_large_body(declared: Option<u64>, limit: usize) -> HttpRefusal {
     )
 }
 
+/// Checks authentication, the declared length, the content type and the content encoding;
+/// answers the body's format and whether it is gzip-compressed.
 fn check_headers(
     headers: &axum::http::HeaderMap,
     authenticate: &Authenticate,
     limit: usize,
-) -> Result<(), HttpRefusal> {
+) -> Result<(Format, bool), HttpRefusal> {
     use axum::http::{StatusCode, header};
     if !authenticate.accepts(
         headers
@@ -591,26 +716,37 @@ fn check_headers(
     {
         return Err(too_large_body(Some(declared), limit));
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    if !content_type.starts_with("application/x-protobuf") {
+    let Some(format) = Format::of(headers) else {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .unwrap_or_default();
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type `{content_type}` is not supported; send application/x-protobuf"),
+            format!(
+                "content type `{content_type}` is not supported; send application/x-protobuf or application/json"
+            ),
         ));
-    }
-    if headers
+    };
+    let gzip = match headers
         .get(header::CONTENT_ENCODING)
-        .is_some_and(|value| value != "identity")
+        .map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .as_deref()
     {
-        return Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "compressed bodies are not supported".into(),
-        ));
-    }
-    Ok(())
+        None | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content encoding `{other}` is not supported; send gzip or identity"),
+            ));
+        }
+    };
+    Ok((format, gzip))
 }
 
 /// A string attribute for OTLP records.

@@ -252,6 +252,25 @@ pub struct JobFilter {
     /// Milliseconds since the epoch; half-open [from, to).
     pub submitted_from: Option<i64>,
     pub submitted_to: Option<i64>,
+    /// Job ids within these bounds, compared in UUID byte order (time order for the v7 ids
+    /// the server gives jobs).
+    pub ids: IdBounds,
+}
+
+/// Bounds on job ids; unbounded on both ends by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdBounds {
+    pub start: std::ops::Bound<Uuid>,
+    pub end: std::ops::Bound<Uuid>,
+}
+
+impl Default for IdBounds {
+    fn default() -> Self {
+        Self {
+            start: std::ops::Bound::Unbounded,
+            end: std::ops::Bound::Unbounded,
+        }
+    }
 }
 
 /// A page request: items after `after` (exclusive), at most `limit`.

@@ -1,7 +1,7 @@
-//! Arbitrary bytes as an OTLP/HTTP protobuf body, for `/v1/logs` and `/v1/traces` alike, split
-//! into stored records under small limits: never a panic; an accepted export stores exactly
-//! one record per log record or span, within the record and stored-byte limits, each a
-//! self-contained export of one record that decodes back to it.
+//! Arbitrary bytes as an OTLP/HTTP body, protobuf and OTLP/JSON, for `/v1/logs` and
+//! `/v1/traces` alike, split into stored records under small limits: never a panic; an
+//! accepted export stores exactly one record per log record or span, within the record and
+//! stored-byte limits, each a self-contained export of one record that decodes back to it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,44 +20,58 @@ const LIMITS: Limits = Limits {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = ExportLogsServiceRequest::decode(data) {
-        let sent: Vec<_> = request
-            .resource_logs
-            .iter()
-            .flat_map(|resource| &resource.scope_logs)
-            .flat_map(|scope| scope.log_records.clone())
-            .collect();
-        if let Ok(records) = telemetry::split_logs(request, &LIMITS) {
-            assert_eq!(records.len(), sent.len());
-            assert!(records.len() <= LIMITS.max_records);
-            let stored: usize = records.iter().map(|record| record.encoded.len()).sum();
-            assert!(stored <= LIMITS.max_stored_bytes, "{stored} bytes stored");
-            for (record, sent) in records.iter().zip(&sent) {
-                let single = ResourceLogs::decode(record.encoded.as_slice()).expect("decodes");
-                assert_eq!(single.scope_logs.len(), 1);
-                assert_eq!(single.scope_logs[0].log_records, [sent.clone()]);
-                assert_eq!(record.trace_id, sent.trace_id);
-            }
-        }
+        check_logs(request);
+    }
+    if let Ok(request) = tilebox::api::otlp_json::logs_request(data) {
+        check_logs(request);
     }
     if let Ok(request) = ExportTraceServiceRequest::decode(data) {
-        let sent: Vec<_> = request
-            .resource_spans
-            .iter()
-            .flat_map(|resource| &resource.scope_spans)
-            .flat_map(|scope| scope.spans.clone())
-            .collect();
-        if let Ok(records) = telemetry::split_spans(request, &LIMITS) {
-            assert_eq!(records.len(), sent.len());
-            assert!(records.len() <= LIMITS.max_records);
-            let stored: usize = records.iter().map(|record| record.encoded.len()).sum();
-            assert!(stored <= LIMITS.max_stored_bytes, "{stored} bytes stored");
-            for (record, sent) in records.iter().zip(&sent) {
-                let single = ResourceSpans::decode(record.encoded.as_slice()).expect("decodes");
-                assert_eq!(single.scope_spans.len(), 1);
-                assert_eq!(single.scope_spans[0].spans, [sent.clone()]);
-                assert_eq!(record.trace_id, sent.trace_id);
-                assert!(record.time_unix_nano >= 0);
-            }
-        }
+        check_spans(request);
+    }
+    if let Ok(request) = tilebox::api::otlp_json::traces_request(data) {
+        check_spans(request);
     }
 });
+
+fn check_logs(request: ExportLogsServiceRequest) {
+    let sent: Vec<_> = request
+        .resource_logs
+        .iter()
+        .flat_map(|resource| &resource.scope_logs)
+        .flat_map(|scope| scope.log_records.clone())
+        .collect();
+    if let Ok(records) = telemetry::split_logs(request, &LIMITS) {
+        assert_eq!(records.len(), sent.len());
+        assert!(records.len() <= LIMITS.max_records);
+        let stored: usize = records.iter().map(|record| record.encoded.len()).sum();
+        assert!(stored <= LIMITS.max_stored_bytes, "{stored} bytes stored");
+        for (record, sent) in records.iter().zip(&sent) {
+            let single = ResourceLogs::decode(record.encoded.as_slice()).expect("decodes");
+            assert_eq!(single.scope_logs.len(), 1);
+            assert_eq!(single.scope_logs[0].log_records, [sent.clone()]);
+            assert_eq!(record.trace_id, sent.trace_id);
+        }
+    }
+}
+
+fn check_spans(request: ExportTraceServiceRequest) {
+    let sent: Vec<_> = request
+        .resource_spans
+        .iter()
+        .flat_map(|resource| &resource.scope_spans)
+        .flat_map(|scope| scope.spans.clone())
+        .collect();
+    if let Ok(records) = telemetry::split_spans(request, &LIMITS) {
+        assert_eq!(records.len(), sent.len());
+        assert!(records.len() <= LIMITS.max_records);
+        let stored: usize = records.iter().map(|record| record.encoded.len()).sum();
+        assert!(stored <= LIMITS.max_stored_bytes, "{stored} bytes stored");
+        for (record, sent) in records.iter().zip(&sent) {
+            let single = ResourceSpans::decode(record.encoded.as_slice()).expect("decodes");
+            assert_eq!(single.scope_spans.len(), 1);
+            assert_eq!(single.scope_spans[0].spans, [sent.clone()]);
+            assert_eq!(record.trace_id, sent.trace_id);
+            assert!(record.time_unix_nano >= 0);
+        }
+    }
+}

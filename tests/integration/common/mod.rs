@@ -14,11 +14,13 @@
 //!   `tilebox runner start` processes ([`RunnerProcess`])
 //! - `pty.rs` (+ `pty_driver.py`): commands at a pseudo-terminal: [`pty::run_in_pty`] (a
 //!   dialogue), [`pty::run_on_terminal`] (what it draws)
+//! - `http.rs`: [`http_post`], plain HTTP/1.1 requests (OTLP/HTTP exports)
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
 
 mod api;
 mod cli;
+mod http;
 mod project;
 pub mod pty;
 mod sdk;
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 
 pub use api::{ask, client, get_job, identifier, job_request, list_tasks, task_group, uuid_of_id};
 pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_state};
+pub use http::http_post;
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
 pub use sdk::sdk_python;
 pub use server::{TestServer, tail_of_file, tilebox, tilebox_binary, tilebox_command};

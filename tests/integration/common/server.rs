@@ -66,6 +66,11 @@ impl TestServer {
         server
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
     /// The API URL, `http://127.0.0.1:PORT` (`https://` with `--tls-cert`).
     pub fn url(&self) -> &str {
         &self.url

@@ -1,6 +1,7 @@
 //! Requests that try to take more than their share of the server: deployment snapshots
 //! larger than gRPC's default 4 MiB, OTLP exports that are unauthenticated, too large, too
-//! many records or one large resource repeated over many records, long polls and watches
+//! many records or one large resource repeated over many records, gzip bombs and malformed
+//! OTLP/JSON, long polls and watches
 //! piled on one connection, watch streams dropped by their client, and uploads cut short.
 
 use std::io::{Read, Write};
@@ -26,7 +27,8 @@ use super::{
     create_cluster, deploy, deploy_greeter, publish, release_content, start_runner, submit_to,
 };
 use crate::common::{
-    TestServer, ask, client, identifier, job_request, uuid_of_id, wait_for_job_state, wait_until,
+    TestServer, ask, client, http_post, identifier, job_request, uuid_of_id, wait_for_job_state,
+    wait_until,
 };
 
 /// The trace id of [`job_request`]'s `trace_parent`.
@@ -311,6 +313,168 @@ async fn a_large_resource_over_many_empty_records_is_refused_not_copied() {
     let (status, message) = post_logs(&server, None, &export(3, 1536 * 1024).encode_to_vec());
     assert_eq!(status, 200, "{message}");
     assert_eq!(stored_logs(&mut client, job).await, 3);
+}
+
+/// Peak resident memory of process `pid`, in bytes (`VmHWM`).
+fn peak_memory(pid: u32) -> u64 {
+    let status = fs_err::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmHWM")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_refused_without_inflating_it() {
+    use std::io::Write;
+    let server = TestServer::start_with(&["--max-otlp-body-bytes", "4194304"]);
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    // 1 GiB of zeros as 1,024 gzip members of 1 MiB each: about 1 MiB on the wire, within
+    // the body limit, 256 times the limit once inflated.
+    let mut member = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    member.write_all(&vec![0u8; 1 << 20]).expect("compress");
+    let member = member.finish().expect("compress");
+    let bomb = member.repeat(1024);
+    assert!(bomb.len() < 4 * 1024 * 1024, "{} bytes", bomb.len());
+    for content_type in ["application/x-protobuf", "application/json"] {
+        let response = http_post(
+            &server,
+            "/v1/logs",
+            &[("Content-Type", content_type), ("Content-Encoding", "gzip")],
+            &bomb,
+        );
+        assert_eq!(response.status, 413, "{}", response.text());
+        assert!(
+            response
+                .text()
+                .contains("decompresses to more than 4194304 bytes")
+                && response.text().contains("--max-otlp-body-bytes"),
+            "{}",
+            response.text()
+        );
+    }
+    // Refused at the limit, not after inflating the gigabyte.
+    let peak = peak_memory(server.pid());
+    assert!(
+        peak < 512 * 1024 * 1024,
+        "the server peaked at {peak} bytes"
+    );
+    assert_eq!(stored_logs(&mut client, job).await, 0);
+    // A gzip export within the limit still goes through.
+    let mut small = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    small
+        .write_all(&export(3, 10).encode_to_vec())
+        .expect("compress");
+    let response = http_post(
+        &server,
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &small.finish().expect("compress"),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(stored_logs(&mut client, job).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_otlp_http_exports_are_refused_saying_what_was_wrong() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    const JSON: (&str, &str) = ("Content-Type", "application/json");
+    /// Path, headers, body, the expected status and what its message names.
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a [u8],
+        u16,
+        &'a [&'a str],
+    );
+    let cases: [Case; 7] = [
+        (
+            "/v1/logs",
+            vec![JSON],
+            br#"{"resourceLogs": [{"scopeLogs": [}"#,
+            400,
+            &["invalid OTLP/JSON ExportLogsServiceRequest", "line 1 column"],
+        ),
+        (
+            // A base64 trace id (protobuf's generic JSON mapping) is not silently misread.
+            "/v1/logs",
+            vec![JSON],
+            br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"CvdlGRbNQ92ESOshHIAxnA=="}]}]}]}"#,
+            400,
+            &["a trace id is 32 hex digits", "CvdlGRbNQ92ESOshHIAxnA=="],
+        ),
+        (
+            "/v1/traces",
+            vec![JSON],
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"spanId":"xyz"}]}]}]}"#,
+            400,
+            &["invalid OTLP/JSON ExportTraceServiceRequest", "a span id is 16 hex digits"],
+        ),
+        (
+            "/v1/traces",
+            vec![JSON],
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":"soon"}]}]}]}"#,
+            400,
+            &["`soon` is not an unsigned 64-bit integer"],
+        ),
+        (
+            "/v1/logs",
+            vec![JSON, ("Content-Encoding", "gzip")],
+            b"not gzip at all",
+            400,
+            &["not valid gzip"],
+        ),
+        (
+            "/v1/logs",
+            vec![("Content-Type", "text/plain")],
+            b"hello",
+            415,
+            &["`text/plain` is not supported", "application/json"],
+        ),
+        (
+            "/v1/logs",
+            vec![JSON, ("Content-Encoding", "br")],
+            b"{}",
+            415,
+            &["content encoding `br` is not supported"],
+        ),
+    ];
+    for (path, headers, body, status, needles) in cases {
+        let response = http_post(&server, path, &headers, body);
+        let text = response.text();
+        assert_eq!(response.status, status, "{path} {headers:?}: {text}");
+        for needle in needles {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+        // A JSON request is answered with a JSON `google.rpc.Status`.
+        if headers.contains(&JSON) {
+            assert_eq!(response.header("content-type"), Some("application/json"));
+            let status: serde_json::Value = serde_json::from_slice(&response.body)
+                .unwrap_or_else(|error| panic!("{error}: {text}"));
+            assert_eq!(status["code"], 3, "{text}");
+            assert!(
+                status["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains(needles[0]))
+            );
+        }
+    }
+    assert_eq!(stored_logs(&mut client, job).await, 0);
 }
 
 // ---- open calls per connection ---------------------------------------------------------------

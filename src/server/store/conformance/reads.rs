@@ -10,8 +10,8 @@ use super::fixtures::*;
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::{JobState, TaskState};
 use crate::server::store::{
-    ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error, FailedReport, JobFilter,
-    NewTask, Page, Progress, ReportOutcome, Store, TaskSummary,
+    ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error, FailedReport, IdBounds,
+    JobFilter, NewTask, Page, Progress, ReportOutcome, Store, TaskSummary,
 };
 
 /// Rule 16: progress is kept per task and label, each report replacing the task's previous
@@ -190,7 +190,7 @@ pub(crate) async fn list_tasks_pages_children_in_submission_order<S: Store>(stor
     );
 }
 
-/// Rule 18: `query_jobs` filters by state, name and cluster and pages both ways;
+/// Rule 18: `query_jobs` filters by state, name, cluster and id bounds and pages both ways;
 /// `job_state_counts` counts jobs per state.
 pub(crate) async fn query_jobs_filters_and_pages<S: Store>(store: S) {
     store
@@ -280,6 +280,29 @@ pub(crate) async fn query_jobs_filters_and_pages<S: Store>(store: S) {
         ..named("ingest")
     };
     assert_eq!(query(combined, EVERYTHING).await, [alpha]);
+    {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let ids = |start, end| JobFilter {
+            ids: IdBounds { start, end },
+            ..JobFilter::default()
+        };
+        assert_eq!(
+            query(ids(Included(alpha), Excluded(report_job)), EVERYTHING).await,
+            [alpha, beta]
+        );
+        assert_eq!(
+            query(ids(Excluded(alpha), Included(report_job)), EVERYTHING).await,
+            [beta, report_job]
+        );
+        assert_eq!(
+            query(ids(Unbounded, Included(beta)), page(None, 1, true)).await,
+            [beta]
+        );
+        assert_eq!(
+            query(ids(Included(beta), Excluded(beta)), EVERYTHING).await,
+            NO_JOBS
+        );
+    }
 
     assert_eq!(
         query(JobFilter::default(), page(None, 2, false)).await,

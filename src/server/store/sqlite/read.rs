@@ -215,6 +215,26 @@ pub(super) fn query_jobs(
         sql.push_str(" AND submitted_at < ?");
         values.push(to.into());
     }
+    {
+        use std::ops::Bound;
+        // UUIDs are stored as their 16 bytes; SQLite compares blobs with memcmp.
+        for (bound, inclusive, exclusive) in [
+            (filter.ids.start, " AND uuid >= ?", " AND uuid > ?"),
+            (filter.ids.end, " AND uuid <= ?", " AND uuid < ?"),
+        ] {
+            match bound {
+                Bound::Included(id) => {
+                    sql.push_str(inclusive);
+                    values.push(id.as_bytes().to_vec().into());
+                }
+                Bound::Excluded(id) => {
+                    sql.push_str(exclusive);
+                    values.push(id.as_bytes().to_vec().into());
+                }
+                Bound::Unbounded => {}
+            }
+        }
+    }
     if !filter.clusters.is_empty() {
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM job_clusters c WHERE c.job = jobs.job AND c.cluster IN ({}))",
