@@ -98,17 +98,22 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
                 Some("nothing was changed; install uv (or set TILEBOX_UV) and run init again"),
             )
         })?;
-    let mut client = api.connect().await?;
-    let found = match client
-        .workflows
-        .get_workflow(GetWorkflowRequest {
-            workflow_slug: slug.clone(),
-        })
-        .await
-    {
-        Ok(workflow) => Some(workflow.into_inner()),
-        Err(status) if status.code() == tonic::Code::NotFound => None,
-        Err(status) => return Err(client.error("GetWorkflow", status).into()),
+    let (mut client, found) = if arguments.no_server {
+        (None, None)
+    } else {
+        let mut client = api.connect().await?;
+        let found = match client
+            .workflows
+            .get_workflow(GetWorkflowRequest {
+                workflow_slug: slug.clone(),
+            })
+            .await
+        {
+            Ok(workflow) => Some(workflow.into_inner()),
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => return Err(client.error("GetWorkflow", status).into()),
+        };
+        (Some(client), found)
     };
 
     // The project's files, removed again unless every later step succeeds. An interrupt
@@ -117,7 +122,7 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
     let creating = std::cell::Cell::new(false);
     let steps = make_project(
         &mut made,
-        &mut client,
+        client.as_mut(),
         Names {
             name: &name,
             slug: &slug,
@@ -144,7 +149,8 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
                 left.push("uv did not stop within 5 s".to_string());
             }
             if creating.get()
-                && let Err(error) = delete_workflow(&mut client, &slug).await
+                && let Some(client) = client.as_mut()
+                && let Err(error) = delete_workflow(client, &slug).await
             {
                 left.push(error);
             }
@@ -168,17 +174,28 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
             "name": workflow.name,
             "directory": std::path::absolute(&directory).unwrap_or(directory).display().to_string(),
             "files": FILES,
+            "created_on_server": created,
         }))?;
     } else {
-        let what = if created {
-            format!("Created workflow {}", workflow.slug)
+        let text = if arguments.no_server {
+            format!(
+                "Wrote the project of workflow {} in {}, without a server\nNext: tilebox dev (a server and a runner of the project in one process); before publishing to another server, tilebox workflow create {:?}\n",
+                workflow.slug,
+                directory.display(),
+                name
+            )
         } else {
-            format!("Set up the existing workflow {}", workflow.slug)
+            let what = if created {
+                format!("Created workflow {}", workflow.slug)
+            } else {
+                format!("Set up the existing workflow {}", workflow.slug)
+            };
+            format!(
+                "{what} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
+                directory.display()
+            )
         };
-        output::print_text(&format!(
-            "{what} in {}\nNext: tilebox workflow publish-release, then tilebox workflow deploy-release --latest\n",
-            directory.display()
-        ))?;
+        output::print_text(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -191,11 +208,12 @@ struct Names<'a> {
 }
 
 /// Writes the project's files, syncs its environment (announced with `uv` when given), and
-/// creates the workflow when it was not `found`; answers the workflow and whether this
-/// created it. `creating` is set while the server is asked to create it.
+/// creates the workflow when it was not `found` (with a `client`; without one, the workflow
+/// is the project's own); answers the workflow and whether this created it. `creating` is
+/// set while the server is asked to create it.
 async fn make_project(
     made: &mut Made,
-    client: &mut crate::client::Client,
+    client: Option<&mut crate::client::Client>,
     names: Names<'_>,
     found: Option<Workflow>,
     uv: Option<&str>,
@@ -226,6 +244,14 @@ async fn make_project(
     .map_err(|error| UserError::caused_by(error, Some("nothing was changed")))?;
 
     // The workflow on the server, last.
+    let Some(client) = client else {
+        let workflow = Workflow {
+            slug: toml_slug,
+            name: names.name.to_string(),
+            ..Workflow::default()
+        };
+        return Ok((workflow, false));
+    };
     let (workflow, created) = match found {
         Some(workflow) => (workflow, false),
         None => {

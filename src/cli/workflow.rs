@@ -51,6 +51,10 @@ pub struct InitArgs {
     pub name: Option<String>,
     /// The project directory [default: the current directory].
     pub directory: Option<PathBuf>,
+    /// Write the project without creating the workflow on a server (for `tilebox dev`,
+    /// which needs none; `workflow create` makes it later).
+    #[arg(long)]
+    pub no_server: bool,
 }
 
 #[derive(Debug, Args)]

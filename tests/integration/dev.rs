@@ -464,3 +464,25 @@ fn dev_refuses_a_network_address_and_a_directory_without_a_project() {
         "nothing is created"
     );
 }
+
+#[test]
+fn a_project_from_init_without_a_server_runs_under_dev() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let project = directory.path().join("scene-qa");
+    // No server anywhere: the URL points at a closed port.
+    let init = tilebox_command(&["workflow", "init", "--no-server", "--name", "Scene QA"])
+        .arg(&project)
+        .env("TILEBOX_API_URL", "http://127.0.0.1:9")
+        .env("XDG_CACHE_HOME", directory.path().join("cache"))
+        .output()
+        .expect("tilebox");
+    assert_success(&init);
+    let said = String::from_utf8_lossy(&init.stdout);
+    assert!(said.contains("without a server"), "{said}");
+    let dev = Dev::start(&project);
+    assert!(dev.stdout().contains("HelloTask@v0.0"), "{}", dev.stdout());
+    let job = dev.submit("HelloTask", "Ada");
+    let done = dev.wait_for_job(&job, "completed");
+    assert_eq!(display_of(&done), "Hello Ada");
+    dev.stop();
+}
