@@ -401,7 +401,11 @@ fn input_takes_an_object_of_the_tasks_fields() {
          context.current_task.display = f'one {self.x!r}'\n\n\
          class Two(Task):\n    a: int\n    b: str = 'dflt'\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
          context.current_task.display = f'two {self.a!r} {self.b!r}'\n\n\
-         runner = Runner(tasks=[One, Two])\n",
+         from dataclasses import dataclass\n\n\
+         @dataclass\nclass Opts:\n    limit: int = 10\n    verbose: bool = False\n\n\
+         class Scan(Task):\n    options: Opts\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = f'scan {self.options.limit}'\n\n\
+         runner = Runner(tasks=[One, Two, Scan])\n",
     );
     let run = |args: &[&str]| -> Value { json_of(&task_run(None, project.path(), args)) };
     // A one-field task: the object of its fields, and its wire form, both encode as `1`.
@@ -416,6 +420,15 @@ fn input_takes_an_object_of_the_tasks_fields() {
     assert_eq!(document["tasks"][0]["input"], r#"{"a":2,"b":"q"}"#);
     let document = run(&["--json", "Two", "--input", r#"{"a": 3}"#]);
     assert_eq!(document["tasks"][0]["input"], r#"{"a":3,"b":"dflt"}"#);
+    // Nested dataclasses are built with their defaults, as the SDK submits `Scan(Opts())`.
+    for input in [r#"{"options": {}}"#, "{}"] {
+        let document = run(&["--json", "Scan", "--input", input]);
+        assert_eq!(document["tasks"][0]["display"], "scan 10", "{input}");
+        assert_eq!(
+            document["tasks"][0]["input"], r#"{"limit":10,"verbose":false}"#,
+            "{input}"
+        );
+    }
     // A wrong field names the task, the field and the expected fields; nothing runs.
     for (task, input, message) in [
         (
@@ -432,6 +445,17 @@ fn input_takes_an_object_of_the_tasks_fields() {
             "Two",
             r#"{"b": "x"}"#,
             "error: invalid --input for Two@v0.0: task Two needs field 'a'; expected fields: a, b",
+        ),
+        // Typos inside a dataclass, or of a one-field task's only field, never run with defaults.
+        (
+            "Scan",
+            r#"{"options": {"limt": 99}}"#,
+            "error: invalid --input for Scan@v0.0: task Scan has no field 'options.limt'; expected fields of options (Opts): limit, verbose",
+        ),
+        (
+            "Scan",
+            r#"{"option": {"limit": 99}}"#,
+            "error: invalid --input for Scan@v0.0: task Scan has no field 'option'; expected fields: options",
         ),
     ] {
         let output = task_run(None, project.path(), &["--json", task, "--input", input]);
