@@ -405,15 +405,79 @@ class OneSet(Task):
     values: set[int]
 
 
+@dataclass
+class Options:
+    limit: int = 10
+    verbose: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+class Scan(Task):
+    area: str
+    options: Options
+
+
+class ScanMany(Task):
+    options: list[Options]
+
+
+class ScanOne(Task):
+    options: Options
+
+
+class ScanMaybe(Task):
+    area: str
+    options: Optional[Options] = None  # noqa: UP045 -- the SDK's own spelling is tested too
+
+
+class Custom(Task):
+    """Encodes itself: submissions carry `_serialize()`, whatever the fields are."""
+
+    a: int
+    b: str = "b"
+
+    def _serialize(self) -> bytes:
+        return f"custom:{self.a}:{self.b}".encode()
+
+    @classmethod
+    def _deserialize(cls, task_input: bytes, context: object = None) -> Custom:  # noqa: ARG003
+        _, a, b = task_input.decode().split(":")
+        return cls(int(a), b)
+
+
 # ---- serialisation table ------------------------------------------------------------------------
 
 _BERLIN = ZoneInfo("Europe/Berlin")
 _PLUS_TWO = timezone(timedelta(hours=2))
 
 
+def input_cases() -> dict[str, tuple[type, str, Any]]:
+    """Name -> (task class, `task run --input` text, the task a user would construct for it):
+    the input's bytes must equal the official SDK's submission of that task."""
+    return {
+        "input_nested_defaults": (Scan, '{"area": "x", "options": {}}', Scan("x", Options())),
+        "input_nested_some": (
+            Scan,
+            '{"area": "x", "options": {"verbose": true}}',
+            Scan("x", Options(verbose=True)),
+        ),
+        "input_list_of_defaults": (
+            ScanMany,
+            '{"options": [{}, {"limit": 3}]}',
+            ScanMany([Options(), Options(limit=3)]),
+        ),
+        "input_list_wire_form": (ScanMany, '[{}, {"tags": ["a"]}]', ScanMany([Options(), Options(tags=["a"])])),
+        "input_one_dataclass": (ScanOne, '{"options": {}}', ScanOne(Options())),
+        "input_one_dataclass_wire_form": (ScanOne, '{"limit": 5}', ScanOne(Options(limit=5))),
+        "input_optional_dataclass": (ScanMaybe, '{"area": "y", "options": {}}', ScanMaybe("y", Options())),
+        "input_custom_serialize": (Custom, '{"a": 4}', Custom(4)),
+    }
+
+
 def serialize_cases() -> dict[str, Any]:
     """Name -> task instance whose input bytes must equal the official SDK's."""
     return {
+        **{name: task for name, (_, _, task) in input_cases().items()},
         "empty": Empty(),
         "one_str": OneStr("hello"),
         "one_str_unicode": OneStr('a"bé\\\n\x01\x1f\x7f\u2028/😀'),

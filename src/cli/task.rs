@@ -4,6 +4,7 @@
 //! (`--from-job`: its identifier and exact input bytes, read-only). `breakpoint()` and
 //! `--pdb` (post-mortem at the failing frame) get the terminal.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::job::tree::{TaskNode, fetch_task_tree, get_job};
-use super::job::validate_version;
+use super::job::{input_json, validate_version};
 use super::output;
 use super::{ApiArgs, UserError, parse_id};
 use crate::api::convert::{self, task_state_name};
@@ -48,20 +49,23 @@ pub struct RunArgs {
     #[arg(long)]
     runner: Option<String>,
     /// The task's input: a JSON object of its fields (`{"field": value, ...}`), encoded as the
-    /// SDK submits it; for a one-field task also the field's value alone. Text that is not
-    /// JSON is a JSON string.
+    /// SDK submits it; for a one-field task also the field's value alone. Unknown fields are
+    /// errors, at any depth. Text that is not JSON is a JSON string (but text starting with `{`
+    /// or `[` must be valid JSON); empty text is no input for a task without fields.
     #[arg(long, conflicts_with = "from_job")]
     input: Option<String>,
     /// Run a task of this job on the server (`--api-url`), with its identifier and exact input:
-    /// the first failed task (depth first in the job's task tree), or `--task`. Only reads
-    /// from the server.
+    /// the task that failed the job (the first failed task that is not optional, depth first
+    /// in the job's task tree; else the first failed optional one), or `--task`. Runs under the
+    /// job's id (its cache group). Only reads from the server.
     #[arg(long, value_name = "JOB", conflicts_with = "identifier")]
     from_job: Option<String>,
     /// With `--from-job`: this task of the job instead of the first failed one.
     #[arg(long = "task", value_name = "TASK_ID", requires = "from_job")]
     task_id: Option<String>,
     /// When the task raises, enter the post-mortem debugger (pdb) at its failing frame; the
-    /// command still exits 1 with the task's error once the debugger quits.
+    /// command still exits 1 with the task's error once the debugger quits. `q` at a
+    /// `breakpoint()` stops the run there (no post-mortem, exit 1).
     #[arg(long)]
     pdb: bool,
     /// Also execute the subtasks the task submits, depth first, in dependency order.
@@ -167,8 +171,9 @@ async fn run_task(arguments: RunArgs, api: &ApiArgs) -> anyhow::Result<ExitCode>
             prepare_error(error, "debug the environment with `uv sync` in the project")
         })?;
     // Debuggers (`breakpoint()`, `--pdb`) get this terminal, in either placement: a
-    // sub-interpreter shares this process's descriptors, a child host opens /dev/tty.
-    python::set_terminal(true);
+    // sub-interpreter shares this process's descriptors, a child host opens /dev/tty. Only
+    // with a terminal on stdin: else a child host's prints stay on its stderr (pipes, files).
+    python::set_terminal(std::io::stdin().is_terminal());
     python::set_post_mortem(arguments.pdb);
     let placement = match arguments.isolation {
         Isolation::Auto => Placement::Auto,
@@ -207,7 +212,14 @@ async fn run_task(arguments: RunArgs, api: &ApiArgs) -> anyhow::Result<ExitCode>
             eprintln!("{}", log_line(display, record));
         }
     };
-    let execution = local::execute_tree(&loaded, root, arguments.recursive, &print_log).await;
+    let execution = local::execute_tree(
+        &loaded,
+        root.task,
+        root.job,
+        arguments.recursive,
+        &print_log,
+    )
+    .await;
     loaded.unload().await;
     let execution = execution?;
     if json {
@@ -225,8 +237,14 @@ async fn run_task(arguments: RunArgs, api: &ApiArgs) -> anyhow::Result<ExitCode>
     })
 }
 
+/// The task to run first and the job it runs in (`--from-job`: that job's id).
+struct Root {
+    task: LocalTask,
+    job: Option<Uuid>,
+}
+
 /// The task to run first, with its input encoded, checked against what the release registers.
-async fn root_task(loaded: &python::LoadedRelease, target: Target) -> anyhow::Result<LocalTask> {
+async fn root_task(loaded: &python::LoadedRelease, target: Target) -> anyhow::Result<Root> {
     match target {
         Target::Named {
             name,
@@ -241,13 +259,16 @@ async fn root_task(loaded: &python::LoadedRelease, target: Target) -> anyhow::Re
                 None => Vec::new(),
                 Some(text) => encode_input(loaded, &name, &version, &text).await?,
             };
-            Ok(LocalTask {
-                display: name.rsplit('/').next().unwrap_or(&name).to_string(),
-                name,
-                version,
-                input,
-                optional: false,
-                depends_on: Vec::new(),
+            Ok(Root {
+                task: LocalTask {
+                    display: name.rsplit('/').next().unwrap_or(&name).to_string(),
+                    name,
+                    version,
+                    input,
+                    optional: false,
+                    depends_on: Vec::new(),
+                },
+                job: None,
             })
         }
         Target::FromJob(task) => {
@@ -266,35 +287,39 @@ async fn root_task(loaded: &python::LoadedRelease, target: Target) -> anyhow::Re
                 task.job,
                 task.input.len()
             );
-            Ok(LocalTask {
-                display: task
-                    .name
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(&task.name)
-                    .to_string(),
-                name: task.name,
-                version,
-                input: task.input,
-                optional: false,
-                depends_on: Vec::new(),
+            Ok(Root {
+                task: LocalTask {
+                    display: task
+                        .name
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&task.name)
+                        .to_string(),
+                    name: task.name,
+                    version,
+                    input: task.input,
+                    optional: false,
+                    depends_on: Vec::new(),
+                },
+                job: Some(task.job),
             })
         }
     }
 }
 
-/// `text` given by hand as the task's input bytes: JSON (text that is not JSON as a JSON
-/// string), encoded by the release's runtime as the SDK submits the task.
+/// `text` given by hand as the task's input bytes: JSON (see [`input_json`]; empty text as it
+/// is, no input for a task without fields), encoded by the release's runtime as a submission
+/// of the task built from it.
 async fn encode_input(
     loaded: &python::LoadedRelease,
     name: &str,
     version: &str,
     text: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let json = if serde_json::from_str::<Value>(text).is_ok() {
+    let json = if text.trim().is_empty() {
         text.to_string()
     } else {
-        Value::String(text.to_string()).to_string()
+        input_json(text)?
     };
     match loaded.encode_input(name, version, &json).await {
         Ok(Ok(bytes)) => Ok(bytes),
@@ -371,13 +396,22 @@ fn flatten<'a>(nodes: &'a [TaskNode], into: &mut Vec<&'a TaskSummary>) {
     }
 }
 
-/// The first failed task in depth-first tree order (the first one a reader of `job get`
-/// meets): for a failed subtask, the subtask rather than its ancestors.
+/// The task that failed the job: the first failed task in depth-first tree order (the first
+/// one a reader of `job get` meets: for a failed subtask, the subtask rather than its
+/// ancestors) that is not optional; else the first failed optional one (a server may report
+/// those as failed too, though their failure did not fail the job), else the first one
+/// failed-optional.
 fn first_failed<'a>(tasks: &[&'a TaskSummary]) -> Option<&'a TaskSummary> {
-    tasks
-        .iter()
-        .copied()
-        .find(|task| task.state() == TaskState::Failed)
+    let in_state = |state: TaskState| {
+        tasks
+            .iter()
+            .copied()
+            .filter(move |task| task.state() == state)
+    };
+    in_state(TaskState::Failed)
+        .find(|task| !task.optional)
+        .or_else(|| in_state(TaskState::Failed).next())
+        .or_else(|| in_state(TaskState::FailedOptional).next())
 }
 
 /// `3 computed, 1 queued`: how many tasks are in each state.
@@ -587,7 +621,11 @@ fn print_summary(executed: &[Executed]) -> anyhow::Result<()> {
                 item.subtasks.len()
             ));
         }
-        if let TaskOutcome::Failed {
+        if item.quit_debugger() {
+            text.push_str(&format!(
+                "{indent}  quit in the debugger: the run stopped here\n"
+            ));
+        } else if let TaskOutcome::Failed {
             error: Some(error), ..
         } = &item.outcome
         {
@@ -628,6 +666,47 @@ mod tests {
                 .map(|version| ("Scene".to_string(), version.to_string())),
         );
         identifiers
+    }
+
+    #[test]
+    fn the_default_task_of_a_job_is_the_one_that_failed_it() {
+        let summary = |display: &str, state: TaskState, optional: bool| TaskSummary {
+            display: display.into(),
+            state: state as i32,
+            optional,
+            ..Default::default()
+        };
+        let pick = |tasks: &[TaskSummary]| {
+            let tasks: Vec<&TaskSummary> = tasks.iter().collect();
+            first_failed(&tasks).map(|task| task.display.clone())
+        };
+        let optional = summary("optional", TaskState::Failed, true);
+        let required = summary("required", TaskState::Failed, false);
+        let failed_optional = summary("failed optional", TaskState::FailedOptional, true);
+        let computed = summary("computed", TaskState::Computed, false);
+        for (tasks, expected) in [
+            // A failed optional task ahead of the one that failed the job.
+            (
+                vec![computed.clone(), optional.clone(), required.clone()],
+                Some("required"),
+            ),
+            (
+                vec![failed_optional.clone(), required.clone()],
+                Some("required"),
+            ),
+            // Only optional failures: the first of them, reported as failed or not.
+            (
+                vec![failed_optional.clone(), optional.clone()],
+                Some("optional"),
+            ),
+            (
+                vec![computed.clone(), failed_optional.clone()],
+                Some("failed optional"),
+            ),
+            (vec![computed.clone()], None),
+        ] {
+            assert_eq!(pick(&tasks).as_deref(), expected, "{tasks:?}");
+        }
     }
 
     #[test]

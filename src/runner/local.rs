@@ -15,6 +15,8 @@ use crate::python::{self, LoadedRelease, Submissions, TaskOutcome, TaskRequest};
 const JOB_NAME: &str = "task run";
 /// The cluster local executions report.
 const CLUSTER: &str = "local";
+/// The exception `q` in the debugger raises (`breakpoint()`, `--pdb`): the run stops there.
+pub const DEBUGGER_QUIT: &str = "BdbQuit";
 
 /// One task to execute locally.
 #[derive(Debug, Clone)]
@@ -39,6 +41,13 @@ pub struct Executed {
     pub logs: Vec<Value>,
     /// Its subtasks, expanded (empty unless it computed and submitted some).
     pub subtasks: Vec<LocalTask>,
+}
+
+impl Executed {
+    /// Whether the user quit the debugger in this task (which then failed with `BdbQuit`).
+    pub fn quit_debugger(&self) -> bool {
+        matches!(&self.outcome, TaskOutcome::Failed { error: Some(error), .. } if error.kind == DEBUGGER_QUIT)
+    }
 }
 
 /// Everything one `execute_tree` call executed, in execution order.
@@ -69,14 +78,17 @@ pub fn subtasks(submissions: &Submissions) -> Result<Vec<LocalTask>, submission:
         .collect())
 }
 
-/// Executes `root` (and with `recursive` its subtasks) in `loaded`.
+/// Executes `root` (and with `recursive` its subtasks) in `loaded`, as tasks of the job
+/// `job_id` (a fresh one if `None`: the job id names the tasks' cache group). Stops at the
+/// first failure that is not optional, and at a task whose debugger the user quit.
 pub async fn execute_tree(
     loaded: &LoadedRelease,
     root: LocalTask,
+    job_id: Option<uuid::Uuid>,
     recursive: bool,
     log: LogSink<'_>,
 ) -> Result<Execution, python::Error> {
-    let job_id = uuid::Uuid::now_v7().to_string();
+    let job_id = job_id.unwrap_or_else(uuid::Uuid::now_v7).to_string();
     let mut execution = Execution::default();
     execution.succeeded = execute(
         loaded,
@@ -153,7 +165,7 @@ async fn execute(
             log,
         ))
         .await?;
-        if !ok && !optional {
+        if (!ok && !optional) || executed.last().is_some_and(Executed::quit_debugger) {
             return Ok(false);
         }
     }

@@ -262,12 +262,82 @@ fn pdb_stops_at_the_failing_frame_in_a_terminal_and_exits_1() {
             }),
             "{isolation}: {transcript}"
         );
-        // After the debugger, the task's error as usual.
+        // After the debugger, the task's error as usual (the report after the last prompt,
+        // not the banner before the debugger).
+        let report = after_last_prompt(&transcript);
         assert!(
-            transcript.contains("Sum  failed  Sum@v0.0")
-                && transcript.contains("ValueError: bad total 42"),
+            report.contains("Sum  failed  Sum@v0.0") && report.contains("ValueError: bad total 42"),
+            "{isolation}: {report}"
+        );
+    }
+}
+
+/// What the terminal showed after the debugger's last prompt (`(Pdb) `).
+fn after_last_prompt(transcript: &str) -> &str {
+    let (_, after) = transcript
+        .rsplit_once("(Pdb) ")
+        .unwrap_or_else(|| panic!("no debugger prompt in: {transcript}"));
+    after
+}
+
+#[test]
+fn quit_at_a_breakpoint_stops_the_run_without_post_mortem() {
+    let project = project(
+        "quit",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Leaf(Task):\n    n: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = f'leaf {self.n}'\n\n\
+         class Stop(Task):\n    n: int\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.submit_subtask(Leaf(1))\n        breakpoint()\n        context.submit_subtask(Leaf(2))\n\n\
+         class Root(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.submit_subtask(Stop(1), optional=True)\n        context.submit_subtask(Leaf(3))\n\n\
+         runner = Runner(tasks=[Root, Stop, Leaf])\n",
+    );
+    let cache = project.path().join(".tilebox-cache");
+    for isolation in ["sub-interpreter", "child-process"] {
+        let output = run_in_pty(
+            tilebox_binary(),
+            &[
+                "task",
+                "run",
+                "Root",
+                "--recursive",
+                "--pdb",
+                "--isolation",
+                isolation,
+                "--cache-dir",
+                cache.to_str().expect("utf-8 path"),
+            ],
+            project.path(),
+            &[Step::Expect("(Pdb) "), Step::Send("q\n")],
+            TIMEOUT,
+        );
+        let transcript = String::from_utf8_lossy(&output.stdout);
+        // Quitting is not a success: exit 1, as for a failed task.
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{isolation}: {transcript}\n{}",
+            stderr_of(&output)
+        );
+        // One debugger only: no post-mortem after `q`, and the report says what happened.
+        assert_eq!(
+            transcript.matches("(Pdb) ").count(),
+            1,
             "{isolation}: {transcript}"
         );
+        let report = after_last_prompt(&transcript);
+        assert!(
+            !report.contains("post-mortem") && !report.contains("BdbQuit"),
+            "{isolation}: {report}"
+        );
+        assert!(
+            report.contains("Stop  failed  Stop@v0.0")
+                && report.contains("quit in the debugger: the run stopped here"),
+            "{isolation}: {report}"
+        );
+        // The run stopped there, although Stop is optional: Root's other subtask never ran.
+        assert!(!report.contains("leaf 3"), "{isolation}: {report}");
     }
 }
 
@@ -331,7 +401,11 @@ fn input_takes_an_object_of_the_tasks_fields() {
          context.current_task.display = f'one {self.x!r}'\n\n\
          class Two(Task):\n    a: int\n    b: str = 'dflt'\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
          context.current_task.display = f'two {self.a!r} {self.b!r}'\n\n\
-         runner = Runner(tasks=[One, Two])\n",
+         from dataclasses import dataclass\n\n\
+         @dataclass\nclass Opts:\n    limit: int = 10\n    verbose: bool = False\n\n\
+         class Scan(Task):\n    options: Opts\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = f'scan {self.options.limit}'\n\n\
+         runner = Runner(tasks=[One, Two, Scan])\n",
     );
     let run = |args: &[&str]| -> Value { json_of(&task_run(None, project.path(), args)) };
     // A one-field task: the object of its fields, and its wire form, both encode as `1`.
@@ -346,6 +420,15 @@ fn input_takes_an_object_of_the_tasks_fields() {
     assert_eq!(document["tasks"][0]["input"], r#"{"a":2,"b":"q"}"#);
     let document = run(&["--json", "Two", "--input", r#"{"a": 3}"#]);
     assert_eq!(document["tasks"][0]["input"], r#"{"a":3,"b":"dflt"}"#);
+    // Nested dataclasses are built with their defaults, as the SDK submits `Scan(Opts())`.
+    for input in [r#"{"options": {}}"#, "{}"] {
+        let document = run(&["--json", "Scan", "--input", input]);
+        assert_eq!(document["tasks"][0]["display"], "scan 10", "{input}");
+        assert_eq!(
+            document["tasks"][0]["input"], r#"{"limit":10,"verbose":false}"#,
+            "{input}"
+        );
+    }
     // A wrong field names the task, the field and the expected fields; nothing runs.
     for (task, input, message) in [
         (
@@ -363,6 +446,17 @@ fn input_takes_an_object_of_the_tasks_fields() {
             r#"{"b": "x"}"#,
             "error: invalid --input for Two@v0.0: task Two needs field 'a'; expected fields: a, b",
         ),
+        // Typos inside a dataclass, or of a one-field task's only field, never run with defaults.
+        (
+            "Scan",
+            r#"{"options": {"limt": 99}}"#,
+            "error: invalid --input for Scan@v0.0: task Scan has no field 'options.limt'; expected fields of options (Opts): limit, verbose",
+        ),
+        (
+            "Scan",
+            r#"{"option": {"limit": 99}}"#,
+            "error: invalid --input for Scan@v0.0: task Scan has no field 'option'; expected fields: options",
+        ),
     ] {
         let output = task_run(None, project.path(), &["--json", task, "--input", input]);
         assert_eq!(output.status.code(), Some(1), "{input}");
@@ -373,4 +467,178 @@ fn input_takes_an_object_of_the_tasks_fields() {
             stderr_of(&output)
         );
     }
+}
+
+#[test]
+fn child_process_output_follows_redirection_when_stdin_is_no_terminal() {
+    let project = project(
+        "prints",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Hello(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         print('hello from the task', flush=True)\n\n\
+         runner = Runner(tasks=[Hello])\n",
+    );
+    let cache = project.path().join(".tilebox-cache");
+    // On a terminal (the pty is the controlling one, /dev/tty), but with stdin and both output
+    // streams redirected: the task's print must land in the redirected stderr, not on /dev/tty.
+    let script = format!(
+        "exec '{}' task run Hello --isolation child-process --cache-dir '{}' </dev/null >out.txt 2>err.txt",
+        tilebox_binary().display(),
+        cache.display()
+    );
+    let output = run_in_pty(
+        Path::new("/bin/sh"),
+        &["-c", &script],
+        project.path(),
+        &[],
+        TIMEOUT,
+    );
+    let transcript = String::from_utf8_lossy(&output.stdout);
+    let err = fs_err::read_to_string(project.path().join("err.txt")).expect("err.txt");
+    let out = fs_err::read_to_string(project.path().join("out.txt")).expect("out.txt");
+    assert_eq!(output.status.code(), Some(0), "{transcript}\n{err}");
+    assert!(
+        !transcript.contains("hello from the task"),
+        "the task wrote to the terminal: {transcript}"
+    );
+    assert!(err.contains("hello from the task\n"), "stderr: {err}");
+    assert!(out.contains("Hello  computed  Hello@v0.0"), "stdout: {out}");
+}
+
+#[test]
+fn empty_and_broken_inputs() {
+    let project = project(
+        "empty",
+        "from tilebox.workflows import ExecutionContext, Runner, Task\n\n\
+         class Nothing(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = 'nothing ran'\n\n\
+         class Name(Task):\n    name: str\n\n    def execute(self, context: ExecutionContext) -> None:\n        \
+         context.current_task.display = f'name {self.name!r}'\n\n\
+         runner = Runner(tasks=[Nothing, Name])\n",
+    );
+    // A task without fields takes empty input, as without --input.
+    for input in ["", "{}"] {
+        let document = json_of(&task_run(
+            None,
+            project.path(),
+            &["--json", "Nothing", "--input", input],
+        ));
+        assert_eq!(document["tasks"][0]["display"], "nothing ran", "{input:?}");
+        assert_eq!(document["tasks"][0]["input"], "", "{input:?}");
+    }
+    // Text that is not JSON is a string; a broken object is refused, with the position.
+    let document = json_of(&task_run(
+        None,
+        project.path(),
+        &["--json", "Name", "--input", "Bob"],
+    ));
+    assert_eq!(document["tasks"][0]["display"], "name 'Bob'");
+    let output = task_run(
+        None,
+        project.path(),
+        &["--json", "Name", "--input", r#"{"name": "Bob""#],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(output.stdout.is_empty(), "nothing ran");
+    assert!(
+        stderr_of(&output).contains(
+            "error: --input is not valid JSON: EOF while parsing an object at line 1 column 14"
+        ),
+        "{}",
+        stderr_of(&output)
+    );
+    // `job submit --input` reads text the same way.
+    let output = tilebox_command(&[
+        "job", "submit", "--name", "x", "--task", "Name", "--input", "[1,",
+    ])
+    .env("TILEBOX_API_URL", "http://127.0.0.1:9")
+    .output()
+    .expect("tilebox job submit");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains(
+            "error: --input is not valid JSON: EOF while parsing a value at line 1 column 3"
+        ),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+/// `Root(must)` submits an optional `Maybe` that fails, then with `must` a `Must` (after
+/// it) that fails the job.
+const OPTIONAL_FIRST: &str = r#"from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Maybe(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        raise ValueError(f"optional failed in job {context.current_task.job.id}")
+
+class Must(Task):
+    n: int
+
+    def execute(self, context: ExecutionContext) -> None:
+        raise ValueError(f"must failed in job {context.current_task.job.id}")
+
+class Root(Task):
+    must: bool
+
+    def execute(self, context: ExecutionContext) -> None:
+        maybe = context.submit_subtask(Maybe(), optional=True)
+        if self.must:
+            context.submit_subtask(Must(1), depends_on=[maybe])
+
+runner = Runner(tasks=[Root, Maybe, Must])
+"#;
+
+#[test]
+fn from_job_runs_the_task_that_failed_the_job_under_its_id() {
+    let server = TestServer::start();
+    let project = project("optional", OPTIONAL_FIRST);
+    let log = project.path().join("runner.log");
+    let mut runner =
+        RunnerProcess::spawn(&mut project_runner(server.url(), project.path(), &[]), log);
+    let failed = submit(&server, "Root", "true");
+    let completed = submit(&server, "Root", "false");
+    let failed_document = wait_for_job_state(&server, &failed, "failed", TIMEOUT);
+    let completed_document = wait_for_job_state(&server, &completed, "completed", TIMEOUT);
+    runner.kill();
+    let states = |document: &Value| -> Vec<String> {
+        task_ids(document)
+            .into_iter()
+            .map(|(display, _, state)| {
+                format!("{} {state}", display.lines().next().unwrap_or_default())
+            })
+            .collect()
+    };
+    assert_eq!(
+        states(&failed_document),
+        ["Root computed", "Maybe failed_optional", "Must failed"]
+    );
+    assert_eq!(
+        states(&completed_document),
+        ["Root computed", "Maybe failed_optional"]
+    );
+
+    // The task that failed the job, run under the job's own id (the cache group its parent
+    // wrote to), not a fresh one; and in a job that completed, its optional failure.
+    for (job, task, message) in [
+        (&failed, "Must", "must failed"),
+        (&completed, "Maybe", "optional failed"),
+    ] {
+        let output = task_run(
+            Some(&server),
+            project.path(),
+            &["--json", "--from-job", job],
+        );
+        assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+        let document: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+        assert_eq!(
+            document["tasks"][0]["identifier"]["name"], task,
+            "{document:#}"
+        );
+        assert_eq!(
+            document["tasks"][0]["error"]["message"],
+            format!("{message} in job {job}")
+        );
+    }
+    server.stop();
 }

@@ -16,7 +16,8 @@ so it works the same in the main interpreter and in isolated sub-interpreters.
   progress counter changes. Without a sink, log lines go to stderr.
 * `post_mortem`, when the host sets it to True (`tilebox task run --pdb`), makes a task that
   raises stop in `pdb.post_mortem` at its failing frame (the task's own traceback, without this
-  module's frames) before its failure is reported.
+  module's frames) before its failure is reported; not after `q` in a `breakpoint()` (a
+  `bdb.BdbQuit`, reported as the task's failure as it is, the host stops the run there).
 * `encode_input(name, version, text)` answers the input bytes the SDK would submit for the task
   whose fields (or, for one field, its wire form) `text` gives as JSON (`tilebox task run
   --input`); `_serialization.InputError` says what does not fit.
@@ -188,7 +189,8 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
         # Anything the task raised, `SystemExit` and `KeyboardInterrupt` included, is its own
         # failure: let through, it would be a runner fault, re-queued without counting.
         except BaseException as error:  # noqa: BLE001
-            if post_mortem:
+            # `q` in a debugger (`breakpoint()`) raises BdbQuit: the user is done, no post-mortem.
+            if post_mortem and not _is_debugger_quit(error):
                 _debug(error)
             return _failure(
                 _valid_display(current.display, display),
@@ -203,6 +205,11 @@ def execute(name: str, version: str, input: bytes, task: dict[str, Any]) -> dict
         "progress": progress,
         "subtasks": subtasks,
     }
+
+
+def _is_debugger_quit(error: BaseException) -> bool:
+    bdb = sys.modules.get("bdb")  # only loaded if a debugger ran
+    return bdb is not None and isinstance(error, bdb.BdbQuit)
 
 
 def _debug(error: BaseException) -> None:

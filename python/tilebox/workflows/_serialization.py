@@ -17,6 +17,7 @@ turned into a dict of its remaining fields. Everything else is encoded by `_json
 from __future__ import annotations
 
 import base64
+import contextlib
 import sys
 import threading
 import typing
@@ -324,63 +325,96 @@ class InputError(ValueError):
 
 
 def encode_input(cls: type, text: str) -> bytes:  # noqa: C901 -- one branch per input form, in order
-    """The input bytes the official SDK would submit for the task `cls` described by `text`.
+    """The input bytes a submission of the task `cls` described by `text` would carry.
 
     `text` is JSON: an object of the task's fields (`{"field": value, ...}`, any task), or for a
-    task of exactly one field its wire form (the field's value alone, e.g. `1` or `"S2A"`). The
-    fields are decoded with the runtime's rules, the instance is built and serialised the way
-    `serialize_task` (the SDK) does, so the bytes are exactly the ones a submission would carry.
-    An object naming unknown fields or missing a required one raises `InputError`.
+    task of exactly one field its wire form (the field's value alone, e.g. `1` or `"S2A"`). Empty
+    text is no input for a task without fields, and the empty string otherwise (the CLI sends
+    text that is not JSON as a JSON string). The task is built (its constructor runs, nested
+    dataclasses get their defaults, as `Opts()` would) and encoded by its own `_serialize()`, the
+    way a submission encodes it.
+
+    Objects are strict: an unknown key, at the top or inside a field whose type is a dataclass,
+    raises `InputError` naming the task, the key's path (`options.limt`) and the fields expected
+    there. For a one-field task, an object is read as the object of its fields if its keys are
+    field names; otherwise, or if that does not fit, as the field's value alone, strictly too: a
+    typo in either form is an error, never a value with defaults.
     """
     task_name = cls.__qualname__
     included = _included_fields(cls)
     names = [field.name for field in included]
     expected = ", ".join(names) if names else "none"
+    if not text.strip():
+        if not included:
+            return _submitted(cls())
+        text = '""'
     data = text.encode("utf-8")
-    value = _json.Decoder().decode(data) if text.strip() else None
+    try:
+        value = _json.Decoder().decode(data)
+    except _json.MsgspecError as error:
+        raise InputError(f"input for task {task_name} is not JSON: {error}") from None
     if not included:
-        if value is None or value == {}:
-            return b""
+        if value == {}:
+            return _submitted(cls())
         raise InputError(f"task {task_name} takes no input (it has no fields), but got {text!r}")
-    if isinstance(value, dict):
-        unknown = [key for key in value if key not in names]
-        if not unknown:
-            try:
-                return _encode_fields(cls, value, included)
-            except InputError:
-                # A one-field task whose field value is itself an object may be given in its
-                # wire form, whose keys happen to be field names: try that before failing.
-                if len(included) == 1 and (encoded := _wire_form(cls, data)) is not None:
-                    return encoded
-                raise
-        if len(included) == 1:
-            encoded = _wire_form(cls, data)
-            if encoded is not None:
-                return encoded
-        raise InputError(
-            f"task {task_name} has no field {', '.join(repr(key) for key in unknown)}; expected fields: {expected}"
-        )
+    if isinstance(value, dict) and all(key in names for key in value):
+        try:
+            return _submitted(_build(cls, value, included))
+        except InputError:
+            # A one-field task's value may itself be an object whose keys are field names.
+            if len(included) == 1:
+                with contextlib.suppress(InputError):
+                    return _wire_form(cls, data, value)
+            raise
     if len(included) == 1:
         try:
-            return serialize_task(deserialize_task(cls, data))
-        except (_json.MsgspecError, TypeError, ValueError) as error:
+            return _wire_form(cls, data, value)
+        except InputError as error:
+            if isinstance(value, dict):
+                unknown = ", ".join(repr(key) for key in value if key not in names)
+                raise InputError(
+                    f"task {task_name} has no field {unknown}; expected fields: {expected} "
+                    f"(nor is the object a value of {names[0]!r} alone: {error})"
+                ) from None
             raise InputError(
                 f"input {text!r} is not a value of field {names[0]!r} of task {task_name}: {error}; "
                 f'pass the fields as an object: {{"{names[0]}": ...}}'
             ) from None
+    if isinstance(value, dict):
+        unknown = ", ".join(repr(key) for key in value if key not in names)
+        raise InputError(f"task {task_name} has no field {unknown}; expected fields: {expected}")
     raise InputError(f"task {task_name} takes an object of its fields {expected}, but got {text!r}")
 
 
-def _wire_form(cls: type, data: bytes) -> bytes | None:
-    """The canonical bytes of a one-field task's wire form `data`, or None if it is not one."""
+def _submitted(task: Any) -> bytes:
+    """The input bytes a submission of `task` carries (`FutureTask.input`): its `_serialize()`."""
+    data: bytes = task._serialize()  # noqa: SLF001 -- what the SDK's submissions call
+    return data
+
+
+def _wire_form(cls: type, data: bytes, value: Any) -> bytes:
+    """The bytes of a one-field task given as its field's value alone (`data`, decoded `value`)."""
+    field = _included_fields(cls)[0]
+    from tilebox.workflows.task import Task  # noqa: PLC0415 -- task.py imports this module
+
+    # The keys can only be checked against the annotation when the task decodes by it.
+    decodes_by_annotation = getattr(cls._deserialize, "__func__", None) is getattr(  # type: ignore[attr-defined]
+        Task._deserialize,  # noqa: SLF001 -- the SDK's hook, compared, not called
+        "__func__",
+        None,
+    )
+    if decodes_by_annotation:
+        _check_keys(cls, _type_hints(cls).get(field.name, field.type), value, field.name)
     try:
-        return serialize_task(deserialize_task(cls, data))
-    except (_json.MsgspecError, TypeError, ValueError):
-        return None
+        task = cls._deserialize(data)  # type: ignore[attr-defined]
+    except Exception as error:  # noqa: BLE001 -- any decoding failure is the input's fault
+        raise InputError(str(error)) from None
+    _fill_defaults(getattr(task, field.name, None))
+    return _submitted(task)
 
 
-def _encode_fields(cls: type, value: dict[str, Any], included: list[Any]) -> bytes:
-    """Build the task from an object of its fields (all names known) and serialise it."""
+def _build(cls: type, value: dict[str, Any], included: list[Any]) -> Any:
+    """The task built from an object of its fields (all names known), as its constructor builds it."""
     from dataclasses import MISSING  # noqa: PLC0415 -- only the CLI's input path needs it
 
     task_name = cls.__qualname__
@@ -400,17 +434,91 @@ def _encode_fields(cls: type, value: dict[str, Any], included: list[Any]) -> byt
     for name, item in value.items():
         annotation = hints.get(name, Any)
         message_type = _unwrap_optional(annotation)
+        _check_keys(cls, annotation, item, name)
         try:
             if _is_message_type(message_type) and isinstance(item, dict):
                 from google.protobuf import json_format  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: PLC0415
 
                 arguments[name] = json_format.ParseDict(item, message_type())
             else:
-                arguments[name] = decode_json(_json.encode(item), annotation)
+                arguments[name] = _fill_defaults(decode_json(_json.encode(item), annotation))
         except Exception as error:  # noqa: BLE001 -- any decoding failure is the input's fault
             raise InputError(f"field {name!r} of task {task_name}: {error}") from None
     try:
-        task = cls(**arguments)
+        return cls(**arguments)
     except Exception as error:  # noqa: BLE001 -- __post_init__ may refuse the values
         raise InputError(f"task {task_name} refuses these fields: {error!r}") from None
-    return serialize_task(task)
+
+
+def _check_keys(cls: type, annotation: Any, value: Any, path: str) -> None:  # noqa: C901, PLR0912
+    """Raise `InputError` for a key of `value` at `path` that names no field of the dataclass the
+    annotation expects there (the decoder would drop it silently)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        _check_keys(cls, args[0], value, path)
+    elif origin in (typing.Union, UnionType):
+        # Members that take this kind of JSON value; the value fits if it fits one of them.
+        members = [member for member in args if _takes(member, value)]
+        errors = []
+        for member in members:
+            try:
+                _check_keys(cls, member, value, path)
+            except InputError as error:
+                errors.append(error)
+            else:
+                return
+        if errors:
+            raise errors[0]
+    elif origin in (list, set, frozenset, tuple) and isinstance(value, list):
+        for index, item in enumerate(value):
+            if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+                item_type = args[index] if index < len(args) else Any
+            else:
+                item_type = args[0] if args else Any
+            _check_keys(cls, item_type, item, f"{path}[{index}]")
+    elif origin is dict and len(args) == 2 and isinstance(value, dict):
+        for key, item in value.items():
+            _check_keys(cls, args[1], item, f"{path}.{key}")
+    elif isinstance(annotation, type) and is_dataclass(annotation) and isinstance(value, dict):
+        known = [field.name for field in fields(annotation)]
+        hints = _type_hints(annotation)
+        for key, item in value.items():
+            if key not in known:
+                raise InputError(
+                    f"task {cls.__qualname__} has no field {f'{path}.{key}'!r}; "
+                    f"expected fields of {path} ({annotation.__qualname__}): {', '.join(known) or 'none'}"
+                )
+            _check_keys(cls, hints.get(key, Any), item, f"{path}.{key}")
+
+
+def _takes(annotation: Any, value: Any) -> bool:
+    """Whether `annotation` can take `value`'s kind of JSON value (object, array or other)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _takes(typing.get_args(annotation)[0], value)
+    if isinstance(value, dict):
+        return origin is dict or (isinstance(annotation, type) and (is_dataclass(annotation) or annotation is dict))
+    if isinstance(value, list):
+        return origin in (list, set, frozenset, tuple) or annotation in (list, set, frozenset, tuple)
+    return True
+
+
+def _fill_defaults(value: Any) -> Any:
+    """`value` with every dataclass inside holding its plain defaults as its constructor would:
+    the decoder leaves them out of the instance (like msgspec), and the encoder then omits them."""
+    from dataclasses import MISSING  # noqa: PLC0415
+
+    if is_dataclass(value) and not isinstance(value, type):
+        attributes = getattr(value, "__dict__", None)
+        for field in fields(value):
+            if attributes is not None and field.name not in attributes and field.default is not MISSING:
+                object.__setattr__(value, field.name, field.default)
+            _fill_defaults(getattr(value, field.name, None))
+    elif isinstance(value, dict):
+        for item in value.values():
+            _fill_defaults(item)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _fill_defaults(item)
+    return value

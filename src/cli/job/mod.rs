@@ -79,7 +79,8 @@ pub struct SubmitArgs {
     /// Identifier version of the root task, `vMAJOR.MINOR`.
     #[arg(long, default_value = "v0.0")]
     version: String,
-    /// Input of the root task: valid JSON is sent unchanged, any other text as a JSON string.
+    /// Input of the root task: valid JSON is sent unchanged, any other text as a JSON string
+    /// (text starting with `{` or `[` must be valid JSON).
     #[arg(long)]
     input: Option<String>,
     /// Cluster to run the root task on (default: the default cluster).
@@ -424,7 +425,7 @@ fn submit_request(
     }
     let group = TaskSubmissionGroup {
         dependencies_on_other_groups: Vec::new(),
-        inputs: vec![task_input(arguments.input.as_deref())],
+        inputs: vec![task_input(arguments.input.as_deref())?],
         identifier_pointers: vec![0],
         cluster_slug_pointers: vec![0],
         display_pointers: vec![0],
@@ -448,13 +449,25 @@ fn submit_request(
     })
 }
 
-/// The bytes sent as a task's input: valid JSON unchanged, other text as a JSON string, no
-/// input as no bytes.
-pub(super) fn task_input(input: Option<&str>) -> Vec<u8> {
+/// The bytes sent as a task's input: no input as no bytes, otherwise [`input_json`].
+pub(super) fn task_input(input: Option<&str>) -> Result<Vec<u8>, UserError> {
     match input {
-        None => Vec::new(),
-        Some(text) if serde_json::from_str::<Value>(text).is_ok() => text.as_bytes().to_vec(),
-        Some(text) => Value::String(text.to_string()).to_string().into_bytes(),
+        None => Ok(Vec::new()),
+        Some(text) => Ok(input_json(text)?.into_bytes()),
+    }
+}
+
+/// `--input` text as JSON: valid JSON unchanged, other text as a JSON string, except text that
+/// starts with `{` or `[` (a broken object or array, never meant as a string): an error with
+/// the parser's position.
+pub(super) fn input_json(text: &str) -> Result<String, UserError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(_) => Ok(text.to_string()),
+        Err(error) if text.trim_start().starts_with(['{', '[']) => Err(UserError::with_hint(
+            format!("--input is not valid JSON: {error}"),
+            "fix the JSON, or quote text that starts with { or [ as a JSON string: '\"{...\"'",
+        )),
+        Err(_) => Ok(Value::String(text.to_string()).to_string()),
     }
 }
 

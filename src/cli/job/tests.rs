@@ -67,21 +67,42 @@ fn json_input_passes_through_byte_for_byte() {
         "null",
         "[1,2]",
     ] {
-        assert_eq!(task_input(Some(input)), input.as_bytes());
+        assert_eq!(task_input(Some(input)).expect(input), input.as_bytes());
     }
 }
 
 #[test]
 fn text_input_becomes_a_json_string() {
-    assert_eq!(task_input(Some("S2A_001")), b"\"S2A_001\"");
-    assert_eq!(task_input(Some("say \"hi\"")), br#""say \"hi\"""#);
-    assert_eq!(task_input(Some("")), b"\"\"");
-    assert_eq!(task_input(Some("{broken")), b"\"{broken\"");
+    for (input, expected) in [
+        ("S2A_001", &b"\"S2A_001\""[..]),
+        ("say \"hi\"", br#""say \"hi\"""#),
+        ("", b"\"\""),
+        ("x{y", b"\"x{y\""),
+    ] {
+        assert_eq!(task_input(Some(input)).expect(input), expected);
+    }
+}
+
+#[test]
+fn broken_objects_and_arrays_are_refused_with_the_position() {
+    for (input, position) in [
+        ("{broken", "line 1 column 2"),
+        (r#"{"name": "Bob""#, "line 1 column 14"),
+        (" [1, 2", "line 1 column 6"),
+    ] {
+        let error = task_input(Some(input)).expect_err(input);
+        assert!(
+            error.message.starts_with("--input is not valid JSON: ")
+                && error.message.contains(position),
+            "{input}: {}",
+            error.message
+        );
+    }
 }
 
 #[test]
 fn no_input_is_no_bytes() {
-    assert!(task_input(None).is_empty());
+    assert!(task_input(None).expect("no input").is_empty());
 }
 
 #[test]
