@@ -109,6 +109,8 @@ struct Prepared {
     display: String,
     retry_count: i64,
     trace: super::telemetry::TaskTrace,
+    /// Links the runner's own lines about the task to its job while it runs.
+    remembered: super::telemetry::Remembered,
     started: u64,
     /// Forwards the task's log records while it runs; ends when the task does.
     printer: tokio::task::JoinHandle<()>,
@@ -320,7 +322,7 @@ impl Executor {
         let quiet = self.shared.options.quiet;
         let label = display.clone();
         let trace = super::telemetry::TaskTrace::new(&job.trace_parent, &task_id.to_string());
-        self.shared.exporter.remember(&trace);
+        let remembered = self.shared.exporter.remember(&trace);
         let exporter = self.shared.exporter.clone();
         let forward_trace = trace.clone();
         let printer = tokio::spawn(async move {
@@ -350,6 +352,7 @@ impl Executor {
             display,
             retry_count: task.retry_count,
             trace,
+            remembered,
             started: super::telemetry::now_nanos(),
             printer,
         };
@@ -368,6 +371,8 @@ impl Executor {
             display,
             retry_count,
             trace,
+            // Kept to the end: the lines below about the task still link to its job.
+            remembered: _remembered,
             started,
             printer,
         } = prepared;

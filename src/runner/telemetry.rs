@@ -26,7 +26,8 @@ use crate::client::Client;
 
 /// The scope of the runner's own log lines about a task.
 pub const RUNNER_SCOPE: &str = "tilebox.runner";
-/// How many recently run tasks the runner's own log lines can still be linked to.
+/// How many tasks that ended the runner's own log lines can still be linked to (a running
+/// task is linked until it ends, however long it runs).
 const REMEMBERED_TASKS: usize = 16_384;
 
 /// How often batched records are sent.
@@ -146,31 +147,15 @@ impl Exporter {
             dropped_attributes_count: 0,
         };
         tokio::spawn(run(client, resource, receiver));
-        LINKS
-            .lock()
-            .expect("the task links are never poisoned: no code panics holding them")
-            .sender = Some(sender.clone());
+        links().sender = Some(sender.clone());
         Self { sender }
     }
 
-    /// Links the runner's own log lines about `trace`'s task to its job from now on (for the
-    /// most recent [`REMEMBERED_TASKS`] tasks).
-    pub fn remember(&self, trace: &TaskTrace) {
-        let mut links = LINKS
-            .lock()
-            .expect("the task links are never poisoned: no code panics holding them");
-        if links
-            .traces
-            .insert(trace.task_id.clone(), trace.clone())
-            .is_none()
-        {
-            links.order.push_back(trace.task_id.clone());
-        }
-        while links.order.len() > REMEMBERED_TASKS {
-            if let Some(oldest) = links.order.pop_front() {
-                links.traces.remove(&oldest);
-            }
-        }
+    /// Links the runner's own log lines about `trace`'s task to its job while the task runs
+    /// (until the answer is dropped), and then for the [`REMEMBERED_TASKS`] tasks that ended
+    /// most recently.
+    pub fn remember(&self, trace: &TaskTrace) -> Remembered {
+        link(trace)
     }
 
     /// A log record the task runtime emitted (its JSON form), attributed to `trace`.
@@ -315,16 +300,65 @@ impl Exporter {
 static LINKS: LazyLock<Mutex<Links>> = LazyLock::new(|| {
     Mutex::new(Links {
         sender: None,
-        traces: HashMap::new(),
+        running: HashMap::new(),
+        ended: HashMap::new(),
         order: VecDeque::new(),
     })
 });
 
+fn links() -> std::sync::MutexGuard<'static, Links> {
+    LINKS
+        .lock()
+        .expect("the task links are never poisoned: no code panics holding them")
+}
+
 struct Links {
     sender: Option<mpsc::UnboundedSender<Item>>,
-    traces: HashMap<String, TaskTrace>,
-    /// Task ids in the order they were remembered, oldest first.
+    /// The tasks running now.
+    running: HashMap<String, TaskTrace>,
+    /// Tasks that ended, the most recent [`REMEMBERED_TASKS`].
+    ended: HashMap<String, TaskTrace>,
+    /// The ids of `ended`, oldest first.
     order: VecDeque<String>,
+}
+
+impl Links {
+    fn trace(&self, task_id: &str) -> Option<&TaskTrace> {
+        self.running
+            .get(task_id)
+            .or_else(|| self.ended.get(task_id))
+    }
+}
+
+/// Links `trace`'s task as running (see [`Exporter::remember`]).
+fn link(trace: &TaskTrace) -> Remembered {
+    links().running.insert(trace.task_id.clone(), trace.clone());
+    Remembered {
+        task_id: trace.task_id.clone(),
+    }
+}
+
+/// A running task's link (see [`Exporter::remember`]); dropped when the task ended.
+#[must_use = "the task is linked only while this lives"]
+pub struct Remembered {
+    task_id: String,
+}
+
+impl Drop for Remembered {
+    fn drop(&mut self) {
+        let mut links = links();
+        let Some(trace) = links.running.remove(&self.task_id) else {
+            return;
+        };
+        if links.ended.insert(self.task_id.clone(), trace).is_none() {
+            links.order.push_back(self.task_id.clone());
+        }
+        while links.order.len() > REMEMBERED_TASKS {
+            if let Some(oldest) = links.order.pop_front() {
+                links.ended.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// A `tracing` layer that sends the runner's own log events about a task (a `task_id` or
@@ -350,7 +384,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RunnerLogs {
             };
             let Some(trace) = candidates
                 .into_iter()
-                .find_map(|candidate| links.traces.get(candidate).cloned())
+                .find_map(|candidate| links.trace(candidate).cloned())
             else {
                 return;
             };
@@ -495,6 +529,35 @@ async fn run(client: Client, resource: Resource, mut receiver: mpsc::UnboundedRe
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_long_running_task_stays_linked_however_many_others_end_meanwhile() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let long = super::link(&TaskTrace::new(parent, "long-task"));
+        for index in 0..=super::REMEMBERED_TASKS {
+            drop(super::link(&TaskTrace::new(
+                parent,
+                &format!("short-{index}"),
+            )));
+        }
+        let links = super::links();
+        assert!(links.trace("long-task").is_some(), "the running task");
+        assert!(
+            links.trace("short-0").is_none(),
+            "the oldest ended task is forgotten"
+        );
+        assert!(
+            links
+                .trace(&format!("short-{}", super::REMEMBERED_TASKS))
+                .is_some()
+        );
+        drop(links);
+        drop(long);
+        assert!(
+            super::links().trace("long-task").is_some(),
+            "ended, still linked"
+        );
+    }
+
     use super::*;
 
     #[test]
