@@ -77,12 +77,10 @@ fn git_commit() -> Option<String> {
     }
     let git_dir = PathBuf::from(git(&["rev-parse", "--absolute-git-dir"])?);
     let common_dir = manifest_dir.join(git(&["rev-parse", "--git-common-dir"])?);
-    // A missing file would rerun the script on every build: name only those that exist.
-    let mut watched = vec![
-        git_dir.join("HEAD"),
-        git_dir.join("index"),
-        common_dir.join("packed-refs"),
-    ];
+    // A missing file would rerun the script on every build: name only those that exist. Not
+    // the index: `git status` rewrites it, and a rerun rebuilds the whole crate; so `-dirty`
+    // is as of the last commit or checkout.
+    let mut watched = vec![git_dir.join("HEAD"), common_dir.join("packed-refs")];
     if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watched.push(common_dir.join(reference));
     }

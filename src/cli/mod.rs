@@ -103,13 +103,16 @@ pub struct CompletionsArgs {
 /// Writes the completion script for `arguments.shell` to stdout.
 fn print_completions(arguments: &CompletionsArgs) -> anyhow::Result<ExitCode> {
     use clap::CommandFactory;
-    clap_complete::generate(
-        arguments.shell,
-        &mut Cli::command(),
-        "tilebox",
-        &mut std::io::stdout(),
-    );
-    Ok(ExitCode::SUCCESS)
+    use std::io::Write;
+    // Into a buffer first: `generate` panics when stdout is a closed pipe (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(arguments.shell, &mut Cli::command(), "tilebox", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!(
+            "cannot write the completion script: {error}"
+        )),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Options every API command takes.

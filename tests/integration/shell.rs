@@ -56,3 +56,20 @@ fn completions_are_printed_for_each_shell() {
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr_of(&unknown));
     assert!(stderr_of(&unknown).contains("tcsh"));
 }
+
+#[test]
+fn a_completion_script_piped_into_a_reader_that_stops_early_ends_quietly() {
+    // The bash script is over 100 KB, more than a pipe holds, so the write meets the closed
+    // pipe once `head` has gone.
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' completions bash | head -c 10 >/dev/null",
+            crate::common::tilebox_binary().display()
+        ))
+        .output()
+        .expect("bash runs");
+    let stderr = stderr_of(&output);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(output.status.success(), "{:?}", output.status);
+}
