@@ -36,6 +36,11 @@ for _ in $(seq 1 1200); do
         echo "tilebox dev stopped before it was ready" >&2
         exit 1
     fi
+    if grep -q 'no code is loaded yet' "$work/dev.err"; then
+        cat "$work/dev.err" >&2
+        echo "tilebox dev could not load the example (above)" >&2
+        exit 1
+    fi
     sleep 0.5
 done
 if ! grep -q '^ready' "$work/dev.out"; then
