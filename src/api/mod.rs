@@ -10,9 +10,11 @@
 //! - `submission.rs`: validating and flattening task submissions (the server's rules)
 //! - `limits.rs`: the limits one request may reach (lengths, counts, version range)
 //! - `otlp_json.rs`: OTLP/JSON export requests decoded into the OTLP prost types
+//! - `otlp_count.rs`: counting what an OTLP export decodes into, before decoding it
 
 pub mod convert;
 pub mod limits;
+pub mod otlp_count;
 pub mod otlp_json;
 pub mod submission;
 

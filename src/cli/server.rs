@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// Most log records or spans in one OTLP export.
     #[arg(long, default_value_t = server::Limits::default().telemetry.max_records)]
     max_otlp_records: usize,
+    /// Most other elements in one OTLP export: attributes at every level, events, links,
+    /// array and key-value list entries, resource and scope groups.
+    #[arg(long, default_value_t = server::Limits::default().telemetry.max_elements)]
+    max_otlp_elements: usize,
     /// Most bytes one OTLP export stores (each record with its resource and scope).
     #[arg(long, default_value_t = server::Limits::default().telemetry.max_stored_bytes)]
     max_otlp_stored_bytes: usize,
@@ -149,6 +153,7 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
             telemetry: server::services::telemetry::Limits {
                 max_body_bytes: arguments.max_otlp_body_bytes,
                 max_records: arguments.max_otlp_records,
+                max_elements: arguments.max_otlp_elements,
                 max_stored_bytes: arguments.max_otlp_stored_bytes,
             },
             max_open_calls_per_connection: arguments.max_open_calls_per_connection,

@@ -33,8 +33,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::api::otlp::collector::logs::v1::logs_service_server::LogsServiceServer;
-use crate::api::otlp::collector::trace::v1::trace_service_server::TraceServiceServer;
 use crate::api::selfhosted_v1::artifact_service_server::ArtifactServiceServer;
 use crate::api::selfhosted_v1::deployment_service_server::DeploymentServiceServer;
 use crate::api::selfhosted_v1::work_service_server::WorkServiceServer;
@@ -109,6 +107,7 @@ impl Default for Limits {
             telemetry: services::telemetry::Limits {
                 max_body_bytes: 16 * 1024 * 1024,
                 max_records: 10_000,
+                max_elements: 200_000,
                 max_stored_bytes: 64 * 1024 * 1024,
             },
             max_open_calls_per_connection: 64,
@@ -224,14 +223,11 @@ impl Server {
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        // An OTLP export over gRPC has the body limit of OTLP/HTTP.
+        // An OTLP export over gRPC has the body limit of OTLP/HTTP, and is counted before it
+        // is decoded (gzip accepted).
         let otlp_message = self.limits.telemetry.max_body_bytes;
-        let logs = LogsServiceServer::new(telemetry.clone())
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(otlp_message);
-        let traces = TraceServiceServer::new(services::telemetry::Traces(telemetry.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(otlp_message);
+        let logs = services::otlp_grpc::LogsServer::new(telemetry.clone(), otlp_message);
+        let traces = services::otlp_grpc::TracesServer::new(telemetry.clone(), otlp_message);
         let retention = tokio::spawn(run_retention(
             store,
             self.telemetry_retention,

@@ -10,6 +10,7 @@
 //! - `artifacts.rs`: our `ArtifactService` (streamed upload and download by sha256)
 //! - `deployments.rs`: our `DeploymentService` (a cluster's deployments, pushed)
 //! - `telemetry.rs`: OTLP logs and spans in (gRPC and HTTP), `TelemetryQueryService` out
+//! - `otlp_grpc.rs`: the OTLP collector services over gRPC, counted before decoded
 //! - `messages.rs`: store records to wire messages
 //! - `limits.rs`: per-connection limits on long polls and watches
 
@@ -18,6 +19,7 @@ pub mod deployments;
 pub mod jobs;
 pub mod limits;
 mod messages;
+pub mod otlp_grpc;
 pub mod tasks;
 pub mod telemetry;
 pub mod work;

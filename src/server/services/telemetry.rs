@@ -17,15 +17,12 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{optional_uuid, page_of, required_uuid, store_status};
-use crate::api::otlp::collector::logs::v1::logs_service_server::LogsService;
-use crate::api::otlp::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use crate::api::otlp::collector::trace::v1::trace_service_server::TraceService;
-use crate::api::otlp::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use crate::api::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use crate::api::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use crate::api::otlp::common::v1::{AnyValue, KeyValue, any_value};
 use crate::api::otlp::logs::v1::{ResourceLogs, ScopeLogs};
 use crate::api::otlp::trace::v1::{ResourceSpans, ScopeSpans};
+use crate::api::otlp_count::{self, Counts, Signal};
 use crate::api::otlp_json;
 use crate::api::tilebox_v1::{Pagination, SortDirection};
 use crate::api::workflows_v1::telemetry_query_service_server::TelemetryQueryService;
@@ -43,6 +40,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most log records (or spans) in one export.
     pub max_records: usize,
+    /// Most other elements one export decodes into ([`otlp_count::Counts::elements`]:
+    /// attributes at every level, events, links, list entries, resource and scope groups).
+    pub max_elements: usize,
     /// Most bytes one export stores, each record with its resource and scope.
     pub max_stored_bytes: usize,
 }
@@ -58,6 +58,10 @@ pub enum Error {
         count: usize,
         limit: usize,
     },
+    #[error(
+        "the export carries {count} attributes, events, links, list entries and resource or scope groups; this server accepts at most {limit} per request (--max-otlp-elements)"
+    )]
+    TooManyElements { count: usize, limit: usize },
     #[error(
         "the export would store {bytes} bytes (each of its {count} {what} is stored with its resource and scope attributes); this server stores at most {limit} bytes per request (--max-otlp-stored-bytes): send large resource attributes in smaller batches"
     )]
@@ -84,9 +88,9 @@ impl Error {
     fn http_status(&self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         match self {
-            Error::TooManyRecords { .. } | Error::TooMuchStored { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Error::TooManyRecords { .. }
+            | Error::TooManyElements { .. }
+            | Error::TooMuchStored { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store(store::Error::StorageFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Store(error) => {
                 tracing::error!(%error, source = ?std::error::Error::source(error), "storing telemetry failed");
@@ -94,6 +98,35 @@ impl Error {
             }
         }
     }
+}
+
+/// What a signal's records are called in a refusal.
+fn records_of(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Logs => "log records",
+        Signal::Traces => "spans",
+    }
+}
+
+/// Checks what an export body would decode into against `limits`, before it is decoded:
+/// decoding builds a struct of up to 300 bytes per element however small it is on the
+/// wire (2 bytes of protobuf for an empty log record), so a body within the size limit
+/// could take gigabytes once decoded.
+pub fn check_counts(limits: &Limits, signal: Signal, counts: &Counts) -> Result<(), Error> {
+    if counts.records > limits.max_records {
+        return Err(Error::TooManyRecords {
+            what: records_of(signal),
+            count: counts.records,
+            limit: limits.max_records,
+        });
+    }
+    if counts.elements > limits.max_elements {
+        return Err(Error::TooManyElements {
+            count: counts.elements,
+            limit: limits.max_elements,
+        });
+    }
+    Ok(())
 }
 
 /// Checks an export's record count and stored bytes against `limits` before any record is
@@ -284,6 +317,11 @@ impl Telemetry {
         Self { store, limits }
     }
 
+    /// What one export may carry.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Stores an export's log records, one stored record each; nothing when it is refused.
     pub async fn ingest_logs(&self, request: ExportLogsServiceRequest) -> Result<usize, Error> {
         let records = split_logs(request, &self.limits)?;
@@ -398,39 +436,6 @@ impl TelemetryQueryService for Telemetry {
     }
 }
 
-#[tonic::async_trait]
-impl LogsService for Telemetry {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        authorize(&request, Action::WriteTelemetry)?;
-        self.ingest_logs(request.into_inner()).await?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-/// The trace collector service; a separate type since both OTLP services name their
-/// method `export`.
-#[derive(Clone)]
-pub struct Traces(pub Telemetry);
-
-#[tonic::async_trait]
-impl TraceService for Traces {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        authorize(&request, Action::WriteTelemetry)?;
-        self.0.ingest_spans(request.into_inner()).await?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 /// The OTLP/HTTP routes (`POST /v1/logs`, `POST /v1/traces`), with the same bearer
 /// authentication as the gRPC API. Bodies are protobuf (`application/x-protobuf`) or
 /// OTLP/JSON (`application/json`), optionally `Content-Encoding: gzip`; the answer is in the
@@ -454,6 +459,12 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
                         telemetry.limits.max_body_bytes,
                         |format, body| async move {
                             const WHAT: &str = "ExportLogsServiceRequest";
+                            let counts = match format {
+                                Format::Protobuf => otlp_count::count_protobuf(&body, Signal::Logs),
+                                Format::Json => otlp_count::count_json(&body, Signal::Logs),
+                            };
+                            check_counts(&telemetry.limits, Signal::Logs, &counts)
+                                .map_err(refused)?;
                             let request = match format {
                                 Format::Protobuf => {
                                     ExportLogsServiceRequest::decode(body.as_slice())
@@ -481,6 +492,14 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
                         telemetry.limits.max_body_bytes,
                         |format, body| async move {
                             const WHAT: &str = "ExportTraceServiceRequest";
+                            let counts = match format {
+                                Format::Protobuf => {
+                                    otlp_count::count_protobuf(&body, Signal::Traces)
+                                }
+                                Format::Json => otlp_count::count_json(&body, Signal::Traces),
+                            };
+                            check_counts(&telemetry.limits, Signal::Traces, &counts)
+                                .map_err(refused)?;
                             let request = match format {
                                 Format::Protobuf => {
                                     ExportTraceServiceRequest::decode(body.as_slice())

@@ -388,6 +388,248 @@ async fn a_gzip_bomb_is_refused_without_inflating_it() {
     assert_eq!(stored_logs(&mut client, job).await, 3);
 }
 
+/// `inner` as a length-delimited protobuf field with key byte `key`.
+fn wrap(key: u8, inner: &[u8]) -> Vec<u8> {
+    let mut encoded = vec![key];
+    prost::encoding::encode_varint(inner.len() as u64, &mut encoded);
+    encoded.extend_from_slice(inner);
+    encoded
+}
+
+/// A protobuf `ExportLogsServiceRequest` of one record of the test job's trace followed by
+/// `empty` empty records (2 bytes each on the wire), built as bytes: as structs they would
+/// take gigabytes of the test's own memory.
+fn empty_records_protobuf(empty: usize) -> Vec<u8> {
+    let first = LogRecord {
+        trace_id: TRACE_ID.to_vec(),
+        ..LogRecord::default()
+    }
+    .encode_to_vec();
+    let mut records = wrap(0x12, &first);
+    records.extend_from_slice(&[0x12, 0x00].repeat(empty));
+    // request { resource_logs (1) { scope_logs (2) { log_records (2)... } } }
+    wrap(0x0a, &wrap(0x12, &records))
+}
+
+/// The same in OTLP/JSON: `{}` per empty record.
+fn empty_records_json(empty: usize) -> Vec<u8> {
+    let mut json = format!(
+        r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"traceId":"{}"}}"#,
+        hex::encode(TRACE_ID)
+    );
+    json.push_str(&",{}".repeat(empty));
+    json.push_str("]}]}]}");
+    json.into_bytes()
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(body).expect("compress");
+    encoder.finish().expect("compress")
+}
+
+/// A raw gRPC `LogsService/Export` of `body` (protobuf bytes), optionally gzip-compressed.
+async fn export_raw(server: &TestServer, body: Vec<u8>, gzip: bool) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(server.url().to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    if gzip {
+        grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
+    grpc.ready().await.expect("ready");
+    grpc.unary::<_, prost::bytes::Bytes, _>(
+        tonic::Request::new(prost::bytes::Bytes::from(body)),
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+            .parse()
+            .expect("path"),
+        tilebox::server::services::otlp_grpc::RawCodec,
+    )
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn millions_of_empty_records_are_refused_before_they_are_decoded() {
+    let server = TestServer::start();
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    // OTLP/JSON: 5.5 million `{}`, 16.5 MB inflated, about 16 KB gzipped.
+    let json = gzip(&empty_records_json(5_500_000));
+    assert!(json.len() < 64 * 1024, "{} bytes", json.len());
+    let response = http_post(
+        &server,
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &json,
+    );
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert!(
+        response.text().contains("5500001 log records")
+            && response
+                .text()
+                .contains("at most 10000 per request (--max-otlp-records)"),
+        "{}",
+        response.text()
+    );
+    // Protobuf: 8 million empty records, 16 MB, plain and gzipped, over HTTP and gRPC.
+    let protobuf = empty_records_protobuf(8_000_000);
+    assert!(
+        protobuf.len() < 16 * 1024 * 1024,
+        "{} bytes",
+        protobuf.len()
+    );
+    let compressed = gzip(&protobuf);
+    for (body, encoding) in [(&protobuf, "identity"), (&compressed, "gzip")] {
+        let response = http_post(
+            &server,
+            "/v1/logs",
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", encoding),
+            ],
+            body,
+        );
+        assert_eq!(response.status, 413, "{encoding}: {}", response.text());
+        assert!(
+            response.text().contains("8000001 log records")
+                && response.text().contains("--max-otlp-records"),
+            "{}",
+            response.text()
+        );
+    }
+    for gzip in [false, true] {
+        let refused = export_raw(&server, protobuf.clone(), gzip)
+            .await
+            .expect_err("too many records");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(
+            refused.message().contains("8000001 log records")
+                && refused.message().contains("--max-otlp-records"),
+            "{refused}"
+        );
+    }
+    // One record with 5.5 million empty attributes amplifies alike: refused by the element
+    // limit.
+    let attributes = format!(
+        r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"traceId":"{}","attributes":[{{}}{}]}}]}}]}}]}}"#,
+        hex::encode(TRACE_ID),
+        ",{}".repeat(5_499_999)
+    );
+    let response = http_post(
+        &server,
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &gzip(attributes.as_bytes()),
+    );
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert!(
+        response
+            .text()
+            .contains("5500002 attributes, events, links")
+            && response
+                .text()
+                .contains("at most 200000 per request (--max-otlp-elements)"),
+        "{}",
+        response.text()
+    );
+    // Refused from counts: the server never held the decoded structs (1.6 GB and more).
+    let peak = peak_memory(server.pid());
+    eprintln!("the server's peak memory: {} MiB", peak / (1024 * 1024));
+    assert!(
+        peak < 200 * 1024 * 1024,
+        "the server peaked at {peak} bytes"
+    );
+    assert_eq!(stored_logs(&mut client, job).await, 0, "nothing partial");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_at_the_record_and_element_limits_are_stored() {
+    let server =
+        TestServer::start_with(&["--max-otlp-records", "100", "--max-otlp-elements", "203"]);
+    let mut client = client(&server).await;
+    let job = traced_job(&mut client).await;
+    // 100 records of 2 attributes each, under one resource (1 attribute) and one scope:
+    // 100 records and 203 other elements.
+    let mut request = export(100, 10);
+    for record in &mut request.resource_logs[0].scope_logs[0].log_records {
+        record.attributes = vec![
+            string_attribute("a", "1".into()),
+            string_attribute("b", "2".into()),
+        ];
+    }
+    client
+        .logs
+        .export(request.clone())
+        .await
+        .expect("an export at the limits");
+    assert_eq!(stored_logs(&mut client, job).await, 100);
+    let response = http_post(
+        &server,
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &gzip(&request.encode_to_vec()),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    // One attribute more is refused, over gRPC and HTTP, and nothing of it is stored.
+    request.resource_logs[0].scope_logs[0].log_records[0]
+        .attributes
+        .push(string_attribute("c", "3".into()));
+    let refused = client
+        .logs
+        .export(request.clone())
+        .await
+        .expect_err("over the element limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused.message().contains("204 attributes")
+            && refused
+                .message()
+                .contains("at most 203 per request (--max-otlp-elements)"),
+        "{refused}"
+    );
+    let (status, message) = post_logs(&server, None, &request.encode_to_vec());
+    assert_eq!(status, 413, "{message}");
+    assert!(message.contains("--max-otlp-elements"), "{message}");
+    let mut all = 0;
+    let mut after = None;
+    loop {
+        let page = client
+            .telemetry
+            .query_job_logs(QueryJobLogsRequest {
+                job_id: Some(id(job)),
+                page: Some(tilebox::api::tilebox_v1::Pagination {
+                    limit: Some(1000),
+                    starting_after: after,
+                }),
+                ..QueryJobLogsRequest::default()
+            })
+            .await
+            .expect("query logs")
+            .into_inner();
+        if page.resource_logs.is_empty() {
+            break;
+        }
+        all += page.resource_logs.len();
+        after = page.next_page.and_then(|page| page.starting_after);
+    }
+    assert_eq!(
+        all, 200,
+        "the two exports at the limits, nothing of the refused ones"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_otlp_http_exports_are_refused_saying_what_was_wrong() {
     let server = TestServer::start();
