@@ -173,6 +173,8 @@ fn exit_after(deadline: Duration) {
                 deadline_seconds = deadline.as_secs(),
                 "the runner did not stop in time after the second interrupt; exiting now"
             );
+            // uv runs in a process group of its own: it would outlive the process.
+            python::environment::stop_running(Duration::from_secs(1));
             std::process::exit(130);
         });
     if let Err(error) = spawned {
