@@ -667,18 +667,18 @@ fn the_watch_reads_only_the_files_that_changed() {
     dev.stop();
 }
 
-#[test]
-fn interrupting_dev_during_uv_sync_stops_uv() {
+/// A project with a `pyproject.toml` (so it is synced) and a `uv` that syncs forever (with
+/// a child of its own) after writing its pid: answers the project, uv's path and the pid
+/// file.
+fn project_with_a_slow_uv() -> (tempfile::TempDir, tempfile::TempDir, PathBuf, PathBuf) {
     let project = gate_project("unused");
-    let root = project.path();
     fs::write(
-        root.join("pyproject.toml"),
+        project.path().join("pyproject.toml"),
         "[project]\nname = \"dev-gate\"\nversion = \"0.1.0\"\n",
     )
     .expect("pyproject.toml");
     let stubs = tempfile::tempdir().expect("stubs");
     let pid_file = stubs.path().join("uv.pid");
-    // A sync that takes its time, with a child of its own.
     let uv = stubs.path().join("uv");
     fs::write(
         &uv,
@@ -690,11 +690,26 @@ fn interrupting_dev_during_uv_sync_stops_uv() {
     .expect("uv stub");
     fs::set_permissions(&uv, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod uv stub");
-    let mut dev = Dev::spawn(root, &[], &[("TILEBOX_UV", uv.as_path())]);
+    (project, stubs, uv, pid_file)
+}
+
+/// Waits until the slow uv wrote its pid; answers it.
+fn wait_for_uv(pid_file: &Path, stderr: impl Fn() -> String) -> String {
     wait_until("uv sync to start", READY_TIMEOUT, || {
-        fs::read_to_string(&pid_file).is_ok_and(|pid| pid.ends_with('\n'))
+        fs::read_to_string(pid_file).is_ok_and(|pid| pid.ends_with('\n'))
     })
-    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", dev.stderr()));
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", stderr()));
+    fs::read_to_string(pid_file)
+        .expect("pid")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn interrupting_dev_during_uv_sync_stops_uv() {
+    let (project, _stubs, uv, pid_file) = project_with_a_slow_uv();
+    let mut dev = Dev::spawn(project.path(), &[], &[("TILEBOX_UV", uv.as_path())]);
+    let pid = wait_for_uv(&pid_file, || dev.stderr());
     assert!(
         dev.stderr().contains("syncing the environment with uv…"),
         "{}",
@@ -709,11 +724,36 @@ fn interrupting_dev_during_uv_sync_stops_uv() {
         "dev exited with {status}:\n{}",
         dev.stderr()
     );
-    let pid = fs::read_to_string(&pid_file).expect("pid");
     assert!(
-        !Path::new("/proc").join(pid.trim()).exists(),
-        "uv (pid {}) outlived dev:\n{}",
-        pid.trim(),
+        !Path::new("/proc").join(&pid).exists(),
+        "uv (pid {pid}) outlived dev:\n{}",
         dev.stderr()
+    );
+}
+
+#[test]
+fn interrupting_runner_start_during_its_projects_uv_sync_stops_uv() {
+    let (project, stubs, uv, pid_file) = project_with_a_slow_uv();
+    let stderr = stubs.path().join("runner.stderr");
+    let mut runner = crate::common::project_runner("http://127.0.0.1:9", project.path(), &[])
+        .env("TILEBOX_UV", &uv)
+        .stderr(fs::File::create(&stderr).expect("stderr file").into_file())
+        .spawn()
+        .expect("runner start");
+    let read_stderr = || fs::read_to_string(&stderr).unwrap_or_default();
+    let pid = wait_for_uv(&pid_file, read_stderr);
+    crate::common::signal(runner.id(), "-INT");
+    let status = wait_for_exit(&mut runner, "the runner to exit after SIGINT", JOB_TIMEOUT)
+        .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", read_stderr()));
+    assert_eq!(status.code(), Some(130), "{}", read_stderr());
+    assert!(
+        read_stderr().contains("error: interrupted while preparing the project"),
+        "{}",
+        read_stderr()
+    );
+    assert!(
+        !Path::new("/proc").join(&pid).exists(),
+        "uv (pid {pid}) outlived the runner:\n{}",
+        read_stderr()
     );
 }
