@@ -216,9 +216,14 @@ fn task_list(tasks: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// One line on stdout per load; a failure, with its traceback, on stderr.
+/// One line on stdout per load; a failure, with its traceback, and the start of a `uv sync`
+/// (which can take minutes) on stderr.
 fn report(event: &Event, root: &Path, cache: &str) -> anyhow::Result<()> {
     match event {
+        Event::Syncing => {
+            let mut stderr = std::io::stderr().lock();
+            writeln!(stderr, "syncing the environment with uv…").context("cannot write to stderr")
+        }
         Event::Loaded {
             tasks,
             synced,

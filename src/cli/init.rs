@@ -291,7 +291,7 @@ async fn delete_workflow(client: &mut crate::client::Client, slug: &str) -> Resu
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
-async fn interrupted() {
+pub(super) async fn interrupted() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

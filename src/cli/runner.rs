@@ -109,7 +109,22 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
     python::set_import_timeout(Duration::from_secs(arguments.import_timeout_seconds));
     let sync_timeout = Duration::from_secs(arguments.sync_timeout_seconds);
     let project = match &arguments.project {
-        Some(directory) => Some(project_release(directory, &cache_dir, sync_timeout).await?),
+        Some(directory) => tokio::select! {
+            release = project_release(directory, &cache_dir, sync_timeout) => Some(release?),
+            () = super::init::interrupted() => {
+                // uv runs in a process group of its own, which the interrupt did not reach.
+                let stopped = tokio::task::spawn_blocking(|| {
+                    python::environment::stop_running(Duration::from_secs(5))
+                })
+                .await
+                .unwrap_or(false);
+                eprintln!(
+                    "error: interrupted while preparing the project{}",
+                    if stopped { "" } else { "; uv did not stop within 5 s" }
+                );
+                return Ok(ExitCode::from(130));
+            }
+        },
         None => None,
     };
     let client = api.connect().await?;
@@ -173,6 +188,8 @@ fn exit_after(deadline: Duration) {
                 deadline_seconds = deadline.as_secs(),
                 "the runner did not stop in time after the second interrupt; exiting now"
             );
+            // uv runs in a process group of its own: it would outlive the process.
+            python::environment::stop_running(Duration::from_secs(1));
             std::process::exit(130);
         });
     if let Err(error) = spawned {

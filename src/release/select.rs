@@ -86,6 +86,41 @@ pub enum Error {
 
 /// Selects the release's files under `config.root`, sorted bytewise by path.
 pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
+    select(config, false)
+}
+
+/// The files `tilebox dev` watches: [`select_files`] without editors' temporary files
+/// ([`is_editor_temporary`]) and without broken symlinks (an Emacs lock `.#app.py` is one
+/// while a buffer has unsaved changes), which come and go as the user types and are never
+/// the project's content. A release still packs them (or refuses the broken symlink): what
+/// it holds is what the globs say, so the same commit builds the same artifact everywhere.
+pub fn select_watched_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
+    select(config, true)
+}
+
+/// Whether `name` (a file name, not a path) is a temporary file an editor writes next to
+/// the file it edits: Emacs locks (`.#*`), auto-saves (`#*#`) and backups (`*~`), Vim swap
+/// files (`*.swp`, `*.swo`, `.*.sw?`) and its write probe `4913`, JetBrains' safe-write
+/// copies (`*___jb_tmp___`, `*___jb_old___`).
+pub fn is_editor_temporary(name: &str) -> bool {
+    let vim_swap = name.starts_with('.')
+        && name.len() > 4
+        && name
+            .get(..name.len() - 1)
+            .is_some_and(|stem| stem.ends_with(".sw"));
+    name.starts_with(".#")
+        || (name.len() > 1 && name.starts_with('#') && name.ends_with('#'))
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swo")
+        || vim_swap
+        || name == "4913"
+        || name.ends_with("___jb_tmp___")
+        || name.ends_with("___jb_old___")
+}
+
+/// [`select_files`]; `watch` leaves out what [`select_watched_files`] leaves out.
+fn select(config: &Config, watch: bool) -> Result<Vec<SelectedFile>, Error> {
     let root = fs_err::canonicalize(&config.root).map_err(|source| Error::Read {
         path: config.root.clone(),
         source,
@@ -149,6 +184,14 @@ pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
         {
             continue;
         }
+        if watch
+            && relative
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(is_editor_temporary)
+        {
+            continue;
+        }
         if file_type.is_symlink() {
             links.push(path);
         } else if file_type.is_file() {
@@ -169,7 +212,11 @@ pub fn select_files(config: &Config) -> Result<Vec<SelectedFile>, Error> {
     let files: BTreeSet<&str> = selected.iter().map(|file| file.path.as_str()).collect();
     let mut symlinks = Vec::new();
     for path in links {
-        let target = link_target(&root, &path, &files)?;
+        let target = match link_target(&root, &path, &files) {
+            Ok(target) => target,
+            Err(Error::BrokenSymlink { .. }) if watch => continue,
+            Err(error) => return Err(error),
+        };
         symlinks.push(SelectedFile {
             path,
             kind: FileKind::Symlink { target },
@@ -626,6 +673,57 @@ pub(crate) mod tests {
             paths(&config(directory.path(), &["*.py"], &[])),
             ["main.py"]
         );
+    }
+
+    #[test]
+    fn the_watch_leaves_out_editor_temporaries_and_broken_symlinks_a_release_keeps() {
+        use fs_err::os::unix::fs::symlink;
+
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path();
+        let temporaries = [
+            ".app.py.swp",
+            ".app.py.swx",
+            "app.py.swo",
+            "app.py~",
+            "#app.py#",
+            "pkg/4913",
+            "pkg/mod.py___jb_tmp___",
+        ];
+        let mut tree = vec![("app.py", ""), ("pkg/mod.py", ""), (".env.example", "")];
+        tree.extend(temporaries.iter().map(|path| (*path, "")));
+        write_tree(root, &tree);
+        // An Emacs lock: a symlink to `user@host.pid:time`, which does not exist.
+        symlink("ada@laptop.4242:1700000000", root.join(".#app.py")).unwrap();
+        let configuration = config(root, &["**"], &[]);
+        let watched: Vec<String> = select_watched_files(&configuration)
+            .unwrap()
+            .into_iter()
+            .map(|file| file.path)
+            .collect();
+        assert_eq!(watched, [".env.example", "app.py", "pkg/mod.py"]);
+        // The release is unchanged: the temporaries are packed, the broken lock refused.
+        let error = select_files(&configuration).unwrap_err().to_string();
+        assert_eq!(error, "symlink `.#app.py` cannot be resolved");
+        fs_err::remove_file(root.join(".#app.py")).unwrap();
+        let released = paths(&configuration);
+        for temporary in temporaries {
+            assert!(
+                released.iter().any(|path| path == temporary),
+                "{released:?}"
+            );
+        }
+        for name in [
+            "app.py",
+            ".env",
+            "notes.swap",
+            "4914",
+            ".sw",
+            "#",
+            "data.sw",
+        ] {
+            assert!(!is_editor_temporary(name), "{name}");
+        }
     }
 
     #[test]

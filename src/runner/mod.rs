@@ -282,6 +282,10 @@ impl Runner {
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
+        // Aborting does not stop a `uv sync` the watch (or a release's preparation) runs on a
+        // blocking thread, and uv runs in a process group of its own, which the user's Ctrl-C
+        // does not reach: stopped here, or it would outlive the runner.
+        stop_environment_syncs().await;
         // The last reference to the loaded releases, besides those of slots still running.
         let loaded = catalog.borrow().clone();
         drop(catalog);
@@ -319,6 +323,23 @@ impl Runner {
 }
 
 /// Completes once the runner is asked to stop (never, if the phase sender is gone).
+/// How long stopping the running `uv sync` commands may take.
+const STOP_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Kills every `uv sync` this process runs (with what it started) and waits for them.
+async fn stop_environment_syncs() {
+    let stopped =
+        tokio::task::spawn_blocking(|| python::environment::stop_running(STOP_SYNC_TIMEOUT))
+            .await
+            .unwrap_or(false);
+    if !stopped {
+        tracing::warn!(
+            timeout_seconds = STOP_SYNC_TIMEOUT.as_secs(),
+            "a `uv sync` did not stop in time; it may still be running"
+        );
+    }
+}
+
 async fn interrupted(mut phase: watch::Receiver<Phase>) {
     while *phase.borrow_and_update() == Phase::Running {
         if phase.changed().await.is_err() {

@@ -7,24 +7,32 @@
 //!
 //! What is watched is what `workflow build-release` would select (`release::select`: include
 //! and exclude globs, `.gitignore`; never `.git`, `.venv` or `.tilebox`), plus
-//! `tilebox.workflow.toml`, `pyproject.toml` and `uv.lock`; bytecode (`__pycache__`, `*.pyc`)
-//! is left out, since loading the project writes it. A change of `pyproject.toml` or
-//! `uv.lock` runs `uv sync` again before the load.
+//! `tilebox.workflow.toml`, `pyproject.toml` and `uv.lock`. Left out: bytecode
+//! (`__pycache__`, `*.pyc`), since loading the project writes it, and what editors write
+//! while the user types (`select::select_watched_files`: swap files, lock symlinks, backups;
+//! broken symlinks), which would reload on every keystroke or, broken, stop every reload.
+//! A change of any other selected file reloads, data files included: the project may read
+//! them when it is imported (a table loaded at module level), and a release of it would
+//! carry them, so a reload is what a redeploy would do; data a task only reads at run time
+//! belongs outside `include`. A change of `pyproject.toml` or `uv.lock` runs `uv sync` again
+//! before the load.
 //!
-//! The watch polls the files' content digests every [`POLL_INTERVAL`] rather than asking the
-//! OS for change events (`notify`): the rules of what counts are then exactly the release's
-//! (one selection routine, not a second filter over events), it behaves the same on every
-//! filesystem (network and container mounts, editors that save by rename), a burst of saves
-//! is one reload, and it needs no new dependency. The price is reading the selected files
-//! twice a second, which is nothing for a project's code.
+//! The watch polls the files every [`POLL_INTERVAL`] rather than asking the OS for change
+//! events (`notify`): the rules of what counts are then exactly the release's (one selection
+//! routine, not a second filter over events), it behaves the same on every filesystem
+//! (network and container mounts, editors that save by rename), a burst of saves is one
+//! reload, and it needs no new dependency. A file is read (through a fixed buffer) only when
+//! its metadata changed since it was last read ([`Digests`]), so a poll of a project with
+//! large data costs a walk and a `stat` per file.
 //!
 //! A change that cannot be loaded (a `SyntaxError`, an import that raises, a bad
 //! configuration, a failing `uv sync`) is reported as [`Event::Failed`] and changes nothing:
 //! the last good code keeps serving. It is tried again on the next change.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -32,7 +40,9 @@ use tokio::sync::{mpsc, watch};
 use super::catalog::{Catalog, LoadedSet};
 use super::prepare::{self, EnvironmentSource};
 use super::{Phase, Shared, announce, replace_catalog};
+use crate::progress::{Progress, Step};
 use crate::release::archive::{self, FileDigest};
+use crate::release::select::FileKind;
 use crate::release::{config, select};
 
 /// How often the project's files are compared with the code loaded.
@@ -55,6 +65,8 @@ pub struct Watch {
 /// What a load attempt came to.
 #[derive(Debug)]
 pub enum Event {
+    /// `uv sync` of the project's environment starts (it may take minutes, silently).
+    Syncing,
     /// The project's code is loaded and its tasks are claimed (the first load, or a reload).
     Loaded {
         /// The workflow slug of the project.
@@ -116,8 +128,9 @@ struct Snapshot {
     root: PathBuf,
 }
 
-/// Reads the project's watched files as they are now. Blocking.
-fn snapshot(directory: &Path) -> Result<Snapshot, Error> {
+/// Reads the project's watched files as they are now, reusing `digests` of the files whose
+/// metadata did not change. Blocking.
+fn snapshot(directory: &Path, digests: &mut Digests) -> Result<Snapshot, Error> {
     let path = config::find(directory)?;
     let configuration = fs_err::read(&path).map_err(|source| Error::Read {
         path: path.clone(),
@@ -125,7 +138,7 @@ fn snapshot(directory: &Path) -> Result<Snapshot, Error> {
     })?;
     let loaded = config::load(&path)?;
     let root = loaded.root.clone();
-    let selected: Vec<select::SelectedFile> = select::select_files(&loaded)
+    let selected: Vec<select::SelectedFile> = select::select_watched_files(&loaded)
         .map_err(|source| Error::Select {
             root: root.clone(),
             source,
@@ -133,10 +146,12 @@ fn snapshot(directory: &Path) -> Result<Snapshot, Error> {
         .into_iter()
         .filter(|file| !is_bytecode(&file.path))
         .collect();
-    let files = archive::digest_files(&root, &selected).map_err(|source| Error::Digest {
-        root: root.clone(),
-        source,
-    })?;
+    let files = digests
+        .digest(&root, &selected)
+        .map_err(|source| Error::Digest {
+            root: root.clone(),
+            source,
+        })?;
     let mut dependencies = Sha256::new();
     for name in DEPENDENCY_FILES {
         let path = root.join(name);
@@ -159,25 +174,146 @@ fn snapshot(directory: &Path) -> Result<Snapshot, Error> {
     })
 }
 
+/// How long after its last change a file's metadata is trusted to tell a later change:
+/// filesystems stamp times at a coarse granularity (a kernel tick; seconds on some network
+/// and FAT mounts), so a write right after a read may leave every stamp as it was. A file
+/// changed more recently than this is read again at each poll (git's "racily clean" rule).
+const SETTLE_TIME: Duration = Duration::from_secs(2);
+
+/// What a regular file's metadata says of its content: when any of it differs, the file is
+/// read again. The change time (ctime) is in it because every write sets it and no user
+/// call can (an editor, `touch -d` or a test may put the mtime back after a same-size edit);
+/// the inode and device catch a save by rename; the mode an executable bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+    inode: u64,
+    device: u64,
+    mode: u32,
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            inode: metadata.ino(),
+            device: metadata.dev(),
+            mode: metadata.mode(),
+        }
+    }
+
+    /// Whether the file's last change is at least `settle` before `now`.
+    fn settled(&self, now: SystemTime, settle: Duration) -> bool {
+        let (seconds, nanoseconds) = self.changed;
+        let (Ok(seconds), Ok(nanoseconds)) = (u64::try_from(seconds), u32::try_from(nanoseconds))
+        else {
+            return false;
+        };
+        let changed = SystemTime::UNIX_EPOCH
+            + Duration::new(seconds, 0)
+            + Duration::from_nanos(u64::from(nanoseconds));
+        now.duration_since(changed).is_ok_and(|age| age >= settle)
+    }
+}
+
+/// The digests of the watched files with the metadata each was read under, so a poll reads
+/// only the files that changed since (a project with `include = ["**"]` may hold gigabytes
+/// of data, polled twice a second).
+#[derive(Debug)]
+struct Digests {
+    known: HashMap<String, (Stamp, FileDigest)>,
+    /// How long after a change a file's metadata is trusted ([`SETTLE_TIME`]).
+    settle: Duration,
+    /// How many files were read, in all.
+    reads: u64,
+}
+
+impl Default for Digests {
+    fn default() -> Self {
+        Self {
+            known: HashMap::new(),
+            settle: SETTLE_TIME,
+            reads: 0,
+        }
+    }
+}
+
+impl Digests {
+    /// The digests of `selected` (relative to `root`), as [`archive::digest_files`] gives
+    /// them. Blocking.
+    fn digest(
+        &mut self,
+        root: &Path,
+        selected: &[select::SelectedFile],
+    ) -> Result<Vec<FileDigest>, archive::Error> {
+        let mut known = HashMap::with_capacity(selected.len());
+        let mut digests = Vec::with_capacity(selected.len());
+        for file in selected {
+            // A symlink's digest is of its target path, which the selection read already.
+            if !matches!(file.kind, FileKind::File { .. }) {
+                digests.push(archive::digest_file(root, file)?);
+                continue;
+            }
+            let path = root.join(&file.path);
+            let now = SystemTime::now();
+            let metadata = fs_err::metadata(&path).map_err(|source| archive::Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let stamp = Stamp::of(&metadata);
+            let digest = match self.known.remove(&file.path) {
+                Some((read_under, digest)) if read_under == stamp => digest,
+                _ => {
+                    self.reads += 1;
+                    archive::digest_file(root, file)?
+                }
+            };
+            if stamp.settled(now, self.settle) {
+                known.insert(file.path.clone(), (stamp, digest.clone()));
+            }
+            digests.push(digest);
+        }
+        self.known = known;
+        Ok(digests)
+    }
+}
+
 /// Whether `path` (release-relative, `/`-separated) is Python bytecode, which loading the
 /// project writes and which is never a reason to load it again.
 fn is_bytecode(path: &str) -> bool {
     path.ends_with(".pyc") || path.split('/').any(|component| component == "__pycache__")
 }
 
-async fn snapshot_now(directory: PathBuf) -> Result<Snapshot, Error> {
-    tokio::task::spawn_blocking(move || snapshot(&directory))
-        .await
-        .map_err(Error::Panicked)?
+/// [`snapshot`] on a blocking thread; `digests` is handed there and back.
+async fn snapshot_now(
+    directory: PathBuf,
+    digests: &mut Option<Digests>,
+) -> Result<Snapshot, Error> {
+    let mut taken = digests.take().unwrap_or_default();
+    let (taken, snapshot) = tokio::task::spawn_blocking(move || {
+        let snapshot = snapshot(&directory, &mut taken);
+        (taken, snapshot)
+    })
+    .await
+    .map_err(Error::Panicked)?;
+    *digests = Some(taken);
+    snapshot
 }
 
-/// Removes the bytecode CPython cached for each `.py` file that differs between `before` and
-/// `after`. CPython checks a cached module only by its source's size and mtime in whole
-/// seconds, so an edit that keeps the size within the second the cache was written would
-/// otherwise load the old code. Best effort: a cache that cannot be removed is left.
-fn drop_stale_bytecode(before: &Snapshot, after: &Snapshot) {
+/// Removes the bytecode CPython cached for each `.py` file of `after` that differs from its
+/// version in any of `before` (the code loaded, and the last attempt, which may have failed
+/// after CPython cached its bytecode: an import that raises). CPython checks a cached module
+/// only by its source's size and mtime in whole seconds, so an edit that keeps the size
+/// within the second the cache was written would otherwise load the cached code. Best
+/// effort: a cache that cannot be removed is left.
+fn drop_stale_bytecode(before: &[&Snapshot], after: &Snapshot) {
     for file in &after.files {
-        if !file.path.ends_with(".py") || before.files.contains(file) {
+        if !file.path.ends_with(".py") || before.iter().all(|before| before.files.contains(file)) {
             continue;
         }
         let source = after.root.join(&file.path);
@@ -211,6 +347,8 @@ struct Follower {
     synced: Option<String>,
     /// The message of the last failure to read the files, so it is told once, not per poll.
     unreadable: Option<String>,
+    /// The watched files' digests with their metadata (out while a poll reads the files).
+    digests: Option<Digests>,
     /// Counts loads, for the catalog key of each.
     generation: u64,
 }
@@ -232,6 +370,7 @@ pub(super) async fn follow_project(
         tried: None,
         synced: None,
         unreadable: None,
+        digests: Some(Digests::default()),
         generation: 0,
     };
     loop {
@@ -264,7 +403,7 @@ impl Follower {
 
     /// Compares the files with what was last tried and loads them if they changed.
     async fn poll(&mut self) {
-        let current = match snapshot_now(self.watch.directory.clone()).await {
+        let current = match snapshot_now(self.watch.directory.clone(), &mut self.digests).await {
             Ok(current) => current,
             Err(error) => {
                 // A file may vanish between selecting and reading it (an editor saving by
@@ -279,13 +418,18 @@ impl Follower {
         };
         self.unreadable = None;
         if self.tried.as_ref() == Some(&current) {
+            tracing::trace!(
+                files = current.files.len(),
+                "the watched files are unchanged"
+            );
             return;
         }
-        self.tried = Some(current.clone());
-        self.load(current).await;
+        let previous = self.tried.replace(current.clone());
+        self.load(current, previous).await;
     }
 
-    async fn load(&mut self, mut current: Snapshot) {
+    /// Loads `current`; `previous` is what was tried before it.
+    async fn load(&mut self, mut current: Snapshot, previous: Option<Snapshot>) {
         let sync = self.synced.as_ref() != Some(&current.dependencies);
         let environment = if sync {
             EnvironmentSource::Project
@@ -297,7 +441,8 @@ impl Follower {
         let release = match source {
             Ok(mut source) => {
                 source.sync_timeout = options.sync_timeout;
-                prepare::release(source, &options.cache_dir).await
+                let notice = SyncNotice(&self.watch.events);
+                prepare::release_reporting(source, &options.cache_dir, &notice).await
             }
             Err(error) => Err(error),
         };
@@ -309,7 +454,7 @@ impl Follower {
             self.synced = Some(current.dependencies.clone());
             // `uv sync` may have rewritten `uv.lock`: what is loaded is the files as they are
             // after it (the load reads them later still, so no edit falls in between).
-            if let Ok(after) = snapshot_now(self.watch.directory.clone()).await {
+            if let Ok(after) = snapshot_now(self.watch.directory.clone(), &mut self.digests).await {
                 if after.dependencies != current.dependencies {
                     self.synced = Some(after.dependencies.clone());
                 }
@@ -317,9 +462,8 @@ impl Follower {
                 self.tried = Some(current.clone());
             }
         }
-        if let Some(before) = &self.loaded {
-            drop_stale_bytecode(before, &current);
-        }
+        let before: Vec<&Snapshot> = self.loaded.iter().chain(&previous).collect();
+        drop_stale_bytecode(&before, &current);
         self.generation += 1;
         let key = format!("{}#{}", release.root.display(), self.generation);
         let label = release.label.clone();
@@ -344,6 +488,19 @@ impl Follower {
     }
 }
 
+/// Tells that `uv sync` starts, which may take minutes and shows nothing of itself.
+struct SyncNotice<'a>(&'a mpsc::UnboundedSender<Event>);
+
+impl Progress for SyncNotice<'_> {
+    fn begin(&self, step: Step, _: Option<u64>) {
+        if step == Step::Environment {
+            let _ = self.0.send(Event::Syncing);
+        }
+    }
+    fn advance(&self, _: Step, _: u64) {}
+    fn end(&self, _: Step) {}
+}
+
 /// `error` with its causes, for comparing one failure with the next.
 fn chain(error: &Error) -> String {
     let mut text = error.to_string();
@@ -359,6 +516,82 @@ fn chain(error: &Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits until the clock is past `path`'s change time by more than a timestamp tick, so
+    /// a write from now on gets a later change time.
+    fn let_the_change_time_pass(path: &Path) {
+        let stamp = Stamp::of(&fs_err::metadata(path).unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stamp.settled(SystemTime::now(), Duration::from_millis(50)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock does not move"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again_and_a_same_size_same_mtime_edit_is() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path();
+        fs_err::write(root.join("app.py"), "print('old')\n").unwrap();
+        fs_err::write(root.join("data.bin"), vec![7u8; 300_000]).unwrap();
+        let selected: Vec<select::SelectedFile> = ["app.py", "data.bin"]
+            .into_iter()
+            .map(|path| select::SelectedFile {
+                path: path.into(),
+                kind: FileKind::File { executable: false },
+            })
+            .collect();
+        let mut digests = Digests {
+            settle: Duration::ZERO,
+            ..Digests::default()
+        };
+        let first = digests.digest(root, &selected).unwrap();
+        assert_eq!(first, archive::digest_files(root, &selected).unwrap());
+        assert_eq!(digests.reads, 2);
+        for _ in 0..3 {
+            assert_eq!(digests.digest(root, &selected).unwrap(), first);
+        }
+        assert_eq!(digests.reads, 2, "unchanged files are not read again");
+
+        // Same size, and the mtime put back: only the change time tells.
+        let app = root.join("app.py");
+        let modified = fs_err::metadata(&app).unwrap().modified().unwrap();
+        let_the_change_time_pass(&app);
+        fs_err::write(&app, "print('new')\n").unwrap();
+        fs_err::File::options()
+            .write(true)
+            .open(&app)
+            .unwrap()
+            .file()
+            .set_modified(modified)
+            .unwrap();
+        let second = digests.digest(root, &selected).unwrap();
+        assert_eq!(digests.reads, 3, "only the edited file is read");
+        assert_eq!(second, archive::digest_files(root, &selected).unwrap());
+        assert_ne!(second[0], first[0]);
+        assert_eq!(second[1], first[1]);
+    }
+
+    #[test]
+    fn a_file_changed_within_the_settle_time_is_read_at_every_poll() {
+        let directory = tempfile::tempdir().unwrap();
+        fs_err::write(directory.path().join("app.py"), "print('new')\n").unwrap();
+        let selected = [select::SelectedFile {
+            path: "app.py".into(),
+            kind: FileKind::File { executable: false },
+        }];
+        let mut digests = Digests {
+            settle: Duration::from_secs(3600),
+            ..Digests::default()
+        };
+        for _ in 0..3 {
+            digests.digest(directory.path(), &selected).unwrap();
+        }
+        assert_eq!(digests.reads, 3);
+    }
 
     #[test]
     fn bytecode_is_not_watched() {

@@ -31,24 +31,12 @@ struct Dev {
 impl Dev {
     /// Starts dev on `project` and waits until it has loaded the project (`ready:`).
     fn start(project: &Path) -> Self {
-        let logs = tempfile::tempdir().expect("temp dir");
-        let stdout = logs.path().join("dev.stdout");
-        let stderr = logs.path().join("dev.stderr");
-        let child = tilebox_command(&["dev"])
-            .arg(project)
-            .args(["--listen", "127.0.0.1:0", "--cache-dir"])
-            .arg(logs.path().join("cache"))
-            .stdout(fs::File::create(&stdout).expect("stdout file").into_file())
-            .stderr(fs::File::create(&stderr).expect("stderr file").into_file())
-            .spawn()
-            .expect("cannot start `tilebox dev`");
-        let mut dev = Self {
-            child,
-            url: String::new(),
-            stdout,
-            stderr,
-            _logs: logs,
-        };
+        Self::start_with(project, &[])
+    }
+
+    /// [`Dev::start`] with more arguments.
+    fn start_with(project: &Path, args: &[&str]) -> Self {
+        let mut dev = Self::spawn(project, args, &[]);
         dev.wait_for_stdout("the ready line", READY_TIMEOUT, |out| {
             out.lines().any(|line| line.starts_with("ready: "))
         });
@@ -61,6 +49,30 @@ impl Dev {
             .to_string();
         assert!(dev.url.starts_with("http://127.0.0.1:"), "{}", dev.url);
         dev
+    }
+
+    /// Starts dev on `project` with `args` and `environment`, without waiting for anything.
+    fn spawn(project: &Path, args: &[&str], environment: &[(&str, &Path)]) -> Self {
+        let logs = tempfile::tempdir().expect("temp dir");
+        let stdout = logs.path().join("dev.stdout");
+        let stderr = logs.path().join("dev.stderr");
+        let child = tilebox_command(&["dev"])
+            .arg(project)
+            .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+            .arg(logs.path().join("cache"))
+            .args(args)
+            .envs(environment.iter().copied())
+            .stdout(fs::File::create(&stdout).expect("stdout file").into_file())
+            .stderr(fs::File::create(&stderr).expect("stderr file").into_file())
+            .spawn()
+            .expect("cannot start `tilebox dev`");
+        Self {
+            child,
+            url: String::new(),
+            stdout,
+            stderr,
+            _logs: logs,
+        }
     }
 
     fn stdout(&self) -> String {
@@ -485,4 +497,263 @@ fn a_project_from_init_without_a_server_runs_under_dev() {
     let done = dev.wait_for_job(&job, "completed");
     assert_eq!(display_of(&done), "Hello Ada");
     dev.stop();
+}
+
+/// Writes `content` to `path` and puts its mtime back, as an editor saving twice within a
+/// second may leave it (CPython's bytecode check, size and whole seconds, then passes).
+fn write_keeping_mtime(path: &Path, content: &str) {
+    let modified = fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .expect("mtime");
+    fs::write(path, content).expect("write");
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.file().set_modified(modified))
+        .expect("keep the mtime");
+}
+
+/// How many polls dev's watch found nothing changed (told at `--log-level trace`).
+fn unchanged_polls(dev: &Dev) -> usize {
+    dev.stderr()
+        .matches("the watched files are unchanged")
+        .count()
+}
+
+/// Waits until the watch has compared the files twice more (so at least once wholly after
+/// now) and found nothing to load.
+fn wait_for_two_quiet_polls(dev: &Dev) {
+    let seen = unchanged_polls(dev);
+    wait_until(
+        "two polls that find nothing changed",
+        RELOAD_TIMEOUT,
+        || unchanged_polls(dev) >= seen + 2,
+    )
+    .unwrap_or_else(|timed_out| {
+        panic!(
+            "{timed_out}\n--- stdout ---\n{}\n--- stderr (tail) ---\n{}",
+            dev.stdout(),
+            tail(&dev.stderr())
+        )
+    });
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[test]
+fn editor_temporaries_neither_reload_nor_block_a_reload() {
+    let project = gate_project("first code");
+    let mut dev = Dev::start_with(project.path(), &["--log-level", "trace"]);
+    let root = project.path();
+    // A modified Emacs buffer: a lock symlink to `user@host.pid:boot`, which does not exist.
+    fs::os::unix::fs::symlink("ada@laptop.4242:1700000000", root.join(".#app.py"))
+        .expect("emacs lock");
+    // Vim: its swap file, its write probe; and a backup.
+    fs::write(root.join(".app.py.swp"), "swap 1").expect("swap");
+    fs::write(root.join("4913"), "").expect("probe");
+    fs::write(root.join("app.py~"), gate_app("backup")).expect("backup");
+    wait_for_two_quiet_polls(&dev);
+    // The swap file is rewritten while the user types.
+    fs::write(root.join(".app.py.swp"), "swap 2, longer").expect("swap");
+    wait_for_two_quiet_polls(&dev);
+    let stderr = dev.stderr();
+    assert!(!stderr.contains("error: cannot load"), "{}", tail(&stderr));
+    assert!(!dev.stdout().contains("reloaded: "), "{}", dev.stdout());
+
+    // With the lock still there, a saved edit reloads.
+    fs::write(root.join("app.py"), gate_app("second code")).expect("edit app.py");
+    dev.wait_for_reloads(1);
+    let gates = tempfile::tempdir().expect("gates");
+    fs::write(gates.path().join("open"), "").expect("gate");
+    let job = dev.submit("Gate", &gate_input(&gates.path().join("open")));
+    assert_eq!(
+        display_of(&dev.wait_for_job(&job, "completed")),
+        "second code"
+    );
+    assert_eq!(
+        dev.stdout().matches("reloaded: ").count(),
+        1,
+        "{}",
+        dev.stdout()
+    );
+    dev.stop();
+}
+
+#[test]
+fn an_undo_after_an_import_that_raised_loads_the_undone_code() {
+    let good = gate_app("good code");
+    let project = gate_project("good code");
+    let mut dev = Dev::start(project.path());
+    let app = project.path().join("app.py");
+
+    // The same size and mtime, raising at import: CPython caches its bytecode, then runs it.
+    let line = "runner = Runner(tasks=[Gate])";
+    let raising = format!("{:<width$}", "raise RuntimeError('b')", width = line.len());
+    let broken = good.replace(line, &raising);
+    assert_eq!(broken.len(), good.len());
+    write_keeping_mtime(&app, &broken);
+    wait_until("the import error", RELOAD_TIMEOUT, || {
+        dev.stderr().contains("RuntimeError")
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", dev.stderr()));
+
+    // Undone within the second: the good code loads, not the cached bytecode of the broken.
+    write_keeping_mtime(&app, &good);
+    dev.wait_for_reloads(1);
+    assert_eq!(
+        dev.stderr()
+            .matches("error: cannot load the project")
+            .count(),
+        1,
+        "{}",
+        dev.stderr()
+    );
+    let gates = tempfile::tempdir().expect("gates");
+    fs::write(gates.path().join("open"), "").expect("gate");
+    let job = dev.submit("Gate", &gate_input(&gates.path().join("open")));
+    assert_eq!(
+        display_of(&dev.wait_for_job(&job, "completed")),
+        "good code"
+    );
+    dev.stop();
+}
+
+/// Bytes process `pid` has read so far (`rchar` of `/proc/PID/io`).
+fn bytes_read(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines()
+        .find_map(|line| line.strip_prefix("rchar: "))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("rchar in /proc/PID/io")
+}
+
+#[test]
+fn the_watch_reads_only_the_files_that_changed() {
+    const DATA_BYTES: u64 = 256 << 20;
+    let project = gate_project("edit 0");
+    // A large data file the selection (`**`) picks up; sparse, so it costs no disk.
+    let data = project.path().join("data.bin");
+    fs::File::create(&data)
+        .and_then(|file| file.set_len(DATA_BYTES))
+        .expect("data.bin");
+    let mut dev = Dev::start(project.path());
+    // A file changed in the last seconds is read at every poll (its time stamps may not yet
+    // tell the next change): wait until it is past that, then let one reload pass.
+    wait_until("data.bin to settle", RELOAD_TIMEOUT, || {
+        fs::metadata(&data)
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| {
+                modified
+                    .elapsed()
+                    .is_ok_and(|age| age > Duration::from_secs(3))
+            })
+    })
+    .expect("time passes");
+    let app = project.path().join("app.py");
+    fs::write(&app, gate_app("edit 1, longer")).expect("edit app.py");
+    dev.wait_for_reloads(1);
+
+    let before = bytes_read(dev.child.id());
+    fs::write(&app, gate_app("edit 2")).expect("edit app.py");
+    dev.wait_for_reloads(2);
+    let read = bytes_read(dev.child.id()) - before;
+    assert!(
+        read < DATA_BYTES / 2,
+        "dev read {read} bytes for an edit of app.py next to {DATA_BYTES} bytes of data"
+    );
+    dev.stop();
+}
+
+/// A project with a `pyproject.toml` (so it is synced) and a `uv` that syncs forever (with
+/// a child of its own) after writing its pid: answers the project, uv's path and the pid
+/// file.
+fn project_with_a_slow_uv() -> (tempfile::TempDir, tempfile::TempDir, PathBuf, PathBuf) {
+    let project = gate_project("unused");
+    fs::write(
+        project.path().join("pyproject.toml"),
+        "[project]\nname = \"dev-gate\"\nversion = \"0.1.0\"\n",
+    )
+    .expect("pyproject.toml");
+    let stubs = tempfile::tempdir().expect("stubs");
+    let pid_file = stubs.path().join("uv.pid");
+    let uv = stubs.path().join("uv");
+    fs::write(
+        &uv,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 'uv 0.0.0'; exit 0; fi\necho $$ > {}\nsleep 600 & wait\n",
+            pid_file.display()
+        ),
+    )
+    .expect("uv stub");
+    fs::set_permissions(&uv, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod uv stub");
+    (project, stubs, uv, pid_file)
+}
+
+/// Waits until the slow uv wrote its pid; answers it.
+fn wait_for_uv(pid_file: &Path, stderr: impl Fn() -> String) -> String {
+    wait_until("uv sync to start", READY_TIMEOUT, || {
+        fs::read_to_string(pid_file).is_ok_and(|pid| pid.ends_with('\n'))
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", stderr()));
+    fs::read_to_string(pid_file)
+        .expect("pid")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn interrupting_dev_during_uv_sync_stops_uv() {
+    let (project, _stubs, uv, pid_file) = project_with_a_slow_uv();
+    let mut dev = Dev::spawn(project.path(), &[], &[("TILEBOX_UV", uv.as_path())]);
+    let pid = wait_for_uv(&pid_file, || dev.stderr());
+    assert!(
+        dev.stderr().contains("syncing the environment with uv…"),
+        "{}",
+        dev.stderr()
+    );
+
+    crate::common::signal(dev.child.id(), "-INT");
+    let status = wait_for_exit(&mut dev.child, "dev to exit after SIGINT", JOB_TIMEOUT)
+        .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", dev.stderr()));
+    assert!(
+        status.success(),
+        "dev exited with {status}:\n{}",
+        dev.stderr()
+    );
+    assert!(
+        !Path::new("/proc").join(&pid).exists(),
+        "uv (pid {pid}) outlived dev:\n{}",
+        dev.stderr()
+    );
+}
+
+#[test]
+fn interrupting_runner_start_during_its_projects_uv_sync_stops_uv() {
+    let (project, stubs, uv, pid_file) = project_with_a_slow_uv();
+    let stderr = stubs.path().join("runner.stderr");
+    let mut runner = crate::common::project_runner("http://127.0.0.1:9", project.path(), &[])
+        .env("TILEBOX_UV", &uv)
+        .stderr(fs::File::create(&stderr).expect("stderr file").into_file())
+        .spawn()
+        .expect("runner start");
+    let read_stderr = || fs::read_to_string(&stderr).unwrap_or_default();
+    let pid = wait_for_uv(&pid_file, read_stderr);
+    crate::common::signal(runner.id(), "-INT");
+    let status = wait_for_exit(&mut runner, "the runner to exit after SIGINT", JOB_TIMEOUT)
+        .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", read_stderr()));
+    assert_eq!(status.code(), Some(130), "{}", read_stderr());
+    assert!(
+        read_stderr().contains("error: interrupted while preparing the project"),
+        "{}",
+        read_stderr()
+    );
+    assert!(
+        !Path::new("/proc").join(&pid).exists(),
+        "uv (pid {pid}) outlived the runner:\n{}",
+        read_stderr()
+    );
 }

@@ -49,37 +49,66 @@ pub fn fingerprint(files: &[FileDigest]) -> String {
 /// them would record for [`fingerprint`], without writing one (`tilebox dev` compares them to
 /// see that the project changed). Blocking.
 pub fn digest_files(root: &Path, files: &[SelectedFile]) -> Result<Vec<FileDigest>, Error> {
-    files
-        .iter()
-        .map(|file| {
-            let (mode, sha256) = match &file.kind {
-                FileKind::File { executable } => {
-                    let path = root.join(&file.path);
-                    let content =
-                        fs_err::read(&path).map_err(|source| Error::Read { path, source })?;
-                    let mode = if *executable {
-                        EXECUTABLE_MODE
-                    } else {
-                        FILE_MODE
-                    };
-                    (mode, hex::encode(Sha256::digest(&content)))
-                }
-                FileKind::Symlink { target } => {
-                    (SYMLINK_MODE, hex::encode(Sha256::digest(target.as_bytes())))
-                }
+    files.iter().map(|file| digest_file(root, file)).collect()
+}
+
+/// The digest of one selected file (relative to `root`) as it is on disk now, the content
+/// read through a fixed buffer, so a large file costs no memory. Blocking.
+pub fn digest_file(root: &Path, file: &SelectedFile) -> Result<FileDigest, Error> {
+    let (mode, sha256) = match &file.kind {
+        FileKind::File { executable } => {
+            let path = root.join(&file.path);
+            let read = |source| Error::Read {
+                path: path.clone(),
+                source,
             };
-            Ok(FileDigest {
-                path: file.path.clone(),
-                mode,
-                sha256,
-            })
-        })
-        .collect()
+            let mut content = fs_err::File::open(&path).map_err(read)?;
+            let mut hasher = Sha256::new();
+            let mut buffer = vec![0; 64 * 1024];
+            loop {
+                match std::io::Read::read(&mut content, &mut buffer) {
+                    Ok(0) => break,
+                    Ok(count) => hasher.update(&buffer[..count]),
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(read(error)),
+                }
+            }
+            let mode = if *executable {
+                EXECUTABLE_MODE
+            } else {
+                FILE_MODE
+            };
+            (mode, hex::encode(hasher.finalize()))
+        }
+        FileKind::Symlink { target } => {
+            (SYMLINK_MODE, hex::encode(Sha256::digest(target.as_bytes())))
+        }
+    };
+    Ok(FileDigest {
+        path: file.path.clone(),
+        mode,
+        sha256,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_digested_through_a_buffer_as_a_whole() {
+        let directory = tempfile::tempdir().unwrap();
+        // Several buffers' worth, not a multiple of the buffer.
+        let content: Vec<u8> = (0..200_001u32).map(|index| (index % 251) as u8).collect();
+        fs_err::write(directory.path().join("data.bin"), &content).unwrap();
+        let file = SelectedFile {
+            path: "data.bin".into(),
+            kind: FileKind::File { executable: false },
+        };
+        let digest = digest_file(directory.path(), &file).unwrap();
+        assert_eq!(digest.sha256, hex::encode(Sha256::digest(&content)));
+        assert_eq!(digest.mode, FILE_MODE);
+    }
 
     #[test]
     fn the_fingerprint_covers_paths_modes_and_contents_in_any_order() {

@@ -18,7 +18,7 @@
 //! - `mod.rs`: the format, the error type and the path rules writer and reader share
 //! - `write.rs`: [`write_archive`], the deterministic writer
 //! - `fingerprint.rs`: [`fingerprint`], the content fingerprint of a release's files, and
-//!   [`digest_files`], the digests of files on disk
+//!   [`digest_files`] and [`digest_file`], the digests of files on disk
 //! - `read.rs`: [`read_archive`] and the limited, checked reader of untrusted archives
 //! - `extract.rs`: [`extract_archive`], which never writes outside its destination
 
@@ -31,7 +31,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use extract::extract_archive;
-pub use fingerprint::{FileDigest, digest_files, fingerprint};
+pub use fingerprint::{FileDigest, digest_file, digest_files, fingerprint};
 pub use read::{ArchiveEntry, EntryKind, Limits, read_archive};
 pub use write::{ArchiveInfo, COMPRESSION_LEVEL, write_archive, write_archive_reporting};
 
