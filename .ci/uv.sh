@@ -8,7 +8,7 @@
 python="${PYTHON:-python3}"
 if ! "$python" -m uv --version >/dev/null 2>&1; then
     echo "installing uv from PyPI into $("$python" -c 'import sys; print(sys.executable)')" >&2
-    "$python" -m pip install --quiet --disable-pip-version-check uv
+    "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uv
 fi
 scripts="$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 export PATH="$scripts:$PATH"
