@@ -46,16 +46,8 @@ pub struct DevArgs {
     /// Quiet console: no task logs, only warnings and errors.
     #[arg(long)]
     quiet: bool,
-    /// Seconds running tasks get to finish after the first interrupt.
-    #[arg(long, default_value_t = 30)]
-    grace_seconds: u64,
-    /// Seconds loading the project may take (each of the placement probe, a child host's
-    /// start and an interpreter's start).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    import_timeout_seconds: u64,
-    /// Seconds one `uv sync` of the project's environment may take.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    sync_timeout_seconds: u64,
+    #[command(flatten)]
+    timings: super::runner::Timings,
 }
 
 pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
@@ -92,7 +84,7 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
     let cache_dir = super::cache_dir(arguments.cache_dir.as_deref())?;
     // The embedded runtime is unpacked under it: its frames are left out of tracebacks.
     let cache_root = cache_dir.display().to_string();
-    python::set_import_timeout(Duration::from_secs(arguments.import_timeout_seconds));
+    python::set_import_timeout(Duration::from_secs(arguments.timings.import_timeout_seconds));
 
     let server = Server::bind(server::Options {
         listen: arguments.listen,
@@ -125,7 +117,7 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
 
     let client = crate::client::Client::connect(&url, None).await?;
     let (events, mut received) = mpsc::unbounded_channel();
-    let grace = Duration::from_secs(arguments.grace_seconds);
+    let grace = Duration::from_secs(arguments.timings.grace_seconds);
     let options = runner::Options {
         cluster: String::new(),
         slots: arguments.slots,
@@ -139,7 +131,7 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
         }),
         grace,
         quiet: arguments.quiet,
-        sync_timeout: Duration::from_secs(arguments.sync_timeout_seconds),
+        sync_timeout: Duration::from_secs(arguments.timings.sync_timeout_seconds),
         failure_backoff_max: runner::FAILURE_BACKOFF_MAX,
     };
     let shutdown = Shutdown::default();

@@ -45,24 +45,31 @@ pub struct StartArgs {
     /// Direct mode: run this local project's runner object (no release).
     #[arg(long)]
     project: Option<PathBuf>,
-    /// Seconds running tasks get to finish after the first interrupt.
-    #[arg(long, default_value_t = 30)]
-    grace_seconds: u64,
-    /// Seconds loading a release may take: each of the placement probe, a child host's start
-    /// and an interpreter's start. A release whose import takes longer is skipped and tried
-    /// again later with backoff.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    import_timeout_seconds: u64,
-    /// Seconds one `uv sync` of a release's environment may take before it is stopped (and
-    /// tried again later with backoff).
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    sync_timeout_seconds: u64,
+    #[command(flatten)]
+    timings: Timings,
     /// The longest pause, in seconds, from a task identifier this runner could not run (its
     /// release's host failed or will not start): it stops claiming that identifier's tasks
     /// for 1 s after the first such failure, doubling with each one in a row up to this, and
     /// serves other jobs meanwhile. A run of the task's own code ends the pause.
     #[arg(long, default_value_t = runner::FAILURE_BACKOFF_MAX.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     failure_backoff_max_seconds: u64,
+}
+
+/// How long a runner (`runner start`, `dev`) gives shutdown, loading and environments.
+#[derive(Debug, Args)]
+pub(super) struct Timings {
+    /// Seconds running tasks get to finish after the first interrupt.
+    #[arg(long, default_value_t = 30)]
+    pub grace_seconds: u64,
+    /// Seconds loading code may take: each of the placement probe, a child host's start and
+    /// an interpreter's start. A release whose import takes longer is skipped and tried
+    /// again later with backoff.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub import_timeout_seconds: u64,
+    /// Seconds one `uv sync` of an environment may take before it is stopped (and tried
+    /// again later with backoff).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub sync_timeout_seconds: u64,
 }
 
 pub async fn run(command: RunnerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
@@ -106,8 +113,8 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         return Err(UserError::new("-n must be at least 1").into());
     }
     let cache_dir = super::cache_dir(arguments.cache_dir.as_deref())?;
-    python::set_import_timeout(Duration::from_secs(arguments.import_timeout_seconds));
-    let sync_timeout = Duration::from_secs(arguments.sync_timeout_seconds);
+    python::set_import_timeout(Duration::from_secs(arguments.timings.import_timeout_seconds));
+    let sync_timeout = Duration::from_secs(arguments.timings.sync_timeout_seconds);
     let project = match &arguments.project {
         Some(directory) => tokio::select! {
             release = project_release(directory, &cache_dir, sync_timeout) => Some(release?),
@@ -129,7 +136,7 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
     };
     let client = api.connect().await?;
     let shutdown = Shutdown::default();
-    let grace = Duration::from_secs(arguments.grace_seconds);
+    let grace = Duration::from_secs(arguments.timings.grace_seconds);
     tokio::spawn(watch_signals(shutdown.clone(), grace));
     let options = runner::Options {
         cluster: arguments.cluster.unwrap_or_default(),
