@@ -384,11 +384,46 @@ impl AnyValue {
 }
 
 /// A JSON number or a string holding one (proto3 JSON writes 64-bit integers as strings).
-#[derive(Deserialize)]
-#[serde(untagged)]
+///
+/// Read by hand, not as an untagged enum: serde buffers the whole value for an untagged enum
+/// before it tries a variant, so an array of millions of elements in a time field (which the
+/// record count does not look into) would be copied whole before it is refused. This reads
+/// a number or a string and refuses anything else at its first byte.
 enum NumberOrString {
     Number(serde_json::Number),
     String(String),
+}
+
+impl<'de> Deserialize<'de> for NumberOrString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = NumberOrString;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a number or a string holding one")
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(NumberOrString::Number(value.into()))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(NumberOrString::Number(value.into()))
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+                serde_json::Number::from_f64(value)
+                    .map(NumberOrString::Number)
+                    .ok_or_else(|| E::custom(format!("`{value}` is not a finite number")))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(NumberOrString::String(value.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 fn uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
@@ -498,6 +533,20 @@ fn shortened(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_field_holding_an_array_is_refused_at_its_first_byte() {
+        let elements = vec!["0"; 100_000].join(",");
+        let body = format!(
+            r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"timeUnixNano":[{elements}]}}]}}]}}]}}"#
+        );
+        let error = logs_request(body.as_bytes()).unwrap_err().to_string();
+        // Refused where the array starts (column 63), not after reading it (column 200,000+).
+        assert!(
+            error.contains("invalid type: sequence, expected a number or a string holding one at line 1 column 63"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn ids_are_hex_and_64_bit_integers_are_strings_or_numbers() {

@@ -84,7 +84,9 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
     let cache_dir = super::cache_dir(arguments.cache_dir.as_deref())?;
     // The embedded runtime is unpacked under it: its frames are left out of tracebacks.
     let cache_root = cache_dir.display().to_string();
-    python::set_import_timeout(Duration::from_secs(arguments.timings.import_timeout_seconds));
+    python::set_import_timeout(Duration::from_secs(
+        arguments.timings.import_timeout_seconds,
+    ));
 
     let server = Server::bind(server::Options {
         listen: arguments.listen,

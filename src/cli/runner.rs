@@ -113,7 +113,9 @@ async fn start(arguments: StartArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> 
         return Err(UserError::new("-n must be at least 1").into());
     }
     let cache_dir = super::cache_dir(arguments.cache_dir.as_deref())?;
-    python::set_import_timeout(Duration::from_secs(arguments.timings.import_timeout_seconds));
+    python::set_import_timeout(Duration::from_secs(
+        arguments.timings.import_timeout_seconds,
+    ));
     let sync_timeout = Duration::from_secs(arguments.timings.sync_timeout_seconds);
     let project = match &arguments.project {
         Some(directory) => tokio::select! {
