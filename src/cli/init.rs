@@ -148,11 +148,12 @@ pub async fn init(arguments: InitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
             if !stopped {
                 left.push("uv did not stop within 5 s".to_string());
             }
-            if creating.get()
-                && let Some(client) = client.as_mut()
-                && let Err(error) = delete_workflow(client, &slug).await
-            {
-                left.push(error);
+            // Interrupted while the server was asked to create the workflow: whether this call
+            // or another client created it is unknown, so it is not deleted, only named.
+            if creating.get() {
+                left.push(format!(
+                    "the server was creating the workflow {slug}; `tilebox workflow get {slug}` shows whether it exists"
+                ));
             }
             drop(made);
             eprintln!(
@@ -364,18 +365,23 @@ fn toml_string(text: &str) -> String {
 /// What init has made so far, undone on drop unless [`Made::keep`] was called.
 struct Made {
     directory: PathBuf,
-    made_directory: bool,
+    /// The directories init made, the project's first, up to the first that existed.
+    made_directories: Vec<PathBuf>,
     files: Vec<PathBuf>,
     kept: bool,
 }
 
 impl Made {
     fn start(directory: &Path) -> anyhow::Result<Self> {
-        let made_directory = !directory.exists();
+        let made_directories: Vec<PathBuf> = directory
+            .ancestors()
+            .take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists())
+            .map(Path::to_path_buf)
+            .collect();
         fs_err::create_dir_all(directory)?;
         Ok(Self {
             directory: directory.to_path_buf(),
-            made_directory,
+            made_directories,
             files: Vec::new(),
             kept: false,
         })
@@ -409,9 +415,11 @@ impl Drop for Made {
         }
         // Init refuses a directory that has a `.venv`: this one is uv's, made by init.
         let _ = fs_err::remove_dir_all(self.directory.join(".venv"));
-        if self.made_directory {
-            // Only when empty: whatever else is in it is not init's.
-            let _ = fs_err::remove_dir(&self.directory);
+        // Each only when empty: whatever else is in one is not init's.
+        for directory in &self.made_directories {
+            if fs_err::remove_dir(directory).is_err() {
+                break;
+            }
         }
     }
 }

@@ -63,11 +63,17 @@ fn run_uv_sync(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(environment) = environment {
-        command.env(
-            crate::env::UV_PROJECT_ENVIRONMENT,
-            std::path::absolute(environment).unwrap_or_else(|_| environment.to_path_buf()),
-        );
+    match environment {
+        Some(environment) => {
+            command.env(
+                crate::env::UV_PROJECT_ENVIRONMENT,
+                std::path::absolute(environment).unwrap_or_else(|_| environment.to_path_buf()),
+            );
+        }
+        // The project's own `.venv`, whatever the caller's environment says.
+        None => {
+            command.env_remove(crate::env::UV_PROJECT_ENVIRONMENT);
+        }
     }
     if frozen {
         command.arg("--frozen");
@@ -127,9 +133,8 @@ fn run_bounded(
     grace: Duration,
 ) -> std::io::Result<Bounded> {
     let deadline = std::time::Instant::now() + timeout;
-    let mut child = command.spawn()?;
+    let (mut child, _running) = Running::spawn(command)?;
     let group = child.id();
-    let _running = Running::register(group);
     let stderr = child.stderr.take();
     // The reader sends what it reads as it reads it, so a pipe that never closes does not
     // withhold what was written before.
@@ -191,40 +196,57 @@ fn run_bounded(
 }
 
 /// The process groups of the commands [`run_bounded`] runs now, so an interrupted caller can
-/// stop them ([`stop_running`]).
-static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+/// stop them ([`stop_running`]); once that was called, no new command starts.
+static RUNNING: std::sync::Mutex<Registry> = std::sync::Mutex::new(Registry {
+    groups: Vec::new(),
+    stopping: false,
+});
+
+struct Registry {
+    groups: Vec<u32>,
+    stopping: bool,
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A running command's place in [`RUNNING`], taken out again on drop.
 struct Running(u32);
 
 impl Running {
-    fn register(group: u32) -> Self {
-        RUNNING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(group);
-        Self(group)
+    /// Spawns `command` and registers its group under one lock, so [`stop_running`] sees
+    /// every command that started, and none starts after it.
+    fn spawn(command: &mut Command) -> std::io::Result<(std::process::Child, Self)> {
+        let mut registry = registry();
+        if registry.stopping {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "not started: this process is stopping its commands",
+            ));
+        }
+        let child = command.spawn()?;
+        registry.groups.push(child.id());
+        let group = child.id();
+        Ok((child, Self(group)))
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        RUNNING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|group| *group != self.0);
+        registry().groups.retain(|group| *group != self.0);
     }
 }
 
-/// Kills every `uv sync` running now (with what it started), and waits up to `wait` for each
-/// to be reaped, so nothing writes after this answers `true`.
+/// Kills every `uv sync` running now (with what it started) and lets no new one start, then
+/// waits up to `wait` for each to be reaped, so nothing writes after this answers `true`.
 pub fn stop_running(wait: Duration) -> bool {
     let deadline = std::time::Instant::now() + wait;
+    registry().stopping = true;
     loop {
-        let groups = RUNNING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let groups = registry().groups.clone();
         if groups.is_empty() {
             return true;
         }

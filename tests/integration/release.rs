@@ -140,7 +140,7 @@ fn init_whose_uv_sync_fails_removes_what_it_made() {
         directory.path(),
         "uv",
         r#"if [ "$1" = "--version" ]; then echo 'uv 0.0.0'; exit 0; fi
-mkdir -p .venv/lib && touch uv.lock
+cd "$4" && mkdir -p .venv/lib && touch uv.lock ../sync-ran
 echo 'error: Failed to fetch: `https://pypi.org/simple/tilebox/`' >&2; exit 2"#,
     );
     let project = directory.path().join("scene-qa");
@@ -161,6 +161,10 @@ echo 'error: Failed to fetch: `https://pypi.org/simple/tilebox/`' >&2; exit 2"#,
         })
         .collect();
     left.sort();
+    assert!(
+        directory.path().join("sync-ran").exists(),
+        "the sync made its venv and lock in the project"
+    );
     assert_eq!(left, ["notes.txt"], "only the user's own file is left");
     assert_eq!(workflows_on(&server), serde_json::json!([]));
 }
@@ -181,7 +185,8 @@ sleep 600 & wait"#,
             pid_file.display()
         ),
     );
-    let project = directory.path().join("scene-qa");
+    // Both directories init makes on the way are removed again.
+    let project = directory.path().join("work").join("scene-qa");
     let mut init = crate::common::tilebox_command(&["workflow", "init", "--name", "Scene QA"])
         .arg(&project)
         .env("TILEBOX_API_URL", server.url())
@@ -204,7 +209,11 @@ sleep 600 & wait"#,
         stderr.contains("interrupted; nothing was changed"),
         "{stderr}"
     );
-    assert!(!project.exists(), "init left {}", project.display());
+    assert!(
+        !directory.path().join("work").exists(),
+        "init left {}",
+        project.display()
+    );
     let pid = fs_err::read_to_string(&pid_file).expect("pid");
     assert!(
         !Path::new("/proc").join(pid.trim()).exists(),
