@@ -99,6 +99,8 @@ pub(super) fn host_arguments(release: &Release) -> Vec<String> {
     if super::terminal() {
         arguments.push("--terminal".to_string());
     }
+    arguments.push("--parent".to_string());
+    arguments.push(std::process::id().to_string());
     arguments
 }
 
@@ -424,18 +426,20 @@ async fn receive_outcome(
 /// as an orphan, next to the runner that takes its task over. A Rust thread polls the parent
 /// pid (it becomes the reaper's when the parent dies); it needs no GIL, so a host stuck in
 /// Python ends too.
-fn exit_with_parent() {
-    let parent = std::os::unix::process::parent_id();
+fn exit_with_parent(expected: Option<u32>) {
+    // The starter's pid when it said it: a starter killed between this host's start and this
+    // line has already left it to another parent, which is then the one found here.
+    let parent = expected.unwrap_or_else(std::os::unix::process::parent_id);
     let _ = std::thread::Builder::new()
         .name("parent-watch".to_string())
         .spawn(move || {
             loop {
-                std::thread::sleep(std::time::Duration::from_millis(500));
                 if std::os::unix::process::parent_id() != parent {
                     // SAFETY: `_exit` ends the process at once, running no handlers; nothing
                     // of this process is used after it.
                     unsafe { libc::_exit(3) };
                 }
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
         });
 }
@@ -465,6 +469,10 @@ pub struct HostArgs {
     /// once, report, and exit.
     #[arg(long)]
     pub probe: Option<usize>,
+    /// The process that started this host: it ends when that one has, even one that was
+    /// gone before this host got to look.
+    #[arg(long)]
+    pub parent: Option<u32>,
 }
 
 impl HostArgs {
@@ -506,7 +514,7 @@ fn take_stdout() -> std::io::Result<std::fs::File> {
 
 /// Runs the child side: load, then execute requests until stdin closes.
 pub fn serve(arguments: HostArgs) -> ExitCode {
-    exit_with_parent();
+    exit_with_parent(arguments.parent);
     let output: Output = match take_stdout() {
         Ok(file) => Arc::new(Mutex::new(std::io::BufWriter::new(file))),
         Err(error) => {

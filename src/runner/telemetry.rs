@@ -335,6 +335,7 @@ fn link(trace: &TaskTrace) -> Remembered {
     links().running.insert(trace.task_id.clone(), trace.clone());
     Remembered {
         task_id: trace.task_id.clone(),
+        span_id: trace.span_id.clone(),
     }
 }
 
@@ -342,17 +343,29 @@ fn link(trace: &TaskTrace) -> Remembered {
 #[must_use = "the task is linked only while this lives"]
 pub struct Remembered {
     task_id: String,
+    /// This attempt's span: a task claimed again while an earlier attempt still runs here
+    /// (after a lost lease) is linked to the newer attempt, which the older one's end leaves.
+    span_id: Vec<u8>,
 }
 
 impl Drop for Remembered {
     fn drop(&mut self) {
         let mut links = links();
+        if links
+            .running
+            .get(&self.task_id)
+            .is_none_or(|trace| trace.span_id != self.span_id)
+        {
+            return;
+        }
         let Some(trace) = links.running.remove(&self.task_id) else {
             return;
         };
-        if links.ended.insert(self.task_id.clone(), trace).is_none() {
-            links.order.push_back(self.task_id.clone());
+        if links.ended.insert(self.task_id.clone(), trace).is_some() {
+            // Ended again: it moves to the back, as the most recent.
+            links.order.retain(|task_id| *task_id != self.task_id);
         }
+        links.order.push_back(self.task_id.clone());
         while links.order.len() > REMEMBERED_TASKS {
             if let Some(oldest) = links.order.pop_front() {
                 links.ended.remove(&oldest);

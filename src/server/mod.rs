@@ -107,7 +107,7 @@ impl Default for Limits {
             telemetry: services::telemetry::Limits {
                 max_body_bytes: 16 * 1024 * 1024,
                 max_records: 10_000,
-                max_elements: 200_000,
+                max_elements: 500_000,
                 max_stored_bytes: 64 * 1024 * 1024,
             },
             max_open_calls_per_connection: 64,
