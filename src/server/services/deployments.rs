@@ -77,10 +77,13 @@ where
     let first = read().await?;
     let (sender, receiver) = mpsc::channel(4);
     tokio::spawn(async move {
-        let _permit = permit;
         follow(changes, read, first, sender).await;
+        // Counted after this watch's permit is given back: two watches ending at once
+        // then never both report the count from before either ended, and the last to end
+        // reports what is left.
+        drop(permit);
         tracing::info!(
-            live_watches = limits.open_calls(OpenCall::Watch).saturating_sub(1),
+            live_watches = limits.open_calls(OpenCall::Watch),
             "deployment watch ended"
         );
     });

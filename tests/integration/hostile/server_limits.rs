@@ -537,7 +537,7 @@ async fn millions_of_empty_records_are_refused_before_they_are_decoded() {
             .contains("5500002 attributes, events, links")
             && response
                 .text()
-                .contains("at most 200000 per request (--max-otlp-elements)"),
+                .contains("at most 500000 per request (--max-otlp-elements)"),
         "{}",
         response.text()
     );
