@@ -27,8 +27,10 @@ use crate::client::Client;
 /// The scope of the runner's own log lines about a task.
 pub const RUNNER_SCOPE: &str = "tilebox.runner";
 /// How many tasks that ended the runner's own log lines can still be linked to (a running
-/// task is linked until it ends, however long it runs).
-const REMEMBERED_TASKS: usize = 16_384;
+/// task is linked until it ends, however long it runs): about 0.4 s of ends at 10,000
+/// tasks/s, time for the answer to their report. Each costs about 550 bytes of runner memory
+/// (measured: 16,384 held 9 MiB).
+const REMEMBERED_TASKS: usize = 4_096;
 
 /// How often batched records are sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
