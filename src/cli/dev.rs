@@ -56,9 +56,7 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         arguments.log_level.as_str()
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={level}"))
-        .with_context(|| format!("invalid --log-level `{level}`"))?;
-    super::init_runner_tracing(filter);
+    super::init_runner_tracing(level)?;
     if arguments.slots == 0 {
         return Err(UserError::new("-n must be at least 1").into());
     }

@@ -180,10 +180,15 @@ pub fn init_tracing(filter: tracing_subscriber::EnvFilter) {
     install_tracing(filter, false);
 }
 
-/// A runner's logs (`runner start`, `dev`): as [`init_tracing`], and its lines about a task
-/// also to the task's job ([`crate::runner::RunnerLogs`]).
-pub fn init_runner_tracing(filter: tracing_subscriber::EnvFilter) {
+/// A runner's logs (`runner start`, `dev`) at `level` for tilebox's own targets: as
+/// [`init_tracing`], and its lines about a task also to the task's job
+/// ([`crate::runner::RunnerLogs`]).
+pub fn init_runner_tracing(level: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={level}"))
+        .with_context(|| format!("invalid --log-level `{level}`"))?;
     install_tracing(filter, true);
+    Ok(())
 }
 
 /// Logs to stderr through the progress bars' writer (a log line never lands inside a bar).

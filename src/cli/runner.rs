@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{ApiArgs, UserError};
@@ -86,10 +85,7 @@ fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
     } else {
         arguments.log_level.as_str()
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={level}"))
-        .with_context(|| format!("invalid --log-level `{level}`"))?;
-    super::init_runner_tracing(filter);
-    Ok(())
+    super::init_runner_tracing(level)
 }
 
 /// The local project as a release (direct mode), its environment synced into its `.venv`.
