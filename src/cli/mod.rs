@@ -105,8 +105,17 @@ fn print_completions(arguments: &CompletionsArgs) -> anyhow::Result<ExitCode> {
     use clap::CommandFactory;
     use std::io::Write;
     // Into a buffer first: `generate` panics when stdout is a closed pipe (`| head`).
+    // Without the hidden commands (`python-host`), which `clap_complete` would offer.
+    let full = Cli::command();
+    let mut command = clap::Command::new("tilebox")
+        .args(full.get_arguments().cloned())
+        .subcommands(
+            full.get_subcommands()
+                .filter(|subcommand| !subcommand.is_hide_set())
+                .cloned(),
+        );
     let mut script = Vec::new();
-    clap_complete::generate(arguments.shell, &mut Cli::command(), "tilebox", &mut script);
+    clap_complete::generate(arguments.shell, &mut command, "tilebox", &mut script);
     match std::io::stdout().lock().write_all(&script) {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!(
             "cannot write the completion script: {error}"

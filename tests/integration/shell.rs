@@ -51,6 +51,15 @@ fn completions_are_printed_for_each_shell() {
         }
         // The subcommands of a family, too: `tilebox job <TAB>` offers `submit`.
         assert!(script.contains("submit"), "{shell} script lacks `submit`");
+        // Global options, and no hidden command.
+        assert!(
+            script.contains("api-url"),
+            "{shell} script lacks `--api-url`"
+        );
+        assert!(
+            !script.contains("python-host"),
+            "{shell} script offers the hidden `python-host`"
+        );
     }
     let unknown = tilebox(&["completions", "tcsh"]);
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr_of(&unknown));
