@@ -459,10 +459,7 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
                         telemetry.limits.max_body_bytes,
                         |format, body| async move {
                             const WHAT: &str = "ExportLogsServiceRequest";
-                            let counts = match format {
-                                Format::Protobuf => otlp_count::count_protobuf(&body, Signal::Logs),
-                                Format::Json => otlp_count::count_json(&body, Signal::Logs),
-                            };
+                            let counts = format.count(&body, Signal::Logs);
                             check_counts(&telemetry.limits, Signal::Logs, &counts)
                                 .map_err(refused)?;
                             let request = match format {
@@ -492,12 +489,7 @@ pub fn http_routes(telemetry: Telemetry, authenticate: Authenticate) -> axum::Ro
                         telemetry.limits.max_body_bytes,
                         |format, body| async move {
                             const WHAT: &str = "ExportTraceServiceRequest";
-                            let counts = match format {
-                                Format::Protobuf => {
-                                    otlp_count::count_protobuf(&body, Signal::Traces)
-                                }
-                                Format::Json => otlp_count::count_json(&body, Signal::Traces),
-                            };
+                            let counts = format.count(&body, Signal::Traces);
                             check_counts(&telemetry.limits, Signal::Traces, &counts)
                                 .map_err(refused)?;
                             let request = match format {
@@ -526,6 +518,15 @@ enum Format {
 }
 
 impl Format {
+    /// The records and elements of a `signal` export `body` in this encoding, counted from
+    /// its bytes (nothing is decoded).
+    fn count(self, body: &[u8], signal: Signal) -> otlp_count::Counts {
+        match self {
+            Format::Protobuf => otlp_count::count_protobuf(body, signal),
+            Format::Json => otlp_count::count_json(body, signal),
+        }
+    }
+
     fn of(headers: &axum::http::HeaderMap) -> Option<Format> {
         let content_type = headers
             .get(axum::http::header::CONTENT_TYPE)
