@@ -54,6 +54,28 @@ fn task_run(server: Option<&TestServer>, project: &Path, args: &[&str]) -> Outpu
     command.output().expect("tilebox task run")
 }
 
+/// `tilebox task run ARGS --isolation ISOLATION` in `project` (its cache inside it) at a
+/// pseudo-terminal through `steps`; answers the driver's output and the transcript.
+fn task_run_in_pty(
+    project: &Path,
+    args: &[&str],
+    isolation: &str,
+    steps: &[Step<'_>],
+) -> (Output, String) {
+    let cache = project.join(".tilebox-cache");
+    let mut arguments = vec!["task", "run"];
+    arguments.extend_from_slice(args);
+    arguments.extend([
+        "--isolation",
+        isolation,
+        "--cache-dir",
+        cache.to_str().expect("utf-8 path"),
+    ]);
+    let output = run_in_pty(tilebox_binary(), &arguments, project, steps, TIMEOUT);
+    let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output, transcript)
+}
+
 /// The tasks of a `job get --json` document, by display.
 fn task_ids(job: &Value) -> Vec<(String, String, String)> {
     fn walk(tasks: &Value, into: &mut Vec<(String, String, String)>) {
@@ -216,23 +238,11 @@ fn pdb_stops_at_the_failing_frame_in_a_terminal_and_exits_1() {
          total = self.n * 2\n        raise ValueError(f'bad total {total}')\n\n\
          runner = Runner(tasks=[Sum])\n",
     );
-    let cache = project.path().join(".tilebox-cache");
     for isolation in ["sub-interpreter", "child-process"] {
-        let output = run_in_pty(
-            tilebox_binary(),
-            &[
-                "task",
-                "run",
-                "Sum",
-                "--input",
-                r#"{"n": 21}"#,
-                "--pdb",
-                "--isolation",
-                isolation,
-                "--cache-dir",
-                cache.to_str().expect("utf-8 path"),
-            ],
+        let (output, transcript) = task_run_in_pty(
             project.path(),
+            &["Sum", "--input", r#"{"n": 21}"#, "--pdb"],
+            isolation,
             &[
                 Step::Expect("(Pdb) "),
                 Step::Send("p total\n"),
@@ -240,9 +250,7 @@ fn pdb_stops_at_the_failing_frame_in_a_terminal_and_exits_1() {
                 Step::Expect("(Pdb) "),
                 Step::Send("q\n"),
             ],
-            TIMEOUT,
         );
-        let transcript = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
             output.status.code(),
             Some(1),
@@ -293,26 +301,13 @@ fn quit_at_a_breakpoint_stops_the_run_without_post_mortem() {
          context.submit_subtask(Stop(1), optional=True)\n        context.submit_subtask(Leaf(3))\n\n\
          runner = Runner(tasks=[Root, Stop, Leaf])\n",
     );
-    let cache = project.path().join(".tilebox-cache");
     for isolation in ["sub-interpreter", "child-process"] {
-        let output = run_in_pty(
-            tilebox_binary(),
-            &[
-                "task",
-                "run",
-                "Root",
-                "--recursive",
-                "--pdb",
-                "--isolation",
-                isolation,
-                "--cache-dir",
-                cache.to_str().expect("utf-8 path"),
-            ],
+        let (output, transcript) = task_run_in_pty(
             project.path(),
+            &["Root", "--recursive", "--pdb"],
+            isolation,
             &[Step::Expect("(Pdb) "), Step::Send("q\n")],
-            TIMEOUT,
         );
-        let transcript = String::from_utf8_lossy(&output.stdout);
         // Quitting is not a success: exit 1, as for a failed task.
         assert_eq!(
             output.status.code(),
@@ -350,22 +345,11 @@ fn breakpoint_stops_task_run_in_a_terminal() {
          secret = self.n + 100\n        breakpoint()\n        context.current_task.display = f'after {secret}'\n\n\
          runner = Runner(tasks=[Stop])\n",
     );
-    let cache = project.path().join(".tilebox-cache");
     for isolation in ["sub-interpreter", "child-process"] {
-        let output = run_in_pty(
-            tilebox_binary(),
-            &[
-                "task",
-                "run",
-                "Stop",
-                "--input",
-                "5",
-                "--isolation",
-                isolation,
-                "--cache-dir",
-                cache.to_str().expect("utf-8 path"),
-            ],
+        let (output, transcript) = task_run_in_pty(
             project.path(),
+            &["Stop", "--input", "5"],
+            isolation,
             &[
                 Step::Expect("(Pdb) "),
                 Step::Send("p secret\n"),
@@ -375,9 +359,7 @@ fn breakpoint_stops_task_run_in_a_terminal() {
                 Step::Expect("(Pdb) "),
                 Step::Send("c\n"),
             ],
-            TIMEOUT,
         );
-        let transcript = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
             output.status.code(),
             Some(0),
