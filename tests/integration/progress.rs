@@ -209,8 +209,8 @@ fn publish_release_piped_or_json_prints_no_progress() {
     assert_eq!(stderr_of(&json), "", "--json: nothing on stderr");
 }
 
-#[test]
-fn the_release_runner_logs_each_preparation_step_with_its_duration() {
+/// A server with the greeter project published and deployed to its default cluster.
+fn deployed_greeter() -> (TestServer, tempfile::TempDir) {
     let server = TestServer::start();
     let project = project("greeter", HELLO);
     assert!(
@@ -224,6 +224,12 @@ fn the_release_runner_logs_each_preparation_step_with_its_duration() {
         project.path(),
         &["--json", "workflow", "deploy-release", "--latest"],
     ));
+    (server, project)
+}
+
+#[test]
+fn the_release_runner_logs_each_preparation_step_with_its_duration() {
+    let (server, project) = deployed_greeter();
     let cache = tempfile::tempdir().expect("cache");
     let runner = RunnerProcess::spawn(
         tilebox_command(&["runner", "start", "--cache-dir"])
@@ -264,19 +270,7 @@ fn the_release_runner_logs_each_preparation_step_with_its_duration() {
 
 #[test]
 fn a_release_runner_on_a_terminal_keeps_its_log_lines_whole() {
-    let server = TestServer::start();
-    let project = project("greeter", HELLO);
-    assert!(
-        server
-            .tilebox(&["workflow", "create", "Greeter"])
-            .status
-            .success()
-    );
-    json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
-    json_of(&server.tilebox_in(
-        project.path(),
-        &["--json", "workflow", "deploy-release", "--latest"],
-    ));
+    let (server, _project) = deployed_greeter();
     let cache = tempfile::tempdir().expect("cache");
     let mut command = tilebox_command(&["runner", "start", "--stop-when-idling", "--cache-dir"]);
     command
