@@ -56,9 +56,12 @@ pub fn store_status(error: store::Error) -> Status {
         }
         // The operator's to fix; clients retry it, and writes resume when space returns.
         store::Error::StorageFull { .. } => Code::ResourceExhausted,
+        // Official clients retry UNAVAILABLE with backoff.
+        store::Error::Unavailable { .. } => Code::Unavailable,
         store::Error::Corrupt(_)
         | store::Error::Database { .. }
         | store::Error::Open { .. }
+        | store::Error::SchemaTooNew { .. }
         | store::Error::DataDirectory { .. }
         | store::Error::Closed => Code::Internal,
     };

@@ -27,6 +27,8 @@ use crate::api::workflows_v1::{JobState, TaskState};
 pub use crate::api::submission::{Identifier, NewTask};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// A backend's own error (rusqlite's, tokio-postgres'), kept as the cause.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The slug of the cluster every store creates on first open; `""` means this cluster.
 pub const DEFAULT_CLUSTER_SLUG: &str = "default";
@@ -63,24 +65,43 @@ pub enum Error {
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error(
-        "the server's disk is full (SQLITE_FULL) in {operation}: nothing of this write was stored; free space in the data directory and retry"
+        "the database's disk is full ({code}) in {operation}: nothing of this write was stored; free space where the database keeps its data and retry"
     )]
     StorageFull {
         operation: &'static str,
+        /// The backend's name for the condition (`SQLITE_FULL`, PostgreSQL's `53100`).
+        code: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("database error in {operation}")]
     Database {
         operation: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
-    #[error("cannot open the database at {path}")]
-    Open {
-        path: std::path::PathBuf,
+    /// The database could not be reached, or the connection was lost before the operation
+    /// was known to commit: nothing is promised either way, and the caller may retry.
+    #[error("the database is unavailable in {operation}; retry")]
+    Unavailable {
+        operation: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
+    },
+    #[error("cannot open the database at {target}")]
+    Open {
+        /// The file, or the server and database (never a password).
+        target: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error(
+        "the database at {target} has schema version {found}, newer than version {supported} that this tilebox knows: upgrade tilebox to serve it"
+    )]
+    SchemaTooNew {
+        target: String,
+        found: i64,
+        supported: i64,
     },
     #[error("cannot create the data directory {path}")]
     DataDirectory {

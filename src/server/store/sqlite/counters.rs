@@ -29,7 +29,7 @@ use crate::server::store::{Progress, Result};
 
 /// The schema version this code writes (`PRAGMA user_version`); a database from before the
 /// counters has 0, one from before `tasks.runner_failures` has 1.
-const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// The columns of `jobs` added with the counters (also in `schema.sql`).
 const JOB_COLUMNS: [(&str, &str); 3] = [

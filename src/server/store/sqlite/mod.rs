@@ -58,10 +58,35 @@ const SCHEMA: &str = include_str!("schema.sql");
 pub(super) fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |source| {
         if is_disk_full(&source) {
-            Error::StorageFull { operation, source }
+            Error::StorageFull {
+                operation,
+                code: "SQLITE_FULL",
+                source: Box::new(source),
+            }
         } else {
-            Error::Database { operation, source }
+            Error::Database {
+                operation,
+                source: Box::new(source),
+            }
         }
+    }
+}
+
+/// The SQLite error code a store error carries, if it came from SQLite.
+fn sqlite_code(error: &Error) -> Option<rusqlite::ffi::Error> {
+    match error {
+        Error::StorageFull { source, .. } | Error::Database { source, .. } => source
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error)
+            .copied(),
+        _ => None,
+    }
+}
+
+fn open_failed(path: &Path) -> impl Fn(rusqlite::Error) -> Error + Copy + '_ {
+    move |source| Error::Open {
+        target: path.display().to_string(),
+        source: Box::new(source),
     }
 }
 
@@ -137,23 +162,27 @@ impl SqliteStore {
         })?;
         let path = data_dir.join(DATABASE_FILE);
         let connection = open_connection(&path, false)?;
+        let found: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_failed(&path))?;
+        if found > counters::SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                target: path.display().to_string(),
+                found,
+                supported: counters::SCHEMA_VERSION,
+            });
+        }
         connection
             .execute_batch(SCHEMA)
             .and_then(|()| counters::upgrade(&connection))
-            .map_err(|source| Error::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(open_failed(&path))?;
         connection
             .execute(
                 "INSERT OR IGNORE INTO clusters (slug, name, description, deletable, created_at)
                  VALUES (?1, 'Default', 'The cluster tasks run on when none is named', 0, ?2)",
                 params![DEFAULT_CLUSTER_SLUG, now_millis()],
             )
-            .map_err(|source| Error::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(open_failed(&path))?;
         let (sender, receiver) = mpsc::channel::<WriteOperation>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".to_string())
@@ -202,12 +231,7 @@ impl SqliteStore {
                     Ok(connection) => in_savepoint(connection, operation),
                     Err(error) => Err(batch_failed(error)),
                 };
-                let code = match &result {
-                    Err(Error::StorageFull { source, .. } | Error::Database { source, .. }) => {
-                        source.sqlite_error().copied()
-                    }
-                    _ => None,
-                };
+                let code = result.as_ref().err().and_then(sqlite_code);
                 let finish: Finish = Box::new(move |batch_error| {
                     let result = match batch_error {
                         None => result,
@@ -265,10 +289,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let open_error = |source| Error::Open {
-        path: path.to_path_buf(),
-        source,
-    };
+    let open_error = open_failed(path);
     let connection = Connection::open_with_flags(path, flags).map_err(open_error)?;
     connection
         .busy_timeout(Duration::from_secs(10))
@@ -1017,5 +1038,34 @@ mod tests {
         }
         let store = SqliteStore::open(directory.path()).expect("reopen");
         assert_eq!(store.get_cluster("kept").await.expect("get").name, "Kept");
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_and_left_as_it_was() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        drop(SqliteStore::open(directory.path()).expect("open"));
+        let path = directory.path().join(DATABASE_FILE);
+        let newer = counters::SCHEMA_VERSION + 1;
+        Connection::open(&path)
+            .expect("open the file")
+            .pragma_update(None, "user_version", newer)
+            .expect("mark the schema newer");
+
+        let refused = SqliteStore::open(directory.path()).err().expect("refused");
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, Error::SchemaTooNew { found, supported, .. }
+                if found == newer && supported == counters::SCHEMA_VERSION),
+            "{refused:?}"
+        );
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("upgrade tilebox"),
+            "the message names the file and what to do: {message}"
+        );
+        let version: i64 = Connection::open(&path)
+            .expect("open the file")
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, newer, "the refused database was not touched");
     }
 }
