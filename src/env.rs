@@ -16,6 +16,8 @@ pub const SERVER_TOKENS: &str = "TILEBOX_SERVER_TOKENS";
 pub const SERVER_KEYS_FILE: &str = "TILEBOX_SERVER_KEYS_FILE";
 /// The server's data directory (`server --data-dir`).
 pub const DATA_DIR: &str = "TILEBOX_DATA_DIR";
+/// `tilebox server --database`: the PostgreSQL URL to keep the state in.
+pub const DATABASE_URL: &str = "TILEBOX_DATABASE_URL";
 /// The binary a runner starts as the child-process host of a release (tests and
 /// benchmarks point it at a build; default: this executable).
 pub const PYTHON_HOST: &str = "TILEBOX_PYTHON_HOST";

@@ -89,6 +89,7 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
     let server = Server::bind(server::Options {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
+        database: None,
         tokens: Vec::new(),
         keys_file: None,
         max_artifact_bytes: 1 << 30,

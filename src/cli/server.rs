@@ -28,8 +28,18 @@ pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:8083", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Where the database lives [default: the user's data dir, e.g. ~/.local/share/tilebox].
+    /// Unused with --database.
     #[arg(long, env = crate::env::DATA_DIR)]
     data_dir: Option<PathBuf>,
+    /// Keep the state in PostgreSQL instead of SQLite: `postgres://USER:PASSWORD@HOST:PORT/DB`.
+    /// Several servers on one database serve the same jobs (README: "Running on
+    /// PostgreSQL"). Release artifacts are kept in the database too.
+    #[arg(long, env = crate::env::DATABASE_URL, hide_env_values = true, value_name = "URL")]
+    database: Option<String>,
+    /// Most connections a server opens for reads, with --database (it opens three more: the
+    /// writer, and one each to listen for and notify the other replicas).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    database_readers: u16,
     /// An accepted API key (repeatable; never empty). Without any, the server is open: allowed
     /// on a loopback --listen (local development), elsewhere only with --allow-unauthenticated.
     #[arg(long = "token", env = crate::env::SERVER_TOKENS, value_delimiter = ',', hide_env_values = true)]
@@ -136,6 +146,10 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
     let options = server::Options {
         listen: arguments.listen,
         data_dir: data_dir.clone(),
+        database: arguments.database.map(|url| server::Database {
+            url,
+            readers: usize::from(arguments.database_readers),
+        }),
         tokens,
         keys_file: arguments.keys_file,
         max_artifact_bytes: arguments.max_artifact_bytes,
@@ -162,10 +176,11 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
     };
     let open_server = options.tokens.is_empty() && options.keys_file.is_none();
     let server = Server::bind(options).await?;
+    let data = server.describe_store();
     let address = server
         .local_addr()
         .context("cannot read the bound address")?;
-    tracing::info!(%address, data_dir = %data_dir.display(), open = open_server, tls = scheme == "https", "tilebox server started");
+    tracing::info!(%address, store = %data, open = open_server, tls = scheme == "https", "tilebox server started");
     if open_server && !address.ip().to_canonical().is_loopback() {
         tracing::warn!(
             %address,

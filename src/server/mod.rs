@@ -11,6 +11,7 @@
 //! - `keys.rs`: the keys file of scoped API keys
 //! - `tls.rs`: the optional TLS of the port (certificate and key, concurrent handshakes)
 //! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
+//! - `signals.rs`: work and deployment wake-ups, within a server and across replicas
 //! - `services/`: the gRPC services
 //! - `store/`: the `Store` trait and its backends
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod keys;
 pub mod scheduler;
 pub mod services;
+pub mod signals;
 pub mod store;
 pub mod tls;
 
@@ -41,7 +43,9 @@ use crate::api::workflows_v1::task_service_server::TaskServiceServer;
 use crate::api::workflows_v1::telemetry_query_service_server::TelemetryQueryServiceServer;
 use crate::api::workflows_v1::workflows_service_server::WorkflowsServiceServer;
 use scheduler::Scheduler;
+use signals::Signals;
 use store::Store;
+use store::postgres::PgStore;
 use store::sqlite::SqliteStore;
 
 /// How long in-flight calls get to finish after the shutdown signal. A client that never
@@ -72,7 +76,10 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub listen: SocketAddr,
+    /// The SQLite database and the artifacts live here (unused with `database`).
     pub data_dir: PathBuf,
+    /// Keep the state in PostgreSQL instead (several replicas may share it).
+    pub database: Option<Database>,
     /// Accepted API keys; empty means an open development server.
     pub tokens: Vec<String>,
     /// The keys file of scoped API keys, read again whenever it changes.
@@ -85,6 +92,25 @@ pub struct Options {
     pub limits: Limits,
     /// The certificate and key to serve TLS with; `None` serves plaintext.
     pub tls: Option<tls::TlsConfig>,
+}
+
+/// A PostgreSQL database to keep the state in.
+#[derive(Clone)]
+pub struct Database {
+    /// `postgres://user:password@host:port/database`; never logged.
+    pub url: String,
+    /// Most connections opened for reads.
+    pub readers: usize,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Database")
+            .field("url", &"(not shown: it may hold a password)")
+            .field("readers", &self.readers)
+            .finish()
+    }
 }
 
 /// What one message, export or connection may take.
@@ -124,13 +150,39 @@ pub struct Server {
     telemetry_retention: std::time::Duration,
     limits: Limits,
     tls: Option<tls::TlsConfig>,
+    /// The store, for the log line: a file, or `host:port/database`.
+    store_description: String,
 }
 
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(options: Options) -> Result<Self, Error> {
         let authenticate = auth::Authenticate::new(&options.tokens, options.keys_file)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options.data_dir)?);
+        let (store, signals, store_description): (Arc<dyn Store>, Signals, String) = match &options
+            .database
+        {
+            None => (
+                Arc::new(SqliteStore::open(&options.data_dir)?),
+                Signals::local(),
+                options
+                    .data_dir
+                    .join(store::sqlite::DATABASE_FILE)
+                    .display()
+                    .to_string(),
+            ),
+            Some(database) => {
+                let store = PgStore::connect(
+                    &database.url,
+                    store::postgres::Options {
+                        readers: database.readers,
+                    },
+                )
+                .await?;
+                let signals = Signals::postgres(store.config().clone(), store.target().to_string());
+                let description = format!("postgres://{}", store.target());
+                (Arc::new(store), signals, description)
+            }
+        };
         let listener = TcpListener::bind(options.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -148,13 +200,20 @@ impl Server {
         }
         Ok(Self {
             listener,
-            scheduler: Scheduler::new(store, options.scheduler),
+            scheduler: Scheduler::new(store, options.scheduler, signals),
             authenticate,
             telemetry_retention: options.telemetry_retention,
             artifacts,
             limits: options.limits,
             tls: options.tls,
+            store_description,
         })
+    }
+
+    /// The store the server keeps its state in: the SQLite file, or the PostgreSQL
+    /// `host:port/database` (never a password).
+    pub fn describe_store(&self) -> &str {
+        &self.store_description
     }
 
     /// The address the server listens on (with the real port when 0 was asked for).
@@ -195,11 +254,13 @@ impl Server {
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-        let (changes, watched) = tokio::sync::watch::channel(0u64);
+        let signals = self.scheduler.signals().clone();
+        let changes = signals.deployments().clone();
+        let watched = changes.subscribe();
         let store = self.scheduler.store().clone();
         let workflows = WorkflowsServiceServer::new(services::workflows::Workflows::new(
             store.clone(),
-            Arc::new(changes),
+            changes,
         ))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message)
@@ -291,6 +352,7 @@ impl Server {
         keys_watch.abort();
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
+        signals.stop();
         Ok(result?)
     }
 }

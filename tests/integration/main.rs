@@ -31,6 +31,7 @@ mod interop;
 mod progress;
 mod python;
 mod release;
+mod replicas;
 mod runner;
 mod security;
 mod server;

@@ -13,13 +13,14 @@ pub use work::{ItemResult, MAX_CLAIM_PER_CALL, MAX_REPORTS_PER_CALL, WorkAnswer,
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::api::convert::now_millis;
 use crate::api::limits::{self, MAX_DISPLAY_CHARS, MAX_IDENTIFIERS_PER_CLAIM};
 use crate::api::submission::{self, Limits};
 use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
+use crate::server::signals::Signals;
 use crate::server::store::{
     self, ClaimRequest, ClaimedTask, ComputedReport, DEFAULT_CLUSTER_SLUG, FailedReport, Job,
     NewJob, Progress, Report, ReportOutcome, Store,
@@ -117,17 +118,20 @@ pub enum NextTask {
 pub struct Scheduler {
     store: Arc<dyn Store>,
     options: Arc<Options>,
-    work_available: Arc<Notify>,
+    signals: Signals,
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn Store>, mut options: Options) -> Self {
+    /// A scheduler whose work announcements go through `signals` (see
+    /// [`Signals`](crate::server::signals::Signals): local, or shared by the replicas of a
+    /// PostgreSQL database).
+    pub fn new(store: Arc<dyn Store>, mut options: Options, signals: Signals) -> Self {
         options.lease = options.lease.max(MIN_LEASE);
         options.max_lease = options.max_lease.max(options.lease);
         Self {
             store,
             options: Arc::new(options),
-            work_available: Arc::new(Notify::new()),
+            signals,
         }
     }
 
@@ -146,9 +150,13 @@ impl Scheduler {
         }
     }
 
-    /// Wakes every `NextTask` waiting for work.
+    /// Wakes every `NextTask` waiting for work (on every replica).
     fn announce_work(&self) {
-        self.work_available.notify_waiters();
+        self.signals.announce_work();
+    }
+
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// Resolves `""` to the default cluster.
@@ -235,7 +243,7 @@ impl Scheduler {
         };
         let deadline = tokio::time::Instant::now() + self.options.long_poll;
         loop {
-            let notified = self.work_available.notified();
+            let notified = self.signals.work().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (outcome, claimed) = self

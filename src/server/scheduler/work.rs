@@ -252,7 +252,7 @@ impl Scheduler {
     async fn wait_for_work(&self, claims: &[(ClaimRequest, usize)]) -> Result<Vec<ClaimedTask>> {
         let deadline = tokio::time::Instant::now() + self.options.long_poll;
         loop {
-            let notified = self.work_available.notified();
+            let notified = self.signals.work().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (_, tasks) = self

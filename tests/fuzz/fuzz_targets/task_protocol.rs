@@ -37,7 +37,7 @@ fn harness() -> &'static Harness {
             long_poll: Duration::ZERO,
             ..Options::default()
         };
-        let scheduler = Scheduler::new(Arc::new(store), options);
+        let scheduler = Scheduler::new(Arc::new(store), options, tilebox::server::signals::Signals::local());
         let count = 64;
         let job = SubmitJobRequest {
             job_name: "fuzz".into(),

@@ -14,6 +14,10 @@
 //!   `tilebox runner start` processes ([`RunnerProcess`])
 //! - `pty.rs` (+ `pty_driver.py`): commands at a pseudo-terminal: [`pty::run_in_pty`] (a
 //!   dialogue), [`pty::run_on_terminal`] (what it draws)
+//! - `postgres.rs` (`tests/support/postgres.rs`, shared with the unit tests): a real
+//!   PostgreSQL cluster and a fresh database per test
+//! - `replicas.rs`: [`Replicas`], several `tilebox server` processes on one PostgreSQL
+//!   database
 //! - `http.rs`: [`http_post`], plain HTTP/1.1 requests (OTLP/HTTP exports)
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
@@ -21,8 +25,11 @@
 mod api;
 mod cli;
 mod http;
+#[path = "../../support/postgres.rs"]
+pub mod postgres;
 mod project;
 pub mod pty;
+mod replicas;
 mod sdk;
 mod server;
 mod snapshot;
@@ -37,6 +44,7 @@ pub use api::{ask, client, get_job, identifier, job_request, list_tasks, task_gr
 pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_state};
 pub use http::http_post;
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
+pub use replicas::Replicas;
 pub use sdk::sdk_python;
 pub use server::{TestServer, tail_of_file, tilebox, tilebox_binary, tilebox_command};
 pub use snapshot::{snapshot_settings, transcript};

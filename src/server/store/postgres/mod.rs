@@ -248,7 +248,14 @@ impl PgStore {
         let (config, target) = parse_url(url)?;
         let readers = options.readers.max(1);
         tokio::task::spawn_blocking(move || {
-            let mut connection = connect(&config, &target)?;
+            // At start, an unreachable database is the operator's to fix: say which.
+            let mut connection = connect(&config, &target).map_err(|error| match error {
+                Error::Unavailable { source, .. } => Error::Open {
+                    target: target.clone(),
+                    source,
+                },
+                other => other,
+            })?;
             migrations::migrate(&mut connection.client, &target)?;
             let (sender, receiver) = mpsc::channel::<WriteOperation>(WRITE_QUEUE);
             let writer_config = config.clone();
@@ -272,6 +279,11 @@ impl PgStore {
         })
         .await
         .map_err(|_| Error::Closed)?
+    }
+
+    /// How the store connects (for the connections that signal other replicas).
+    pub fn config(&self) -> &postgres::Config {
+        &self.inner.config
     }
 
     /// `host:port/database` of the store, for messages (never the password).
