@@ -1091,6 +1091,66 @@ mod tests {
         );
     }
 
+    /// Two stores on one database, as two replicas are.
+    mod replicas {
+        use super::*;
+        crate::server::store::conformance::replica_rules!(async {
+            let (first, database) = open().await;
+            let second = PgStore::connect(&database.url, Options::default())
+                .await
+                .expect("connect a second store");
+            (first, second, database)
+        });
+    }
+
+    /// A client that lost the answer to its submission submits again: one job.
+    #[tokio::test]
+    async fn submitting_a_job_again_changes_nothing() {
+        let (store, _database) = open().await;
+        let task = |name: &str| crate::server::store::NewTask {
+            id: Uuid::now_v7(),
+            identifier: crate::server::store::Identifier {
+                name: name.to_string(),
+                version: "v1.0".to_string(),
+                major: 1,
+                minor: 0,
+            },
+            input: Vec::new(),
+            display: name.to_string(),
+            cluster: crate::server::store::DEFAULT_CLUSTER_SLUG.to_string(),
+            max_retries: 0,
+            optional: false,
+            depends_on: Vec::new(),
+        };
+        let job = NewJob {
+            id: Uuid::now_v7(),
+            name: "once".to_string(),
+            trace_parent: String::new(),
+            tasks: vec![task("First")],
+        };
+        let first = store.submit_job(job.clone()).await.expect("submit");
+        let again = NewJob {
+            name: "twice".to_string(),
+            tasks: vec![task("Second"), task("Third")],
+            ..job
+        };
+        let second = store.submit_job(again).await.expect("submit again");
+        assert_eq!((second.id, second.name.as_str()), (first.id, "once"));
+        assert_eq!(second.stats.total_tasks, 1, "{second:?}");
+        let all = store
+            .query_jobs(
+                JobFilter::default(),
+                Page {
+                    after: None,
+                    limit: 10,
+                    descending: false,
+                },
+            )
+            .await
+            .expect("query jobs");
+        assert_eq!(all.len(), 1, "{all:?}");
+    }
+
     #[tokio::test]
     async fn a_database_of_a_newer_schema_is_refused_and_left_as_it_was() {
         let (store, database) = open().await;
