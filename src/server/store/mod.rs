@@ -12,11 +12,13 @@
 //!   `mod.rs` (connections, the writer, the trait), `tasks.rs` (submit, claim, report, fail,
 //!   leases, retry, cancel), `counters.rs` (per-job counters), `read.rs` (queries),
 //!   `releases.rs` (workflows, artifacts, releases, deployments, telemetry), `schema.sql`
+//! - `rules.rs`: the pure rules both backends share (claimant, failure reasons, claims)
 //! - `conformance/`: the suite every backend passes, by area (tests only)
 
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 use std::time::Duration;

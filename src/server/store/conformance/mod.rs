@@ -12,6 +12,7 @@
 //! - `fixtures.rs`: builders and small steps the rules share
 //! - `batches.rs`, `claims.rs`, `failures.rs`, `leases.rs`, `reads.rs`, `releases.rs`,
 //!   `telemetry.rs`: the rules, by area
+//! - `replicas.rs`: [`replica_rules!`], two stores on one state racing each other
 
 mod batches;
 mod claims;
@@ -20,6 +21,7 @@ mod fixtures;
 mod leases;
 mod reads;
 mod releases;
+mod replicas;
 mod telemetry;
 
 pub(crate) use batches::*;
@@ -28,6 +30,7 @@ pub(crate) use failures::*;
 pub(crate) use leases::*;
 pub(crate) use reads::*;
 pub(crate) use releases::*;
+pub(crate) use replicas::*;
 pub(crate) use telemetry::*;
 
 /// One `#[tokio::test]` per rule of the suite, each on a fresh store from `$open`: an

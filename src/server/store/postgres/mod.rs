@@ -28,6 +28,7 @@
 //! - `read.rs`: queries
 //! - `releases.rs`: clusters' deployments, workflows, artifacts, releases, telemetry
 
+mod counters;
 mod migrations;
 mod read;
 mod releases;
@@ -1066,6 +1067,100 @@ mod tests {
             .await
             .expect("connect the store");
         (store, database)
+    }
+
+    /// The conformance rules of tasks, leases, batches and reads.
+    mod conformance_tasks {
+        use super::*;
+        crate::server::store::conformance::conformance_tests!(@rules open();
+            clusters_have_a_fixed_default,
+            submitting_to_an_unknown_cluster_stores_nothing,
+            claims_match_cluster_name_and_compatible_version,
+            claimed_task_runs_once_and_drives_job_state,
+            dependants_wait_for_the_whole_dependency_tree,
+            subtasks_run_after_their_parent_and_complete_the_job,
+            workflow_errors_retry_until_max_retries_then_fail_the_job,
+            non_workflow_errors_requeue_without_counting,
+            failed_optional_subtask_lets_its_dependant_run,
+            failure_inside_optional_branch_skips_the_rest_of_it,
+            retry_job_requeues_failed_tasks_and_resumes,
+            cancel_job_stops_queued_tasks_and_lets_running_ones_finish,
+            lease_expiry_requeues_then_fails_the_task,
+            reports_from_a_lost_lease_are_stale,
+            extend_lease_keeps_a_running_task,
+            progress_is_per_task_and_summed_per_job,
+            list_tasks_pages_children_in_submission_order,
+            query_jobs_filters_and_pages,
+            execution_stats_follow_the_tasks,
+            execution_stats_equal_a_recount_of_the_tasks,
+            concurrent_submits_and_claims_complete_every_job_once,
+            batched_reports_apply_each_on_its_own_and_claim_up_to_capacity,
+            leases_extend_together_only_for_their_claimant,
+            non_workflow_failures_are_capped_then_fail_the_task,
+            a_hand_back_requeues_without_counting_any_number_of_times,
+            appended_failure_reasons_keep_the_display_within_its_limit,
+            reports_and_extensions_from_another_claimant_are_stale_from_the_first_claim,
+        );
+    }
+
+    /// Two stores on one database, as two replicas are.
+    mod replicas {
+        use super::*;
+        crate::server::store::conformance::replica_rules!(async {
+            let (first, database) = open().await;
+            let second = PgStore::connect(&database.url, Options::default())
+                .await
+                .expect("connect a second store");
+            (first, second, database)
+        });
+    }
+
+    /// A client that lost the answer to its submission submits again: one job.
+    #[tokio::test]
+    async fn submitting_a_job_again_changes_nothing() {
+        let (store, _database) = open().await;
+        let task = |name: &str| crate::server::store::NewTask {
+            id: Uuid::now_v7(),
+            identifier: crate::server::store::Identifier {
+                name: name.to_string(),
+                version: "v1.0".to_string(),
+                major: 1,
+                minor: 0,
+            },
+            input: Vec::new(),
+            display: name.to_string(),
+            cluster: crate::server::store::DEFAULT_CLUSTER_SLUG.to_string(),
+            max_retries: 0,
+            optional: false,
+            depends_on: Vec::new(),
+        };
+        let job = NewJob {
+            id: Uuid::now_v7(),
+            name: "once".to_string(),
+            trace_parent: String::new(),
+            tasks: vec![task("First")],
+        };
+        let first = store.submit_job(job.clone()).await.expect("submit");
+        let again = NewJob {
+            name: "twice".to_string(),
+            tasks: vec![task("Second"), task("Third")],
+            ..job
+        };
+        let second = store.submit_job(again).await.expect("submit again");
+        assert_eq!((second.id, second.name.as_str()), (first.id, "once"));
+        assert_eq!(second.stats.total_tasks, 1, "{second:?}");
+        let all = store
+            .query_jobs(
+                JobFilter::default(),
+                Page {
+                    after: None,
+                    limit: 10,
+                    descending: false,
+                },
+            )
+            .await
+            .expect("query jobs");
+        assert_eq!(all.len(), 1, "{all:?}");
     }
 
     #[tokio::test]

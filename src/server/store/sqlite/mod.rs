@@ -950,6 +950,18 @@ mod tests {
         });
     }
 
+    /// Two stores on one database file, as two servers on one data directory would be.
+    mod replicas {
+        use super::*;
+
+        crate::server::store::conformance::replica_rules!(async {
+            let directory = tempfile::tempdir().expect("temp dir");
+            let first = SqliteStore::open(directory.path()).expect("open store");
+            let second = SqliteStore::open(directory.path()).expect("open store again");
+            (first, second, directory)
+        });
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_write_queue_makes_callers_wait_and_loses_nothing() {
         let directory = tempfile::tempdir().expect("temp dir");

@@ -9,7 +9,6 @@
 //! it ended failed-optional or skipped. Completing a task releases its dependants and may
 //! complete its parent; a job whose tasks are all complete is completed.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -17,8 +16,8 @@ use uuid::Uuid;
 
 use super::{counters, read};
 use super::{db, execute, query_row};
-use crate::api::limits::MAX_DISPLAY_CHARS;
 use crate::api::workflows_v1::{JobState, TaskState};
+use crate::server::store::rules::{self, Act, Attempt, with_reason};
 use crate::server::store::{
     ClaimRequest, ClaimedTask, ComputedReport, Error, FailedReport, HandedBackReport, Identifier,
     MAX_LEASE_REQUEUES, MAX_RUNNER_FAILURE_REQUEUES, NewJob, NewTask, ReportOutcome, Result,
@@ -269,45 +268,15 @@ fn accepts_report(task: &TaskRow, caller: &str) -> bool {
     is_claimant(task, caller, Act::Report)
 }
 
-/// What a caller asks of a running task.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Act {
-    Report,
-    Extend,
-}
-
-/// Whether `caller` is the claimant of the task's current attempt, for `act`.
-///
-/// A runner id (`runner:<id>`) must match exactly. A caller without one, the official SDK,
-/// is `host:<key>@<ip>:<port>` (see `services::caller`): its lease renewer is a separate
-/// process on its own connection, and its main connection may reconnect, so the same key on
-/// the same host is the claimant; only after the task was fenced (a lost lease or a hand-back) must a report come
-/// from the very connection that claimed the attempt, so a late report of an older attempt
-/// by another SDK runner on that host is stale. Extensions stay per host: the renewer never
-/// shares the claiming connection.
+/// Whether `caller` is the claimant of the task's current attempt, for `act`
+/// ([`rules::is_claimant`]).
 fn is_claimant(task: &TaskRow, caller: &str, act: Act) -> bool {
-    let Some(claimant) = task.claimant.as_deref() else {
-        return false;
+    let attempt = Attempt {
+        running: task.state == RUNNING,
+        claimant: task.claimant.as_deref(),
+        fenced: task.fenced,
     };
-    if task.state != RUNNING {
-        return false;
-    }
-    if claimant == caller {
-        return true;
-    }
-    match (host_of(claimant), host_of(caller)) {
-        (Some(claimed_by), Some(calling)) => {
-            claimed_by == calling && (act == Act::Extend || !task.fenced)
-        }
-        _ => false,
-    }
-}
-
-/// The host of a claimant without a runner id, with the key it called with:
-/// `host:<key>@<ip>:<port>` answers `<key>@<ip>` (and `host:<ip>:<port>`, `<ip>`).
-fn host_of(claimant: &str) -> Option<&str> {
-    let (host, _port) = claimant.strip_prefix("host:")?.rsplit_once(':')?;
-    Some(host)
+    rules::is_claimant(attempt, caller, act)
 }
 
 /// The start of applying any report (computed, failed, handed back): the reported task with
@@ -655,17 +624,7 @@ pub(super) fn claim_task(
     claim: &ClaimRequest,
     now: i64,
 ) -> Result<Option<ClaimedTask>> {
-    // For each (name, major) the runner advertises, its highest minor runs everything up to it.
-    let mut best: HashMap<(&str, u64), &Identifier> = HashMap::new();
-    for identifier in &claim.identifiers {
-        let key = (identifier.name.as_str(), identifier.major);
-        match best.get(&key) {
-            Some(current) if current.minor >= identifier.minor => {}
-            _ => {
-                best.insert(key, identifier);
-            }
-        }
-    }
+    let best = rules::best_identifiers(&claim.identifiers);
     let mut found: Option<(i64, &Identifier)> = None;
     {
         let mut statement = connection
@@ -676,10 +635,15 @@ pub(super) fn claim_task(
                  ORDER BY task LIMIT 1",
             )
             .map_err(db("claim task"))?;
-        for ((name, major), identifier) in &best {
+        for identifier in best {
             let candidate: Option<i64> = statement
                 .query_row(
-                    params![claim.cluster, name, *major as i64, identifier.minor as i64],
+                    params![
+                        claim.cluster,
+                        identifier.name,
+                        identifier.major as i64,
+                        identifier.minor as i64
+                    ],
                     |row| row.get(0),
                 )
                 .optional()
@@ -811,27 +775,6 @@ fn append_display(connection: &Connection, task: &TaskRow, line: &str) -> Result
     )
     .map_err(db("fail task"))?;
     Ok(())
-}
-
-/// `display` with the line `reason` appended, at most [`MAX_DISPLAY_CHARS`] characters: the
-/// reason is kept whole and the head of `display` is cut to make room (a stored display is
-/// handed to the next attempt, which reports it back; over the limit, that report would fail
-/// the task). A reason longer than the limit by itself (the store's own are short) is cut.
-fn with_reason(display: &str, reason: &str) -> String {
-    let reason_chars = reason.chars().count();
-    if reason_chars >= MAX_DISPLAY_CHARS {
-        return reason.chars().take(MAX_DISPLAY_CHARS).collect();
-    }
-    let room = MAX_DISPLAY_CHARS - reason_chars - 1;
-    let display_chars = display.chars().count();
-    let kept = match display
-        .char_indices()
-        .nth(display_chars.saturating_sub(room))
-    {
-        Some((start, _)) => &display[start..],
-        None => "",
-    };
-    format!("{kept}\n{reason}")
 }
 
 fn job_row(connection: &Connection, id: Uuid) -> Result<(i64, i32)> {
@@ -986,8 +929,9 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::{MAX_DISPLAY_CHARS, with_reason};
+    use crate::api::limits::MAX_DISPLAY_CHARS;
     use crate::api::workflows_v1::TaskState;
+    use crate::server::store::rules::with_reason;
     use crate::server::store::sqlite::SqliteStore;
     use crate::server::store::{
         ClaimRequest, ComputedReport, DEFAULT_CLUSTER_SLUG, Identifier, NewJob, NewTask, Page,
