@@ -873,11 +873,18 @@ pub(super) fn expire_leases(tx: &mut Tx<'_>, now: i64) -> Result<usize> {
     Ok(expired.len())
 }
 
+/// The job's row and state, locked: a retry or a cancel decides on the state it read, so a
+/// completion on another replica must wait for it (or it for the completion). Rare calls,
+/// so taking the job before its tasks (against the usual order) costs at most a retried
+/// deadlock.
 fn job_row(tx: &mut Tx<'_>, id: Uuid) -> Result<(i64, i64)> {
-    tx.query_opt("SELECT job, state FROM jobs WHERE uuid = $1", &[&id])
-        .map_err(pg("load job"))?
-        .map(|row| (row.get(0), row.get(1)))
-        .ok_or(Error::JobNotFound { id })
+    tx.query_opt(
+        "SELECT job, state FROM jobs WHERE uuid = $1 FOR UPDATE",
+        &[&id],
+    )
+    .map_err(pg("load job"))?
+    .map(|row| (row.get(0), row.get(1)))
+    .ok_or(Error::JobNotFound { id })
 }
 
 /// Re-queues a job's failed tasks (removing anything their failed attempts left below
