@@ -531,3 +531,209 @@ pub(super) fn delete_telemetry_batch(tx: &mut Tx<'_>, before: i64) -> Result<usi
     .map(|count| count as usize)
     .map_err(pg("delete telemetry"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, mpsc};
+
+    use super::super::test_cluster::{TestCluster, TestDatabase};
+    use super::super::{Options, PgStore};
+    use crate::server::store::{Page, Store, TelemetryKind, TelemetryRecord};
+
+    const TRACE: [u8; 16] = [0x7e; 16];
+
+    fn record(encoded: &[u8]) -> TelemetryRecord {
+        TelemetryRecord {
+            id: uuid::Uuid::now_v7(),
+            trace_id: TRACE.to_vec(),
+            task_id: None,
+            severity: 9,
+            time_unix_nano: 1,
+            encoded: encoded.to_vec(),
+        }
+    }
+
+    async fn follow(store: &PgStore, after: Option<&TelemetryRecord>) -> Vec<Vec<u8>> {
+        let page = Page {
+            after: after.map(|record| record.id),
+            limit: 100,
+            descending: false,
+        };
+        read(store, page).await
+    }
+
+    async fn read(store: &PgStore, page: Page) -> Vec<Vec<u8>> {
+        store
+            .query_telemetry(TelemetryKind::Log, TRACE.to_vec(), None, vec![], page)
+            .await
+            .expect("query telemetry")
+            .into_iter()
+            .map(|(_, encoded)| encoded)
+            .collect()
+    }
+
+    /// A session of its own holding a transaction open: what another replica's writer is
+    /// while its batch has not committed yet.
+    struct OpenTransaction {
+        commit: mpsc::Sender<()>,
+        done: std::thread::JoinHandle<()>,
+    }
+
+    impl OpenTransaction {
+        /// Inserts `record` in a transaction left open until [`commit`](Self::commit).
+        fn insert(url: &str, record: &TelemetryRecord) -> Self {
+            let (url, record) = (url.to_string(), record.clone());
+            let (inserted, wait_inserted) = mpsc::channel();
+            let (commit, wait_commit) = mpsc::channel::<()>();
+            let done = std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                let mut transaction = client.transaction().expect("begin");
+                transaction
+                    .execute(
+                        "INSERT INTO telemetry (uuid, kind, trace_id, task_id, severity, time_unix_nano, received_at, encoded)
+                         VALUES ($1, 0, $2, NULL, 9, 1, 0, $3)",
+                        &[&record.id, &record.trace_id, &record.encoded],
+                    )
+                    .expect("insert in the open transaction");
+                inserted.send(()).expect("the test waits");
+                wait_commit.recv().expect("the test commits");
+                transaction.commit().expect("commit");
+            });
+            wait_inserted.recv().expect("the insert ran");
+            Self { commit, done }
+        }
+
+        fn commit(self) {
+            self.commit.send(()).expect("the session waits");
+            self.done.join().expect("the session committed");
+        }
+    }
+
+    /// Records commit out of identity order across replicas; a follower paging ascending
+    /// gets each exactly once, in an order every later page continues.
+    #[tokio::test]
+    async fn a_follower_gets_records_committed_out_of_order_once_each() {
+        // A cluster of its own: the transaction this test holds open would hold back the
+        // followers of every other test on a shared one.
+        let database =
+            tokio::task::spawn_blocking(|| TestDatabase::create_on(Arc::new(TestCluster::start())))
+                .await
+                .expect("create a database");
+        let writer = PgStore::connect(&database.url, Options::default())
+            .await
+            .expect("connect the writing replica");
+        let follower = PgStore::connect(&database.url, Options::default())
+            .await
+            .expect("connect the following replica");
+
+        let first = record(b"first");
+        writer
+            .insert_telemetry(TelemetryKind::Log, vec![first.clone()])
+            .await
+            .expect("insert");
+        assert_eq!(follow(&follower, None).await, [b"first".to_vec()]);
+
+        // `late` takes its identity first but commits last; `early` commits in between.
+        let late = record(b"late");
+        let open = {
+            let url = database.url.clone();
+            let late = late.clone();
+            tokio::task::spawn_blocking(move || OpenTransaction::insert(&url, &late))
+                .await
+                .expect("open a transaction")
+        };
+        let early = record(b"early");
+        writer
+            .insert_telemetry(TelemetryKind::Log, vec![early.clone()])
+            .await
+            .expect("insert");
+
+        assert_eq!(
+            follow(&follower, Some(&first)).await,
+            Vec::<Vec<u8>>::new(),
+            "`early` is held back while a transaction older than it runs, and `late` is unseen"
+        );
+        assert_eq!(
+            follow(&follower, None).await,
+            [b"first".to_vec()],
+            "from the start too"
+        );
+        let newest = Page {
+            after: None,
+            limit: 100,
+            descending: true,
+        };
+        assert_eq!(
+            read(&follower, newest).await,
+            [b"early".to_vec(), b"first".to_vec()],
+            "a descending read (the newest records) takes no cutoff"
+        );
+
+        tokio::task::spawn_blocking(move || open.commit())
+            .await
+            .expect("commit");
+        assert_eq!(
+            follow(&follower, Some(&first)).await,
+            [b"late".to_vec(), b"early".to_vec()],
+            "after the cursor the follower had: both, each once, in commit-safe order"
+        );
+        assert_eq!(follow(&follower, Some(&early)).await, Vec::<Vec<u8>>::new());
+        assert_eq!(
+            follow(&follower, Some(&late)).await,
+            [b"early".to_vec()],
+            "a cursor resolves to its (xid, record) position"
+        );
+        assert_eq!(
+            follow(&follower, None).await,
+            [b"first".to_vec(), b"late".to_vec(), b"early".to_vec()]
+        );
+        assert!(
+            late.id < early.id,
+            "the ids are in the order opposite to commit"
+        );
+        drop((writer, follower));
+    }
+
+    /// Retention deletes in batches of `TELEMETRY_DELETE_BATCH`, and two replicas running it
+    /// at once delete every old record once between them, keeping the new ones.
+    #[tokio::test]
+    async fn two_replicas_expire_telemetry_together_in_batches() {
+        let (one, database) = super::super::tests::open().await;
+        let other = PgStore::connect(&database.url, Options::default())
+            .await
+            .expect("connect the second replica");
+        let old = 2 * super::TELEMETRY_DELETE_BATCH + 5_000;
+        let url = database.url.clone();
+        tokio::task::spawn_blocking(move || {
+            TestCluster::psql(
+                &url,
+                &format!(
+                    "INSERT INTO telemetry (uuid, kind, trace_id, severity, time_unix_nano, received_at, encoded)
+                     SELECT gen_random_uuid(), 0, '\\x00', 9, n, 1000, '\\x00' FROM generate_series(1, {old}) AS n;
+                     INSERT INTO telemetry (uuid, kind, trace_id, severity, time_unix_nano, received_at, encoded)
+                     SELECT gen_random_uuid(), 0, '\\x00', 9, n, 3000, '\\x00' FROM generate_series(1, 7) AS n"
+                ),
+            )
+        })
+        .await
+        .expect("insert old records");
+        let (a, b) = tokio::join!(
+            one.delete_telemetry_before(2000),
+            other.delete_telemetry_before(2000)
+        );
+        let (a, b) = (a.expect("delete"), b.expect("delete"));
+        assert_eq!(
+            (a + b) as i64,
+            old,
+            "every old record deleted once: {a} + {b}"
+        );
+        let url = database.url.clone();
+        let left = tokio::task::spawn_blocking(move || {
+            TestCluster::psql(&url, "SELECT count(*) FROM telemetry")
+        })
+        .await
+        .expect("count");
+        assert_eq!(left.trim(), "7", "the new records are kept");
+        assert_eq!(one.delete_telemetry_before(2000).await.expect("delete"), 0);
+    }
+}
