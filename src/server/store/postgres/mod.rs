@@ -27,7 +27,9 @@
 //! - `counters.rs`: per-job counters
 //! - `read.rs`: queries
 //! - `releases.rs`: clusters' deployments, workflows, artifacts, releases, telemetry
+//! - `blobs.rs`: artifact bytes, chunked, verified before they are readable
 
+pub mod blobs;
 mod migrations;
 mod read;
 mod releases;
