@@ -116,6 +116,13 @@ pub(super) fn delete_workflow(tx: &mut Tx<'_>, slug: &str) -> Result<()> {
     .ok_or_else(|| Error::WorkflowNotFound {
         slug: slug.to_string(),
     })?;
+    // Its releases locked before their deployments are read: a deployment racing on
+    // another replica has then committed (and is seen) or waits (and finds no release).
+    tx.query(
+        "SELECT release FROM releases WHERE workflow = $1 FOR UPDATE",
+        &[&slug],
+    )
+    .map_err(pg("delete workflow"))?;
     let deployed: Vec<String> = tx
         .query(
             "SELECT cluster FROM deployments WHERE workflow = $1 ORDER BY cluster",
@@ -210,15 +217,30 @@ fn releases_from(tx: &mut Tx<'_>, rows: Vec<Row>) -> Result<Vec<Release>> {
         .collect()
 }
 
+/// How a read of a release row locks it until the transaction ends.
+#[derive(Clone, Copy)]
+enum Lock {
+    None,
+    /// Deploying: an unpublish of the release waits for the deployment, then sees it.
+    Share,
+    /// Unpublishing: a deployment of the release waits, then finds it gone.
+    Update,
+}
+
 /// A release of `workflow` and its key.
-fn find_release(tx: &mut Tx<'_>, workflow: &str, id: Uuid) -> Result<(i64, Release)> {
+fn find_release(tx: &mut Tx<'_>, workflow: &str, id: Uuid, lock: Lock) -> Result<(i64, Release)> {
     let not_found = || Error::ReleaseNotFound {
         workflow: workflow.to_string(),
         id,
     };
+    let lock = match lock {
+        Lock::None => "",
+        Lock::Share => " FOR SHARE OF r",
+        Lock::Update => " FOR UPDATE OF r",
+    };
     let row = tx
         .query_opt(
-            &format!("{RELEASE_SELECT} WHERE r.uuid = $1 AND r.workflow = $2"),
+            &format!("{RELEASE_SELECT} WHERE r.uuid = $1 AND r.workflow = $2{lock}"),
             &[&id, &workflow],
         )
         .map_err(pg("get release"))?
@@ -229,7 +251,7 @@ fn find_release(tx: &mut Tx<'_>, workflow: &str, id: Uuid) -> Result<(i64, Relea
 }
 
 pub(super) fn get_release(tx: &mut Tx<'_>, workflow: &str, id: Uuid) -> Result<Release> {
-    Ok(find_release(tx, workflow, id)?.1)
+    Ok(find_release(tx, workflow, id, Lock::None)?.1)
 }
 
 pub(super) fn list_releases(tx: &mut Tx<'_>, workflow: &str) -> Result<Vec<Release>> {
@@ -287,33 +309,36 @@ pub(super) fn publish_release(
 }
 
 pub(super) fn unpublish_release(tx: &mut Tx<'_>, workflow: &str, id: Uuid) -> Result<()> {
-    let (key, release) = find_release(tx, workflow, id)?;
+    // Locked first, so its deployments are read after any deployment racing on another
+    // replica committed (each statement reads afresh at READ COMMITTED).
+    let (key, release) = find_release(tx, workflow, id, Lock::Update)?;
     if !release.clusters.is_empty() {
         return Err(Error::Conflict(format!(
             "release {id} is deployed to {}; undeploy it first",
             release.clusters.join(", ")
         )));
     }
-    // Only while still undeployed: a deployment committed by another replica since the
-    // read above keeps it.
-    let deleted = tx
-        .execute(
-            "DELETE FROM releases WHERE release = $1
-             AND NOT EXISTS (SELECT 1 FROM deployments WHERE release = $1)",
-            &[&key],
-        )
+    tx.execute("DELETE FROM releases WHERE release = $1", &[&key])
         .map_err(pg("unpublish release"))?;
-    if deleted == 0 {
-        return Err(Error::Conflict(format!(
-            "release {id} was deployed meanwhile; undeploy it first"
-        )));
-    }
     Ok(())
 }
 
-fn check_clusters(tx: &mut Tx<'_>, clusters: &[String]) -> Result<()> {
+/// Checks the clusters exist; `lock` keeps them until the transaction ends, so a deletion
+/// of one (which takes its deployments along) waits for a deployment to it.
+fn check_clusters(tx: &mut Tx<'_>, clusters: &[String], lock: bool) -> Result<()> {
     for cluster in clusters {
-        super::get_cluster(tx, cluster)?;
+        if !lock {
+            super::get_cluster(tx, cluster)?;
+            continue;
+        }
+        tx.query_opt(
+            "SELECT slug FROM clusters WHERE slug = $1 FOR SHARE",
+            &[cluster],
+        )
+        .map_err(pg("deploy release"))?
+        .ok_or_else(|| Error::ClusterNotFound {
+            slug: cluster.clone(),
+        })?;
     }
     Ok(())
 }
@@ -325,8 +350,11 @@ pub(super) fn deploy_release(
     clusters: &[String],
     now: i64,
 ) -> Result<Release> {
-    let (key, _) = find_release(tx, workflow, id)?;
-    check_clusters(tx, clusters)?;
+    // The release locked (shared), so an unpublish or a workflow deletion racing on another
+    // replica (both lock it for update before they read its deployments) waits for the
+    // deployment and then refuses, or went first and the release is not found.
+    let (key, _) = find_release(tx, workflow, id, Lock::Share)?;
+    check_clusters(tx, clusters, true)?;
     for cluster in clusters {
         tx.execute(
             "INSERT INTO deployments (cluster, workflow, release, deployed_at) VALUES ($1, $2, $3, $4)
@@ -344,8 +372,8 @@ pub(super) fn undeploy_release(
     id: Uuid,
     clusters: &[String],
 ) -> Result<Release> {
-    let (key, _) = find_release(tx, workflow, id)?;
-    check_clusters(tx, clusters)?;
+    let (key, _) = find_release(tx, workflow, id, Lock::None)?;
+    check_clusters(tx, clusters, false)?;
     for cluster in clusters {
         tx.execute(
             "DELETE FROM deployments WHERE cluster = $1 AND workflow = $2 AND release = $3",
@@ -735,5 +763,134 @@ mod tests {
         .expect("count");
         assert_eq!(left.trim(), "7", "the new records are kept");
         assert_eq!(one.delete_telemetry_before(2000).await.expect("delete"), 0);
+    }
+}
+
+#[cfg(test)]
+mod races {
+    use std::time::{Duration, Instant};
+
+    use super::super::test_cluster::TestCluster;
+    use super::super::tests::open;
+    use super::super::{Options, PgStore};
+    use crate::server::store::{Cluster, Error, Store, Workflow};
+
+    /// Sessions of this database waiting for a lock.
+    fn waiting(url: &str) -> usize {
+        TestCluster::psql(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .parse()
+        .expect("a count")
+    }
+
+    async fn wait_for_waiters(url: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = url.to_string();
+            let found = tokio::task::spawn_blocking(move || waiting(&url))
+                .await
+                .expect("count waiters");
+            if found >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} sessions never waited for a lock ({found} did)"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A deployment on one replica and an unpublish (or a workflow deletion) of the same
+    /// release on another, at once: the one that waited sees the other's outcome, and no
+    /// deployment is left naming a release that is gone.
+    #[tokio::test]
+    async fn a_deployment_racing_an_unpublish_or_a_deletion_leaves_no_dangling_deployment() {
+        let (one, database) = open().await;
+        let other = PgStore::connect(&database.url, Options::default())
+            .await
+            .expect("connect the second replica");
+        one.create_cluster(Cluster {
+            slug: "gpu".into(),
+            name: "GPU".into(),
+            description: String::new(),
+            deletable: true,
+        })
+        .await
+        .expect("create cluster");
+        one.create_workflow(Workflow {
+            slug: "ingest".into(),
+            name: "Ingest".into(),
+            summary: String::new(),
+            description: String::new(),
+        })
+        .await
+        .expect("create workflow");
+        let artifact = one
+            .register_artifact("a".repeat(64), 1)
+            .await
+            .expect("register artifact");
+        let release = one
+            .publish_release("ingest", artifact.id, "f".into(), vec![])
+            .await
+            .expect("publish");
+
+        for deletion in ["unpublish", "delete the workflow"] {
+            // Holding the cluster row stops the deployment after it locked the release.
+            let (hold, held) = std::sync::mpsc::channel::<()>();
+            let (locked, wait_locked) = std::sync::mpsc::channel::<()>();
+            let url = database.url.clone();
+            let holder = std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                let mut transaction = client.transaction().expect("begin");
+                transaction
+                    .execute("SELECT 1 FROM clusters WHERE slug = 'gpu' FOR UPDATE", &[])
+                    .expect("lock the cluster");
+                locked.send(()).expect("the test waits");
+                held.recv().expect("the test releases");
+                transaction.commit().expect("commit");
+            });
+            wait_locked.recv().expect("locked");
+            let deploy = {
+                let other = other.clone();
+                tokio::spawn(async move {
+                    other
+                        .deploy_release("ingest", release.id, vec!["gpu".into()])
+                        .await
+                })
+            };
+            wait_for_waiters(&database.url, 1).await;
+            let delete = {
+                let one = one.clone();
+                tokio::spawn(async move {
+                    match deletion {
+                        "unpublish" => one.unpublish_release("ingest", release.id).await,
+                        _ => one.delete_workflow("ingest").await,
+                    }
+                })
+            };
+            wait_for_waiters(&database.url, 2).await;
+            hold.send(()).expect("release the cluster");
+            holder.join().expect("the holder committed");
+            let deployed = deploy.await.expect("deploy task").expect("the deployment");
+            assert_eq!(deployed.clusters, ["gpu"]);
+            let refused = delete.await.expect("delete task");
+            assert!(
+                matches!(&refused, Err(Error::Conflict(message)) if message.contains("gpu")),
+                "{deletion} waited for the deployment and refused: {refused:?}"
+            );
+            assert_eq!(
+                one.get_release("ingest", release.id)
+                    .await
+                    .expect("the release is kept")
+                    .clusters,
+                ["gpu"]
+            );
+            one.undeploy_release("ingest", release.id, vec!["gpu".into()])
+                .await
+                .expect("undeploy");
+        }
     }
 }
