@@ -146,7 +146,7 @@ pub struct Server {
     listener: TcpListener,
     scheduler: Scheduler,
     authenticate: auth::Authenticate,
-    artifacts: artifacts::ArtifactFiles,
+    artifacts: artifacts::ArtifactStorage,
     telemetry_retention: std::time::Duration,
     limits: Limits,
     tls: Option<tls::TlsConfig>,
@@ -189,12 +189,12 @@ impl Server {
                 address: options.listen,
                 source,
             })?;
-        let artifacts = artifacts::ArtifactFiles::new(
+        let artifacts = artifacts::ArtifactStorage::Files(artifacts::ArtifactFiles::new(
             options.data_dir.join("artifacts"),
             options.max_artifact_bytes,
-        );
+        ));
         // Uploads cut short by a killed server; nothing else can be writing them yet.
-        match artifacts.remove_stale_uploads()? {
+        match artifacts.remove_stale_uploads().await? {
             0 => {}
             count => tracing::info!(count, "removed the temporary files of unfinished uploads"),
         }

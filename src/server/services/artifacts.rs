@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 
-use tokio::io::AsyncReadExt;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -13,21 +12,18 @@ use crate::api::selfhosted_v1::artifact_service_server::ArtifactService;
 use crate::api::selfhosted_v1::{
     ArtifactChunk, ArtifactInfo, GetArtifactRequest, UploadArtifactRequest,
 };
-use crate::server::artifacts::{self, ArtifactFiles};
+use crate::server::artifacts::{self, ArtifactStorage};
 use crate::server::auth::{Action, authorize};
 use crate::server::store::{Artifact, Store};
 
-/// Bytes per download message.
-const CHUNK_BYTES: usize = 256 * 1024;
-
 pub struct Artifacts {
     store: std::sync::Arc<dyn Store>,
-    files: ArtifactFiles,
+    storage: ArtifactStorage,
 }
 
 impl Artifacts {
-    pub fn new(store: std::sync::Arc<dyn Store>, files: ArtifactFiles) -> Self {
-        Self { store, files }
+    pub fn new(store: std::sync::Arc<dyn Store>, storage: ArtifactStorage) -> Self {
+        Self { store, storage }
     }
 
     async fn find(&self, request: &GetArtifactRequest) -> Result<Artifact, Status> {
@@ -69,6 +65,11 @@ fn upload_status(error: artifacts::Error) -> Status {
         artifacts::Error::TooLarge { .. } | artifacts::Error::StorageFull { .. } => {
             Status::resource_exhausted(error.to_string())
         }
+        artifacts::Error::Database(error) => store_status(error),
+        artifacts::Error::Missing { .. } => {
+            tracing::error!(error = %error, "a registered artifact has no bytes");
+            Status::internal(error.to_string())
+        }
         other => Status::invalid_argument(other.to_string()),
     }
 }
@@ -86,7 +87,7 @@ impl ArtifactService for Artifacts {
             .await?
             .ok_or_else(|| Status::invalid_argument("an upload needs at least one message"))?;
         let mut upload = self
-            .files
+            .storage
             .begin(&first.digest, first.size)
             .await
             .map_err(upload_status)?;
@@ -120,8 +121,7 @@ impl ArtifactService for Artifacts {
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         authorize(&request, Action::ReadArtifacts)?;
         let artifact = self.find(request.get_ref()).await?;
-        let path = self.files.path(&artifact.digest);
-        let mut file = fs_err::tokio::File::open(&path).await.map_err(|error| {
+        let mut download = self.storage.open(&artifact.digest).await.map_err(|error| {
             Status::internal(format!(
                 "artifact {} is registered but unreadable: {error}",
                 artifact.digest
@@ -129,29 +129,17 @@ impl ArtifactService for Artifacts {
         })?;
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let mut buffer = vec![0u8; CHUNK_BYTES];
             loop {
-                match file.read(&mut buffer).await {
-                    Ok(0) => break,
-                    Ok(count) => {
-                        if sender
-                            .send(Ok(ArtifactChunk {
-                                chunk: buffer[..count].to_vec(),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        let _ = sender
-                            .send(Err(Status::internal(format!(
-                                "reading the artifact failed: {error}"
-                            ))))
-                            .await;
-                        break;
-                    }
+                let message = match download.next().await {
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => Ok(ArtifactChunk { chunk }),
+                    Err(error) => Err(Status::internal(format!(
+                        "reading the artifact failed: {error}"
+                    ))),
+                };
+                let failed = message.is_err();
+                if sender.send(message).await.is_err() || failed {
+                    break;
                 }
             }
         });

@@ -27,7 +27,9 @@
 //! - `counters.rs`: per-job counters
 //! - `read.rs`: queries
 //! - `releases.rs`: clusters' deployments, workflows, artifacts, releases, telemetry
+//! - `blobs.rs`: artifact bytes, chunked, verified before they are readable
 
+pub mod blobs;
 mod counters;
 mod migrations;
 mod read;
@@ -63,6 +65,9 @@ const WRITE_QUEUE: usize = 1024;
 const MAX_ATTEMPTS: usize = 5;
 /// Cached prepared statements per connection; the cache is cleared when full.
 const MAX_STATEMENTS: usize = 256;
+/// How long an ascending telemetry read waits for transactions holding its newest records
+/// back (see `releases::query_telemetry`) before it answers without them.
+const TELEMETRY_SETTLE: Duration = Duration::from_secs(2);
 
 /// How the store connects.
 #[derive(Debug, Clone)]
@@ -1037,15 +1042,53 @@ impl Store for PgStore {
         severities: Vec<(i32, i32)>,
         page: Page,
     ) -> Result<Vec<(Uuid, Vec<u8>)>> {
-        self.read(move |tx| {
-            releases::query_telemetry(tx, kind, &trace_id, task_id.as_deref(), &severities, page)
-        })
-        .await
+        let read = || {
+            let (trace_id, task_id, severities) =
+                (trace_id.clone(), task_id.clone(), severities.clone());
+            self.read(move |tx| {
+                releases::query_telemetry(
+                    tx,
+                    kind,
+                    &trace_id,
+                    task_id.as_deref(),
+                    &severities,
+                    page,
+                )
+            })
+        };
+        let (records, held_back) = read().await?;
+        let Some(xid) = held_back else {
+            return Ok(records);
+        };
+        // Records are held back by transactions still running (usually for milliseconds):
+        // wait a little for them, so a reader sees what was reported just before it asked.
+        // A follower that does not wait long enough gets them on its next page.
+        let deadline = tokio::time::Instant::now() + TELEMETRY_SETTLE;
+        loop {
+            let xid = xid.clone();
+            if self.read(move |tx| releases::settled(tx, &xid)).await? {
+                return Ok(read().await?.0);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(records);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize> {
-        self.write(move |tx| releases::delete_telemetry_before(tx, received_before_millis))
-            .await
+        // Short batches, each its own write: retention never holds a long transaction, and
+        // replicas running it at once skip each other's rows.
+        let mut deleted = 0;
+        loop {
+            let batch = self
+                .write(move |tx| releases::delete_telemetry_batch(tx, received_before_millis))
+                .await?;
+            deleted += batch;
+            if batch < releases::TELEMETRY_DELETE_BATCH as usize {
+                return Ok(deleted);
+            }
+        }
     }
 }
 
@@ -1221,6 +1264,19 @@ mod tests {
         assert!(
             shown.contains("sslmode=require") && !shown.contains("hunter2"),
             "{shown}"
+        );
+    }
+
+    mod conformance_releases {
+        use super::*;
+
+        crate::server::store::conformance::conformance_tests!(@rules open();
+            workflows_are_managed_and_kept_while_deployed,
+            artifacts_are_registered_once_per_digest,
+            publishing_is_idempotent_per_artifact_and_fingerprint,
+            a_cluster_runs_one_release_per_workflow,
+            telemetry_is_read_per_trace_in_arrival_order_and_expires,
+            deleting_a_cluster_removes_its_deployments,
         );
     }
 }

@@ -178,6 +178,8 @@ CREATE TABLE telemetry (
     xid            xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX telemetry_by_trace ON telemetry (kind, trace_id, record);
+-- what a follower pages with: ascending reads order by (xid, record)
+CREATE INDEX telemetry_by_trace_commit ON telemetry (kind, trace_id, xid, record);
 CREATE INDEX telemetry_by_age ON telemetry (received_at);
 
 -- Artifact bytes, so every replica can serve every release: an upload writes its chunks
