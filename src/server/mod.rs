@@ -158,12 +158,19 @@ impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(options: Options) -> Result<Self, Error> {
         let authenticate = auth::Authenticate::new(&options.tokens, options.keys_file)?;
-        let (store, signals, store_description): (Arc<dyn Store>, Signals, String) = match &options
-            .database
-        {
+        let (store, signals, artifacts, store_description): (
+            Arc<dyn Store>,
+            Signals,
+            artifacts::ArtifactStorage,
+            String,
+        ) = match &options.database {
             None => (
                 Arc::new(SqliteStore::open(&options.data_dir)?),
                 Signals::local(),
+                artifacts::ArtifactStorage::Files(artifacts::ArtifactFiles::new(
+                    options.data_dir.join("artifacts"),
+                    options.max_artifact_bytes,
+                )),
                 options
                     .data_dir
                     .join(store::sqlite::DATABASE_FILE)
@@ -179,8 +186,11 @@ impl Server {
                 )
                 .await?;
                 let signals = Signals::postgres(store.config().clone(), store.target().to_string());
+                // Every replica reads every artifact: the bytes live in the database too.
+                let artifacts =
+                    artifacts::ArtifactStorage::database(&store, options.max_artifact_bytes);
                 let description = format!("postgres://{}", store.target());
-                (Arc::new(store), signals, description)
+                (Arc::new(store), signals, artifacts, description)
             }
         };
         let listener = TcpListener::bind(options.listen)
@@ -189,11 +199,8 @@ impl Server {
                 address: options.listen,
                 source,
             })?;
-        let artifacts = artifacts::ArtifactStorage::Files(artifacts::ArtifactFiles::new(
-            options.data_dir.join("artifacts"),
-            options.max_artifact_bytes,
-        ));
-        // Uploads cut short by a killed server; nothing else can be writing them yet.
+        // Uploads cut short by a killed server (in the database: only those old enough that
+        // no other replica can still be writing them).
         match artifacts.remove_stale_uploads().await? {
             0 => {}
             count => tracing::info!(count, "removed the temporary files of unfinished uploads"),

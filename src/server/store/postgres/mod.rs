@@ -625,6 +625,17 @@ fn row_to_cluster(row: &Row) -> Cluster {
     }
 }
 
+/// Tells every replica's deployment watches to read again, in the transaction that changed
+/// the deployments: delivered at its commit, never without it (see `server/signals.rs`).
+fn notify_deployments(tx: &mut Tx<'_>) -> Result<()> {
+    tx.execute(
+        "SELECT pg_notify($1, '')",
+        &[&crate::server::signals::DEPLOYMENTS_CHANNEL],
+    )
+    .map(|_| ())
+    .map_err(pg("notify deployment watches"))
+}
+
 pub(super) fn get_cluster(tx: &mut Tx<'_>, slug: &str) -> Result<Cluster> {
     tx.query_opt(
         "SELECT slug, name, description, deletable FROM clusters WHERE slug = $1",
@@ -1004,8 +1015,12 @@ impl Store for PgStore {
         clusters: Vec<String>,
     ) -> Result<Release> {
         let workflow = workflow.to_string();
-        self.write(move |tx| releases::deploy_release(tx, &workflow, id, &clusters, now_millis()))
-            .await
+        self.write(move |tx| {
+            let release = releases::deploy_release(tx, &workflow, id, &clusters, now_millis())?;
+            notify_deployments(tx)?;
+            Ok(release)
+        })
+        .await
     }
 
     async fn undeploy_release(
@@ -1015,8 +1030,12 @@ impl Store for PgStore {
         clusters: Vec<String>,
     ) -> Result<Release> {
         let workflow = workflow.to_string();
-        self.write(move |tx| releases::undeploy_release(tx, &workflow, id, &clusters))
-            .await
+        self.write(move |tx| {
+            let release = releases::undeploy_release(tx, &workflow, id, &clusters)?;
+            notify_deployments(tx)?;
+            Ok(release)
+        })
+        .await
     }
 
     async fn cluster_deployments(&self, cluster: &str) -> Result<Vec<Release>> {
