@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::{TestServer, sdk_python, tail_of_file, wait_for_exit};
+use crate::common::{Replicas, TestServer, sdk_python, tail_of_file, wait_for_exit};
 use serde::Deserialize;
 
 /// A scenario script is killed and the test fails after this long.
@@ -24,8 +24,75 @@ const SUMMARY_PREFIX: &str = "interop-summary: ";
 /// How much of a script's output and the server's stderr goes into the test's captured output.
 const OUTPUT_TAIL_BYTES: u64 = 16 * 1024;
 
-#[test]
-fn fanout_with_dependencies_completes_in_dependency_order() {
+/// Where a scenario runs: one server (SQLite), or two replicas on one PostgreSQL database,
+/// with the jobs submitted and read through the first and the runners on the second.
+pub(crate) enum Servers {
+    One(TestServer),
+    Two(Replicas),
+}
+
+impl Servers {
+    /// The server the script submits, queries and reads through.
+    fn submit(&self) -> &TestServer {
+        match self {
+            Servers::One(server) => server,
+            Servers::Two(replicas) => replicas.server(0),
+        }
+    }
+
+    /// The URL the script's runners use (`TILEBOX_RUNNER_API_URL`).
+    fn runner_url(&self) -> &str {
+        match self {
+            Servers::One(server) => server.url(),
+            Servers::Two(replicas) => replicas.server(1).url(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Servers::One(server) => server.stop(),
+            Servers::Two(replicas) => {
+                let Replicas { servers, database } = replicas;
+                servers.into_iter().for_each(TestServer::stop);
+                drop(database);
+            }
+        }
+    }
+}
+
+/// Each scenario twice: `one_server::NAME` and `two_replicas::NAME`.
+macro_rules! scenarios {
+    ($($name:ident),+ $(,)?) => {
+        mod one_server {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Servers::One(crate::common::TestServer::start()));
+                }
+            )+
+        }
+        mod two_replicas {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Servers::Two(crate::common::Replicas::start(2, &[])));
+                }
+            )+
+        }
+    };
+}
+
+scenarios!(
+    fanout_with_dependencies_completes_in_dependency_order,
+    dependant_waits_for_the_descendants_of_its_dependency,
+    retry_requeues_failed_tasks_and_the_job_completes,
+    optional_failures_do_not_fail_the_job,
+    default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster,
+    sdk_logs_and_spans_are_stored_and_read_back,
+    sdk_queries_jobs_by_id_interval_and_automation,
+);
+
+fn fanout_with_dependencies_completes_in_dependency_order(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         cluster: ClusterSummary,
@@ -36,8 +103,7 @@ fn fanout_with_dependencies_completes_in_dependency_order() {
     }
     const LEAVES: u64 = 25;
 
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "fanout.py", &[]);
+    let summary: Summary = run_script_on(&servers, "fanout.py", &[]);
 
     assert!(
         !summary.cluster.slug.is_empty(),
@@ -133,19 +199,17 @@ fn fanout_with_dependencies_completes_in_dependency_order() {
         );
     }
 
-    server.stop();
+    servers.stop();
 }
 
-#[test]
-fn dependant_waits_for_the_descendants_of_its_dependency() {
+fn dependant_waits_for_the_descendants_of_its_dependency(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         job: JobSummary,
         events: Vec<Event>,
     }
 
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "descendants.py", &[]);
+    let summary: Summary = run_script_on(&servers, "descendants.py", &[]);
 
     assert_eq!(summary.job.state, "COMPLETED");
     assert_eq!(summary.job.tasks_by_state, counts(&[("COMPUTED", 5)]));
@@ -163,11 +227,10 @@ fn dependant_waits_for_the_descendants_of_its_dependency() {
     let after = single(&summary.events, |event| event.kind == "after");
     assert_eq!(after.depends_on, [parent.task_id.as_str()]);
 
-    server.stop();
+    servers.stop();
 }
 
-#[test]
-fn retry_requeues_failed_tasks_and_the_job_completes() {
+fn retry_requeues_failed_tasks_and_the_job_completes(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         flaky: RetriedJob,
@@ -189,8 +252,7 @@ fn retry_requeues_failed_tasks_and_the_job_completes() {
         rescheduled: Option<u64>,
     }
 
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "retry.py", &[]);
+    let summary: Summary = run_script_on(&servers, "retry.py", &[]);
 
     // The flaky root task fails twice, then succeeds (the SDK's own recorded test).
     let steps: Vec<StepView> = summary
@@ -293,11 +355,10 @@ fn retry_requeues_failed_tasks_and_the_job_completes() {
         "every task of the halting job computed once, Broken after one failure"
     );
 
-    server.stop();
+    servers.stop();
 }
 
-#[test]
-fn optional_failures_do_not_fail_the_job() {
+fn optional_failures_do_not_fail_the_job(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         branch: JobSummary,
@@ -305,8 +366,7 @@ fn optional_failures_do_not_fail_the_job() {
         events: Vec<Event>,
     }
 
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "optional.py", &[]);
+    let summary: Summary = run_script_on(&servers, "optional.py", &[]);
 
     // Optional sub-branch: Failing is FAILED_OPTIONAL, its dependant "inner" SKIPPED.
     assert_eq!(summary.branch.state, "COMPLETED", "optional sub-branch job");
@@ -370,11 +430,10 @@ fn optional_failures_do_not_fail_the_job() {
         "the dependant's dependencies"
     );
 
-    server.stop();
+    servers.stop();
 }
 
-#[test]
-fn default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster() {
+fn default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         default_cluster: ClusterSummary,
@@ -388,8 +447,7 @@ fn default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster() {
         events: Vec<Event>,
     }
 
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "default_cluster.py", &[]);
+    let summary: Summary = run_script_on(&servers, "default_cluster.py", &[]);
 
     let default = &summary.default_cluster.slug;
     assert!(
@@ -434,7 +492,7 @@ fn default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster() {
     assert_eq!(summary.elsewhere.state, "COMPLETED");
     assert_eq!(summary.elsewhere.tasks_by_state, counts(&[("COMPUTED", 2)]));
 
-    server.stop();
+    servers.stop();
 }
 
 #[test]
@@ -507,8 +565,7 @@ fn acknowledged_work_survives_a_server_kill() {
     server.stop();
 }
 
-#[test]
-fn sdk_logs_and_spans_are_stored_and_read_back() {
+fn sdk_logs_and_spans_are_stored_and_read_back(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         job: JobSummary,
@@ -534,8 +591,7 @@ fn sdk_logs_and_spans_are_stored_and_read_back() {
         task_id: Option<String>,
     }
 
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "telemetry.py", &[]);
+    let summary: Summary = run_script_on(&servers, "telemetry.py", &[]);
 
     assert_eq!(
         summary.runner_exit_code, 0,
@@ -588,11 +644,10 @@ fn sdk_logs_and_spans_are_stored_and_read_back() {
         );
     }
 
-    server.stop();
+    servers.stop();
 }
 
-#[test]
-fn sdk_queries_jobs_by_id_interval_and_automation() {
+fn sdk_queries_jobs_by_id_interval_and_automation(servers: Servers) {
     #[derive(Deserialize)]
     struct Summary {
         submitted: Vec<String>,
@@ -602,8 +657,7 @@ fn sdk_queries_jobs_by_id_interval_and_automation() {
         automation: Vec<String>,
         automation_and_ids: Vec<String>,
     }
-    let server = TestServer::start();
-    let summary: Summary = run_script(&server, "query_filters.py", &[]);
+    let summary: Summary = run_script_on(&servers, "query_filters.py", &[]);
     let jobs = &summary.submitted;
     assert_eq!(jobs.len(), 4);
     // The SDK's tuple is [start, end]: both ends included.
@@ -617,7 +671,7 @@ fn sdk_queries_jobs_by_id_interval_and_automation() {
         "{:?}",
         summary.automation_and_ids
     );
-    server.stop();
+    servers.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,6 +886,21 @@ fn single_at(events: &[Event], predicate: impl Fn(&Event) -> bool) -> (usize, &E
 
 fn single(events: &[Event], predicate: impl Fn(&Event) -> bool) -> &Event {
     single_at(events, predicate).1
+}
+
+/// [`run_script`] on `servers`: submitting through one, its runners on the other
+/// (`TILEBOX_RUNNER_API_URL`).
+fn run_script_on<T: serde::de::DeserializeOwned>(
+    servers: &Servers,
+    name: &str,
+    args: &[&str],
+) -> T {
+    run_script_with_env(
+        servers.submit(),
+        name,
+        args,
+        &[("TILEBOX_RUNNER_API_URL", Path::new(servers.runner_url()))],
+    )
 }
 
 /// Runs `tests/interop/<name> <args>` with the SDK venv's Python against `server` and returns its

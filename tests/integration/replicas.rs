@@ -12,23 +12,25 @@ use crate::common::{
 
 /// One task that succeeds, one that fails, and one that fans out.
 const APP: &str = r#"
+import time
 from tilebox.workflows import ExecutionContext, Runner, Task
 
 class Hello(Task):
-    name: str
-
     def execute(self, context: ExecutionContext) -> None:
-        print(f"hello {self.name}")
+        # Long enough that a replica or the database goes away while tasks run.
+        time.sleep(0.02)
+        print("hello")
 
 class Broken(Task):
     def execute(self, context: ExecutionContext) -> None:
         raise ValueError("broken on purpose")
 
+# One field: its wire form is the bare number (`tilebox job submit --input 20`).
 class FanOut(Task):
     count: int
 
     def execute(self, context: ExecutionContext) -> None:
-        context.submit_subtasks([Hello(str(index)) for index in range(self.count)])
+        context.submit_subtasks([Hello() for _ in range(self.count)])
 
 runner = Runner(tasks=[Hello, Broken, FanOut])
 "#;
@@ -72,14 +74,14 @@ fn jobs_and_reads_agree_across_replicas() {
     let replicas = Replicas::start(2, &[]);
     let (a, b) = (replicas.server(0), replicas.server(1));
 
-    let job = submit(a, "Hello", r#"{"name": "replica"}"#);
+    let job = submit(a, "Hello", "{}");
     let seen = job_document(b, &job);
     assert_eq!(
         seen["id"],
         job.as_str(),
         "a job submitted through A is read on B: {seen}"
     );
-    assert_eq!(seen["state"], "queued", "{seen}");
+    assert_eq!(seen["state"], "submitted", "{seen}");
     let listed = json_of(&b.tilebox(&["--json", "job", "list"]));
     assert!(
         listed.to_string().contains(&job),
@@ -99,7 +101,8 @@ fn jobs_and_reads_agree_across_replicas() {
     json_of(&a.tilebox(&["--json", "job", "retry", &broken]));
     let retried = job_document(b, &broken);
     assert_eq!(
-        retried["state"], "queued",
+        retried["execution_stats"]["tasks_by_state"],
+        serde_json::json!({"queued": 1}),
         "B sees the retry made through A: {retried}"
     );
     let stored = TestCluster::psql(&replicas.database.url, "SELECT count(*) FROM jobs");
@@ -115,14 +118,246 @@ fn a_task_submitted_on_one_replica_wakes_a_runner_long_polling_on_the_other() {
     let project = project("replicas", APP);
     let _runner = start_runner(b, project.path(), "runner-b");
 
-    let first = submit(a, "Hello", r#"{"name": "first"}"#);
+    let first = submit(a, "Hello", "{}");
     wait_for_job_state(b, &first, "completed", Duration::from_secs(120));
     // The runner reported the first task and is waiting in a new long poll on B.
     std::thread::sleep(Duration::from_millis(500));
-    let second = submit(a, "FanOut", r#"{"count": 20}"#);
+    let second = submit(a, "FanOut", "20");
     let done = wait_for_job_state(a, &second, "completed", Duration::from_secs(20));
     assert_eq!(
         done["execution_stats"]["total_tasks"], 21,
         "the fan-out ran to the end on B: {done}"
     );
+}
+
+/// Four runners, two on each replica, work through fan-outs submitted through A; replica B
+/// is killed with SIGKILL mid-run. Every job A acknowledged completes with every task
+/// computed once: B's runners' leases expire and A's reaper hands their tasks out again.
+/// B then comes back on its port, and its runners resume.
+#[test]
+fn killing_a_replica_under_load_loses_nothing_acknowledged() {
+    const JOBS: usize = 12;
+    const FAN_OUT: u64 = 150;
+    let mut replicas = Replicas::start(2, &["--lease-seconds", "3", "--max-lease-seconds", "3"]);
+    let project = project("replicas", APP);
+    let mut runners: Vec<RunnerProcess> = (0..4)
+        .map(|index| {
+            start_runner(
+                replicas.server(index % 2),
+                project.path(),
+                &format!("runner-{index}"),
+            )
+        })
+        .collect();
+
+    let a = replicas.server(0);
+    let mut acknowledged: Vec<String> = (0..JOBS / 2)
+        .map(|_| submit(a, "FanOut", &FAN_OUT.to_string()))
+        .collect();
+    // Under way on both replicas: some tasks computed, the work far from done.
+    let mut computed_so_far = 0;
+    crate::common::wait_until(
+        "the first tasks to compute",
+        Duration::from_secs(120),
+        || {
+            computed_so_far = acknowledged
+                .iter()
+                .map(|job| {
+                    job_document(a, job)["execution_stats"]["tasks_by_state"]["computed"]
+                        .as_u64()
+                        .unwrap_or(0)
+                })
+                .sum::<u64>();
+            computed_so_far >= 50
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}: {computed_so_far} computed"));
+    replicas.servers[1].kill();
+    let total = (JOBS / 2) as u64 * (FAN_OUT + 1);
+    assert!(
+        computed_so_far < total,
+        "the replica is killed mid-run: {computed_so_far} of {total} computed"
+    );
+    let a = replicas.server(0);
+    acknowledged.extend((JOBS / 2..JOBS).map(|_| submit(a, "FanOut", &FAN_OUT.to_string())));
+
+    for job in &acknowledged {
+        let done = wait_for_job_state(a, job, "completed", Duration::from_secs(300));
+        assert_eq!(
+            done["execution_stats"]["total_tasks"],
+            FAN_OUT + 1,
+            "{done}"
+        );
+        assert_eq!(
+            done["execution_stats"]["tasks_by_state"]["computed"],
+            FAN_OUT + 1,
+            "every task of job {job} computed: {done}"
+        );
+    }
+    for runner in &mut runners {
+        assert!(
+            runner.is_running(),
+            "a runner exited while its replica was away:\n{}",
+            runner.log()
+        );
+    }
+
+    // B comes back on its port; its runners find it again and run a job submitted to it.
+    replicas.servers[1].restart();
+    runners[0].kill();
+    runners[2].kill();
+    let b = replicas.server(1);
+    let after = submit(b, "FanOut", "10");
+    let done = wait_for_job_state(b, &after, "completed", Duration::from_secs(120));
+    assert_eq!(
+        done["execution_stats"]["tasks_by_state"]["computed"], 11,
+        "{done}"
+    );
+}
+
+/// PostgreSQL restarts (fast shutdown, every session ended) in the middle of a run: both
+/// servers answer UNAVAILABLE meanwhile, reconnect, and every job completes; a job
+/// submitted after the restart through one replica wakes a runner on the other, so the
+/// listening connections came back too.
+#[test]
+fn a_postgres_restart_mid_run_is_survived() {
+    let cluster = std::sync::Arc::new(TestCluster::start());
+    let database = crate::common::postgres::TestDatabase::create_on(cluster.clone());
+    let replicas = Replicas::start_on(
+        database,
+        2,
+        &[
+            "--lease-seconds",
+            "3",
+            "--max-lease-seconds",
+            "3",
+            "--long-poll-ms",
+            "60000",
+        ],
+    );
+    let (a, b) = (replicas.server(0), replicas.server(1));
+    let project = project("replicas", APP);
+    let mut runners: Vec<RunnerProcess> = (0..2)
+        .map(|index| {
+            start_runner(
+                replicas.server(index),
+                project.path(),
+                &format!("runner-{index}"),
+            )
+        })
+        .collect();
+
+    let jobs: Vec<String> = (0..4).map(|_| submit(a, "FanOut", "100")).collect();
+    crate::common::wait_until(
+        "the first tasks to compute",
+        Duration::from_secs(120),
+        || {
+            job_document(a, &jobs[0])["execution_stats"]["tasks_by_state"]["computed"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 10
+        },
+    )
+    .expect("work under way");
+    cluster.restart();
+    let computed: u64 = jobs
+        .iter()
+        .map(|job| {
+            job_document(b, job)["execution_stats"]["tasks_by_state"]["computed"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        computed < 4 * 101,
+        "PostgreSQL restarted mid-run: {computed} of 404 computed"
+    );
+    for job in &jobs {
+        let done = wait_for_job_state(b, job, "completed", Duration::from_secs(300));
+        assert_eq!(
+            done["execution_stats"]["tasks_by_state"]["computed"], 101,
+            "{done}"
+        );
+    }
+    // B's runner alone, idle in a 60 s long poll: only a NOTIFY from A over the new
+    // connections starts this job within the deadline.
+    runners[0].kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = submit(a, "FanOut", "10");
+    let done = wait_for_job_state(b, &after, "completed", Duration::from_secs(20));
+    assert_eq!(
+        done["execution_stats"]["tasks_by_state"]["computed"], 11,
+        "{done}"
+    );
+    for server in [a, b] {
+        assert!(
+            !server.stderr().contains("panicked"),
+            "no server panicked:\n{}",
+            server.stderr_tail()
+        );
+    }
+}
+
+const FIXABLE: &str = r#"
+from tilebox.workflows import ExecutionContext, Runner, Task
+
+class Root(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        context.submit_subtask(Step())
+
+class Step(Task):
+    def execute(self, context: ExecutionContext) -> None:
+        raise RuntimeError("broken step")
+
+runner = Runner(tasks=[Root, Step])
+"#;
+
+/// A release published and deployed through A runs on a release runner of B (B serves the
+/// artifact's bytes from the database); a fixed release deployed through A reaches B's
+/// deployment watch, so the job retried through B completes there.
+#[test]
+fn releases_deployed_through_one_replica_run_on_a_release_runner_of_the_other() {
+    let replicas = Replicas::start(2, &[]);
+    let (a, b) = (replicas.server(0), replicas.server(1));
+    let project = project("fixable", FIXABLE);
+    assert!(
+        a.tilebox(&["workflow", "create", "Fixable"])
+            .status
+            .success()
+    );
+    let deploy = |server: &TestServer| {
+        json_of(&server.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
+        json_of(&server.tilebox_in(
+            project.path(),
+            &["--json", "workflow", "deploy-release", "--latest"],
+        ))
+    };
+    deploy(a);
+    let cache = tempfile::tempdir().expect("cache");
+    let runner = RunnerProcess::spawn(
+        crate::common::tilebox_command(&["runner", "start", "--cache-dir"])
+            .arg(cache.path())
+            .env("TILEBOX_API_URL", b.url()),
+        cache.path().join("runner.log"),
+    );
+    let job = json_of(&a.tilebox(&[
+        "--json", "job", "submit", "--name", "fix-me", "--task", "Root",
+    ]));
+    let id = job["id"].as_str().expect("id").to_string();
+    wait_for_job_state(b, &id, "failed", Duration::from_secs(120));
+
+    fs_err::write(
+        project.path().join("app.py"),
+        FIXABLE.replace("raise RuntimeError(\"broken step\")", "pass"),
+    )
+    .expect("fix the step");
+    let deployed = deploy(a);
+    let retried = json_of(&b.tilebox(&["--json", "job", "retry", &id]));
+    assert_eq!(retried["rescheduled_tasks"], 1, "{retried}");
+    crate::common::wait_until(
+        "the fixed release to complete the job",
+        Duration::from_secs(120),
+        || job_document(a, &id)["state"] == "completed",
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\ndeployed: {deployed}\n{}", runner.log()));
 }

@@ -6,7 +6,7 @@ subtask submitted without a cluster (the runner's fallback slug). Job "elsewhere
 cluster: the default runner must leave it queued, and a runner on that cluster then runs it.
 """
 
-from harness import EVENTS, connect, emit, job_summary, record
+from harness import EVENTS, connect, connect_runner, emit, job_summary, record
 from tilebox.workflows import ExecutionContext, Task
 
 
@@ -32,12 +32,12 @@ def main() -> None:
     explicit = client.jobs().submit("interop-default-explicit", Parent("explicit"), cluster=default.slug)
     elsewhere = client.jobs().submit("interop-default-elsewhere", Parent("elsewhere"), cluster=other)
 
-    default_runner = client.runner(tasks=[Parent, Child])
+    default_runner = connect_runner().runner(tasks=[Parent, Child])
     default_runner.run_all()
     elsewhere_after_default_runner = job_summary(client.jobs().find(elsewhere))
     events_after_default_runner = len(EVENTS)
 
-    other_runner = client.runner(other, tasks=[Parent, Child])
+    other_runner = connect_runner().runner(other, tasks=[Parent, Child])
     other_runner.run_all()
 
     emit(

@@ -5,7 +5,7 @@ submits `Grandchild`). `After` must run after `Grandchild`, although `Parent` is
 before that; a server that treats COMPUTED as done hands out `After` first.
 """
 
-from harness import EVENTS, connect, emit, job_summary, record
+from harness import EVENTS, connect, connect_runner, emit, job_summary, record
 from tilebox.workflows import ExecutionContext, Task
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     client = connect()
     cluster = client.clusters().create("Interop descendants")
     job = client.jobs().submit("interop-descendants", Root(), cluster=cluster)
-    client.runner(cluster, tasks=[Root, Parent, Child, Grandchild, After]).run_all()
+    connect_runner().runner(cluster, tasks=[Root, Parent, Child, Grandchild, After]).run_all()
     emit({"job": job_summary(client.jobs().find(job)), "events": EVENTS})
 
 

@@ -7,7 +7,7 @@ for their dependency runs some dependant before its leaf succeeded, which the te
 recorded events. Leaf inputs carry a non-ASCII label to check that inputs arrive byte for byte.
 """
 
-from harness import EVENTS, connect, emit, fail, job_summary, record
+from harness import EVENTS, connect, connect_runner, emit, fail, job_summary, record
 from tilebox.workflows import ExecutionContext, Task
 
 LEAVES = 25
@@ -56,7 +56,7 @@ def main() -> None:
     job = client.jobs().submit("interop-fanout", FanOut(LEAVES), cluster=cluster)
     submitted = job_summary(job)
 
-    runner = client.runner(cluster, tasks=[FanOut, Leaf, Dependant])
+    runner = connect_runner().runner(cluster, tasks=[FanOut, Leaf, Dependant])
     runner.run_all()
 
     emit(

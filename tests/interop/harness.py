@@ -25,6 +25,12 @@ def connect() -> Client:
     return Client(url=os.environ["TILEBOX_API_URL"])
 
 
+def connect_runner() -> Client:
+    """A client for the scenario's runners: `TILEBOX_RUNNER_API_URL` when the test runs them on
+    another replica of the same database than the one it submits through, else the same server."""
+    return Client(url=os.environ.get("TILEBOX_RUNNER_API_URL") or os.environ["TILEBOX_API_URL"])
+
+
 def record(context: ExecutionContext, kind: str, **fields: Any) -> dict[str, Any]:
     """Appends an execution event for the running task and returns it, so the task can set `outcome`."""
     task = context.current_task

@@ -7,7 +7,7 @@ Job "subtask": the root submits `Failing` with optional=True, plus `Succeeding("
   depends on it. Expected: COMPLETED with COMPUTED=2, FAILED_OPTIONAL=1; "after" still runs.
 """
 
-from harness import EVENTS, connect, emit, fail, job_summary, record
+from harness import EVENTS, connect, connect_runner, emit, fail, job_summary, record
 from tilebox.workflows import ExecutionContext, Task
 
 
@@ -47,7 +47,7 @@ class OptionalSubtaskRoot(Task):
 def main() -> None:
     client = connect()
     cluster = client.clusters().create("Interop optional")
-    runner = client.runner(
+    runner = connect_runner().runner(
         cluster, tasks=[Failing, Succeeding, OptionalSubtasks, OptionalBranchRoot, OptionalSubtaskRoot]
     )
 

@@ -10,7 +10,7 @@ Job "halted": a root task submits `Broken` (fails once) and two `Fine` tasks. Af
 
 from typing import Any
 
-from harness import EVENTS, connect, emit, fail, job_summary, record
+from harness import EVENTS, connect, connect_runner, emit, fail, job_summary, record
 from tilebox.workflows import Client, ExecutionContext, Job, Task
 
 FLAKY_FAILURES = 2
@@ -59,7 +59,7 @@ def snapshot(client: Client, job: Job, step: str, **fields: Any) -> dict[str, An
 def main() -> None:
     client = connect()
     cluster = client.clusters().create("Interop retry")
-    runner = client.runner(cluster, tasks=[Flaky, Broken, Fine, Halting])
+    runner = connect_runner().runner(cluster, tasks=[Flaky, Broken, Fine, Halting])
 
     flaky = client.jobs().submit("interop-retry-flaky", Flaky(), cluster=cluster)
     flaky_steps = []

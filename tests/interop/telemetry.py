@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Any
 
-from harness import EVENTS, SUMMARY_PREFIX, connect, emit, job_summary, record
+from harness import EVENTS, SUMMARY_PREFIX, connect, connect_runner, emit, job_summary, record
 from tilebox.workflows import ExecutionContext, Task
 
 
@@ -29,7 +29,7 @@ class Root(Task):
 
 
 def run(cluster: str) -> None:
-    connect().runner(cluster, tasks=[Root, Child]).run_all()
+    connect_runner().runner(cluster, tasks=[Root, Child]).run_all()
     emit({"events": EVENTS})
 
 
