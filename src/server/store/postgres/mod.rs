@@ -1131,38 +1131,10 @@ mod tests {
         (store, database)
     }
 
-    /// The conformance rules of tasks, leases, batches and reads.
-    mod conformance_tasks {
+    /// The whole conformance suite, one test per rule, each on a fresh database.
+    mod conformance {
         use super::*;
-        crate::server::store::conformance::conformance_tests!(@rules open();
-            clusters_have_a_fixed_default,
-            submitting_to_an_unknown_cluster_stores_nothing,
-            claims_match_cluster_name_and_compatible_version,
-            claimed_task_runs_once_and_drives_job_state,
-            dependants_wait_for_the_whole_dependency_tree,
-            subtasks_run_after_their_parent_and_complete_the_job,
-            workflow_errors_retry_until_max_retries_then_fail_the_job,
-            non_workflow_errors_requeue_without_counting,
-            failed_optional_subtask_lets_its_dependant_run,
-            failure_inside_optional_branch_skips_the_rest_of_it,
-            retry_job_requeues_failed_tasks_and_resumes,
-            cancel_job_stops_queued_tasks_and_lets_running_ones_finish,
-            lease_expiry_requeues_then_fails_the_task,
-            reports_from_a_lost_lease_are_stale,
-            extend_lease_keeps_a_running_task,
-            progress_is_per_task_and_summed_per_job,
-            list_tasks_pages_children_in_submission_order,
-            query_jobs_filters_and_pages,
-            execution_stats_follow_the_tasks,
-            execution_stats_equal_a_recount_of_the_tasks,
-            concurrent_submits_and_claims_complete_every_job_once,
-            batched_reports_apply_each_on_its_own_and_claim_up_to_capacity,
-            leases_extend_together_only_for_their_claimant,
-            non_workflow_failures_are_capped_then_fail_the_task,
-            a_hand_back_requeues_without_counting_any_number_of_times,
-            appended_failure_reasons_keep_the_display_within_its_limit,
-            reports_and_extensions_from_another_claimant_are_stale_from_the_first_claim,
-        );
+        crate::server::store::conformance::conformance_tests!(open());
     }
 
     /// Two stores on one database, as two replicas are.
@@ -1283,19 +1255,6 @@ mod tests {
         assert!(
             shown.contains("sslmode=require") && !shown.contains("hunter2"),
             "{shown}"
-        );
-    }
-
-    mod conformance_releases {
-        use super::*;
-
-        crate::server::store::conformance::conformance_tests!(@rules open();
-            workflows_are_managed_and_kept_while_deployed,
-            artifacts_are_registered_once_per_digest,
-            publishing_is_idempotent_per_artifact_and_fingerprint,
-            a_cluster_runs_one_release_per_workflow,
-            telemetry_is_read_per_trace_in_arrival_order_and_expires,
-            deleting_a_cluster_removes_its_deployments,
         );
     }
 }
