@@ -36,10 +36,14 @@ pub struct ServerArgs {
     /// PostgreSQL"). Release artifacts are kept in the database too.
     #[arg(long, env = crate::env::DATABASE_URL, hide_env_values = true, value_name = "URL")]
     database: Option<String>,
-    /// Most connections a server opens for reads, with --database (it opens three more: the
-    /// writer, and one each to listen for and notify the other replicas).
+    /// Most connections a server opens for reads, with --database.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     database_readers: u16,
+    /// Writer connections, with --database: each commits its own batches of writes. A server
+    /// opens readers + writers + 2 connections at most (one each to listen for and to notify
+    /// the other replicas).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    database_writers: u16,
     /// An accepted API key (repeatable; never empty). Without any, the server is open: allowed
     /// on a loopback --listen (local development), elsewhere only with --allow-unauthenticated.
     #[arg(long = "token", env = crate::env::SERVER_TOKENS, value_delimiter = ',', hide_env_values = true)]
@@ -127,9 +131,11 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tilebox={}", arguments.log_level))
         .with_context(|| format!("invalid --log-level `{}`", arguments.log_level))?;
     super::init_tracing(filter);
-    let data_dir = match arguments.data_dir {
-        Some(directory) => directory,
-        None => default_data_dir()?,
+    let data_dir = match (arguments.data_dir, &arguments.database) {
+        (Some(directory), _) => directory,
+        // Unused with PostgreSQL: a container without a home directory must still start.
+        (None, Some(_)) => PathBuf::new(),
+        (None, None) => default_data_dir()?,
     };
     check_tokens(
         &arguments.tokens,
@@ -149,6 +155,7 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
         database: arguments.database.map(|url| server::Database {
             url,
             readers: usize::from(arguments.database_readers),
+            writers: usize::from(arguments.database_writers),
         }),
         tokens,
         keys_file: arguments.keys_file,

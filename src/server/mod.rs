@@ -101,6 +101,8 @@ pub struct Database {
     pub url: String,
     /// Most connections opened for reads.
     pub readers: usize,
+    /// Writer connections.
+    pub writers: usize,
 }
 
 impl std::fmt::Debug for Database {
@@ -109,6 +111,7 @@ impl std::fmt::Debug for Database {
             .debug_struct("Database")
             .field("url", &"(not shown: it may hold a password)")
             .field("readers", &self.readers)
+            .field("writers", &self.writers)
             .finish()
     }
 }
@@ -182,6 +185,7 @@ impl Server {
                     &database.url,
                     store::postgres::Options {
                         readers: database.readers,
+                        writers: database.writers,
                     },
                 )
                 .await?;

@@ -35,6 +35,8 @@ pub const WORK_CHANNEL: &str = "tilebox_work";
 pub const DEPLOYMENTS_CHANNEL: &str = "tilebox_deployments";
 /// At most one work NOTIFY per replica per this interval.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
+/// How often the listening connection is checked for an answer.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -156,6 +158,7 @@ impl Signals {
             // Whatever was announced while this replica was not listening.
             self.work.notify_waiters();
             self.announce_deployments();
+            let mut last_check = std::time::Instant::now();
             'listening: while !self.stopped() {
                 let mut notifications = client.notifications();
                 let mut waiting = notifications.timeout_iter(Duration::from_secs(1));
@@ -177,8 +180,17 @@ impl Signals {
                 }
                 drop(waiting);
                 drop(notifications);
-                if client.is_closed() {
+                // A connection that only reads never notices a peer that went away
+                // silently (keepalives bound it too): ask it something now and then.
+                if client.is_closed()
+                    || (last_check.elapsed() >= HEARTBEAT
+                        && client.is_valid(Duration::from_secs(5)).is_err())
+                {
+                    tracing::warn!(database = %target, "the connection listening for other replicas stopped answering; reconnecting");
                     break;
+                }
+                if last_check.elapsed() >= HEARTBEAT {
+                    last_check = std::time::Instant::now();
                 }
             }
         }
@@ -208,7 +220,13 @@ impl Signals {
             }
             let live = match client.take() {
                 Some(live) if !live.is_closed() => Ok(live),
-                _ => config.connect(postgres::NoTls),
+                // Not flushed: a NOTIFY is delivered at its commit whether or not the commit
+                // waits for the disk, and each one holds the database's notify lock while it
+                // commits.
+                _ => config.connect(postgres::NoTls).and_then(|mut live| {
+                    live.batch_execute("SET synchronous_commit = off")?;
+                    Ok(live)
+                }),
             };
             match live.and_then(|mut live| {
                 live.execute("SELECT pg_notify($1, $2)", &[&WORK_CHANNEL, &replica])?;

@@ -48,6 +48,7 @@ pub fn store_status(error: store::Error) -> Status {
         | store::Error::WorkflowNotFound { .. }
         | store::Error::ReleaseNotFound { .. }
         | store::Error::ArtifactNotFound(_) => Code::NotFound,
+        store::Error::Unstorable { .. } => Code::InvalidArgument,
         store::Error::ClusterExists { .. } | store::Error::WorkflowExists { .. } => {
             Code::AlreadyExists
         }

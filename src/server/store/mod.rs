@@ -91,6 +91,13 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
+    /// Text the database cannot hold (PostgreSQL refuses NUL characters in text).
+    #[error("{operation}: the text holds a character the database cannot store (NUL); remove it")]
+    Unstorable {
+        operation: &'static str,
+        #[source]
+        source: BackendError,
+    },
     #[error("cannot open the database at {target}")]
     Open {
         /// The file, or the server and database (never a password).

@@ -22,7 +22,7 @@ use crate::server::store::{Error, Result};
 /// Bytes per stored chunk.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Chunks one download read fetches.
-const DOWNLOAD_PAGE: i64 = 8;
+const DOWNLOAD_PAGE: i64 = 2;
 
 /// The artifact bytes of a [`PgStore`]; cheap to clone.
 #[derive(Clone)]

@@ -32,7 +32,23 @@ pub(super) fn migrate(client: &mut Client, target: &str) -> Result<()> {
     Ok(())
 }
 
+/// The oldest PostgreSQL the schema needs (`UNIQUE NULLS NOT DISTINCT`).
+const MIN_SERVER_VERSION: i64 = 150_000;
+
 fn migrate_locked(client: &mut Client, target: &str) -> Result<()> {
+    let version: String = client
+        .query_one("SHOW server_version_num", &[])
+        .map_err(pg("read the server version"))?
+        .get(0);
+    if version.parse::<i64>().unwrap_or(0) < MIN_SERVER_VERSION {
+        return Err(Error::Open {
+            target: target.to_string(),
+            source: format!(
+                "PostgreSQL {version} (server_version_num) is too old: tilebox needs PostgreSQL 15 or newer"
+            )
+            .into(),
+        });
+    }
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -1,9 +1,10 @@
 //! The PostgreSQL backend: the store of several `tilebox server` replicas on one database.
 //!
-//! Its shape is SQLite's (`../sqlite`), so the two read alike: every write runs on the
-//! writer thread, which drains up to [`MAX_BATCH`] queued operations into one transaction
-//! and answers them after the one COMMIT (group commit: one WAL flush and one hold of a
-//! hot job row per batch, not per call); reads run on a pool of connections, each in a
+//! Its shape is SQLite's (`../sqlite`), so the two read alike: every write goes into one
+//! queue, and each of a few writer threads (`Options::writers`, each with its own
+//! connection) drains up to [`MAX_BATCH`] queued operations into one transaction and
+//! answers them after the one COMMIT (group commit: one WAL flush and one hold of a hot job
+//! row per batch, not per call; while one writer waits for its flush, another runs); reads run on a pool of connections, each in a
 //! read-only REPEATABLE READ transaction, so a read of several statements sees one
 //! snapshot. Across replicas, PostgreSQL's row locks order the writers: every rule that
 //! touches a task locks its row first (`FOR UPDATE`), and claims skip rows another
@@ -63,6 +64,8 @@ const MAX_BATCH: usize = 48;
 const WRITE_QUEUE: usize = 1024;
 /// How often an operation that lost a deadlock or a serialization conflict is run.
 const MAX_ATTEMPTS: usize = 5;
+/// How often a submission is made again after the database was unavailable (about 3 s).
+const SUBMIT_ATTEMPTS: u32 = 4;
 /// Cached prepared statements per connection; the cache is cleared when full.
 const MAX_STATEMENTS: usize = 256;
 /// How long an ascending telemetry read waits for transactions holding its newest records
@@ -74,11 +77,17 @@ const TELEMETRY_SETTLE: Duration = Duration::from_secs(2);
 pub struct Options {
     /// Connections for reads, at most.
     pub readers: usize,
+    /// Writer threads, each with its own connection, taking batches from one queue: while
+    /// one waits for its commit's flush, another runs the next batch.
+    pub writers: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { readers: 16 }
+        Self {
+            readers: 16,
+            writers: 2,
+        }
     }
 }
 
@@ -93,6 +102,14 @@ fn classify(operation: &'static str, source: postgres::Error) -> Error {
         return Error::StorageFull {
             operation,
             code: "53100 disk_full",
+            source: Box::new(source),
+        };
+    }
+    if code.as_ref() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
+        || code.as_ref() == Some(&SqlState::UNTRANSLATABLE_CHARACTER)
+    {
+        return Error::Unstorable {
+            operation,
             source: Box::new(source),
         };
     }
@@ -123,13 +140,26 @@ fn is_unavailable(error: &postgres::Error) -> bool {
             SqlState::TOO_MANY_CONNECTIONS,
         ]
         .contains(code),
-        // No SQLSTATE: an I/O error on the socket, or the server ended the session.
-        None => true,
+        // No SQLSTATE: unavailable only when the socket failed (I/O, a timeout, the server
+        // ending the session); a row that is not there or a value that does not convert is
+        // the same on every retry.
+        None => {
+            let text = error.to_string();
+            std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+                || [
+                    "error connecting",
+                    "error communicating",
+                    "connection closed",
+                    "timeout",
+                ]
+                .iter()
+                .any(|phrase| text.contains(phrase))
+        }
     }
 }
 
 /// A deadlock or a serialization failure: the operation may simply run again.
-fn is_conflict(error: &Error) -> bool {
+pub(super) fn is_conflict(error: &Error) -> bool {
     let Error::Database { source, .. } = error else {
         return false;
     };
@@ -223,13 +253,65 @@ enum Durability {
     Relaxed,
 }
 
-/// An operation for the writer: run in the batch's transaction (given the error instead
-/// when the batch could not begin), it answers a finisher that gets the commit's outcome.
-type Finish = Box<dyn FnOnce(Option<&Error>) + Send>;
-type WriteOperation = (
-    Box<dyn FnOnce(std::result::Result<&mut Tx<'_>, &Error>) -> Finish + Send>,
-    Durability,
-);
+/// An operation for the writers. It runs in a batch's transaction, in a savepoint of its
+/// own, and keeps its result until the batch's commit answers it; it may run again (in a
+/// transaction of its own) when its batch is rolled back for a conflict.
+trait WriteOperation: Send {
+    fn durability(&self) -> Durability;
+    /// Runs in `tx`; false when it lost a deadlock or a serialization conflict (its
+    /// savepoint rolled back, nothing of it kept).
+    fn run(&mut self, tx: &mut Tx<'_>) -> std::result::Result<bool, Error>;
+    /// Answers the caller: its own result, or `batch_error` when the transaction failed.
+    fn finish(self: Box<Self>, batch_error: Option<&Error>);
+}
+
+struct Operation<T, F> {
+    operation: F,
+    durability: Durability,
+    result: Option<Result<T>>,
+    answer: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteOperation for Operation<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+{
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn run(&mut self, tx: &mut Tx<'_>) -> std::result::Result<bool, Error> {
+        tx.batch_execute("SAVEPOINT operation")
+            .map_err(pg("savepoint"))?;
+        let result = (self.operation)(tx);
+        let end = if result.is_ok() {
+            "RELEASE SAVEPOINT operation"
+        } else {
+            "ROLLBACK TO SAVEPOINT operation; RELEASE SAVEPOINT operation"
+        };
+        tx.batch_execute(end).map_err(pg("savepoint"))?;
+        if result.as_ref().is_err_and(is_conflict) {
+            return Ok(false);
+        }
+        self.result = Some(result);
+        Ok(true)
+    }
+
+    fn finish(self: Box<Self>, batch_error: Option<&Error>) {
+        let result = match (batch_error, self.result) {
+            (None, Some(result)) => result,
+            (Some(error), _) => Err(batch_failed(error)),
+            (None, None) => Err(Error::Database {
+                operation: "write",
+                source: "the operation did not run".into(),
+            }),
+        };
+        let _ = self.answer.send(result);
+    }
+}
+
+type Queued = Box<dyn WriteOperation>;
 
 /// The PostgreSQL store; cheap to clone.
 #[derive(Clone)]
@@ -241,9 +323,9 @@ struct Inner {
     config: postgres::Config,
     /// `host:port/database`, never the password: what messages name.
     target: String,
-    writer: Mutex<Option<mpsc::Sender<WriteOperation>>>,
+    writer: Mutex<Option<mpsc::Sender<Queued>>>,
     readers: Mutex<Vec<Connection>>,
-    reader_permits: Semaphore,
+    reader_permits: Arc<Semaphore>,
 }
 
 impl PgStore {
@@ -253,6 +335,7 @@ impl PgStore {
     pub async fn connect(url: &str, options: Options) -> Result<Self> {
         let (config, target) = parse_url(url)?;
         let readers = options.readers.max(1);
+        let writers = options.writers.max(1);
         tokio::task::spawn_blocking(move || {
             // At start, an unreachable database is the operator's to fix: say which.
             let mut connection = connect(&config, &target).map_err(|error| match error {
@@ -263,23 +346,29 @@ impl PgStore {
                 other => other,
             })?;
             migrations::migrate(&mut connection.client, &target)?;
-            let (sender, receiver) = mpsc::channel::<WriteOperation>(WRITE_QUEUE);
-            let writer_config = config.clone();
-            let writer_target = target.clone();
-            std::thread::Builder::new()
-                .name("postgres-writer".to_string())
-                .spawn(move || run_writer(connection, writer_config, writer_target, receiver))
-                .map_err(|source| Error::Open {
-                    target: target.clone(),
-                    source: Box::new(source),
-                })?;
+            let (sender, receiver) = mpsc::channel::<Queued>(WRITE_QUEUE);
+            let queue = Arc::new(Mutex::new(receiver));
+            let mut first = Some(connection);
+            for index in 0..writers {
+                // The first writer keeps the connection that migrated; the others connect
+                // when their first batch comes.
+                let connection = first.take();
+                let (config, target, queue) = (config.clone(), target.clone(), queue.clone());
+                std::thread::Builder::new()
+                    .name(format!("postgres-writer-{index}"))
+                    .spawn(move || run_writer(connection, config, target, queue))
+                    .map_err(|source| Error::Open {
+                        target: "a writer thread".to_string(),
+                        source: Box::new(source),
+                    })?;
+            }
             Ok(Self {
                 inner: Arc::new(Inner {
                     config,
                     target,
                     writer: Mutex::new(Some(sender)),
                     readers: Mutex::new(Vec::new()),
-                    reader_permits: Semaphore::new(readers),
+                    reader_permits: Arc::new(Semaphore::new(readers)),
                 }),
             })
         })
@@ -316,25 +405,17 @@ impl PgStore {
         self.write_with(Durability::Relaxed, operation).await
     }
 
-    async fn write_with<T, F>(&self, durability: Durability, mut operation: F) -> Result<T>
+    async fn write_with<T, F>(&self, durability: Durability, operation: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T>>();
-        let job = Box::new(move |tx: std::result::Result<&mut Tx<'_>, &Error>| {
-            let result = match tx {
-                Ok(tx) => in_savepoint(tx, &mut operation),
-                Err(error) => Err(batch_failed(error)),
-            };
-            let finish: Finish = Box::new(move |batch_error: Option<&Error>| {
-                let result = match batch_error {
-                    None => result,
-                    Some(error) => Err(batch_failed(error)),
-                };
-                let _ = answer.send(result);
-            });
-            finish
+        let queued: Queued = Box::new(Operation {
+            operation,
+            durability,
+            result: None,
+            answer,
         });
         let sender = self
             .inner
@@ -344,28 +425,51 @@ impl PgStore {
             .clone()
             .ok_or(Error::Closed)?;
         // Waits while the queue is full: backpressure on every writer.
-        sender
-            .send((job, durability))
-            .await
-            .map_err(|_| Error::Closed)?;
+        sender.send(queued).await.map_err(|_| Error::Closed)?;
         answered.await.map_err(|_| Error::Closed)?
     }
 
-    /// Runs `operation` in a read-only snapshot on a pooled connection. A pooled
-    /// connection found closed (the database restarted) is replaced once.
+    /// Runs `operation` in a read-only snapshot on a pooled connection (see
+    /// [`pooled`](Self::pooled)).
     async fn read<T, F>(&self, operation: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let _permit = self
+        self.pooled(Pooled::Read, operation).await
+    }
+
+    /// Runs an idempotent write in a short transaction of its own on a pooled connection:
+    /// bulky writes (telemetry exports) that must not hold up the writers' batches of claims
+    /// and reports, nor keep their locks while they are sent.
+    async fn write_apart<T, F>(&self, operation: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.pooled(Pooled::Write, operation).await
+    }
+
+    /// Runs `operation` on a pooled connection. When a pooled connection turns out lost
+    /// (the database restarted), so are the others pooled with it: the pool is emptied and
+    /// the operation runs once more on a new connection.
+    async fn pooled<T, F>(&self, mode: Pooled, operation: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        // Owned and moved into the blocking task: a caller that goes away (a client's
+        // deadline) must not free the permit while the task still holds its connection.
+        let permit = self
             .inner
             .reader_permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Error::Closed)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut operation = operation;
             for attempt in 0..2 {
                 let pooled = inner.readers.lock().map_err(|_| Error::Closed)?.pop();
@@ -374,13 +478,21 @@ impl PgStore {
                     Some(connection) => connection,
                     None => connect(&inner.config, &inner.target)?,
                 };
-                let result = read_in(&mut connection, &mut operation);
-                let lost = connection.client.is_closed();
-                if !lost && let Ok(mut readers) = inner.readers.lock() {
+                let result = run_pooled(&mut connection, mode, &mut operation);
+                let lost = connection.client.is_closed()
+                    || matches!(result, Err(Error::Unavailable { .. }));
+                if lost {
+                    let stale = inner
+                        .readers
+                        .lock()
+                        .map(|mut readers| std::mem::take(&mut *readers))
+                        .unwrap_or_default();
+                    drop(stale);
+                } else if let Ok(mut readers) = inner.readers.lock() {
                     readers.push(connection);
                 }
                 match result {
-                    Err(Error::Unavailable { .. }) if lost && !fresh && attempt == 0 => continue,
+                    Err(Error::Unavailable { .. }) if !fresh && attempt == 0 => continue,
                     other => return other,
                 }
             }
@@ -391,27 +503,41 @@ impl PgStore {
     }
 }
 
-fn read_in<T>(
+/// What a pooled connection runs: a read-only snapshot, or a short write of its own
+/// (idempotent, so it may run again after a lost connection) outside the writers' batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooled {
+    Read,
+    Write,
+}
+
+fn run_pooled<T>(
     connection: &mut Connection,
+    mode: Pooled,
     operation: &mut impl FnMut(&mut Tx<'_>) -> Result<T>,
 ) -> Result<T> {
-    let transaction = connection
-        .client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(pg("begin a read"))?;
+    let transaction = match mode {
+        Pooled::Read => connection
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start(),
+        Pooled::Write => connection.client.transaction(),
+    }
+    .map_err(pg("begin"))?;
     let mut tx = Tx {
         transaction,
         statements: &mut connection.statements,
     };
-    let result = operation(&mut tx);
-    // Nothing was written: ending it either way is the same, and a failed read ends it.
-    let ended = tx.transaction.commit().map_err(pg("end a read"));
-    let value = result?;
-    ended?;
-    Ok(value)
+    match operation(&mut tx) {
+        Ok(value) => {
+            tx.transaction.commit().map_err(pg("commit"))?;
+            Ok(value)
+        }
+        // Dropping the transaction rolls it back.
+        Err(error) => Err(error),
+    }
 }
 
 /// Parses a `postgres://` URL (or a key=value string), refusing what this build cannot do.
@@ -420,7 +546,9 @@ fn parse_url(url: &str) -> Result<(postgres::Config, String)> {
         target: "the database URL (not shown: it may hold a password)".to_string(),
         source: Box::new(source),
     })?;
+    let mut config = config;
     let target = describe(&config);
+    tune(&mut config);
     if config.get_ssl_mode() == postgres::config::SslMode::Require {
         return Err(Error::Open {
             target,
@@ -428,6 +556,23 @@ fn parse_url(url: &str) -> Result<(postgres::Config, String)> {
         });
     }
     Ok((config, target))
+}
+
+/// Bounds how long a connection may take to open, and how long a dead one (the database's
+/// machine gone, a NAT or load balancer that dropped an idle flow) goes unnoticed: TCP
+/// keepalives after 15 s idle, every 5 s, 3 probes; unacknowledged data fails after 30 s.
+/// Without them the listening connection of `server/signals.rs`, which only reads, would
+/// wait for a dead peer for hours, and a writer for the kernel's retransmission limit.
+fn tune(config: &mut postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(15))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30));
 }
 
 /// `host:port/database` of a configuration.
@@ -446,10 +591,6 @@ fn describe(config: &postgres::Config) -> String {
 }
 
 fn connect(config: &postgres::Config, target: &str) -> Result<Connection> {
-    let mut config = config.clone();
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
     let mut client = config.connect(NoTls).map_err(|source| {
         if is_unavailable(&source) {
             Error::Unavailable {
@@ -463,43 +604,17 @@ fn connect(config: &postgres::Config, target: &str) -> Result<Connection> {
             }
         }
     })?;
-    // A transaction left open (a stuck client) would hold back vacuum for every table.
+    // A transaction left open (a stuck client) would hold back vacuum for every table; a
+    // statement stuck on a lock or a hung server must end so the caller hears of it.
     client
-        .batch_execute("SET idle_in_transaction_session_timeout = '60s'")
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = '60s'; SET statement_timeout = '120s'",
+        )
         .map_err(pg("configure the session"))?;
     Ok(Connection {
         client,
         statements: HashMap::new(),
     })
-}
-
-/// Runs one operation in its own savepoint, again after a deadlock or a serialization
-/// failure (its savepoint rolled back, so its locks are released).
-fn in_savepoint<T>(
-    tx: &mut Tx<'_>,
-    operation: &mut impl FnMut(&mut Tx<'_>) -> Result<T>,
-) -> Result<T> {
-    for attempt in 1.. {
-        tx.batch_execute("SAVEPOINT operation")
-            .map_err(pg("savepoint"))?;
-        let result = operation(tx);
-        let end = if result.is_ok() {
-            "RELEASE SAVEPOINT operation"
-        } else {
-            "ROLLBACK TO SAVEPOINT operation; RELEASE SAVEPOINT operation"
-        };
-        tx.batch_execute(end).map_err(pg("savepoint"))?;
-        match result {
-            Err(error) if is_conflict(&error) && attempt < MAX_ATTEMPTS => {
-                tracing::debug!(%error, attempt, "a write conflicted with another; running it again");
-                std::thread::sleep(Duration::from_millis(
-                    rand::random_range(1..10) * attempt as u64,
-                ));
-            }
-            other => return other,
-        }
-    }
-    unreachable!("the last attempt returns")
 }
 
 /// The error an operation is answered with when its batch failed as a whole.
@@ -522,98 +637,210 @@ fn batch_failed(error: &Error) -> Error {
     }
 }
 
+/// Takes the next batch from the queue: waits for one operation, then takes what else is
+/// waiting, up to [`MAX_BATCH`]. `None` once the store is dropped.
+fn next_batch(queue: &Mutex<mpsc::Receiver<Queued>>) -> Option<Vec<Queued>> {
+    let mut receiver = queue.lock().ok()?;
+    let first = receiver.blocking_recv()?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(operation) => batch.push(operation),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 fn run_writer(
-    connection: Connection,
+    connection: Option<Connection>,
     config: postgres::Config,
     target: String,
-    mut receiver: mpsc::Receiver<WriteOperation>,
+    queue: Arc<Mutex<mpsc::Receiver<Queued>>>,
 ) {
-    let mut connection = Some(connection);
+    let mut connection = connection;
     let mut backoff = Duration::from_millis(50);
-    while let Some(first) = receiver.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(operation) => batch.push(operation),
-                Err(_) => break,
+    while let Some(batch) = next_batch(&queue) {
+        let mut pending = Some(batch);
+        // A connection found dead at BEGIN (the database restarted while it sat idle) is
+        // replaced once, and the batch, untouched, runs on the new one.
+        for attempt in 0..2 {
+            let Some(batch) = pending.take() else { break };
+            let live = match connection.take() {
+                Some(live) if !live.client.is_closed() => Ok(live),
+                _ => connect(&config, &target),
+            };
+            let mut live = match live {
+                Ok(live) => {
+                    backoff = Duration::from_millis(50);
+                    live
+                }
+                Err(error) => {
+                    tracing::warn!(%error, database = %target, "the writer cannot reach the database; answering its batch unavailable");
+                    for operation in batch {
+                        operation.finish(Some(&error));
+                    }
+                    // Not a busy loop while the database is down; queued callers wait.
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    break;
+                }
+            };
+            match run_batch(&mut live, batch) {
+                Ok(()) => connection = Some(live),
+                Err((batch, error)) if attempt == 0 => {
+                    tracing::info!(%error, database = %target, "the writer's connection was lost while idle; running its batch on a new one");
+                    pending = Some(batch);
+                }
+                Err((batch, error)) => {
+                    tracing::warn!(%error, database = %target, "the writer cannot reach the database; answering its batch unavailable");
+                    for operation in batch {
+                        operation.finish(Some(&error));
+                    }
+                }
             }
         }
-        let live = match connection.take() {
-            Some(live) if !live.client.is_closed() => Ok(live),
-            _ => connect(&config, &target),
-        };
-        let mut live = match live {
-            Ok(live) => {
-                backoff = Duration::from_millis(50);
-                live
-            }
-            Err(error) => {
-                tracing::warn!(%error, database = %target, "the writer cannot reach the database; answering its batch unavailable");
-                for (operation, _) in batch {
-                    operation(Err(&error))(None);
-                }
-                // Not a busy loop while the database is down; queued callers wait.
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        run_batch(&mut live, batch);
-        connection = Some(live);
     }
 }
 
-fn run_batch(connection: &mut Connection, batch: Vec<WriteOperation>) {
+/// Runs a batch in one transaction. A batch whose BEGIN failed on a lost connection is
+/// answered back untouched (nothing of it reached the database), for a fresh connection.
+///
+/// When an operation loses a deadlock or a serialization conflict, retrying it alone in
+/// the batch would not help: the operations before it still hold their locks, which may be
+/// what the other side waits for. The whole batch is rolled back instead, and its
+/// operations run again one per transaction ([`run_alone`]).
+fn run_batch(
+    connection: &mut Connection,
+    batch: Vec<Queued>,
+) -> std::result::Result<(), (Vec<Queued>, Error)> {
+    if let Some(conflicted) = run_together(connection, batch)? {
+        tracing::debug!(
+            operations = conflicted.len(),
+            "a batch lost a conflict; running its operations one by one"
+        );
+        for operation in conflicted {
+            run_alone(connection, operation);
+        }
+    }
+    Ok(())
+}
+
+/// The batch in one transaction; answers it back, rolled back, when an operation lost a
+/// conflict.
+fn run_together(
+    connection: &mut Connection,
+    mut batch: Vec<Queued>,
+) -> std::result::Result<Option<Vec<Queued>>, (Vec<Queued>, Error)> {
     // A batch is flushed at its commit when any of its writes must be.
     let relaxed = batch
         .iter()
-        .all(|(_, durability)| *durability == Durability::Relaxed);
+        .all(|operation| operation.durability() == Durability::Relaxed);
     let begun = connection.client.transaction().map_err(pg("begin a write"));
     let transaction = match begun {
         Ok(transaction) => transaction,
+        Err(error @ Error::Unavailable { .. }) => return Err((batch, error)),
         Err(error) => {
             tracing::error!(%error, "cannot begin a write transaction");
-            for (operation, _) in batch {
-                operation(Err(&error))(None);
-            }
-            return;
+            batch
+                .into_iter()
+                .for_each(|operation| operation.finish(Some(&error)));
+            return Ok(None);
         }
     };
     let mut tx = Tx {
         transaction,
         statements: &mut connection.statements,
     };
-    let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
-    let mut lost: Option<Error> = None;
+    let mut failed: Option<Error> = None;
+    let mut conflicted = false;
     if relaxed && let Err(error) = tx.batch_execute("SET LOCAL synchronous_commit = off") {
-        lost = Some(classify("begin a write", error));
+        failed = Some(classify("begin a write", error));
     }
-    for (operation, _) in batch {
-        if let Some(error) = &lost {
-            finishers.push(operation(Err(error)));
-            continue;
+    for operation in &mut batch {
+        if failed.is_some() || conflicted {
+            break;
         }
         // A lost connection fails every statement after it, the commit included.
-        finishers.push(operation(Ok(&mut tx)));
+        match operation.run(&mut tx) {
+            Ok(true) => {}
+            Ok(false) => conflicted = true,
+            Err(error) => failed = Some(error),
+        }
     }
-    if let Some(error) = lost {
+    if let Some(error) = failed {
         tracing::error!(%error, "the write transaction was lost; failing its batch");
         drop(tx);
-        finishers
+        batch
             .into_iter()
-            .for_each(|finish| finish(Some(&error)));
-        return;
+            .for_each(|operation| operation.finish(Some(&error)));
+        return Ok(None);
+    }
+    if conflicted {
+        // Dropping the transaction rolls it back.
+        drop(tx);
+        return Ok(Some(batch));
     }
     match tx.transaction.commit().map_err(pg("commit")) {
-        Ok(()) => finishers.into_iter().for_each(|finish| finish(None)),
+        Ok(()) => batch
+            .into_iter()
+            .for_each(|operation| operation.finish(None)),
         Err(error) => {
             // Unavailable here means the outcome is unknown: the callers are told so.
             tracing::error!(%error, "commit failed; failing the batch");
-            finishers
+            batch
                 .into_iter()
-                .for_each(|finish| finish(Some(&error)));
+                .for_each(|operation| operation.finish(Some(&error)));
         }
     }
+    Ok(None)
+}
+
+/// Runs one operation in a transaction of its own, again (after a short random pause)
+/// while it loses conflicts, at most [`MAX_ATTEMPTS`] times.
+fn run_alone(connection: &mut Connection, mut operation: Queued) {
+    let mut outcome: Option<Error> = None;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let transaction = match connection.client.transaction() {
+            Ok(transaction) => transaction,
+            Err(error) => {
+                outcome = Some(classify("begin a write", error));
+                break;
+            }
+        };
+        let mut tx = Tx {
+            transaction,
+            statements: &mut connection.statements,
+        };
+        if operation.durability() == Durability::Relaxed
+            && let Err(error) = tx.batch_execute("SET LOCAL synchronous_commit = off")
+        {
+            outcome = Some(classify("begin a write", error));
+            break;
+        }
+        match operation.run(&mut tx) {
+            Ok(true) => {
+                outcome = tx.transaction.commit().map_err(pg("commit")).err();
+                return operation.finish(outcome.as_ref());
+            }
+            Ok(false) => {
+                drop(tx);
+                outcome = Some(Error::Database {
+                    operation: "write",
+                    source: format!("lost a deadlock or serialization conflict {attempt} times")
+                        .into(),
+                });
+                std::thread::sleep(Duration::from_millis(
+                    rand::random_range(1..10) * attempt as u64,
+                ));
+            }
+            Err(error) => {
+                outcome = Some(error);
+                break;
+            }
+        }
+    }
+    operation.finish(outcome.as_ref());
 }
 
 fn row_to_cluster(row: &Row) -> Cluster {
@@ -793,8 +1020,24 @@ impl Store for PgStore {
 
     async fn submit_job(&self, job: NewJob) -> Result<Job> {
         let id = job.id;
-        self.write(move |tx| tasks::insert_job(tx, &job, now_millis()))
-            .await?;
+        let job = Arc::new(job);
+        // The insert is idempotent by job id, so a submission whose commit outcome was lost
+        // with the connection is simply made again: the caller gets its one job either way,
+        // where a retry of its own would mint a new id and could make two.
+        let mut attempt = 0;
+        loop {
+            let submitted = job.clone();
+            match self
+                .write(move |tx| tasks::insert_job(tx, &submitted, now_millis()))
+                .await
+            {
+                Err(Error::Unavailable { .. }) if attempt < SUBMIT_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                other => break other?,
+            }
+        }
         self.get_job(id).await
     }
 
@@ -1049,7 +1292,7 @@ impl Store for PgStore {
         kind: TelemetryKind,
         records: Vec<TelemetryRecord>,
     ) -> Result<()> {
-        self.write(move |tx| releases::insert_telemetry(tx, kind, &records, now_millis()))
+        self.write_apart(move |tx| releases::insert_telemetry(tx, kind, &records, now_millis()))
             .await
     }
 
@@ -1195,6 +1438,101 @@ mod tests {
             .await
             .expect("query jobs");
         assert_eq!(all.len(), 1, "{all:?}");
+    }
+
+    /// PostgreSQL text cannot hold NUL. A report carrying one fails alone, with an error
+    /// that says so, and the other report and the claims of the same call stand: otherwise
+    /// a runner would send the same call for ever.
+    #[tokio::test]
+    async fn a_report_the_database_refuses_fails_alone_in_its_batch() {
+        use crate::server::store::{Identifier, NewTask, Report};
+        let (store, _database) = open().await;
+        let identifier = Identifier {
+            name: "Leaf".to_string(),
+            version: "v1.0".to_string(),
+            major: 1,
+            minor: 0,
+        };
+        let task = || NewTask {
+            id: Uuid::now_v7(),
+            identifier: identifier.clone(),
+            input: b"{}".to_vec(),
+            display: "Leaf".to_string(),
+            cluster: crate::server::store::DEFAULT_CLUSTER_SLUG.to_string(),
+            max_retries: 0,
+            optional: false,
+            depends_on: Vec::new(),
+        };
+        let job = store
+            .submit_job(NewJob {
+                id: Uuid::now_v7(),
+                name: "nul".to_string(),
+                trace_parent: String::new(),
+                tasks: vec![task(), task(), task()],
+            })
+            .await
+            .expect("submit");
+        let claim = ClaimRequest {
+            cluster: crate::server::store::DEFAULT_CLUSTER_SLUG.to_string(),
+            identifiers: vec![identifier.clone()],
+            claimant: "runner".to_string(),
+            lease: Duration::from_secs(30),
+        };
+        let (_, claimed) = store
+            .report_and_claim_batch(Vec::new(), vec![(claim.clone(), 2)])
+            .await
+            .expect("claim two");
+        assert_eq!(claimed.len(), 2);
+        let report = |task: &ClaimedTask, display: &str| {
+            Report::Computed(ComputedReport {
+                task_id: task.id,
+                claimant: "runner".to_string(),
+                display: display.to_string(),
+                progress: Vec::new(),
+                subtasks: Vec::new(),
+            })
+        };
+        let (outcomes, more) = store
+            .report_and_claim_batch(
+                vec![
+                    report(&claimed[0], "bad\0display"),
+                    report(&claimed[1], "fine"),
+                ],
+                vec![(claim, 1)],
+            )
+            .await
+            .expect("the call as a whole succeeds");
+        assert!(
+            matches!(&outcomes[0], Err(Error::Unstorable { .. })),
+            "the NUL report fails alone: {:?}",
+            outcomes[0]
+        );
+        assert!(
+            outcomes[0]
+                .as_ref()
+                .is_err_and(|error| error.to_string().contains("NUL")),
+            "{:?}",
+            outcomes[0]
+        );
+        assert_eq!(
+            outcomes[1].as_ref().ok(),
+            Some(&ReportOutcome::Applied(
+                crate::api::workflows_v1::TaskState::Computed
+            ))
+        );
+        assert_eq!(more.len(), 1, "the call's claim stands");
+        let job = store.get_job(job.id).await.expect("job");
+        let computed = job
+            .stats
+            .tasks_by_state
+            .iter()
+            .find(|(state, _)| *state == crate::api::workflows_v1::TaskState::Computed)
+            .map(|(_, count)| *count);
+        assert_eq!(
+            computed,
+            Some(1),
+            "only the fine report was applied: {job:?}"
+        );
     }
 
     #[tokio::test]

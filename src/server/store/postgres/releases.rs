@@ -406,24 +406,47 @@ pub(super) fn insert_telemetry(
     records: &[TelemetryRecord],
     now: i64,
 ) -> Result<()> {
-    let kind = kind as i64;
-    for record in records {
-        tx.execute(
-            "INSERT INTO telemetry (uuid, kind, trace_id, task_id, severity, time_unix_nano, received_at, encoded)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uuid) DO NOTHING",
-            &[
-                &record.id,
-                &kind,
-                &record.trace_id,
-                &record.task_id,
-                &i64::from(record.severity),
-                &record.time_unix_nano,
-                &now,
-                &record.encoded,
-            ],
-        )
-        .map_err(pg("insert telemetry"))?;
+    if records.is_empty() {
+        return Ok(());
     }
+    // One statement for the whole export, in its order (identities follow it).
+    let ids: Vec<Uuid> = records.iter().map(|record| record.id).collect();
+    let traces: Vec<&[u8]> = records
+        .iter()
+        .map(|record| record.trace_id.as_slice())
+        .collect();
+    let tasks: Vec<Option<&str>> = records
+        .iter()
+        .map(|record| record.task_id.as_deref())
+        .collect();
+    let severities: Vec<i64> = records
+        .iter()
+        .map(|record| i64::from(record.severity))
+        .collect();
+    let times: Vec<i64> = records.iter().map(|record| record.time_unix_nano).collect();
+    let encoded: Vec<&[u8]> = records
+        .iter()
+        .map(|record| record.encoded.as_slice())
+        .collect();
+    tx.execute(
+        "INSERT INTO telemetry (uuid, kind, trace_id, task_id, severity, time_unix_nano, received_at, encoded)
+         SELECT id, $2, trace, task, severity, time, $7, encoded
+         FROM unnest($1::uuid[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[], $8::bytea[])
+              WITH ORDINALITY AS r(id, trace, task, severity, time, encoded, position)
+         ORDER BY position
+         ON CONFLICT (uuid) DO NOTHING",
+        &[
+            &ids,
+            &(kind as i64),
+            &traces,
+            &tasks,
+            &severities,
+            &times,
+            &now,
+            &encoded,
+        ],
+    )
+    .map_err(pg("insert telemetry"))?;
     Ok(())
 }
 

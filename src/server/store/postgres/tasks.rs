@@ -36,7 +36,7 @@ const SKIPPED: i64 = TaskState::Skipped as i64;
 const FAILED_OPTIONAL: i64 = TaskState::FailedOptional as i64;
 
 /// The key of the advisory lock one reaper at a time holds across replicas.
-const REAPER_LOCK: i64 = 0x7469_6c65_626f_7801;
+const REAPER_LOCK: i64 = 0x7469_6c65_626f_7802;
 
 /// Where new tasks hang in the tree.
 struct Placement {
@@ -304,6 +304,15 @@ fn lock_reported(
     if !is_claimant(&task, claimant, Act::Report) {
         return Ok(Err(ReportOutcome::Stale(task_state(task.state))));
     }
+    // The job's row, before anything of the job is read or decided: a report reads the
+    // job's state (are new subtasks active?) and its optional scopes, while a failure on
+    // another writer deactivates the job's tasks or skips a scope. Holding the job row
+    // orders the two, so neither decides on what the other is changing.
+    tx.execute(
+        "SELECT 1 FROM jobs WHERE job = $1 FOR NO KEY UPDATE",
+        &[&task.job],
+    )
+    .map_err(pg("lock job"))?;
     Ok(Ok(task))
 }
 
@@ -522,19 +531,30 @@ pub(super) fn apply_report(
     report: &Report,
     now: i64,
 ) -> Result<Result<ReportOutcome>> {
+    // Its own savepoint, as SQLite's `in_item_savepoint`: a report the database refuses (a
+    // display holding NUL, which PostgreSQL text cannot) fails alone, and the other reports
+    // and claims of the call stand; otherwise a runner would send the same call forever.
+    tx.batch_execute("SAVEPOINT report")
+        .map_err(pg("savepoint"))?;
     let result = match report {
         Report::Computed(report) => complete_task(tx, report, now),
         Report::Failed(report) => fail_task(tx, report, now),
         Report::HandedBack(report) => hand_back(tx, report, now),
     };
     match result {
-        Err(
-            error @ (Error::Database { .. }
-            | Error::Unavailable { .. }
-            | Error::StorageFull { .. }
-            | Error::Closed),
-        ) => Err(error),
-        other => Ok(other),
+        Ok(outcome) => {
+            tx.batch_execute("RELEASE SAVEPOINT report")
+                .map_err(pg("savepoint"))?;
+            Ok(Ok(outcome))
+        }
+        // The connection, or a conflict the whole operation runs again for.
+        Err(error @ (Error::Unavailable { .. } | Error::Closed)) => Err(error),
+        Err(error) if super::is_conflict(&error) => Err(error),
+        Err(error) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT report; RELEASE SAVEPOINT report")
+                .map_err(pg("savepoint"))?;
+            Ok(Err(error))
+        }
     }
 }
 
