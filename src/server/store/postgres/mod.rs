@@ -258,9 +258,13 @@ enum Durability {
 /// transaction of its own) when its batch is rolled back for a conflict.
 trait WriteOperation: Send {
     fn durability(&self) -> Durability;
-    /// Runs in `tx`; false when it lost a deadlock or a serialization conflict (its
-    /// savepoint rolled back, nothing of it kept).
-    fn run(&mut self, tx: &mut Tx<'_>) -> std::result::Result<bool, Error>;
+    /// Runs in `tx`; false when it lost a deadlock or a serialization conflict (nothing of
+    /// it kept). In a savepoint of its own when it shares the transaction; alone in it, it
+    /// needs none (two round trips fewer): the caller then rolls the transaction back
+    /// unless [`succeeded`](Self::succeeded).
+    fn run(&mut self, tx: &mut Tx<'_>, shared: bool) -> std::result::Result<bool, Error>;
+    /// Whether its last run answered success.
+    fn succeeded(&self) -> bool;
     /// Answers the caller: its own result, or `batch_error` when the transaction failed.
     fn finish(self: Box<Self>, batch_error: Option<&Error>);
 }
@@ -281,21 +285,29 @@ where
         self.durability
     }
 
-    fn run(&mut self, tx: &mut Tx<'_>) -> std::result::Result<bool, Error> {
-        tx.batch_execute("SAVEPOINT operation")
-            .map_err(pg("savepoint"))?;
+    fn run(&mut self, tx: &mut Tx<'_>, shared: bool) -> std::result::Result<bool, Error> {
+        if shared {
+            tx.batch_execute("SAVEPOINT operation")
+                .map_err(pg("savepoint"))?;
+        }
         let result = (self.operation)(tx);
-        let end = if result.is_ok() {
-            "RELEASE SAVEPOINT operation"
-        } else {
-            "ROLLBACK TO SAVEPOINT operation; RELEASE SAVEPOINT operation"
-        };
-        tx.batch_execute(end).map_err(pg("savepoint"))?;
+        if shared {
+            let end = if result.is_ok() {
+                "RELEASE SAVEPOINT operation"
+            } else {
+                "ROLLBACK TO SAVEPOINT operation; RELEASE SAVEPOINT operation"
+            };
+            tx.batch_execute(end).map_err(pg("savepoint"))?;
+        }
         if result.as_ref().is_err_and(is_conflict) {
             return Ok(false);
         }
         self.result = Some(result);
         Ok(true)
+    }
+
+    fn succeeded(&self) -> bool {
+        matches!(self.result, Some(Ok(_)))
     }
 
     fn finish(self: Box<Self>, batch_error: Option<&Error>) {
@@ -757,16 +769,26 @@ fn run_together(
     if relaxed && let Err(error) = tx.batch_execute("SET LOCAL synchronous_commit = off") {
         failed = Some(classify("begin a write", error));
     }
+    let shared = batch.len() > 1;
     for operation in &mut batch {
         if failed.is_some() || conflicted {
             break;
         }
         // A lost connection fails every statement after it, the commit included.
-        match operation.run(&mut tx) {
+        match operation.run(&mut tx, shared) {
             Ok(true) => {}
             Ok(false) => conflicted = true,
             Err(error) => failed = Some(error),
         }
+    }
+    if !shared && failed.is_none() && !conflicted && !batch[0].succeeded() {
+        // Alone and failed: its statements may have aborted the transaction. Nothing of it
+        // is kept; it answers its own error.
+        drop(tx);
+        batch
+            .into_iter()
+            .for_each(|operation| operation.finish(None));
+        return Ok(None);
     }
     if let Some(error) = failed {
         tracing::error!(%error, "the write transaction was lost; failing its batch");
@@ -818,7 +840,12 @@ fn run_alone(connection: &mut Connection, mut operation: Queued) {
             outcome = Some(classify("begin a write", error));
             break;
         }
-        match operation.run(&mut tx) {
+        match operation.run(&mut tx, false) {
+            Ok(true) if !operation.succeeded() => {
+                // Its own error: nothing of it is kept.
+                drop(tx);
+                return operation.finish(None);
+            }
             Ok(true) => {
                 outcome = tx.transaction.commit().map_err(pg("commit")).err();
                 return operation.finish(outcome.as_ref());
