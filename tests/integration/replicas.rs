@@ -69,6 +69,51 @@ fn a_bad_database_url_is_refused_without_printing_its_password() {
     );
 }
 
+/// A developer's exported `TILEBOX_DATABASE_URL` never reaches a server the tests start,
+/// neither a [`TestServer`] nor `tilebox server` run through `tilebox_command`: without
+/// `--database` they run on SQLite in their data dir and leave that database untouched.
+#[test]
+fn a_developers_database_url_never_reaches_the_servers_tests_start() {
+    let database = crate::common::postgres::TestDatabase::create();
+    // SAFETY (test set-up): nextest runs each test in its own process, and this is set
+    // before the test spawns any child.
+    unsafe { std::env::set_var(tilebox::env::DATABASE_URL, &database.url) };
+
+    let server = TestServer::start();
+    let job = submit(&server, "Hello", "{}");
+    assert_eq!(job_document(&server, &job)["state"], "submitted");
+
+    let data = tempfile::tempdir().expect("data dir");
+    let mut cli_server = crate::common::tilebox_command(&["server", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tilebox server");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(cli_server.stdout.take().expect("stdout")),
+        &mut first_line,
+    )
+    .expect("read the server's stdout");
+    let _ = cli_server.kill();
+    let _ = cli_server.wait();
+    assert!(
+        first_line.starts_with("listening on "),
+        "the server started on SQLite: {first_line:?}"
+    );
+
+    let tables = TestCluster::psql(
+        &database.url,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(
+        tables, "0",
+        "no test server migrated or wrote the database TILEBOX_DATABASE_URL names"
+    );
+}
+
 #[test]
 fn jobs_and_reads_agree_across_replicas() {
     let replicas = Replicas::start(2, &[]);
