@@ -4,15 +4,23 @@ PostgreSQL with two server replicas.
 
     python3 bench/backends.py [--binary PATH] [--no-build] [--backends sqlite,pg1,pg2]
                               [--throughput-n 5000] [--repeat 3] [--fanout 100000]
-                              [--slots 2] [--json-out F] [--markdown-out F] [--keep-temp]
+                              [--latency-samples 30] [--slots 2] [--json-out F]
+                              [--markdown-out F] [--keep-temp]
 
 For each backend, on a fresh state, with our runner in direct mode serving `workload.py`:
 - no-op throughput: --repeat jobs whose root task submits --throughput-n no-op subtasks (the
   median is reported, with the range), timed from the job's submission to its last task's
   stop (server timestamps);
-- the --fanout fan-out (100,000 by default), timed the same way.
+- the --fanout fan-out (100,000 by default), timed the same way;
+- dispatch latency: every runner but the last is stopped (with two replicas the one left runs
+  on the second replica), then --latency-samples single-task `Stamp` jobs are submitted through
+  the first server, one at a time, each after a seeded random pause of 0.2-0.6 s (so the runner
+  is idle in its long poll); from the server's timestamps, the job's submitted_at to its task's
+  started_at. With two replicas this is the cross-replica wake-up.
 
-Every job is checked: completed, every task computed, every `Noop` executed exactly once.
+Every job is checked: completed, every task computed, every `Noop` executed exactly once. A
+runner that dies fails the measurement at once (no waiting for the timeout). Each backend's
+database is dropped after its servers stop, so its dead rows do not load the next backend.
 
 The runners have --slots slots in total: one runner `-n SLOTS` on the one server, or, with
 two replicas, one runner `-n SLOTS/2` on each (jobs are submitted through the first). CPU
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -53,6 +62,7 @@ from processes import (
     log,
     machine,
     parse_time,
+    percentile,
     process_stat,
 )
 
@@ -128,8 +138,10 @@ class Postgres:
             **user,
         )
         deadline = time.monotonic() + 60
+        # Through our own socket dir: on 127.0.0.1 another process's server on a port taken
+        # meanwhile would answer for ours.
         while subprocess.run(
-            [self.bindir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+            [self.bindir / "pg_isready", "-q", "-h", self.directory, "-p", str(self.port)]
         ).returncode:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start:\n{harness.log_tail('postgres')}")
@@ -150,6 +162,21 @@ class Postgres:
             check=True,
         )
         return f"postgres://tilebox@127.0.0.1:{self.port}/{name}"
+
+    def drop_database(self, url: str) -> None:
+        """Drops a backend's database (after its servers stopped): its dead rows and WAL must
+        not load the next backend's measurements."""
+        name = url.rsplit("/", 1)[1]
+        subprocess.run(
+            [self.bindir / "psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "tilebox"]
+            + ["-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+            check=True,
+        )
+        subprocess.run(
+            [self.bindir / "psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "tilebox"]
+            + ["-d", "postgres", "-c", "CHECKPOINT"],
+            check=True,
+        )
 
     def database_bytes(self, url: str) -> int:
         name = url.rsplit("/", 1)[1]
@@ -235,13 +262,58 @@ class Backend:
     def stop(self) -> None:
         for process in self.runners + self.servers:
             self.harness.stop(process)
+        if self.database_url:
+            self.postgres.drop_database(self.database_url)
+
+    def latency(self, samples: int, seed: int) -> dict:
+        """Dispatch latency to the last runner (on the second replica with two): the others
+        are stopped, then `samples` single-task `Stamp` jobs go through the first server one at
+        a time, each after a seeded random pause of 0.2-0.6 s; from the server's timestamps,
+        submitted_at to the task's started_at."""
+        harness = self.harness
+        for runner in self.runners[:-1]:
+            harness.stop(runner)
+        runner = self.runners[-1]
+        self.runners = self.runners[-1:]
+        harness.url = self.urls[0]
+        rng = random.Random(seed)
+        name = f"bench-latency-{self.name}."
+        jobs = []
+        for index in range(samples):
+            time.sleep(rng.uniform(0.2, 0.6))
+            job = measure.run_job(harness, name, "Stamp", str(index), 60, runner, 0.05)
+            if job["listed"]["state"] != "completed":
+                raise RuntimeError(
+                    f"latency job {index} of {self.name} ended {job['listed']['state']}:\n"
+                    f"{harness.log_tail(f'runner-{self.name}-{len(self.servers) - 1}')}"
+                )
+            jobs.append(job["id"])
+        starts = measure.server_job_starts(harness, name)
+        missing = [job for job in jobs if job not in starts]
+        if missing:
+            raise RuntimeError(f"{len(missing)} latency jobs of {self.name} have no started_at: {missing[:5]}")
+        values = [starts[job] * 1000 for job in jobs]
+        result = {
+            "samples": len(values),
+            "runner_on_replica": len(self.servers) - 1,
+            "p50_ms": percentile(values, 50),
+            "p99_ms": percentile(values, 99),
+            "max_ms": percentile(values, 100),
+            "all_ms": values,
+        }
+        log(
+            f"{self.name} dispatch latency (submit through server 0, runner on server {len(self.servers) - 1}): "
+            f"p50 {fmt(result['p50_ms'], 1)} ms, p99 {fmt(result['p99_ms'], 1)} ms, max {fmt(result['max_ms'], 1)} ms "
+            f"over {len(values)} jobs"
+        )
+        return result
 
     def fanout(self, label: str, n: int, timeout: float) -> dict:
         """One FanOut(n) job through the first server, checked and timed as `measure.fanout`."""
         harness = self.harness
         executions_before = self.executions()
         cpu_before = self.cpu()
-        job = measure.run_job(harness, label, "FanOut", str(n), timeout, self.runners[0], 5.0 if n >= 100_000 else 2.0)
+        job = measure.run_job(harness, label, "FanOut", str(n), timeout, self.runners, 5.0 if n >= 100_000 else 2.0)
         cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in self.cpu().items()}
         listed = job["listed"]
         stats = listed["execution_stats"]
@@ -311,6 +383,9 @@ def run(args: argparse.Namespace, harness: Harness) -> dict:
                 suite["fanout"] = backend.fanout(
                     f"bench-fanout-{name}.", args.fanout, 60 + args.fanout / args.min_rate
                 )
+            if args.latency_samples:
+                harness.wait_quiet(f"{name} dispatch latency")
+                suite["latency"] = backend.latency(args.latency_samples, args.seed)
         except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as error:
             log(f"backend {name} failed: {error}")
             suite["error"] = str(error)[-2000:]
@@ -318,6 +393,13 @@ def run(args: argparse.Namespace, harness: Harness) -> dict:
             backend.stop()
     results["duration_s"] = time.monotonic() - started
     return results
+
+
+def latency_cell(latency: dict | None) -> str:
+    if not latency:
+        return "-"
+    where = " (runner on replica 2)" if latency["runner_on_replica"] else ""
+    return f"{fmt(latency['p50_ms'], 1)} / {fmt(latency['p99_ms'], 1)}{where} (n = {latency['samples']})"
 
 
 def markdown(results: dict) -> str:
@@ -329,12 +411,13 @@ def markdown(results: dict) -> str:
         f"synchronous_commit on); load average {results['machine']['load_average'][0]:.2f} at the start.",
         "",
         "| backend | servers | no-op throughput (tasks/s), median [range] | fan-out (tasks/s) "
-        "| CPU µs/task server / runner / PostgreSQL (fan-out) | database after |",
-        "|---|---|---|---|---|---|",
+        "| CPU µs/task server / runner / PostgreSQL (fan-out) | database after "
+        "| dispatch latency p50 / p99 (ms) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, suite in results["backends"].items():
         if "error" in suite:
-            lines.append(f"| {name} | {suite['replicas']} | failed: {suite['error'][:200]} | | | |")
+            lines.append(f"| {name} | {suite['replicas']} | failed: {suite['error'][:200]} | | | | |")
             continue
         t = suite["throughput"]
         f = suite.get("fanout") or {}
@@ -344,8 +427,15 @@ def markdown(results: dict) -> str:
             f"| {name} | {suite['replicas']} | {fmt(t['median']['tasks_per_s'], 0)} "
             f"[{fmt(t['min'], 0)}–{fmt(t['max'], 0)}]{ok} | {fmt(f.get('tasks_per_s'), 0)} (n = {f.get('n', 0):,}) "
             f"| {fmt(per.get('servers'), 0)} / {fmt(per.get('runners'), 0)} / {fmt(per.get('postgres'), 0) if 'postgres' in per else '-'} "
-            f"| {f.get('database_bytes', 0) / 2**20:.0f} MiB |"
+            f"| {f.get('database_bytes', 0) / 2**20:.0f} MiB "
+            f"| {latency_cell(suite.get('latency'))} |"
         )
+    lines.append("")
+    lines.append(
+        "Dispatch latency: single-task jobs submitted through the first server one at a time after "
+        "a random 0.2-0.6 s pause, server submitted_at to the task's started_at, with only the last "
+        "runner left (with two replicas, on the second: the cross-replica wake-up)."
+    )
     lines.append("")
     lines.append("Conditions per measurement (load average, busy cores before it):")
     for c in results["conditions"]:
@@ -367,6 +457,7 @@ def parse_args() -> argparse.Namespace:
     add("--fanout", type=int, default=100_000, help="0 leaves the big fan-out out")
     add("--slots", type=int, default=2, help="runner slots in total (default: %(default)s)")
     add("--timeout", type=float, default=300, help="per throughput job (s)")
+    add("--latency-samples", type=int, default=30, help="dispatch latency jobs per backend; 0 leaves it out")
     add("--min-rate", type=float, default=500, help="the fan-out gets 60 s + N / this before it is canceled")
     add("--quiet-wait", type=float, default=30)
     add("--quiet-total", type=float, default=240)
