@@ -39,11 +39,18 @@ TREE_LIMIT = 20_000
 
 
 def run_job(
-    harness: Harness, name: str, task: str, task_input: str, timeout: float, runner: subprocess.Popen, max_poll: float
+    harness: Harness,
+    name: str,
+    task: str,
+    task_input: str,
+    timeout: float,
+    runner: subprocess.Popen | list[subprocess.Popen],
+    max_poll: float,
 ) -> dict:
     """Submits a job and polls `job list` (pauses doubling from 50 ms to max_poll) until it is
-    finished, the runner died or the timeout passed. A job that did not finish is canceled, so
-    it does not load later measurements."""
+    finished, any of the runners (one, or a list) died or the timeout passed. A job that did
+    not finish is canceled, so it does not load later measurements."""
+    runners = runner if isinstance(runner, list) else [runner]
     client_start = time.time()
     job = harness.submit(name, task, task_input)
     deadline = time.monotonic() + timeout
@@ -67,10 +74,11 @@ def run_job(
             logged, samples_logged = samples[-1]["t"], len(samples) - 1
         if listed["state"] in FINISHED:
             break
-        if runner.poll() is not None or time.monotonic() > deadline:
+        dead = [(index, each.returncode) for index, each in enumerate(runners) if each.poll() is not None]
+        if dead or time.monotonic() > deadline:
             why = (
-                f"the runner exited with {runner.returncode}"
-                if runner.poll() is not None
+                "; ".join(f"runner {index} exited with {code}" for index, code in dead)
+                if dead
                 else f"not finished after {timeout:.0f} s"
             )
             log(f"{name}: {why}; canceling the job")

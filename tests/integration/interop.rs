@@ -40,11 +40,27 @@ impl Servers {
         }
     }
 
+    /// The server the script submits through, to kill and restart it.
+    fn submit_mut(&mut self) -> &mut TestServer {
+        match self {
+            Servers::One(server) => server,
+            Servers::Two(replicas) => &mut replicas.servers[0],
+        }
+    }
+
     /// The URL the script's runners use (`TILEBOX_RUNNER_API_URL`).
     fn runner_url(&self) -> &str {
         match self {
             Servers::One(server) => server.url(),
             Servers::Two(replicas) => replicas.server(1).url(),
+        }
+    }
+
+    /// Every server, the one submitted through first: their stderr goes into the output.
+    fn all(&self) -> Vec<&TestServer> {
+        match self {
+            Servers::One(server) => vec![server],
+            Servers::Two(replicas) => replicas.servers.iter().collect(),
         }
     }
 
@@ -90,6 +106,7 @@ scenarios!(
     default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster,
     sdk_logs_and_spans_are_stored_and_read_back,
     sdk_queries_jobs_by_id_interval_and_automation,
+    acknowledged_work_survives_a_server_kill,
 );
 
 fn fanout_with_dependencies_completes_in_dependency_order(servers: Servers) {
@@ -495,8 +512,9 @@ fn default_cluster_resolves_and_runs_jobs_submitted_without_a_cluster(servers: S
     servers.stop();
 }
 
-#[test]
-fn acknowledged_work_survives_a_server_kill() {
+/// The job and cluster acknowledged through the submitting server survive its `kill -9`; with
+/// two replicas, the runners keep using the other one meanwhile.
+fn acknowledged_work_survives_a_server_kill(mut servers: Servers) {
     #[derive(Deserialize)]
     struct First {
         cluster: String,
@@ -511,8 +529,7 @@ fn acknowledged_work_survives_a_server_kill() {
         events: Vec<Event>,
     }
 
-    let mut server = TestServer::start();
-    let first: First = run_script(&server, "durability.py", &["first"]);
+    let first: First = run_script_on(&servers, "durability.py", &["first"]);
     assert!(
         ["RUNNING", "STARTED"].contains(&first.job.state.as_str()),
         "job state with the root computed and 3 leaves queued: {}",
@@ -524,10 +541,10 @@ fn acknowledged_work_survives_a_server_kill() {
     );
     let root = single(&first.events, |event| event.kind == "root");
 
-    server.kill();
-    server.restart();
-    let second: Second = run_script(
-        &server,
+    servers.submit_mut().kill();
+    servers.submit_mut().restart();
+    let second: Second = run_script_on(
+        &servers,
         "durability.py",
         &["second", &first.cluster, &first.job.id],
     );
@@ -562,7 +579,7 @@ fn acknowledged_work_survives_a_server_kill() {
         second.events
     );
 
-    server.stop();
+    servers.stop();
 }
 
 fn sdk_logs_and_spans_are_stored_and_read_back(servers: Servers) {
@@ -895,8 +912,9 @@ fn run_script_on<T: serde::de::DeserializeOwned>(
     name: &str,
     args: &[&str],
 ) -> T {
-    run_script_with_env(
+    run_script_for(
         servers.submit(),
+        &servers.all(),
         name,
         args,
         &[("TILEBOX_RUNNER_API_URL", Path::new(servers.runner_url()))],
@@ -921,6 +939,18 @@ pub(crate) fn run_script_with_env<T: serde::de::DeserializeOwned>(
     args: &[&str],
     env: &[(&str, &Path)],
 ) -> T {
+    run_script_for(server, &[server], name, args, env)
+}
+
+/// Runs the script against `server` (`TILEBOX_API_URL`, and `TILEBOX_RUNNER_API_URL` unless
+/// `env` names another), printing the stderr tail of every one of `servers`.
+fn run_script_for<T: serde::de::DeserializeOwned>(
+    server: &TestServer,
+    servers: &[&TestServer],
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> T {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let python = sdk_python();
     let script = scripts_dir().join(name);
@@ -932,6 +962,8 @@ pub(crate) fn run_script_with_env<T: serde::de::DeserializeOwned>(
         .args(args)
         .current_dir(server.temp_dir())
         .env("TILEBOX_API_URL", server.url())
+        // Always set (`harness.connect_runner` has no fallback); `env` may name another replica.
+        .env("TILEBOX_RUNNER_API_URL", server.url())
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("TILEBOX_API_KEY")
@@ -974,10 +1006,16 @@ pub(crate) fn run_script_with_env<T: serde::de::DeserializeOwned>(
         "--- {name} stderr (tail) ---\n{}",
         tail_of_file(&stderr_path, OUTPUT_TAIL_BYTES)
     );
-    println!(
-        "--- server stderr (tail) ---\n{}",
-        tail_of_string(&server.stderr(), OUTPUT_TAIL_BYTES)
-    );
+    for (index, each) in servers.iter().enumerate() {
+        let label = match servers.len() {
+            1 => "server".to_string(),
+            _ => format!("replica {index} ({})", each.url()),
+        };
+        println!(
+            "--- {label} stderr (tail) ---\n{}",
+            tail_of_string(&each.stderr(), OUTPUT_TAIL_BYTES)
+        );
+    }
 
     let status = status
         .unwrap_or_else(|timed_out| panic!("{timed_out}; it was killed (its output is above)"));

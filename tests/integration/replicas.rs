@@ -69,6 +69,51 @@ fn a_bad_database_url_is_refused_without_printing_its_password() {
     );
 }
 
+/// A developer's exported `TILEBOX_DATABASE_URL` never reaches a server the tests start,
+/// neither a [`TestServer`] nor `tilebox server` run through `tilebox_command`: without
+/// `--database` they run on SQLite in their data dir and leave that database untouched.
+#[test]
+fn a_developers_database_url_never_reaches_the_servers_tests_start() {
+    let database = crate::common::postgres::TestDatabase::create();
+    // SAFETY (test set-up): nextest runs each test in its own process, and this is set
+    // before the test spawns any child.
+    unsafe { std::env::set_var(tilebox::env::DATABASE_URL, &database.url) };
+
+    let server = TestServer::start();
+    let job = submit(&server, "Hello", "{}");
+    assert_eq!(job_document(&server, &job)["state"], "submitted");
+
+    let data = tempfile::tempdir().expect("data dir");
+    let mut cli_server = crate::common::tilebox_command(&["server", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tilebox server");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(cli_server.stdout.take().expect("stdout")),
+        &mut first_line,
+    )
+    .expect("read the server's stdout");
+    let _ = cli_server.kill();
+    let _ = cli_server.wait();
+    assert!(
+        first_line.starts_with("listening on "),
+        "the server started on SQLite: {first_line:?}"
+    );
+
+    let tables = TestCluster::psql(
+        &database.url,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(
+        tables, "0",
+        "no test server migrated or wrote the database TILEBOX_DATABASE_URL names"
+    );
+}
+
 #[test]
 fn jobs_and_reads_agree_across_replicas() {
     let replicas = Replicas::start(2, &[]);
@@ -131,8 +176,10 @@ fn a_task_submitted_on_one_replica_wakes_a_runner_long_polling_on_the_other() {
 }
 
 /// Four runners, two on each replica, work through fan-outs submitted through A; replica B
-/// is killed with SIGKILL mid-run. Every job A acknowledged completes with every task
-/// computed once: B's runners' leases expire and A's reaper hands their tasks out again.
+/// is killed with SIGKILL mid-run. Every job A acknowledged (before and after the kill)
+/// completes with all of its tasks, every one of them in state computed: B's runners' leases
+/// expire and A's reaper hands their tasks out again. Delivery is at-least-once, so a task
+/// whose lease expired may have run twice; how often a task ran is not checked here.
 /// B then comes back on its port, and its runners resume.
 #[test]
 fn killing_a_replica_under_load_loses_nothing_acknowledged() {
@@ -215,8 +262,10 @@ fn killing_a_replica_under_load_loses_nothing_acknowledged() {
     );
 }
 
-/// PostgreSQL restarts (fast shutdown, every session ended) in the middle of a run: both
-/// servers answer UNAVAILABLE meanwhile, reconnect, and every job completes; a job
+/// PostgreSQL crashes (immediate shutdown: no checkpoint, every session cut, the WAL
+/// replayed at the next start) in the middle of a run and comes back on its port: both
+/// servers answer UNAVAILABLE meanwhile, reconnect, and every job acknowledged before the
+/// crash, up to the last one submitted just before it, still exists and completes; a job
 /// submitted after the restart through one replica wakes a runner on the other, so the
 /// listening connections came back too.
 #[test]
@@ -259,7 +308,9 @@ fn a_postgres_restart_mid_run_is_survived() {
         },
     )
     .expect("work under way");
-    cluster.restart();
+    // Acknowledged just before the crash: with synchronous commit, in the WAL already.
+    let last_moment: Vec<String> = (0..4).map(|_| submit(a, "Hello", "{}")).collect();
+    cluster.crash_restart();
     let computed: u64 = jobs
         .iter()
         .map(|job| {
@@ -277,6 +328,13 @@ fn a_postgres_restart_mid_run_is_survived() {
         assert_eq!(
             done["execution_stats"]["tasks_by_state"]["computed"], 101,
             "{done}"
+        );
+    }
+    for job in &last_moment {
+        let done = wait_for_job_state(a, job, "completed", Duration::from_secs(120));
+        assert_eq!(
+            done["execution_stats"]["tasks_by_state"]["computed"], 1,
+            "the job acknowledged just before the crash ran: {done}"
         );
     }
     // B's runner alone, idle in a 60 s long poll: only a NOTIFY from A over the new
@@ -360,4 +418,103 @@ fn releases_deployed_through_one_replica_run_on_a_release_runner_of_the_other() 
         || job_document(a, &id)["state"] == "completed",
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\ndeployed: {deployed}\n{}", runner.log()));
+}
+
+/// A deploy through A reaches a deployment watch (`DeploymentService.WatchDeployments` on the
+/// default cluster) on A and one on B: each delivers exactly one new snapshot, naming the
+/// deployed release, and then nothing more for a few seconds (a duplicate notification that
+/// changed the snapshot, or a second NOTIFY path, would show as a further message). B's
+/// watch hears only through the database: it is never told by A directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_through_one_replica_reaches_watchers_on_both_exactly_once() {
+    use tilebox::api::selfhosted_v1::{ClusterDeployments, WatchDeploymentsRequest};
+    use tokio::time::timeout;
+
+    /// How long the deploy may take to reach a watch.
+    const DELIVERY: Duration = Duration::from_secs(20);
+    /// How long a watch must then stay quiet.
+    const QUIET: Duration = Duration::from_secs(3);
+
+    let replicas = Replicas::start(2, &[]);
+    let (a, b) = (replicas.server(0), replicas.server(1));
+    let project = project("greeter", APP);
+    assert!(
+        a.tilebox(&["workflow", "create", "Greeter"])
+            .status
+            .success()
+    );
+    json_of(&a.tilebox_in(project.path(), &["--json", "workflow", "publish-release"]));
+
+    let mut watches = Vec::new();
+    for (name, server) in [("A", a), ("B", b)] {
+        let mut client = tilebox::client::Client::connect(server.url(), None)
+            .await
+            .expect("client");
+        let mut stream = client
+            .deployments
+            .watch_deployments(WatchDeploymentsRequest::default())
+            .await
+            .unwrap_or_else(|status| panic!("watch on {name}: {status:?}"))
+            .into_inner();
+        let first: ClusterDeployments = timeout(DELIVERY, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("the watch on {name} sends the current set at once"))
+            .expect("the first snapshot")
+            .expect("the stream stays open");
+        assert!(
+            first.releases.is_empty(),
+            "nothing is deployed yet ({name}): {first:?}"
+        );
+        watches.push((name, client, stream));
+    }
+
+    let deployed = json_of(&a.tilebox_in(
+        project.path(),
+        &["--json", "workflow", "deploy-release", "--latest"],
+    ));
+    let release_id = deployed["release"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the deployed release's id: {deployed}"))
+        .to_string();
+
+    for (name, _client, stream) in &mut watches {
+        let next = timeout(DELIVERY, stream.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the watch on {name} heard of the deploy through A within {DELIVERY:?}\n\
+                     deployed: {deployed}\n--- A ---\n{}\n--- B ---\n{}",
+                    a.stderr_tail(),
+                    b.stderr_tail()
+                )
+            })
+            .unwrap_or_else(|status| panic!("the watch on {name} failed: {status:?}"))
+            .unwrap_or_else(|| panic!("the watch on {name} ended"));
+        let named: Vec<(String, Option<String>)> = next
+            .releases
+            .iter()
+            .map(|deployed| {
+                let id = tilebox::api::convert::uuid_of(
+                    deployed
+                        .release
+                        .as_ref()
+                        .and_then(|release| release.id.as_ref()),
+                )
+                .ok()
+                .flatten()
+                .map(|id| id.to_string());
+                (deployed.workflow_slug.clone(), id)
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [("greeter".to_string(), Some(release_id.clone()))],
+            "the watch on {name} names the release deployed through A: {next:?}"
+        );
+    }
+    for (name, _client, stream) in &mut watches {
+        if let Ok(further) = timeout(QUIET, stream.message()).await {
+            panic!("the watch on {name} sent a second message for one deploy: {further:?}");
+        }
+    }
 }

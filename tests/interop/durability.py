@@ -2,15 +2,15 @@
 
 `durability.py first`: creates a cluster, submits a job and runs it with a runner that only knows
 `Root`; the root computes and submits three `Leaf` subtasks that this runner cannot run, so
-`run_all` stops with the leaves queued. The test then kills the server with SIGKILL and restarts
-it on the same port and data dir.
+`run_all` stops with the leaves queued. The test then kills the server it submitted through with
+SIGKILL and restarts it on the same port and data dir (with two replicas, the runners use the other).
 `durability.py second <cluster> <job>`: the cluster and job are still there, and a runner that knows
 `Leaf` completes the job.
 """
 
 import sys
 
-from harness import EVENTS, connect, emit, job_summary, record
+from harness import EVENTS, connect, connect_runner, emit, job_summary, record
 from tilebox.workflows import ExecutionContext, Task
 
 LEAVES = 3
@@ -33,7 +33,7 @@ def first() -> None:
     client = connect()
     cluster = client.clusters().create("Interop durability")
     job = client.jobs().submit("interop-durability", Root(), cluster=cluster)
-    client.runner(cluster, tasks=[Root]).run_all()
+    connect_runner().runner(cluster, tasks=[Root]).run_all()
     emit({"cluster": cluster.slug, "job": job_summary(client.jobs().find(job)), "events": EVENTS})
 
 
@@ -41,7 +41,7 @@ def second(cluster_slug: str, job_id: str) -> None:
     client = connect()
     cluster = client.clusters().find(cluster_slug)
     before = job_summary(client.jobs().find(job_id))
-    client.runner(cluster, tasks=[Leaf]).run_all()
+    connect_runner().runner(cluster, tasks=[Leaf]).run_all()
     emit(
         {
             "cluster": cluster.slug,

@@ -26,9 +26,10 @@ def connect() -> Client:
 
 
 def connect_runner() -> Client:
-    """A client for the scenario's runners: `TILEBOX_RUNNER_API_URL` when the test runs them on
-    another replica of the same database than the one it submits through, else the same server."""
-    return Client(url=os.environ.get("TILEBOX_RUNNER_API_URL") or os.environ["TILEBOX_API_URL"])
+    """A client for the scenario's runners: `TILEBOX_RUNNER_API_URL`, which the test always sets (the
+    same URL as `TILEBOX_API_URL` for one server, the other replica for two). No fallback: a two-replica
+    run that lost the variable must fail, not silently run everything on one server."""
+    return Client(url=os.environ["TILEBOX_RUNNER_API_URL"])
 
 
 def record(context: ExecutionContext, kind: str, **fields: Any) -> dict[str, Any]:

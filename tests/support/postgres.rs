@@ -75,11 +75,16 @@ struct Owned {
 
 /// The thread that started the postmaster: `PR_SET_PDEATHSIG` fires when the *thread* that
 /// forked dies, so it lives as long as the server runs. Dropping `stop` ends it, and it then
-/// shuts the server down.
+/// shuts the server down (fast); sending a signal on `stop` starts the shutdown with that
+/// signal instead (`SIGQUIT`: immediate, as in a crash).
 struct Keeper {
-    stop: mpsc::Sender<()>,
+    stop: mpsc::Sender<libc::c_int>,
     thread: std::thread::JoinHandle<()>,
 }
+
+/// How often [`TestCluster::restart`] tries to bind its port again while another process
+/// holds it, half a second apart.
+const RESTART_BIND_ATTEMPTS: u32 = 20;
 
 static SHARED: Mutex<Weak<TestCluster>> = Mutex::new(Weak::new());
 
@@ -106,7 +111,10 @@ impl TestCluster {
     }
 
     /// Starts a cluster of the caller's own: `initdb` in a temp dir, then the server on a
-    /// free loopback port, with fsync off (the tests kill processes, not the machine).
+    /// free loopback port, with fsync off (the tests kill processes, not the machine) but
+    /// `synchronous_commit` on: a commit is acknowledged only once its WAL is written, so an
+    /// immediate shutdown ([`crash_restart`](Self::crash_restart)) loses nothing acknowledged,
+    /// and a server that acknowledges before committing shows.
     pub fn start() -> TestCluster {
         let bindir = bindir();
         let directory = temp_directory();
@@ -164,17 +172,39 @@ impl TestCluster {
         unreachable!()
     }
 
-    /// Stops the server (fast shutdown: sessions are ended) and starts it again on the same
-    /// port and data; answers once it accepts connections.
+    /// Stops the server (fast shutdown: sessions are ended, a checkpoint is written) and
+    /// starts it again on the same port and data; answers once it accepts connections.
     pub fn restart(&self) {
+        self.stop_and_start(None);
+    }
+
+    /// Stops the server as a crash would (`SIGQUIT`: immediate shutdown, no checkpoint,
+    /// sessions cut) and starts it again on the same port and data, which replays the WAL;
+    /// answers once it accepts connections.
+    pub fn crash_restart(&self) {
+        self.stop_and_start(Some(libc::SIGQUIT));
+    }
+
+    fn stop_and_start(&self, signal: Option<libc::c_int>) {
         let owned = self
             .owned
             .as_ref()
             .expect("only a cluster this test started can be restarted");
-        owned.stop();
-        owned
-            .launch(self.port)
-            .unwrap_or_else(|log| panic!("PostgreSQL did not start again: {log}"));
+        owned.stop_with(signal);
+        // The port must stay the same (the servers under test hold URLs naming it), so when
+        // another process took it meanwhile, wait for it to let go.
+        for attempt in 1.. {
+            match owned.launch(self.port) {
+                Ok(()) => return,
+                Err(log) if attempt < RESTART_BIND_ATTEMPTS && log.contains("could not bind") => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(log) => panic!(
+                    "PostgreSQL did not start again on port {} (attempt {attempt}): {log}",
+                    self.port
+                ),
+            }
+        }
     }
 
     /// Stops the server without starting it again (until [`restart`](Self::restart)).
@@ -236,8 +266,6 @@ impl Owned {
                 "-c",
                 "full_page_writes=off",
                 "-c",
-                "synchronous_commit=off",
-                "-c",
                 "max_connections=400",
             ])
             .stdin(Stdio::null())
@@ -254,15 +282,15 @@ impl Owned {
             });
         }
         let (started, child) = mpsc::channel::<std::io::Result<u32>>();
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (stop, stopped) = mpsc::channel::<libc::c_int>();
         let thread = std::thread::Builder::new()
             .name("postgres-keeper".to_string())
             .spawn(move || match command.spawn() {
                 Ok(mut server) => {
                     let _ = started.send(Ok(server.id()));
                     // Until told to stop, or the server ends by itself.
-                    let _ = stopped.recv();
-                    shut_down(&mut server);
+                    let first = stopped.recv().unwrap_or(libc::SIGINT);
+                    shut_down(&mut server, first);
                 }
                 Err(error) => {
                     let _ = started.send(Err(error));
@@ -276,8 +304,13 @@ impl Owned {
         *self.keeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(Keeper { stop, thread });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Through this cluster's own socket directory: on 127.0.0.1 another process's
+            // server on a port taken meanwhile would answer for ours.
             let ready = Command::new(self.bindir.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-q")
+                .arg("-h")
+                .arg(&self.directory)
+                .args(["-p", &port.to_string()])
                 .status()
                 .is_ok_and(|status| status.success());
             if ready {
@@ -296,17 +329,31 @@ impl Owned {
     }
 
     fn stop(&self) {
+        self.stop_with(None);
+    }
+
+    /// Stops the server: fast shutdown, or starting with `signal`.
+    fn stop_with(&self, signal: Option<libc::c_int>) {
         let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(Keeper { stop, thread }) = keeper {
+            if let Some(signal) = signal {
+                let _ = stop.send(signal);
+            }
             drop(stop);
             let _ = thread.join();
         }
     }
 }
 
-/// Fast shutdown (SIGINT), then immediate (SIGQUIT) after 10 s, then SIGKILL.
-fn shut_down(server: &mut Child) {
-    for (signal, wait) in [(libc::SIGINT, 10), (libc::SIGQUIT, 5), (libc::SIGKILL, 5)] {
+/// Fast shutdown (SIGINT), then immediate (SIGQUIT) after 10 s, then SIGKILL; starting at
+/// `first` of these.
+fn shut_down(server: &mut Child, first: libc::c_int) {
+    let steps = [(libc::SIGINT, 10), (libc::SIGQUIT, 5), (libc::SIGKILL, 5)];
+    let start = steps
+        .iter()
+        .position(|&(signal, _)| signal == first)
+        .unwrap_or(0);
+    for &(signal, wait) in &steps[start..] {
         // SAFETY: signals our own child.
         unsafe { libc::kill(server.id() as libc::pid_t, signal) };
         let deadline = Instant::now() + Duration::from_secs(wait);
@@ -455,5 +502,33 @@ mod tests {
             &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
         );
         assert_eq!(left, "0", "the test database is dropped");
+    }
+
+    #[test]
+    fn a_crash_restart_keeps_every_acknowledged_commit_and_skips_the_checkpoint() {
+        let cluster = Arc::new(TestCluster::start());
+        let database = TestDatabase::create_on(cluster.clone());
+        TestCluster::psql(&database.url, "CREATE TABLE kept (n int)");
+        for n in 0..20 {
+            TestCluster::psql(&database.url, &format!("INSERT INTO kept VALUES ({n})"));
+        }
+        // Not off: an acknowledged commit must be in the WAL when the server dies.
+        assert_eq!(
+            TestCluster::psql(&database.url, "SHOW synchronous_commit"),
+            "on"
+        );
+        cluster.crash_restart();
+        assert_eq!(
+            TestCluster::psql(&database.url, "SELECT count(*), sum(n) FROM kept"),
+            "20|190",
+            "every acknowledged insert survives an immediate shutdown"
+        );
+        let log =
+            fs_err::read_to_string(cluster.owned.as_ref().expect("owned").directory.join("log"))
+                .expect("the server log");
+        assert!(
+            log.contains("not properly shut down") || log.contains("redo starts"),
+            "the restart replayed the WAL, so the shutdown was immediate: {log}"
+        );
     }
 }

@@ -176,6 +176,9 @@ impl TestServer {
             .args(&self.extra_args)
             .env_remove("TILEBOX_SERVER_TOKENS")
             .env_remove("TILEBOX_API_KEY")
+            // A developer's exported URL must never send a test server to their database:
+            // replicas pass `--database` explicitly.
+            .env_remove("TILEBOX_DATABASE_URL")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -242,13 +245,15 @@ impl Drop for TestServer {
     }
 }
 
-/// A `tilebox` command with the test environment: no API key or URL from the developer's shell.
+/// A `tilebox` command with the test environment: no API key, API URL or database URL from
+/// the developer's shell (a `tilebox server` it starts uses SQLite unless given `--database`).
 pub fn tilebox_command(args: &[&str]) -> Command {
     let mut command = Command::new(tilebox_binary());
     command
         .args(args)
         .env_remove("TILEBOX_API_KEY")
         .env_remove("TILEBOX_API_URL")
+        .env_remove("TILEBOX_DATABASE_URL")
         .env_remove("TILEBOX_CA_CERT")
         .env_remove("TILEBOX_UV")
         .env("NO_COLOR", "1")
