@@ -207,7 +207,7 @@ class Backend:
         args = ["--data-dir", data]
         if name != "sqlite":
             self.database_url = postgres.fresh_database()
-            args += ["--database", self.database_url]
+            args += ["--database", self.database_url, "--database-writers", str(harness.args.database_writers)]
         for index in range(replicas):
             self.servers.append(self.start_server(args, f"server-{name}-{index}"))
         harness.url = self.urls[0]
@@ -456,6 +456,7 @@ def parse_args() -> argparse.Namespace:
     add("--repeat", type=int, default=3)
     add("--fanout", type=int, default=100_000, help="0 leaves the big fan-out out")
     add("--slots", type=int, default=2, help="runner slots in total (default: %(default)s)")
+    add("--database-writers", type=int, default=2, help="the servers' --database-writers (default: %(default)s)")
     add("--timeout", type=float, default=300, help="per throughput job (s)")
     add("--latency-samples", type=int, default=30, help="dispatch latency jobs per backend; 0 leaves it out")
     add("--min-rate", type=float, default=500, help="the fan-out gets 60 s + N / this before it is canceled")

@@ -128,17 +128,23 @@ impl Deltas {
                 ],
             )
             .map_err(pg("count job"))?;
-            for (state, count) in delta.states {
-                if count == 0 {
-                    continue;
-                }
-                tx.execute(
-                    "INSERT INTO job_task_states (job, state, count) VALUES ($1, $2, $3)
-                     ON CONFLICT (job, state) DO UPDATE SET count = job_task_states.count + excluded.count",
-                    &[&job, &state, &count],
-                )
-                .map_err(pg("count task states"))?;
+            let (states, counts): (Vec<i64>, Vec<i64>) = delta
+                .states
+                .into_iter()
+                .filter(|(_, count)| *count != 0)
+                .unzip();
+            if states.is_empty() {
+                continue;
             }
+            // One statement for every state that moved (a report moves two).
+            tx.execute(
+                "INSERT INTO job_task_states (job, state, count)
+                 SELECT $1, state, count FROM unnest($2::bigint[], $3::bigint[]) AS d(state, count)
+                 ORDER BY state
+                 ON CONFLICT (job, state) DO UPDATE SET count = job_task_states.count + excluded.count",
+                &[&job, &states, &counts],
+            )
+            .map_err(pg("count task states"))?;
         }
         Ok(())
     }

@@ -293,13 +293,19 @@ fn is_claimant(task: &TaskRow, caller: &str, act: Act) -> bool {
     rules::is_claimant(attempt, caller, act)
 }
 
+/// A reported task, locked, with whether its job (locked too) still hands tasks out.
+struct Locked {
+    task: TaskRow,
+    job_active: bool,
+}
+
 /// The start of applying any report: the reported task, locked, when `claimant` is the
 /// claimant of its attempt; otherwise the stale outcome to answer, and nothing changed.
 fn lock_reported(
     tx: &mut Tx<'_>,
     task_id: Uuid,
     claimant: &str,
-) -> Result<std::result::Result<TaskRow, ReportOutcome>> {
+) -> Result<std::result::Result<Locked, ReportOutcome>> {
     let task = lock_task(tx, task_id)?;
     if !is_claimant(&task, claimant, Act::Report) {
         return Ok(Err(ReportOutcome::Stale(task_state(task.state))));
@@ -308,21 +314,32 @@ fn lock_reported(
     // job's state (are new subtasks active?) and its optional scopes, while a failure on
     // another writer deactivates the job's tasks or skips a scope. Holding the job row
     // orders the two, so neither decides on what the other is changing.
-    tx.execute(
-        "SELECT 1 FROM jobs WHERE job = $1 FOR NO KEY UPDATE",
-        &[&task.job],
-    )
-    .map_err(pg("lock job"))?;
-    Ok(Ok(task))
+    let row = tx
+        .query_one(
+            "SELECT state NOT IN ($2, $3) FROM jobs WHERE job = $1 FOR NO KEY UPDATE",
+            &[
+                &task.job,
+                &(JobState::Failed as i64),
+                &(JobState::Canceled as i64),
+            ],
+        )
+        .map_err(pg("lock job"))?;
+    Ok(Ok(Locked {
+        task,
+        job_active: row.get(0),
+    }))
 }
 
 /// Ends the current attempt of a running task: accounts its compute time, and the job's
 /// running count and attempt times.
-fn stop_attempt(tx: &mut Tx<'_>, deltas: &mut Deltas, task: &TaskRow, now: i64) -> Result<()> {
-    let elapsed = task
-        .attempt_started_at
+fn attempt_elapsed(task: &TaskRow, now: i64) -> i64 {
+    task.attempt_started_at
         .map(|start| (now - start).max(0))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+fn stop_attempt(tx: &mut Tx<'_>, deltas: &mut Deltas, task: &TaskRow, now: i64) -> Result<()> {
+    let elapsed = attempt_elapsed(task, now);
     tx.execute(
         "UPDATE tasks SET stopped_at = $2, compute_ms = compute_ms + $3, lease_expires_at = NULL,
                           attempt_started_at = NULL WHERE task = $1",
@@ -397,18 +414,22 @@ pub(super) fn complete_task(
     report: &ComputedReport,
     now: i64,
 ) -> Result<ReportOutcome> {
-    let task = match lock_reported(tx, report.task_id, &report.claimant)? {
-        Ok(task) => task,
+    let Locked { task, job_active } = match lock_reported(tx, report.task_id, &report.claimant)? {
+        Ok(locked) => locked,
         Err(stale) => return Ok(stale),
     };
     let clusters = check_tasks(tx, &report.subtasks)?;
     let mut deltas = Deltas::default();
-    stop_attempt(tx, &mut deltas, &task, now)?;
+    // The attempt's end and the new state in one statement (`stop_attempt`'s accounting).
+    let elapsed = attempt_elapsed(&task, now);
     tx.execute(
-        "UPDATE tasks SET state = $2, display = $3 WHERE task = $1",
-        &[&task.row, &COMPUTED, &report.display],
+        "UPDATE tasks SET stopped_at = $2, compute_ms = compute_ms + $3, lease_expires_at = NULL,
+                          attempt_started_at = NULL, state = $4, display = $5
+         WHERE task = $1",
+        &[&task.row, &now, &elapsed, &COMPUTED, &report.display],
     )
     .map_err(pg("complete task"))?;
+    deltas.stop_attempt(task.job, task.attempt_started_at.unwrap_or(0), elapsed);
     deltas.move_tasks(task.job, Some(RUNNING), COMPUTED, 1);
     counters::replace_progress(tx, task.job, task.row, &report.progress)?;
     let scope = if task.optional {
@@ -424,18 +445,8 @@ pub(super) fn complete_task(
                 .get(0),
             _ => false,
         };
-    // Tasks of a failed or canceled job are not handed out: neither are its new ones.
-    let job_active: bool = tx
-        .query_one(
-            "SELECT state NOT IN ($2, $3) FROM jobs WHERE job = $1",
-            &[
-                &task.job,
-                &(JobState::Failed as i64),
-                &(JobState::Canceled as i64),
-            ],
-        )
-        .map_err(pg("load job"))?
-        .get(0);
+    // Tasks of a failed or canceled job are not handed out: neither are its new ones
+    // (`job_active`, read with the job's row locked).
     let placement = Placement {
         job: task.job,
         parent: Some(task.row),
@@ -463,7 +474,7 @@ pub(super) fn complete_task(
 /// Applies a failure report.
 pub(super) fn fail_task(tx: &mut Tx<'_>, report: &FailedReport, now: i64) -> Result<ReportOutcome> {
     let task = match lock_reported(tx, report.task_id, &report.claimant)? {
-        Ok(task) => task,
+        Ok(locked) => locked.task,
         Err(stale) => return Ok(stale),
     };
     let mut deltas = Deltas::default();
@@ -508,7 +519,7 @@ pub(super) fn fail_task(tx: &mut Tx<'_>, report: &FailedReport, now: i64) -> Res
 /// nor a runner failure, and fenced (see [`rules::is_claimant`]).
 fn hand_back(tx: &mut Tx<'_>, report: &HandedBackReport, now: i64) -> Result<ReportOutcome> {
     let task = match lock_reported(tx, report.task_id, &report.claimant)? {
-        Ok(task) => task,
+        Ok(locked) => locked.task,
         Err(stale) => return Ok(stale),
     };
     let mut deltas = Deltas::default();
@@ -693,7 +704,8 @@ pub(super) fn claim_tasks(
             "UPDATE tasks SET state = $2, claimant = $3, lease_expires_at = $4, attempt_started_at = $5,
                               started_at = COALESCE(started_at, $5), stopped_at = NULL
              WHERE task = ANY($1)
-             RETURNING task, job, started_at, uuid, input, display, parent, retry_count",
+             RETURNING task, job, started_at, uuid, input, display, parent, retry_count,
+                       (SELECT p.uuid FROM tasks p WHERE p.task = tasks.parent)",
             &[&chosen, &RUNNING, &claim.claimant, &(now + lease_millis), &now],
         )
         .map_err(pg("claim task"))?;
@@ -704,19 +716,6 @@ pub(super) fn claim_tasks(
         deltas.move_tasks(job, Some(QUEUED), RUNNING, 1);
     }
     deltas.flush(tx)?;
-    let parents: Vec<i64> = claimed
-        .iter()
-        .filter_map(|row| row.get::<_, Option<i64>>(6))
-        .collect();
-    let parent_ids: HashMap<i64, Uuid> = tx
-        .query(
-            "SELECT task, uuid FROM tasks WHERE task = ANY($1)",
-            &[&parents],
-        )
-        .map_err(pg("load claimed task"))?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
     let mut depends_on: HashMap<i64, Vec<Uuid>> = HashMap::new();
     for row in tx
         .query(
@@ -775,9 +774,7 @@ pub(super) fn claim_tasks(
                 identifier,
                 input: row.get(4),
                 display: row.get(5),
-                parent_id: row
-                    .get::<_, Option<i64>>(6)
-                    .and_then(|parent| parent_ids.get(&parent).copied()),
+                parent_id: row.get::<_, Option<Uuid>>(8),
                 depends_on: depends_on.remove(&task).unwrap_or_default(),
                 retry_count: row.get(7),
                 lease: claim.lease,
