@@ -151,7 +151,7 @@ class Postgres:
 
     def version(self) -> str:
         out = subprocess.run([self.bindir / "postgres", "--version"], capture_output=True, text=True).stdout
-        return out.split()[-1] if out else "?"
+        return out.split()[-1].rstrip(")") if out else "?"
 
     def fresh_database(self) -> str:
         self.databases += 1
