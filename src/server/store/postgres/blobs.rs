@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Connection, PgStore, Tx, connect, pg};
+use super::{PgStore, Tx, pg};
 use crate::api::convert::now_millis;
 use crate::server::store::{Error, Result};
 
@@ -37,58 +37,6 @@ impl PgStore {
             store: self.clone(),
         }
     }
-
-    /// Runs `operation` in a read-write transaction of its own on a pooled connection,
-    /// outside the writer's batches.
-    async fn apart<T, F>(&self, operation: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
-    {
-        let _permit = self
-            .inner
-            .reader_permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Closed)?;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().map_err(|_| Error::Closed)?.pop();
-            let mut connection = match pooled {
-                Some(connection) if !connection.client.is_closed() => connection,
-                _ => connect(&inner.config, &inner.target)?,
-            };
-            let result = write_in(&mut connection, operation);
-            if !connection.client.is_closed()
-                && let Ok(mut readers) = inner.readers.lock()
-            {
-                readers.push(connection);
-            }
-            result
-        })
-        .await
-        .map_err(|_| Error::Closed)?
-    }
-}
-
-fn write_in<T>(
-    connection: &mut Connection,
-    operation: impl FnOnce(&mut Tx<'_>) -> Result<T>,
-) -> Result<T> {
-    let transaction = connection
-        .client
-        .transaction()
-        .map_err(pg("begin an artifact write"))?;
-    let mut tx = Tx {
-        transaction,
-        statements: &mut connection.statements,
-    };
-    // Dropped without a commit on an error: rolled back.
-    let value = operation(&mut tx)?;
-    tx.transaction
-        .commit()
-        .map_err(pg("commit an artifact write"))?;
-    Ok(value)
 }
 
 impl Blobs {
@@ -96,7 +44,7 @@ impl Blobs {
     pub async fn begin(&self) -> Result<Uuid> {
         let upload = Uuid::now_v7();
         self.store
-            .apart(move |tx| {
+            .write_apart(move |tx| {
                 tx.execute(
                     "INSERT INTO artifact_uploads (upload, started_at) VALUES ($1, $2)",
                     &[&upload, &now_millis()],
@@ -110,7 +58,7 @@ impl Blobs {
     /// Stores chunk `seq` of `upload`; refused when the upload is gone (swept as stale).
     pub async fn put_chunk(&self, upload: Uuid, seq: i64, bytes: Vec<u8>) -> Result<()> {
         self.store
-            .apart(move |tx| {
+            .write_apart(move |tx| {
                 // The upload's row is locked (shared) so a sweep cannot remove it meanwhile
                 // and leave this chunk behind.
                 let stored = tx
@@ -135,7 +83,7 @@ impl Blobs {
     /// are the same; this upload's chunks are deleted).
     pub async fn publish(&self, upload: Uuid, digest: String, size: u64) -> Result<bool> {
         self.store
-            .apart(move |tx| {
+            .write_apart(move |tx| {
                 let ended = tx
                     .execute("DELETE FROM artifact_uploads WHERE upload = $1", &[&upload])
                     .map_err(pg("publish an artifact"))?;
@@ -175,7 +123,7 @@ impl Blobs {
     /// Forgets an upload that will not be published, with its chunks.
     pub async fn discard(&self, upload: Uuid) -> Result<()> {
         self.store
-            .apart(move |tx| {
+            .write_apart(move |tx| {
                 let published = tx
                     .query_opt("SELECT 1 FROM artifact_blobs WHERE upload = $1", &[&upload])
                     .map_err(pg("discard an artifact upload"))?;
@@ -230,7 +178,7 @@ impl Blobs {
     pub async fn remove_stale_uploads(&self, older_than: Duration) -> Result<usize> {
         let before = now_millis() - older_than.as_millis() as i64;
         self.store
-            .apart(move |tx| {
+            .write_apart(move |tx| {
                 let stale: Vec<Uuid> = tx
                     .query(
                         "DELETE FROM artifact_uploads u WHERE started_at < $1

@@ -443,7 +443,7 @@ impl PgStore {
 
     /// Runs `operation` in a read-only snapshot on a pooled connection (see
     /// [`pooled`](Self::pooled)).
-    async fn read<T, F>(&self, operation: F) -> Result<T>
+    pub(super) async fn read<T, F>(&self, operation: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
@@ -454,7 +454,7 @@ impl PgStore {
     /// Runs an idempotent write in a short transaction of its own on a pooled connection:
     /// bulky writes (telemetry exports) that must not hold up the writers' batches of claims
     /// and reports, nor keep their locks while they are sent.
-    async fn write_apart<T, F>(&self, operation: F) -> Result<T>
+    pub(super) async fn write_apart<T, F>(&self, operation: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
