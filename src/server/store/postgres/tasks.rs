@@ -330,20 +330,41 @@ fn lock_reported(
     }))
 }
 
-/// Ends the current attempt of a running task: accounts its compute time, and the job's
-/// running count and attempt times.
-fn attempt_elapsed(task: &TaskRow, now: i64) -> i64 {
-    task.attempt_started_at
-        .map(|start| (now - start).max(0))
-        .unwrap_or(0)
+/// What the statement that ends an attempt sets besides: the report's new state and
+/// display, and the fence of a hand-back, so a report ends its attempt in one statement.
+#[derive(Default)]
+struct Ending<'a> {
+    state: Option<i64>,
+    display: Option<&'a str>,
+    fence: bool,
 }
 
-fn stop_attempt(tx: &mut Tx<'_>, deltas: &mut Deltas, task: &TaskRow, now: i64) -> Result<()> {
-    let elapsed = attempt_elapsed(task, now);
+/// Ends the current attempt of a running task, with `ending`: accounts its compute time,
+/// and the job's running count and attempt times.
+fn stop_attempt(
+    tx: &mut Tx<'_>,
+    deltas: &mut Deltas,
+    task: &TaskRow,
+    now: i64,
+    ending: Ending<'_>,
+) -> Result<()> {
+    let elapsed = task
+        .attempt_started_at
+        .map(|start| (now - start).max(0))
+        .unwrap_or(0);
     tx.execute(
         "UPDATE tasks SET stopped_at = $2, compute_ms = compute_ms + $3, lease_expires_at = NULL,
-                          attempt_started_at = NULL WHERE task = $1",
-        &[&task.row, &now, &elapsed],
+                          attempt_started_at = NULL, state = COALESCE($4, state),
+                          display = COALESCE($5, display), fenced = fenced OR $6
+         WHERE task = $1",
+        &[
+            &task.row,
+            &now,
+            &elapsed,
+            &ending.state,
+            &ending.display,
+            &ending.fence,
+        ],
     )
     .map_err(pg("stop attempt"))?;
     deltas.stop_attempt(task.job, task.attempt_started_at.unwrap_or(0), elapsed);
@@ -420,16 +441,17 @@ pub(super) fn complete_task(
     };
     let clusters = check_tasks(tx, &report.subtasks)?;
     let mut deltas = Deltas::default();
-    // The attempt's end and the new state in one statement (`stop_attempt`'s accounting).
-    let elapsed = attempt_elapsed(&task, now);
-    tx.execute(
-        "UPDATE tasks SET stopped_at = $2, compute_ms = compute_ms + $3, lease_expires_at = NULL,
-                          attempt_started_at = NULL, state = $4, display = $5
-         WHERE task = $1",
-        &[&task.row, &now, &elapsed, &COMPUTED, &report.display],
-    )
-    .map_err(pg("complete task"))?;
-    deltas.stop_attempt(task.job, task.attempt_started_at.unwrap_or(0), elapsed);
+    stop_attempt(
+        tx,
+        &mut deltas,
+        &task,
+        now,
+        Ending {
+            state: Some(COMPUTED),
+            display: Some(&report.display),
+            fence: false,
+        },
+    )?;
     deltas.move_tasks(task.job, Some(RUNNING), COMPUTED, 1);
     counters::replace_progress(tx, task.job, task.row, &report.progress)?;
     let scope = if task.optional {
@@ -478,12 +500,16 @@ pub(super) fn fail_task(tx: &mut Tx<'_>, report: &FailedReport, now: i64) -> Res
         Err(stale) => return Ok(stale),
     };
     let mut deltas = Deltas::default();
-    stop_attempt(tx, &mut deltas, &task, now)?;
-    tx.execute(
-        "UPDATE tasks SET display = $2 WHERE task = $1",
-        &[&task.row, &report.display],
-    )
-    .map_err(pg("fail task"))?;
+    stop_attempt(
+        tx,
+        &mut deltas,
+        &task,
+        now,
+        Ending {
+            display: Some(&report.display),
+            ..Ending::default()
+        },
+    )?;
     if !report.progress.is_empty() {
         counters::replace_progress(tx, task.job, task.row, &report.progress)?;
     }
@@ -523,20 +549,25 @@ fn hand_back(tx: &mut Tx<'_>, report: &HandedBackReport, now: i64) -> Result<Rep
         Err(stale) => return Ok(stale),
     };
     let mut deltas = Deltas::default();
-    stop_attempt(tx, &mut deltas, &task, now)?;
-    tx.execute(
-        "UPDATE tasks SET display = $2, fenced = true WHERE task = $1",
-        &[&task.row, &report.display],
-    )
-    .map_err(pg("hand back task"))?;
+    stop_attempt(
+        tx,
+        &mut deltas,
+        &task,
+        now,
+        Ending {
+            state: None,
+            display: Some(&report.display),
+            fence: true,
+        },
+    )?;
     requeue(tx, &mut deltas, &task, false)?;
     deltas.refresh(task.job);
     deltas.flush(tx)?;
     Ok(ReportOutcome::Applied(TaskState::Queued))
 }
 
-/// One report of a batch: its own outcome, or its own domain error (nothing of it written:
-/// every domain error is found before the first write); a database error fails the batch.
+/// One report of a batch: its own outcome, or its own error (nothing of it written); only a
+/// lost connection or a conflict, which the whole operation meets, fails the batch.
 pub(super) fn apply_report(
     tx: &mut Tx<'_>,
     report: &Report,
@@ -868,7 +899,7 @@ pub(super) fn expire_leases(tx: &mut Tx<'_>, now: i64) -> Result<usize> {
         .collect();
     let mut deltas = Deltas::default();
     for task in &expired {
-        stop_attempt(tx, &mut deltas, task, now)?;
+        stop_attempt(tx, &mut deltas, task, now, Ending::default())?;
         tx.execute(
             "UPDATE tasks SET lease_losses = lease_losses + 1, fenced = true WHERE task = $1",
             &[&task.row],
