@@ -14,6 +14,8 @@ pub const CLUSTER: &str = "TILEBOX_CLUSTER";
 pub const SERVER_TOKENS: &str = "TILEBOX_SERVER_TOKENS";
 /// The server's keys file of scoped API keys (`server --keys-file`, `server keys`).
 pub const SERVER_KEYS_FILE: &str = "TILEBOX_SERVER_KEYS_FILE";
+/// `server --no-console`: do not serve the web console.
+pub const SERVER_NO_CONSOLE: &str = "TILEBOX_SERVER_NO_CONSOLE";
 /// The server's data directory (`server --data-dir`).
 pub const DATA_DIR: &str = "TILEBOX_DATA_DIR";
 /// `tilebox server --database`: the PostgreSQL URL to keep the state in.

@@ -97,6 +97,7 @@ pub async fn run(arguments: DevArgs) -> anyhow::Result<ExitCode> {
         scheduler: server::scheduler::Options::default(),
         limits: server::Limits::default(),
         tls: None,
+        console: true,
     })
     .await
     .map_err(|error| match error {
@@ -188,6 +189,7 @@ fn where_to_look(label: &str, root: &Path, url: &str) -> Vec<String> {
     vec![
         format!("tilebox dev: {label} ({})", root.display()),
         format!("API      {url}"),
+        format!("Console  {url}/jobs"),
         format!("SDK      export TILEBOX_API_URL={url}"),
     ]
 }

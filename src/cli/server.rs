@@ -105,6 +105,9 @@ pub struct ServerArgs {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Do not serve the web console (it is served at http://ADDR/ on the API port).
+    #[arg(long, env = crate::env::SERVER_NO_CONSOLE)]
+    no_console: bool,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -180,6 +183,7 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
             max_open_calls_per_connection: arguments.max_open_calls_per_connection,
         },
         tls,
+        console: !arguments.no_console,
     };
     let open_server = options.tokens.is_empty() && options.keys_file.is_none();
     let server = Server::bind(options).await?;

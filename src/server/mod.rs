@@ -8,6 +8,7 @@
 //! - `mod.rs`: `Options`, `Server` (bind, serve, shutdown), `Error`
 //! - `artifacts.rs`: release artifact bytes, content-addressed under the data dir
 //! - `auth.rs`: authentication (flat tokens, scoped keys) and the permission table
+//! - `console/`: the web console (server-rendered pages on the API port)
 //! - `keys.rs`: the keys file of scoped API keys
 //! - `tls.rs`: the optional TLS of the port (certificate and key, concurrent handshakes)
 //! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
@@ -17,6 +18,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod console;
 pub mod keys;
 pub mod scheduler;
 pub mod services;
@@ -92,6 +94,8 @@ pub struct Options {
     pub limits: Limits,
     /// The certificate and key to serve TLS with; `None` serves plaintext.
     pub tls: Option<tls::TlsConfig>,
+    /// Serve the web console on the API port (`--no-console` turns it off).
+    pub console: bool,
 }
 
 /// A PostgreSQL database to keep the state in.
@@ -153,6 +157,7 @@ pub struct Server {
     telemetry_retention: std::time::Duration,
     limits: Limits,
     tls: Option<tls::TlsConfig>,
+    console: bool,
     /// The store, for the log line: a file, or `host:port/database`.
     store_description: String,
 }
@@ -217,6 +222,7 @@ impl Server {
             artifacts,
             limits: options.limits,
             tls: options.tls,
+            console: options.console,
             store_description,
         })
     }
@@ -267,6 +273,17 @@ impl Server {
         .max_encoding_message_size(max_message);
         let signals = self.scheduler.signals().clone();
         let changes = signals.deployments().clone();
+        let console = self.console.then(|| {
+            console::ConsoleState::new(
+                self.scheduler.clone(),
+                authenticate.clone(),
+                changes.clone(),
+                self.listener
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                self.tls.is_some(),
+            )
+        });
         let watched = changes.subscribe();
         let store = self.scheduler.store().clone();
         let workflows = WorkflowsServiceServer::new(services::workflows::Workflows::new(
@@ -322,6 +339,12 @@ impl Server {
                 .add_service(InterceptedService::new(traces, authenticate.clone()))
                 .into_axum_router()
                 .merge(services::telemetry::http_routes(telemetry, authenticate));
+        // The console answers plain GETs and forms on the same port (no path of it starts
+        // with a gRPC package, and it sets no fallback).
+        let routes = match console {
+            Some(state) => routes.merge(console::router(state)),
+            None => routes,
+        };
 
         let (shutdown_started, grace_started) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {

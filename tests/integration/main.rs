@@ -21,9 +21,11 @@
 //! - `task_debug.rs`: `task run --from-job`, `--pdb` and `breakpoint()` at a pseudo-terminal,
 //!   `--input` as an object of the task's fields
 //! - `shell.rs`: `tilebox --version` and `tilebox completions`
+//! - `console/`: the web console: HTTP behaviour, auth, and pages in headless Chromium
 
 mod common;
 
+mod console;
 mod dev;
 mod faults;
 mod hostile;

@@ -1,5 +1,6 @@
-//! Plain HTTP/1.1 requests to the server's OTLP/HTTP routes over a TCP stream: the exact
-//! headers and bytes a collector would send, answered with status, headers and body.
+//! Plain HTTP/1.1 requests to the server's OTLP/HTTP routes and console over a TCP stream:
+//! the exact headers and bytes a collector or browser would send, answered with status,
+//! headers and body.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -37,17 +38,41 @@ pub fn http_post(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
+    http_request(server, "POST", path, headers, body)
+}
+
+/// `GET path` with `headers`, answered in full.
+pub fn http_get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(server, "GET", path, headers, b"")
+}
+
+/// `method path` with `headers` and `body` (its `Content-Length` set), answered in full. A
+/// `Host` among `headers` replaces the server's address.
+pub fn http_request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let address = server.url().strip_prefix("http://").expect("http url");
     let mut stream = TcpStream::connect(address).expect("connect");
     // A deadline, not a pace: a server that never answers fails the test.
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
+    let host = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+        .map_or(address, |(_, value)| *value);
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    for (name, value) in headers {
+    for (name, value) in headers
+        .iter()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+    {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");

@@ -1,0 +1,253 @@
+//! The web console: server-rendered HTML pages over the store, on the API port.
+//!
+//! Every view is one URL. A plain GET answers a whole page (links, the back button and a
+//! browser without JavaScript work); with `X-Tilebox-Fragment: 1`, which only our
+//! `console.js` sends, the same handler answers just the view, which the script swaps in
+//! while it polls. HTML is rendered in one place (maud, which escapes every interpolation:
+//! displays, inputs, log bodies and attributes are written by tasks) and the script never
+//! builds HTML from data. Actions call the gRPC service implementations in-process, so
+//! permission checks and wake-ups stay in one place.
+//!
+//! Layout:
+//! - `mod.rs`: `ConsoleState`, the router, security headers, the Host check, `ConsoleError`
+//! - `layout.rs`: the page shell, navigation, badges, durations and times
+//! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
+//! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
+
+pub mod assets;
+pub mod layout;
+pub mod viewer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use maud::html;
+
+use super::auth::Authenticate;
+use super::scheduler::Scheduler;
+use super::services;
+use super::services::workflows::DeploymentChanges;
+use super::store::{self, Store};
+pub use viewer::Viewer;
+
+/// What the console's handlers share.
+#[derive(Clone)]
+pub struct ConsoleState {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Scheduler,
+    pub authenticate: Authenticate,
+    /// The job service, for retry and cancel (its permission checks and wake-ups).
+    pub jobs: Arc<services::jobs::Jobs>,
+    /// The workflows service, for clusters, deploy and undeploy (it pushes the deployment
+    /// change to watching runners).
+    pub workflows: Arc<services::workflows::Workflows>,
+    /// Whether requests must name a loopback host (an open server on a loopback address):
+    /// stops DNS rebinding from turning a web page into a client of the local server.
+    pub loopback_only: bool,
+    /// Whether the port speaks TLS (cookies get `Secure`).
+    pub tls: bool,
+}
+
+impl ConsoleState {
+    pub fn new(
+        scheduler: Scheduler,
+        authenticate: Authenticate,
+        changes: DeploymentChanges,
+        listen: SocketAddr,
+        tls: bool,
+    ) -> Self {
+        let store = scheduler.store().clone();
+        Self {
+            loopback_only: authenticate.is_open() && listen.ip().to_canonical().is_loopback(),
+            jobs: Arc::new(services::jobs::Jobs::new(scheduler.clone())),
+            workflows: Arc::new(services::workflows::Workflows::new(store.clone(), changes)),
+            store,
+            scheduler,
+            authenticate,
+            tls,
+        }
+    }
+}
+
+/// The console's routes, with their state. Merged into the gRPC port's router, so no path
+/// may start with a gRPC package name and none is a fallback.
+pub fn router(state: ConsoleState) -> axum::Router {
+    let pages = axum::Router::new()
+        .route("/", get(|| async { Redirect::to("/jobs") }))
+        .route("/jobs", get(jobs_placeholder))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state);
+    pages.merge(assets::router())
+}
+
+async fn jobs_placeholder(viewer: Viewer, fragment: Fragment) -> Response {
+    layout::page(
+        &viewer,
+        fragment,
+        layout::Section::Jobs,
+        "Jobs",
+        html! { p { "No jobs yet." } },
+    )
+}
+
+/// Headers on every console page and fragment (not on the immutable assets): nothing is
+/// kept in the browser's cache, where another user of the browser could read it after a
+/// logout, and the strict policy forbids inline scripts and styles, so text that escaped
+/// escaping still could not run.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// On an open server bound to loopback, answers 421 unless `Host` names a loopback host: a
+/// page on `evil.example` that rebinds its name to 127.0.0.1 sends `Host: evil.example`.
+async fn check_host(State(state): State<ConsoleState>, request: Request, next: Next) -> Response {
+    if state.loopback_only && !host_is_loopback(request.headers()) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this open tilebox server answers its console only on localhost or a loopback \
+             address; start it with --token or --keys-file to serve other names",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether the `Host` header (HTTP/1.1) or the `:authority` (HTTP/2, in the URI) names
+/// `localhost` or a loopback IP, with any port.
+fn host_is_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    is_loopback_host(host)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    // `[::1]:8083`, `[::1]`, `127.0.0.1:8083`, `localhost`, `localhost:8083`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, port)) if port.is_empty() || is_port(port) => inside,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+fn is_port(text: &str) -> bool {
+    let Some(digits) = text.strip_prefix(':').or(Some(text)) else {
+        return false;
+    };
+    !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+/// Whether the request asked for just the view (`X-Tilebox-Fragment: 1`, sent by
+/// `console.js`), not the whole page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Fragment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get("x-tilebox-fragment")
+                .is_some_and(|value| value.as_bytes() == b"1"),
+        ))
+    }
+}
+
+/// Why a console request failed; rendered as a page (or a short text for fragments) with
+/// the status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+impl ConsoleError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
+            ConsoleError::Status(status) => match status.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+                tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => {
+                    StatusCode::CONFLICT
+                }
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
+/// A store error answers as the gRPC API would (`store_status` logs the server's faults).
+impl From<store::Error> for ConsoleError {
+    fn from(error: store::Error) -> Self {
+        ConsoleError::Status(services::store_status(error))
+    }
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = layout::error_page(status, &self.to_string());
+        (status, body).into_response()
+    }
+}

@@ -1,0 +1,82 @@
+//! The web console that `tilebox server` serves on its API port: HTTP-level behaviour
+//! (headers, the Host check, `--no-console`) here; pages in their own modules.
+
+use crate::common::{TestServer, http_get};
+
+/// `/` sends to the jobs page, which comes with the headers that keep it out of caches and
+/// forbid inline scripts; the embedded assets it links to are served, immutable.
+#[test]
+fn the_console_is_served_on_the_api_port_with_strict_headers() {
+    let server = TestServer::start();
+    let root = http_get(&server, "/", &[]);
+    assert_eq!(root.status, 303, "{}", root.text());
+    assert_eq!(root.header("location"), Some("/jobs"));
+
+    let page = http_get(&server, "/jobs", &[]);
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let policy = page.header("content-security-policy").expect("a CSP");
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let html = page.text();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+
+    for asset in ["console.", "favicon."] {
+        let start = html
+            .find(&format!("/assets/{asset}"))
+            .unwrap_or_else(|| panic!("no {asset} asset in {html}"));
+        let url = &html[start..start + html[start..].find('"').expect("closing quote")];
+        let served = http_get(&server, url, &[]);
+        assert_eq!(served.status, 200, "{url}: {}", served.text());
+        assert!(
+            served
+                .header("cache-control")
+                .is_some_and(|value| value.contains("immutable")),
+            "{url}: {:?}",
+            served.headers
+        );
+    }
+    let unknown = http_get(&server, "/assets/console.0000000000000000.js", &[]);
+    assert_eq!(unknown.status, 404);
+}
+
+/// An open server on loopback answers its console only to loopback names: a page whose
+/// name was rebound to 127.0.0.1 sends its own name as `Host` and is refused.
+#[test]
+fn an_open_loopback_server_refuses_a_foreign_host() {
+    let server = TestServer::start();
+    let rebound = http_get(&server, "/jobs", &[("Host", "evil.example:8083")]);
+    assert_eq!(rebound.status, 421, "{}", rebound.text());
+    assert!(rebound.text().contains("localhost"), "{}", rebound.text());
+    for host in ["localhost", "localhost:1234", "127.0.0.1:9", "[::1]:80"] {
+        let page = http_get(&server, "/jobs", &[("Host", host)]);
+        assert_eq!(page.status, 200, "Host {host}: {}", page.text());
+    }
+}
+
+/// `--no-console` serves no page (the port answers as gRPC does to an unknown method),
+/// while the gRPC API on the same port works.
+#[test]
+fn no_console_serves_no_pages_but_the_api() {
+    let server = TestServer::start_with(&["--no-console"]);
+    for path in ["/jobs", "/"] {
+        let answer = http_get(&server, path, &[]);
+        assert_eq!(
+            answer.header("grpc-status"),
+            Some("12"),
+            "{path}: {answer:?}"
+        );
+        assert!(
+            !answer.text().contains("<html"),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    let clusters = server.tilebox(&["cluster", "list", "--json"]);
+    assert!(
+        clusters.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clusters.stderr)
+    );
+}
