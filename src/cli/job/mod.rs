@@ -176,15 +176,48 @@ async fn submit(arguments: SubmitArgs, api: &ApiArgs) -> anyhow::Result<ExitCode
     if arguments.wait {
         if !api.json {
             output::print_text(&format!("Job submitted: {id}"))?;
+            print_console_link(&api.api_url, id);
         }
         return wait_for(&mut client, id, arguments.timeout, api.json).await;
     }
     if api.json {
-        output::print_json(&Value::Object(job_document(&job)?))?;
+        let mut document = job_document(&job)?;
+        insert_console_url(&mut document, &api.api_url, id);
+        output::print_json(&Value::Object(document))?;
     } else {
         output::print_text(&format!("Job submitted: {id}"))?;
+        print_console_link(&api.api_url, id);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The job's page in the web console that a tilebox server serves on its API port; `None`
+/// for the hosted Tilebox API, whose console lives elsewhere.
+fn console_url(api_url: &str, id: Uuid) -> Option<String> {
+    let base = api_url.trim_end_matches('/');
+    let host = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    if host == "tilebox.com" || host.ends_with(".tilebox.com") {
+        return None;
+    }
+    Some(format!("{base}/jobs/{id}"))
+}
+
+/// `Console: <url>` on stderr, beside the human output (stdout stays the job's own lines).
+fn print_console_link(api_url: &str, id: Uuid) {
+    if let Some(url) = console_url(api_url, id) {
+        eprintln!("Console: {url}");
+    }
+}
+
+fn insert_console_url(document: &mut serde_json::Map<String, Value>, api_url: &str, id: Uuid) {
+    if let Some(url) = console_url(api_url, id) {
+        document.insert("console_url".to_string(), Value::String(url));
+    }
 }
 
 async fn list(arguments: ListArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
@@ -269,8 +302,10 @@ async fn get(arguments: GetArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         if !complete {
             document.insert("tasks_truncated".to_string(), Value::Bool(true));
         }
+        insert_console_url(&mut document, &api.api_url, id);
         output::print_json(&Value::Object(document))?;
     } else {
+        print_console_link(&api.api_url, id);
         output::print_text(&job_rows(&job)?)?;
         if !tasks.is_empty() {
             output::print_text("")?;

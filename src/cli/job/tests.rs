@@ -623,3 +623,17 @@ async fn wait_times_out_with_a_user_error_naming_the_state() {
         "job 00000000-0000-0000-0000-000000000000 still started after 0s"
     );
 }
+
+#[test]
+fn console_links_point_at_the_servers_own_console() {
+    let id = Uuid::parse_str("019c0000-0000-7000-8000-000000000001").unwrap();
+    assert_eq!(
+        console_url("http://127.0.0.1:8083/", id).as_deref(),
+        Some("http://127.0.0.1:8083/jobs/019c0000-0000-7000-8000-000000000001")
+    );
+    assert_eq!(
+        console_url("https://tilebox.example.org:443", id).as_deref(),
+        Some("https://tilebox.example.org:443/jobs/019c0000-0000-7000-8000-000000000001")
+    );
+    assert_eq!(console_url("https://api.tilebox.com", id), None);
+}
