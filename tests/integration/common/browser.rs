@@ -36,6 +36,8 @@ use super::{tail_of_file, wait_until};
 pub const CHROMIUM_VARIABLE: &str = "TILEBOX_CHROMIUM";
 /// How long one protocol command may take to be answered.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a command waiting for its reply checks whether Chromium still runs.
+const EXIT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a navigation may take until the page's `load` event.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The page's size in CSS pixels (and the screenshots' in pixels: the scale factor is 1).
@@ -50,7 +52,8 @@ const PARKED_FD_MINIMUM: RawFd = 10;
 
 /// A headless Chromium with one page. See the module documentation.
 pub struct Browser {
-    child: Child,
+    child: Mutex<Child>,
+    pid: u32,
     /// Our end of the pipe Chromium reads commands from (its fd 3).
     commands: Mutex<fs::File>,
     shared: Arc<Shared>,
@@ -181,7 +184,8 @@ impl Browser {
                 .expect("cannot spawn the Chromium reader thread")
         };
         let mut browser = Self {
-            child,
+            pid: child.id(),
+            child: Mutex::new(child),
             commands: Mutex::new(fs::File::from_parts(
                 std::fs::File::from(commands),
                 "<chromium fd 3>",
@@ -232,7 +236,13 @@ impl Browser {
         let loads_before = self.state().loads;
         let navigated = self.command("Page.navigate", json!({"url": url}));
         if let Some(error) = navigated.get("errorText").and_then(Value::as_str) {
-            panic!("navigating to {url} failed: {error}");
+            let hint = if error == "net::ERR_ABORTED" {
+                " (the answer was no page to show: a download, or the gRPC router's answer to \
+                 a path no console route serves)"
+            } else {
+                ""
+            };
+            panic!("navigating to {url} failed: {error}{hint}");
         }
         self.wait_for_load(url, loads_before);
     }
@@ -437,6 +447,11 @@ impl Browser {
         );
     }
 
+    /// Chromium's process id, which is also its process group's.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// The last few KiB of Chromium's stderr.
     pub fn stderr_tail(&self) -> String {
         tail_of_file(&self.stderr_path, STDERR_TAIL_BYTES)
@@ -502,13 +517,30 @@ impl Browser {
                     "no reply to {method} within {REPLY_TIMEOUT:?} (is Chromium hung?)"
                 ));
             }
+            // Its children may hold the pipe open a while after Chromium died: look at it.
+            if let Some(status) = self.exited() {
+                drop(state);
+                self.died(&format!(
+                    "waiting for the reply to {method}: it exited ({status})"
+                ));
+            }
             state = self
                 .shared
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, (deadline - now).min(EXIT_CHECK_INTERVAL))
                 .expect("the browser state lock is poisoned")
                 .0;
         }
+    }
+
+    /// How Chromium exited, if it did.
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child
+            .lock()
+            .expect("the browser process lock is poisoned")
+            .try_wait()
+            .ok()
+            .flatten()
     }
 
     fn died(&self, what: &str) -> ! {
@@ -523,9 +555,13 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's process group.
         unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+            libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL);
         }
-        let _ = self.child.wait();
+        let _ = self
+            .child
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .wait();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
