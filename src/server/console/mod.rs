@@ -18,6 +18,7 @@ pub mod assets;
 pub mod clusters;
 pub mod layout;
 pub mod viewer;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub fn router(state: ConsoleState) -> axum::Router {
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/jobs", get(jobs_placeholder))
         .merge(clusters::routes())
+        .merge(workflows::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,
