@@ -15,8 +15,10 @@
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
 
 pub mod assets;
+pub mod clusters;
 pub mod layout;
 pub mod viewer;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +82,8 @@ pub fn router(state: ConsoleState) -> axum::Router {
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/jobs", get(jobs_placeholder))
+        .merge(clusters::routes())
+        .merge(workflows::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,

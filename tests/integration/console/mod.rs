@@ -1,6 +1,7 @@
 //! The web console that `tilebox server` serves on its API port: HTTP-level behaviour
 //! (headers, the Host check, `--no-console`) here; pages in their own modules.
 
+mod admin;
 mod browser;
 
 use crate::common::{TestServer, http_get};
