@@ -342,7 +342,9 @@ impl Server {
         // The console answers plain GETs and forms on the same port (no path of it starts
         // with a gRPC package, and it sets no fallback).
         let routes = match console {
-            Some(state) => routes.merge(console::router(state)),
+            Some(state) => routes
+                .merge(console::router(state))
+                .layer(axum::middleware::from_fn(console::not_found_for_browsers)),
             None => routes,
         };
 

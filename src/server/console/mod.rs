@@ -93,6 +93,31 @@ pub fn router(state: ConsoleState) -> axum::Router {
     pages.merge(assets::router())
 }
 
+/// A browser's GET of a path nobody serves gets the console's 404 page. Without this the
+/// gRPC router's answer (HTTP 200 with `grpc-status: 12`) reaches the browser, which takes
+/// the empty body for a download. gRPC calls (POST, `application/grpc`) pass untouched.
+pub async fn not_found_for_browsers(request: Request, next: Next) -> Response {
+    let from_a_browser = request.method() == axum::http::Method::GET
+        && !request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    let response = next.run(request).await;
+    if from_a_browser
+        && response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|status| status.as_bytes() == b"12")
+    {
+        return security_headers(
+            ConsoleError::NotFound("there is no console page at this address".to_string())
+                .into_response(),
+        )
+        .await;
+    }
+    response
+}
+
 async fn jobs_placeholder(viewer: Viewer, fragment: Fragment) -> Response {
     layout::page(
         &viewer,

@@ -44,6 +44,21 @@ fn the_console_is_served_on_the_api_port_with_strict_headers() {
     assert_eq!(unknown.status, 404);
 }
 
+/// A browser asking for a page nobody serves gets a 404 page, not the gRPC router's empty
+/// answer (which it would take for a download).
+#[test]
+fn an_unknown_page_is_a_404_page() {
+    let server = TestServer::start();
+    let missing = http_get(&server, "/nope", &[]);
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert!(
+        missing.text().contains("no console page"),
+        "{}",
+        missing.text()
+    );
+    assert_eq!(missing.header("cache-control"), Some("no-store"));
+}
+
 /// An open server on loopback answers its console only to loopback names: a page whose
 /// name was rebound to 127.0.0.1 sends its own name as `Host` and is refused.
 #[test]
