@@ -13,8 +13,12 @@
 //! - `layout.rs`: the page shell, navigation, badges, durations and times
 //! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
+//! - `jobs.rs`: the jobs page (filters, cursor paging)
+//! - `input.rs`: a task's input decoded for display
 
 pub mod assets;
+pub mod input;
+pub mod jobs;
 pub mod layout;
 pub mod viewer;
 
@@ -26,7 +30,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use maud::html;
 
 use super::auth::Authenticate;
 use super::scheduler::Scheduler;
@@ -79,7 +82,7 @@ impl ConsoleState {
 pub fn router(state: ConsoleState) -> axum::Router {
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
-        .route("/jobs", get(jobs_placeholder))
+        .merge(jobs::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,
@@ -87,16 +90,6 @@ pub fn router(state: ConsoleState) -> axum::Router {
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state);
     pages.merge(assets::router())
-}
-
-async fn jobs_placeholder(viewer: Viewer, fragment: Fragment) -> Response {
-    layout::page(
-        &viewer,
-        fragment,
-        layout::Section::Jobs,
-        "Jobs",
-        html! { p { "No jobs yet." } },
-    )
 }
 
 /// Headers on every console page and fragment (not on the immutable assets): nothing is
