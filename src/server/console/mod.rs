@@ -14,12 +14,18 @@
 //! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
 //! - `jobs.rs`: the jobs page (filters, cursor paging)
+//! - `job.rs`: the job page (header, tabs, the lazy task tree, task detail, retry/cancel)
+//! - `execution.rs`: the execution tab (spans decoded, packed into lanes, drawn as SVG)
+//! - `logs.rs`: the logs tab (levels, follow) and a task's logs
 //! - `input.rs`: a task's input decoded for display
 
 pub mod assets;
+pub mod execution;
 pub mod input;
+pub mod job;
 pub mod jobs;
 pub mod layout;
+pub mod logs;
 pub mod viewer;
 
 use std::net::SocketAddr;
@@ -83,6 +89,7 @@ pub fn router(state: ConsoleState) -> axum::Router {
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .merge(jobs::routes())
+        .merge(job::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,
