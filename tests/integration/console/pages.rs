@@ -237,6 +237,9 @@ fn retry_and_cancel_post_through_the_job_service_and_refuse_other_origins() {
     let job_page = page(&server, &format!("/jobs/{boom}"), &[]);
     assert!(job_page.contains("data-action=\"cancel\""), "{job_page}");
     assert!(job_page.contains("data-confirm=\"Cancel job"), "{job_page}");
+    // The shell carries the one dialog the script asks in before such a form posts.
+    assert!(job_page.contains("<dialog class=\"confirm\""), "{job_page}");
+    assert!(job_page.contains("data-confirm-yes"), "{job_page}");
 
     let canceled = post_form(&server, &format!("/jobs/{boom}/cancel"), &origin);
     assert_eq!(canceled.0, 303, "{}", canceled.2);
