@@ -680,3 +680,78 @@ async fn cancel(
         .await?;
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::server::auth::Principal;
+    use crate::server::keys::Scope;
+    use crate::server::store::{ExecutionStats, Progress};
+
+    fn viewer(scope: Scope) -> Viewer {
+        Viewer {
+            principal: Arc::new(Principal {
+                name: "key".into(),
+                scope,
+                clusters: Vec::new(),
+            }),
+            csrf: "token".into(),
+            signed_in: true,
+        }
+    }
+
+    fn job(state: JobState) -> Job {
+        Job {
+            id: Uuid::nil(),
+            name: "<b>fan</b>".into(),
+            trace_parent: String::new(),
+            state,
+            submitted_at: 0,
+            progress: vec![Progress {
+                label: Some("tiles".into()),
+                total: 20,
+                done: 5,
+            }],
+            stats: ExecutionStats {
+                compute_time: Duration::from_secs(25),
+                elapsed_time: Duration::from_secs(10),
+                parallelism: 2.5,
+                total_tasks: 21,
+                tasks_by_state: vec![(TaskState::Running, 5), (TaskState::Computed, 16)],
+                ..ExecutionStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_header_shows_the_statistics_and_polls_while_the_job_runs() {
+        let header = header(&job(JobState::Running), &viewer(Scope::Admin)).into_string();
+        assert!(header.contains("data-tasks=\"21\""), "{header}");
+        assert!(header.contains("21 tasks"), "{header}");
+        assert!(header.contains("25.0 s"), "compute: {header}");
+        assert!(header.contains("10.0 s"), "elapsed: {header}");
+        assert!(header.contains("2.5×"), "parallelism: {header}");
+        assert!(header.contains("16 computed"), "{header}");
+        assert!(
+            header.contains("<progress value=\"5\" max=\"20\">"),
+            "{header}"
+        );
+        assert!(header.contains("data-poll=\"/jobs/"), "{header}");
+        assert!(header.contains("data-action=\"cancel\""), "{header}");
+        assert!(header.contains("name=\"csrf\" value=\"token\""), "{header}");
+        assert!(!header.contains("data-action=\"retry\""), "{header}");
+        assert!(!header.contains("<b>"), "the name is escaped: {header}");
+    }
+
+    #[test]
+    fn a_finished_header_stops_polling_and_a_read_only_viewer_gets_no_actions() {
+        let failed = header(&job(JobState::Failed), &viewer(Scope::Admin)).into_string();
+        assert!(!failed.contains("data-poll"), "{failed}");
+        assert!(failed.contains("data-action=\"retry\""), "{failed}");
+        let read_only = header(&job(JobState::Failed), &viewer(Scope::ReadOnly)).into_string();
+        assert!(!read_only.contains("data-action"), "{read_only}");
+    }
+}

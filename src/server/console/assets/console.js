@@ -19,6 +19,8 @@ async function fragment(url) {
 /** Shows `<time datetime>` in the browser's local time zone. */
 function localTimes(root) {
   for (const element of root.querySelectorAll("time[datetime]")) {
+    if (element.dataset.local) continue;
+    element.dataset.local = "1";
     const when = new Date(element.getAttribute("datetime"));
     if (!Number.isNaN(when.getTime())) {
       element.title = element.textContent;
