@@ -93,6 +93,15 @@ pub fn shell(navigation: Option<(&Viewer, Section)>, title: &str, body: Markup) 
                     }
                 }
                 main { (body) }
+                // The one confirmation dialog: `console.js` shows it for a submitted
+                // `form[data-confirm]` and submits the form on "Confirm".
+                dialog.confirm aria-labelledby="confirm-text" {
+                    p #confirm-text .confirm-text {}
+                    div.confirm-buttons {
+                        button type="button" data-confirm-no { "Cancel" }
+                        button.primary type="button" data-confirm-yes { "Confirm" }
+                    }
+                }
             }
         }
     }

@@ -13,10 +13,20 @@
 //! - `layout.rs`: the page shell, navigation, badges, durations and times
 //! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
+//! - `jobs.rs`: the jobs page (filters, cursor paging)
+//! - `job.rs`: the job page (header, tabs, the lazy task tree, task detail, retry/cancel)
+//! - `execution.rs`: the execution tab (spans decoded, packed into lanes, drawn as SVG)
+//! - `logs.rs`: the logs tab (levels, follow) and a task's logs
+//! - `input.rs`: a task's input decoded for display
 
 pub mod assets;
 pub mod clusters;
+pub mod execution;
+pub mod input;
+pub mod job;
+pub mod jobs;
 pub mod layout;
+pub mod logs;
 pub mod viewer;
 pub mod workflows;
 
@@ -28,7 +38,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use maud::html;
 
 use super::auth::Authenticate;
 use super::scheduler::Scheduler;
@@ -81,7 +90,8 @@ impl ConsoleState {
 pub fn router(state: ConsoleState) -> axum::Router {
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
-        .route("/jobs", get(jobs_placeholder))
+        .merge(jobs::routes())
+        .merge(job::routes())
         .merge(clusters::routes())
         .merge(workflows::routes())
         .layer(axum::middleware::from_fn_with_state(
@@ -116,16 +126,6 @@ pub async fn not_found_for_browsers(request: Request, next: Next) -> Response {
         .await;
     }
     response
-}
-
-async fn jobs_placeholder(viewer: Viewer, fragment: Fragment) -> Response {
-    layout::page(
-        &viewer,
-        fragment,
-        layout::Section::Jobs,
-        "Jobs",
-        html! { p { "No jobs yet." } },
-    )
 }
 
 /// Headers on every console page and fragment (not on the immutable assets): nothing is

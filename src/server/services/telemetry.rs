@@ -354,7 +354,7 @@ impl Telemetry {
     }
 }
 
-fn severity_ranges(groups: &[i32]) -> Result<Vec<(i32, i32)>, Status> {
+pub(crate) fn severity_ranges(groups: &[i32]) -> Result<Vec<(i32, i32)>, Status> {
     groups
         .iter()
         .map(|group| match LogSeverityGroup::try_from(*group) {

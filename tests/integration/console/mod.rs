@@ -3,6 +3,7 @@
 
 mod admin;
 mod browser;
+mod pages;
 
 use crate::common::{TestServer, http_get};
 

@@ -1,0 +1,310 @@
+//! The logs tab (and a task's logs in its detail): level, time, runner, task, body and
+//! attributes of a job's log records, oldest first, 500 a page, filtered by level. Follow
+//! mode asks for the records after the last one shown (`/jobs/{job}/logs?after=<record>`)
+//! and appends them.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use prost::Message;
+use uuid::Uuid;
+
+use super::execution::{runner_of, value_text};
+use super::{ConsoleError, ConsoleState, Fragment, Viewer, layout};
+use crate::api::otlp::logs::v1::ResourceLogs;
+use crate::api::workflows_v1::LogSeverityGroup;
+use crate::server::auth::Action;
+use crate::server::services::telemetry::{severity_ranges, trace_id_of};
+use crate::server::store::{Job, Page, TelemetryKind};
+
+/// Records per page.
+pub const LOG_PAGE: usize = 500;
+
+/// The level filter's choices: the word shown, and the OTLP severity group.
+pub const LEVELS: [(&str, LogSeverityGroup); 5] = [
+    ("trace", LogSeverityGroup::Trace),
+    ("debug", LogSeverityGroup::Debug),
+    ("info", LogSeverityGroup::Info),
+    ("warn", LogSeverityGroup::Warning),
+    ("error", LogSeverityGroup::Error),
+];
+
+/// Attributes the runner adds to every record, shown elsewhere (the task column) or not at
+/// all (the trace ids).
+const HIDDEN_ATTRIBUTES: [&str; 3] = ["task_id", "trace_id", "span_id"];
+
+/// One log record, decoded for display.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogView {
+    pub id: Uuid,
+    pub level: &'static str,
+    pub time_ns: u64,
+    pub runner: String,
+    pub task: String,
+    pub body: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// The level word of an OTLP severity number (1–4 trace … 17–24 error), else of its text.
+pub fn level_of(severity: i32, text: &str) -> &'static str {
+    match severity {
+        1..=4 => "trace",
+        5..=8 => "debug",
+        9..=12 => "info",
+        13..=16 => "warn",
+        17..=24 => "error",
+        _ => match text.to_ascii_lowercase().as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "warn" | "warning" => "warn",
+            "error" | "fatal" | "critical" => "error",
+            _ => "info",
+        },
+    }
+}
+
+/// The level words in `pairs` (`level=info&level=error`), checked; empty means all.
+pub fn levels_of(pairs: &[(String, String)]) -> Result<Vec<&'static str>, ConsoleError> {
+    pairs
+        .iter()
+        .filter(|(key, value)| key == "level" && !value.is_empty())
+        .map(|(_, value)| {
+            LEVELS
+                .iter()
+                .find(|(word, _)| word == value)
+                .map(|(word, _)| *word)
+                .ok_or_else(|| {
+                    ConsoleError::BadRequest(format!(
+                        "unknown log level `{value}`; the levels are trace, debug, info, warn, error"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Decodes stored single-record `ResourceLogs` (undecodable ones are skipped).
+pub fn decode_logs(rows: &[(Uuid, Vec<u8>)]) -> Vec<LogView> {
+    let mut logs = Vec::with_capacity(rows.len());
+    for (id, encoded) in rows {
+        let Ok(resource_logs) = ResourceLogs::decode(encoded.as_slice()) else {
+            continue;
+        };
+        let resource = resource_logs
+            .resource
+            .map(|resource| resource.attributes)
+            .unwrap_or_default();
+        for scope in &resource_logs.scope_logs {
+            for record in &scope.log_records {
+                let time = if record.time_unix_nano > 0 {
+                    record.time_unix_nano
+                } else {
+                    record.observed_time_unix_nano
+                };
+                logs.push(LogView {
+                    id: *id,
+                    level: level_of(record.severity_number, &record.severity_text),
+                    time_ns: time,
+                    runner: runner_of(&resource, &[]),
+                    task: record
+                        .attributes
+                        .iter()
+                        .find(|attribute| attribute.key == "task_id")
+                        .map(|attribute| value_text(attribute.value.as_ref()))
+                        .unwrap_or_default(),
+                    body: value_text(record.body.as_ref()),
+                    attributes: record
+                        .attributes
+                        .iter()
+                        .filter(|attribute| !HIDDEN_ATTRIBUTES.contains(&attribute.key.as_str()))
+                        .map(|attribute| {
+                            (attribute.key.clone(), value_text(attribute.value.as_ref()))
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+    logs
+}
+
+/// Up to [`LOG_PAGE`] records of `job` (of one `task`, if given) after `after`, oldest
+/// first, of the given levels (all when empty).
+pub async fn read(
+    state: &ConsoleState,
+    job: &Job,
+    task: Option<Uuid>,
+    levels: &[&str],
+    after: Option<Uuid>,
+) -> Result<Vec<LogView>, ConsoleError> {
+    let Some(trace) = trace_id_of(&job.trace_parent) else {
+        return Ok(Vec::new());
+    };
+    let groups: Vec<i32> = LEVELS
+        .iter()
+        .filter(|(word, _)| levels.contains(word))
+        .map(|(_, group)| *group as i32)
+        .collect();
+    let rows = state
+        .store
+        .query_telemetry(
+            TelemetryKind::Log,
+            trace,
+            task.map(|task| task.to_string()),
+            severity_ranges(&groups)?,
+            Page {
+                after,
+                limit: LOG_PAGE,
+                descending: false,
+            },
+        )
+        .await?;
+    Ok(decode_logs(&rows))
+}
+
+/// The table rows of `logs`.
+pub fn rows(job: Uuid, logs: &[LogView]) -> Markup {
+    html! {
+        @for log in logs {
+            tr.log-row data-level=(log.level) data-record=(log.id) {
+                td.level { span class={ "level level-" (log.level) } { (log.level) } }
+                td.time { (layout::time((log.time_ns / 1_000_000) as i64)) }
+                td.runner { (log.runner) }
+                td.task { (task_cell(job, &log.task)) }
+                td.body { (log.body) }
+                td.attributes {
+                    @for (key, value) in &log.attributes {
+                        span.chip { span.key { (key) } "=" (value) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// MERGE: the task column. Until `Store::get_tasks` lands (store package), it shows the
+/// task id's first 8 characters linking to the task detail; with it, the page's tasks are
+/// read in one batch and this shows each one's display.
+fn task_cell(job: Uuid, task: &str) -> Markup {
+    let short: String = task.chars().take(8).collect();
+    html! {
+        @if Uuid::parse_str(task).is_ok() {
+            a.task-link href={ "/jobs/" (job) "/tasks/" (task) } title=(task) { (short) }
+        } @else {
+            (task)
+        }
+    }
+}
+
+/// A table of logs (the tab's, or a task's in its detail).
+pub fn table(job: Uuid, logs: &[LogView], more_url: Option<String>) -> Markup {
+    html! {
+        table.logs {
+            thead { tr {
+                th { "Level" } th { "Time" } th { "Runner" } th { "Task" } th { "Body" } th { "Attributes" }
+            } }
+            tbody data-rows=[more_url] { (rows(job, logs)) }
+        }
+    }
+}
+
+/// The logs tab's content.
+pub async fn tab(
+    state: &ConsoleState,
+    job: &Job,
+    levels: &[&str],
+    after: Option<Uuid>,
+    unfinished: bool,
+) -> Result<Markup, ConsoleError> {
+    let logs = read(state, job, None, levels, after).await?;
+    let level_query: String = levels
+        .iter()
+        .map(|level| format!("&level={level}"))
+        .collect();
+    let rows_url = format!("/jobs/{}/logs?follow=1{level_query}", job.id);
+    let next = logs.last().map(|log| log.id).or(after);
+    Ok(html! {
+        section.tab data-tab="logs" {
+            form.log-filter method="get" action={ "/jobs/" (job.id) } {
+                input type="hidden" name="tab" value="logs";
+                span.muted { "Levels" }
+                @for (word, _) in LEVELS {
+                    label {
+                        input type="checkbox" name="level" value=(word)
+                            checked[levels.is_empty() || levels.contains(&word)];
+                        " " (word)
+                    }
+                }
+                label.follow {
+                    input #follow type="checkbox" checked[unfinished];
+                    " Follow"
+                }
+                button type="submit" { "Apply" }
+            }
+            @if logs.is_empty() && after.is_none() {
+                p.muted.no-logs { "No log records yet." }
+            }
+            table.logs {
+                thead { tr {
+                    th { "Level" } th { "Time" } th { "Runner" } th { "Task" } th { "Body" } th { "Attributes" }
+                } }
+                tbody data-rows=(rows_url) data-after=[next] { (rows(job.id, &logs)) }
+            }
+            @if logs.len() >= LOG_PAGE {
+                @if let Some(next) = next {
+                    a.more-logs href={ "/jobs/" (job.id) "?tab=logs" (level_query) "&after=" (next) } {
+                        "Next " (LOG_PAGE) " →"
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `GET /jobs/{job}/logs?level=..&after=<record>`: the rows after a record (the script
+/// appends them); without the script, the logs tab.
+pub async fn more(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    fragment: Fragment,
+    Path(job): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ConsoleError> {
+    viewer.principal.check(Action::ReadJobs)?;
+    viewer.principal.check(Action::ReadTelemetry)?;
+    let id = super::job::parse_id("job", &job)?;
+    let levels = levels_of(&pairs)?;
+    let after = pairs
+        .iter()
+        .find(|(key, value)| key == "after" && !value.is_empty())
+        .map(|(_, value)| super::job::parse_id("log record", value))
+        .transpose()?;
+    if !fragment.0 {
+        let mut url = format!("/jobs/{id}?tab=logs");
+        for level in &levels {
+            url.push_str(&format!("&level={level}"));
+        }
+        if let Some(after) = after {
+            url.push_str(&format!("&after={after}"));
+        }
+        return Ok(Redirect::to(&url).into_response());
+    }
+    let job = state.store.get_job(id).await?;
+    let logs = read(&state, &job, None, &levels, after).await?;
+    Ok(rows(id, &logs).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_the_otlp_severity_numbers() {
+        assert_eq!(level_of(9, "INFO"), "info");
+        assert_eq!(level_of(13, ""), "warn");
+        assert_eq!(level_of(17, ""), "error");
+        assert_eq!(level_of(0, "WARNING"), "warn");
+        assert_eq!(level_of(0, ""), "info");
+        let pairs = vec![("level".to_string(), "loud".to_string())];
+        assert!(levels_of(&pairs).is_err());
+    }
+}
