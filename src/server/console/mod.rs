@@ -13,9 +13,11 @@
 //! - `layout.rs`: the page shell, navigation, badges, durations and times
 //! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
+//! - `session.rs`: `/login`, `/logout`, sessions in the store, the open server's CSRF cookie
 
 pub mod assets;
 pub mod layout;
+pub mod session;
 pub mod viewer;
 
 use std::net::SocketAddr;
@@ -51,6 +53,8 @@ pub struct ConsoleState {
     pub loopback_only: bool,
     /// Whether the port speaks TLS (cookies get `Secure`).
     pub tls: bool,
+    /// This replica's cache of console sessions.
+    pub sessions: session::Sessions,
 }
 
 impl ConsoleState {
@@ -70,6 +74,7 @@ impl ConsoleState {
             scheduler,
             authenticate,
             tls,
+            sessions: session::Sessions::default(),
         }
     }
 }
@@ -80,6 +85,11 @@ pub fn router(state: ConsoleState) -> axum::Router {
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/jobs", get(jobs_placeholder))
+        .merge(session::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::csrf_cookie,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,

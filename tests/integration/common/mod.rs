@@ -18,7 +18,8 @@
 //!   PostgreSQL cluster and a fresh database per test
 //! - `replicas.rs`: [`Replicas`], several `tilebox server` processes on one PostgreSQL
 //!   database
-//! - `http.rs`: [`http_post`], [`http_get`], plain HTTP/1.1 requests (OTLP/HTTP, the console)
+//! - `http.rs`: [`http_post`], [`http_get`], [`http_request`], plain HTTP/1.1 requests
+//!   (OTLP/HTTP, the console)
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
 
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant};
 
 pub use api::{ask, client, get_job, identifier, job_request, list_tasks, task_group, uuid_of_id};
 pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_state};
-pub use http::{http_get, http_post};
+pub use http::{HttpResponse, http_get, http_post, http_request};
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
 pub use replicas::Replicas;
 pub use sdk::sdk_python;
