@@ -426,3 +426,27 @@ fn an_open_console_needs_no_login_and_checks_forms_against_its_csrf_cookie() {
     let matching = post_form(&server, "/logout", &pair, &format!("csrf={token}"));
     assert_eq!(matching.status, 303, "{}", matching.text());
 }
+
+/// Behind a load balancer over PostgreSQL replicas, a session made on one replica is
+/// honoured by the other, and a logout on one ends it on the other within the per-replica
+/// cache time.
+#[test]
+fn sessions_are_shared_by_postgresql_replicas() {
+    let keys = Keys::new();
+    let admin = keys.create("ops", "admin", &[]);
+    let replicas = crate::common::Replicas::start(2, &["--keys-file", keys.path()]);
+    let (first, second) = (replicas.server(0), replicas.server(1));
+    let session = session_of(first, &admin);
+    let page = get_with(second, "/jobs", &session);
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csrf = csrf_in(&page.text());
+    let logout = post_form(first, "/logout", &session, &format!("csrf={csrf}"));
+    assert_eq!(logout.status, 303, "{}", logout.text());
+    assert_eq!(get_with(first, "/jobs", &session).status, 303);
+    wait_until(
+        "the other replica to end the session (it caches a row for 5 s)",
+        Duration::from_secs(15),
+        || get_with(second, "/jobs", &session).status == 303,
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", second.stderr_tail()));
+}
