@@ -271,8 +271,7 @@ impl KeysFile {
         }
     }
 
-    fn find(&self, secret: &[u8]) -> Option<Arc<Principal>> {
-        let hash = sha256(secret);
+    fn find(&self, hash: &[u8; 32]) -> Option<Arc<Principal>> {
         let keys = self
             .keys
             .read()
@@ -280,7 +279,7 @@ impl KeysFile {
             .clone();
         // Every key is compared, in constant time, so timing tells nothing of which matched.
         keys.iter().fold(None, |found, key| {
-            if constant_time_equal(&key.hash, &hash) {
+            if constant_time_equal(&key.hash, hash) {
                 Some(key.principal.clone())
             } else {
                 found
@@ -363,15 +362,22 @@ impl Authenticate {
             return Some(Arc::new(Principal::admin("anonymous")));
         }
         let token = header.and_then(|header| header.strip_prefix(b"Bearer "))?;
+        self.resolve_digest(&key_digest(token))
+    }
+
+    /// Who the key whose SHA-256 is `digest` is, if it is a flat token or in the keys file
+    /// as last read. The console keeps only this digest in its sessions and resolves it on
+    /// every request, so a key revoked or rotated in the keys file ends its sessions within
+    /// [`KEYS_FILE_POLL`]. Not for an open server, which has no keys ([`Self::resolve`]).
+    pub fn resolve_digest(&self, digest: &[u8; 32]) -> Option<Arc<Principal>> {
         // Compare against every token without stopping early, in constant time per token.
-        let token_hash = sha256(token);
         let flat = self.tokens.iter().fold(false, |found, candidate| {
-            found | constant_time_equal(candidate, &token_hash)
+            found | constant_time_equal(candidate, digest)
         });
         if flat {
             return Some(Arc::new(Principal::admin("--token")));
         }
-        self.keys_file.as_ref()?.find(token)
+        self.keys_file.as_ref()?.find(digest)
     }
 
     /// Whether `header` carries a key that may export telemetry (the OTLP/HTTP routes).
@@ -395,6 +401,11 @@ impl Authenticate {
             let _ = tokio::task::spawn_blocking(move || keys_file.reload_if_changed()).await;
         }
     }
+}
+
+/// The SHA-256 of a key's text: what the keys file and the console's sessions keep of it.
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    sha256(key)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -451,6 +462,21 @@ mod tests {
         assert!(!auth.accepts(Some(b"Bearer alph")));
         assert!(!auth.accepts(Some(b"alpha")));
         assert!(!auth.accepts(None));
+    }
+
+    #[test]
+    fn a_key_resolves_by_its_digest_as_by_its_text() {
+        let auth = Authenticate::new(&["alpha".into()], None).unwrap();
+        let by_digest = auth.resolve_digest(&key_digest(b"alpha")).unwrap();
+        assert_eq!(*by_digest, *auth.resolve(Some(b"Bearer alpha")).unwrap());
+        assert_eq!(by_digest.name, "--token");
+        assert!(auth.resolve_digest(&key_digest(b"alph")).is_none());
+        // The digest is not the key: sending a digest's text as a key is refused.
+        let text = hex::encode(key_digest(b"alpha"));
+        assert!(
+            auth.resolve(Some(format!("Bearer {text}").as_bytes()))
+                .is_none()
+        );
     }
 
     #[test]

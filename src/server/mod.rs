@@ -393,8 +393,8 @@ impl Server {
     }
 }
 
-/// Deletes logs and spans older than `retention`, checking every `retention / 10` (at most
-/// hourly, at least every second).
+/// Deletes logs and spans older than `retention`, and expired console sessions, checking
+/// every `retention / 10` (at most hourly, at least every second).
 async fn run_retention(
     store: Arc<dyn Store>,
     retention: std::time::Duration,
@@ -412,6 +412,15 @@ async fn run_retention(
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "deleted logs and spans past their retention"),
             Err(error) => tracing::error!(%error, "telemetry retention cleanup failed"),
+        }
+        // Expired console sessions are already refused; this only frees their rows.
+        match store
+            .delete_expired_console_sessions(crate::api::convert::now_millis())
+            .await
+        {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "deleted expired console sessions"),
+            Err(error) => tracing::error!(%error, "console session cleanup failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}

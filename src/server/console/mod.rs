@@ -18,6 +18,7 @@
 //! - `execution.rs`: the execution tab (spans decoded, packed into lanes, drawn as SVG)
 //! - `logs.rs`: the logs tab (levels, follow) and a task's logs
 //! - `input.rs`: a task's input decoded for display
+//! - `session.rs`: `/login`, `/logout`, sessions in the store, the open server's CSRF cookie
 
 pub mod assets;
 pub mod clusters;
@@ -27,6 +28,7 @@ pub mod job;
 pub mod jobs;
 pub mod layout;
 pub mod logs;
+pub mod session;
 pub mod viewer;
 pub mod workflows;
 
@@ -62,6 +64,8 @@ pub struct ConsoleState {
     pub loopback_only: bool,
     /// Whether the port speaks TLS (cookies get `Secure`).
     pub tls: bool,
+    /// This replica's cache of console sessions.
+    pub sessions: session::Sessions,
 }
 
 impl ConsoleState {
@@ -81,6 +85,7 @@ impl ConsoleState {
             scheduler,
             authenticate,
             tls,
+            sessions: session::Sessions::default(),
         }
     }
 }
@@ -94,6 +99,11 @@ pub fn router(state: ConsoleState) -> axum::Router {
         .merge(job::routes())
         .merge(clusters::routes())
         .merge(workflows::routes())
+        .merge(session::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::csrf_cookie,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,

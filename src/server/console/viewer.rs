@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, header, request::Parts};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 
-use super::{ConsoleError, ConsoleState};
+use super::{ConsoleError, ConsoleState, session};
 use crate::server::auth::{Action, Principal};
 
 /// The principal a console request acts as, and the token its forms must carry.
@@ -33,19 +33,29 @@ impl Viewer {
     /// Refuses a form post that another site could have made: the browser must say the
     /// request came from this origin, and the form must carry this viewer's token.
     pub fn check_form(&self, headers: &HeaderMap, token: &str) -> Result<(), ConsoleError> {
-        if !same_origin(headers) {
-            return Err(ConsoleError::Forbidden(
-                "this form was not sent from the console's own pages (Origin or \
-                 Sec-Fetch-Site names another site)"
-                    .to_string(),
-            ));
-        }
-        if !constant_time_equal(self.csrf.as_bytes(), token.as_bytes()) {
+        Self::check_origin(headers)?;
+        if self.csrf.is_empty() || !constant_time_equal(self.csrf.as_bytes(), token.as_bytes()) {
             return Err(ConsoleError::Forbidden(
                 "this form's token is missing or stale; reload the page and try again".to_string(),
             ));
         }
         Ok(())
+    }
+}
+
+impl Viewer {
+    /// Refuses a post that the browser says another site sent. The whole check for the
+    /// login form, which has no viewer yet (and part of [`Viewer::check_form`]).
+    pub fn check_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
+        if same_origin(headers) {
+            Ok(())
+        } else {
+            Err(ConsoleError::Forbidden(
+                "this form was not sent from the console's own pages (Origin or \
+                 Sec-Fetch-Site names another site)"
+                    .to_string(),
+            ))
+        }
     }
 }
 
@@ -83,6 +93,9 @@ fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
             == 0
 }
 
+/// An open server's viewer is the anonymous admin, whose forms repeat the `tilebox_csrf`
+/// cookie; a keyed server's is the key of the request's session, and a request without a
+/// valid session is sent to the login (a fragment gets 401).
 impl FromRequestParts<ConsoleState> for Viewer {
     type Rejection = Response;
 
@@ -97,15 +110,15 @@ impl FromRequestParts<ConsoleState> for Viewer {
                 .expect("an open server accepts every caller");
             return Ok(Viewer {
                 principal,
-                csrf: String::new(),
+                csrf: session::open_csrf(parts),
                 signed_in: false,
             });
         }
-        let next = parts
-            .uri
-            .path_and_query()
-            .map_or("/jobs", |path| path.as_str());
-        Err(Redirect::to(&format!("/login?next={}", urlencode(next))).into_response())
+        match session::signed_in(parts, state).await {
+            Ok(Some(viewer)) => Ok(viewer),
+            Ok(None) => Err(session::log_in_first(parts)),
+            Err(error) => Err(error.into_response()),
+        }
     }
 }
 
@@ -120,4 +133,63 @@ pub fn urlencode(text: &str) -> String {
         }
     }
     encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::server::auth::Principal;
+    use crate::server::keys::Scope;
+
+    fn viewer(csrf: &str) -> Viewer {
+        Viewer {
+            principal: Arc::new(Principal {
+                name: "admin".into(),
+                scope: Scope::Admin,
+                clusters: Vec::new(),
+            }),
+            csrf: csrf.into(),
+            signed_in: true,
+        }
+    }
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(constant_time_equal(b"abc", b"abc"));
+        assert!(!constant_time_equal(b"abc", b"abd"));
+        assert!(!constant_time_equal(b"abc", b"ab"));
+        assert!(!constant_time_equal(b"", b"a"));
+    }
+
+    #[test]
+    fn a_form_needs_the_viewers_token_and_this_origin() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let same = headers(&[
+            ("host", "localhost:8083"),
+            ("origin", "http://localhost:8083"),
+        ]);
+        assert!(viewer("t0k3n").check_form(&same, "t0k3n").is_ok());
+        assert!(viewer("t0k3n").check_form(&same, "t0k3m").is_err());
+        assert!(viewer("t0k3n").check_form(&same, "").is_err());
+        assert!(
+            viewer("").check_form(&same, "").is_err(),
+            "an empty token matches nothing"
+        );
+        let foreign = headers(&[
+            ("host", "localhost:8083"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(viewer("t0k3n").check_form(&foreign, "t0k3n").is_err());
+        let cross_site = headers(&[("sec-fetch-site", "cross-site")]);
+        assert!(Viewer::check_origin(&cross_site).is_err());
+        assert!(Viewer::check_origin(&headers(&[("sec-fetch-site", "same-origin")])).is_ok());
+    }
 }

@@ -366,6 +366,23 @@ pub struct TelemetryRecord {
     pub encoded: Vec<u8>,
 }
 
+/// A signed-in console session (the web console's login). The store keeps no secret: the
+/// session id (the cookie) is kept as its SHA-256, and the key as its SHA-256, which the
+/// server resolves again on every request, so a revoked key ends its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 of the session id the browser holds.
+    pub session_hash: [u8; 32],
+    /// SHA-256 of the API key the session acts as.
+    pub key_digest: [u8; 32],
+    /// The token the session's forms carry.
+    pub csrf: [u8; 32],
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch; from then on the session is gone.
+    pub expires_at: i64,
+}
+
 /// The durable state of the orchestrator.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -483,6 +500,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Release>;
     /// The releases deployed to a cluster, one per workflow, by workflow slug.
     async fn cluster_deployments(&self, cluster: &str) -> Result<Vec<Release>>;
+
+    // ---- console sessions (schema version 4 / PostgreSQL console_sessions) ----
+    /// Stores a new console session (idempotent: storing the same session again changes
+    /// nothing).
+    async fn create_console_session(&self, session: ConsoleSession) -> Result<()>;
+    /// The session whose id hashes to `session_hash`, unless it expired at or before
+    /// `now_millis`.
+    async fn get_console_session(
+        &self,
+        session_hash: [u8; 32],
+        now_millis: i64,
+    ) -> Result<Option<ConsoleSession>>;
+    /// Ends a session (a logout); answers whether there was one.
+    async fn delete_console_session(&self, session_hash: [u8; 32]) -> Result<bool>;
+    /// Deletes the sessions expired at or before `now_millis`; answers how many.
+    async fn delete_expired_console_sessions(&self, now_millis: i64) -> Result<usize>;
+    // ---- end of console sessions ----
 
     async fn insert_telemetry(
         &self,

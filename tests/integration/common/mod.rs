@@ -18,7 +18,8 @@
 //!   PostgreSQL cluster and a fresh database per test
 //! - `replicas.rs`: [`Replicas`], several `tilebox server` processes on one PostgreSQL
 //!   database
-//! - `http.rs`: [`http_post`], [`http_get`], plain HTTP/1.1 requests (OTLP/HTTP, the console)
+//! - `http.rs`: [`http_post`], [`http_get`], [`http_request`], plain HTTP/1.1 requests
+//!   (OTLP/HTTP, the console)
 //! - `browser.rs`: [`browser::Browser`], a headless Chromium driven over the DevTools
 //!   protocol (`--remote-debugging-pipe`), for the console's browser tests
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use crate::common::{HttpResponse, TestServer, http_get, http_request, json_of, write_project};
 
-/// The `csrf` value of the first form in `html` (empty on an open server today; the
-/// same value a browser would post back).
+/// The `csrf` value of the first form in `html`: on an open server, the `tilebox_csrf`
+/// cookie the page came with, which a browser sends back with the form.
 fn csrf_of(html: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     html.find(marker)
@@ -52,6 +52,7 @@ fn post_form(
     origin: Option<&str>,
 ) -> HttpResponse {
     let own = server.url().to_string();
+    let cookie = format!("tilebox_csrf={csrf}");
     let mut all = vec![("csrf", csrf)];
     all.extend_from_slice(fields);
     http_request(
@@ -61,6 +62,7 @@ fn post_form(
         &[
             ("Content-Type", "application/x-www-form-urlencoded"),
             ("Origin", origin.unwrap_or(&own)),
+            ("Cookie", &cookie),
         ],
         form_body(&all).as_bytes(),
     )

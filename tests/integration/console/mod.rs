@@ -2,6 +2,7 @@
 //! (headers, the Host check, `--no-console`) here; pages in their own modules.
 
 mod admin;
+mod auth;
 mod browser;
 mod pages;
 

@@ -82,16 +82,19 @@ fn row_with<'a>(html: &'a str, marker: &str) -> &'a str {
     &html[start..end]
 }
 
-/// A form post of the (empty, on an open server) CSRF token from `origin`.
+/// A form post from `origin` with the open server's double-submitted CSRF token: the
+/// `tilebox_csrf` cookie and the same value in the form, as a browser sends them.
 fn post_form(server: &TestServer, path: &str, origin: &str) -> (u16, Option<String>, String) {
+    let token = "5e".repeat(32);
     let answer = http_post(
         server,
         path,
         &[
             ("Content-Type", "application/x-www-form-urlencoded"),
             ("Origin", origin),
+            ("Cookie", &format!("tilebox_csrf={token}")),
         ],
-        b"csrf=",
+        format!("csrf={token}").as_bytes(),
     );
     let location = answer.header("location").map(str::to_string);
     (answer.status, location, answer.text())

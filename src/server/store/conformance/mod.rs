@@ -11,7 +11,7 @@
 //! - `mod.rs`: [`conformance_tests!`]
 //! - `fixtures.rs`: builders and small steps the rules share
 //! - `batches.rs`, `claims.rs`, `failures.rs`, `leases.rs`, `reads.rs`, `releases.rs`,
-//!   `telemetry.rs`: the rules, by area
+//!   `sessions.rs`, `telemetry.rs`: the rules, by area
 //! - `replicas.rs`: [`replica_rules!`], two stores on one state racing each other
 
 mod batches;
@@ -22,6 +22,7 @@ mod leases;
 mod reads;
 mod releases;
 mod replicas;
+mod sessions;
 mod telemetry;
 
 pub(crate) use batches::*;
@@ -31,6 +32,7 @@ pub(crate) use leases::*;
 pub(crate) use reads::*;
 pub(crate) use releases::*;
 pub(crate) use replicas::*;
+pub(crate) use sessions::*;
 pub(crate) use telemetry::*;
 
 /// One `#[tokio::test]` per rule of the suite, each on a fresh store from `$open`: an
@@ -82,6 +84,7 @@ macro_rules! conformance_tests {
             a_hand_back_requeues_without_counting_any_number_of_times,
             appended_failure_reasons_keep_the_display_within_its_limit,
             reports_and_extensions_from_another_claimant_are_stale_from_the_first_claim,
+            console_sessions_expire_and_end_at_logout,
         );
     };
     (@rules $open:expr; $($rule:ident,)+) => {$(

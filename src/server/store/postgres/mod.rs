@@ -29,12 +29,14 @@
 //! - `read.rs`: queries
 //! - `releases.rs`: clusters' deployments, workflows, artifacts, releases, telemetry
 //! - `blobs.rs`: artifact bytes, chunked, verified before they are readable
+//! - `sessions.rs`: the web console's sessions
 
 pub mod blobs;
 mod counters;
 mod migrations;
 mod read;
 mod releases;
+mod sessions;
 mod tasks;
 
 use std::collections::HashMap;
@@ -48,9 +50,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, Error, FailedReport, Job,
-    JobFilter, NewJob, Page, Release, Report, ReportOutcome, Result, Store, TaskSummary,
-    TelemetryKind, TelemetryRecord, Workflow,
+    Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, ConsoleSession, Error,
+    FailedReport, Job, JobFilter, NewJob, Page, Release, Report, ReportOutcome, Result, Store,
+    TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -1313,6 +1315,32 @@ impl Store for PgStore {
         self.read(move |tx| releases::cluster_deployments(tx, &cluster))
             .await
     }
+
+    // ---- console sessions (migration console_sessions) ----
+    async fn create_console_session(&self, session: ConsoleSession) -> Result<()> {
+        self.write_apart(move |tx| sessions::create(tx, &session))
+            .await
+    }
+
+    async fn get_console_session(
+        &self,
+        session_hash: [u8; 32],
+        now_millis: i64,
+    ) -> Result<Option<ConsoleSession>> {
+        self.read(move |tx| sessions::get(tx, session_hash, now_millis))
+            .await
+    }
+
+    async fn delete_console_session(&self, session_hash: [u8; 32]) -> Result<bool> {
+        self.write_apart(move |tx| sessions::delete(tx, session_hash))
+            .await
+    }
+
+    async fn delete_expired_console_sessions(&self, now_millis: i64) -> Result<usize> {
+        self.write_apart(move |tx| sessions::delete_expired(tx, now_millis))
+            .await
+    }
+    // ---- end of console sessions ----
 
     async fn insert_telemetry(
         &self,

@@ -28,8 +28,10 @@ use super::{db, execute, query_row};
 use crate::server::store::{Progress, Result};
 
 /// The schema version this code writes (`PRAGMA user_version`); a database from before the
-/// counters has 0, one from before `tasks.runner_failures` has 1.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// counters has 0, one from before `tasks.runner_failures` has 1. Version 4 added the console
+/// sessions (`sessions.sql`, created on open like `schema.sql`, so the upgrade to it only
+/// sets the version).
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// The columns of `jobs` added with the counters (also in `schema.sql`).
 const JOB_COLUMNS: [(&str, &str); 3] = [

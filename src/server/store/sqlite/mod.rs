@@ -21,12 +21,14 @@
 //! - `releases.rs`: workflows, artifacts, releases and deployments
 //! - `schema.sql`: tables and indexes; `schema_v0.sql`: the schema before the counters
 //!   (tests open a database of that shape)
+//! - `sessions.rs`, `sessions.sql`: the web console's sessions (schema version 4)
 
 mod counters;
 #[cfg(test)]
 mod drain;
 mod read;
 mod releases;
+mod sessions;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -38,9 +40,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, DEFAULT_CLUSTER_SLUG, Error,
-    FailedReport, Job, JobFilter, NewJob, Page, Release, Report, ReportOutcome, Result, Store,
-    TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
+    Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, ConsoleSession,
+    DEFAULT_CLUSTER_SLUG, Error, FailedReport, Job, JobFilter, NewJob, Page, Release, Report,
+    ReportOutcome, Result, Store, TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -174,6 +176,7 @@ impl SqliteStore {
         }
         connection
             .execute_batch(SCHEMA)
+            .and_then(|()| connection.execute_batch(sessions::SCHEMA))
             .and_then(|()| counters::upgrade(&connection))
             .map_err(open_failed(&path))?;
         connection
@@ -850,6 +853,33 @@ impl Store for SqliteStore {
         self.read(move |connection| releases::cluster_deployments(connection, &cluster))
             .await
     }
+
+    // ---- console sessions (schema version 4) ----
+    async fn create_console_session(&self, session: ConsoleSession) -> Result<()> {
+        self.write(move |connection| sessions::create(connection, &session))
+            .await
+    }
+
+    async fn get_console_session(
+        &self,
+        session_hash: [u8; 32],
+        now_millis: i64,
+    ) -> Result<Option<ConsoleSession>> {
+        self.read(move |connection| sessions::get(connection, session_hash, now_millis))
+            .await
+    }
+
+    async fn delete_console_session(&self, session_hash: [u8; 32]) -> Result<bool> {
+        self.write(move |connection| sessions::delete(connection, session_hash))
+            .await
+    }
+
+    async fn delete_expired_console_sessions(&self, now_millis: i64) -> Result<usize> {
+        self.write(move |connection| sessions::delete_expired(connection, now_millis))
+            .await
+    }
+    // ---- end of console sessions ----
+
     async fn insert_telemetry(
         &self,
         kind: TelemetryKind,
