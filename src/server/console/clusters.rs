@@ -22,15 +22,6 @@ pub fn routes() -> axum::Router<ConsoleState> {
         .route("/clusters/{slug}/delete", post(delete))
 }
 
-/// `message` as an in-process gRPC request made by `viewer`: its principal in the
-/// extensions, exactly where the auth interceptor puts it, so the service checks the
-/// viewer's permissions as for any API call.
-pub(super) fn grpc_request<T>(viewer: &Viewer, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(viewer.principal.clone());
-    request
-}
-
 /// A one-line message above a page: what an action did, or why it failed.
 pub(super) struct Flash {
     pub error: bool,
@@ -121,14 +112,11 @@ async fn create(
     Form(form): Form<CreateForm>,
 ) -> Result<Response, ConsoleError> {
     viewer.check_form(&headers, &form.csrf)?;
-    let request = grpc_request(
-        &viewer,
-        CreateClusterRequest {
-            name: form.name.trim().to_string(),
-            description: String::new(),
-            slug: form.slug.trim().to_string(),
-        },
-    );
+    let request = viewer.request(CreateClusterRequest {
+        name: form.name.trim().to_string(),
+        description: String::new(),
+        slug: form.slug.trim().to_string(),
+    });
     match state.workflows.create_cluster(request).await {
         Ok(cluster) => Ok(Redirect::to(&format!(
             "/clusters?created={}",
@@ -153,12 +141,9 @@ async fn delete(
     Form(form): Form<DeleteForm>,
 ) -> Result<Response, ConsoleError> {
     viewer.check_form(&headers, &form.csrf)?;
-    let request = grpc_request(
-        &viewer,
-        DeleteClusterRequest {
-            cluster_slug: slug.clone(),
-        },
-    );
+    let request = viewer.request(DeleteClusterRequest {
+        cluster_slug: slug.clone(),
+    });
     match state.workflows.delete_cluster(request).await {
         Ok(_) => {
             Ok(Redirect::to(&format!("/clusters?deleted={}", urlencode(&slug))).into_response())

@@ -629,13 +629,6 @@ struct ActionForm {
     csrf: String,
 }
 
-/// A `tonic::Request` acting as the viewer, as the auth interceptor would have made it.
-fn as_viewer<T>(viewer: &Viewer, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(viewer.principal.clone());
-    request
-}
-
 /// `POST /jobs/{job}/retry`: queues the job's failed tasks again (through the job
 /// service: its permission check and wake-ups), then back to the job.
 async fn retry(
@@ -649,12 +642,9 @@ async fn retry(
     let id = parse_id("job", &job)?;
     state
         .jobs
-        .retry_job(as_viewer(
-            &viewer,
-            RetryJobRequest {
-                job_id: Some(wire_id(id)),
-            },
-        ))
+        .retry_job(viewer.request(RetryJobRequest {
+            job_id: Some(wire_id(id)),
+        }))
         .await?;
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }
@@ -671,12 +661,9 @@ async fn cancel(
     let id = parse_id("job", &job)?;
     state
         .jobs
-        .cancel_job(as_viewer(
-            &viewer,
-            CancelJobRequest {
-                job_id: Some(wire_id(id)),
-            },
-        ))
+        .cancel_job(viewer.request(CancelJobRequest {
+            job_id: Some(wire_id(id)),
+        }))
         .await?;
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }

@@ -19,7 +19,7 @@ use prost::Message;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::clusters::{Flash, grpc_request, slug_shaped};
+use super::clusters::{Flash, slug_shaped};
 use super::layout::{self, Section};
 use super::viewer::urlencode;
 use super::{ConsoleError, ConsoleState, Fragment, Viewer};
@@ -160,14 +160,11 @@ async fn deploy(
     viewer.check_form(&headers, &form.csrf)?;
     let release = release_id(&release)?;
     let cluster = chosen_cluster(&form)?;
-    let request = grpc_request(
-        &viewer,
-        DeployWorkflowReleaseRequest {
-            workflow_slug: slug.clone(),
-            release_id: Some(id(release)),
-            cluster_slugs: vec![cluster.clone()],
-        },
-    );
+    let request = viewer.request(DeployWorkflowReleaseRequest {
+        workflow_slug: slug.clone(),
+        release_id: Some(id(release)),
+        cluster_slugs: vec![cluster.clone()],
+    });
     match state.workflows.deploy_workflow_release(request).await {
         Ok(_) => Ok(redirect(&slug, "deployed", release, &cluster)),
         Err(status) => failed(&state, &viewer, &slug, status).await,
@@ -184,14 +181,11 @@ async fn undeploy(
     viewer.check_form(&headers, &form.csrf)?;
     let release = release_id(&release)?;
     let cluster = chosen_cluster(&form)?;
-    let request = grpc_request(
-        &viewer,
-        UndeployWorkflowReleaseRequest {
-            workflow_slug: slug.clone(),
-            release_id: Some(id(release)),
-            cluster_slugs: vec![cluster.clone()],
-        },
-    );
+    let request = viewer.request(UndeployWorkflowReleaseRequest {
+        workflow_slug: slug.clone(),
+        release_id: Some(id(release)),
+        cluster_slugs: vec![cluster.clone()],
+    });
     match state.workflows.undeploy_workflow_release(request).await {
         Ok(_) => Ok(redirect(&slug, "undeployed", release, &cluster)),
         Err(status) => failed(&state, &viewer, &slug, status).await,

@@ -294,7 +294,7 @@ fn parallel_sleep_with_five_runners() {
         "the expanded tree to show the root and its 20 sleep tasks, each with its runner",
         "(() => { const rows = document.querySelectorAll('table.tasks tr.task'); \
            return rows.length === 21 && Array.from(rows).every(row => \
-             row.querySelector('td.runner')?.textContent.trim() !== '' && row.dataset.state); })()",
+             (row.querySelector('td.runner')?.textContent ?? '').trim() !== '' && row.dataset.state); })()",
         PAGE_TIMEOUT,
     );
     assert_eq!(
@@ -581,9 +581,13 @@ fn take_refusals(browser: &Browser) {
 }
 
 /// Logs in with `key` on the login page the browser is at; lands on the page `next` named.
+/// Types `key` into the login form and submits it, waiting for the page the post leads to
+/// (the form again, or the page it came from), so the next step never reads the old one.
 fn log_in(browser: &Browser, key: &str) {
     browser.fill("form#login input[name=key]", key);
-    browser.click("form#login button");
+    browser.navigating("the login's answer", |browser| {
+        browser.click("form#login button")
+    });
 }
 
 /// With keys configured the console asks for a key: a wrong one is refused with a message;
@@ -643,7 +647,7 @@ fn keys_and_read_only_viewers() {
     log_in(&browser, "tbx_not-a-key");
     browser.wait_for(
         "the login to refuse a wrong key",
-        "location.pathname === '/login' && document.querySelector('.flash.error')?.textContent.trim() !== ''",
+        "location.pathname === '/login' && (document.querySelector('.flash.error')?.textContent ?? '').trim() !== ''",
         PAGE_TIMEOUT,
     );
     take_refusals(&browser);
