@@ -10,7 +10,10 @@ use crate::api::convert::now_millis;
 use crate::server::store::{DEFAULT_CLUSTER_SLUG, Error, Result};
 
 /// The migrations, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: &[(&str, &str)] = &[("initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("initial", include_str!("migrations/0001_initial.sql")),
+    ("runners", include_str!("migrations/0002_runners.sql")),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
