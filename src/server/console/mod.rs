@@ -12,10 +12,12 @@
 //! - `mod.rs`: `ConsoleState`, the router, security headers, the Host check, `ConsoleError`
 //! - `layout.rs`: the page shell, navigation, badges, durations and times
 //! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
+//! - `runners.rs`: the runners page, and `runner_name` (a runner's short label)
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
 
 pub mod assets;
 pub mod layout;
+pub mod runners;
 pub mod viewer;
 
 use std::net::SocketAddr;
@@ -80,6 +82,7 @@ pub fn router(state: ConsoleState) -> axum::Router {
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/jobs", get(jobs_placeholder))
+        .merge(runners::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,
