@@ -1,6 +1,8 @@
 //! The web console that `tilebox server` serves on its API port: HTTP-level behaviour
 //! (headers, the Host check, `--no-console`) here; pages in their own modules.
 
+mod runners;
+
 use crate::common::{TestServer, http_get};
 
 /// `/` sends to the jobs page, which comes with the headers that keep it out of caches and
