@@ -32,6 +32,7 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workflows/v1/workflows.proto",
         "proto/tilebox/selfhosted/v1/releases.proto",
         "proto/tilebox/selfhosted/v1/work.proto",
+        "proto/tilebox/selfhosted/v1/runners.proto",
         "proto/workflows/v1/telemetry.proto",
         "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",
         "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",

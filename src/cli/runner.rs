@@ -1,5 +1,6 @@
 //! `tilebox runner start`: the release runner (or, with `--project`, a direct runner of a
-//! local project, loaded in-process without publishing).
+//! local project, loaded in-process without publishing); `tilebox runner list`: the runners
+//! the server sees (presence).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,15 +8,33 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use serde_json::{Value, json};
+
+use super::output::{self, Table};
 use super::{ApiArgs, UserError};
+use crate::api::selfhosted_v1::runner_info::Kind;
+use crate::api::selfhosted_v1::{ListRunnersRequest, RunnerInfo};
 use crate::python;
 use crate::runner::prepare::{self, EnvironmentSource};
 use crate::runner::{self, Runner, Shutdown, Stopped};
+use crate::server::console::runners::runner_name;
 
 #[derive(Debug, Subcommand)]
 pub enum RunnerCommand {
     /// Run the cluster's deployed releases (or a local project with --project).
     Start(StartArgs),
+    /// List the runners connected to the server (with --all, also those gone quiet).
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only the runners of this cluster [default: every cluster].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Also runners that stopped calling (listed as gone for a day).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,7 +93,136 @@ pub(super) struct Timings {
 pub async fn run(command: RunnerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     match command {
         RunnerCommand::Start(arguments) => start(arguments, api).await,
+        RunnerCommand::List(arguments) => {
+            list(arguments, api).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn list(arguments: ListArgs, api: &ApiArgs) -> anyhow::Result<()> {
+    let mut client = api.connect().await?;
+    let runners = client
+        .runners
+        .list_runners(ListRunnersRequest {
+            cluster_slug: arguments.cluster.unwrap_or_default(),
+            include_gone: arguments.all,
+        })
+        .await
+        .map_err(|status| client.error("ListRunners", status))?
+        .into_inner()
+        .runners;
+    let now = crate::api::convert::now_millis();
+    if api.json {
+        return output::print_json(&Value::Array(
+            runners
+                .iter()
+                .map(|runner| runner_document(runner, now))
+                .collect(),
+        ));
+    }
+    if runners.is_empty() {
+        eprintln!(
+            "{}",
+            if arguments.all {
+                "no runners seen in the last day"
+            } else {
+                "no runners connected (--all also lists those that stopped)"
+            }
+        );
+        return Ok(());
+    }
+    output::print_text(&runners_table(&runners, now).render())
+}
+
+fn kind_name(runner: &RunnerInfo) -> &'static str {
+    match Kind::try_from(runner.kind) {
+        Ok(Kind::Tilebox) => "tilebox",
+        Ok(Kind::Sdk) => "sdk",
+        _ => "unknown",
+    }
+}
+
+fn last_seen_millis(runner: &RunnerInfo) -> i64 {
+    runner
+        .last_seen
+        .as_ref()
+        .map_or(0, crate::api::convert::millis_from_timestamp)
+}
+
+/// A runner's advertised tasks: `name@version`, comma-separated.
+fn tasks_text(runner: &RunnerInfo) -> String {
+    runner
+        .identifiers
+        .iter()
+        .map(|identifier| format!("{}@{}", identifier.name, identifier.version))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How long ago `millis` was, for people: `3s ago`, `4m ago`, `2h ago`.
+pub fn ago(now: i64, millis: i64) -> String {
+    let seconds = (now - millis).max(0) / 1000;
+    match seconds {
+        0..60 => format!("{seconds}s ago"),
+        60..3600 => format!("{}m ago", seconds / 60),
+        _ => format!("{}h ago", seconds / 3600),
+    }
+}
+
+fn runners_table(runners: &[RunnerInfo], now: i64) -> Table {
+    let mut table = Table::new(&[
+        "RUNNER",
+        "CLUSTER",
+        "KIND",
+        "SLOTS",
+        "TASKS",
+        "LAST CONTACT",
+        "STATE",
+    ]);
+    for runner in runners {
+        table.push(vec![
+            runner_name(&runner.id, Some(&runner.hostname)),
+            runner.cluster_slug.clone(),
+            kind_name(runner).to_string(),
+            format!(
+                "{}/{}",
+                runner.slots.saturating_sub(runner.free_slots),
+                runner.slots
+            ),
+            tasks_text(runner),
+            ago(now, last_seen_millis(runner)),
+            if runner.connected {
+                "connected"
+            } else {
+                "gone"
+            }
+            .to_string(),
+        ]);
+    }
+    table
+}
+
+fn runner_document(runner: &RunnerInfo, now: i64) -> Value {
+    json!({
+        "id": runner.id,
+        "name": runner_name(&runner.id, Some(&runner.hostname)),
+        "cluster": runner.cluster_slug,
+        "kind": kind_name(runner),
+        "key": runner.key_name,
+        "hostname": runner.hostname,
+        "version": runner.version,
+        "slots": runner.slots,
+        "busy_slots": runner.slots.saturating_sub(runner.free_slots),
+        "tasks": runner.identifiers.iter().map(|identifier| json!({
+            "name": identifier.name,
+            "version": identifier.version,
+        })).collect::<Vec<_>>(),
+        "first_seen": output::timestamp_json(runner.first_seen.as_ref()),
+        "last_seen": output::timestamp_json(runner.last_seen.as_ref()),
+        "last_contact_ms_ago": (now - last_seen_millis(runner)).max(0),
+        "state": if runner.connected { "connected" } else { "gone" },
+    })
 }
 
 fn init_logging(arguments: &StartArgs) -> anyhow::Result<()> {
@@ -230,4 +378,63 @@ pub(super) async fn watch_signals(shutdown: Shutdown, grace: Duration) {
     }
     shutdown.hand_back.cancel();
     exit_after(EXIT_DEADLINE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::convert::timestamp_from_millis;
+    use crate::api::workflows_v1::TaskIdentifier;
+
+    fn runner(id: &str, hostname: &str, connected: bool) -> RunnerInfo {
+        RunnerInfo {
+            id: id.to_string(),
+            kind: Kind::Tilebox as i32,
+            cluster_slug: "default".to_string(),
+            hostname: hostname.to_string(),
+            slots: 4,
+            free_slots: 1,
+            identifiers: vec![TaskIdentifier {
+                name: "SleepTask".to_string(),
+                version: "v1.0".to_string(),
+            }],
+            last_seen: Some(timestamp_from_millis(58_000)),
+            connected,
+            ..RunnerInfo::default()
+        }
+    }
+
+    #[test]
+    fn the_runners_table_shows_busy_slots_tasks_contact_and_state() {
+        let table = runners_table(
+            &[
+                runner("runner:ops/0f8e2a41-aaaa", "worker-1", true),
+                RunnerInfo {
+                    kind: Kind::Sdk as i32,
+                    slots: 1,
+                    free_slots: 1,
+                    identifiers: Vec::new(),
+                    ..runner("host:ops@10.0.0.7:5000", "", false)
+                },
+            ],
+            61_000,
+        );
+        assert_eq!(
+            table.render(),
+            "RUNNER             CLUSTER  KIND     SLOTS  TASKS           LAST CONTACT  STATE\n\
+             worker-1·0f8e2a41  default  tilebox  3/4    SleepTask@v1.0  3s ago        connected\n\
+             SDK 10.0.0.7:5000  default  sdk      0/1                    3s ago        gone"
+        );
+    }
+
+    #[test]
+    fn contacts_are_told_in_seconds_minutes_or_hours_ago() {
+        assert_eq!(
+            ago(10_000, 10_500),
+            "0s ago",
+            "a clock skew is not negative"
+        );
+        assert_eq!(ago(70_000, 10_000), "1m ago");
+        assert_eq!(ago(7_300_000, 0), "2h ago");
+    }
 }

@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// How long NextTask waits for work before answering idle, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     long_poll_ms: u64,
+    /// How long a runner stays connected (`runner list`, the console) without a call, in
+    /// milliseconds [default: 15000, longer with long leases]. Hidden: for tests.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    presence_timeout_ms: Option<u64>,
     /// Largest task input accepted, in bytes.
     #[arg(long, default_value_t = 2048)]
     max_input_bytes: usize,
@@ -170,6 +174,7 @@ pub async fn run(arguments: ServerArgs, json: bool) -> anyhow::Result<ExitCode> 
             long_poll: Duration::from_millis(arguments.long_poll_ms),
             max_input_bytes: arguments.max_input_bytes,
             max_tasks_per_submission: arguments.max_tasks_per_submission,
+            presence_timeout: arguments.presence_timeout_ms.map(Duration::from_millis),
             ..scheduler::Options::default()
         },
         limits: server::Limits {

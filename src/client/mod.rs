@@ -28,6 +28,7 @@ use crate::api::otlp::collector::logs::v1::logs_service_client::LogsServiceClien
 use crate::api::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
 use crate::api::selfhosted_v1::artifact_service_client::ArtifactServiceClient;
 use crate::api::selfhosted_v1::deployment_service_client::DeploymentServiceClient;
+use crate::api::selfhosted_v1::runner_service_client::RunnerServiceClient;
 use crate::api::selfhosted_v1::work_service_client::WorkServiceClient;
 use crate::api::workflows_v1::job_service_client::JobServiceClient;
 use crate::api::workflows_v1::task_service_client::TaskServiceClient;
@@ -254,6 +255,7 @@ pub struct Client {
     pub jobs: JobServiceClient<Authenticated>,
     pub tasks: TaskServiceClient<Authenticated>,
     pub work: WorkServiceClient<Authenticated>,
+    pub runners: RunnerServiceClient<Authenticated>,
     pub workflows: WorkflowsServiceClient<Authenticated>,
     pub artifacts: ArtifactServiceClient<Authenticated>,
     pub deployments: DeploymentServiceClient<Authenticated>,
@@ -296,6 +298,10 @@ impl Client {
                 authenticate.clone()
             )),
             work: sized!(WorkServiceClient::with_interceptor(
+                channel.clone(),
+                authenticate.clone()
+            )),
+            runners: sized!(RunnerServiceClient::with_interceptor(
                 channel.clone(),
                 authenticate.clone()
             )),

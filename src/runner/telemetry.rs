@@ -462,7 +462,8 @@ impl tracing::field::Visit for EventFields {
     }
 }
 
-fn hostname() -> String {
+/// The host's name, as the kernel has it (empty when unreadable).
+pub(super) fn hostname() -> String {
     fs_err::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_default()

@@ -41,6 +41,9 @@ use crate::api::selfhosted_v1::{WorkReport, WorkRequest, WorkResponse, work_repo
 use crate::api::workflows_v1::{Task, TaskIdentifier};
 use crate::client::{CallError, RunnerClient};
 
+/// The host this runner says it runs on (presence: `tilebox runner list`).
+static HOSTNAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(super::telemetry::hostname);
+
 /// How long one slot's queue of claimed tasks should take to run, at most.
 const PREFETCH_TARGET: Duration = Duration::from_millis(10);
 /// Tasks of an identifier are prefetched only when they take less than this on average.
@@ -515,6 +518,9 @@ impl Dispatcher {
             wait,
             prefetch: queue.min(u32::MAX as usize) as u32,
             prefetch_identifiers: wire(short),
+            slots: self.slots.len().min(u32::MAX as usize) as u32,
+            hostname: HOSTNAME.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let client = self.client.clone();
         let stop = self.stop.clone();

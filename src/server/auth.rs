@@ -56,6 +56,8 @@ pub enum Action {
     /// Get and download artifacts.
     ReadArtifacts,
     WatchDeployments,
+    /// List runners (their hosts, addresses, keys and tasks).
+    ReadRunners,
 }
 
 impl Action {
@@ -79,6 +81,7 @@ impl Action {
             Action::UploadArtifact => "upload artifacts",
             Action::ReadArtifacts => "download artifacts",
             Action::WatchDeployments => "watch deployments",
+            Action::ReadRunners => "list runners",
         }
     }
 }
@@ -124,6 +127,7 @@ impl Principal {
                     | ReadWorkflows
                     | ReadArtifacts
                     | WatchDeployments
+                    | ReadRunners
             ),
         }
     }

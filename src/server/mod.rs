@@ -10,6 +10,7 @@
 //! - `auth.rs`: authentication (flat tokens, scoped keys) and the permission table
 //! - `console/`: the web console (server-rendered pages on the API port)
 //! - `keys.rs`: the keys file of scoped API keys
+//! - `presence.rs`: which runners are connected (kept in memory, flushed to the store)
 //! - `tls.rs`: the optional TLS of the port (certificate and key, concurrent handshakes)
 //! - `scheduler/`: scheduling policy (submissions, long-poll, leases)
 //! - `signals.rs`: work and deployment wake-ups, within a server and across replicas
@@ -20,6 +21,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod console;
 pub mod keys;
+pub mod presence;
 pub mod scheduler;
 pub mod services;
 pub mod signals;
@@ -39,6 +41,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::api::selfhosted_v1::artifact_service_server::ArtifactServiceServer;
 use crate::api::selfhosted_v1::deployment_service_server::DeploymentServiceServer;
+use crate::api::selfhosted_v1::runner_service_server::RunnerServiceServer;
 use crate::api::selfhosted_v1::work_service_server::WorkServiceServer;
 use crate::api::workflows_v1::job_service_server::JobServiceServer;
 use crate::api::workflows_v1::task_service_server::TaskServiceServer;
@@ -243,6 +246,13 @@ impl Server {
         let (stop_reaper, reaper_stopped) = tokio::sync::watch::channel(false);
         let reaper_stopped_too = reaper_stopped.clone();
         let reaper = tokio::spawn(self.scheduler.clone().run_lease_reaper(reaper_stopped));
+        let (stop_presence, presence_stopped) = tokio::sync::watch::channel(false);
+        let presence = tokio::spawn(
+            self.scheduler
+                .presence()
+                .clone()
+                .run(self.scheduler.store().clone(), presence_stopped),
+        );
         let authenticate = self.authenticate;
         let keys_watch = tokio::spawn(
             authenticate
@@ -271,6 +281,9 @@ impl Server {
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+        let runners =
+            RunnerServiceServer::new(services::runners::Runners::new(self.scheduler.clone()))
+                .max_encoding_message_size(max_message);
         let signals = self.scheduler.signals().clone();
         let changes = signals.deployments().clone();
         let console = self.console.then(|| {
@@ -328,6 +341,7 @@ impl Server {
             tonic::service::Routes::new(InterceptedService::new(jobs, authenticate.clone()))
                 .add_service(InterceptedService::new(tasks, authenticate.clone()))
                 .add_service(InterceptedService::new(work, authenticate.clone()))
+                .add_service(InterceptedService::new(runners, authenticate.clone()))
                 .add_service(InterceptedService::new(workflows, authenticate.clone()))
                 .add_service(InterceptedService::new(
                     artifact_service,
@@ -388,6 +402,9 @@ impl Server {
         keys_watch.abort();
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
+        // Its last flush records the runners' final contacts.
+        let _ = stop_presence.send(true);
+        let _ = presence.await;
         signals.stop();
         Ok(result?)
     }

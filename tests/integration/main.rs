@@ -30,6 +30,7 @@ mod dev;
 mod faults;
 mod hostile;
 mod interop;
+mod presence;
 mod progress;
 mod python;
 mod release;

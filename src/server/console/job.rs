@@ -18,6 +18,7 @@ use super::execution;
 use super::input;
 use super::jobs::{job_state_word, progress_bars, task_counts, unfinished};
 use super::logs;
+use super::runners::{self, Hosts};
 use super::{ConsoleError, ConsoleState, Fragment, Viewer, layout};
 use crate::api::convert::{id as wire_id, task_state_name};
 use crate::api::workflows_v1::job_service_server::JobService;
@@ -28,8 +29,6 @@ use crate::server::store::{Job, Page, TaskSummary, TelemetryKind};
 
 /// Tasks per page of the tree (roots, or children of one task).
 pub const TREE_PAGE: usize = 200;
-/// Pages of 1,000 tasks searched for a task opened without a hint where it is.
-const FIND_PAGES: usize = 5;
 
 pub fn routes() -> Router<ConsoleState> {
     Router::new()
@@ -238,9 +237,10 @@ async fn tasks_tab(state: &ConsoleState, job: &Job) -> Result<Markup, ConsoleErr
         )
         .await?;
     let refresh = unfinished(job.state).then(|| format!("/jobs/{}/tasks", job.id));
+    let hosts = runners::runner_hostnames(state).await;
     Ok(html! {
         section.tab data-tab="tasks" {
-            (tasks_table(job.id, refresh, task_rows(job.id, None, 0, None, &roots)))
+            (tasks_table(job.id, refresh, task_rows(job.id, None, 0, &roots, &hosts)))
         }
     })
 }
@@ -263,8 +263,8 @@ fn task_rows(
     job: Uuid,
     parent: Option<Uuid>,
     depth: usize,
-    after: Option<Uuid>,
     tasks: &[TaskSummary],
+    hosts: &Hosts,
 ) -> Markup {
     let more = (tasks.len() >= TREE_PAGE)
         .then(|| {
@@ -274,9 +274,8 @@ fn task_rows(
         })
         .flatten();
     html! {
-        @for (index, task) in tasks.iter().enumerate() {
-            @let previous = if index == 0 { after } else { Some(tasks[index - 1].id) };
-            (task_row(job, task, depth, previous))
+        @for task in tasks {
+            (task_row(job, task, depth, hosts))
         }
         @if let Some(more) = more {
             tr.more data-depth=(depth) data-parent=[parent] {
@@ -299,22 +298,7 @@ fn children_url(job: Uuid, parent: Option<Uuid>, depth: usize, after: Option<Uui
     url
 }
 
-/// Where a task's detail is: its parent and the task before it among its siblings let the
-/// detail read exactly that one row.
-fn detail_url(job: Uuid, task: &TaskSummary, previous: Option<Uuid>) -> String {
-    let mut url = format!("/jobs/{job}/tasks/{}", task.id);
-    let mut separator = '?';
-    if let Some(parent) = task.parent_id {
-        url.push_str(&format!("{separator}parent={parent}"));
-        separator = '&';
-    }
-    if let Some(previous) = previous {
-        url.push_str(&format!("{separator}prev={previous}"));
-    }
-    url
-}
-
-fn task_row(job: Uuid, task: &TaskSummary, depth: usize, previous: Option<Uuid>) -> Markup {
+fn task_row(job: Uuid, task: &TaskSummary, depth: usize, hosts: &Hosts) -> Markup {
     let state = task_state_name(task.state);
     html! {
         tr.task data-task=(task.id) data-state=(state) data-depth=(depth)
@@ -327,13 +311,13 @@ fn task_row(job: Uuid, task: &TaskSummary, depth: usize, previous: Option<Uuid>)
                 } @else {
                     span.leaf {}
                 }
-                a.task-link href=(detail_url(job, task, previous)) { (task_title(task)) }
+                a.task-link href={ "/jobs/" (job) "/tasks/" (task.id) } { (task_title(task)) }
             }
             td.identifier { (task.identifier.name) " " span.muted { (task.identifier.version) } }
             td.state { (layout::badge(state)) }
             td.retries { (task.retry_count) "/" (task.max_retries) }
             td.duration { (task_duration(task)) }
-            td.runner { (runner_cell(task)) }
+            td.runner { (runner_cell(task, hosts)) }
         }
     }
 }
@@ -360,12 +344,15 @@ fn task_duration(task: &TaskSummary) -> String {
     }
 }
 
-/// MERGE: the runner column. `TaskSummary.claimant` comes from the store package; switch
-/// this to `layout::runner_name(claimant)` (or the claimant itself) when it lands. Until
-/// then the tree cannot tell who ran a task (the execution tab shows it per attempt).
-fn runner_cell(task: &TaskSummary) -> Markup {
+/// The runner that ran (or runs) the task's latest attempt, as `host·id8` (the whole
+/// claimant is its tooltip); empty while no runner claimed it.
+fn runner_cell(task: &TaskSummary, hosts: &Hosts) -> Markup {
     html! {
-        @if task.started_at.is_some() { span.muted { "see Execution" } }
+        @if let Some(claimant) = &task.claimant {
+            span title=(claimant) {
+                (runners::runner_name(claimant, hosts.get(claimant).map(String::as_str)))
+            }
+        }
     }
 }
 
@@ -398,7 +385,8 @@ async fn children(
             },
         )
         .await?;
-    let rows = task_rows(id, parent, depth, after, &tasks);
+    let hosts = runners::runner_hostnames(&state).await;
+    let rows = task_rows(id, parent, depth, &tasks, &hosts);
     if fragment.0 {
         return Ok(rows.into_response());
     }
@@ -415,57 +403,19 @@ async fn children(
     ))
 }
 
-/// MERGE: reads one task. Until `Store::get_tasks` lands (store package), it reads the row
-/// after `previous` below `parent` (the hints every tree link carries: one indexed row),
-/// else searches the first pages of that parent's children; with `get_tasks`, this becomes
-/// one `get_tasks(job, vec![task])`.
+/// One task of `job`, by id (one indexed read whatever the job's size).
 async fn find_task(
     state: &ConsoleState,
     job: Uuid,
     task: Uuid,
-    parent: Option<Uuid>,
-    previous: Option<Uuid>,
 ) -> Result<TaskSummary, ConsoleError> {
-    let hinted = state
+    state
         .store
-        .list_tasks(
-            job,
-            parent,
-            Page {
-                after: previous,
-                limit: 1,
-                descending: false,
-            },
-        )
-        .await?;
-    if let Some(found) = hinted.into_iter().find(|candidate| candidate.id == task) {
-        return Ok(found);
-    }
-    let mut after = None;
-    for _ in 0..FIND_PAGES {
-        let page = state
-            .store
-            .list_tasks(
-                job,
-                parent,
-                Page {
-                    after,
-                    limit: 1_000,
-                    descending: false,
-                },
-            )
-            .await?;
-        if let Some(found) = page.iter().find(|candidate| candidate.id == task) {
-            return Ok(found.clone());
-        }
-        if page.len() < 1_000 {
-            break;
-        }
-        after = page.last().map(|last| last.id);
-    }
-    Err(ConsoleError::NotFound(format!(
-        "task {task} not found in job {job}; open it from the job's task tree"
-    )))
+        .get_tasks(job, vec![task])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ConsoleError::NotFound(format!("task {task} not found in job {job}")))
 }
 
 /// `GET /jobs/{job}/tasks/{task}`: the task's detail (a side panel the script shows; a
@@ -475,20 +425,13 @@ async fn task_detail(
     viewer: Viewer,
     fragment: Fragment,
     Path((job, task)): Path<(String, String)>,
-    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ConsoleError> {
     viewer.principal.check(Action::ReadJobs)?;
     let job_id = parse_id("job", &job)?;
     let task_id = parse_id("task", &task)?;
     let job = state.store.get_job(job_id).await?;
-    let task = find_task(
-        &state,
-        job_id,
-        task_id,
-        optional_id(&pairs, "parent")?,
-        optional_id(&pairs, "prev")?,
-    )
-    .await?;
+    let task = find_task(&state, job_id, task_id).await?;
+    let hosts = runners::runner_hostnames(&state).await;
     let telemetry = viewer.allows(Action::ReadTelemetry);
     let (attempts, task_logs) = match trace_id_of(&job.trace_parent) {
         Some(trace) if telemetry => {
@@ -511,7 +454,7 @@ async fn task_detail(
         }
         _ => (Vec::new(), Vec::new()),
     };
-    let panel = detail(&job, &task, &attempts, &task_logs);
+    let panel = detail(&job, &task, &attempts, &task_logs, &hosts);
     if fragment.0 {
         return Ok(panel.into_response());
     }
@@ -535,6 +478,7 @@ fn detail(
     task: &TaskSummary,
     attempts: &[execution::SpanView],
     task_logs: &[logs::LogView],
+    hosts: &Hosts,
 ) -> Markup {
     let state = task_state_name(task.state);
     let decoded = input::decode(&task.input);
@@ -560,7 +504,7 @@ fn detail(
                 @if let Some(stopped) = task.stopped_at { div { dt { "Stopped" } dd { (layout::time(stopped)) } } }
                 div { dt { "Duration" } dd { (task_duration(task)) } }
                 div { dt { "Retries" } dd.retries { (task.retry_count) "/" (task.max_retries) } }
-                div { dt { "Runner" } dd.runner { (runner_cell(task)) } }
+                div { dt { "Runner" } dd.runner { (runner_cell(task, hosts)) } }
             }
             h3 { "Input " span.muted { "(" (decoded.kind) ", " (decoded.size) " bytes" @if decoded.cut { ", cut" } ")" } }
             pre.input data-kind=(decoded.kind) { (decoded.text) }

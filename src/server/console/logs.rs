@@ -41,6 +41,8 @@ pub struct LogView {
     pub time_ns: u64,
     pub runner: String,
     pub task: String,
+    /// The task's display (else its identifier's name), when the task is of this job.
+    pub task_title: Option<String>,
     pub body: String,
     pub attributes: Vec<(String, String)>,
 }
@@ -111,6 +113,7 @@ pub fn decode_logs(rows: &[(Uuid, Vec<u8>)]) -> Vec<LogView> {
                         .find(|attribute| attribute.key == "task_id")
                         .map(|attribute| value_text(attribute.value.as_ref()))
                         .unwrap_or_default(),
+                    task_title: None,
                     body: value_text(record.body.as_ref()),
                     attributes: record
                         .attributes
@@ -158,7 +161,46 @@ pub async fn read(
             },
         )
         .await?;
-    Ok(decode_logs(&rows))
+    let mut logs = decode_logs(&rows);
+    name_tasks(state, job.id, &mut logs).await?;
+    Ok(logs)
+}
+
+/// Fills each record's task title from one read of the page's tasks (`get_tasks`: at most
+/// [`LOG_PAGE`] ids, so bounded whatever the job's size). Ids that are not this job's
+/// tasks keep no title.
+async fn name_tasks(
+    state: &ConsoleState,
+    job: Uuid,
+    logs: &mut [LogView],
+) -> Result<(), ConsoleError> {
+    let mut ids: Vec<Uuid> = logs
+        .iter()
+        .filter_map(|log| Uuid::parse_str(&log.task).ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let titles: std::collections::HashMap<String, String> = state
+        .store
+        .get_tasks(job, ids)
+        .await?
+        .into_iter()
+        .map(|task| {
+            let title = if task.display.is_empty() {
+                task.identifier.name
+            } else {
+                task.display
+            };
+            (task.id.to_string(), title)
+        })
+        .collect();
+    for log in logs {
+        log.task_title = titles.get(&log.task).cloned();
+    }
+    Ok(())
 }
 
 /// The table rows of `logs`.
@@ -169,7 +211,7 @@ pub fn rows(job: Uuid, logs: &[LogView]) -> Markup {
                 td.level { span class={ "level level-" (log.level) } { (log.level) } }
                 td.time { (layout::time((log.time_ns / 1_000_000) as i64)) }
                 td.runner { (log.runner) }
-                td.task { (task_cell(job, &log.task)) }
+                td.task { (task_cell(job, log)) }
                 td.body { (log.body) }
                 td.attributes {
                     @for (key, value) in &log.attributes {
@@ -181,16 +223,14 @@ pub fn rows(job: Uuid, logs: &[LogView]) -> Markup {
     }
 }
 
-/// MERGE: the task column. Until `Store::get_tasks` lands (store package), it shows the
-/// task id's first 8 characters linking to the task detail; with it, the page's tasks are
-/// read in one batch and this shows each one's display.
-fn task_cell(job: Uuid, task: &str) -> Markup {
-    let short: String = task.chars().take(8).collect();
+/// The task column: the task's title linking to its detail, else (a task of no known
+/// job, or a record without one) the id as it came.
+fn task_cell(job: Uuid, log: &LogView) -> Markup {
     html! {
-        @if Uuid::parse_str(task).is_ok() {
-            a.task-link href={ "/jobs/" (job) "/tasks/" (task) } title=(task) { (short) }
+        @if let Some(title) = &log.task_title {
+            a.task-link href={ "/jobs/" (job) "/tasks/" (log.task) } title=(log.task) { (title) }
         } @else {
-            (task)
+            span.muted { (log.task) }
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - `mod.rs`: `ConsoleState`, the router, security headers, the Host check, `ConsoleError`
 //! - `layout.rs`: the page shell, navigation, badges, durations and times
 //! - `assets.rs`: the embedded stylesheet, script and icon, under content-hashed names
+//! - `runners.rs`: the runners page, and `runner_name` (a runner's short label)
 //! - `viewer.rs`: who is looking (`Viewer`), and the CSRF check of forms
 //! - `jobs.rs`: the jobs page (filters, cursor paging)
 //! - `job.rs`: the job page (header, tabs, the lazy task tree, task detail, retry/cancel)
@@ -28,6 +29,7 @@ pub mod job;
 pub mod jobs;
 pub mod layout;
 pub mod logs;
+pub mod runners;
 pub mod session;
 pub mod viewer;
 pub mod workflows;
@@ -99,6 +101,7 @@ pub fn router(state: ConsoleState) -> axum::Router {
         .merge(job::routes())
         .merge(clusters::routes())
         .merge(workflows::routes())
+        .merge(runners::routes())
         .merge(session::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -20,6 +20,7 @@ use crate::api::convert::now_millis;
 use crate::api::limits::{self, MAX_DISPLAY_CHARS, MAX_IDENTIFIERS_PER_CLAIM};
 use crate::api::submission::{self, Limits};
 use crate::api::workflows_v1::{NextTaskRequest, SubmitJobRequest, TaskFailedRequest, TaskState};
+use crate::server::presence::{self, Presence};
 use crate::server::signals::Signals;
 use crate::server::store::{
     self, ClaimRequest, ClaimedTask, ComputedReport, DEFAULT_CLUSTER_SLUG, FailedReport, Job,
@@ -54,6 +55,10 @@ pub struct Options {
     pub max_input_bytes: usize,
     /// Most tasks one submission (a job, or one execution's subtasks) may hold.
     pub max_tasks_per_submission: usize,
+    /// How long a runner stays connected without a contact (`--presence-timeout-ms`); by
+    /// default [`presence::DEFAULT_TIMEOUT`], or one and a half lease extension intervals
+    /// when leases are long (a busy runner may only extend its leases).
+    pub presence_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -65,6 +70,7 @@ impl Default for Options {
             idle: Duration::from_millis(300),
             max_input_bytes: submission::DEFAULT_MAX_INPUT_BYTES,
             max_tasks_per_submission: limits::DEFAULT_MAX_TASKS_PER_SUBMISSION,
+            presence_timeout: None,
         }
     }
 }
@@ -119,6 +125,7 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     options: Arc<Options>,
     signals: Signals,
+    presence: Presence,
 }
 
 impl Scheduler {
@@ -128,15 +135,24 @@ impl Scheduler {
     pub fn new(store: Arc<dyn Store>, mut options: Options, signals: Signals) -> Self {
         options.lease = options.lease.max(MIN_LEASE);
         options.max_lease = options.max_lease.max(options.lease);
+        let presence_timeout = options.presence_timeout.unwrap_or_else(|| {
+            presence::DEFAULT_TIMEOUT.max(recommended_wait(options.lease) * 3 / 2)
+        });
         Self {
             store,
             options: Arc::new(options),
             signals,
+            presence: Presence::new(presence_timeout),
         }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The runners that asked this server for work (see [`Presence`]).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub fn options(&self) -> &Options {

@@ -6,6 +6,7 @@
 //! - `jobs.rs`: `JobService`
 //! - `tasks.rs`: `TaskService` (what the official SDK's runners call)
 //! - `work.rs`: our `WorkService` (the batched work protocol of our runner)
+//! - `runners.rs`: our `RunnerService` (runner presence, for `runner list`)
 //! - `workflows.rs`: `WorkflowsService` (clusters, workflows, releases, deployments)
 //! - `artifacts.rs`: our `ArtifactService` (streamed upload and download by sha256)
 //! - `deployments.rs`: our `DeploymentService` (a cluster's deployments, pushed)
@@ -20,6 +21,7 @@ pub mod jobs;
 pub mod limits;
 mod messages;
 pub mod otlp_grpc;
+pub mod runners;
 pub mod tasks;
 pub mod telemetry;
 pub mod work;

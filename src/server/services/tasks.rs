@@ -12,7 +12,9 @@ use crate::api::workflows_v1::{
     TaskLeaseRequest, TaskStateResponse,
 };
 use crate::server::auth::{Action, Principal, principal};
+use crate::server::presence::Contact;
 use crate::server::scheduler::{NextTask, Scheduler};
+use crate::server::store::RunnerKind;
 
 pub struct Tasks {
     scheduler: Scheduler,
@@ -61,12 +63,37 @@ impl TaskService for Tasks {
             None
         };
         let claimant = caller(&request);
+        // Presence: the SDK's runner runs one task at a time and says nothing of its host.
+        let presence = self.scheduler.presence();
+        let claims = match &request.get_ref().next_task_to_run {
+            Some(claim) => {
+                presence.touch(Contact {
+                    runner: &claimant,
+                    kind: RunnerKind::Sdk,
+                    cluster: &claim.cluster_slug,
+                    key_name: &principal.name,
+                    hostname: "",
+                    version: "",
+                    slots: 1,
+                    free_slots: 1,
+                    identifiers: &claim.identifiers,
+                });
+                true
+            }
+            None => {
+                presence.refresh(&claimant, None);
+                false
+            }
+        };
         let subtask_clusters = super::subtask_clusters(&principal);
         let answer = self
             .scheduler
-            .next_task(request.into_inner(), claimant, &subtask_clusters)
+            .next_task(request.into_inner(), claimant.clone(), &subtask_clusters)
             .await
             .map_err(scheduler_status)?;
+        if claims && matches!(answer, NextTask::Task(_)) {
+            presence.refresh(&claimant, Some(0));
+        }
         let response = match answer {
             NextTask::NotAsked => NextTaskResponse::default(),
             NextTask::Task(task) => NextTaskResponse {
@@ -111,6 +138,7 @@ impl TaskService for Tasks {
         // Fenced like every report: only the claimant extends (see `caller` for how the SDK's
         // separate lease-renewer process is recognised as its runner).
         let claimant = caller(&request);
+        self.scheduler.presence().refresh_extension(&claimant);
         let request = request.into_inner();
         let task = required_uuid(request.task_id.as_ref(), "task_id")?;
         let requested = request

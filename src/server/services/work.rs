@@ -15,7 +15,9 @@ use crate::api::selfhosted_v1::{
 };
 use crate::api::workflows_v1::{TaskLease, TaskState};
 use crate::server::auth::{Action, Principal, principal};
+use crate::server::presence::Contact;
 use crate::server::scheduler::{ItemResult, Scheduler, may_wait};
+use crate::server::store::RunnerKind;
 
 pub struct Work {
     scheduler: Scheduler,
@@ -94,12 +96,36 @@ impl WorkService for Work {
             None
         };
         let claimant = caller(&request);
+        // Presence: a call that claims says everything about the runner; one that only
+        // reports moves its last contact.
+        let presence = self.scheduler.presence();
+        let claims = work.capacity > 0 || work.prefetch > 0;
+        if claims {
+            presence.touch(Contact {
+                runner: &claimant,
+                kind: RunnerKind::Tilebox,
+                cluster: &work.cluster_slug,
+                key_name: &principal.name,
+                hostname: &work.hostname,
+                version: &work.version,
+                slots: work.slots.max(work.capacity),
+                free_slots: work.capacity,
+                identifiers: &work.identifiers,
+            });
+        } else {
+            presence.refresh(&claimant, None);
+        }
+        let capacity = work.capacity;
         let subtask_clusters = super::subtask_clusters(&principal);
         let answer = self
             .scheduler
-            .work(request.into_inner(), claimant, &subtask_clusters)
+            .work(request.into_inner(), claimant.clone(), &subtask_clusters)
             .await
             .map_err(scheduler_status)?;
+        if claims {
+            let claimed = answer.tasks.len().min(u32::MAX as usize) as u32;
+            presence.refresh(&claimant, Some(capacity.saturating_sub(claimed)));
+        }
         let wait = self.scheduler.initial_wait();
         Ok(Response::new(WorkResponse {
             results: answer.results.into_iter().map(report_result).collect(),
@@ -126,6 +152,7 @@ impl WorkService for Work {
         self.authorize_tasks(&*principal(&request)?, Action::ExtendLease, tasks)
             .await?;
         let claimant = caller(&request);
+        self.scheduler.presence().refresh(&claimant, None);
         let leases = request
             .into_inner()
             .leases

@@ -192,6 +192,10 @@ pub struct TaskSummary {
     pub has_children: bool,
     pub cluster: String,
     pub optional: bool,
+    /// Who claimed the task's latest attempt (`runner:<key>/<runner id>` for our runner,
+    /// `host:<key>@<ip>:<port>` for the official SDK; see `services::caller`); kept after the
+    /// task ends, cleared when a job retry queues it again. `None` before the first claim.
+    pub claimant: Option<String>,
 }
 
 /// What a runner asks for: tasks on `cluster` that one of `identifiers` can run.
@@ -383,6 +387,51 @@ pub struct ConsoleSession {
     pub expires_at: i64,
 }
 
+/// Which runner program a runner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunnerKind {
+    /// Our runner (`tilebox runner start`), on the batched `Work` protocol.
+    Tilebox = 1,
+    /// The official SDK's runner, on `NextTask`.
+    Sdk = 2,
+}
+
+impl RunnerKind {
+    /// The kind stored as `number`; unknown numbers read as the SDK's.
+    pub fn from_number(number: i64) -> Self {
+        if number == RunnerKind::Tilebox as i64 {
+            RunnerKind::Tilebox
+        } else {
+            RunnerKind::Sdk
+        }
+    }
+}
+
+/// A runner's latest contact, as presence keeps it (`server::presence`): who it is, what it
+/// advertised, and when it was first and last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerSeen {
+    /// The runner as tasks name their claimant (`runner:<key>/<id>`, `host:<key>@<ip>:<port>`).
+    pub runner: String,
+    pub kind: RunnerKind,
+    /// The cluster it asks for work of (a slug; the default cluster's spelled out).
+    pub cluster: String,
+    /// The name of the API key it calls with (empty on an open server).
+    pub key_name: String,
+    /// The host it says it runs on (empty when it did not say: the SDK's runner).
+    pub hostname: String,
+    /// Its program's version (empty when it did not say).
+    pub version: String,
+    pub slots: u32,
+    /// Slots without a task at its latest contact.
+    pub free_slots: u32,
+    /// The task identifiers it advertised: (name, version).
+    pub identifiers: Vec<(String, String)>,
+    /// Milliseconds since the Unix epoch.
+    pub first_seen_at: i64,
+    pub last_seen_at: i64,
+}
+
 /// The durable state of the orchestrator.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -410,6 +459,9 @@ pub trait Store: Send + Sync + 'static {
         parent: Option<Uuid>,
         page: Page,
     ) -> Result<Vec<TaskSummary>>;
+    /// The tasks of `job` among `ids`, in the order of `ids`; ids that are not tasks of
+    /// `job` are left out (one indexed probe each: a page's worth, not a job's).
+    async fn get_tasks(&self, job: Uuid, ids: Vec<Uuid>) -> Result<Vec<TaskSummary>>;
     /// Marks failed tasks queued again and resumes the job; returns how many were re-queued.
     async fn retry_job(&self, id: Uuid) -> Result<i64>;
     /// Stops the job: no queued task starts any more; running ones finish.
@@ -539,4 +591,18 @@ pub trait Store: Send + Sync + 'static {
     /// The cluster of each of `tasks` (`None` for an unknown task), in order: what a runner
     /// key's reports and lease extensions are checked against.
     async fn task_clusters(&self, tasks: Vec<Uuid>) -> Result<Vec<Option<String>>>;
+
+    /// Records runners' contacts (upserts by `runner`): a contact replaces what is stored
+    /// unless the stored one is newer (replicas flush in any order), and `first_seen_at`
+    /// keeps the earliest. Not synced on its own: presence is advisory.
+    async fn record_runners(&self, runners: Vec<RunnerSeen>) -> Result<()>;
+    /// Runners last seen at or after `seen_since` (milliseconds since the epoch), of
+    /// `cluster` when given, by cluster then runner.
+    async fn list_runners(
+        &self,
+        cluster: Option<String>,
+        seen_since: i64,
+    ) -> Result<Vec<RunnerSeen>>;
+    /// Forgets runners last seen before `seen_before`; answers how many.
+    async fn delete_runners_before(&self, seen_before: i64) -> Result<usize>;
 }

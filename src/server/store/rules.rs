@@ -1,11 +1,12 @@
 //! The pure rules both backends apply the same way: who may report or extend a task
 //! ([`is_claimant`]), how a failure reason joins a task's display ([`with_reason`]), and
-//! which identifiers of a runner a claim looks for ([`best_identifiers`]).
+//! which identifiers of a runner a claim looks for ([`best_identifiers`]), and how a runner's
+//! advertised identifiers are stored ([`identifiers_json`]).
 
 use std::collections::HashMap;
 
 use crate::api::limits::MAX_DISPLAY_CHARS;
-use crate::server::store::Identifier;
+use crate::server::store::{Error, Identifier, Result};
 
 /// What a caller asks of a running task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,19 @@ pub(crate) fn best_identifiers(identifiers: &[Identifier]) -> Vec<&Identifier> {
         }
     }
     best.into_values().collect()
+}
+
+/// A runner's identifiers as stored: `[[name, version], …]`.
+pub(crate) fn identifiers_json(identifiers: &[(String, String)]) -> String {
+    serde_json::to_string(identifiers).expect("pairs of strings serialise")
+}
+
+pub(crate) fn identifiers_from_json(runner: &str, text: &str) -> Result<Vec<(String, String)>> {
+    serde_json::from_str(text).map_err(|error| {
+        Error::Corrupt(format!(
+            "the stored identifiers of runner `{runner}` are not a list of pairs: {error}"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ fn connected_runners(server: &TestServer) -> Vec<Value> {
         .as_array()
         .unwrap_or_else(|| panic!("`runner list --json` prints an array: {listed}"))
         .iter()
-        .filter(|runner| runner["connected"] == true)
+        .filter(|runner| runner["state"] == "connected")
         .cloned()
         .collect()
 }
@@ -225,7 +225,6 @@ fn js(text: &str) -> String {
 /// traceback; retry re-queues a failed job and cancel stops a queued one, each only after
 /// its confirmation.
 #[test]
-#[ignore = "needs the console pages (issue #16 packages)"]
 fn parallel_sleep_with_five_runners() {
     let server = TestServer::start();
     let project = example("parallel-sleep");
@@ -426,7 +425,8 @@ fn parallel_sleep_with_five_runners() {
     );
     browser.assert_no_page_errors();
 
-    // 7. A task that fails on a real runner shows its traceback; then the runners stop, so
+    // 7. A task that fails on a real runner (its input does not decode: ValidationError)
+    // shows its traceback; then the runners stop, so
     // nothing claims what follows.
     let failed = submit(&server, "SleepTask", r#"{"index": 0, "seconds": "x"}"#);
     wait_for_job_state(&server, &failed, "failed", Duration::from_secs(60));
@@ -446,7 +446,7 @@ fn parallel_sleep_with_five_runners() {
     browser.wait_for(
         "the failed task's traceback",
         "(() => { const traceback = document.querySelector('aside.task-detail pre.traceback'); \
-           return traceback && traceback.textContent.includes('TypeError') && \
+           return traceback && traceback.textContent.includes('ValidationError') && \
              traceback.textContent.includes('Traceback'); })()",
         PAGE_TIMEOUT,
     );
@@ -475,8 +475,10 @@ fn parallel_sleep_with_five_runners() {
     );
     browser.click("dialog.confirm[open] button[data-confirm-yes]");
     browser.wait_for(
-        "the header to show the retried job queued",
-        "document.querySelector('section.job-header')?.dataset.state === 'queued'",
+        "the retried job no longer failed, its task queued again",
+        "(() => { const state = document.querySelector('section.job-header')?.dataset.state; \
+           return state !== undefined && state !== 'failed' && \
+             document.querySelector('table.tasks tr.task')?.dataset.state === 'queued'; })()",
         PAGE_TIMEOUT,
     );
     let retried = job_document(&server, &failed);
@@ -595,7 +597,6 @@ fn log_in(browser: &Browser, key: &str) {
 /// logging out ends the session; an admin key sees the actions; and a key revoked in the
 /// keys file is sent back to the login on its next page.
 #[test]
-#[ignore = "needs the console pages (issue #16 packages)"]
 fn keys_and_read_only_viewers() {
     let directory = tempfile::tempdir().expect("temp dir");
     let keys = directory.path().join("keys.json");

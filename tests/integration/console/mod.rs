@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod browser;
 mod pages;
+mod runners;
 
 use crate::common::{TestServer, http_get};
 

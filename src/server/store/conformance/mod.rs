@@ -10,8 +10,8 @@
 //! Layout:
 //! - `mod.rs`: [`conformance_tests!`]
 //! - `fixtures.rs`: builders and small steps the rules share
-//! - `batches.rs`, `claims.rs`, `failures.rs`, `leases.rs`, `reads.rs`, `releases.rs`,
-//!   `sessions.rs`, `telemetry.rs`: the rules, by area
+//! - `batches.rs`, `claims.rs`, `failures.rs`, `leases.rs`, `lookups.rs`, `reads.rs`,
+//!   `releases.rs`, `runners.rs`, `sessions.rs`, `telemetry.rs`: the rules, by area
 //! - `replicas.rs`: [`replica_rules!`], two stores on one state racing each other
 
 mod batches;
@@ -19,9 +19,11 @@ mod claims;
 mod failures;
 mod fixtures;
 mod leases;
+mod lookups;
 mod reads;
 mod releases;
 mod replicas;
+mod runners;
 mod sessions;
 mod telemetry;
 
@@ -29,9 +31,11 @@ pub(crate) use batches::*;
 pub(crate) use claims::*;
 pub(crate) use failures::*;
 pub(crate) use leases::*;
+pub(crate) use lookups::*;
 pub(crate) use reads::*;
 pub(crate) use releases::*;
 pub(crate) use replicas::*;
+pub(crate) use runners::*;
 pub(crate) use sessions::*;
 pub(crate) use telemetry::*;
 
@@ -84,6 +88,12 @@ macro_rules! conformance_tests {
             a_hand_back_requeues_without_counting_any_number_of_times,
             appended_failure_reasons_keep_the_display_within_its_limit,
             reports_and_extensions_from_another_claimant_are_stale_from_the_first_claim,
+            tasks_name_the_claimant_of_their_latest_attempt,
+            get_tasks_answers_the_asked_tasks_of_the_job_in_order,
+            presence_upsert_keeps_the_latest_contact_and_the_new_identifiers,
+            runners_unseen_since_are_not_listed,
+            runners_are_listed_per_cluster,
+            old_runners_are_deleted,
             console_sessions_expire_and_end_at_logout,
         );
     };

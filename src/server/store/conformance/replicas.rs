@@ -23,6 +23,7 @@ macro_rules! replica_rules {
             two_stores_claim_each_task_once,
             two_reapers_requeue_a_lost_lease_once,
             a_report_racing_the_reaper_is_applied_or_stale_never_both,
+            presence_recorded_through_one_store_is_listed_by_the_other,
         );
     };
     (@rules $open:expr; $($rule:ident,)+) => {$(
@@ -235,4 +236,50 @@ pub(crate) async fn a_report_racing_the_reaper_is_applied_or_stale_never_both<S:
         JobState::Started
     };
     assert_eq!(job_state(&second, job_id).await, expected_job);
+}
+
+/// Runner contacts flushed by two stores at once (two replicas' presence) are listed by
+/// either, each runner with the newest contact of the two.
+pub(crate) async fn presence_recorded_through_one_store_is_listed_by_the_other<S: Store + Clone>(
+    first: S,
+    second: S,
+) {
+    use super::runners::seen;
+    let runners = |at: i64| -> Vec<crate::server::store::RunnerSeen> {
+        (0..20)
+            .map(|index| {
+                seen(
+                    &format!("runner:ops/{index:02}"),
+                    "default",
+                    at + index,
+                    &[("Work", "v1.0")],
+                )
+            })
+            .collect()
+    };
+    let (older, newer) = (runners(1_000), runners(2_000));
+    let writers = [
+        (first.clone(), older.clone()),
+        (second.clone(), newer.clone()),
+    ]
+    .into_iter()
+    .map(|(store, batch)| tokio::spawn(async move { store.record_runners(batch).await }));
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.expect("join").expect("record runners");
+    }
+    for store in [&first, &second] {
+        let listed = store.list_runners(None, 0).await.expect("list runners");
+        // The older flush changes nothing when it lands last (its contacts are older), and
+        // is replaced when it lands first: either way each runner's newest contact is listed.
+        assert_eq!(
+            listed
+                .iter()
+                .map(|runner| (runner.runner.clone(), runner.last_seen_at))
+                .collect::<Vec<_>>(),
+            newer
+                .iter()
+                .map(|runner| (runner.runner.clone(), runner.last_seen_at))
+                .collect::<Vec<_>>()
+        );
+    }
 }

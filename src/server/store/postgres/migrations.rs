@@ -12,9 +12,10 @@ use crate::server::store::{DEFAULT_CLUSTER_SLUG, Error, Result};
 /// The migrations, in order; version N is `MIGRATIONS[N - 1]`.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("migrations/0001_initial.sql")),
+    ("runners", include_str!("migrations/0002_runners.sql")),
     (
         "console_sessions",
-        include_str!("migrations/0002_console_sessions.sql"),
+        include_str!("migrations/0003_console_sessions.sql"),
     ),
 ];
 

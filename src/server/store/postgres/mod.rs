@@ -29,6 +29,7 @@
 //! - `read.rs`: queries
 //! - `releases.rs`: clusters' deployments, workflows, artifacts, releases, telemetry
 //! - `blobs.rs`: artifact bytes, chunked, verified before they are readable
+//! - `runners.rs`: runner presence (the `runners` table)
 //! - `sessions.rs`: the web console's sessions
 
 pub mod blobs;
@@ -36,6 +37,7 @@ mod counters;
 mod migrations;
 mod read;
 mod releases;
+mod runners;
 mod sessions;
 mod tasks;
 
@@ -51,8 +53,8 @@ use uuid::Uuid;
 
 use super::{
     Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, ConsoleSession, Error,
-    FailedReport, Job, JobFilter, NewJob, Page, Release, Report, ReportOutcome, Result, Store,
-    TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
+    FailedReport, Job, JobFilter, NewJob, Page, Release, Report, ReportOutcome, Result, RunnerSeen,
+    Store, TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -949,6 +951,30 @@ impl Store for PgStore {
         .await
     }
 
+    async fn record_runners(&self, runners: Vec<RunnerSeen>) -> Result<()> {
+        if runners.is_empty() {
+            return Ok(());
+        }
+        // A short transaction of its own on the pool, as telemetry: presence never waits
+        // behind (nor holds up) the writers' batches of claims and reports.
+        self.write_apart(move |tx| runners::record_runners(tx, &runners))
+            .await
+    }
+
+    async fn list_runners(
+        &self,
+        cluster: Option<String>,
+        seen_since: i64,
+    ) -> Result<Vec<RunnerSeen>> {
+        self.read(move |tx| runners::list_runners(tx, cluster.as_deref(), seen_since))
+            .await
+    }
+
+    async fn delete_runners_before(&self, seen_before: i64) -> Result<usize> {
+        self.write_apart(move |tx| runners::delete_runners_before(tx, seen_before))
+            .await
+    }
+
     async fn task_clusters(&self, tasks: Vec<Uuid>) -> Result<Vec<Option<String>>> {
         self.read(move |tx| {
             let rows = tx
@@ -1088,6 +1114,10 @@ impl Store for PgStore {
     ) -> Result<Vec<TaskSummary>> {
         self.read(move |tx| read::list_tasks(tx, job, parent, page))
             .await
+    }
+
+    async fn get_tasks(&self, job: Uuid, ids: Vec<Uuid>) -> Result<Vec<TaskSummary>> {
+        self.read(move |tx| read::get_tasks(tx, job, &ids)).await
     }
 
     async fn retry_job(&self, id: Uuid) -> Result<i64> {

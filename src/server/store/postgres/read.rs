@@ -261,10 +261,7 @@ pub(super) fn list_tasks(
             .map_err(pg("list tasks"))?
             .map_or(0, |row| row.get(0)),
     };
-    const COLUMNS: &str = "SELECT t.uuid, p.uuid, t.display, t.state, t.name, t.version, t.major, t.minor,
-                                  t.submitted_at, t.started_at, t.stopped_at, t.input, t.retry_count,
-                                  t.max_retries, t.has_children, t.cluster, t.optional
-                           FROM tasks t LEFT JOIN tasks p ON p.task = t.parent";
+    const COLUMNS: &str = TASK_SUMMARY_COLUMNS;
     let limit = page.limit as i64;
     // Two statements, so each probes `tasks_by_parent` (`IS NOT DISTINCT FROM` would not).
     let rows = match parent_row {
@@ -282,31 +279,63 @@ pub(super) fn list_tasks(
         ),
     }
     .map_err(pg("list tasks"))?;
-    Ok(rows
+    Ok(rows.iter().map(task_summary).collect())
+}
+
+/// The tasks of `job` among `ids`, in the order of `ids`, each once; ids of other jobs'
+/// tasks, or of none, are left out.
+pub(super) fn get_tasks(tx: &mut Tx<'_>, job: Uuid, ids: &[Uuid]) -> Result<Vec<TaskSummary>> {
+    let job_row: i64 = tx
+        .query_opt("SELECT job FROM jobs WHERE uuid = $1", &[&job])
+        .map_err(pg("get tasks"))?
+        .ok_or(Error::JobNotFound { id: job })?
+        .get(0);
+    let rows = tx
+        .query(
+            &format!("{TASK_SUMMARY_COLUMNS} WHERE t.uuid = ANY($1) AND t.job = $2"),
+            &[&ids, &job_row],
+        )
+        .map_err(pg("get tasks"))?;
+    let mut found: std::collections::HashMap<Uuid, TaskSummary> = rows
         .iter()
-        .map(|row| TaskSummary {
-            id: row.get(0),
-            parent_id: row.get(1),
-            display: row.get(2),
-            state: TaskState::try_from(row.get::<_, i64>(3) as i32)
-                .unwrap_or(TaskState::Unspecified),
-            identifier: Identifier {
-                name: row.get(4),
-                version: row.get(5),
-                major: row.get::<_, i64>(6) as u64,
-                minor: row.get::<_, i64>(7) as u64,
-            },
-            submitted_at: row.get(8),
-            started_at: row.get(9),
-            stopped_at: row.get(10),
-            input: row.get(11),
-            retry_count: row.get(12),
-            max_retries: row.get(13),
-            has_children: row.get(14),
-            cluster: row.get(15),
-            optional: row.get(16),
+        .map(|row| {
+            let task = task_summary(row);
+            (task.id, task)
         })
-        .collect())
+        .collect();
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
+/// The columns [`task_summary`] reads, from `tasks t` with its parent `p`.
+const TASK_SUMMARY_COLUMNS: &str =
+    "SELECT t.uuid, p.uuid, t.display, t.state, t.name, t.version, t.major, t.minor,
+            t.submitted_at, t.started_at, t.stopped_at, t.input, t.retry_count,
+            t.max_retries, t.has_children, t.cluster, t.optional, t.claimant
+     FROM tasks t LEFT JOIN tasks p ON p.task = t.parent";
+
+fn task_summary(row: &Row) -> TaskSummary {
+    TaskSummary {
+        id: row.get(0),
+        parent_id: row.get(1),
+        display: row.get(2),
+        state: TaskState::try_from(row.get::<_, i64>(3) as i32).unwrap_or(TaskState::Unspecified),
+        identifier: Identifier {
+            name: row.get(4),
+            version: row.get(5),
+            major: row.get::<_, i64>(6) as u64,
+            minor: row.get::<_, i64>(7) as u64,
+        },
+        submitted_at: row.get(8),
+        started_at: row.get(9),
+        stopped_at: row.get(10),
+        input: row.get(11),
+        retry_count: row.get(12),
+        max_retries: row.get(13),
+        has_children: row.get(14),
+        cluster: row.get(15),
+        optional: row.get(16),
+        claimant: row.get(17),
+    }
 }
 
 /// Counts of jobs per state.

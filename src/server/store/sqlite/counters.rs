@@ -28,9 +28,9 @@ use super::{db, execute, query_row};
 use crate::server::store::{Progress, Result};
 
 /// The schema version this code writes (`PRAGMA user_version`); a database from before the
-/// counters has 0, one from before `tasks.runner_failures` has 1. Version 4 added the console
-/// sessions (`sessions.sql`, created on open like `schema.sql`, so the upgrade to it only
-/// sets the version).
+/// counters has 0, one from before `tasks.runner_failures` has 1, one from before the
+/// `runners` table (presence) has 2. Version 4 added the console sessions (`sessions.sql`,
+/// created on open like `schema.sql`, so the upgrade to it only sets the version).
 pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// The columns of `jobs` added with the counters (also in `schema.sql`).
@@ -46,7 +46,8 @@ const JOB_COLUMNS: [(&str, &str); 3] = [
 /// Brings a database written by an earlier version up to [`SCHEMA_VERSION`]: from 0, adds
 /// the counter columns that are missing, drops the index the counters replace, and fills the
 /// counters from the tasks (one pass over them, once); from 1, adds the count of non-workflow
-/// failures of each task. `schema.sql` ran before, so the new tables exist.
+/// failures of each task; from 2, nothing but the version (the `runners` table is new).
+/// `schema.sql` ran before, so the new tables exist.
 pub(super) fn upgrade(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch("BEGIN IMMEDIATE")?;
     let upgraded = upgrade_in_transaction(connection);
@@ -891,6 +892,41 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .expect("version");
         assert_eq!(version, super::SCHEMA_VERSION);
+    }
+
+    /// A database of schema version 2 (before runner presence) opens with the `runners`
+    /// table, keeps its jobs, and records presence from there.
+    #[tokio::test]
+    async fn a_version_2_database_is_upgraded_to_the_current_version() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let job_id = {
+            let store = SqliteStore::open(directory.path()).expect("open");
+            let job = crate::server::store::NewJob {
+                id: Uuid::now_v7(),
+                name: "kept".to_string(),
+                trace_parent: String::new(),
+                tasks: Vec::new(),
+            };
+            store.submit_job(job).await.expect("submit").id
+        };
+        {
+            let old = Connection::open(directory.path().join(DATABASE_FILE)).expect("open");
+            // Version 2 had neither the runners (3) nor the console sessions (4).
+            old.execute_batch(
+                "DROP TABLE runners; DROP TABLE console_sessions; PRAGMA user_version = 2;",
+            )
+            .expect("the version 2 schema");
+        }
+        let store = SqliteStore::open(directory.path()).expect("open a version 2 database");
+        assert_eq!(store.get_job(job_id).await.expect("kept").name, "kept");
+        conformance::old_runners_are_deleted(store.clone()).await;
+        drop(store);
+        let upgraded = Connection::open(directory.path().join(DATABASE_FILE)).expect("open");
+        let version: i64 = upgraded
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, super::SCHEMA_VERSION);
+        assert_eq!(super::SCHEMA_VERSION, 4);
     }
 
     /// The id of the task of `job` named `name`.

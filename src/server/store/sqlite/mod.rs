@@ -19,6 +19,7 @@
 //! - `counters.rs`: per-job counters the reads use instead of passes over the tasks
 //! - `read.rs`: row mapping and read queries
 //! - `releases.rs`: workflows, artifacts, releases and deployments
+//! - `runners.rs`: runner presence (the `runners` table)
 //! - `schema.sql`: tables and indexes; `schema_v0.sql`: the schema before the counters
 //!   (tests open a database of that shape)
 //! - `sessions.rs`, `sessions.sql`: the web console's sessions (schema version 4)
@@ -28,6 +29,7 @@ mod counters;
 mod drain;
 mod read;
 mod releases;
+mod runners;
 mod sessions;
 mod tasks;
 
@@ -42,7 +44,8 @@ use uuid::Uuid;
 use super::{
     Artifact, ClaimRequest, ClaimedTask, Cluster, ComputedReport, ConsoleSession,
     DEFAULT_CLUSTER_SLUG, Error, FailedReport, Job, JobFilter, NewJob, Page, Release, Report,
-    ReportOutcome, Result, Store, TaskSummary, TelemetryKind, TelemetryRecord, Workflow,
+    ReportOutcome, Result, RunnerSeen, Store, TaskSummary, TelemetryKind, TelemetryRecord,
+    Workflow,
 };
 use crate::api::convert::now_millis;
 use crate::api::workflows_v1::JobState;
@@ -603,6 +606,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn get_tasks(&self, job: Uuid, ids: Vec<Uuid>) -> Result<Vec<TaskSummary>> {
+        self.read(move |connection| read::get_tasks(connection, job, &ids))
+            .await
+    }
+
     async fn retry_job(&self, id: Uuid) -> Result<i64> {
         self.write(move |connection| tasks::retry_job(connection, id))
             .await
@@ -917,6 +925,32 @@ impl Store for SqliteStore {
                     [received_before_millis],
                 )
                 .map_err(db("delete telemetry"))
+        })
+        .await
+    }
+
+    async fn record_runners(&self, runners: Vec<RunnerSeen>) -> Result<()> {
+        if runners.is_empty() {
+            return Ok(());
+        }
+        self.write_relaxed(move |connection| runners::record_runners(connection, &runners))
+            .await
+    }
+
+    async fn list_runners(
+        &self,
+        cluster: Option<String>,
+        seen_since: i64,
+    ) -> Result<Vec<RunnerSeen>> {
+        self.read(move |connection| {
+            runners::list_runners(connection, cluster.as_deref(), seen_since)
+        })
+        .await
+    }
+
+    async fn delete_runners_before(&self, seen_before: i64) -> Result<usize> {
+        self.write_relaxed(move |connection| {
+            runners::delete_runners_before(connection, seen_before)
         })
         .await
     }

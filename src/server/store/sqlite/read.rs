@@ -304,68 +304,115 @@ pub(super) fn list_tasks(
             .unwrap_or(0),
     };
     let mut statement = connection
-        .prepare_cached(
-            "SELECT t.uuid, p.uuid, t.display, t.state, t.name, t.version, t.major, t.minor, t.submitted_at,
-                    t.started_at, t.stopped_at, t.input, t.retry_count, t.max_retries, t.has_children,
-                    t.cluster, t.optional
-             FROM tasks t LEFT JOIN tasks p ON p.task = t.parent
-             WHERE t.job = ?1 AND t.parent IS ?2 AND t.task > ?3 ORDER BY t.task LIMIT ?4",
-        )
+        .prepare_cached(&format!(
+            "{TASK_SUMMARY_COLUMNS} WHERE t.job = ?1 AND t.parent IS ?2 AND t.task > ?3 ORDER BY t.task LIMIT ?4"
+        ))
         .map_err(db("list tasks"))?;
     let rows = statement
         .query_map(
             params![job_row, parent_row, after_row, page.limit as i64],
-            |row| {
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    row.get::<_, Option<Vec<u8>>>(1)?,
-                    TaskSummaryRow {
-                        display: row.get(2)?,
-                        state: row.get(3)?,
-                        identifier: Identifier {
-                            name: row.get(4)?,
-                            version: row.get(5)?,
-                            major: row.get::<_, i64>(6)? as u64,
-                            minor: row.get::<_, i64>(7)? as u64,
-                        },
-                        submitted_at: row.get(8)?,
-                        started_at: row.get(9)?,
-                        stopped_at: row.get(10)?,
-                        input: row.get(11)?,
-                        retry_count: row.get(12)?,
-                        max_retries: row.get(13)?,
-                        has_children: row.get(14)?,
-                        cluster: row.get(15)?,
-                        optional: row.get(16)?,
-                    },
-                ))
-            },
+            map_task_summary_row,
         )
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(db("list tasks"))?;
-    rows.into_iter()
-        .map(|(id, parent_id, row)| {
-            Ok(TaskSummary {
-                id: uuid_from(id)?,
-                parent_id: parent_id.map(uuid_from).transpose()?,
-                display: row.display,
-                state: TaskState::try_from(row.state).unwrap_or(TaskState::Unspecified),
-                identifier: row.identifier,
-                submitted_at: row.submitted_at,
-                started_at: row.started_at,
-                stopped_at: row.stopped_at,
-                input: row.input,
-                retry_count: row.retry_count,
-                max_retries: row.max_retries,
-                has_children: row.has_children,
-                cluster: row.cluster,
-                optional: row.optional,
-            })
-        })
-        .collect()
+    rows.into_iter().map(task_summary).collect()
 }
 
-struct TaskSummaryRow {
+/// The tasks of `job` among `ids`, in the order of `ids` (one probe of the unique index on
+/// `uuid` each); ids of other jobs' tasks, or of none, are left out.
+pub(super) fn get_tasks(
+    connection: &Connection,
+    job: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<TaskSummary>> {
+    let job_row: i64 = connection
+        .query_row(
+            "SELECT job FROM jobs WHERE uuid = ?1",
+            [job.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db("get tasks"))?
+        .ok_or(Error::JobNotFound { id: job })?;
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "{TASK_SUMMARY_COLUMNS} WHERE t.uuid = ?1 AND t.job = ?2"
+        ))
+        .map_err(db("get tasks"))?;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !seen.insert(*id) {
+            continue;
+        }
+        if let Some(row) = statement
+            .query_row(params![id.as_bytes(), job_row], map_task_summary_row)
+            .optional()
+            .map_err(db("get tasks"))?
+        {
+            found.push(task_summary(row)?);
+        }
+    }
+    Ok(found)
+}
+
+/// The columns [`map_task_summary_row`] reads, from `tasks t` with its parent `p`.
+const TASK_SUMMARY_COLUMNS: &str =
+    "SELECT t.uuid, p.uuid, t.display, t.state, t.name, t.version, t.major, t.minor,
+            t.submitted_at, t.started_at, t.stopped_at, t.input, t.retry_count, t.max_retries,
+            t.has_children, t.cluster, t.optional, t.claimant
+     FROM tasks t LEFT JOIN tasks p ON p.task = t.parent";
+
+type TaskSummaryRow = (Vec<u8>, Option<Vec<u8>>, TaskSummaryFields);
+
+fn map_task_summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskSummaryRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        TaskSummaryFields {
+            display: row.get(2)?,
+            state: row.get(3)?,
+            identifier: Identifier {
+                name: row.get(4)?,
+                version: row.get(5)?,
+                major: row.get::<_, i64>(6)? as u64,
+                minor: row.get::<_, i64>(7)? as u64,
+            },
+            submitted_at: row.get(8)?,
+            started_at: row.get(9)?,
+            stopped_at: row.get(10)?,
+            input: row.get(11)?,
+            retry_count: row.get(12)?,
+            max_retries: row.get(13)?,
+            has_children: row.get(14)?,
+            cluster: row.get(15)?,
+            optional: row.get(16)?,
+            claimant: row.get(17)?,
+        },
+    ))
+}
+
+fn task_summary((id, parent_id, row): TaskSummaryRow) -> Result<TaskSummary> {
+    Ok(TaskSummary {
+        id: uuid_from(id)?,
+        parent_id: parent_id.map(uuid_from).transpose()?,
+        display: row.display,
+        state: TaskState::try_from(row.state).unwrap_or(TaskState::Unspecified),
+        identifier: row.identifier,
+        submitted_at: row.submitted_at,
+        started_at: row.started_at,
+        stopped_at: row.stopped_at,
+        input: row.input,
+        retry_count: row.retry_count,
+        max_retries: row.max_retries,
+        has_children: row.has_children,
+        cluster: row.cluster,
+        optional: row.optional,
+        claimant: row.claimant,
+    })
+}
+
+struct TaskSummaryFields {
     display: String,
     state: i32,
     identifier: Identifier,
@@ -378,6 +425,7 @@ struct TaskSummaryRow {
     has_children: bool,
     cluster: String,
     optional: bool,
+    claimant: Option<String>,
 }
 
 /// Counts of jobs per state.

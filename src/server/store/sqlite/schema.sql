@@ -174,3 +174,21 @@ CREATE TABLE IF NOT EXISTS telemetry (
 );
 CREATE INDEX IF NOT EXISTS telemetry_by_trace ON telemetry (kind, trace_id, record);
 CREATE INDEX IF NOT EXISTS telemetry_by_age ON telemetry (received_at);
+
+-- Runner presence (schema version 3; `store::RunnerSeen`): each runner's latest contact, as
+-- the servers' presence flushes it. `runner` is the claimant tasks name it by.
+CREATE TABLE IF NOT EXISTS runners (
+    runner        TEXT PRIMARY KEY,
+    kind          INTEGER NOT NULL,
+    cluster       TEXT NOT NULL,
+    key_name      TEXT NOT NULL,
+    hostname      TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    slots         INTEGER NOT NULL,
+    free_slots    INTEGER NOT NULL,
+    -- JSON [[name, version], …]
+    identifiers   TEXT NOT NULL,
+    first_seen_at INTEGER NOT NULL,
+    last_seen_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runners_by_last_seen ON runners (last_seen_at);

@@ -104,7 +104,9 @@ mod tests {
         let path = directory.path().join(DATABASE_FILE);
         Connection::open(&path)
             .expect("open the file")
-            .execute_batch("DROP TABLE console_sessions; PRAGMA user_version = 2;")
+            .execute_batch(
+                "DROP TABLE runners; DROP TABLE console_sessions; PRAGMA user_version = 2;",
+            )
             .expect("the version 2 schema");
 
         let store = SqliteStore::open(directory.path()).expect("open a version 2 database");

@@ -1,0 +1,192 @@
+//! Runner presence against a real server and real runner processes: `tilebox runner list`
+//! shows who asks each cluster for work, with slots and advertised tasks, and a runner that
+//! stopped as gone (`--all`); only admin and read-only keys may list runners.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{
+    RunnerProcess, TestServer, example, json_of, project_runner, stderr_of, tilebox, wait_until,
+};
+
+/// A runner is gone after this long without a call (hidden `--presence-timeout-ms`).
+const PRESENCE_TIMEOUT_MS: &str = "3000";
+
+fn start_runner(server: &TestServer, project: &Path, args: &[&str]) -> RunnerProcess {
+    let log = project.join(format!("runner-{}.log", uuid::Uuid::new_v4()));
+    RunnerProcess::spawn(&mut project_runner(server.url(), project, args), log)
+}
+
+fn runner_list(server: &TestServer, args: &[&str]) -> Vec<Value> {
+    let mut command = vec!["--json", "runner", "list"];
+    command.extend_from_slice(args);
+    match json_of(&server.tilebox(&command)) {
+        Value::Array(runners) => runners,
+        other => panic!("runner list --json prints an array: {other}"),
+    }
+}
+
+fn advertises_sleep_task(runner: &Value) -> bool {
+    runner["tasks"]
+        .as_array()
+        .is_some_and(|tasks| tasks.iter().any(|task| task["name"] == "SleepTask"))
+}
+
+#[test]
+fn runner_list_shows_connected_runners_and_a_stopped_one_as_gone() {
+    let server = TestServer::start_with(&["--presence-timeout-ms", PRESENCE_TIMEOUT_MS]);
+    let project = example("parallel-sleep");
+    let mut one = start_runner(&server, project.path(), &["-n", "1"]);
+    let _two = start_runner(&server, project.path(), &["-n", "2"]);
+
+    wait_until("two connected runners", Duration::from_secs(120), || {
+        let runners = runner_list(&server, &[]);
+        runners.len() == 2 && runners.iter().all(advertises_sleep_task)
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n--- runner ---\n{}", one.log()));
+    let runners = runner_list(&server, &[]);
+    let mut slots: Vec<u64> = runners
+        .iter()
+        .map(|runner| runner["slots"].as_u64().expect("slots"))
+        .collect();
+    slots.sort();
+    assert_eq!(slots, [1, 2], "{runners:?}");
+    for runner in &runners {
+        assert_eq!(runner["state"], "connected");
+        assert_eq!(runner["kind"], "tilebox");
+        assert_eq!(runner["cluster"], "default");
+        assert_eq!(runner["busy_slots"], 0, "idle: {runner}");
+        assert_eq!(runner["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            runner["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("runner:")),
+            "{runner}"
+        );
+        assert!(
+            !runner["hostname"].as_str().unwrap_or("").is_empty(),
+            "{runner}"
+        );
+    }
+
+    let table = server.tilebox(&["runner", "list"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{}", stderr_of(&table));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two runners:\n{text}");
+    for column in [
+        "RUNNER",
+        "CLUSTER",
+        "KIND",
+        "SLOTS",
+        "TASKS",
+        "LAST CONTACT",
+        "STATE",
+    ] {
+        assert!(lines[0].contains(column), "{text}");
+    }
+    assert!(text.contains("0/1") && text.contains("0/2"), "{text}");
+    assert!(text.contains("SleepTask@"), "{text}");
+    assert_eq!(text.matches("connected").count(), 2, "{text}");
+
+    // The one-slot runner stops: first still listed, then gone (and only with --all).
+    let stopped_id = runners
+        .iter()
+        .find(|runner| runner["slots"] == 1)
+        .expect("the one-slot runner")["id"]
+        .clone();
+    one.signal("-TERM");
+    one.wait_for_exit("the stopped runner to exit", Duration::from_secs(60));
+    wait_until(
+        "the stopped runner to be gone",
+        Duration::from_secs(30),
+        || {
+            runner_list(&server, &["--all"])
+                .iter()
+                .any(|runner| runner["id"] == stopped_id && runner["state"] == "gone")
+        },
+    )
+    .expect("a SIGTERMed runner turns gone");
+    let all = runner_list(&server, &["--all"]);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|runner| runner["id"] != stopped_id && runner["state"] == "connected"),
+        "the other runner is still connected: {all:?}"
+    );
+    let connected = runner_list(&server, &[]);
+    assert_eq!(connected.len(), 1, "{connected:?}");
+    assert_ne!(connected[0]["id"], stopped_id);
+    let table = server.tilebox(&["runner", "list", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("gone"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+
+    // A cluster filter: the default cluster has them, another cluster none, an unknown one
+    // is an error that names it.
+    assert_eq!(
+        runner_list(&server, &["--all", "--cluster", "default"]).len(),
+        2
+    );
+    json_of(&server.tilebox(&["--json", "cluster", "create", "Empty", "--slug", "empty"]));
+    assert!(runner_list(&server, &["--cluster", "empty"]).is_empty());
+    let unknown = server.tilebox(&["runner", "list", "--cluster", "nowhere"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr_of(&unknown).contains("cluster `nowhere` not found"),
+        "{}",
+        stderr_of(&unknown)
+    );
+    server.stop();
+}
+
+/// Runner keys may not list runners (the list names other runners' hosts and addresses);
+/// admin and read-only keys may.
+#[test]
+fn only_admin_and_read_only_keys_list_runners() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let keys = directory.path().join("keys.json");
+    let keys = keys.to_str().expect("utf-8 path");
+    let create = |name: &str, scope: &str, clusters: &[&str]| -> String {
+        let mut args = vec![
+            "server",
+            "keys",
+            "create",
+            "--json",
+            "--keys-file",
+            keys,
+            "--name",
+            name,
+            "--scope",
+            scope,
+        ];
+        for cluster in clusters {
+            args.extend(["--cluster", cluster]);
+        }
+        json_of(&tilebox(&args))["secret"]
+            .as_str()
+            .expect("a secret")
+            .to_string()
+    };
+    let admin = create("boss", "admin", &[]);
+    let reader = create("dashboard", "read-only", &[]);
+    let runner = create("worker", "runner", &["*"]);
+    let server = TestServer::start_with(&["--keys-file", keys]);
+    for key in [&admin, &reader] {
+        let listed = server.tilebox(&["--api-key", key, "--json", "runner", "list"]);
+        assert!(listed.status.success(), "{}", stderr_of(&listed));
+        assert_eq!(json_of(&listed), Value::Array(Vec::new()));
+    }
+    let refused = server.tilebox(&["--api-key", &runner, "runner", "list"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    assert!(
+        stderr_of(&refused).contains("may not list runners"),
+        "{}",
+        stderr_of(&refused)
+    );
+    server.stop();
+}
