@@ -12,6 +12,7 @@ use maud::{Markup, html};
 use prost::Message;
 use uuid::Uuid;
 
+use super::runners;
 use super::{ConsoleError, ConsoleState, layout};
 use crate::api::otlp::common::v1::{AnyValue, KeyValue, any_value};
 use crate::api::otlp::trace::v1::{ResourceSpans, status};
@@ -236,10 +237,12 @@ pub async fn tab(
     poll: Option<String>,
 ) -> Result<Markup, ConsoleError> {
     let (spans, more) = job_spans(state, job).await?;
+    let hosts = runners::runner_hostnames(state).await;
+    let label = |runner: &str| runners::runner_name(runner, hosts.get(runner).map(String::as_str));
     Ok(html! {
         section.tab data-tab="execution" data-poll=[poll.as_ref()]
             data-poll-ms=[poll.as_ref().map(|_| 2_000)] {
-            (timeline(&spans, more))
+            (timeline(&spans, more, &label))
         }
     })
 }
@@ -252,8 +255,8 @@ const LANE: f64 = 14.0;
 const LANE_GAP: f64 = 3.0;
 const BAND_GAP: f64 = 10.0;
 
-/// The summary line and the SVG of `spans`.
-pub fn timeline(spans: &[SpanView], more: bool) -> Markup {
+/// The summary line and the SVG of `spans`, each runner named by `label`.
+pub fn timeline(spans: &[SpanView], more: bool, label: &dyn Fn(&str) -> String) -> Markup {
     let errors = spans.iter().filter(|span| span.error).count();
     // Runners in order of their first span.
     let mut runners: Vec<&str> = Vec::new();
@@ -288,9 +291,12 @@ pub fn timeline(spans: &[SpanView], more: bool) -> Markup {
         .map(|span| span.end_ns)
         .max()
         .unwrap_or(t0)
-        .max(t0 + 1);
+        .max(t0.saturating_add(1));
     let plot = WIDTH - LABEL - 10.0;
-    let x = |ns: u64| LABEL + (ns - t0) as f64 / (t1 - t0) as f64 * plot;
+    // Saturating: a span exported with a hostile time (0, u64::MAX) squeezes the others
+    // but cannot overflow or divide by zero.
+    let range = t1.saturating_sub(t0).max(1);
+    let x = |ns: u64| LABEL + ns.saturating_sub(t0) as f64 / range as f64 * plot;
     struct Band<'a> {
         runner: &'a str,
         colour: usize,
@@ -318,14 +324,14 @@ pub fn timeline(spans: &[SpanView], more: bool) -> Markup {
         top += height + BAND_GAP;
     }
     let height = top;
-    let ticks = ticks(t1 - t0);
+    let ticks = ticks(range);
     html! {
         (summary)
         svg.timeline xmlns="http://www.w3.org/2000/svg" role="img"
             viewBox={ "0 0 " (WIDTH) " " (height) } width=(WIDTH) height=(height) {
             title { "Spans of the job's tasks by runner" }
             @for tick in &ticks {
-                @let at = LABEL + *tick as f64 / (t1 - t0) as f64 * plot;
+                @let at = LABEL + *tick as f64 / range as f64 * plot;
                 line.tick x1=(at) x2=(at) y1=(AXIS - 6.0) y2=(height) {}
                 text.tick x=(at) y=(AXIS - 10.0) { (layout::duration((*tick / 1_000_000) as i64)) }
             }
@@ -334,7 +340,7 @@ pub fn timeline(spans: &[SpanView], more: bool) -> Markup {
                     rect.band-background x="0" y=(band.top - LANE_GAP / 2.0) width=(WIDTH)
                         height=(band.height) {}
                     text.runner-label x="6" y=(band.top + LANE - 3.0) {
-                        (short(band.runner))
+                        (short(&label(band.runner)))
                         title { (band.runner) }
                     }
                     @for (index, lane) in &band.bars {
@@ -346,8 +352,8 @@ pub fn timeline(spans: &[SpanView], more: bool) -> Markup {
                             data-runner=(span.runner) data-start-ns=(span.start_ns)
                             data-end-ns=(span.end_ns) data-task=(span.task) {
                             title {
-                                (span.name) " · " (span.runner) " · "
-                                (layout::duration(((span.end_ns - span.start_ns) / 1_000_000) as i64))
+                                (span.name) " · " (label(&span.runner)) " · "
+                                (layout::duration((span.end_ns.saturating_sub(span.start_ns) / 1_000_000) as i64))
                                 @if let Some(retry) = span.retry_count { " · retry " (retry) }
                                 @if span.error { " · failed" }
                             }
@@ -375,12 +381,20 @@ fn ticks(span_ns: u64) -> Vec<u64> {
     let mut step = 1_000_000u64; // 1 ms
     'search: loop {
         for factor in [1, 2, 5] {
-            if step * factor >= target {
-                step *= factor;
-                break 'search;
+            match step.checked_mul(factor) {
+                Some(candidate) if candidate >= target => {
+                    step = candidate;
+                    break 'search;
+                }
+                Some(_) => {}
+                // Only a hostile span's range gets here: one tick at the start.
+                None => {
+                    step = span_ns.max(1);
+                    break 'search;
+                }
             }
         }
-        step *= 10;
+        step = step.saturating_mul(10);
     }
     (0..=span_ns / step).map(|index| index * step).collect()
 }
@@ -401,6 +415,29 @@ mod tests {
         let (_, count) = lanes(&[(0, 1), (1, 2), (2, 3)]);
         assert_eq!(count, 1);
         assert_eq!(lanes(&[]).1, 0);
+    }
+
+    #[test]
+    fn hostile_span_times_neither_overflow_nor_divide_by_zero() {
+        let span = |start, end| SpanView {
+            name: "t".into(),
+            runner: "r".into(),
+            task: "t".into(),
+            start_ns: start,
+            end_ns: end,
+            error: false,
+            retry_count: Some(0),
+            exception: None,
+        };
+        for spans in [
+            vec![span(u64::MAX, u64::MAX)],
+            vec![span(0, u64::MAX), span(u64::MAX, 0)],
+            vec![span(5, 5), span(5, 5)],
+        ] {
+            let markup = timeline(&spans, false, &|runner| runner.to_string()).into_string();
+            assert!(!markup.contains("NaN"), "{markup}");
+            assert!(markup.contains("rect class=\"span"), "{markup}");
+        }
     }
 
     #[test]
@@ -437,6 +474,7 @@ mod tests {
                 span("<b>", 0, 10),
             ],
             false,
+            &|runner| runner.to_string(),
         )
         .into_string();
         assert!(

@@ -531,7 +531,7 @@ fn detail(
                                 td { (attempt.retry_count.map(|count| count.to_string()).unwrap_or_default()) }
                                 td { (attempt.runner) }
                                 td { (layout::time((attempt.start_ns / 1_000_000) as i64)) }
-                                td { (layout::duration(((attempt.end_ns - attempt.start_ns) / 1_000_000) as i64)) }
+                                td { (layout::duration((attempt.end_ns.saturating_sub(attempt.start_ns) / 1_000_000) as i64)) }
                                 td { @if attempt.error { (layout::badge("failed")) } @else { (layout::badge("computed")) } }
                             }
                         }

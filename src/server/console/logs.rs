@@ -40,6 +40,8 @@ pub struct LogView {
     pub level: &'static str,
     pub time_ns: u64,
     pub runner: String,
+    /// The runner as people read it (`host·id8`).
+    pub runner_label: String,
     pub task: String,
     /// The task's display (else its identifier's name), when the task is of this job.
     pub task_title: Option<String>,
@@ -107,6 +109,7 @@ pub fn decode_logs(rows: &[(Uuid, Vec<u8>)]) -> Vec<LogView> {
                     level: level_of(record.severity_number, &record.severity_text),
                     time_ns: time,
                     runner: runner_of(&resource, &[]),
+                    runner_label: String::new(),
                     task: record
                         .attributes
                         .iter()
@@ -163,6 +166,11 @@ pub async fn read(
         .await?;
     let mut logs = decode_logs(&rows);
     name_tasks(state, job.id, &mut logs).await?;
+    let hosts = super::runners::runner_hostnames(state).await;
+    for log in &mut logs {
+        log.runner_label =
+            super::runners::runner_name(&log.runner, hosts.get(&log.runner).map(String::as_str));
+    }
     Ok(logs)
 }
 
@@ -210,7 +218,7 @@ pub fn rows(job: Uuid, logs: &[LogView]) -> Markup {
             tr.log-row data-level=(log.level) data-record=(log.id) {
                 td.level { span class={ "level level-" (log.level) } { (log.level) } }
                 td.time { (layout::time((log.time_ns / 1_000_000) as i64)) }
-                td.runner { (log.runner) }
+                td.runner title=(log.runner) { (log.runner_label) }
                 td.task { (task_cell(job, log)) }
                 td.body { (log.body) }
                 td.attributes {

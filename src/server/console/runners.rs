@@ -29,7 +29,9 @@ pub fn routes() -> axum::Router<ConsoleState> {
 /// - `host:<key>@<ip>:<port>` (the official SDK, which names no host): `SDK <ip>:<port>`;
 /// - anything else as it is.
 pub fn runner_name(claimant: &str, hostname: Option<&str>) -> String {
-    if let Some(rest) = claimant.strip_prefix("runner:") {
+    // Our runner's id alone (as its logs and spans carry it) reads as its claimant does.
+    let bare = uuid::Uuid::parse_str(claimant).is_ok().then_some(claimant);
+    if let Some(rest) = claimant.strip_prefix("runner:").or(bare) {
         let id = rest.rsplit_once('/').map_or(rest, |(_key, id)| id);
         let short: String = id.chars().take(8).collect();
         return match hostname.filter(|name| !name.is_empty()) {
@@ -58,11 +60,18 @@ pub async fn runner_hostnames(state: &ConsoleState) -> Hosts {
         .list(state.store.as_ref(), None, true)
         .await
         .unwrap_or_default();
-    listed
-        .into_iter()
-        .filter(|runner| !runner.seen.hostname.is_empty())
-        .map(|runner| (runner.seen.runner, runner.seen.hostname))
-        .collect()
+    let mut hosts = Hosts::new();
+    for runner in listed {
+        if runner.seen.hostname.is_empty() {
+            continue;
+        }
+        // Also by the bare id, which our runner's logs and spans carry.
+        if let Some((_, id)) = runner.seen.runner.rsplit_once('/') {
+            hosts.insert(id.to_string(), runner.seen.hostname.clone());
+        }
+        hosts.insert(runner.seen.runner, runner.seen.hostname);
+    }
+    hosts
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +272,11 @@ mod tests {
         );
         assert_eq!(runner_name("host:@[::1]:4000", None), "SDK [::1]:4000");
         assert_eq!(runner_name("unknown", None), "unknown");
+        assert_eq!(
+            runner_name("0f8e2a41-1b2c-4d5e-8f90-123456789abc", Some("worker-3")),
+            "worker-3·0f8e2a41",
+            "the bare id our runner's logs and spans carry"
+        );
     }
 
     #[test]
