@@ -291,9 +291,6 @@ impl Server {
                 self.scheduler.clone(),
                 authenticate.clone(),
                 changes.clone(),
-                self.listener
-                    .local_addr()
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
                 self.tls.is_some(),
             )
         });

@@ -36,9 +36,10 @@ pub fn decode(bytes: &[u8]) -> Decoded {
         };
     }
     if let Ok(text) = std::str::from_utf8(bytes) {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-            let pretty = serde_json::to_string_pretty(&value).unwrap_or_else(|_| text.to_string());
-            let (text, cut) = cut(pretty);
+        // Checked without building a value, then the text itself indented: keys keep their
+        // order, duplicates stay, and numbers keep every digit the client sent.
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            let (text, cut) = cut(reindent(text));
             return Decoded {
                 kind: "json",
                 text,
@@ -74,6 +75,65 @@ pub fn decode(bytes: &[u8]) -> Decoded {
     }
 }
 
+/// Valid JSON `json` with two spaces of indentation per level and one member per line;
+/// strings, numbers and the order of members are copied as they are. Empty objects and
+/// arrays stay `{}` and `[]`.
+fn reindent(json: &str) -> String {
+    fn new_line(out: &mut String, depth: usize) {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', depth * 2));
+    }
+    let mut out = String::with_capacity(json.len() + json.len() / 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let mut chars = json.chars().peekable();
+    while let Some(character) = chars.next() {
+        if in_string {
+            out.push(character);
+            if escaped {
+                escaped = false;
+            } else if character == '\\' {
+                escaped = true;
+            } else if character == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match character {
+            '"' => {
+                in_string = true;
+                out.push(character);
+            }
+            '{' | '[' => {
+                out.push(character);
+                while chars.peek().is_some_and(|next| next.is_whitespace()) {
+                    chars.next();
+                }
+                if let Some(close @ ('}' | ']')) = chars.peek().copied() {
+                    chars.next();
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    new_line(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                new_line(&mut out, depth);
+                out.push(character);
+            }
+            ',' => {
+                out.push(',');
+                new_line(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            whitespace if whitespace.is_whitespace() => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// `text` cut at [`SHOWN`] characters (on a character boundary), and whether it was.
 fn cut(mut text: String) -> (String, bool) {
     match text.char_indices().nth(SHOWN) {
@@ -96,6 +156,24 @@ mod tests {
         assert_eq!(decoded.text, "{\n  \"index\": 3,\n  \"seconds\": 1.5\n}");
         assert_eq!(decoded.size, 25);
         assert!(!decoded.cut);
+    }
+
+    #[test]
+    fn json_keeps_its_order_duplicates_and_digits() {
+        let decoded = decode(
+            br#"{"z": 1, "a": [ ], "n": 12345678901234567890123, "s": "a,b:{\"}", "z": {}}"#,
+        );
+        assert_eq!(decoded.kind, "json");
+        assert_eq!(
+            decoded.text,
+            "{\n  \"z\": 1,\n  \"a\": [],\n  \"n\": 12345678901234567890123,\n  \
+             \"s\": \"a,b:{\\\"}\",\n  \"z\": {}\n}"
+        );
+        assert_eq!(
+            decode(b"[1,[2,{\"k\":null}]]").text,
+            "[\n  1,\n  [\n    2,\n    {\n      \"k\": null\n    }\n  ]\n]"
+        );
+        assert_eq!(decode(b" \"x\" ").text, "\"x\"");
     }
 
     #[test]

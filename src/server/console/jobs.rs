@@ -308,8 +308,10 @@ fn job_row(job: &Job, cluster: Option<&str>) -> Markup {
 
 /// One `<progress>` per label, with `done/total`.
 pub fn progress_bars(progress: &[Progress]) -> Markup {
+    let shown = &progress[..progress.len().min(MAX_PROGRESS_BARS)];
+    let hidden = progress.len() - shown.len();
     html! {
-        @for indicator in progress {
+        @for indicator in shown {
             div.progress-bar {
                 span.label { (indicator.label.as_deref().unwrap_or("progress")) }
                 progress value=(indicator.done.min(indicator.total))
@@ -317,8 +319,15 @@ pub fn progress_bars(progress: &[Progress]) -> Markup {
                 span.numbers { (indicator.done) "/" (indicator.total) }
             }
         }
+        @if hidden > 0 {
+            span.muted.more-progress { "and " (hidden) " more labels (tilebox job get shows them)" }
+        }
     }
 }
+
+/// Progress bars drawn per job: a workflow may label progress per item, and the header and
+/// the jobs page redraw them every few seconds.
+const MAX_PROGRESS_BARS: usize = 12;
 
 /// The job's task counts per state (`3 computed · 1 failed`).
 pub fn task_counts(job: &Job) -> Markup {

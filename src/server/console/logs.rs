@@ -69,7 +69,7 @@ pub fn level_of(severity: i32, text: &str) -> &'static str {
 
 /// The level words in `pairs` (`level=info&level=error`), checked; empty means all.
 pub fn levels_of(pairs: &[(String, String)]) -> Result<Vec<&'static str>, ConsoleError> {
-    pairs
+    let mut levels: Vec<&'static str> = pairs
         .iter()
         .filter(|(key, value)| key == "level" && !value.is_empty())
         .map(|(_, value)| {
@@ -83,7 +83,15 @@ pub fn levels_of(pairs: &[(String, String)]) -> Result<Vec<&'static str>, Consol
                     ))
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    levels.sort_unstable();
+    levels.dedup();
+    // Every level ticked is no filter: records without a severity number (labelled by
+    // their text) stay listed.
+    if levels.len() == LEVELS.len() {
+        levels.clear();
+    }
+    Ok(levels)
 }
 
 /// Decodes stored single-record `ResourceLogs` (undecodable ones are skipped).
@@ -354,5 +362,13 @@ mod tests {
         assert_eq!(level_of(0, ""), "info");
         let pairs = vec![("level".to_string(), "loud".to_string())];
         assert!(levels_of(&pairs).is_err());
+        let every: Vec<(String, String)> = LEVELS
+            .iter()
+            .map(|(word, _)| ("level".to_string(), word.to_string()))
+            .collect();
+        assert!(
+            levels_of(&every).unwrap().is_empty(),
+            "all ticked is no filter"
+        );
     }
 }

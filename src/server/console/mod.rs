@@ -34,7 +34,6 @@ pub mod session;
 pub mod viewer;
 pub mod workflows;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -61,9 +60,10 @@ pub struct ConsoleState {
     /// The workflows service, for clusters, deploy and undeploy (it pushes the deployment
     /// change to watching runners).
     pub workflows: Arc<services::workflows::Workflows>,
-    /// Whether requests must name a loopback host (an open server on a loopback address):
-    /// stops DNS rebinding from turning a web page into a client of the local server.
-    pub loopback_only: bool,
+    /// Whether requests must name `localhost` or an IP address (an open server): stops DNS
+    /// rebinding, which always goes through a name, from turning a web page into a client
+    /// of a server that asks for no key.
+    pub names_refused: bool,
     /// Whether the port speaks TLS (cookies get `Secure`).
     pub tls: bool,
     /// This replica's cache of console sessions.
@@ -75,12 +75,11 @@ impl ConsoleState {
         scheduler: Scheduler,
         authenticate: Authenticate,
         changes: DeploymentChanges,
-        listen: SocketAddr,
         tls: bool,
     ) -> Self {
         let store = scheduler.store().clone();
         Self {
-            loopback_only: authenticate.is_open() && listen.ip().to_canonical().is_loopback(),
+            names_refused: authenticate.is_open(),
             jobs: Arc::new(services::jobs::Jobs::new(scheduler.clone())),
             workflows: Arc::new(services::workflows::Workflows::new(store.clone(), changes)),
             store,
@@ -167,34 +166,44 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// On an open server bound to loopback, answers 421 unless `Host` names a loopback host: a
-/// page on `evil.example` that rebinds its name to 127.0.0.1 sends `Host: evil.example`.
-async fn check_host(State(state): State<ConsoleState>, request: Request, next: Next) -> Response {
-    if state.loopback_only && !host_is_loopback(request.headers()) {
+/// Gives an HTTP/2 request (whose host is its `:authority`, in the URI) the `Host` header an
+/// HTTP/1.1 request has, so the checks below and the forms' origin check read one place.
+/// Then, on an open server, answers 421 unless the host is `localhost` or an IP address: a
+/// page on `evil.example` that rebinds its name to the server's address sends
+/// `Host: evil.example`.
+async fn check_host(
+    State(state): State<ConsoleState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = request.uri().authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    if state.names_refused && !host_is_address(request.headers()) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
-            "this open tilebox server answers its console only on localhost or a loopback \
-             address; start it with --token or --keys-file to serve other names",
+            "this open tilebox server answers its console only at localhost or an IP address \
+             (a name could be another site's, rebound to this server); start it with --token \
+             or --keys-file to serve it under a name",
         )
             .into_response();
     }
     next.run(request).await
 }
 
-/// Whether the `Host` header (HTTP/1.1) or the `:authority` (HTTP/2, in the URI) names
-/// `localhost` or a loopback IP, with any port.
-fn host_is_loopback(headers: &HeaderMap) -> bool {
-    let Some(host) = headers
+/// Whether the `Host` header names `localhost` or an IP address, with any port.
+fn host_is_address(headers: &HeaderMap) -> bool {
+    headers
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
-    else {
-        return false;
-    };
-    is_loopback_host(host)
+        .is_some_and(is_address_host)
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    // `[::1]:8083`, `[::1]`, `127.0.0.1:8083`, `localhost`, `localhost:8083`.
+fn is_address_host(host: &str) -> bool {
+    // `[::1]:8083`, `[::1]`, `10.0.0.7:8083`, `localhost`, `localhost:8083`.
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
             Some((inside, port)) if port.is_empty() || is_port(port) => inside,
@@ -207,11 +216,7 @@ fn is_loopback_host(host: &str) -> bool {
             None => host,
         }
     };
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn is_port(text: &str) -> bool {
@@ -291,5 +296,36 @@ impl IntoResponse for ConsoleError {
         let status = self.status();
         let body = layout::error_page(status, &self.to_string());
         (status, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_localhost_and_addresses_pass_the_host_check() {
+        for host in [
+            "localhost",
+            "LOCALHOST:80",
+            "127.0.0.1",
+            "10.0.0.7:8083",
+            "[::1]",
+            "[::1]:9",
+        ] {
+            assert!(is_address_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8083",
+            "127.0.0.1.nip.io",
+            "[::1",
+            "[::1]x",
+            "localhost:",
+            "localhost:99999999",
+            "",
+        ] {
+            assert!(!is_address_host(host), "{host}");
+        }
     }
 }

@@ -381,12 +381,31 @@ pub fn log_in_first(parts: &Parts) -> Response {
         )
             .into_response();
     }
-    let next = parts
+    // After the login the browser GETs `next`: an action (a POST) comes back to the page it
+    // was on, never to its POST-only address.
+    let path = parts
         .uri
         .path_and_query()
         .map_or(DEFAULT_NEXT, |path| path.as_str());
-    let next = safe_next(next).unwrap_or(DEFAULT_NEXT);
+    let next = if parts.method == axum::http::Method::GET {
+        path.to_string()
+    } else {
+        page_of_action(parts.uri.path())
+    };
+    let next = safe_next(&next).unwrap_or(DEFAULT_NEXT);
     Redirect::to(&format!("/login?next={}", super::viewer::urlencode(next))).into_response()
+}
+
+/// The page an action's form was on: `/jobs/J/retry` → `/jobs/J`, `/workflows/W/releases/
+/// R/deploy` → `/workflows/W`, `/clusters/C/delete` → `/clusters`.
+fn page_of_action(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["jobs", job, ..] => format!("/jobs/{job}"),
+        ["workflows", workflow, ..] => format!("/workflows/{workflow}"),
+        [first, ..] if !first.is_empty() => format!("/{first}"),
+        _ => DEFAULT_NEXT.to_string(),
+    }
 }
 
 fn login_page(next: &str, error: Option<&str>) -> Markup {
@@ -446,6 +465,18 @@ mod tests {
         assert_eq!(parse_token(&format!("{}0", hex::encode(token))), None);
         assert_eq!(parse_token(&"g".repeat(64)), None);
         assert_eq!(parse_token(""), None);
+    }
+
+    #[test]
+    fn an_action_sends_back_to_the_page_its_form_was_on() {
+        assert_eq!(page_of_action("/jobs/abc/retry"), "/jobs/abc");
+        assert_eq!(
+            page_of_action("/workflows/w/releases/r/deploy"),
+            "/workflows/w"
+        );
+        assert_eq!(page_of_action("/clusters/gpu/delete"), "/clusters");
+        assert_eq!(page_of_action("/clusters"), "/clusters");
+        assert_eq!(page_of_action("/"), DEFAULT_NEXT);
     }
 
     #[test]

@@ -62,15 +62,21 @@ fn an_unknown_page_is_a_404_page() {
     assert_eq!(missing.header("cache-control"), Some("no-store"));
 }
 
-/// An open server on loopback answers its console only to loopback names: a page whose
-/// name was rebound to 127.0.0.1 sends its own name as `Host` and is refused.
+/// An open server answers its console only at `localhost` or an IP address: a page whose
+/// name was rebound to the server's address sends its own name as `Host` and is refused.
 #[test]
 fn an_open_loopback_server_refuses_a_foreign_host() {
     let server = TestServer::start();
     let rebound = http_get(&server, "/jobs", &[("Host", "evil.example:8083")]);
     assert_eq!(rebound.status, 421, "{}", rebound.text());
     assert!(rebound.text().contains("localhost"), "{}", rebound.text());
-    for host in ["localhost", "localhost:1234", "127.0.0.1:9", "[::1]:80"] {
+    for host in [
+        "localhost",
+        "localhost:1234",
+        "127.0.0.1:9",
+        "[::1]:80",
+        "10.1.2.3:8083",
+    ] {
         let page = http_get(&server, "/jobs", &[("Host", host)]);
         assert_eq!(page.status, 200, "Host {host}: {}", page.text());
     }
