@@ -335,6 +335,13 @@ async fn login(
             expires_at: now + lifetime,
         })
         .await?;
+    // A browser that logs in again (another key, or back after expiry) leaves no session
+    // behind that its old cookie could still use.
+    if let Some(old) = cookie(&headers, SESSION_COOKIE).and_then(parse_token) {
+        let hash = sha256(&old);
+        state.store.delete_console_session(hash).await?;
+        state.sessions.forget(&hash);
+    }
     tracing::info!(%peer, key = %principal.name, "console login");
     let mut response = Redirect::to(next).into_response();
     response.headers_mut().append(

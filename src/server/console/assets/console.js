@@ -5,14 +5,22 @@
 
 const FRAGMENT = { "X-Tilebox-Fragment": "1" };
 
-/** Fetches a server fragment; a lost session reloads the page, which shows the login. */
+/**
+ * Fetches a server fragment; a lost session reloads the page, which shows the login. An
+ * error answer the server will give again (a 4xx: gone, refused, malformed) is marked
+ * `permanent`, and refreshes stop on it instead of asking forever.
+ */
 async function fragment(url) {
   const response = await fetch(url, { headers: FRAGMENT, credentials: "same-origin", cache: "no-store" });
   if (response.status === 401) {
     window.location.reload();
     throw new Error("signed out");
   }
-  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(`${url}: ${response.status}`);
+    error.permanent = response.status >= 400 && response.status < 500;
+    throw error;
+  }
   return response.text();
 }
 
@@ -55,6 +63,7 @@ function poll(element) {
         }
       } catch (error) {
         console.warn("refresh failed", error);
+        if (error.permanent) return;
       }
     }
     window.setTimeout(tick, period);
@@ -111,7 +120,8 @@ async function openTab(url, push) {
   const content = nodesOf(await fragment(url));
   const next = content.querySelector("section.tab");
   if (!next) throw new Error(`${url}: no tab in the answer`);
-  current.replaceWith(next);
+  // The tab may have been refreshed (replaced) while this was loading.
+  (document.querySelector("section.tab") || current).replaceWith(next);
   for (const link of document.querySelectorAll("nav.tabs a[data-tab]")) {
     if (link.dataset.tab === next.dataset.tab) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -144,8 +154,15 @@ async function toggle(button) {
   try {
     const rows = nodesOf(await fragment(button.dataset.children));
     localTimes(rows);
-    row.after(rows);
-    button.setAttribute("aria-expanded", "true");
+    // The tree's refresh may have replaced the row while this was loading.
+    const current = row.isConnected
+      ? row
+      : document.querySelector(`tr.task[data-task="${row.dataset.task}"]`);
+    if (!current) return;
+    collapse(current);
+    current.after(rows);
+    const expander = current.querySelector("button.expand");
+    if (expander) expander.setAttribute("aria-expanded", "true");
   } finally {
     delete button.dataset.loading;
   }
@@ -237,7 +254,13 @@ function refreshTree(table) {
   window.setTimeout(tick, 2000);
 }
 
-/** While "Follow" is checked, appends the records after the last one shown, every 2 s. */
+/** Most log rows the page keeps while following; the oldest go first. */
+const MAX_FOLLOWED_ROWS = 5000;
+
+/**
+ * While "Follow" is checked, appends the records after the last one shown, every 2 s. Once
+ * the job has ended and a poll brought nothing new, following stops (the box unticks).
+ */
 function followLogs(box) {
   if (box.dataset.following) return;
   box.dataset.following = "1";
@@ -245,6 +268,7 @@ function followLogs(box) {
     if (!box.isConnected) return;
     const body = document.querySelector("table.logs tbody[data-rows]");
     if (box.checked && body && !document.hidden) {
+      const running = jobRunning();
       try {
         const rows = body.querySelectorAll("tr.log-row");
         const last = rows.length ? rows[rows.length - 1].dataset.record : body.dataset.after;
@@ -255,9 +279,14 @@ function followLogs(box) {
           body.append(fresh);
           const empty = document.querySelector("p.no-logs");
           if (empty) empty.remove();
+          const all = body.querySelectorAll("tr.log-row");
+          for (let index = 0; index < all.length - MAX_FOLLOWED_ROWS; index += 1) all[index].remove();
+        } else if (!running) {
+          box.checked = false;
         }
       } catch (error) {
         console.warn("follow failed", error);
+        if (error.permanent) box.checked = false;
       }
     }
     window.setTimeout(tick, 2000);
