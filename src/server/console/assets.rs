@@ -52,9 +52,15 @@ fn hashed_url(stem: &str, extension: &str, body: &str) -> String {
     format!("/assets/{stem}.{}.{extension}", hex::encode(&digest[..8]))
 }
 
-/// `GET /assets/{file}`: the embedded files, by their hashed names only.
+/// `GET /assets/{file}`: the embedded files, by their hashed names only; and
+/// `/favicon.ico`, which browsers ask for on pages without an icon link (error pages).
 pub fn router() -> axum::Router {
-    axum::Router::new().route("/assets/{file}", get(serve))
+    axum::Router::new()
+        .route("/assets/{file}", get(serve))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::response::Redirect::permanent(FAVICON.url()) }),
+        )
 }
 
 async fn serve(Path(file): Path<String>) -> Response {

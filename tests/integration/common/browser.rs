@@ -88,6 +88,12 @@ impl Browser {
     /// Starts a headless Chromium with a fresh profile in a temp dir and opens one blank
     /// page. Panics when Chromium is not installed, with how to install it.
     pub fn launch() -> Self {
+        Self::launch_with(&[])
+    }
+
+    /// [`Browser::launch`] with more command-line switches (`--ignore-certificate-errors`
+    /// for a server with a test CA).
+    pub fn launch_with(switches: &[&str]) -> Self {
         let binary = chromium_binary();
         let profile = tempfile::Builder::new()
             .prefix("tilebox-chromium-")
@@ -118,7 +124,8 @@ impl Browser {
                 "--hide-scrollbars",
             ])
             .arg(format!("--window-size={},{}", VIEWPORT.0, VIEWPORT.1))
-            .arg(format!("--user-data-dir={}", profile.path().display()));
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(switches);
         // SAFETY: `geteuid` is async-signal-safe; called before the fork.
         if unsafe { libc::geteuid() } == 0 {
             // Chromium refuses to run as root with its sandbox on.

@@ -754,3 +754,75 @@ fn keys_and_read_only_viewers() {
     take_refusals(&browser);
     browser.assert_no_page_errors();
 }
+
+/// Over TLS a browser speaks HTTP/2 to the console (ALPN), so the host is the request's
+/// `:authority`, not a `Host` header. An open server's Host check, and with keys the
+/// origin check of the login and logout forms, work on it; Chromium did use HTTP/2.
+#[test]
+fn the_console_works_over_tls_and_http2() {
+    let pki = crate::security::tls::TestPki::new();
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let tls = [
+        "--tls-cert",
+        cert.to_str().expect("utf-8 temp path"),
+        "--tls-key",
+        key.to_str().expect("utf-8 temp path"),
+    ];
+    let browser = Browser::launch_with(&["--ignore-certificate-errors"]);
+    let protocol = "performance.getEntriesByType('navigation')[0].nextHopProtocol";
+
+    let open = TestServer::start_with(&tls);
+    assert!(open.url().starts_with("https://"), "{}", open.url());
+    browser.goto(&format!("{}/jobs", open.url()));
+    browser.wait_for(
+        "the jobs page of the open server",
+        "document.querySelector('table.jobs, p.no-jobs, main') !== null && location.pathname === '/jobs'",
+        PAGE_TIMEOUT,
+    );
+    assert_eq!(
+        browser.eval(protocol),
+        "h2",
+        "the console is served over HTTP/2"
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('nav a[aria-current=page]')?.getAttribute('href')"),
+        "/jobs",
+        "the page, not the Host check's refusal"
+    );
+    browser.assert_no_page_errors();
+
+    let directory = tempfile::tempdir().expect("temp dir");
+    let keys = directory.path().join("keys.json");
+    let admin = create_key(&keys, "boss", "admin");
+    let mut arguments = tls.to_vec();
+    arguments.extend(["--keys-file", keys.to_str().expect("utf-8 temp path")]);
+    let keyed = TestServer::start_with(&arguments);
+    browser.goto(&format!("{}/jobs", keyed.url()));
+    browser.wait_for(
+        "the login form",
+        "location.pathname === '/login' && document.querySelector('form#login input[name=key]') !== null",
+        PAGE_TIMEOUT,
+    );
+    log_in(&browser, &admin);
+    browser.wait_for(
+        "the jobs page after the login",
+        "location.pathname === '/jobs' && document.querySelector('button[data-action=\"logout\"]') !== null",
+        PAGE_TIMEOUT,
+    );
+    assert_eq!(browser.eval(protocol), "h2");
+    browser.navigating("the logout", |browser| {
+        browser.click("button[data-action=\"logout\"]")
+    });
+    browser.wait_for(
+        "the login after logging out",
+        "location.pathname === '/login'",
+        PAGE_TIMEOUT,
+    );
+    browser.goto(&format!("{}/jobs", keyed.url()));
+    browser.wait_for(
+        "the login again: the session ended",
+        "location.pathname === '/login'",
+        PAGE_TIMEOUT,
+    );
+    browser.assert_no_page_errors();
+}

@@ -10,4 +10,4 @@
 mod auth;
 mod fencing;
 mod keys;
-mod tls;
+pub(crate) mod tls;

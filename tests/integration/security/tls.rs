@@ -18,12 +18,12 @@ use crate::common::{
 
 /// PEM files of a test CA and of a server certificate it signed for `localhost` and
 /// `127.0.0.1`, in a temp dir.
-struct TestPki {
+pub(crate) struct TestPki {
     directory: tempfile::TempDir,
 }
 
 impl TestPki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let directory = tempfile::Builder::new()
             .prefix("tilebox-pki-")
             .tempdir()
@@ -49,7 +49,7 @@ impl TestPki {
         Self { directory }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.directory.path().join(name)
     }
 
