@@ -42,7 +42,13 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/jobs/{job}/cancel", post(cancel))
 }
 
-/// An id from the path or query; a malformed one is a page that does not exist.
+/// A log record cursor from the query; a malformed one is a bad request.
+pub fn parse_cursor(text: &str) -> Result<Uuid, ConsoleError> {
+    Uuid::parse_str(text)
+        .map_err(|_| ConsoleError::BadRequest(format!("`after={text}` is not a log record id")))
+}
+
+/// An id from the path; a malformed one is a page that does not exist.
 pub fn parse_id(what: &str, text: &str) -> Result<Uuid, ConsoleError> {
     Uuid::parse_str(text)
         .map_err(|_| ConsoleError::NotFound(format!("`{text}` is not a {what} id")))
@@ -79,7 +85,7 @@ impl Tab {
             None | Some("tasks") => Ok(Tab::Tasks),
             Some("execution") => Ok(Tab::Execution),
             Some("logs") => Ok(Tab::Logs),
-            Some(other) => Err(ConsoleError::NotFound(format!(
+            Some(other) => Err(ConsoleError::BadRequest(format!(
                 "no tab `{other}`; the tabs are tasks, execution and logs"
             ))),
         }
@@ -111,7 +117,7 @@ async fn show(
             let after = pairs
                 .iter()
                 .find(|(key, value)| key == "after" && !value.is_empty())
-                .map(|(_, value)| parse_id("log record", value))
+                .map(|(_, value)| parse_cursor(value))
                 .transpose()?;
             logs::tab(&state, &job, &levels, after, running).await?
         }

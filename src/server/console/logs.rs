@@ -332,7 +332,7 @@ pub async fn more(
     let after = pairs
         .iter()
         .find(|(key, value)| key == "after" && !value.is_empty())
-        .map(|(_, value)| super::job::parse_id("log record", value))
+        .map(|(_, value)| super::job::parse_cursor(value))
         .transpose()?;
     if !fragment.0 {
         let mut url = format!("/jobs/{id}?tab=logs");

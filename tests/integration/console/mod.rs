@@ -47,6 +47,41 @@ fn the_console_is_served_on_the_api_port_with_strict_headers() {
     assert_eq!(unknown.status, 404);
 }
 
+/// Hostile and malformed addresses get a 4xx that says what was wrong, never a 500 or a
+/// dropped connection, and the console serves on afterwards.
+#[test]
+fn malformed_addresses_are_refused_with_a_4xx() {
+    let server = TestServer::start();
+    let job = "01a22b74-cfcc-7528-a89e-4a7eae15861f";
+    let long = "x".repeat(6_000);
+    let cases: Vec<(String, u16)> = vec![
+        ("/jobs?state=bogus".into(), 400),
+        ("/jobs?after=not-an-id".into(), 400),
+        ("/jobs?from=yesterday".into(), 400),
+        ("/jobs?state=%ff%fe".into(), 400),
+        (format!("/jobs?name={long}"), 400),
+        ("/jobs/not-an-id".into(), 404),
+        (format!("/jobs/{job}"), 404),
+        (format!("/jobs/{job}?tab=nope"), 400),
+        (format!("/jobs/{job}/logs?after=zzz"), 400),
+        (format!("/jobs/{job}/tasks?parent=zzz"), 400),
+        (format!("/jobs/{job}/tasks/not-a-task"), 404),
+        ("/workflows/%00%ff".into(), 400),
+        ("/runners?cluster=%3Cscript%3E".into(), 404),
+    ];
+    for (path, status) in &cases {
+        let answer = http_get(&server, path, &[]);
+        let shown: String = path.chars().take(80).collect();
+        assert_eq!(answer.status, *status, "{shown}: {}", answer.text());
+        assert!(
+            !answer.text().contains("<script>"),
+            "{shown}: {}",
+            answer.text()
+        );
+    }
+    assert_eq!(http_get(&server, "/jobs", &[]).status, 200);
+}
+
 /// A browser asking for a page nobody serves gets a 404 page, not the gRPC router's empty
 /// answer (which it would take for a download).
 #[test]
