@@ -8,9 +8,14 @@
 //! at shutdown, so replicas behind one database see each other's runners (at most a flush
 //! late); it also forgets runners unseen for [`FORGET_AFTER`].
 //!
-//! A runner is *connected* while its last contact is within the presence timeout (15 s by
-//! default, longer when leases are long: a busy runner may only extend leases, every third
-//! of a lease); older ones are *gone* until forgotten.
+//! A runner is *connected* while its last contact is within the presence timeout (at least
+//! 15 s; 31 s with the default leases: a busy runner may only extend leases, every third of
+//! the longest lease); older ones are *gone* until forgotten.
+//!
+//! What a runner says about itself is bounded before it is kept: hostnames and versions are
+//! cut and cleaned of control characters (a NUL would make PostgreSQL refuse the flush), the
+//! identifiers are capped as a claim caps them, and this server keeps at most
+//! [`MAX_RUNNERS`] runners, so a hostile client cannot grow the map or the table.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -30,6 +35,15 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// How often forgotten runners are deleted.
 const FORGET_PERIOD: Duration = Duration::from_secs(600);
+/// Most runners one server keeps; contacts of new runners beyond it are not recorded.
+pub const MAX_RUNNERS: usize = 10_000;
+/// Longest runner (claimant), hostname and version kept, in bytes.
+const MAX_RUNNER_BYTES: usize = 256;
+const MAX_TEXT_BYTES: usize = 255;
+/// Longest identifier name and version kept, in bytes.
+const MAX_IDENTIFIER_BYTES: usize = 256;
+/// How long the final flush at shutdown may take (the store may be unreachable).
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One contact of a runner, as a service saw it.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +92,24 @@ fn identifiers_hash(identifiers: &[TaskIdentifier]) -> u64 {
     hasher.finish()
 }
 
+/// `text` with control characters replaced, within `max` bytes (cut on a character
+/// boundary).
+fn bounded(text: &str, max: usize) -> String {
+    let mut clean = String::with_capacity(text.len().min(max));
+    for character in text.chars() {
+        let character = if character.is_control() {
+            '\u{FFFD}'
+        } else {
+            character
+        };
+        if clean.len() + character.len_utf8() > max {
+            break;
+        }
+        clean.push(character);
+    }
+    clean
+}
+
 fn cluster_slug(cluster: &str) -> &str {
     if cluster.is_empty() {
         store::DEFAULT_CLUSTER_SLUG
@@ -106,11 +138,22 @@ impl Presence {
     }
 
     fn touch_at(&self, contact: Contact<'_>, now: i64) {
-        let hash = identifiers_hash(contact.identifiers);
+        if contact.runner.len() > MAX_RUNNER_BYTES {
+            return;
+        }
+        let identifiers = &contact.identifiers[..contact
+            .identifiers
+            .len()
+            .min(crate::api::limits::MAX_IDENTIFIERS_PER_CLAIM)];
+        let hash = identifiers_hash(identifiers);
+        let hostname = bounded(contact.hostname, MAX_TEXT_BYTES);
+        let version = bounded(contact.version, MAX_TEXT_BYTES);
+        let cluster = bounded(cluster_slug(contact.cluster), MAX_TEXT_BYTES);
+        let cluster = cluster.as_str();
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
-        let cluster = cluster_slug(contact.cluster);
+        let full = entries.len() >= MAX_RUNNERS;
         match entries.get_mut(contact.runner) {
             Some(entry) => {
                 let seen = &mut entry.seen;
@@ -121,35 +164,36 @@ impl Presence {
                 if seen.key_name != contact.key_name {
                     seen.key_name = contact.key_name.to_string();
                 }
-                if seen.hostname != contact.hostname {
-                    seen.hostname = contact.hostname.to_string();
+                if seen.hostname != hostname {
+                    seen.hostname = hostname;
                 }
-                if seen.version != contact.version {
-                    seen.version = contact.version.to_string();
+                if seen.version != version {
+                    seen.version = version;
                 }
                 seen.slots = contact.slots;
                 seen.free_slots = contact.free_slots;
                 if entry.identifiers_hash != hash {
-                    seen.identifiers = owned(contact.identifiers);
+                    seen.identifiers = owned(identifiers);
                     entry.identifiers_hash = hash;
                 }
                 seen.last_seen_at = seen.last_seen_at.max(now);
                 entry.dirty = true;
             }
+            None if full => {}
             None => {
                 entries.insert(
-                    contact.runner.to_string(),
+                    bounded(contact.runner, MAX_RUNNER_BYTES),
                     Entry {
                         seen: RunnerSeen {
-                            runner: contact.runner.to_string(),
+                            runner: bounded(contact.runner, MAX_RUNNER_BYTES),
                             kind: contact.kind,
                             cluster: cluster.to_string(),
                             key_name: contact.key_name.to_string(),
-                            hostname: contact.hostname.to_string(),
-                            version: contact.version.to_string(),
+                            hostname,
+                            version,
                             slots: contact.slots,
                             free_slots: contact.free_slots,
-                            identifiers: owned(contact.identifiers),
+                            identifiers: owned(identifiers),
                             first_seen_at: now,
                             last_seen_at: now,
                         },
@@ -241,11 +285,26 @@ impl Presence {
         if changed.is_empty() {
             return Ok(());
         }
-        let result = store.record_runners(changed.clone()).await;
-        if result.is_err() {
-            self.mark_dirty(&changed);
+        let Err(error) = store.record_runners(changed.clone()).await else {
+            return Ok(());
+        };
+        // One row the store refuses must not hold back every other runner forever: each is
+        // written alone; a row refused alone is dropped, a store that refuses them all is
+        // down, and they are all written again at the next flush.
+        let mut refused = Vec::new();
+        for runner in &changed {
+            if let Err(alone) = store.record_runners(vec![runner.clone()]).await {
+                refused.push((runner, alone));
+            }
         }
-        result
+        if refused.len() == changed.len() {
+            self.mark_dirty(&changed);
+            return Err(error);
+        }
+        for (runner, alone) in refused {
+            tracing::warn!(runner = %runner.runner, error = %alone, "the store refused a runner's presence; dropped it");
+        }
+        Ok(())
     }
 
     /// Flushes every [`FLUSH_PERIOD`] and forgets old runners now and then, until
@@ -276,8 +335,12 @@ impl Presence {
                 }
             }
         }
-        if let Err(error) = self.flush(store.as_ref()).await {
-            tracing::warn!(%error, "cannot record runner presence at shutdown");
+        match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, self.flush(store.as_ref())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot record runner presence at shutdown"),
+            Err(_) => {
+                tracing::warn!(timeout = ?FINAL_FLUSH_TIMEOUT, "runner presence not recorded at shutdown: the store did not answer in time")
+            }
         }
     }
 
@@ -347,7 +410,12 @@ fn sdk_host(caller: &str) -> Option<&str> {
 fn owned(identifiers: &[TaskIdentifier]) -> Vec<(String, String)> {
     identifiers
         .iter()
-        .map(|identifier| (identifier.name.clone(), identifier.version.clone()))
+        .map(|identifier| {
+            (
+                bounded(&identifier.name, MAX_IDENTIFIER_BYTES),
+                bounded(&identifier.version, MAX_IDENTIFIER_BYTES),
+            )
+        })
         .collect()
 }
 
@@ -382,6 +450,56 @@ mod tests {
             free_slots: 1,
             identifiers,
         }
+    }
+
+    #[test]
+    fn what_a_runner_says_of_itself_is_bounded() {
+        let presence = Presence::new(DEFAULT_TIMEOUT);
+        let many: Vec<TaskIdentifier> = (0..1_500)
+            .map(|index| TaskIdentifier {
+                name: format!("T{index}{}", "x".repeat(400)),
+                version: "v1.0".into(),
+            })
+            .collect();
+        let hostname = format!("a\u{0}b\nc{}", "é".repeat(300));
+        presence.touch_at(
+            Contact {
+                hostname: &hostname,
+                version: "1\u{0}",
+                ..contact("runner:ops/a", &many)
+            },
+            1_000,
+        );
+        let seen = presence.take_dirty(1_000).pop().expect("recorded");
+        assert!(
+            seen.hostname.len() <= MAX_TEXT_BYTES,
+            "{}",
+            seen.hostname.len()
+        );
+        assert!(
+            seen.hostname.starts_with("a\u{FFFD}b\u{FFFD}c"),
+            "{}",
+            seen.hostname
+        );
+        assert!(!seen.version.contains('\0'));
+        assert_eq!(
+            seen.identifiers.len(),
+            crate::api::limits::MAX_IDENTIFIERS_PER_CLAIM
+        );
+        assert!(
+            seen.identifiers
+                .iter()
+                .all(|(name, _)| name.len() <= MAX_IDENTIFIER_BYTES)
+        );
+        // A runner id past the limit is not recorded; nor are runners past MAX_RUNNERS.
+        let long = format!("runner:ops/{}", "r".repeat(MAX_RUNNER_BYTES));
+        presence.touch_at(contact(&long, &[]), 1_000);
+        for index in 0..MAX_RUNNERS + 5 {
+            presence.touch_at(contact(&format!("runner:ops/{index}"), &[]), 1_000);
+        }
+        let entries = presence.entries.lock().expect("lock");
+        assert_eq!(entries.len(), MAX_RUNNERS);
+        assert!(!entries.contains_key(&long));
     }
 
     #[test]

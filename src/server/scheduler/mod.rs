@@ -135,8 +135,12 @@ impl Scheduler {
     pub fn new(store: Arc<dyn Store>, mut options: Options, signals: Signals) -> Self {
         options.lease = options.lease.max(MIN_LEASE);
         options.max_lease = options.max_lease.max(options.lease);
+        // A runner with every slot busy only extends leases: it asks for up to
+        // `max_lease`, and extends after a third of what it was granted; a waiting one
+        // calls at least every long poll.
         let presence_timeout = options.presence_timeout.unwrap_or_else(|| {
-            presence::DEFAULT_TIMEOUT.max(recommended_wait(options.lease) * 3 / 2)
+            presence::DEFAULT_TIMEOUT
+                .max(recommended_wait(options.max_lease) * 3 / 2 + options.long_poll)
         });
         Self {
             store,
