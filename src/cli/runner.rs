@@ -192,15 +192,22 @@ fn runners_table(runners: &[RunnerInfo], now: i64) -> Table {
             ),
             tasks_text(runner),
             ago(now, last_seen_millis(runner)),
-            if runner.connected {
-                "connected"
-            } else {
-                "gone"
-            }
-            .to_string(),
+            state_word(runner).to_string(),
         ]);
     }
     table
+}
+
+/// `connected`; `stopped` (it said so in its last call: no slots left); or `gone` (no
+/// call within the server's presence timeout).
+fn state_word(runner: &RunnerInfo) -> &'static str {
+    if runner.connected {
+        "connected"
+    } else if runner.slots == 0 {
+        "stopped"
+    } else {
+        "gone"
+    }
 }
 
 fn runner_document(runner: &RunnerInfo, now: i64) -> Value {
@@ -221,7 +228,7 @@ fn runner_document(runner: &RunnerInfo, now: i64) -> Value {
         "first_seen": output::timestamp_json(runner.first_seen.as_ref()),
         "last_seen": output::timestamp_json(runner.last_seen.as_ref()),
         "last_contact_ms_ago": (now - last_seen_millis(runner)).max(0),
-        "state": if runner.connected { "connected" } else { "gone" },
+        "state": state_word(runner),
     })
 }
 

@@ -317,6 +317,7 @@ impl Runner {
         }
         stop_leases.cancel();
         let _ = lease_task.await;
+        say_stopping(&runner_client).await;
         shared.exporter.flush().await;
         Ok(stopped)
     }
@@ -422,6 +423,22 @@ async fn hand_back_running(client: &RunnerClient, leases: &leases::LeasesHandle)
             Err(error) => tracing::error!(%error, "handing the running tasks back failed"),
         },
         _ = deadline => tracing::error!("the server did not answer; the running tasks run again after their leases end"),
+    }
+}
+
+/// Tells the server this runner stops (its last `Work` call), so it is listed as stopped at
+/// once. Best effort: without it the runner is shown gone after the presence timeout.
+async fn say_stopping(client: &RunnerClient) {
+    let request = WorkRequest {
+        stopping: true,
+        ..WorkRequest::default()
+    };
+    let give_up = CancellationToken::new();
+    tokio::select! {
+        answer = client.work(request, &give_up) => if let Err(error) = answer {
+            tracing::debug!(%error, "could not tell the server this runner stops");
+        },
+        _ = tokio::time::sleep(HAND_BACK_TIMEOUT) => {}
     }
 }
 

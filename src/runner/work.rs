@@ -521,6 +521,7 @@ impl Dispatcher {
             slots: self.slots.len().min(u32::MAX as usize) as u32,
             hostname: HOSTNAME.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            stopping: false,
         };
         let client = self.client.clone();
         let stop = self.stop.clone();

@@ -229,6 +229,20 @@ impl Presence {
         }
     }
 
+    /// Records that `runner` said it stops (its last call): it is listed as stopped from now
+    /// on, not connected until its timeout. Kept as no slots, which no running runner has.
+    pub fn stop(&self, runner: &str) {
+        let now = now_millis();
+        if let Ok(mut entries) = self.entries.lock()
+            && let Some(entry) = entries.get_mut(runner)
+        {
+            entry.seen.last_seen_at = entry.seen.last_seen_at.max(now);
+            entry.seen.slots = 0;
+            entry.seen.free_slots = 0;
+            entry.dirty = true;
+        }
+    }
+
     /// Records a lease extension by `caller`: the runner itself, or, for the official SDK
     /// (whose lease renewer is a process of its own, on another connection), every runner of
     /// that key on that host (`host:<key>@<ip>`, any port).
@@ -391,9 +405,11 @@ impl Presence {
         let mut listed: Vec<Listed> = runners
             .into_values()
             .map(|seen| Listed {
-                connected: seen.last_seen_at >= connected_since,
+                connected: seen.last_seen_at >= connected_since && seen.slots > 0,
                 seen,
             })
+            // Without `include_gone`, a runner that said it stopped is left out too.
+            .filter(|listed| include_gone || listed.connected)
             .collect();
         listed.sort_by(|a, b| {
             (&a.seen.cluster, &a.seen.runner).cmp(&(&b.seen.cluster, &b.seen.runner))
@@ -450,6 +466,20 @@ mod tests {
             free_slots: 1,
             identifiers,
         }
+    }
+
+    #[test]
+    fn a_runner_that_says_it_stops_is_not_connected() {
+        let presence = Presence::new(DEFAULT_TIMEOUT);
+        presence.touch(contact("runner:ops/a", &[]));
+        presence.touch(contact("runner:ops/b", &[]));
+        presence.stop("runner:ops/a");
+        presence.stop("runner:ops/unknown");
+        let entries = presence.entries.lock().expect("lock");
+        assert_eq!(entries["runner:ops/a"].seen.slots, 0);
+        assert!(entries["runner:ops/a"].dirty);
+        assert_eq!(entries["runner:ops/b"].seen.slots, 2);
+        assert_eq!(entries.len(), 2, "an unknown runner is not added");
     }
 
     #[test]

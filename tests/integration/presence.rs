@@ -1,6 +1,7 @@
 //! Runner presence against a real server and real runner processes: `tilebox runner list`
-//! shows who asks each cluster for work, with slots and advertised tasks, and a runner that
-//! stopped as gone (`--all`); only admin and read-only keys may list runners.
+//! shows who asks each cluster for work, with slots and advertised tasks; a runner that
+//! stopped says so in its last call and is listed as stopped at once, one killed is gone
+//! after the timeout (both with `--all`); only admin and read-only keys may list runners.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,11 +36,11 @@ fn advertises_sleep_task(runner: &Value) -> bool {
 }
 
 #[test]
-fn runner_list_shows_connected_runners_and_a_stopped_one_as_gone() {
+fn runner_list_shows_connected_stopped_and_gone_runners() {
     let server = TestServer::start_with(&["--presence-timeout-ms", PRESENCE_TIMEOUT_MS]);
     let project = example("parallel-sleep");
     let mut one = start_runner(&server, project.path(), &["-n", "1"]);
-    let _two = start_runner(&server, project.path(), &["-n", "2"]);
+    let mut two = start_runner(&server, project.path(), &["-n", "2"]);
 
     wait_until("two connected runners", Duration::from_secs(120), || {
         let runners = runner_list(&server, &[]);
@@ -91,7 +92,8 @@ fn runner_list_shows_connected_runners_and_a_stopped_one_as_gone() {
     assert!(text.contains("SleepTask@"), "{text}");
     assert_eq!(text.matches("connected").count(), 2, "{text}");
 
-    // The one-slot runner stops: first still listed, then gone (and only with --all).
+    // The one-slot runner stops: its last call says so, and it is listed as stopped (only
+    // with --all). Timing out would show it gone, so "stopped" is the runner's own word.
     let stopped_id = runners
         .iter()
         .find(|runner| runner["slots"] == 1)
@@ -100,15 +102,15 @@ fn runner_list_shows_connected_runners_and_a_stopped_one_as_gone() {
     one.signal("-TERM");
     one.wait_for_exit("the stopped runner to exit", Duration::from_secs(60));
     wait_until(
-        "the stopped runner to be gone",
+        "the stopped runner to be listed as stopped",
         Duration::from_secs(30),
         || {
             runner_list(&server, &["--all"])
                 .iter()
-                .any(|runner| runner["id"] == stopped_id && runner["state"] == "gone")
+                .any(|runner| runner["id"] == stopped_id && runner["state"] == "stopped")
         },
     )
-    .expect("a SIGTERMed runner turns gone");
+    .expect("a SIGTERMed runner is listed as stopped");
     let all = runner_list(&server, &["--all"]);
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(
@@ -121,7 +123,7 @@ fn runner_list_shows_connected_runners_and_a_stopped_one_as_gone() {
     assert_ne!(connected[0]["id"], stopped_id);
     let table = server.tilebox(&["runner", "list", "--all"]);
     assert!(
-        String::from_utf8_lossy(&table.stdout).contains("gone"),
+        String::from_utf8_lossy(&table.stdout).contains("stopped"),
         "{}",
         String::from_utf8_lossy(&table.stdout)
     );
@@ -141,6 +143,22 @@ fn runner_list_shows_connected_runners_and_a_stopped_one_as_gone() {
         "{}",
         stderr_of(&unknown)
     );
+
+    // A runner killed outright says nothing: it is gone once the timeout passed.
+    let killed_id = runner_list(&server, &[])[0]["id"].clone();
+    two.signal("-KILL");
+    two.wait_for_exit("the killed runner to exit", Duration::from_secs(30));
+    wait_until(
+        "the killed runner to be gone",
+        Duration::from_secs(30),
+        || {
+            runner_list(&server, &["--all"])
+                .iter()
+                .any(|runner| runner["id"] == killed_id && runner["state"] == "gone")
+        },
+    )
+    .expect("a killed runner is gone after the presence timeout");
+    assert!(runner_list(&server, &[]).is_empty());
     server.stop();
 }
 

@@ -68,6 +68,8 @@ pub struct ConsoleState {
     pub tls: bool,
     /// This replica's cache of console sessions.
     pub sessions: session::Sessions,
+    /// Runners' hostnames, read at most every few seconds (`runners::runner_hostnames`).
+    pub hosts: runners::HostsCache,
 }
 
 impl ConsoleState {
@@ -87,6 +89,7 @@ impl ConsoleState {
             authenticate,
             tls,
             sessions: session::Sessions::default(),
+            hosts: runners::HostsCache::default(),
         }
     }
 }

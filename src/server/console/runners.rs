@@ -3,6 +3,8 @@
 //! runner (or of a task's claimant) every page shows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -51,9 +53,26 @@ pub fn runner_name(claimant: &str, hostname: Option<&str>) -> String {
 /// Hostnames by runner (claimant), as [`runner_hostnames`] reads them.
 pub type Hosts = HashMap<String, String>;
 
+/// How long one read of the runners' hostnames serves the pages: every open job tab asks
+/// for them every 2 s, and a runner's host does not change.
+const HOSTS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The last read of the runners' hostnames, shared by the console's pages.
+#[derive(Clone, Default)]
+pub struct HostsCache(Arc<Mutex<Option<HostsRead>>>);
+
+/// When the hostnames were read, and what was read.
+type HostsRead = (Instant, Arc<Hosts>);
+
 /// The host of every runner presence knows (connected or gone, not yet forgotten), by
-/// runner id: what [`runner_name`] takes. One read of the runners, for a whole page.
-pub async fn runner_hostnames(state: &ConsoleState) -> Hosts {
+/// runner: what [`runner_name`] takes. One read of the runners every few seconds at most,
+/// whatever the number of open pages.
+pub async fn runner_hostnames(state: &ConsoleState) -> Arc<Hosts> {
+    if let Some((read_at, hosts)) = state.hosts.0.lock().ok().and_then(|cached| cached.clone())
+        && read_at.elapsed() < HOSTS_FOR
+    {
+        return hosts;
+    }
     let listed = state
         .scheduler
         .presence()
@@ -70,6 +89,10 @@ pub async fn runner_hostnames(state: &ConsoleState) -> Hosts {
             hosts.insert(id.to_string(), runner.seen.hostname.clone());
         }
         hosts.insert(runner.seen.runner, runner.seen.hostname);
+    }
+    let hosts = Arc::new(hosts);
+    if let Ok(mut cached) = state.hosts.0.lock() {
+        *cached = Some((Instant::now(), hosts.clone()));
     }
     hosts
 }
@@ -217,6 +240,8 @@ fn row(runner: &Listed, now: i64) -> Markup {
     let seen = &runner.seen;
     let state = if runner.connected {
         "connected"
+    } else if seen.slots == 0 {
+        "stopped"
     } else {
         "gone"
     };

@@ -110,16 +110,33 @@ impl Sessions {
     }
 }
 
-/// The value of cookie `name` among the request's `Cookie` headers (HTTP/2 may send several).
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Every value of cookie `name` among the request's `Cookie` headers, in order (HTTP/2 may
+/// send several headers). Read as bytes: another site's cookie with non-ASCII bytes on the
+/// same host hides nothing, and a cookie of the same name set for a narrower path (sent
+/// first) does not hide ours.
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim())
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b';'))
+        .filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            let at = pair.iter().position(|byte| *byte == b'=')?;
+            if &pair[..at] != name.as_bytes() {
+                return None;
+            }
+            std::str::from_utf8(pair[at + 1..].trim_ascii()).ok()
+        })
+}
+
+/// The first value of cookie `name`.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h str> {
+    cookies(headers, name).next()
+}
+
+/// The first value of cookie `name` that is a token.
+fn cookie_token(headers: &HeaderMap, name: &str) -> Option<[u8; 32]> {
+    cookies(headers, name).find_map(parse_token)
 }
 
 /// A token as the cookies carry it: exactly 64 hex digits.
@@ -176,7 +193,7 @@ pub fn safe_next(next: &str) -> Option<&str> {
 /// [`csrf_cookie`] is setting on this response; failing both, a token no form carries.
 pub fn open_csrf(parts: &Parts) -> String {
     if let Some(token) =
-        cookie(&parts.headers, CSRF_COOKIE).filter(|value| parse_token(value).is_some())
+        cookies(&parts.headers, CSRF_COOKIE).find(|value| parse_token(value).is_some())
     {
         return token.to_string();
     }
@@ -196,10 +213,8 @@ pub async fn csrf_cookie(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let missing = state.authenticate.is_open()
-        && cookie(request.headers(), CSRF_COOKIE)
-            .and_then(parse_token)
-            .is_none();
+    let missing =
+        state.authenticate.is_open() && cookie_token(request.headers(), CSRF_COOKIE).is_none();
     if !missing {
         return next.run(request).await;
     }
@@ -222,7 +237,7 @@ pub async fn signed_in(
     parts: &Parts,
     state: &ConsoleState,
 ) -> Result<Option<Viewer>, ConsoleError> {
-    let Some(id) = cookie(&parts.headers, SESSION_COOKIE).and_then(parse_token) else {
+    let Some(id) = cookie_token(&parts.headers, SESSION_COOKIE) else {
         return Ok(None);
     };
     let Some(session) = state
@@ -337,7 +352,7 @@ async fn login(
         .await?;
     // A browser that logs in again (another key, or back after expiry) leaves no session
     // behind that its old cookie could still use.
-    if let Some(old) = cookie(&headers, SESSION_COOKIE).and_then(parse_token) {
+    if let Some(old) = cookie_token(&headers, SESSION_COOKIE) {
         let hash = sha256(&old);
         state.store.delete_console_session(hash).await?;
         state.sessions.forget(&hash);
@@ -362,7 +377,7 @@ async fn logout(
     if !viewer.signed_in {
         return Ok(Redirect::to(DEFAULT_NEXT).into_response());
     }
-    if let Some(id) = cookie(&headers, SESSION_COOKIE).and_then(parse_token) {
+    if let Some(id) = cookie_token(&headers, SESSION_COOKIE) {
         let hash = sha256(&id);
         state.store.delete_console_session(hash).await?;
         state.sessions.forget(&hash);
@@ -461,6 +476,20 @@ mod tests {
         assert_eq!(cookie(&headers, "z"), Some("="));
         assert_eq!(cookie(&headers, "missing"), None);
         assert_eq!(cookie(&HeaderMap::new(), "a"), None);
+        // Another site's non-ASCII cookie hides nothing; a junk value of the same name sent
+        // first does not hide the token after it.
+        let token = "ab".repeat(32);
+        let mut hostile = HeaderMap::new();
+        hostile.append(
+            header::COOKIE,
+            axum::http::HeaderValue::from_bytes(
+                format!("other=\u{e9}t\u{e9}; tilebox_session=junk; tilebox_session={token}")
+                    .as_bytes(),
+            )
+            .expect("a header value"),
+        );
+        assert_eq!(cookie(&hostile, "tilebox_session"), Some("junk"));
+        assert_eq!(cookie_token(&hostile, "tilebox_session"), Some([0xab; 32]));
     }
 
     #[test]

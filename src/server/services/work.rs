@@ -100,7 +100,9 @@ impl WorkService for Work {
         // reports moves its last contact.
         let presence = self.scheduler.presence();
         let claims = work.capacity > 0 || work.prefetch > 0;
-        if claims {
+        if work.stopping {
+            presence.stop(&claimant);
+        } else if claims {
             presence.touch(Contact {
                 runner: &claimant,
                 kind: RunnerKind::Tilebox,
@@ -115,6 +117,7 @@ impl WorkService for Work {
         } else {
             presence.refresh(&claimant, None);
         }
+        let claims = claims && !work.stopping;
         let capacity = work.capacity;
         let subtask_clusters = super::subtask_clusters(&principal);
         let answer = self

@@ -422,6 +422,7 @@ pub struct RunnerSeen {
     pub hostname: String,
     /// Its program's version (empty when it did not say).
     pub version: String,
+    /// Its slots; 0 once it said it stops (its last call), which no running runner has.
     pub slots: u32,
     /// Slots without a task at its latest contact.
     pub free_slots: u32,

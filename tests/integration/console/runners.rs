@@ -1,6 +1,6 @@
 //! The console's runners page (`/runners`) with real runner processes connected: each is
 //! listed under its cluster with its advertised tasks, slots and state, and a stopped one
-//! turns gone (shown with `?all=1`).
+//! is listed as stopped (shown with `?all=1`).
 
 use std::time::Duration;
 
@@ -72,13 +72,13 @@ fn the_runners_page_lists_a_connected_runner_with_its_tasks() {
 
     runner.signal("-TERM");
     runner.wait_for_exit("the runner to stop", Duration::from_secs(60));
-    wait_until("the runner to be gone", Duration::from_secs(30), || {
+    wait_until("the runner to be stopped", Duration::from_secs(30), || {
         let all = http_get(&server, "/runners?all=1", &[]).text();
         runner_rows(&all)
             .iter()
-            .any(|row| row.starts_with(r#" data-state="gone""#))
+            .any(|row| row.starts_with(r#" data-state="stopped""#))
     })
-    .expect("a stopped runner is listed as gone with ?all=1");
+    .expect("a stopped runner is listed as stopped with ?all=1");
     assert!(
         runner_rows(&http_get(&server, "/runners", &[]).text()).is_empty(),
         "without ?all=1 only connected runners are listed"
