@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{
-    RunnerProcess, TestServer, example, json_of, project_runner, stderr_of, tilebox, wait_until,
+    KeysFile, RunnerProcess, TestServer, example, json_of, project_runner, stderr_of, wait_until,
 };
 
 /// A runner is gone after this long without a call (hidden `--presence-timeout-ms`).
@@ -166,34 +166,11 @@ fn runner_list_shows_connected_stopped_and_gone_runners() {
 /// admin and read-only keys may.
 #[test]
 fn only_admin_and_read_only_keys_list_runners() {
-    let directory = tempfile::tempdir().expect("temp dir");
-    let keys = directory.path().join("keys.json");
-    let keys = keys.to_str().expect("utf-8 path");
-    let create = |name: &str, scope: &str, clusters: &[&str]| -> String {
-        let mut args = vec![
-            "server",
-            "keys",
-            "create",
-            "--json",
-            "--keys-file",
-            keys,
-            "--name",
-            name,
-            "--scope",
-            scope,
-        ];
-        for cluster in clusters {
-            args.extend(["--cluster", cluster]);
-        }
-        json_of(&tilebox(&args))["secret"]
-            .as_str()
-            .expect("a secret")
-            .to_string()
-    };
-    let admin = create("boss", "admin", &[]);
-    let reader = create("dashboard", "read-only", &[]);
-    let runner = create("worker", "runner", &["*"]);
-    let server = TestServer::start_with(&["--keys-file", keys]);
+    let keys = KeysFile::new();
+    let admin = keys.create("boss", "admin", &[]);
+    let reader = keys.create("dashboard", "read-only", &[]);
+    let runner = keys.create("worker", "runner", &["*"]);
+    let server = TestServer::start_with(&["--keys-file", keys.path()]);
     for key in [&admin, &reader] {
         let listed = server.tilebox(&["--api-key", key, "--json", "runner", "list"]);
         assert!(listed.status.success(), "{}", stderr_of(&listed));

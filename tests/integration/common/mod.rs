@@ -22,6 +22,7 @@
 //!   (OTLP/HTTP, the console)
 //! - `browser.rs`: [`browser::Browser`], a headless Chromium driven over the DevTools
 //!   protocol (`--remote-debugging-pipe`), for the console's browser tests
+//! - `keys.rs`: [`KeysFile`], a keys file written by `tilebox server keys`
 //! - `sdk.rs`: [`sdk_python`], a venv with the official Python SDK for the interop tests
 //! - `snapshot.rs`: [`snapshot_settings`] (insta filters) and [`transcript`] for CLI snapshots
 
@@ -29,6 +30,7 @@ mod api;
 pub mod browser;
 mod cli;
 mod http;
+mod keys;
 #[path = "../../support/postgres.rs"]
 pub mod postgres;
 mod project;
@@ -47,6 +49,7 @@ use std::time::{Duration, Instant};
 pub use api::{ask, client, get_job, identifier, job_request, list_tasks, task_group, uuid_of_id};
 pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_state};
 pub use http::{HttpResponse, http_get, http_post, http_request};
+pub use keys::KeysFile;
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
 pub use replicas::Replicas;
 pub use sdk::sdk_python;

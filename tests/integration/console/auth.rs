@@ -3,78 +3,17 @@
 //! file, scopes that may not log in, flat `--token`s, and sessions across a restart. And
 //! the open server's double-submit CSRF cookie.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::common::{
-    HttpResponse, TestServer, http_get, http_request, json_of, tilebox, wait_until,
-};
+use crate::common::{HttpResponse, KeysFile, TestServer, http_get, http_request, wait_until};
 
 /// How long a change of the keys file may take to reach the server (it checks twice a
 /// second).
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
 
-/// A keys file in its own temp dir, written by `tilebox server keys`.
-struct Keys {
-    _directory: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Keys {
-    fn new() -> Self {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let path = directory.path().join("keys.json");
-        Self {
-            _directory: directory,
-            path,
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().expect("utf-8 temp path")
-    }
-
-    /// `tilebox server keys create`; returns the secret.
-    fn create(&self, name: &str, scope: &str, clusters: &[&str]) -> String {
-        let mut args = vec![
-            "server",
-            "keys",
-            "create",
-            "--json",
-            "--keys-file",
-            self.path(),
-            "--name",
-            name,
-            "--scope",
-            scope,
-        ];
-        for cluster in clusters {
-            args.extend(["--cluster", cluster]);
-        }
-        json_of(&tilebox(&args))["secret"]
-            .as_str()
-            .expect("the secret is printed")
-            .to_string()
-    }
-
-    fn revoke(&self, name: &str) {
-        let revoked = json_of(&tilebox(&[
-            "server",
-            "keys",
-            "revoke",
-            "--json",
-            "--keys-file",
-            self.path(),
-            "--name",
-            name,
-        ]));
-        assert_eq!(revoked["revoked"], true, "{revoked}");
-    }
-}
-
 /// A server with a keys file holding an admin key, a read-only key and a runner key.
 struct Keyed {
-    keys: Keys,
+    keys: KeysFile,
     admin: String,
     viewer: String,
     runner: String,
@@ -83,7 +22,7 @@ struct Keyed {
 
 impl Keyed {
     fn start() -> Self {
-        let keys = Keys::new();
+        let keys = KeysFile::new();
         let admin = keys.create("ops", "admin", &[]);
         let viewer = keys.create("dashboard", "read-only", &[]);
         let runner = keys.create("gpu-runner", "runner", &["*"]);
@@ -432,7 +371,7 @@ fn an_open_console_needs_no_login_and_checks_forms_against_its_csrf_cookie() {
 /// cache time.
 #[test]
 fn sessions_are_shared_by_postgresql_replicas() {
-    let keys = Keys::new();
+    let keys = KeysFile::new();
     let admin = keys.create("ops", "admin", &[]);
     let replicas = crate::common::Replicas::start(2, &["--keys-file", keys.path()]);
     let (first, second) = (replicas.server(0), replicas.server(1));

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::browser::Browser;
 use crate::common::{
-    RunnerProcess, TestServer, example, job_document, json_of, project_runner, submit, tilebox,
+    KeysFile, RunnerProcess, TestServer, example, job_document, json_of, project_runner, submit,
     tilebox_command, wait_for_job_state, wait_until, write_project,
 };
 
@@ -530,27 +530,6 @@ const HELLO: &str = "from tilebox.workflows import ExecutionContext, Runner, Tas
 class Hello(Task):\n    def execute(self, context: ExecutionContext) -> None:\n        pass\n\n\
 runner = Runner(tasks=[Hello])\n";
 
-/// `tilebox server keys create --scope SCOPE` on `keys`; answers the secret.
-fn create_key(keys: &Path, name: &str, scope: &str) -> String {
-    let keys = keys.to_str().expect("utf-8 temp path");
-    let created = json_of(&tilebox(&[
-        "server",
-        "keys",
-        "create",
-        "--json",
-        "--keys-file",
-        keys,
-        "--name",
-        name,
-        "--scope",
-        scope,
-    ]));
-    created["secret"]
-        .as_str()
-        .expect("the secret is printed")
-        .to_owned()
-}
-
 /// The CLI in `directory` against `server` with API key `key`; panics unless it succeeds.
 fn tilebox_as(server: &TestServer, key: &str, directory: &Path, args: &[&str]) -> Output {
     let output = tilebox_command(args)
@@ -599,10 +578,10 @@ fn log_in(browser: &Browser, key: &str) {
 #[test]
 fn keys_and_read_only_viewers() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let keys = directory.path().join("keys.json");
-    let admin = create_key(&keys, "boss", "admin");
-    let reader = create_key(&keys, "dashboard", "read-only");
-    let server = TestServer::start_with(&["--keys-file", keys.to_str().expect("utf-8 temp path")]);
+    let keys = KeysFile::new();
+    let admin = keys.create("boss", "admin", &[]);
+    let reader = keys.create("dashboard", "read-only", &[]);
+    let server = TestServer::start_with(&["--keys-file", keys.path()]);
     let project = directory.path().join("greeter");
     fs_err::create_dir(&project).expect("mkdir");
     write_project(&project, "greeter", HELLO);
@@ -732,16 +711,7 @@ fn keys_and_read_only_viewers() {
     browser.assert_no_page_errors();
 
     // A key revoked in the keys file loses its session: its next page is the login.
-    json_of(&tilebox(&[
-        "server",
-        "keys",
-        "revoke",
-        "--json",
-        "--keys-file",
-        keys.to_str().expect("utf-8 temp path"),
-        "--name",
-        "boss",
-    ]));
+    keys.revoke("boss");
     wait_until(
         "the revoked key's next page to be the login",
         PAGE_TIMEOUT,
@@ -791,11 +761,10 @@ fn the_console_works_over_tls_and_http2() {
     );
     browser.assert_no_page_errors();
 
-    let directory = tempfile::tempdir().expect("temp dir");
-    let keys = directory.path().join("keys.json");
-    let admin = create_key(&keys, "boss", "admin");
+    let keys = KeysFile::new();
+    let admin = keys.create("boss", "admin", &[]);
     let mut arguments = tls.to_vec();
-    arguments.extend(["--keys-file", keys.to_str().expect("utf-8 temp path")]);
+    arguments.extend(["--keys-file", keys.path()]);
     let keyed = TestServer::start_with(&arguments);
     browser.goto(&format!("{}/jobs", keyed.url()));
     browser.wait_for(

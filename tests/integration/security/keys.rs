@@ -3,7 +3,6 @@
 //! without a restart, and the official SDK runs tasks with a runner key and queries with a
 //! read-only key.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,84 +25,13 @@ use tilebox::client::Client;
 use uuid::Uuid;
 
 use crate::common::{
-    TestServer, block_on, identifier, job_request, json_of, stderr_of, tilebox, uuid_of_id,
-    wait_until,
+    KeysFile, TestServer, block_on, identifier, job_request, json_of, stderr_of, tilebox,
+    uuid_of_id, wait_until,
 };
 
 /// How long a change of the keys file may take to reach the server (it checks twice a
 /// second).
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
-
-/// A keys file in its own temp dir.
-struct Keys {
-    _directory: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Keys {
-    fn new() -> Self {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let path = directory.path().join("keys.json");
-        Self {
-            _directory: directory,
-            path,
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().expect("utf-8 temp path")
-    }
-
-    /// `tilebox server keys create`; returns the secret.
-    fn create(&self, name: &str, scope: &str, clusters: &[&str]) -> String {
-        let mut args = vec![
-            "server",
-            "keys",
-            "create",
-            "--json",
-            "--keys-file",
-            self.path(),
-            "--name",
-            name,
-            "--scope",
-            scope,
-        ];
-        for cluster in clusters {
-            args.extend(["--cluster", cluster]);
-        }
-        let document = json_of(&tilebox(&args));
-        assert_eq!(document["name"], name);
-        assert_eq!(document["scope"], scope);
-        document["secret"]
-            .as_str()
-            .expect("the secret is printed")
-            .to_string()
-    }
-
-    fn run(&self, command: &str, name: &str) -> serde_json::Value {
-        json_of(&tilebox(&[
-            "server",
-            "keys",
-            command,
-            "--json",
-            "--keys-file",
-            self.path(),
-            "--name",
-            name,
-        ]))
-    }
-
-    fn list(&self) -> serde_json::Value {
-        json_of(&tilebox(&[
-            "server",
-            "keys",
-            "list",
-            "--json",
-            "--keys-file",
-            self.path(),
-        ]))
-    }
-}
 
 async fn connect(server: &TestServer, key: &str) -> Client {
     Client::connect(server.url(), Some(key))
@@ -165,7 +93,7 @@ async fn claim(client: &Client, cluster: &str) -> Task {
 /// A server with clusters `gpu` and `cpu`, an admin key, a runner key of `gpu` and a
 /// read-only key.
 struct Fixture {
-    keys: Keys,
+    keys: KeysFile,
     server: TestServer,
     admin: String,
     runner: String,
@@ -173,7 +101,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let keys = Keys::new();
+    let keys = KeysFile::new();
     let admin = keys.create("boss", "admin", &[]);
     let runner = keys.create("gpu-runner", "runner", &["gpu"]);
     let reader = keys.create("dashboard", "read-only", &[]);
@@ -204,7 +132,7 @@ fn fixture() -> Fixture {
 
 #[test]
 fn keys_are_created_listed_rotated_and_revoked_from_the_cli_without_secrets_in_the_file() {
-    let keys = Keys::new();
+    let keys = KeysFile::new();
     let secret = keys.create("ci", "runner", &["gpu", "cpu"]);
     assert!(
         secret.starts_with("tbk_") && secret.len() == 4 + 64,
@@ -212,7 +140,7 @@ fn keys_are_created_listed_rotated_and_revoked_from_the_cli_without_secrets_in_t
     );
     let other = keys.create("ops", "admin", &[]);
     assert_ne!(secret, other);
-    let file = fs_err::read_to_string(&keys.path).expect("keys file");
+    let file = fs_err::read_to_string(keys.path()).expect("keys file");
     assert!(!file.contains(&secret[4..]), "the keys file holds a secret");
 
     let listed = keys.list();
@@ -951,7 +879,7 @@ async fn a_read_only_key_reads_everything_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_keys_and_flat_tokens_may_do_everything() {
-    let keys = Keys::new();
+    let keys = KeysFile::new();
     let admin_key = keys.create("boss", "admin", &[]);
     let server = TestServer::start_with(&["--keys-file", keys.path(), "--token", "flat-token"]);
     for key in [admin_key.as_str(), "flat-token"] {
@@ -1091,7 +1019,7 @@ async fn revoked_and_rotated_keys_take_effect_without_a_restart() {
 
     // A malformed file keeps the keys in force and says where it is wrong.
     fs_err::write(
-        &fixture.keys.path,
+        fixture.keys.path(),
         "{\"keys\": [\n  {\"name\": \"broken\",\n  oops\n]}\n",
     )
     .expect("write");
@@ -1167,7 +1095,7 @@ struct SdkJob {
 
 #[test]
 fn the_official_sdk_runs_tasks_with_a_runner_key_and_queries_with_a_read_only_key() {
-    let keys = Keys::new();
+    let keys = KeysFile::new();
     let admin = keys.create("boss", "admin", &[]);
     let runner = keys.create("default-runner", "runner", &["default"]);
     let reader = keys.create("dashboard", "read-only", &[]);
@@ -1206,7 +1134,7 @@ runner = Runner(tasks=[Hello, Child])\n";
 
 #[test]
 fn our_release_runner_runs_deployed_tasks_with_a_runner_key() {
-    let keys = Keys::new();
+    let keys = KeysFile::new();
     let admin = keys.create("boss", "admin", &[]);
     let runner_key = keys.create("fix-runner", "runner", &["fix"]);
     let server = TestServer::start_with(&["--keys-file", keys.path()]);
