@@ -14,6 +14,7 @@ In-process, with no server:
         --input '{"count": 20, "seconds": 0.5}' --recursive
 """
 
+import os
 import time
 
 from cyclopts import App
@@ -49,6 +50,10 @@ def submit_job(count: int, seconds: float) -> None:
     client = Client()
     job = client.jobs().submit("parallel-sleep-workflow", ParallelSleepWorkflow(count=count, seconds=seconds))
     print(f"Submitted job: {job.id}")
+    # The hosted API's jobs are in the Tilebox Console; a tilebox server serves its own.
+    api_url = os.environ.get("TILEBOX_API_URL", "https://api.tilebox.com").rstrip("/")
+    console = "https://console.tilebox.com/workflows" if api_url.endswith("api.tilebox.com") else api_url
+    print(f"Open in Console: {console}/jobs/{job.id}")
 
 
 def run_runner() -> None:

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fs_err as fs;
 use serde_json::Value;
 
-use crate::common::{example, json_of, tilebox_command, wait_for_exit, wait_until};
+use crate::common::{example, http_get_url, json_of, tilebox_command, wait_for_exit, wait_until};
 
 /// How long dev may take to print its API address, and to load the project (a first
 /// `uv sync` of the parallel-sleep example included).
@@ -235,6 +235,17 @@ fn dev_serves_the_parallel_sleep_guide_to_its_script_and_the_sdk_runners() {
         .to_string();
     let done = dev.wait_for_job(&id, "completed");
     assert_eq!(done["execution_stats"]["tasks_by_state"]["computed"], 6);
+    // Its "Open in Console" line is this server's page of the job.
+    let console = String::from_utf8_lossy(&submitted.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("Open in Console: "))
+        .expect("the script prints the job's console page")
+        .trim()
+        .to_string();
+    assert_eq!(console, format!("{}/jobs/{id}", dev.url));
+    let page = http_get_url(&console);
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("6 tasks"), "{}", page.text());
 
     // The official SDK's runners join in; whoever takes the tasks, the job completes.
     let second = dev.submit("ParallelSleepWorkflow", r#"{"count": 5, "seconds": 0.2}"#);

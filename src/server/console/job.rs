@@ -40,6 +40,17 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/jobs/{job}/logs", get(logs::more))
         .route("/jobs/{job}/retry", post(retry))
         .route("/jobs/{job}/cancel", post(cancel))
+        // The official Console's job address (`console.tilebox.com/workflows/jobs/<id>`,
+        // which the Tilebox guides print), on this host: the same job here.
+        .route(
+            "/workflows/jobs/{job}",
+            get(|Path(job): Path<String>| async move {
+                Ok::<_, ConsoleError>(Redirect::permanent(&format!(
+                    "/jobs/{}",
+                    parse_id("job", &job)?
+                )))
+            }),
+        )
 }
 
 /// A log record cursor from the query; a malformed one is a bad request.

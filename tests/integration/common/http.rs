@@ -55,7 +55,36 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let address = server.url().strip_prefix("http://").expect("http url");
+    request_to(server.url(), method, path, headers, body, &|| {
+        server.stderr_tail()
+    })
+}
+
+/// `GET url` (`http://HOST:PORT/path`) of a server this test did not start as a
+/// [`TestServer`] (`tilebox dev`'s), answered in full.
+pub fn http_get_url(url: &str) -> HttpResponse {
+    let rest = url.strip_prefix("http://").expect("an http:// url");
+    let (address, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    request_to(
+        &format!("http://{address}"),
+        "GET",
+        path,
+        &[],
+        b"",
+        &String::new,
+    )
+}
+
+fn request_to(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    server_log: &dyn Fn() -> String,
+) -> HttpResponse {
+    let address = url.strip_prefix("http://").expect("http url");
     let mut stream = TcpStream::connect(address).expect("connect");
     // A deadline, not a pace: a server that never answers fails the test.
     stream
@@ -89,7 +118,7 @@ pub fn http_request(
             panic!(
                 "not an HTTP response: {:?}\n--- server stderr ---\n{}",
                 String::from_utf8_lossy(&response),
-                server.stderr_tail()
+                server_log()
             )
         });
     let head = String::from_utf8_lossy(&response[..split]).into_owned();

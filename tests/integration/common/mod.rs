@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 pub use api::{ask, client, get_job, identifier, job_request, list_tasks, task_group, uuid_of_id};
 pub use cli::{job_document, json_of, stderr_of, submit, time_of, wait_for_job_state};
-pub use http::{HttpResponse, http_get, http_post, http_request};
+pub use http::{HttpResponse, http_get, http_get_url, http_post, http_request};
 pub use keys::KeysFile;
 pub use project::{RunnerProcess, example, project, project_runner, write_project};
 pub use replicas::Replicas;

@@ -82,6 +82,33 @@ fn malformed_addresses_are_refused_with_a_4xx() {
     assert_eq!(http_get(&server, "/jobs", &[]).status, 200);
 }
 
+/// The official Console's job address on this host (`/workflows/jobs/<id>`, which the
+/// Tilebox guides print) leads to the job's page; a workflow named `jobs` keeps its page.
+#[test]
+fn the_official_consoles_job_address_leads_to_the_job() {
+    let server = TestServer::start();
+    let job = "01a22b74-cfcc-7528-a89e-4a7eae15861f";
+    let moved = http_get(&server, &format!("/workflows/jobs/{job}"), &[]);
+    assert_eq!(moved.status, 308, "{}", moved.text());
+    assert_eq!(
+        moved.header("location"),
+        Some(format!("/jobs/{job}").as_str())
+    );
+    assert_eq!(http_get(&server, "/workflows/jobs/nope", &[]).status, 404);
+    let workflow = http_get(&server, "/workflows/jobs", &[]);
+    assert_eq!(
+        workflow.status,
+        404,
+        "no workflow `jobs`: {}",
+        workflow.text()
+    );
+    assert!(
+        workflow.text().contains("workflow `jobs`"),
+        "{}",
+        workflow.text()
+    );
+}
+
 /// A browser asking for a page nobody serves gets a 404 page, not the gRPC router's empty
 /// answer (which it would take for a download).
 #[test]
