@@ -110,7 +110,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Do not serve the web console (it is served at http://ADDR/ on the API port).
-    #[arg(long, env = crate::env::SERVER_NO_CONSOLE)]
+    #[arg(long, env = crate::env::SERVER_NO_CONSOLE,
+          value_parser = clap::builder::BoolishValueParser::new())]
     no_console: bool,
     /// Log level of the server's own logs (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]

@@ -53,13 +53,14 @@ fn hashed_url(stem: &str, extension: &str, body: &str) -> String {
 }
 
 /// `GET /assets/{file}`: the embedded files, by their hashed names only; and
-/// `/favicon.ico`, which browsers ask for on pages without an icon link (error pages).
+/// `/favicon.ico`, which browsers ask for on pages without an icon link (error pages):
+/// a temporary redirect, since the icon's hashed name changes with the binary.
 pub fn router() -> axum::Router {
     axum::Router::new()
         .route("/assets/{file}", get(serve))
         .route(
             "/favicon.ico",
-            get(|| async { axum::response::Redirect::permanent(FAVICON.url()) }),
+            get(|| async { axum::response::Redirect::temporary(FAVICON.url()) }),
         )
 }
 

@@ -55,14 +55,18 @@ pub fn routes() -> Router<ConsoleState> {
 
 /// A log record cursor from the query; a malformed one is a bad request.
 pub fn parse_cursor(text: &str) -> Result<Uuid, ConsoleError> {
-    Uuid::parse_str(text)
-        .map_err(|_| ConsoleError::BadRequest(format!("`after={text}` is not a log record id")))
+    Uuid::parse_str(text).map_err(|_| {
+        ConsoleError::BadRequest(format!(
+            "`after={}` is not a log record id",
+            layout::echo(text)
+        ))
+    })
 }
 
 /// An id from the path; a malformed one is a page that does not exist.
 pub fn parse_id(what: &str, text: &str) -> Result<Uuid, ConsoleError> {
     Uuid::parse_str(text)
-        .map_err(|_| ConsoleError::NotFound(format!("`{text}` is not a {what} id")))
+        .map_err(|_| ConsoleError::NotFound(format!("`{}` is not a {what} id", layout::echo(text))))
 }
 
 /// The value of `key` in a query, if given and not empty.
@@ -76,8 +80,9 @@ fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> 
 fn optional_id(pairs: &[(String, String)], key: &str) -> Result<Option<Uuid>, ConsoleError> {
     query_value(pairs, key)
         .map(|text| {
-            Uuid::parse_str(text)
-                .map_err(|_| ConsoleError::BadRequest(format!("`{key}={text}` is not a task id")))
+            Uuid::parse_str(text).map_err(|_| {
+                ConsoleError::BadRequest(format!("`{key}={}` is not a task id", layout::echo(text)))
+            })
         })
         .transpose()
 }
@@ -97,7 +102,8 @@ impl Tab {
             Some("execution") => Ok(Tab::Execution),
             Some("logs") => Ok(Tab::Logs),
             Some(other) => Err(ConsoleError::BadRequest(format!(
-                "no tab `{other}`; the tabs are tasks, execution and logs"
+                "no tab `{}`; the tabs are tasks, execution and logs",
+                layout::echo(other)
             ))),
         }
     }

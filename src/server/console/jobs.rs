@@ -76,7 +76,8 @@ impl Filters {
                             .find(|(_, word)| *word == value)
                             .ok_or_else(|| {
                                 ConsoleError::BadRequest(format!(
-                                    "unknown job state `{value}`; the states are {}",
+                                    "unknown job state `{}`; the states are {}",
+                                    layout::echo(value),
                                     STATES.map(|(_, word)| word).join(", ")
                                 ))
                             })?;
@@ -88,7 +89,10 @@ impl Filters {
                 "to" => filters.to = value.to_string(),
                 "after" if !value.is_empty() => {
                     filters.after = Some(Uuid::parse_str(value).map_err(|_| {
-                        ConsoleError::BadRequest(format!("`after={value}` is not a job id"))
+                        ConsoleError::BadRequest(format!(
+                            "`after={}` is not a job id",
+                            layout::echo(value)
+                        ))
                     })?);
                 }
                 _ => {}
@@ -167,7 +171,8 @@ fn parse_utc(field: &str, text: &str) -> Result<Option<i64>, ConsoleError> {
     }
     let time = humantime::parse_rfc3339_weak(&normalized).map_err(|error| {
         ConsoleError::BadRequest(format!(
-            "`{field}={text}` is not a UTC time like 2026-05-01T12:00 ({error})"
+            "`{field}={}` is not a UTC time like 2026-05-01T12:00 ({error})",
+            layout::echo(text)
         ))
     })?;
     let millis = time

@@ -122,6 +122,16 @@ pub fn error_page(status: StatusCode, message: &str) -> Markup {
     )
 }
 
+/// A value from the address, as an error message repeats it: at most 40 characters, so a
+/// crafted link cannot put its own sentence on this site's page.
+pub fn echo(value: &str) -> String {
+    const SHOWN: usize = 40;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_string(),
+    }
+}
+
 /// A state as a coloured badge; `state` is a lowercase word (`running`, `failed`, …) and
 /// picks the colour through the `state-*` class.
 pub fn badge(state: &str) -> Markup {
@@ -198,6 +208,14 @@ mod tests {
         assert_eq!(duration(245_000), "4 m 05 s");
         assert_eq!(duration(7_380_000), "2 h 03 m");
         assert_eq!(duration(-5), "0 ms");
+    }
+
+    #[test]
+    fn echoed_values_are_short() {
+        assert_eq!(echo("abc"), "abc");
+        let long = "é".repeat(100);
+        assert_eq!(echo(&long).chars().count(), 41);
+        assert!(echo(&long).ends_with('…'));
     }
 
     #[test]

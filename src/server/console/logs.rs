@@ -79,7 +79,8 @@ pub fn levels_of(pairs: &[(String, String)]) -> Result<Vec<&'static str>, Consol
                 .map(|(word, _)| *word)
                 .ok_or_else(|| {
                     ConsoleError::BadRequest(format!(
-                        "unknown log level `{value}`; the levels are trace, debug, info, warn, error"
+                        "unknown log level `{}`; the levels are trace, debug, info, warn, error",
+                        super::layout::echo(value)
                     ))
                 })
         })

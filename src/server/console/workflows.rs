@@ -144,8 +144,12 @@ struct ClusterForm {
 }
 
 fn release_id(text: &str) -> Result<Uuid, ConsoleError> {
-    Uuid::parse_str(text)
-        .map_err(|_| ConsoleError::BadRequest(format!("`{text}` is not a release id (a UUID)")))
+    Uuid::parse_str(text).map_err(|_| {
+        ConsoleError::BadRequest(format!(
+            "`{}` is not a release id (a UUID)",
+            super::layout::echo(text)
+        ))
+    })
 }
 
 /// Deploys the release to the form's cluster, replacing the workflow's release there: the
@@ -277,6 +281,13 @@ async fn render(
     flash: Option<&Flash>,
 ) -> Result<(String, Markup), ConsoleError> {
     viewer.principal.check(Action::ReadWorkflows)?;
+    // No slug has other characters: the address is not repeated into the page.
+    if !slug_shaped(slug) {
+        return Err(ConsoleError::NotFound(
+            "no workflow has this address; workflow slugs are lowercase letters, digits and `-`"
+                .to_string(),
+        ));
+    }
     let workflow = state.store.get_workflow(slug).await?;
     let releases = state.store.list_releases(slug).await?;
     let clusters: Vec<Cluster> = if viewer.allows(Action::ReadClusters) {

@@ -598,7 +598,8 @@ pub trait Store: Send + Sync + 'static {
     /// keeps the earliest. Not synced on its own: presence is advisory.
     async fn record_runners(&self, runners: Vec<RunnerSeen>) -> Result<()>;
     /// Runners last seen at or after `seen_since` (milliseconds since the epoch), of
-    /// `cluster` when given, by cluster then runner.
+    /// `cluster` when given: the 10,000 seen last, newest first (the table is only cleaned
+    /// after a day, and a hostile key could fill it with runner ids).
     async fn list_runners(
         &self,
         cluster: Option<String>,

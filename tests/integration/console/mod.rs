@@ -79,6 +79,24 @@ fn malformed_addresses_are_refused_with_a_4xx() {
             answer.text()
         );
     }
+    // An error repeats at most a short piece of the address: a crafted link cannot put its
+    // own sentence on the console's page.
+    let sentence = "Your+session+expired,+log+in+again+at+evil.example+with+your+API+key";
+    for (path, status) in [
+        (format!("/jobs?state={sentence}"), 400),
+        (format!("/jobs?after={sentence}"), 400),
+        (format!("/jobs/{sentence}"), 404),
+        (format!("/workflows/{sentence}"), 404),
+        (format!("/jobs/{job}?tab={sentence}"), 400),
+    ] {
+        let answer = http_get(&server, &path, &[]);
+        assert_eq!(answer.status, status, "{path}: {}", answer.text());
+        assert!(
+            !answer.text().contains("evil.example"),
+            "{path}: {}",
+            answer.text()
+        );
+    }
     assert_eq!(http_get(&server, "/jobs", &[]).status, 200);
 }
 

@@ -63,9 +63,14 @@ fn the_runners_page_lists_a_connected_runner_with_its_tasks() {
         fragment.starts_with(r#"<section class="runners-view""#),
         "{fragment}"
     );
-    // Another cluster shows none; an unknown one is a 404 naming it.
+    // Its cluster shows it, another cluster none; an unknown one is a 404 naming it.
     let filtered = http_get(&server, "/runners?cluster=default", &[]).text();
     assert_eq!(runner_rows(&filtered).len(), 1);
+    let created = server.tilebox(&["cluster", "create", "Other", "--slug", "other"]);
+    assert!(created.status.success(), "{created:?}");
+    let other = http_get(&server, "/runners?cluster=other", &[]);
+    assert_eq!(other.status, 200, "{}", other.text());
+    assert!(runner_rows(&other.text()).is_empty(), "{}", other.text());
     let unknown = http_get(&server, "/runners?cluster=nowhere", &[]);
     assert_eq!(unknown.status, 404);
     assert!(unknown.text().contains("cluster `nowhere` not found"));

@@ -268,7 +268,8 @@ pub(crate) async fn presence_recorded_through_one_store_is_listed_by_the_other<S
         writer.await.expect("join").expect("record runners");
     }
     for store in [&first, &second] {
-        let listed = store.list_runners(None, 0).await.expect("list runners");
+        let mut listed = store.list_runners(None, 0).await.expect("list runners");
+        listed.sort_by(|a, b| a.runner.cmp(&b.runner));
         // The older flush changes nothing when it lands last (its contacts are older), and
         // is replaced when it lands first: either way each runner's newest contact is listed.
         assert_eq!(

@@ -29,11 +29,14 @@ pub(super) fn seen(
     }
 }
 
+/// The listed runners, by cluster then runner (the store answers newest first).
 async fn listed<S: Store>(store: &S, cluster: Option<&str>, seen_since: i64) -> Vec<RunnerSeen> {
-    store
+    let mut runners = store
         .list_runners(cluster.map(str::to_string), seen_since)
         .await
-        .expect("list runners")
+        .expect("list runners");
+    runners.sort_by(|a, b| (&a.cluster, &a.runner).cmp(&(&b.cluster, &b.runner)));
+    runners
 }
 
 /// A newer contact replaces what a runner advertised (identifiers, slots, host) and moves

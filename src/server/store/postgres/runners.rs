@@ -80,7 +80,7 @@ pub(super) fn list_runners(
             "SELECT runner, kind, cluster, key_name, hostname, version, slots, free_slots,
                     identifiers::text, first_seen_at, last_seen_at
              FROM runners WHERE last_seen_at >= $1 AND ($2::text IS NULL OR cluster = $2)
-             ORDER BY cluster, runner",
+             ORDER BY last_seen_at DESC LIMIT 10000",
             &[&seen_since, &cluster],
         )
         .map_err(pg("list runners"))?;

@@ -56,7 +56,7 @@ pub(super) fn list_runners(
             "SELECT runner, kind, cluster, key_name, hostname, version, slots, free_slots,
                     identifiers, first_seen_at, last_seen_at
              FROM runners WHERE last_seen_at >= ?1 AND (?2 IS NULL OR cluster = ?2)
-             ORDER BY cluster, runner",
+             ORDER BY last_seen_at DESC LIMIT 10000",
         )
         .map_err(db("list runners"))?;
     let rows = statement
