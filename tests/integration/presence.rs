@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{
-    KeysFile, RunnerProcess, TestServer, example, json_of, project_runner, stderr_of, wait_until,
+    KeysFile, RunnerProcess, TestServer, example, job_document, json_of, project_runner, stderr_of,
+    submit, wait_until,
 };
 
 /// A runner is gone after this long without a call (hidden `--presence-timeout-ms`).
@@ -160,6 +161,48 @@ fn runner_list_shows_connected_stopped_and_gone_runners() {
     .expect("a killed runner is gone after the presence timeout");
     assert!(runner_list(&server, &[]).is_empty());
     server.stop();
+}
+
+/// A server restarted while a runner's only slot runs a long task: the runner only extends
+/// its lease, never claims, yet it is listed connected again (with its host and tasks, as
+/// written before the restart) long past the presence timeout.
+#[test]
+fn a_busy_runner_is_listed_again_after_a_server_restart() {
+    let mut server = TestServer::start_with(&[
+        "--presence-timeout-ms",
+        PRESENCE_TIMEOUT_MS,
+        "--lease-seconds",
+        "2",
+        "--max-lease-seconds",
+        "2",
+    ]);
+    let project = example("parallel-sleep");
+    let runner = start_runner(&server, project.path(), &["-n", "1"]);
+    wait_until("a connected runner", Duration::from_secs(120), || {
+        runner_list(&server, &[]).len() == 1
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n--- runner ---\n{}", runner.log()));
+    let id = runner_list(&server, &[])[0]["id"].clone();
+    let job = submit(&server, "SleepTask", r#"{"index": 0, "seconds": 30}"#);
+    wait_until("the task to run", Duration::from_secs(60), || {
+        job_document(&server, &job)["state"] == "running"
+    })
+    .expect("the runner claims the task");
+    // Let the last contact before the restart reach the store (flushed every 2 s).
+    std::thread::sleep(Duration::from_secs(3));
+
+    server.restart();
+    // Past the presence timeout (3 s) after the restart, with the task still running: only
+    // its lease extensions (every second) can have told the new server of the runner.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(job_document(&server, &job)["state"], "running");
+    let listed = runner_list(&server, &[]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["state"], "connected");
+    assert_eq!(listed[0]["busy_slots"], 1, "{listed:?}");
+    assert!(advertises_sleep_task(&listed[0]), "{listed:?}");
+    assert!(listed[0]["hostname"] != "", "{listed:?}");
 }
 
 /// Runner keys may not list runners (the list names other runners' hosts and addresses);

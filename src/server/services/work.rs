@@ -13,7 +13,7 @@ use crate::api::selfhosted_v1::work_service_server::WorkService;
 use crate::api::selfhosted_v1::{
     ExtendLeasesRequest, ExtendLeasesResponse, ReportResult, WorkRequest, WorkResponse,
 };
-use crate::api::workflows_v1::{TaskLease, TaskState};
+use crate::api::workflows_v1::{TaskIdentifier, TaskLease, TaskState};
 use crate::server::auth::{Action, Principal, principal};
 use crate::server::presence::Contact;
 use crate::server::scheduler::{ItemResult, Scheduler, may_wait};
@@ -25,6 +25,73 @@ pub struct Work {
 }
 
 impl Work {
+    /// A runner this server does not know (it restarted, or the runner's calls moved to
+    /// another replica) whose slots are all busy only extends leases, maybe for hours: once
+    /// an extension is granted (so it holds those tasks), it is recorded with what the
+    /// extension tells (its cluster, from the tasks; its busy slots), until its next claim
+    /// says the rest.
+    async fn remember_busy_runner(
+        &self,
+        claimant: &str,
+        key_name: &str,
+        leases: &[(uuid::Uuid, std::time::Duration)],
+        granted: &[Option<(std::time::Duration, std::time::Duration)>],
+    ) {
+        let held: Vec<uuid::Uuid> = leases
+            .iter()
+            .zip(granted)
+            .filter(|(_, granted)| granted.is_some())
+            .map(|((task, _), _)| *task)
+            .collect();
+        let Some(first) = held.first() else {
+            return;
+        };
+        let store = self.scheduler.store();
+        let Ok(clusters) = store.task_clusters(vec![*first]).await else {
+            return;
+        };
+        let Some(Some(cluster)) = clusters.into_iter().next() else {
+            return;
+        };
+        let busy = u32::try_from(held.len()).unwrap_or(u32::MAX);
+        // What another replica, or this server before its restart, last wrote of it.
+        let since = crate::api::convert::now_millis()
+            - i64::try_from(crate::server::presence::FORGET_AFTER.as_millis()).unwrap_or(0);
+        let stored = store
+            .list_runners(Some(cluster.clone()), since)
+            .await
+            .ok()
+            .and_then(|runners| runners.into_iter().find(|runner| runner.runner == claimant));
+        let identifiers: Vec<TaskIdentifier> = stored
+            .as_ref()
+            .map(|runner| {
+                runner
+                    .identifiers
+                    .iter()
+                    .map(|(name, version)| TaskIdentifier {
+                        name: name.clone(),
+                        version: version.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.scheduler.presence().touch(Contact {
+            runner: claimant,
+            kind: RunnerKind::Tilebox,
+            cluster: &cluster,
+            key_name,
+            hostname: stored
+                .as_ref()
+                .map_or("", |runner| runner.hostname.as_str()),
+            version: stored.as_ref().map_or("", |runner| runner.version.as_str()),
+            slots: stored
+                .as_ref()
+                .map_or(busy, |runner| runner.slots.max(busy)),
+            free_slots: 0,
+            identifiers: &identifiers,
+        });
+    }
+
     pub fn new(scheduler: Scheduler, limits: ConnectionLimits) -> Self {
         Self { scheduler, limits }
     }
@@ -155,7 +222,8 @@ impl WorkService for Work {
         self.authorize_tasks(&*principal(&request)?, Action::ExtendLease, tasks)
             .await?;
         let claimant = caller(&request);
-        self.scheduler.presence().refresh(&claimant, None);
+        let known = self.scheduler.presence().refresh(&claimant, None);
+        let key_name = principal(&request)?.name.clone();
         let leases = request
             .into_inner()
             .leases
@@ -174,9 +242,13 @@ impl WorkService for Work {
             .collect::<Result<Vec<_>, Status>>()?;
         let granted = self
             .scheduler
-            .extend_leases(leases, claimant)
+            .extend_leases(leases.clone(), claimant.clone())
             .await
             .map_err(scheduler_status)?;
+        if !known {
+            self.remember_busy_runner(&claimant, &key_name, &leases, &granted)
+                .await;
+        }
         let zero = || duration(std::time::Duration::ZERO);
         Ok(Response::new(ExtendLeasesResponse {
             leases: granted
