@@ -53,8 +53,13 @@ pub fn routes() -> Router<ConsoleState> {
         )
 }
 
-/// A log record cursor from the query; a malformed one is a bad request.
-pub fn parse_cursor(text: &str) -> Result<Uuid, ConsoleError> {
+/// The log record cursor of a query (`after=`), if given; a malformed one is a bad
+/// request.
+pub fn log_cursor(pairs: &[(String, String)]) -> Result<Option<Uuid>, ConsoleError> {
+    query_value(pairs, "after").map(parse_cursor).transpose()
+}
+
+fn parse_cursor(text: &str) -> Result<Uuid, ConsoleError> {
     Uuid::parse_str(text).map_err(|_| {
         ConsoleError::BadRequest(format!(
             "`after={}` is not a log record id",
@@ -131,11 +136,7 @@ async fn show(
         Tab::Logs => {
             viewer.principal.check(Action::ReadTelemetry)?;
             let levels = logs::levels_of(&pairs)?;
-            let after = pairs
-                .iter()
-                .find(|(key, value)| key == "after" && !value.is_empty())
-                .map(|(_, value)| parse_cursor(value))
-                .transpose()?;
+            let after = log_cursor(&pairs)?;
             logs::tab(&state, &job, &levels, after, running).await?
         }
     };

@@ -330,11 +330,7 @@ pub async fn more(
     viewer.principal.check(Action::ReadTelemetry)?;
     let id = super::job::parse_id("job", &job)?;
     let levels = levels_of(&pairs)?;
-    let after = pairs
-        .iter()
-        .find(|(key, value)| key == "after" && !value.is_empty())
-        .map(|(_, value)| super::job::parse_cursor(value))
-        .transpose()?;
+    let after = super::job::log_cursor(&pairs)?;
     if !fragment.0 {
         let mut url = format!("/jobs/{id}?tab=logs");
         for level in &levels {

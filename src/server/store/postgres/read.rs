@@ -230,6 +230,15 @@ pub(super) fn query_jobs(
         .collect()
 }
 
+/// The row of job `job`, or `JobNotFound`.
+fn job_row_of(tx: &mut Tx<'_>, job: Uuid, operation: &'static str) -> Result<i64> {
+    Ok(tx
+        .query_opt("SELECT job FROM jobs WHERE uuid = $1", &[&job])
+        .map_err(pg(operation))?
+        .ok_or(Error::JobNotFound { id: job })?
+        .get(0))
+}
+
 /// Direct children of `parent` (root tasks when `None`) in submission order.
 pub(super) fn list_tasks(
     tx: &mut Tx<'_>,
@@ -237,11 +246,7 @@ pub(super) fn list_tasks(
     parent: Option<Uuid>,
     page: Page,
 ) -> Result<Vec<TaskSummary>> {
-    let job_row: i64 = tx
-        .query_opt("SELECT job FROM jobs WHERE uuid = $1", &[&job])
-        .map_err(pg("list tasks"))?
-        .ok_or(Error::JobNotFound { id: job })?
-        .get(0);
+    let job_row = job_row_of(tx, job, "list tasks")?;
     let parent_row: Option<i64> = match parent {
         None => None,
         Some(parent) => Some(
@@ -285,11 +290,7 @@ pub(super) fn list_tasks(
 /// The tasks of `job` among `ids`, in the order of `ids`, each once; ids of other jobs'
 /// tasks, or of none, are left out.
 pub(super) fn get_tasks(tx: &mut Tx<'_>, job: Uuid, ids: &[Uuid]) -> Result<Vec<TaskSummary>> {
-    let job_row: i64 = tx
-        .query_opt("SELECT job FROM jobs WHERE uuid = $1", &[&job])
-        .map_err(pg("get tasks"))?
-        .ok_or(Error::JobNotFound { id: job })?
-        .get(0);
+    let job_row = job_row_of(tx, job, "get tasks")?;
     let rows = tx
         .query(
             &format!("{TASK_SUMMARY_COLUMNS} WHERE t.uuid = ANY($1) AND t.job = $2"),

@@ -261,6 +261,19 @@ pub(super) fn query_jobs(
         .collect()
 }
 
+/// The row of job `job`, or `JobNotFound`.
+fn job_row_of(connection: &Connection, job: Uuid, operation: &'static str) -> Result<i64> {
+    connection
+        .query_row(
+            "SELECT job FROM jobs WHERE uuid = ?1",
+            [job.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db(operation))?
+        .ok_or(Error::JobNotFound { id: job })
+}
+
 /// Direct children of `parent` (root tasks when `None`) in submission order.
 pub(super) fn list_tasks(
     connection: &Connection,
@@ -268,15 +281,7 @@ pub(super) fn list_tasks(
     parent: Option<Uuid>,
     page: Page,
 ) -> Result<Vec<TaskSummary>> {
-    let job_row: i64 = connection
-        .query_row(
-            "SELECT job FROM jobs WHERE uuid = ?1",
-            [job.as_bytes()],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(db("list tasks"))?
-        .ok_or(Error::JobNotFound { id: job })?;
+    let job_row = job_row_of(connection, job, "list tasks")?;
     let parent_row: Option<i64> = match parent {
         None => None,
         Some(parent) => Some(
@@ -325,15 +330,7 @@ pub(super) fn get_tasks(
     job: Uuid,
     ids: &[Uuid],
 ) -> Result<Vec<TaskSummary>> {
-    let job_row: i64 = connection
-        .query_row(
-            "SELECT job FROM jobs WHERE uuid = ?1",
-            [job.as_bytes()],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(db("get tasks"))?
-        .ok_or(Error::JobNotFound { id: job })?;
+    let job_row = job_row_of(connection, job, "get tasks")?;
     let mut statement = connection
         .prepare_cached(&format!(
             "{TASK_SUMMARY_COLUMNS} WHERE t.uuid = ?1 AND t.job = ?2"
