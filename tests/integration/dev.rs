@@ -721,11 +721,11 @@ fn interrupting_dev_during_uv_sync_stops_uv() {
     let (project, _stubs, uv, pid_file) = project_with_a_slow_uv();
     let mut dev = Dev::spawn(project.path(), &[], &[("TILEBOX_UV", uv.as_path())]);
     let pid = wait_for_uv(&pid_file, || dev.stderr());
-    assert!(
-        dev.stderr().contains("syncing the environment with uv…"),
-        "{}",
-        dev.stderr()
-    );
+    // The notice goes through dev's event channel, so it can reach stderr just after uv starts.
+    wait_until("dev to say it syncs", READY_TIMEOUT, || {
+        dev.stderr().contains("syncing the environment with uv…")
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", dev.stderr()));
 
     crate::common::signal(dev.child.id(), "-INT");
     let status = wait_for_exit(&mut dev.child, "dev to exit after SIGINT", JOB_TIMEOUT)
