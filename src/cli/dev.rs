@@ -262,8 +262,10 @@ fn report(event: &Event, root: &Path, cache: &str) -> anyhow::Result<()> {
             } else {
                 "hint: still running the last good code; save a fix to reload"
             };
-            let mut stderr = std::io::stderr().lock();
-            writeln!(stderr, "{message}\n{hint}").context("cannot write to stderr")
+            // One write: stderr is unbuffered, so a reader never sees the error without its hint.
+            std::io::stderr()
+                .write_all(format!("{message}\n{hint}\n").as_bytes())
+                .context("cannot write to stderr")
         }
     }
 }

@@ -163,6 +163,23 @@ fn runner_list_shows_connected_stopped_and_gone_runners() {
     server.stop();
 }
 
+/// The hostname and advertised identifiers (JSON) the server stored for `runner`, read from
+/// its SQLite file.
+fn stored_runner(server: &TestServer, runner: &str) -> Option<(String, String)> {
+    let database = rusqlite::Connection::open_with_flags(
+        server.data_dir().join("tilebox.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    database
+        .query_row(
+            "SELECT hostname, identifiers FROM runners WHERE runner = ?1",
+            [runner],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .ok()
+}
+
 /// A server restarted while a runner's only slot runs a long task: the runner only extends
 /// its lease, never claims, yet it is listed connected again (with its host and tasks, as
 /// written before the restart) long past the presence timeout.
@@ -171,10 +188,12 @@ fn a_busy_runner_is_listed_again_after_a_server_restart() {
     let mut server = TestServer::start_with(&[
         "--presence-timeout-ms",
         PRESENCE_TIMEOUT_MS,
+        // Extended every second (a third of the lease), so an extension that falls into the
+        // restart is retried before the lease runs out.
         "--lease-seconds",
-        "2",
+        "4",
         "--max-lease-seconds",
-        "2",
+        "4",
     ]);
     let project = example("parallel-sleep");
     let runner = start_runner(&server, project.path(), &["-n", "1"]);
@@ -188,8 +207,18 @@ fn a_busy_runner_is_listed_again_after_a_server_restart() {
         job_document(&server, &job)["state"] == "running"
     })
     .expect("the runner claims the task");
-    // Let the last contact before the restart reach the store (flushed every 2 s).
-    std::thread::sleep(Duration::from_secs(3));
+    // The restart kills the server, so the runner's host and tasks survive it only once a
+    // flush (every 2 s) has written them.
+    wait_until(
+        "the runner's row in the store",
+        Duration::from_secs(30),
+        || {
+            stored_runner(&server, id.as_str().expect("runner id")).is_some_and(
+                |(hostname, identifiers)| !hostname.is_empty() && identifiers.contains("SleepTask"),
+            )
+        },
+    )
+    .expect("presence writes the runner's contact to the store");
 
     server.restart();
     // Past the presence timeout (3 s) after the restart, with the task still running: only

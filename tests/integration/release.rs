@@ -508,6 +508,13 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
             "fix",
         ],
     ));
+    // Retried before the runner has loaded the fix, the step would run the broken code again.
+    wait_until(
+        "the runner to load the fixed release",
+        Duration::from_secs(60),
+        || runner.log().matches("loaded release").count() >= 2,
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     let retried = json_of(&server.tilebox(&["--json", "job", "retry", &id]));
     assert_eq!(retried["rescheduled_tasks"], 1);
     wait_until(

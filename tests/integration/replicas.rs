@@ -410,6 +410,13 @@ fn releases_deployed_through_one_replica_run_on_a_release_runner_of_the_other() 
     )
     .expect("fix the step");
     let deployed = deploy(a);
+    // Retried before the runner has loaded the fix, the step would run the broken code again.
+    crate::common::wait_until(
+        "the runner to load the fixed release",
+        Duration::from_secs(120),
+        || runner.log().matches("loaded release").count() >= 2,
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\ndeployed: {deployed}\n{}", runner.log()));
     let retried = json_of(&b.tilebox(&["--json", "job", "retry", &id]));
     assert_eq!(retried["rescheduled_tasks"], 1, "{retried}");
     crate::common::wait_until(

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::common::pty::{Step, run_in_pty};
 use crate::common::{
     RunnerProcess, TestServer, job_document, json_of, project, project_runner, stderr_of, submit,
-    tilebox_binary, tilebox_command, wait_for_job_state,
+    tilebox_binary, tilebox_command, wait_for_job_state, wait_until,
 };
 
 /// `Root(n)` submits `Scene(name, size)` for sizes 0..n; a scene of size 2 or more fails.
@@ -102,8 +102,16 @@ fn from_job_reproduces_a_failed_tasks_exception_and_leaves_the_job_unchanged() {
         RunnerProcess::spawn(&mut project_runner(server.url(), project.path(), &[]), log);
     let failed = submit(&server, "Root", "4");
     let completed = submit(&server, "Root", "2");
-    let failed_job = wait_for_job_state(&server, &failed, "failed", TIMEOUT);
+    wait_for_job_state(&server, &failed, "failed", TIMEOUT);
     wait_for_job_state(&server, &completed, "completed", TIMEOUT);
+    // A scene claimed before the job failed still reports after it.
+    wait_until("the failed job's running tasks to end", TIMEOUT, || {
+        task_ids(&job_document(&server, &failed))
+            .iter()
+            .all(|(_, _, state)| state != "running")
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
+    let failed_job = job_document(&server, &failed);
     // Nothing may change the job from here on but `task run`.
     runner.kill();
     let before = job_document(&server, &failed);

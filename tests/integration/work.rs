@@ -451,15 +451,17 @@ fn one_job_worked_by_the_official_runner_and_ours_computes_every_task_once() {
         ),
     );
     let marker = server.temp_dir().join("marker");
+    let gate = server.temp_dir().join("gate");
     // A one-field task is sent as the bare value, as the SDK encodes it.
     let id = submit(&server, "MarkFanOut", &COUNT.to_string());
 
-    // The official runner starts first; ours joins once it has run a task.
+    // The official runner starts first and holds its first task until ours has one too.
     let official = Command::new(&python)
         .arg(&script)
         .arg("run")
         .env("TILEBOX_API_URL", server.url())
         .env("MARKER", &marker)
+        .env("GATE", &gate)
         .env("MARK_AS", "official")
         .env_remove("TILEBOX_API_KEY")
         .stdin(Stdio::null())
@@ -488,9 +490,15 @@ fn one_job_worked_by_the_official_runner_and_ours_computes_every_task_once() {
             &["-n", "1", "--stop-when-idling"],
         )
         .env("MARKER", &marker)
+        .env("GATE", &gate)
         .env("MARK_AS", "ours"),
         log,
     );
+    wait_until("our runner to run a task", Duration::from_secs(120), || {
+        marks().iter().any(|line| line.ends_with("ours"))
+    })
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", ours.log()));
+    fs_err::write(&gate, "").expect("open the gate");
     ours.wait_for_success(Duration::from_secs(120));
     let official = official
         .wait_with_output()

@@ -29,6 +29,11 @@ class Mark(Task):
     def execute(self, context: ExecutionContext) -> None:
         with open(os.environ["MARKER"], "a") as marker:
             marker.write(f"{self.index} {os.environ['MARK_AS']}\\n")
+        # Held until the test has seen both runners mark a task, so both take part however
+        # long either takes to start.
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.03)
 '''
 

@@ -260,6 +260,24 @@ fn parallel_sleep_with_five_runners() {
         done["execution_stats"]["tasks_by_state"]["computed"], 21,
         "{done}"
     );
+    // Spans and logs come through the runners' telemetry exports (every 250 ms), not with the
+    // results, and a finished job's tabs do not refresh: wait until all are stored.
+    wait_until(
+        "the runners' spans and logs to reach the server",
+        Duration::from_secs(30),
+        || {
+            let spans = json_of(&server.tilebox(&["--json", "job", "spans", &job]));
+            let logs =
+                json_of(&server.tilebox(&["--json", "job", "logs", &job, "--limit", "1000"]));
+            let finished = logs["logs"].as_array().map_or(0, |logs| {
+                logs.iter()
+                    .filter(|record| record["body"] == "Finished sleep task")
+                    .count()
+            });
+            spans["spans"].as_array().map_or(0, Vec::len) >= 21 && finished == 20
+        },
+    )
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", server.stderr_tail()));
 
     let browser = Browser::launch();
     let base = server.url();
