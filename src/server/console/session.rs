@@ -2,7 +2,7 @@
 //! cookie of an open server.
 //!
 //! A session is a random 32-byte id in the `tilebox_session` cookie (HttpOnly,
-//! SameSite=Strict, `Secure` under TLS); the store keeps its SHA-256, the SHA-256 of the key
+//! SameSite=Lax so a shared link opens signed in, `Secure` under TLS); the store keeps its SHA-256, the SHA-256 of the key
 //! it signed in with, and the token its forms carry ([`ConsoleSession`]). The key itself is
 //! kept nowhere: every request resolves the key's digest again
 //! ([`Authenticate::resolve_digest`](crate::server::auth::Authenticate::resolve_digest)),
@@ -160,20 +160,47 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-/// A cookie only this site's own requests carry, which no script can read; no `Max-Age`,
-/// so it ends with the browser (the server ends a session after [`SESSION_LIFETIME`]).
-fn set_cookie(name: &str, value: &str, tls: bool) -> HeaderValue {
+/// Which cross-site requests carry a cookie.
+#[derive(Clone, Copy, Debug)]
+enum SameSite {
+    /// Also a link followed from another site (a job's address shared in a chat or an
+    /// issue), so it opens signed in. Only GETs, which change nothing; every POST still
+    /// checks its origin and the session's token ([`Viewer::check_form`](super::viewer::Viewer::check_form)).
+    Lax,
+    /// Only this site's own requests.
+    Strict,
+}
+
+impl SameSite {
+    fn attribute(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// The session cookie: see [`SameSite::Lax`] for why it is not Strict.
+fn session_cookie(value: &str, tls: bool) -> HeaderValue {
+    set_cookie(SESSION_COOKIE, value, SameSite::Lax, tls)
+}
+
+/// A cookie no script can read; no `Max-Age`, so it ends with the browser (the server ends
+/// a session after [`SESSION_LIFETIME`]).
+fn set_cookie(name: &str, value: &str, same_site: SameSite, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{name}={value}; HttpOnly; SameSite=Strict; Path=/{secure}"
+        "{name}={value}; HttpOnly; SameSite={}; Path=/{secure}",
+        same_site.attribute()
     ))
     .expect("cookie names and hex values are valid header text")
 }
 
-fn clear_cookie(name: &str, tls: bool) -> HeaderValue {
+fn clear_session_cookie(tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{name}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}"
+        "{SESSION_COOKIE}=; HttpOnly; SameSite={}; Path=/; Max-Age=0{secure}",
+        SameSite::Lax.attribute()
     ))
     .expect("a cookie name is valid header text")
 }
@@ -225,7 +252,7 @@ pub async fn csrf_cookie(
     let mut response = next.run(request).await;
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(CSRF_COOKIE, &token, state.tls),
+        set_cookie(CSRF_COOKIE, &token, SameSite::Strict, state.tls),
     );
     response
 }
@@ -361,7 +388,7 @@ async fn login(
     let mut response = Redirect::to(next).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &hex::encode(id), state.tls),
+        session_cookie(&hex::encode(id), state.tls),
     );
     Ok(response)
 }
@@ -385,7 +412,7 @@ async fn logout(
     let mut response = Redirect::to("/login").into_response();
     response
         .headers_mut()
-        .append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE, state.tls));
+        .append(header::SET_COOKIE, clear_session_cookie(state.tls));
     Ok(response)
 }
 
@@ -536,19 +563,23 @@ mod tests {
     }
 
     #[test]
-    fn session_cookies_are_http_only_strict_and_secure_under_tls() {
-        let plain = set_cookie(SESSION_COOKIE, "ab", false);
+    fn session_cookies_are_http_only_lax_and_secure_under_tls() {
+        let plain = session_cookie("ab", false);
         assert_eq!(
             plain.to_str().unwrap(),
-            "tilebox_session=ab; HttpOnly; SameSite=Strict; Path=/"
+            "tilebox_session=ab; HttpOnly; SameSite=Lax; Path=/"
         );
-        let secure = set_cookie(SESSION_COOKIE, "ab", true);
+        let secure = session_cookie("ab", true);
         assert!(secure.to_str().unwrap().ends_with("; Secure"));
-        assert!(
-            clear_cookie(SESSION_COOKIE, false)
+        assert_eq!(
+            clear_session_cookie(false).to_str().unwrap(),
+            "tilebox_session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
+        );
+        assert_eq!(
+            set_cookie(CSRF_COOKIE, "cd", SameSite::Strict, false)
                 .to_str()
-                .unwrap()
-                .contains("Max-Age=0")
+                .unwrap(),
+            "tilebox_csrf=cd; HttpOnly; SameSite=Strict; Path=/"
         );
     }
 }

@@ -1,5 +1,5 @@
 //! Signing in to the console of a keyed server: the login form, server-side sessions in
-//! HttpOnly SameSite=Strict cookies, logout with the CSRF token, keys revoked in the keys
+//! HttpOnly SameSite=Lax cookies, logout with the CSRF token, keys revoked in the keys
 //! file, scopes that may not log in, flat `--token`s, and sessions across a restart. And
 //! the open server's double-submit CSRF cookie.
 
@@ -195,7 +195,7 @@ fn wrong_keys_runner_keys_and_foreign_origins_cannot_log_in() {
     }
 }
 
-/// The right key gets an HttpOnly, SameSite=Strict session cookie and goes to `next` (an
+/// The right key gets an HttpOnly, SameSite=Lax session cookie and goes to `next` (an
 /// off-site `next` goes to the jobs instead); the session shows pages (no-store); logout
 /// needs the session's token and then the session is gone.
 #[test]
@@ -210,7 +210,7 @@ fn a_session_shows_pages_until_logout_with_its_token() {
         .find(|cookie| cookie.starts_with("tilebox_session="))
         .unwrap_or_else(|| panic!("{:?}", login.headers))
         .to_string();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(cookie.contains(attribute), "{attribute}: {cookie}");
     }
     assert!(!cookie.contains("Secure"), "no TLS, no Secure: {cookie}");

@@ -728,6 +728,31 @@ fn keys_and_read_only_viewers() {
     );
     browser.assert_no_page_errors();
 
+    // A link to the job followed from another site (a chat, an issue; here `localhost`,
+    // another site than 127.0.0.1) opens it signed in: the session cookie is SameSite=Lax.
+    let other_site = base.replacen("127.0.0.1", "localhost", 1);
+    assert_ne!(other_site, base, "the server listens on 127.0.0.1: {base}");
+    browser.goto(&format!("{other_site}/login"));
+    browser.wait_for(
+        "a page of the other site",
+        "location.hostname === 'localhost' && document.body !== null",
+        PAGE_TIMEOUT,
+    );
+    browser.eval(&format!(
+        "(() => {{ const link = document.createElement('a'); link.id = 'shared-link'; \
+           link.href = {}; link.textContent = 'the job'; document.body.prepend(link); return true; }})()",
+        js(&format!("{base}/jobs/{job}"))
+    ));
+    browser.click("a#shared-link");
+    browser.wait_for(
+        "the shared job page, signed in, with its cancel button",
+        &format!(
+            "location.hostname === '127.0.0.1' && location.pathname === '/jobs/{job}' && \
+             document.querySelector('form[data-action=\"cancel\"]') !== null"
+        ),
+        PAGE_TIMEOUT,
+    );
+
     // A key revoked in the keys file loses its session: its next page is the login.
     keys.revoke("boss");
     wait_until(
