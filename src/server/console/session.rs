@@ -1,10 +1,10 @@
 //! Signing in to the console: `/login`, `/logout`, server-side sessions, and the CSRF
 //! cookie of an open server.
 //!
-//! A session is a random 32-byte id in the `tilebox_session` cookie (HttpOnly,
-//! SameSite=Lax so a shared link opens signed in, `Secure` under TLS); the store keeps its SHA-256, the SHA-256 of the key
-//! it signed in with, and the token its forms carry ([`ConsoleSession`]). The key itself is
-//! kept nowhere: every request resolves the key's digest again
+//! A session is a random 32-byte id in the `tilebox_session` cookie (HttpOnly, SameSite=Lax
+//! so a shared link opens signed in, `Secure` under TLS); the store keeps its SHA-256, the
+//! SHA-256 of the key it signed in with, and the token its forms carry ([`ConsoleSession`]).
+//! The key itself is kept nowhere: every request resolves the key's digest again
 //! ([`Authenticate::resolve_digest`](crate::server::auth::Authenticate::resolve_digest)),
 //! so a key revoked or rotated in the keys file ends its sessions within the file's poll.
 //! Sessions are in the store, so they survive a restart and work across PostgreSQL
@@ -165,7 +165,8 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 enum SameSite {
     /// Also a link followed from another site (a job's address shared in a chat or an
     /// issue), so it opens signed in. Only GETs, which change nothing; every POST still
-    /// checks its origin and the session's token ([`Viewer::check_form`](super::viewer::Viewer::check_form)).
+    /// checks its origin and the session's token
+    /// ([`Viewer::check_form`](super::viewer::Viewer::check_form)).
     Lax,
     /// Only this site's own requests.
     Strict,
