@@ -38,6 +38,7 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/jobs/{job}/tasks/{task}", get(task_detail))
         .route("/jobs/{job}/execution", get(execution_tab))
         .route("/jobs/{job}/logs", get(logs::more))
+        .route("/jobs/{job}/log-counts", get(logs::counts_fragment))
         .route("/jobs/{job}/retry", post(retry))
         .route("/jobs/{job}/cancel", post(cancel))
         // The official Console's job address (`console.tilebox.com/workflows/jobs/<id>`,

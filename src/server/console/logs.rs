@@ -1,7 +1,8 @@
 //! The logs tab (and a task's logs in its detail): level, time, runner, task, body and
-//! attributes of a job's log records, oldest first, 500 a page, filtered by level. Follow
-//! mode asks for the records after the last one shown (`/jobs/{job}/logs?after=<record>`)
-//! and appends them.
+//! attributes of a job's log records, oldest first, 500 a page, filtered by level, under a
+//! count of the job's records per level (as the official Console shows). Follow mode asks
+//! for the records after the last one shown (`/jobs/{job}/logs?after=<record>`) and appends
+//! them; the counts refresh on their own (`/jobs/{job}/log-counts`) while the job runs.
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -28,6 +29,13 @@ pub const LEVELS: [(&str, LogSeverityGroup); 5] = [
     ("warn", LogSeverityGroup::Warning),
     ("error", LogSeverityGroup::Error),
 ];
+
+/// Most records the level counts read per job: a job with more shows "more than 100000
+/// records" instead of counts, so a job with millions costs a bounded read every refresh.
+pub const COUNT_LIMIT: usize = 100_000;
+
+/// How often the level counts refresh while the job runs.
+const COUNTS_POLL_MS: u64 = 5_000;
 
 /// Attributes the runner adds to every record, shown elsewhere (the task column) or not at
 /// all (the trace ids).
@@ -264,6 +272,90 @@ pub fn table(job: Uuid, logs: &[LogView], more_url: Option<String>) -> Markup {
     }
 }
 
+/// Records per level, of the first [`COUNT_LIMIT`] + 1 (severity, count) pairs: the total,
+/// the five levels' counts (in [`LEVELS`] order), those without a severity number, and
+/// whether there were more than [`COUNT_LIMIT`].
+#[derive(Debug, Default, PartialEq)]
+pub struct LevelCounts {
+    pub total: u64,
+    pub levels: [u64; 5],
+    pub without_level: u64,
+    pub more: bool,
+}
+
+impl LevelCounts {
+    pub fn of(severities: &[(i32, u64)]) -> Self {
+        let mut counts = LevelCounts::default();
+        for &(severity, count) in severities {
+            counts.total += count;
+            match severity {
+                1..=24 => {
+                    let word = level_of(severity, "");
+                    let index = LEVELS
+                        .iter()
+                        .position(|(level, _)| *level == word)
+                        .expect("level_of answers a level of LEVELS");
+                    counts.levels[index] += count;
+                }
+                _ => counts.without_level += count,
+            }
+        }
+        counts.more = counts.total > COUNT_LIMIT as u64;
+        counts
+    }
+}
+
+/// The line above the logs: how many records of each level the job has; refreshed every
+/// [`COUNTS_POLL_MS`] while the job runs (`/jobs/{job}/log-counts`).
+pub async fn counts(state: &ConsoleState, job: &Job) -> Result<Markup, ConsoleError> {
+    let counts = match trace_id_of(&job.trace_parent) {
+        Some(trace) => LevelCounts::of(
+            &state
+                .store
+                .count_telemetry_by_severity(TelemetryKind::Log, trace, COUNT_LIMIT + 1)
+                .await?,
+        ),
+        None => LevelCounts::default(),
+    };
+    let poll = super::jobs::unfinished(job.state).then(|| format!("/jobs/{}/log-counts", job.id));
+    Ok(html! {
+        p.log-counts data-total=(counts.total) data-poll=[poll.as_ref()]
+            data-poll-ms=[poll.as_ref().map(|_| COUNTS_POLL_MS)] {
+            @if counts.more {
+                "more than " (COUNT_LIMIT) " records"
+            } @else {
+                (counts.total) @if counts.total == 1 { " record" } @else { " records" }
+                @for ((word, _), count) in LEVELS.iter().zip(counts.levels) {
+                    @if count > 0 {
+                        " "
+                        span.level-count data-level=(word) data-count=(count) {
+                            span class={ "level level-" (word) } { (word) } " " (count)
+                        }
+                    }
+                }
+                @if counts.without_level > 0 {
+                    " " span.muted { (counts.without_level) " without a level" }
+                }
+            }
+        }
+    })
+}
+
+/// `GET /jobs/{job}/log-counts`: the level counts alone (the script polls them).
+pub async fn counts_fragment(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    Path(job): Path<String>,
+) -> Result<Response, ConsoleError> {
+    viewer.principal.check(Action::ReadJobs)?;
+    viewer.principal.check(Action::ReadTelemetry)?;
+    let job = state
+        .store
+        .get_job(super::job::parse_id("job", &job)?)
+        .await?;
+    Ok(counts(&state, &job).await?.into_response())
+}
+
 /// The logs tab's content.
 pub async fn tab(
     state: &ConsoleState,
@@ -273,6 +365,7 @@ pub async fn tab(
     unfinished: bool,
 ) -> Result<Markup, ConsoleError> {
     let logs = read(state, job, None, levels, after).await?;
+    let counts = counts(state, job).await?;
     let level_query: String = levels
         .iter()
         .map(|level| format!("&level={level}"))
@@ -297,6 +390,7 @@ pub async fn tab(
                 }
                 button type="submit" { "Apply" }
             }
+            (counts)
             @if logs.is_empty() && after.is_none() {
                 p.muted.no-logs { "No log records yet." }
             }
@@ -349,6 +443,23 @@ pub async fn more(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn level_counts_add_severities_up_by_level() {
+        let counts = LevelCounts::of(&[(0, 2), (3, 1), (9, 4), (12, 1), (13, 2), (21, 5)]);
+        assert_eq!(
+            counts,
+            LevelCounts {
+                total: 15,
+                levels: [1, 0, 5, 2, 5],
+                without_level: 2,
+                more: false,
+            }
+        );
+        assert!(!LevelCounts::of(&[(9, COUNT_LIMIT as u64)]).more);
+        assert!(LevelCounts::of(&[(9, COUNT_LIMIT as u64), (17, 1)]).more);
+        assert_eq!(LevelCounts::of(&[]), LevelCounts::default());
+    }
 
     #[test]
     fn levels_follow_the_otlp_severity_numbers() {

@@ -586,6 +586,15 @@ pub trait Store: Send + Sync + 'static {
         severities: Vec<(i32, i32)>,
         page: Page,
     ) -> Result<Vec<(Uuid, Vec<u8>)>>;
+    /// How many of a trace's first `limit` records (in arrival order) have each severity:
+    /// (severity, count) pairs, by severity. Bounded, so a job with millions of records costs
+    /// no more than `limit`; a sum of `limit` means there may be more.
+    async fn count_telemetry_by_severity(
+        &self,
+        kind: TelemetryKind,
+        trace_id: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(i32, u64)>>;
     /// Deletes records received before the given time; answers how many.
     async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize>;
 

@@ -371,6 +371,15 @@ fn parallel_sleep_with_five_runners() {
         &format!("{finished}.length === 20"),
         PAGE_TIMEOUT,
     );
+    // Above them, the count per level: a Starting and a Finished line per sleep task at
+    // least, all info.
+    let info = browser.eval(
+        "Number(document.querySelector('p.log-counts span.level-count[data-level=\"info\"]')?.dataset.count)",
+    );
+    assert!(
+        info.as_u64().is_some_and(|count| count >= 40),
+        "the info count: {info}"
+    );
     assert_eq!(
         browser.eval(&format!(
             "{finished}.every(row => row.dataset.level === 'info' && \

@@ -82,6 +82,15 @@ fn row_with<'a>(html: &'a str, marker: &str) -> &'a str {
     &html[start..end]
 }
 
+/// The level counts element (`<p class="log-counts" …>…</p>`) of a logs tab.
+fn log_counts(html: &str) -> String {
+    let start = html
+        .find("<p class=\"log-counts\"")
+        .unwrap_or_else(|| panic!("no level counts in {html}"));
+    let end = start + html[start..].find("</p>").expect("the counts end");
+    html[start..end].to_string()
+}
+
 /// A form post from `origin` with the open server's double-submitted CSRF token: the
 /// `tilebox_csrf` cookie and the same value in the form, as a browser sends them.
 fn post_form(server: &TestServer, path: &str, origin: &str) -> (u16, Option<String>, String) {
@@ -180,6 +189,33 @@ fn the_job_pages_show_a_run_job_with_its_tree_detail_timeline_and_logs_escaped()
     assert!(
         logs.contains("<span class=\"key\">index</span>=2"),
         "{logs}"
+    );
+    // The level counts above them: four info records; the job ended, so they do not refresh.
+    let counts = log_counts(&logs);
+    assert!(counts.contains("data-total=\"4\""), "{counts}");
+    assert!(counts.contains("4 records"), "{counts}");
+    assert!(
+        counts.contains("data-level=\"info\" data-count=\"4\""),
+        "{counts}"
+    );
+    assert!(!counts.contains("data-level=\"error\""), "{counts}");
+    assert!(!counts.contains("data-poll"), "{counts}");
+    assert_eq!(
+        log_counts(&page(
+            &server,
+            &format!("/jobs/{fan}/log-counts"),
+            &[FRAGMENT]
+        )),
+        counts,
+        "the counts' own address answers the same"
+    );
+    // A queued job's counts refresh until it ends.
+    let queued = submit(&server, "Fan", "1");
+    let queued_counts = log_counts(&page(&server, &format!("/jobs/{queued}?tab=logs"), &[]));
+    assert!(queued_counts.contains("0 records"), "{queued_counts}");
+    assert!(
+        queued_counts.contains(&format!("data-poll=\"/jobs/{queued}/log-counts\"")),
+        "{queued_counts}"
     );
     let errors = page(&server, &format!("/jobs/{fan}?tab=logs&level=error"), &[]);
     assert_eq!(errors.matches("class=\"log-row\"").count(), 0, "{errors}");

@@ -9,7 +9,8 @@ use crate::api::convert::now_millis;
 use crate::server::store::{Page, Store, TelemetryKind, TelemetryRecord};
 
 /// Rule 25: telemetry is read per kind and trace in arrival order (or reversed), filtered by
-/// task and inclusive severity ranges, paged; deleting by arrival time answers the count.
+/// task and inclusive severity ranges, paged; counted by severity over the first records;
+/// deleting by arrival time answers the count.
 pub(crate) async fn telemetry_is_read_per_trace_in_arrival_order_and_expires<S: Store>(store: S) {
     const TRACE_A: [u8; 16] = [0xa1; 16];
     const TRACE_B: [u8; 16] = [0xb2; 16];
@@ -180,6 +181,25 @@ pub(crate) async fn telemetry_is_read_per_trace_in_arrival_order_and_expires<S: 
         query(Span, TRACE_A, None, vec![], page(Some(&s1), 5, false)).await,
         expected(&[&s2])
     );
+
+    // Counts by severity, of the first records in arrival order when limited.
+    let count = |kind: TelemetryKind, trace: [u8; 16], limit: usize| {
+        let counted = store.count_telemetry_by_severity(kind, trace.to_vec(), limit);
+        async move { counted.await.expect("count telemetry") }
+    };
+    assert_eq!(
+        count(Log, TRACE_A, 1_000).await,
+        [(1, 1), (5, 1), (9, 1), (13, 1), (17, 1)],
+        "one record of each severity, by severity"
+    );
+    assert_eq!(
+        count(Log, TRACE_A, 2).await,
+        [(1, 1), (9, 1)],
+        "the first two arrivals (a1, a2)"
+    );
+    assert_eq!(count(Span, TRACE_A, 1_000).await, [(0, 2)]);
+    assert_eq!(count(Log, TRACE_B, 1_000).await, [(9, 1)]);
+    assert_eq!(count(Log, [0x00; 16], 1_000).await, []);
 
     // Deleting by arrival time: a cutoff before the first arrival removes nothing; one after
     // a record arrived removes it and keeps what arrived later.

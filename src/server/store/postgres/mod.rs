@@ -1423,6 +1423,16 @@ impl Store for PgStore {
         }
     }
 
+    async fn count_telemetry_by_severity(
+        &self,
+        kind: TelemetryKind,
+        trace_id: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(i32, u64)>> {
+        self.read(move |tx| releases::count_telemetry_by_severity(tx, kind, &trace_id, limit))
+            .await
+    }
+
     async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize> {
         // Short batches, each its own write: retention never holds a long transaction, and
         // replicas running it at once skip each other's rows.

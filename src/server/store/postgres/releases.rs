@@ -457,6 +457,35 @@ pub(super) type TelemetryPage = (Vec<(Uuid, Vec<u8>)>, Option<String>);
 /// Records of a trace, and for an ascending read whether records are held back: inserted by
 /// transactions that some snapshot may still see as running.
 ///
+/// Severity counts of a trace's first `limit` records (what is committed: a count needs no
+/// settling, the next one includes what commits later).
+pub(super) fn count_telemetry_by_severity(
+    tx: &mut Tx<'_>,
+    kind: TelemetryKind,
+    trace_id: &[u8],
+    limit: usize,
+) -> Result<Vec<(i32, u64)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = tx
+        .query(
+            "SELECT severity, COUNT(*) FROM (
+                 SELECT severity FROM telemetry WHERE kind = $1 AND trace_id = $2
+                 ORDER BY record LIMIT $3
+             ) AS first GROUP BY severity ORDER BY severity",
+            &[&(kind as i64), &trace_id, &limit],
+        )
+        .map_err(pg("count telemetry"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                i32::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
 /// Several replicas insert at once, so records commit out of identity order: one with a
 /// smaller `record` may commit after a reader already paged past it. Ascending reads (what a
 /// follower pages with) therefore return only records whose inserting transaction is older

@@ -917,6 +917,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_telemetry_by_severity(
+        &self,
+        kind: TelemetryKind,
+        trace_id: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(i32, u64)>> {
+        self.read(move |connection| {
+            read::count_telemetry_by_severity(connection, kind, &trace_id, limit)
+        })
+        .await
+    }
+
     async fn delete_telemetry_before(&self, received_before_millis: i64) -> Result<usize> {
         self.write(move |connection| {
             connection

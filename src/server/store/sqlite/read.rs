@@ -522,6 +522,39 @@ fn job_header(connection: &Connection, job: i64, _now: i64) -> Result<Job> {
     })
 }
 
+/// Severity counts of a trace's first `limit` records.
+pub(super) fn count_telemetry_by_severity(
+    connection: &Connection,
+    kind: crate::server::store::TelemetryKind,
+    trace_id: &[u8],
+    limit: usize,
+) -> Result<Vec<(i32, u64)>> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT severity, COUNT(*) FROM (
+                 SELECT severity FROM telemetry WHERE kind = ?1 AND trace_id = ?2
+                 ORDER BY record LIMIT ?3
+             ) GROUP BY severity ORDER BY severity",
+        )
+        .map_err(db("count telemetry"))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(rusqlite::params![kind as i64, trace_id, limit], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .map_err(db("count telemetry"))?;
+    rows.map(|row| {
+        row.map(|(severity, count)| {
+            (
+                i32::try_from(severity).unwrap_or(0),
+                u64::try_from(count).unwrap_or(0),
+            )
+        })
+        .map_err(db("count telemetry"))
+    })
+    .collect()
+}
+
 /// Telemetry records of a trace, paged by arrival.
 pub(super) fn query_telemetry(
     connection: &Connection,
