@@ -2,12 +2,14 @@
 """How fast the web console opens a big job: the pages of one 100,000-task job.
 
     python3 bench/console.py [--binary PATH] [--no-build] [--backends sqlite,pg1]
-                             [--fanout 100000] [--samples 20] [--slots 2] [--json-out F]
-                             [--keep-temp]
+                             [--fanout 100000] [--logs 110000] [--samples 20] [--slots 2]
+                             [--json-out F] [--keep-temp]
 
 For each backend (as `bench/backends.py` starts it: a fresh server, our runner in direct
 mode serving `workload.py`), one `FanOut` job of --fanout no-op subtasks runs to completion
-(checked: completed, every task computed). Then, on a quiet machine, each console view of
+(checked: completed, every task computed), and --logs log records (info, warn, error and
+debug in turn) are exported into its trace over OTLP/HTTP, 10,000 an export (the server's
+limit): more than the 100,000 the logs tab counts. Then, on a quiet machine, each console view of
 that job is fetched --samples times over one kept-alive HTTP/1.1 connection, as a browser
 would, and the median, p95 and largest time to the last byte are reported with the body
 size:
@@ -18,7 +20,8 @@ size:
 - `/jobs/<id>/tasks?parent=<root>`: the first page of the root's 100,000 children (the
   expander);
 - `/jobs/<id>?tab=execution`: the timeline (capped at 2,000 spans);
-- `/jobs/<id>?tab=logs`: the first page of logs.
+- `/jobs/<id>?tab=logs`: the first page of logs, under the count per level;
+- `/jobs/<id>/log-counts`: the count per level alone (polled every 5 s while a job runs).
 
 The timings are the server's answer over loopback, not a browser's rendering. As the other
 harnesses, it prints the load average and waits for a quiet machine first.
@@ -45,7 +48,46 @@ VIEWS = (
     ("root's children, first page", "/jobs/{job}/tasks?parent={root}"),
     ("execution tab", "/jobs/{job}?tab=execution"),
     ("logs tab", "/jobs/{job}?tab=logs"),
+    ("log counts fragment", "/jobs/{job}/log-counts"),
 )
+
+EXPORT_RECORDS = 10_000
+LEVELS = ((9, "INFO"), (13, "WARN"), (17, "ERROR"), (5, "DEBUG"))
+
+
+def export_logs(url: str, trace_parent: str, count: int) -> None:
+    """Exports `count` log records into the trace of `trace_parent` over OTLP/HTTP JSON."""
+    trace_id = trace_parent.split("-")[1]
+    address = urlparse(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    now = time.time_ns()
+    sent = 0
+    while sent < count:
+        batch = min(EXPORT_RECORDS, count - sent)
+        records = []
+        for index in range(sent, sent + batch):
+            number, text = LEVELS[index % len(LEVELS)]
+            records.append(
+                {
+                    "timeUnixNano": str(now + index),
+                    "severityNumber": number,
+                    "severityText": text,
+                    "body": {"stringValue": f"bench line {index}"},
+                    "traceId": trace_id,
+                }
+            )
+        body = json.dumps(
+            {"resourceLogs": [{"resource": {"attributes": []}, "scopeLogs": [{"logRecords": records}]}]}
+        ).encode()
+        connection.request(
+            "POST", "/v1/logs", body=body, headers={"Content-Type": "application/json", "Host": "127.0.0.1"}
+        )
+        response = connection.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST /v1/logs answered {response.status}: {answer[:300]!r}")
+        sent += batch
+    connection.close()
 
 
 def fetch(connection: http.client.HTTPConnection, path: str, fragment: bool) -> tuple[float, int, int]:
@@ -65,7 +107,7 @@ def measure_views(url: str, job: str, root: str, samples: int) -> list[dict]:
     results = []
     for label, template in VIEWS:
         path = template.format(job=job, root=root)
-        fragment = path.endswith("/header") or "/tasks?" in path
+        fragment = path.endswith(("/header", "/log-counts")) or "/tasks?" in path
         fetch(connection, path, fragment)  # warm: the first read of a page fills caches
         times, sizes = [], set()
         for _ in range(samples):
@@ -113,9 +155,12 @@ def run(args: argparse.Namespace, harness: Harness) -> dict:
             if not fanout["ok"]:
                 raise RuntimeError(f"the fan-out of {name} did not complete: {fanout}")
             job = harness.cli_json("job", "list", "--name", f"bench-console-{name}.", "--limit", "1")["jobs"][0]["id"]
-            tasks = harness.cli_json("job", "get", job, timeout=300)["tasks"]
-            root = tasks[0]["id"]  # the tree's roots come first; a fan-out has one
+            document = harness.cli_json("job", "get", job, timeout=300)
+            root = document["tasks"][0]["id"]  # the tree's roots come first; a fan-out has one
             suite["fanout"] = fanout
+            started = time.perf_counter()
+            export_logs(harness.url, document["trace_parent"], args.logs)
+            log(f"exported {args.logs:,} log records in {time.perf_counter() - started:.1f} s")
             harness.wait_quiet(f"{name} console views")
             suite["views"] = measure_views(harness.url, job, root, args.samples)
         except (RuntimeError, OSError, KeyError, ValueError, IndexError) as error:
@@ -154,6 +199,7 @@ def parse_args() -> argparse.Namespace:
     add("--no-build", action="store_true")
     add("--backends", default="sqlite", help="comma-separated subset of: sqlite,pg1")
     add("--fanout", type=int, default=100_000)
+    add("--logs", type=int, default=110_000)
     add("--samples", type=int, default=20)
     add("--slots", type=int, default=2)
     add("--database-writers", type=int, default=2)
