@@ -262,7 +262,8 @@ fn report(event: &Event, root: &Path, cache: &str) -> anyhow::Result<()> {
             } else {
                 "hint: still running the last good code; save a fix to reload"
             };
-            // One write: stderr is unbuffered, so a reader never sees the error without its hint.
+            // One write, not four: stderr is unbuffered, and other threads' lines could come
+            // between the error and its hint.
             std::io::stderr()
                 .write_all(format!("{message}\n{hint}\n").as_bytes())
                 .context("cannot write to stderr")

@@ -512,7 +512,7 @@ fn a_failed_job_is_fixed_by_deploying_a_new_release_and_retrying() {
     wait_until(
         "the runner to load the fixed release",
         Duration::from_secs(60),
-        || runner.log().matches("loaded release").count() >= 2,
+        || crate::common::routes_a_second_release(&runner.log()),
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", runner.log()));
     let retried = json_of(&server.tilebox(&["--json", "job", "retry", &id]));

@@ -414,7 +414,7 @@ fn releases_deployed_through_one_replica_run_on_a_release_runner_of_the_other() 
     crate::common::wait_until(
         "the runner to load the fixed release",
         Duration::from_secs(120),
-        || runner.log().matches("loaded release").count() >= 2,
+        || crate::common::routes_a_second_release(&runner.log()),
     )
     .unwrap_or_else(|timed_out| panic!("{timed_out}\ndeployed: {deployed}\n{}", runner.log()));
     let retried = json_of(&b.tilebox(&["--json", "job", "retry", &id]));

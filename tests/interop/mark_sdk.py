@@ -31,7 +31,7 @@ class Mark(Task):
             marker.write(f"{self.index} {os.environ['MARK_AS']}\\n")
         # Held until the test has seen both runners mark a task, so both take part however
         # long either takes to start.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.03)

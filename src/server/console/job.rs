@@ -16,11 +16,11 @@ use uuid::Uuid;
 
 use super::execution;
 use super::input;
-use super::jobs::{job_state_word, progress_bars, task_counts, unfinished};
+use super::jobs::{job_state_word, progress_bars, task_counts, telemetry_may_arrive, unfinished};
 use super::logs;
 use super::runners::{self, Hosts};
 use super::{ConsoleError, ConsoleState, Fragment, Viewer, layout};
-use crate::api::convert::{id as wire_id, task_state_name};
+use crate::api::convert::{id as wire_id, now_millis, task_state_name};
 use crate::api::workflows_v1::job_service_server::JobService;
 use crate::api::workflows_v1::{CancelJobRequest, JobState, RetryJobRequest, TaskState};
 use crate::server::auth::Action;
@@ -131,7 +131,8 @@ async fn show(
         Tab::Tasks => tasks_tab(&state, &job).await?,
         Tab::Execution => {
             viewer.principal.check(Action::ReadTelemetry)?;
-            let poll = running.then(|| format!("/jobs/{id}/execution"));
+            let poll =
+                telemetry_may_arrive(&job, now_millis()).then(|| format!("/jobs/{id}/execution"));
             execution::tab(&state, &job, poll).await?
         }
         Tab::Logs => {
@@ -360,10 +361,7 @@ fn task_duration(task: &TaskSummary) -> String {
     match (task.started_at, task.stopped_at) {
         (Some(start), Some(stop)) => layout::duration(stop - start),
         (Some(start), None) if task.state == TaskState::Running => {
-            format!(
-                "{} so far",
-                layout::duration(crate::api::convert::now_millis() - start)
-            )
+            format!("{} so far", layout::duration(now_millis() - start))
         }
         _ => String::new(),
     }
@@ -587,7 +585,7 @@ async fn execution_tab(
     viewer.principal.check(Action::ReadJobs)?;
     viewer.principal.check(Action::ReadTelemetry)?;
     let job = state.store.get_job(id).await?;
-    let poll = unfinished(job.state).then(|| format!("/jobs/{id}/execution"));
+    let poll = telemetry_may_arrive(&job, now_millis()).then(|| format!("/jobs/{id}/execution"));
     Ok(execution::tab(&state, &job, poll).await?.into_response())
 }
 

@@ -51,6 +51,24 @@ pub fn unfinished(state: JobState) -> bool {
     )
 }
 
+/// How long after a job's last task stopped its spans and logs may still arrive: runners
+/// export them apart from the results (every 250 ms), so the last come a moment after the
+/// job ended.
+pub const TELEMETRY_SETTLE_MS: i64 = 10_000;
+
+/// Whether views of a job's spans and logs should keep refreshing: it is unfinished, or
+/// its last task stopped less than [`TELEMETRY_SETTLE_MS`] before `now_millis`.
+pub fn telemetry_may_arrive(job: &Job, now_millis: i64) -> bool {
+    unfinished(job.state)
+        || job
+            .stats
+            .last_task_stopped_at
+            .is_some_and(|stopped| now_millis.saturating_sub(stopped) < TELEMETRY_SETTLE_MS)
+}
+
+/// Longest name or cluster filter, in characters.
+const MAX_FILTER_CHARS: usize = 100;
+
 /// The filters and cursor of the jobs page, as given in its query.
 #[derive(Debug, Default, PartialEq)]
 struct Filters {
@@ -98,11 +116,15 @@ impl Filters {
                 _ => {}
             }
         }
-        if filters.name.chars().count() > 100 {
-            return Err(ConsoleError::BadRequest(format!(
-                "the name filter is {} characters; at most 100 are allowed",
-                filters.name.chars().count()
-            )));
+        // What the form shows again: another site's link can put at most this much text on
+        // the page.
+        for (what, value) in [("name", &filters.name), ("cluster", &filters.cluster)] {
+            let length = value.chars().count();
+            if length > MAX_FILTER_CHARS {
+                return Err(ConsoleError::BadRequest(format!(
+                    "the {what} filter is {length} characters; at most {MAX_FILTER_CHARS} are allowed"
+                )));
+            }
         }
         Ok(filters)
     }
@@ -359,6 +381,39 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_views_refresh_until_a_while_after_the_last_task_stopped() {
+        let job = |state: JobState, stopped: Option<i64>| Job {
+            id: Uuid::nil(),
+            name: String::new(),
+            trace_parent: String::new(),
+            state,
+            submitted_at: 0,
+            progress: Vec::new(),
+            stats: crate::server::store::ExecutionStats {
+                last_task_stopped_at: stopped,
+                ..Default::default()
+            },
+        };
+        let now = 1_000_000;
+        assert!(telemetry_may_arrive(&job(JobState::Running, None), now));
+        assert!(telemetry_may_arrive(&job(JobState::Running, Some(0)), now));
+        let ended = now - TELEMETRY_SETTLE_MS;
+        assert!(telemetry_may_arrive(
+            &job(JobState::Completed, Some(ended + 1)),
+            now
+        ));
+        assert!(!telemetry_may_arrive(
+            &job(JobState::Completed, Some(ended)),
+            now
+        ));
+        assert!(!telemetry_may_arrive(&job(JobState::Canceled, None), now));
+        assert!(
+            telemetry_may_arrive(&job(JobState::Failed, Some(i64::MAX)), i64::MIN),
+            "a clock that went back saturates"
+        );
+    }
+
+    #[test]
     fn filters_round_trip_through_the_query() {
         let filters = Filters::parse(&pairs(&[
             ("state", "failed"),
@@ -383,6 +438,15 @@ mod tests {
     fn bad_filters_say_what_is_wrong() {
         let error = Filters::parse(&pairs(&[("state", "sleeping")])).unwrap_err();
         assert!(error.to_string().contains("`sleeping`"), "{error}");
+        let long = "c".repeat(101);
+        for key in ["name", "cluster"] {
+            let error = Filters::parse(&pairs(&[(key, &long)])).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("the {key} filter is 101 characters; at most 100 are allowed")
+            );
+        }
+        assert!(Filters::parse(&pairs(&[("cluster", &long[1..])])).is_ok());
         assert!(parse_utc("to", "yesterday").is_err());
         assert_eq!(
             parse_utc("to", "2026-05-01").expect("a date"),

@@ -30,8 +30,8 @@ pub const LEVELS: [(&str, LogSeverityGroup); 5] = [
     ("error", LogSeverityGroup::Error),
 ];
 
-/// Most records the level counts read per job: a job with more shows "more than 100000
-/// records" instead of counts, so a job with millions costs a bounded read every refresh.
+/// Most records the level counts read per job: a job with more shows the counts of its
+/// first 100,000 ("100000 or more records"), so a job with millions costs a bounded read.
 pub const COUNT_LIMIT: usize = 100_000;
 
 /// How often the level counts refresh while the job runs.
@@ -272,15 +272,15 @@ pub fn table(job: Uuid, logs: &[LogView], more_url: Option<String>) -> Markup {
     }
 }
 
-/// Records per level, of the first [`COUNT_LIMIT`] + 1 (severity, count) pairs: the total,
-/// the five levels' counts (in [`LEVELS`] order), those without a severity number, and
-/// whether there were more than [`COUNT_LIMIT`].
+/// Records per level, from the (severity, count) pairs of a job's first [`COUNT_LIMIT`]
+/// records: the total, the five levels' counts (in [`LEVELS`] order), those without a
+/// severity number, and whether the limit was reached (there may be more).
 #[derive(Debug, Default, PartialEq)]
 pub struct LevelCounts {
     pub total: u64,
     pub levels: [u64; 5],
     pub without_level: u64,
-    pub more: bool,
+    pub at_limit: bool,
 }
 
 impl LevelCounts {
@@ -300,42 +300,45 @@ impl LevelCounts {
                 _ => counts.without_level += count,
             }
         }
-        counts.more = counts.total > COUNT_LIMIT as u64;
+        counts.at_limit = counts.total >= COUNT_LIMIT as u64;
         counts
     }
 }
 
-/// The line above the logs: how many records of each level the job has; refreshed every
-/// [`COUNTS_POLL_MS`] while the job runs (`/jobs/{job}/log-counts`).
+/// The line above the logs: how many records of each level the job has (of its first
+/// [`COUNT_LIMIT`]); refreshed every [`COUNTS_POLL_MS`] (`/jobs/{job}/log-counts`) while
+/// records may still arrive and the limit is not reached (the first records never change).
 pub async fn counts(state: &ConsoleState, job: &Job) -> Result<Markup, ConsoleError> {
     let counts = match trace_id_of(&job.trace_parent) {
         Some(trace) => LevelCounts::of(
             &state
                 .store
-                .count_telemetry_by_severity(TelemetryKind::Log, trace, COUNT_LIMIT + 1)
+                .count_telemetry_by_severity(TelemetryKind::Log, trace, COUNT_LIMIT)
                 .await?,
         ),
         None => LevelCounts::default(),
     };
-    let poll = super::jobs::unfinished(job.state).then(|| format!("/jobs/{}/log-counts", job.id));
+    let poll = (!counts.at_limit
+        && super::jobs::telemetry_may_arrive(job, crate::api::convert::now_millis()))
+    .then(|| format!("/jobs/{}/log-counts", job.id));
     Ok(html! {
         p.log-counts data-total=(counts.total) data-poll=[poll.as_ref()]
             data-poll-ms=[poll.as_ref().map(|_| COUNTS_POLL_MS)] {
-            @if counts.more {
-                "more than " (COUNT_LIMIT) " records"
+            @if counts.at_limit {
+                (COUNT_LIMIT) " or more records; of the first " (COUNT_LIMIT) ":"
             } @else {
                 (counts.total) @if counts.total == 1 { " record" } @else { " records" }
-                @for ((word, _), count) in LEVELS.iter().zip(counts.levels) {
-                    @if count > 0 {
-                        " "
-                        span.level-count data-level=(word) data-count=(count) {
-                            span class={ "level level-" (word) } { (word) } " " (count)
-                        }
+            }
+            @for ((word, _), count) in LEVELS.iter().zip(counts.levels) {
+                @if count > 0 {
+                    " "
+                    span.level-count data-level=(word) data-count=(count) {
+                        span class={ "level level-" (word) } { (word) } " " (count)
                     }
                 }
-                @if counts.without_level > 0 {
-                    " " span.muted { (counts.without_level) " without a level" }
-                }
+            }
+            @if counts.without_level > 0 {
+                " " span.muted { (counts.without_level) " without a level" }
             }
         }
     })
@@ -453,11 +456,11 @@ mod tests {
                 total: 15,
                 levels: [1, 0, 5, 2, 5],
                 without_level: 2,
-                more: false,
+                at_limit: false,
             }
         );
-        assert!(!LevelCounts::of(&[(9, COUNT_LIMIT as u64)]).more);
-        assert!(LevelCounts::of(&[(9, COUNT_LIMIT as u64), (17, 1)]).more);
+        assert!(!LevelCounts::of(&[(9, COUNT_LIMIT as u64 - 1)]).at_limit);
+        assert!(LevelCounts::of(&[(9, COUNT_LIMIT as u64 - 1), (17, 1)]).at_limit);
         assert_eq!(LevelCounts::of(&[]), LevelCounts::default());
     }
 

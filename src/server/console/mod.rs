@@ -17,7 +17,7 @@
 //! - `jobs.rs`: the jobs page (filters, cursor paging)
 //! - `job.rs`: the job page (header, tabs, the lazy task tree, task detail, retry/cancel)
 //! - `execution.rs`: the execution tab (spans decoded, packed into lanes, drawn as SVG)
-//! - `logs.rs`: the logs tab (levels, follow) and a task's logs
+//! - `logs.rs`: the logs tab (levels, level counts, follow) and a task's logs
 //! - `input.rs`: a task's input decoded for display
 //! - `session.rs`: `/login`, `/logout`, sessions in the store, the open server's CSRF cookie
 

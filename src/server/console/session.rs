@@ -160,48 +160,24 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-/// Which cross-site requests carry a cookie.
-#[derive(Clone, Copy, Debug)]
-enum SameSite {
-    /// Also a link followed from another site (a job's address shared in a chat or an
-    /// issue), so it opens signed in. Only GETs, which change nothing; every POST still
-    /// checks its origin and the session's token
-    /// ([`Viewer::check_form`](super::viewer::Viewer::check_form)).
-    Lax,
-    /// Only this site's own requests.
-    Strict,
-}
-
-impl SameSite {
-    fn attribute(self) -> &'static str {
-        match self {
-            SameSite::Lax => "Lax",
-            SameSite::Strict => "Strict",
-        }
-    }
-}
-
-/// The session cookie: see [`SameSite::Lax`] for why it is not Strict.
-fn session_cookie(value: &str, tls: bool) -> HeaderValue {
-    set_cookie(SESSION_COOKIE, value, SameSite::Lax, tls)
-}
-
-/// A cookie no script can read; no `Max-Age`, so it ends with the browser (the server ends
-/// a session after [`SESSION_LIFETIME`]).
-fn set_cookie(name: &str, value: &str, same_site: SameSite, tls: bool) -> HeaderValue {
+/// A cookie no script can read, `SameSite=Lax`: a link followed from another site (a job's
+/// address shared in a chat or an issue) carries it, so the page opens signed in and an open
+/// server's CSRF cookie is not replaced under the viewer's other tabs. Only such GETs carry
+/// it, and they change nothing; every POST checks its origin and token
+/// ([`Viewer::check_form`](super::viewer::Viewer::check_form)). No `Max-Age`, so it ends
+/// with the browser (the server ends a session after [`SESSION_LIFETIME`]).
+fn set_cookie(name: &str, value: &str, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{name}={value}; HttpOnly; SameSite={}; Path=/{secure}",
-        same_site.attribute()
+        "{name}={value}; HttpOnly; SameSite=Lax; Path=/{secure}"
     ))
     .expect("cookie names and hex values are valid header text")
 }
 
-fn clear_session_cookie(tls: bool) -> HeaderValue {
+fn clear_cookie(name: &str, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}=; HttpOnly; SameSite={}; Path=/; Max-Age=0{secure}",
-        SameSite::Lax.attribute()
+        "{name}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"
     ))
     .expect("a cookie name is valid header text")
 }
@@ -253,7 +229,7 @@ pub async fn csrf_cookie(
     let mut response = next.run(request).await;
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(CSRF_COOKIE, &token, SameSite::Strict, state.tls),
+        set_cookie(CSRF_COOKIE, &token, state.tls),
     );
     response
 }
@@ -389,7 +365,7 @@ async fn login(
     let mut response = Redirect::to(next).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        session_cookie(&hex::encode(id), state.tls),
+        set_cookie(SESSION_COOKIE, &hex::encode(id), state.tls),
     );
     Ok(response)
 }
@@ -413,7 +389,7 @@ async fn logout(
     let mut response = Redirect::to("/login").into_response();
     response
         .headers_mut()
-        .append(header::SET_COOKIE, clear_session_cookie(state.tls));
+        .append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE, state.tls));
     Ok(response)
 }
 
@@ -564,23 +540,20 @@ mod tests {
     }
 
     #[test]
-    fn session_cookies_are_http_only_lax_and_secure_under_tls() {
-        let plain = session_cookie("ab", false);
+    fn cookies_are_http_only_lax_and_secure_under_tls() {
+        let plain = set_cookie(SESSION_COOKIE, "ab", false);
         assert_eq!(
             plain.to_str().unwrap(),
             "tilebox_session=ab; HttpOnly; SameSite=Lax; Path=/"
         );
-        let secure = session_cookie("ab", true);
-        assert!(secure.to_str().unwrap().ends_with("; Secure"));
+        let secure = set_cookie(CSRF_COOKIE, "cd", true);
         assert_eq!(
-            clear_session_cookie(false).to_str().unwrap(),
-            "tilebox_session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
+            secure.to_str().unwrap(),
+            "tilebox_csrf=cd; HttpOnly; SameSite=Lax; Path=/; Secure"
         );
         assert_eq!(
-            set_cookie(CSRF_COOKIE, "cd", SameSite::Strict, false)
-                .to_str()
-                .unwrap(),
-            "tilebox_csrf=cd; HttpOnly; SameSite=Strict; Path=/"
+            clear_cookie(SESSION_COOKIE, false).to_str().unwrap(),
+            "tilebox_session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
         );
     }
 }

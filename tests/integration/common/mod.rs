@@ -86,6 +86,15 @@ pub fn wait_until(
     }
 }
 
+/// Whether a release runner's `log` shows a second release loaded and then routed to: its
+/// second `loaded release` line followed by `advertising the deployed releases' tasks`
+/// (logged once the new catalog is published, so the next claim runs the new code).
+pub fn routes_a_second_release(log: &str) -> bool {
+    log.match_indices("loaded release")
+        .nth(1)
+        .is_some_and(|(at, _)| log[at..].contains("advertising the deployed releases' tasks"))
+}
+
 /// A [`wait_until`] condition that did not hold within its timeout. Its `Debug` is its
 /// message, so `.unwrap()` panics with it.
 pub struct TimedOut {

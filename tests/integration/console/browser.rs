@@ -371,14 +371,18 @@ fn parallel_sleep_with_five_runners() {
         &format!("{finished}.length === 20"),
         PAGE_TIMEOUT,
     );
-    // Above them, the count per level: a Starting and a Finished line per sleep task at
-    // least, all info.
-    let info = browser.eval(
-        "Number(document.querySelector('p.log-counts span.level-count[data-level=\"info\"]')?.dataset.count)",
+    // Above them, the count per level: the root's "Submitting" line and a Starting and a
+    // Finished line per sleep task, all info.
+    let counts = browser.eval(
+        "(() => { const counts = document.querySelector('p.log-counts'); \
+           return [Number(counts.dataset.total), \
+             Number(counts.querySelector('span.level-count[data-level=\"info\"]')?.dataset.count), \
+             counts.querySelectorAll('span.level-count').length]; })()",
     );
-    assert!(
-        info.as_u64().is_some_and(|count| count >= 40),
-        "the info count: {info}"
+    assert_eq!(
+        counts,
+        serde_json::json!([41, 41, 1]),
+        "total, info, levels shown"
     );
     assert_eq!(
         browser.eval(&format!(
@@ -761,6 +765,27 @@ fn keys_and_read_only_viewers() {
         ),
         PAGE_TIMEOUT,
     );
+    // But another site's form posting a cancel (a page of its own: the console's
+    // `form-action 'self'` would not even send it) carries no session (Lax), a forged token
+    // and a foreign origin: the job stays queued.
+    browser.goto(&format!(
+        "data:text/html,<form id=forged method=post action={base}/jobs/{job}/cancel>\
+         <input name=csrf value={}></form>",
+        "00".repeat(32)
+    ));
+    browser.navigating("the forged post's answer", |browser| {
+        browser.eval("document.getElementById('forged').submit(), true");
+    });
+    assert_eq!(browser.eval("location.hostname"), "127.0.0.1");
+    let state = json_of(&tilebox_as(
+        &server,
+        &admin,
+        &project,
+        &["--json", "job", "get", &job],
+    ))["state"]
+        .clone();
+    assert_eq!(state, "submitted", "a cross-site post canceled nothing");
+    take_refusals(&browser);
 
     // A key revoked in the keys file loses its session: its next page is the login.
     keys.revoke("boss");

@@ -454,9 +454,6 @@ pub(super) fn insert_telemetry(
 /// as text) holding further records back, if any.
 pub(super) type TelemetryPage = (Vec<(Uuid, Vec<u8>)>, Option<String>);
 
-/// Records of a trace, and for an ascending read whether records are held back: inserted by
-/// transactions that some snapshot may still see as running.
-///
 /// Severity counts of a trace's first `limit` records (what is committed: a count needs no
 /// settling, the next one includes what commits later).
 pub(super) fn count_telemetry_by_severity(
@@ -486,6 +483,9 @@ pub(super) fn count_telemetry_by_severity(
         .collect())
 }
 
+/// Records of a trace, and for an ascending read whether records are held back: inserted by
+/// transactions that some snapshot may still see as running.
+///
 /// Several replicas insert at once, so records commit out of identity order: one with a
 /// smaller `record` may commit after a reader already paged past it. Ascending reads (what a
 /// follower pages with) therefore return only records whose inserting transaction is older
