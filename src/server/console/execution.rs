@@ -230,12 +230,11 @@ async fn job_spans(state: &ConsoleState, job: &Job) -> Result<(Vec<SpanView>, bo
     Ok((decode_spans(&rows), more))
 }
 
-/// The execution tab's content.
-pub async fn tab(
-    state: &ConsoleState,
-    job: &Job,
-    poll: Option<String>,
-) -> Result<Markup, ConsoleError> {
+/// The execution tab's content; it refreshes itself (`/jobs/{job}/execution`) while spans
+/// may still arrive ([`telemetry_may_arrive`](super::jobs::telemetry_may_arrive)).
+pub async fn tab(state: &ConsoleState, job: &Job) -> Result<Markup, ConsoleError> {
+    let poll = super::jobs::telemetry_may_arrive(job, crate::api::convert::now_millis())
+        .then(|| format!("/jobs/{}/execution", job.id));
     let (spans, more) = job_spans(state, job).await?;
     let hosts = runners::runner_hostnames(state).await;
     let label = |runner: &str| runners::runner_name(runner, hosts.get(runner).map(String::as_str));

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::execution;
 use super::input;
-use super::jobs::{job_state_word, progress_bars, task_counts, telemetry_may_arrive, unfinished};
+use super::jobs::{job_state_word, progress_bars, task_counts, unfinished};
 use super::logs;
 use super::runners::{self, Hosts};
 use super::{ConsoleError, ConsoleState, Fragment, Viewer, layout};
@@ -131,9 +131,7 @@ async fn show(
         Tab::Tasks => tasks_tab(&state, &job).await?,
         Tab::Execution => {
             viewer.principal.check(Action::ReadTelemetry)?;
-            let poll =
-                telemetry_may_arrive(&job, now_millis()).then(|| format!("/jobs/{id}/execution"));
-            execution::tab(&state, &job, poll).await?
+            execution::tab(&state, &job).await?
         }
         Tab::Logs => {
             viewer.principal.check(Action::ReadTelemetry)?;
@@ -585,8 +583,7 @@ async fn execution_tab(
     viewer.principal.check(Action::ReadJobs)?;
     viewer.principal.check(Action::ReadTelemetry)?;
     let job = state.store.get_job(id).await?;
-    let poll = telemetry_may_arrive(&job, now_millis()).then(|| format!("/jobs/{id}/execution"));
-    Ok(execution::tab(&state, &job, poll).await?.into_response())
+    Ok(execution::tab(&state, &job).await?.into_response())
 }
 
 /// The form of an action: only the viewer's CSRF token.
